@@ -1,0 +1,424 @@
+//! Types, map names and the flow hash shared by the XDP program and the daemon.
+//!
+//! Everything that crosses the kernel/user line is `#[repr(C)]` with explicit
+//! padding and a size assertion, so both sides agree byte for byte. Addresses
+//! are kept as the raw octets of the packet loaded into native `u32` words
+//! (`[u32; 4]`, IPv4 in word 0, the rest zero) and ports in network byte order,
+//! exactly as the data path reads them, so no byte swapping happens per packet.
+#![no_std]
+
+/// Map names, as the XDP object declares them and the daemon opens and pins them.
+pub mod maps {
+    /// `HashMap<VipKey, VipInfo>`: the services.
+    pub const VIPS: &str = "VIPS";
+    /// `HashMap<AddrKey, u32>`: every address that carries a VIP (flags `ADDR_F_*`).
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// `Array<Backend>`: backend slots, indexed by backend id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `Array<u32>` (mmapable): the Maglev tables, two buffers per VIP.
+    pub const RINGS: &str = "RINGS";
+    /// `LruHashMap<FlowKey, FlowValue>`: the connection table.
+    pub const FLOWS: &str = "FLOWS";
+    /// `Array<Config>`, one entry: global settings.
+    pub const CONFIG: &str = "CONFIG";
+    /// `PerCpuArray<VipStats>` indexed by VIP id.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<BackendStats>` indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<u64>` indexed by `counter::*`.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `HashMap<AddrKey, u32>`: on backends, the VIPs the decapsulation program accepts.
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
+    pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
+}
+
+/// Program names in the object file.
+pub mod progs {
+    pub const BALANCER: &str = "lb_xdp";
+    pub const DECAP: &str = "lb_decap";
+    pub const PASS: &str = "lb_pass";
+}
+
+/// Default sizes; the daemon overrides them at load time from the pool file.
+pub mod defaults {
+    pub const MAX_VIPS: u32 = 64;
+    pub const MAX_BACKENDS: u32 = 4096;
+    pub const RING_SIZE: u32 = 65537;
+    pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
+    pub const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
+    pub const MTU: u32 = 1500;
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// A Maglev slot that holds no backend (every backend of the VIP is down).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Forwarding modes (`VipInfo::mode`).
+pub mod mode {
+    /// IPIP / IP6IP6 / 4in6 encapsulation, direct server return.
+    pub const ENCAP: u8 = 0;
+}
+
+/// Schedulers (`VipInfo::scheduler`).
+pub mod scheduler {
+    pub const MAGLEV: u8 = 0;
+}
+
+/// `AddrKey` value flags (`VIP_ADDRS`).
+pub const ADDR_F_VIP: u32 = 1;
+/// At least one VIP on this address listens on every port (port 0).
+pub const ADDR_F_ANY_PORT: u32 = 2;
+
+/// `Backend::flags`: the backend must not receive traffic, even of existing
+/// flows (disabled, or removed from the pool); flows that hit it are rescheduled.
+pub const BACKEND_F_DOWN: u8 = 1;
+/// `Backend::flags`: slot in use.
+pub const BACKEND_F_USED: u8 = 2;
+
+/// A service address: (address, port, protocol). Port 0 means every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index of this VIP's tables and counters.
+    pub vip_id: u32,
+    /// Forwarding mode, `mode::*`.
+    pub mode: u8,
+    /// Scheduler, `scheduler::*`.
+    pub scheduler: u8,
+    /// Which of the VIP's two Maglev buffers packets read (0 or 1).
+    pub active_ring: u8,
+    pub _pad: u8,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 12);
+
+/// An address alone (for ICMP and fragment policy, and the decapsulator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    pub family: u8,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+
+/// A connection, as the client sent it. Addresses and ports as in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// What the flow table remembers of a connection. Room is kept for what a
+/// NAT entry needs (translated address and port) so later forwarding modes
+/// do not change the map layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+    pub vip_id: u32,
+    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+    pub nat_addr: [u32; 4],
+    pub nat_port: u16,
+    pub flags: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
+
+/// Global settings, entry 0 of `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// SipHash key of the flow hash. Shared by every node behind one ECMP group.
+    pub hash_key: [u64; 2],
+    /// Slots in each Maglev table (a prime).
+    pub ring_size: u32,
+    /// `CONFIG_F_*`.
+    pub flags: u32,
+    pub udp_idle_timeout_ns: u64,
+    /// Outer IPv4 source; host bits under `src_v4_mask` are taken from the flow hash.
+    pub src_v4: u32,
+    pub src_v4_mask: u32,
+    /// Outer IPv6 source; host bits of the last word under `src_v6_mask` vary per flow.
+    pub src_v6: [u32; 4],
+    pub src_v6_mask: u32,
+    /// Largest packet (IP header and payload) the egress link carries.
+    pub mtu: u32,
+    /// Next-hop MAC used when `bpf_fib_lookup` cannot resolve the backend.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
+
+/// `Config::flags`: `gateway_mac` is set.
+pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
+/// `Config::flags`: an IPv4 encapsulation source is set.
+pub const CONFIG_F_SRC_V4: u32 = 2;
+/// `Config::flags`: an IPv6 encapsulation source is set.
+pub const CONFIG_F_SRC_V6: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub _pad: u64,
+}
+
+/// Indices of the balancer's `COUNTERS` map.
+pub mod counter {
+    pub const FLOW_HIT: u32 = 0;
+    pub const FLOW_MISS: u32 = 1;
+    pub const NEW_FLOW: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+    pub const PASS_NOT_VIP: u32 = 5;
+    pub const PASS_NOT_IP: u32 = 6;
+    pub const PASS_MALFORMED: u32 = 7;
+    pub const DROP_NO_BACKEND: u32 = 8;
+    pub const DROP_FRAGMENT: u32 = 9;
+    pub const DROP_IPV6_EXT: u32 = 10;
+    pub const DROP_TOO_BIG: u32 = 11;
+    pub const ICMP_TOO_BIG_SENT: u32 = 12;
+    pub const ICMP_ECHO_REPLY: u32 = 13;
+    pub const ICMP_STEERED: u32 = 14;
+    pub const PASS_ICMP_NO_FLOW: u32 = 15;
+    pub const DROP_ADJUST_HEAD: u32 = 16;
+    pub const DROP_NO_SOURCE: u32 = 17;
+    pub const FIB_FALLBACK: u32 = 18;
+    pub const UDP_FLOW_EXPIRED: u32 = 19;
+    pub const RESCHEDULED_DOWN: u32 = 20;
+    pub const PASS_VIP_OTHER_PROTO: u32 = 21;
+    pub const COUNT: u32 = 22;
+
+    /// Names for `lb status` and metrics, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "flow_hit",
+        "flow_miss",
+        "new_flow",
+        "tx",
+        "redirect",
+        "pass_not_vip",
+        "pass_not_ip",
+        "pass_malformed",
+        "drop_no_backend",
+        "drop_fragment",
+        "drop_ipv6_ext",
+        "drop_too_big",
+        "icmp_too_big_sent",
+        "icmp_echo_reply",
+        "icmp_steered",
+        "pass_icmp_no_flow",
+        "drop_adjust_head",
+        "drop_no_source",
+        "fib_fallback",
+        "udp_flow_expired",
+        "rescheduled_down",
+        "pass_vip_other_proto",
+    ];
+}
+
+/// Indices of the decapsulator's `DECAP_COUNTERS` map.
+pub mod decap_counter {
+    pub const DECAPPED: u32 = 0;
+    pub const PASS_NOT_TUNNEL: u32 = 1;
+    pub const PASS_NOT_VIP: u32 = 2;
+    pub const PASS_MALFORMED: u32 = 3;
+    pub const DROP_ADJUST_HEAD: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "decapsulated",
+        "pass_not_tunnel",
+        "pass_not_vip",
+        "pass_malformed",
+        "drop_adjust_head",
+    ];
+}
+
+/// Index of the first slot of a VIP's Maglev buffer `ring` (0 or 1) in `RINGS`.
+#[inline(always)]
+pub fn ring_base(vip_id: u32, ring: u8, ring_size: u32) -> u32 {
+    (vip_id * 2 + (ring as u32 & 1)) * ring_size
+}
+
+#[inline(always)]
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13);
+    v[1] ^= v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16);
+    v[3] ^= v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21);
+    v[3] ^= v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17);
+    v[1] ^= v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+/// SipHash-1-3 over five 64-bit words, keyed by `key`.
+#[inline(always)]
+fn siphash13_5(key: &[u64; 2], m: [u64; 5]) -> u64 {
+    let mut v = [
+        key[0] ^ 0x736f_6d65_7073_6575,
+        key[1] ^ 0x646f_7261_6e64_6f6d,
+        key[0] ^ 0x6c79_6765_6e65_7261,
+        key[1] ^ 0x7465_6462_7974_6573,
+    ];
+    let mut i = 0;
+    while i < 5 {
+        v[3] ^= m[i];
+        sip_round(&mut v);
+        v[0] ^= m[i];
+        i += 1;
+    }
+    // Length block: 40 bytes.
+    let b: u64 = 40u64 << 56;
+    v[3] ^= b;
+    sip_round(&mut v);
+    v[0] ^= b;
+    v[2] ^= 0xff;
+    sip_round(&mut v);
+    sip_round(&mut v);
+    sip_round(&mut v);
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+/// The keyed flow hash: picks the Maglev slot and varies the outer source.
+/// Both sides compute it, so the daemon and tests can tell where a flow goes,
+/// and every node that shares the key picks the same backend.
+#[inline(always)]
+pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
+    let w = |a: u32, b: u32| (a as u64) | ((b as u64) << 32);
+    siphash13_5(
+        key,
+        [
+            w(k.src[0], k.src[1]),
+            w(k.src[2], k.src[3]),
+            w(k.dst[0], k.dst[1]),
+            w(k.dst[2], k.dst[3]),
+            (k.sport as u64)
+                | ((k.dport as u64) << 16)
+                | ((k.proto as u64) << 32)
+                | ((k.family as u64) << 40),
+        ],
+    )
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), plain old data, with explicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_depends_on_key_and_every_field() {
+        let k = FlowKey {
+            src: [0x0100_000a, 0, 0, 0],
+            dst: [0x0a00_000a, 0, 0, 0],
+            sport: 1234u16.to_be(),
+            dport: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: AF_INET,
+            _pad: [0; 2],
+        };
+        let h = flow_hash(&k, &[1, 2]);
+        assert_eq!(h, flow_hash(&k, &[1, 2]));
+        assert_ne!(h, flow_hash(&k, &[1, 3]));
+        let mut k2 = k;
+        k2.sport = 1235u16.to_be();
+        assert_ne!(h, flow_hash(&k2, &[1, 2]));
+        let mut k3 = k;
+        k3.proto = PROTO_UDP;
+        assert_ne!(h, flow_hash(&k3, &[1, 2]));
+    }
+
+    #[test]
+    fn siphash13_matches_reference_implementation() {
+        use core::hash::Hasher;
+        for (key, m) in [
+            ([0u64, 0], [0u64; 5]),
+            ([0x0706050403020100, 0x0f0e0d0c0b0a0908], [1, 2, 3, 4, 5]),
+            ([u64::MAX, 42], [u64::MAX, 7, 0, 9, 1 << 63]),
+        ] {
+            let mut r = siphasher::sip::SipHasher13::new_with_keys(key[0], key[1]);
+            for w in m {
+                r.write(&w.to_le_bytes());
+            }
+            assert_eq!(siphash13_5(&key, m), r.finish());
+        }
+    }
+
+    #[test]
+    fn ring_base_separates_buffers() {
+        assert_eq!(ring_base(0, 0, 7), 0);
+        assert_eq!(ring_base(0, 1, 7), 7);
+        assert_eq!(ring_base(3, 1, 7), 49);
+    }
+}

@@ -1,0 +1,5 @@
+//! The `lb` daemon's library: pool file, Maglev builder, health probes,
+//! the control loop, and the data-plane interface that writes the BPF maps.
+pub mod config;
+pub mod health;
+pub mod maglev;

@@ -1,0 +1,1 @@
+//! Weighted Maglev lookup-table builder (pure Rust, no BPF).

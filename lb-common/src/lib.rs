@@ -161,7 +161,8 @@ pub struct FlowValue {
     pub nat_addr: [u32; 4],
     pub nat_port: u16,
     pub flags: u16,
-    pub _pad: u32,
+    /// The flow hash, kept so a packet of a known flow need not compute it again.
+    pub hash: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
 
@@ -239,7 +240,8 @@ pub mod counter {
     pub const UDP_FLOW_EXPIRED: u32 = 19;
     pub const RESCHEDULED_DOWN: u32 = 20;
     pub const PASS_VIP_OTHER_PROTO: u32 = 21;
-    pub const COUNT: u32 = 22;
+    pub const DROP_NO_ROUTE: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -265,6 +267,7 @@ pub mod counter {
         "udp_flow_expired",
         "rescheduled_down",
         "pass_vip_other_proto",
+        "drop_no_route",
     ];
 }
 

@@ -1,1 +1,364 @@
+//! Test support: loads the real XDP object, fills its maps, runs packets
+//! through BPF_PROG_TEST_RUN, and reads the counters back.
+//!
+//! Root tests call [`root_env`] first: it skips (printing why) when the
+//! kernel side cannot be reached, unless `LB_REQUIRE_ROOT_TESTS=1` (set by
+//! `cargo xtask test`), in which case a missing prerequisite is a failure.
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    counter, decap_counter, maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey,
+    FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6,
+};
+use std::net::IpAddr;
+use std::path::PathBuf;
 
+pub mod packets;
+
+/// Path of the eBPF object: `$LB_EBPF_OBJECT`, or where `cargo xtask build-ebpf` puts it.
+pub fn ebpf_object() -> PathBuf {
+    std::env::var_os("LB_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/bpfel-unknown-none/release/lb-ebpf")
+        })
+}
+
+/// Returns `Some(())` when root tests can run; prints why not and returns
+/// `None` otherwise. Panics instead when `LB_REQUIRE_ROOT_TESTS=1`.
+pub fn root_env(test: &str) -> Option<()> {
+    let required = std::env::var("LB_REQUIRE_ROOT_TESTS").as_deref() == Ok("1");
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_string())
+    } else if !ebpf_object().exists() {
+        Some(format!(
+            "no eBPF object at {}; run `cargo xtask build-ebpf`",
+            ebpf_object().display()
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Some(()),
+        Some(why) if required => panic!("{test}: {why}"),
+        Some(why) => {
+            eprintln!("skipped {test}: {why} (cargo xtask test runs it)");
+            None
+        }
+    }
+}
+
+/// Moves the calling thread into a new, empty network namespace, so FIB
+/// lookups made by the program see no routes but those the test adds.
+pub fn private_netns() -> Result<()> {
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Map sizes for a test load.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub ring_size: u32,
+    pub flows: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            max_vips: 8,
+            max_backends: 64,
+            ring_size: 1009,
+            flows: 4096,
+        }
+    }
+}
+
+/// The loaded object with one program ready for BPF_PROG_TEST_RUN.
+pub struct Balancer {
+    pub ebpf: Ebpf,
+    pub sizes: Sizes,
+    prog: &'static str,
+}
+
+/// The raw-octet `[u32; 4]` form of an address used in the maps.
+pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let mut w = [0u32; 4];
+            for (i, c) in o.chunks(4).enumerate() {
+                w[i] = u32::from_ne_bytes(c.try_into().unwrap());
+            }
+            (w, AF_INET6)
+        }
+    }
+}
+
+pub fn vip_key(ip: IpAddr, port: u16, proto: u8) -> VipKey {
+    let (addr, family) = addr_words(ip);
+    VipKey {
+        addr,
+        port: port.to_be(),
+        proto,
+        family,
+    }
+}
+
+pub fn addr_key(ip: IpAddr) -> AddrKey {
+    let (addr, family) = addr_words(ip);
+    AddrKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+pub fn backend(ip: IpAddr, flags: u8) -> Backend {
+    let (addr, family) = addr_words(ip);
+    Backend {
+        addr,
+        family,
+        flags: flags | lb_common::BACKEND_F_USED,
+        _pad: [0; 2],
+    }
+}
+
+/// What one run returned.
+#[derive(Debug)]
+pub struct Outcome {
+    pub action: u32,
+    pub data: Vec<u8>,
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+impl Balancer {
+    /// Loads the balancer (`lb_xdp`) with the given sizes.
+    pub fn load(sizes: Sizes) -> Result<Self> {
+        Self::load_prog(sizes, progs::BALANCER)
+    }
+
+    /// Loads the backend decapsulator (`lb_decap`).
+    pub fn load_decap() -> Result<Self> {
+        Self::load_prog(Sizes::default(), progs::DECAP)
+    }
+
+    /// Loads the trivial XDP_PASS program.
+    pub fn load_pass() -> Result<Self> {
+        Self::load_prog(Sizes::default(), progs::PASS)
+    }
+
+    fn load_prog(sizes: Sizes, prog: &'static str) -> Result<Self> {
+        let path = ebpf_object();
+        let mut ebpf = EbpfLoader::new()
+            .set_max_entries(maps::VIPS, sizes.max_vips)
+            .set_max_entries(maps::VIP_ADDRS, sizes.max_vips)
+            .set_max_entries(maps::BACKENDS, sizes.max_backends)
+            .set_max_entries(maps::BACKEND_STATS, sizes.max_backends)
+            .set_max_entries(maps::VIP_STATS, sizes.max_vips)
+            .set_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
+            .set_max_entries(maps::FLOWS, sizes.flows)
+            .load_file(&path)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let p: &mut Xdp = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("no program {prog}"))?
+            .try_into()?;
+        p.load().map_err(verifier_log)?;
+        Ok(Balancer { ebpf, sizes, prog })
+    }
+
+    fn map(&self, name: &str) -> &aya::maps::Map {
+        self.ebpf.map(name).unwrap_or_else(|| panic!("no map {name}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
+        self.ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("no map {name}"))
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG))?;
+        a.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Adds a VIP and marks its address (and any-port flag).
+    pub fn add_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
+        let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(maps::VIPS))?;
+        v.insert(key, info, 0)?;
+        let ak = AddrKey {
+            addr: key.addr,
+            family: key.family,
+            _pad: [0; 3],
+        };
+        let mut a: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
+        let mut flags = a.get(&ak, 0).unwrap_or(0) | lb_common::ADDR_F_VIP;
+        if key.port == 0 {
+            flags |= lb_common::ADDR_F_ANY_PORT;
+        }
+        a.insert(ak, flags, 0)?;
+        Ok(())
+    }
+
+    pub fn set_backend(&mut self, id: u32, b: Backend) -> Result<()> {
+        let mut a: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(maps::BACKENDS))?;
+        a.set(id, b, 0)?;
+        Ok(())
+    }
+
+    /// Writes one of a VIP's two Maglev buffers.
+    pub fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
+        assert_eq!(slots.len() as u32, self.sizes.ring_size);
+        let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size);
+        let mut a: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::RINGS))?;
+        for (i, s) in slots.iter().enumerate() {
+            a.set(base + i as u32, *s, 0)?;
+        }
+        Ok(())
+    }
+
+    pub fn vip_info(&self, key: &VipKey) -> Result<VipInfo> {
+        let v: HashMap<&MapData, VipKey, VipInfo> = HashMap::try_from(self.map(maps::VIPS))?;
+        Ok(v.get(key, 0)?)
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        let f: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(self.map(maps::FLOWS)).ok()?;
+        f.get(key, 0).ok()
+    }
+
+    pub fn flow_count(&self) -> usize {
+        let f: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(self.map(maps::FLOWS)).unwrap();
+        f.keys().count()
+    }
+
+    fn percpu_sum(&self, map: &str, idx: u32) -> u64 {
+        let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map)).unwrap();
+        a.get(&idx, 0).unwrap().iter().sum()
+    }
+
+    /// A balancer counter (`lb_common::counter::*`), summed over CPUs.
+    pub fn counter(&self, idx: u32) -> u64 {
+        self.percpu_sum(maps::COUNTERS, idx)
+    }
+
+    /// A decapsulator counter (`lb_common::decap_counter::*`).
+    pub fn decap_counter(&self, idx: u32) -> u64 {
+        self.percpu_sum(maps::DECAP_COUNTERS, idx)
+    }
+
+    /// Every non-zero balancer counter, by name (for failure messages).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        (0..counter::COUNT)
+            .map(|i| (counter::NAMES[i as usize], self.counter(i)))
+            .filter(|(_, v)| *v != 0)
+            .collect()
+    }
+
+    pub fn decap_counters(&self) -> Vec<(&'static str, u64)> {
+        (0..decap_counter::COUNT)
+            .map(|i| (decap_counter::NAMES[i as usize], self.decap_counter(i)))
+            .filter(|(_, v)| *v != 0)
+            .collect()
+    }
+
+    pub fn vip_stats(&self, vip_id: u32) -> VipStats {
+        let a: PerCpuArray<&MapData, VipStats> =
+            PerCpuArray::try_from(self.map(maps::VIP_STATS)).unwrap();
+        a.get(&vip_id, 0)
+            .unwrap()
+            .iter()
+            .fold(VipStats::default(), |mut acc, s| {
+                acc.packets += s.packets;
+                acc.bytes += s.bytes;
+                acc.new_flows += s.new_flows;
+                acc.drops += s.drops;
+                acc
+            })
+    }
+
+    pub fn backend_stats(&self, id: u32) -> BackendStats {
+        let a: PerCpuArray<&MapData, BackendStats> =
+            PerCpuArray::try_from(self.map(maps::BACKEND_STATS)).unwrap();
+        a.get(&id, 0)
+            .unwrap()
+            .iter()
+            .fold(BackendStats::default(), |mut acc, s| {
+                acc.packets += s.packets;
+                acc.bytes += s.bytes;
+                acc.new_flows += s.new_flows;
+                acc
+            })
+    }
+
+    pub fn add_decap_vip(&mut self, ip: IpAddr) -> Result<()> {
+        let mut a: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::DECAP_VIPS))?;
+        a.insert(addr_key(ip), 1, 0)?;
+        Ok(())
+    }
+
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(self.prog)
+            .expect("program loaded")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    /// Runs one packet through the program.
+    pub fn run(&self, data: &[u8]) -> Result<Outcome> {
+        let mut out = vec![0u8; data.len() + 512];
+        let r = self.program().test_run(TestRunOptions {
+            data_in: Some(data),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(Outcome {
+            action: r.return_value,
+            data: out,
+        })
+    }
+
+    /// Runs a packet `repeat` times in the kernel; returns the mean time per run.
+    pub fn time(&self, data: &[u8], repeat: u32) -> Result<std::time::Duration> {
+        let mut out = vec![0u8; data.len() + 512];
+        let r = self.program().test_run(TestRunOptions {
+            data_in: Some(data),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok(r.duration)
+    }
+}
+
+/// Turns a load failure into an error that carries the verifier log.
+fn verifier_log(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            anyhow::anyhow!("verifier rejected the program: {io_error}\n{verifier_log}")
+        }
+        other => other.into(),
+    }
+}

@@ -1,1 +1,184 @@
-fn main() {}
+//! Project tasks: toolchain set-up, eBPF build, tests, benchmarks, the demo,
+//! and `run` (build, then start the daemon attached to a NIC).
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(about = "Build, test and run the load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: nightly rust-src, bpf-linker (LLVM 22), ethtool.
+    Setup,
+    /// Build the eBPF object (target/bpfel-unknown-none/release/lb-ebpf).
+    BuildEbpf,
+    /// Set up, build, and run every test: unit, packet (BPF_PROG_TEST_RUN), end to end.
+    Test,
+    /// Per-packet cost through BPF_PROG_TEST_RUN, and the Maglev build time.
+    Bench,
+    /// Build, then run `lb` with the given arguments (e.g. `run -- run --config deploy/pool.yaml`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Test => test(),
+        Cmd::Bench => bench(),
+        Cmd::Run { args } => {
+            setup()?;
+            build_ebpf()?;
+            run(Command::new("cargo").args(["build", "--release", "-p", "lb-userspace"]))?;
+            run(Command::new("target/release/lb").args(args))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Installs what this project needs and is missing. Idempotent and quick when
+/// everything is there.
+fn setup() -> Result<()> {
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let src = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
+    if !src.exists() {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    if !succeeds(Command::new("bpf-linker").arg("--version")) {
+        install_bpf_linker(&sysroot)?;
+    }
+    let missing: Vec<&str> = [("ethtool", "ethtool"), ("bpftool", "bpftool")]
+        .into_iter()
+        .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        if unsafe { libc_geteuid() } != 0 {
+            eprintln!("note: missing {missing:?}; run as root (or apt-get install them) for the network tests");
+        } else {
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing))?;
+        }
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// bpf-linker must use the nightly's own LLVM (22): build it against the
+/// nightly's libLLVM rather than a system LLVM.
+fn install_bpf_linker(sysroot: &str) -> Result<()> {
+    let lib = Path::new(sysroot).join("lib");
+    let name = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
+        .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))?;
+    let name = name.trim_start_matches("lib").trim_end_matches(".so");
+    let lib = lib.display();
+    let flags = format!("-L {lib} -l dylib={name} -C link-arg=-Wl,-rpath,{lib}");
+    let major = name
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or("22");
+    run(Command::new("cargo")
+        .env("RUSTFLAGS", flags)
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
+        .args(["--features", &format!("llvm-{major},no-llvm-linking")]))
+}
+
+/// Where `build_ebpf` puts the object.
+const EBPF_OBJECT: &str = "target/bpfel-unknown-none/release/lb-ebpf";
+
+fn build_ebpf() -> Result<()> {
+    run(Command::new("cargo")
+        .args(["+nightly", "build", "--release", "-p", "lb-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    eprintln!("eBPF object: {EBPF_OBJECT}");
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    // Unit tests, then the root tests: packet tests and end to end. The test
+    // harness finds the object through LB_EBPF_OBJECT.
+    let object = workspace_root().join(EBPF_OBJECT);
+    run(Command::new("cargo")
+        .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+        .env("LB_EBPF_OBJECT", &object)
+        .args(["--", "--test-threads=1"]))
+}
+
+fn bench() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let object = workspace_root().join(EBPF_OBJECT);
+    run(Command::new("cargo")
+        .args(["run", "--release", "-p", "lb-tests", "--bin", "packet-bench"])
+        .env("LB_EBPF_OBJECT", &object))?;
+    run(Command::new("cargo").args(["run", "--release", "-p", "lb-userspace", "--example", "maglev_bench"]))
+}

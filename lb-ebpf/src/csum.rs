@@ -1,0 +1,30 @@
+//! Internet checksum helpers. All work on 16-bit words as they lie in memory:
+//! the ones'-complement sum does not depend on byte order (RFC 1071), so no
+//! byte swapping is needed as long as the result is stored the same way.
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Checksum of a 20-byte IPv4 header at `ip` whose checksum field is zero.
+#[inline(always)]
+pub unsafe fn ipv4_header(ip: usize) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 20 {
+        sum += unsafe { *((ip + i) as *const u16) } as u32;
+        i += 2;
+    }
+    !fold(sum)
+}
+
+/// Incremental update (RFC 1624, eqn. 3) of checksum `check` when one 16-bit
+/// word changes from `old` to `new`.
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    let sum = (!check as u32) + (!old as u32 & 0xffff) + new as u32;
+    !fold(sum)
+}

@@ -1,0 +1,738 @@
+//! Packet tests: the real XDP object, real maps, BPF_PROG_TEST_RUN. Each test
+//! asserts the action, the exact bytes that leave, and the counters.
+use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Header, PacketBuilder, SlicedPacket};
+use lb_common::{
+    counter, decap_counter, flow_hash, Config, VipInfo, BACKEND_F_DOWN, CONFIG_F_GATEWAY_MAC,
+    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+};
+use lb_tests::packets::*;
+use lb_tests::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+const KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0x0fed_cba9_8765_4321];
+const SRC_V4: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 0);
+const SRC_V4_BITS: u32 = 8;
+const SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x255, 0, 0, 0, 0, 0, 0);
+const SRC_V6_BITS: u32 = 16;
+
+const WEB: u32 = 0; // 10.100.0.1:80/tcp
+const DNS: u32 = 1; // 10.100.0.1:53/udp
+const WEB6: u32 = 2; // [fd00:100::1]:80/tcp
+const MIXED: u32 = 3; // 10.100.0.2:80/tcp -> IPv6 backends
+const ANY: u32 = 4; // 10.100.0.3:0/tcp (every port)
+const EMPTY: u32 = 5; // 10.100.0.4:80/tcp, no backend
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn config(ring_size: u32) -> Config {
+    Config {
+        hash_key: KEY,
+        ring_size,
+        flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6,
+        udp_idle_timeout_ns: 30_000_000_000,
+        src_v4: u32::from_ne_bytes(SRC_V4.octets()),
+        src_v4_mask: host_mask(SRC_V4_BITS),
+        src_v6: addr_words(IpAddr::V6(SRC_V6)).0,
+        src_v6_mask: host_mask(SRC_V6_BITS),
+        mtu: 1500,
+        gateway_mac: GATEWAY_MAC,
+        _pad: [0; 2],
+    }
+}
+
+/// Backends by slot id.
+fn backends() -> Vec<(u32, IpAddr)> {
+    vec![
+        (1, ip("10.0.1.1")),
+        (2, ip("10.0.1.2")),
+        (3, ip("10.0.1.3")),
+        (10, ip("fd00:1::1")),
+        (11, ip("fd00:1::2")),
+    ]
+}
+
+/// A ring whose slot i holds ids[i % len].
+fn ring(ids: &[u32], size: u32) -> Vec<u32> {
+    (0..size)
+        .map(|i| {
+            if ids.is_empty() {
+                NO_BACKEND
+            } else {
+                ids[i as usize % ids.len()]
+            }
+        })
+        .collect()
+}
+
+fn vip(id: u32) -> VipInfo {
+    VipInfo {
+        vip_id: id,
+        ..VipInfo::default()
+    }
+}
+
+/// A balancer in a private network namespace with the VIPs above.
+fn setup() -> Option<Balancer> {
+    root_env("packet tests")?;
+    private_netns().unwrap();
+    let sizes = Sizes::default();
+    let mut lb = Balancer::load(sizes).unwrap();
+    lb.set_config(config(sizes.ring_size)).unwrap();
+    for (id, addr) in backends() {
+        lb.set_backend(id, backend(addr, 0)).unwrap();
+    }
+    let n = sizes.ring_size;
+    for (key, id, ids) in [
+        (vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, vec![1, 2, 3]),
+        (vip_key(ip("10.100.0.1"), 53, PROTO_UDP), DNS, vec![1, 2]),
+        (vip_key(ip("fd00:100::1"), 80, PROTO_TCP), WEB6, vec![10, 11]),
+        (vip_key(ip("10.100.0.2"), 80, PROTO_TCP), MIXED, vec![10, 11]),
+        (vip_key(ip("10.100.0.3"), 0, PROTO_TCP), ANY, vec![3]),
+        (vip_key(ip("10.100.0.4"), 80, PROTO_TCP), EMPTY, vec![]),
+    ] {
+        lb.write_ring(id, 0, &ring(&ids, n)).unwrap();
+        lb.add_vip(key, vip(id)).unwrap();
+    }
+    Some(lb)
+}
+
+fn hash(f: &Flow) -> u32 {
+    flow_hash(&f.key(), &KEY) as u32
+}
+
+/// The backend the ring of a VIP with `ids` picks for flow `f`.
+fn pick(f: &Flow, ids: &[u32]) -> u32 {
+    ids[(hash(f) % Sizes::default().ring_size) as usize % ids.len()]
+}
+
+fn addr_of(id: u32) -> IpAddr {
+    backends().into_iter().find(|(i, _)| *i == id).unwrap().1
+}
+
+fn outer_src(dst: IpAddr, h: u32) -> IpAddr {
+    match dst {
+        IpAddr::V4(_) => IpAddr::V4(outer_src_v4(SRC_V4, SRC_V4_BITS, h)),
+        IpAddr::V6(_) => IpAddr::V6(outer_src_v6(SRC_V6, SRC_V6_BITS, h)),
+    }
+}
+
+/// Runs `frame` and asserts it left encapsulated to backend `id`, byte for byte.
+fn assert_encap(lb: &Balancer, frame: &[u8], f: &Flow, id: u32) {
+    let out = lb.run(frame).unwrap();
+    assert_eq!(out.action, XDP_TX, "counters: {:?}", lb.counters());
+    let dst = addr_of(id);
+    let h = hash(f);
+    let expected = expected_encap(
+        frame,
+        &Encap {
+            dmac: GATEWAY_MAC,
+            smac: LB_MAC,
+            src: outer_src(dst, h),
+            dst,
+            hash: h,
+        },
+    );
+    assert_eq!(out.data, expected, "output differs from the expected encapsulation");
+    assert_outer_checksum(&out.data);
+}
+
+fn assert_outer_checksum(frame: &[u8]) {
+    let l3 = &frame[ip_offset(frame)..];
+    if l3[0] >> 4 == 4 {
+        let (h, _) = Ipv4Header::from_slice(l3).unwrap();
+        assert_eq!(h.header_checksum, h.calc_header_checksum(), "outer IPv4 checksum");
+    }
+}
+
+fn ip_offset(frame: &[u8]) -> usize {
+    if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    }
+}
+
+fn assert_passed_unchanged(lb: &Balancer, frame: &[u8]) {
+    let out = lb.run(frame).unwrap();
+    assert_eq!(out.action, XDP_PASS, "counters: {:?}", lb.counters());
+    assert_eq!(out.data, frame, "a passed packet must be untouched");
+}
+
+#[test]
+fn tcp_v4_vip_to_v4_backend() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.10", 40000, "10.100.0.1", 80);
+    let want = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, want);
+    assert_eq!(lb.flow(&f.key()).unwrap().backend, want);
+    // The next segment hits the flow table.
+    assert_encap(&lb, &f.packet("A", b"GET / HTTP/1.1\r\n\r\n"), &f, want);
+    assert_eq!(lb.counter(counter::FLOW_HIT), 1);
+    assert_eq!(lb.counter(counter::NEW_FLOW), 1);
+    let s = lb.vip_stats(WEB);
+    assert_eq!((s.packets, s.new_flows), (2, 1));
+    assert_eq!(lb.backend_stats(want).packets, 2);
+    let frame = f.packet("A", b"GET / HTTP/1.1\r\n\r\n");
+    let _ = lb.run(&frame).unwrap();
+    assert_eq!(
+        lb.vip_stats(WEB).bytes,
+        (f.packet("S", b"").len() - 14 + 2 * (frame.len() - 14)) as u64
+    );
+}
+
+#[test]
+fn udp_v4_vip_to_v4_backend() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::udp("192.0.2.10", 5353, "10.100.0.1", 53);
+    let want = pick(&f, &[1, 2]);
+    assert_encap(&lb, &f.packet("", b"query"), &f, want);
+    assert_encap(&lb, &f.packet("", b"query 2"), &f, want);
+    assert_eq!(lb.counter(counter::FLOW_HIT), 1);
+}
+
+#[test]
+fn flows_spread_over_backends_as_the_ring_says() {
+    let Some(lb) = setup() else { return };
+    let mut seen = std::collections::BTreeMap::new();
+    for port in 1000..1200 {
+        let f = Flow::tcp("192.0.2.10", port, "10.100.0.1", 80);
+        let want = pick(&f, &[1, 2, 3]);
+        assert_encap(&lb, &f.packet("S", b""), &f, want);
+        *seen.entry(want).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "all three backends get flows: {seen:?}");
+}
+
+#[test]
+fn tcp_v6_vip_to_v6_backend() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("2001:db8::10", 40000, "fd00:100::1", 80);
+    let want = pick(&f, &[10, 11]);
+    assert_encap(&lb, &f.packet("S", b""), &f, want);
+    assert_encap(&lb, &f.packet("A", b"hello"), &f, want);
+}
+
+#[test]
+fn udp_v6_vip_to_v6_backend() {
+    let Some(mut lb) = setup() else { return };
+    lb.write_ring(WEB6, 1, &ring(&[10, 11], Sizes::default().ring_size))
+        .unwrap();
+    let key = vip_key(ip("fd00:100::1"), 53, PROTO_UDP);
+    lb.add_vip(key, vip(WEB6)).unwrap();
+    let f = Flow::udp("2001:db8::10", 40000, "fd00:100::1", 53);
+    let want = pick(&f, &[10, 11]);
+    assert_encap(&lb, &f.packet("", b"q"), &f, want);
+}
+
+#[test]
+fn v4_vip_to_v6_backend_is_4in6() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.10", 40001, "10.100.0.2", 80);
+    let want = pick(&f, &[10, 11]);
+    let mut frame = f.packet("S", b"");
+    set_tos_v4(&mut frame, 0xb8); // DSCP EF: copied to the outer traffic class
+    assert_encap(&lb, &frame, &f, want);
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.data[14] >> 4, 6);
+    assert_eq!((out.data[14] << 4) | (out.data[15] >> 4), 0xb8);
+    assert_eq!(out.data[14 + 6], 4, "next header IPIP");
+}
+
+#[test]
+fn dscp_and_df_are_copied_to_the_outer_ipv4_header() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.10", 40002, "10.100.0.1", 80);
+    let mut frame = f.packet("S", b"");
+    set_tos_v4(&mut frame, 0x2a);
+    let want = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &frame, &f, want);
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.data[15], 0x2a);
+    assert_eq!(out.data[20] & 0x40, frame[20] & 0x40, "DF copied");
+}
+
+#[test]
+fn outer_source_varies_per_flow_within_the_configured_prefix() {
+    let Some(lb) = setup() else { return };
+    let mut sources = std::collections::BTreeSet::new();
+    for port in 2000..2050 {
+        let f = Flow::tcp("192.0.2.10", port, "10.100.0.1", 80);
+        let out = lb.run(&f.packet("S", b"")).unwrap();
+        let src = Ipv4Addr::new(out.data[26], out.data[27], out.data[28], out.data[29]);
+        assert_eq!(&src.octets()[..3], &SRC_V4.octets()[..3], "inside 10.255.0.0/24");
+        sources.insert(src);
+    }
+    assert!(sources.len() > 30, "sources vary: {}", sources.len());
+}
+
+#[test]
+fn established_flow_keeps_backend_after_table_replaced_new_syn_follows_new_table() {
+    let Some(mut lb) = setup() else { return };
+    let n = Sizes::default().ring_size;
+    let f = Flow::tcp("192.0.2.20", 41000, "10.100.0.1", 80);
+    let old = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, old);
+    // Replace the table: only some other backend remains. Write the idle
+    // buffer, then flip, as the daemon does.
+    let other = if old == 1 { 2 } else { 1 };
+    lb.write_ring(WEB, 1, &ring(&[other], n)).unwrap();
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    lb.add_vip(
+        key,
+        VipInfo {
+            active_ring: 1,
+            ..vip(WEB)
+        },
+    )
+    .unwrap();
+    assert_eq!(lb.vip_info(&key).unwrap().active_ring, 1);
+    // The established connection stays.
+    assert_encap(&lb, &f.packet("A", b"more"), &f, old);
+    // A new connection follows the new table.
+    let g = f.with_sport(41001);
+    assert_encap(&lb, &g.packet("S", b""), &g, other);
+    // A SYN on the old 5-tuple is a new connection: rescheduled.
+    assert_encap(&lb, &f.packet("S", b""), &f, other);
+}
+
+#[test]
+fn rst_creates_no_flow_entry() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.30", 42000, "10.100.0.1", 80);
+    let want = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("R", b""), &f, want);
+    assert!(lb.flow(&f.key()).is_none(), "RST must not create an entry");
+    assert_eq!(lb.flow_count(), 0);
+    // A mid-stream segment with no entry (e.g. after a restart) does create one.
+    assert_encap(&lb, &f.packet("A", b""), &f, want);
+    assert!(lb.flow(&f.key()).is_some());
+}
+
+#[test]
+fn udp_flow_expires_after_idle_timeout() {
+    let Some(mut lb) = setup() else { return };
+    let n = Sizes::default().ring_size;
+    let mut cfg = config(n);
+    cfg.udp_idle_timeout_ns = 200_000_000;
+    lb.set_config(cfg).unwrap();
+    let f = Flow::udp("192.0.2.40", 43000, "10.100.0.1", 53);
+    let first = pick(&f, &[1, 2]);
+    assert_encap(&lb, &f.packet("", b"a"), &f, first);
+    let other = if first == 1 { 2 } else { 1 };
+    lb.write_ring(DNS, 1, &ring(&[other], n)).unwrap();
+    lb.add_vip(
+        vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
+        VipInfo {
+            active_ring: 1,
+            ..vip(DNS)
+        },
+    )
+    .unwrap();
+    // Within the timeout: the flow entry holds.
+    assert_encap(&lb, &f.packet("", b"b"), &f, first);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Idle past the timeout: scheduled anew, from the new table.
+    assert_encap(&lb, &f.packet("", b"c"), &f, other);
+    assert_eq!(lb.counter(counter::UDP_FLOW_EXPIRED), 1);
+    assert_eq!(lb.flow(&f.key()).unwrap().backend, other);
+}
+
+#[test]
+fn flow_to_a_down_backend_is_rescheduled() {
+    let Some(mut lb) = setup() else { return };
+    let n = Sizes::default().ring_size;
+    let f = Flow::tcp("192.0.2.50", 44000, "10.100.0.1", 80);
+    let first = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, first);
+    let rest: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
+    lb.set_backend(first, backend(addr_of(first), BACKEND_F_DOWN))
+        .unwrap();
+    lb.write_ring(WEB, 1, &ring(&rest, n)).unwrap();
+    lb.add_vip(
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        VipInfo {
+            active_ring: 1,
+            ..vip(WEB)
+        },
+    )
+    .unwrap();
+    let want = rest[(hash(&f) % n) as usize % rest.len()];
+    assert_encap(&lb, &f.packet("A", b""), &f, want);
+    assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
+}
+
+#[test]
+fn non_vip_traffic_passes_unchanged() {
+    let Some(lb) = setup() else { return };
+    // Other host, v4 and v6.
+    assert_passed_unchanged(&lb, &Flow::tcp("192.0.2.1", 1, "10.9.9.9", 80).packet("S", b""));
+    assert_passed_unchanged(&lb, &Flow::udp("2001:db8::1", 1, "2001:db8::2", 53).packet("", b"x"));
+    // VIP address, port that is not a VIP.
+    assert_passed_unchanged(&lb, &Flow::tcp("192.0.2.1", 1, "10.100.0.1", 443).packet("S", b""));
+    // VIP address and port, other protocol.
+    assert_passed_unchanged(&lb, &Flow::udp("192.0.2.1", 1, "10.100.0.1", 80).packet("", b"x"));
+    // ARP.
+    let mut arp = Vec::new();
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 10, 100, 0, 1]);
+    assert_passed_unchanged(&lb, &arp);
+    assert_eq!(lb.counter(counter::PASS_NOT_VIP), 4);
+    assert_eq!(lb.counter(counter::PASS_NOT_IP), 1);
+    assert_eq!(lb.flow_count(), 0);
+}
+
+#[test]
+fn truncated_headers_pass_and_are_counted() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.1", 1, "10.100.0.1", 80);
+    let full = f.packet("S", b"");
+    // Ethernet that announces a VLAN tag it does not carry.
+    let mut vlan = full[..14].to_vec();
+    vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+    vlan.extend_from_slice(&[0, 5]);
+    // IPv4 header cut short; IPv4 with IHL < 5; TCP header cut short.
+    let ip_cut = full[..14 + 12].to_vec();
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44;
+    let tcp_cut = full[..14 + 20 + 10].to_vec();
+    let u = Flow::udp("192.0.2.1", 1, "10.100.0.1", 53).packet("", b"");
+    let udp_cut = u[..14 + 20 + 6].to_vec();
+    let v6 = Flow::tcp("2001:db8::1", 1, "fd00:100::1", 80).packet("S", b"");
+    let v6_cut = v6[..14 + 30].to_vec();
+    for frame in [&vlan, &ip_cut, &bad_ihl, &tcp_cut, &udp_cut, &v6_cut] {
+        assert_passed_unchanged(&lb, frame);
+    }
+    assert_eq!(lb.counter(counter::PASS_MALFORMED), 6, "{:?}", lb.counters());
+    assert_eq!(lb.flow_count(), 0);
+}
+
+#[test]
+fn ipv4_options_are_forwarded_inside_the_tunnel() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.60", 45000, "10.100.0.1", 80);
+    let plain = f.packet("S", b"");
+    // Rebuild with a 4-byte option (NOP NOP NOP EOL): IHL 6.
+    let (mut h, rest) = Ipv4Header::from_slice(&plain[14..]).unwrap();
+    h.options = [1u8, 1, 1, 0][..].try_into().unwrap();
+    h.total_len += 4;
+    h.header_checksum = h.calc_header_checksum();
+    let mut frame = plain[..14].to_vec();
+    frame.extend_from_slice(&h.to_bytes());
+    frame.extend_from_slice(rest);
+    assert_eq!(frame[14] & 0x0f, 6);
+    assert_encap(&lb, &frame, &f, pick(&f, &[1, 2, 3]));
+}
+
+#[test]
+fn fragments_to_a_vip_are_dropped_and_counted_others_pass() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::udp("192.0.2.1", 1, "10.100.0.1", 53);
+    let mut first = f.packet("", &[0u8; 64]);
+    first[20] |= 0x20; // more fragments
+    let mut later = f.packet("", &[0u8; 64]);
+    later[20] = 0;
+    later[21] = 10; // offset 80
+    for fr in [&mut first, &mut later] {
+        let (h, _) = Ipv4Header::from_slice(&fr[14..]).unwrap();
+        let c = h.calc_header_checksum();
+        fr[24..26].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(lb.run(fr).unwrap().action, XDP_DROP);
+    }
+    assert_eq!(lb.counter(counter::DROP_FRAGMENT), 2);
+    let mut other = Flow::udp("192.0.2.1", 1, "10.9.9.9", 53).packet("", &[0u8; 64]);
+    other[20] |= 0x20;
+    assert_passed_unchanged(&lb, &other);
+}
+
+#[test]
+fn ipv6_extension_headers_to_a_vip_are_dropped_and_counted() {
+    let Some(lb) = setup() else { return };
+    let mut frame = Flow::tcp("2001:db8::1", 1, "fd00:100::1", 80).packet("S", b"");
+    frame[14 + 6] = 44; // fragment header
+    assert_eq!(lb.run(&frame).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_IPV6_EXT), 1);
+}
+
+#[test]
+fn vlan_tagged_vip_traffic_keeps_its_tag() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.70", 46000, "10.100.0.1", 80);
+    let frame = f.packet_vlan("S", b"", Some(42));
+    assert_encap(&lb, &frame, &f, pick(&f, &[1, 2, 3]));
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(&out.data[12..16], &[0x81, 0x00, 0x00, 42]);
+    let f6 = Flow::tcp("2001:db8::70", 46000, "fd00:100::1", 80);
+    assert_encap(&lb, &f6.packet_vlan("S", b"", Some(7)), &f6, pick(&f6, &[10, 11]));
+}
+
+#[test]
+fn wildcard_port_vip_takes_every_port() {
+    let Some(lb) = setup() else { return };
+    for port in [1, 22, 8443] {
+        let f = Flow::tcp("192.0.2.80", 47000, "10.100.0.3", port);
+        assert_encap(&lb, &f.packet("S", b""), &f, 3);
+    }
+}
+
+#[test]
+fn icmp_echo_to_a_vip_is_answered() {
+    let Some(lb) = setup() else { return };
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([192, 0, 2, 1], [10, 100, 0, 1], 50)
+        .icmpv4_echo_request(7, 9)
+        .write(&mut frame, b"ping payload")
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_TX);
+    let mut expected = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
+        .ipv4([10, 100, 0, 1], [192, 0, 2, 1], 64)
+        .icmpv4(Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 7, seq: 9 }))
+        .write(&mut expected, b"ping payload")
+        .unwrap();
+    assert_eq!(out.data, expected);
+    let (icmp, _) = Icmpv4Header::from_slice(&out.data[34..]).unwrap();
+    assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(b"ping payload"));
+    assert_eq!(lb.counter(counter::ICMP_ECHO_REPLY), 1);
+
+    let mut f6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(ip6("2001:db8::1"), ip6("fd00:100::1"), 50)
+        .icmpv6_echo_request(3, 4)
+        .write(&mut f6, b"ping6")
+        .unwrap();
+    let out = lb.run(&f6).unwrap();
+    assert_eq!(out.action, XDP_TX);
+    let mut expected = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
+        .ipv6(ip6("fd00:100::1"), ip6("2001:db8::1"), 64)
+        .icmpv6_echo_reply(3, 4)
+        .write(&mut expected, b"ping6")
+        .unwrap();
+    assert_eq!(out.data, expected);
+}
+
+fn ip6(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().unwrap().octets()
+}
+
+#[test]
+fn icmp_frag_needed_goes_to_the_flows_backend() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.90", 48000, "10.100.0.1", 80);
+    let want = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, want);
+    // A router tells the VIP (i.e. the backend's reply) that 1400 is too big.
+    let reply = Flow::tcp("10.100.0.1", 80, "192.0.2.90", 48000).packet("A", &[0u8; 8]);
+    let quoted = &reply[14..14 + 28];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([198, 51, 100, 1], [10, 100, 0, 1], 60)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut frame, quoted)
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let h = hash(&f);
+    let dst = addr_of(want);
+    let expected = expected_encap(
+        &frame,
+        &Encap {
+            dmac: GATEWAY_MAC,
+            smac: LB_MAC,
+            src: outer_src(dst, h),
+            dst,
+            hash: h,
+        },
+    );
+    assert_eq!(out.data, expected);
+    assert_eq!(lb.counter(counter::ICMP_STEERED), 1);
+    // No flow: the kernel gets it.
+    let other = Flow::tcp("10.100.0.1", 80, "192.0.2.91", 1).packet("A", &[0u8; 8]);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([198, 51, 100, 1], [10, 100, 0, 1], 60)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut frame, &other[14..14 + 28])
+        .unwrap();
+    assert_passed_unchanged(&lb, &frame);
+}
+
+#[test]
+fn icmpv6_packet_too_big_goes_to_the_flows_backend() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("2001:db8::90", 48000, "fd00:100::1", 80);
+    let want = pick(&f, &[10, 11]);
+    assert_encap(&lb, &f.packet("S", b""), &f, want);
+    let reply = Flow::tcp("fd00:100::1", 80, "2001:db8::90", 48000).packet("A", &[0u8; 8]);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(ip6("2001:db8:ffff::1"), ip6("fd00:100::1"), 60)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut frame, &reply[14..14 + 48])
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let h = hash(&f);
+    let dst = addr_of(want);
+    let expected = expected_encap(
+        &frame,
+        &Encap {
+            dmac: GATEWAY_MAC,
+            smac: LB_MAC,
+            src: outer_src(dst, h),
+            dst,
+            hash: h,
+        },
+    );
+    assert_eq!(out.data, expected);
+}
+
+#[test]
+fn vip_with_empty_table_drops_and_counts() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.1", 1, "10.100.0.4", 80);
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.vip_stats(EMPTY).drops, 1);
+    assert_eq!(lb.flow_count(), 0);
+}
+
+#[test]
+fn over_mtu_after_encapsulation_is_dropped_and_counted() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.1", 2, "10.100.0.1", 80);
+    // 1500 bytes of IP: fits the link, not once 20 bytes of tunnel are added.
+    let frame = f.packet("A", &vec![0u8; 1500 - 40]);
+    assert_eq!(lb.run(&frame).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_TOO_BIG), 1);
+    // 1480 bytes fit.
+    let ok = f.packet("A", &vec![0u8; 1480 - 40]);
+    assert_encap(&lb, &ok, &f, pick(&f, &[1, 2, 3]));
+}
+
+#[test]
+fn without_route_or_gateway_mac_the_packet_is_dropped_and_counted() {
+    let Some(mut lb) = setup() else { return };
+    let mut cfg = config(Sizes::default().ring_size);
+    cfg.flags &= !CONFIG_F_GATEWAY_MAC;
+    lb.set_config(cfg).unwrap();
+    let f = Flow::tcp("192.0.2.1", 3, "10.100.0.1", 80);
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_NO_ROUTE), 1);
+}
+
+#[test]
+fn next_hop_from_the_kernel_fib_and_redirect_to_the_egress_interface() {
+    let Some(lb) = setup() else { return };
+    // In this private namespace: a veth with the backend's subnet and a
+    // permanent neighbour entry for the backend. The kernel answers FIB
+    // lookups for forwarded traffic only where IP forwarding is on, as on
+    // any balancer host.
+    let sh = |c: &str| {
+        let st = std::process::Command::new("sh").args(["-c", c]).status().unwrap();
+        assert!(st.success(), "{c}");
+    };
+    sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add fibt0 address 02:00:00:00:aa:01 type veth peer name fibt1 \
+        && ip link set fibt0 up && ip link set fibt1 up && ip link set lo up \
+        && ip addr add 10.0.1.254/24 dev fibt0 \
+        && ip neigh replace 10.0.1.1 lladdr 02:00:00:00:bb:01 dev fibt0 nud permanent \
+        && ip neigh replace 10.0.1.2 lladdr 02:00:00:00:bb:02 dev fibt0 nud permanent \
+        && ip neigh replace 10.0.1.3 lladdr 02:00:00:00:bb:03 dev fibt0 nud permanent");
+    let f = Flow::tcp("192.0.2.1", 4, "10.100.0.1", 80);
+    let want = pick(&f, &[1, 2, 3]);
+    let frame = f.packet("S", b"");
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_REDIRECT, "{:?}", lb.counters());
+    let h = hash(&f);
+    let dst = addr_of(want);
+    let expected = expected_encap(
+        &frame,
+        &Encap {
+            dmac: [0x02, 0, 0, 0, 0xbb, want as u8],
+            smac: [0x02, 0, 0, 0, 0xaa, 0x01],
+            src: outer_src(dst, h),
+            dst,
+            hash: h,
+        },
+    );
+    assert_eq!(out.data, expected);
+    assert_eq!(lb.counter(counter::REDIRECT), 1);
+    assert_eq!(lb.counter(counter::FIB_FALLBACK), 0);
+}
+
+// ------------------------------------------------------- decapsulation --
+
+fn decap_setup() -> Option<Balancer> {
+    root_env("decap tests")?;
+    let mut d = Balancer::load_decap().unwrap();
+    d.add_decap_vip(ip("10.100.0.1")).unwrap();
+    d.add_decap_vip(ip("fd00:100::1")).unwrap();
+    Some(d)
+}
+
+fn tunnel(frame: &[u8], src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    expected_encap(
+        frame,
+        &Encap {
+            dmac: LB_MAC,
+            smac: GATEWAY_MAC,
+            src,
+            dst,
+            hash: 99,
+        },
+    )
+}
+
+#[test]
+fn decap_strips_ipip_ip6ip6_and_4in6_to_a_vip() {
+    let Some(d) = decap_setup() else { return };
+    let cases = [
+        (Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80), ip("10.255.0.7"), ip("10.0.1.1")),
+        (Flow::udp("2001:db8::1", 5, "fd00:100::1", 53), ip("fd00:255::7"), ip("fd00:1::1")),
+        (Flow::tcp("192.0.2.1", 6, "10.100.0.1", 80), ip("fd00:255::7"), ip("fd00:1::1")),
+    ];
+    for (f, src, dst) in cases {
+        for vlan in [None, Some(9)] {
+            let inner = f.packet_vlan(if f.proto == PROTO_TCP { "S" } else { "" }, b"data", vlan);
+            let outer = tunnel(&inner, src, dst);
+            let out = d.run(&outer).unwrap();
+            assert_eq!(out.action, XDP_PASS);
+            // What reaches the stack: the tunnel's Ethernet header, the inner packet.
+            let mut expected = outer[..ip_offset(&outer)].to_vec();
+            let et = if f.dst.is_ipv6() { [0x86, 0xdd] } else { [0x08, 0x00] };
+            let n = expected.len();
+            expected[n - 2..].copy_from_slice(&et);
+            expected.extend_from_slice(ip_part(&inner));
+            assert_eq!(out.data, expected);
+            assert!(SlicedPacket::from_ethernet(&out.data).is_ok());
+        }
+    }
+    assert_eq!(d.decap_counter(decap_counter::DECAPPED), 6);
+}
+
+#[test]
+fn decap_leaves_other_traffic_alone() {
+    let Some(d) = decap_setup() else { return };
+    let plain = Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80).packet("S", b"");
+    let out = d.run(&plain).unwrap();
+    assert_eq!((out.action, &out.data), (XDP_PASS, &plain));
+    // A tunnel to some other address.
+    let inner = Flow::tcp("192.0.2.1", 5, "10.9.9.9", 80).packet("S", b"");
+    let outer = tunnel(&inner, ip("10.255.0.7"), ip("10.0.1.1"));
+    let out = d.run(&outer).unwrap();
+    assert_eq!((out.action, &out.data), (XDP_PASS, &outer));
+    assert_eq!(d.decap_counter(decap_counter::PASS_NOT_TUNNEL), 1);
+    assert_eq!(d.decap_counter(decap_counter::PASS_NOT_VIP), 1);
+    assert_eq!(d.decap_counter(decap_counter::DECAPPED), 0);
+}

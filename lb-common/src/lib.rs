@@ -87,7 +87,7 @@ pub const BACKEND_F_USED: u8 = 2;
 
 /// A service address: (address, port, protocol). Port 0 means every port.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: [u32; 4],
     /// Network byte order.
@@ -115,7 +115,7 @@ const _: () = assert!(core::mem::size_of::<VipInfo>() == 12);
 
 /// An address alone (for ICMP and fragment policy, and the decapsulator).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddrKey {
     pub addr: [u32; 4],
     pub family: u8,
@@ -130,7 +130,10 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// The VIP this slot serves. A backend address behind two VIPs has two
+    /// slots, because health and state are per VIP. Lets a restarted daemon
+    /// rebuild its slot assignment from the pinned maps alone.
+    pub vip_id: u16,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 20);
 

@@ -1,1 +1,178 @@
-fn main() {}
+//! `lb`: the load balancer's command line.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_userspace::{config, daemon, dataplane, status};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "lb", version, about = "XDP Layer-4 load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load, attach and serve the pool file; reloads it when it changes and on SIGHUP.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// eBPF object to load instead of the one built into `lb`.
+        #[arg(long)]
+        ebpf_object: Option<PathBuf>,
+    },
+    /// Check a pool file and report every problem with its line and column.
+    Validate { file: PathBuf },
+    /// Show every VIP and backend: health, weight, traffic, connections.
+    Status {
+        #[arg(long, short, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// Control socket (default /run/lb/lb0.sock, or the pool file's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach XDP, remove the pinned maps and links, and stop the daemon.
+    Stop {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// On a backend: attach the decapsulator to an interface for the given VIPs (pinned; stays after exit).
+    Decap {
+        #[arg(long, short)]
+        interface: String,
+        /// VIP addresses whose tunnelled packets are unwrapped (repeat for several).
+        #[arg(long = "vip")]
+        vips: Vec<std::net::IpAddr>,
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: Mode,
+        /// Detach and remove instead.
+        #[arg(long)]
+        remove: bool,
+        #[arg(long)]
+        ebpf_object: Option<PathBuf>,
+    },
+}
+
+static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
+
+fn object(path: Option<&Path>) -> Result<Vec<u8>> {
+    if let Some(p) = path {
+        return std::fs::read(p)
+            .with_context(|| format!("reading the eBPF object {}", p.display()));
+    }
+    if EMBEDDED.is_empty() {
+        bail!("this `lb` was built without the eBPF object; build it with `cargo xtask run` (or `cargo xtask build-ebpf` before `cargo build`), or pass --ebpf-object PATH");
+    }
+    Ok(EMBEDDED.to_vec())
+}
+
+fn load_pool(path: &Path) -> Result<config::Pool> {
+    config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = rt.block_on(real_main(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run {
+            config,
+            ebpf_object,
+        } => daemon::run(config, object(ebpf_object.as_deref())?).await,
+        Cmd::Validate { file } => {
+            let pool = load_pool(&file)?;
+            let backends: usize = pool.vips.iter().map(|v| v.backends.len()).sum();
+            println!(
+                "{}: ok ({} VIPs, {} backends)",
+                file.display(),
+                pool.vips.len(),
+                backends
+            );
+            Ok(())
+        }
+        Cmd::Status {
+            config,
+            socket,
+            json,
+        } => {
+            let sock = match (config, socket) {
+                (Some(c), _) => load_pool(&c)?.control_socket,
+                (None, Some(s)) => s,
+                (None, None) => PathBuf::from("/run/lb/lb0.sock"),
+            };
+            let answer = daemon::request(&sock, "status").await?;
+            if json {
+                print!("{answer}");
+            } else {
+                let s: status::Status =
+                    serde_json::from_str(&answer).context("reading the daemon's answer")?;
+                print!("{}", status::render(&s));
+            }
+            Ok(())
+        }
+        Cmd::Stop { config } => {
+            let pool = load_pool(&config)?;
+            if daemon::socket_alive(&pool.control_socket).await {
+                daemon::request(&pool.control_socket, "stop").await?;
+                println!("stopped instance `{}`", pool.instance);
+            } else {
+                let removed = dataplane::remove_pins(&pool.instance)?;
+                println!(
+                    "the daemon was not running; removed {} pins of instance `{}` (XDP detached)",
+                    removed.len(),
+                    pool.instance
+                );
+            }
+            Ok(())
+        }
+        Cmd::Decap {
+            interface,
+            vips,
+            mode,
+            remove,
+            ebpf_object,
+        } => {
+            if remove {
+                let was = dataplane::remove_decap(&interface)?;
+                println!(
+                    "{}",
+                    if was {
+                        "decapsulator removed"
+                    } else {
+                        "no decapsulator was attached"
+                    }
+                );
+                return Ok(());
+            }
+            if vips.is_empty() {
+                bail!("give at least one --vip ADDRESS");
+            }
+            let mode = match mode {
+                Mode::Auto => dataplane::AttachMode::Auto,
+                Mode::Driver => dataplane::AttachMode::Driver,
+                Mode::Generic => dataplane::AttachMode::Generic,
+            };
+            dataplane::attach_decap(&object(ebpf_object.as_deref())?, &interface, &vips, mode)?;
+            println!("lb_decap attached to `{interface}` for {vips:?}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! `lb run`: loads the pool file, loads or adopts the pinned data plane,
+//! attaches, runs the health probes, reloads on file change and SIGHUP, and
+//! answers `lb status` / `lb stop` on its control socket. One task owns the
+//! controller, so there is one writer of the maps.
+use crate::config::{self, BackendState, Pool, XdpModeSetting};
+use crate::controller::{kernel_config, BackendRef, Controller, HealthView};
+use crate::dataplane::{self, AttachMode, BpfDataPlane, DataPlane, Sizes};
+use crate::health::{spawn_prober, Health, HealthEvent, ProbeSpec, ProberHandle};
+use crate::status::{BackendStatus, Status, VipStatus};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// How often the pool file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reads the hash secret, or creates it (16 random bytes, hex, mode 0600).
+pub fn load_or_create_secret(path: &Path) -> Result<[u64; 2]> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut buf = [0u8; 16];
+            getrandom(&mut buf)?;
+            let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating the hash secret {}", path.display()))?;
+            use std::io::Write;
+            writeln!(f, "{hex}")?;
+            log::info!(
+                "created a new hash secret in {}; copy it to every node of the same ECMP group",
+                path.display()
+            );
+            hex
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the hash secret {}", path.display()))
+        }
+    };
+    let hex = text.trim();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!(
+            "hash secret {}: expected 32 hex digits, found {:?}",
+            path.display(),
+            hex
+        );
+    }
+    let a = u64::from_str_radix(&hex[..16], 16)?;
+    let b = u64::from_str_radix(&hex[16..], 16)?;
+    Ok([a, b])
+}
+
+fn getrandom(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom")
+}
+
+fn sizes(pool: &Pool) -> Sizes {
+    Sizes {
+        max_vips: pool.tables.max_vips,
+        max_backends: pool.tables.max_backends,
+        ring_size: pool.tables.maglev_size,
+        flows: pool.tables.flow_table_size,
+    }
+}
+
+fn attach_mode(m: XdpModeSetting) -> AttachMode {
+    match m {
+        XdpModeSetting::Auto => AttachMode::Auto,
+        XdpModeSetting::Driver => AttachMode::Driver,
+        XdpModeSetting::Generic => AttachMode::Generic,
+    }
+}
+
+/// Is a daemon answering on this control socket?
+pub async fn socket_alive(path: &Path) -> bool {
+    UnixStream::connect(path).await.is_ok()
+}
+
+/// Sends one request line to the daemon and returns its answer.
+pub async fn request(path: &Path, what: &str) -> Result<String> {
+    let mut s = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "the daemon is not running (nothing answers on {})",
+            path.display()
+        )
+    })?;
+    s.write_all(format!("{what}\n").as_bytes()).await?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).await?;
+    Ok(line)
+}
+
+enum Control {
+    Status(tokio::sync::oneshot::Sender<String>),
+    Stop(tokio::sync::oneshot::Sender<String>),
+}
+
+struct Rates {
+    at: Instant,
+    vip: HashMap<u32, u64>,
+    backend: HashMap<u32, u64>,
+    vip_rate: HashMap<u32, f64>,
+    backend_rate: HashMap<u32, f64>,
+}
+
+pub struct Daemon {
+    config_path: PathBuf,
+    pool: Pool,
+    ctl: Controller<BpfDataPlane>,
+    probers: HashMap<BackendRef, (ProbeSpec, ProberHandle)>,
+    health_tx: mpsc::Sender<HealthEvent<BackendRef>>,
+    started: Instant,
+    last_text: String,
+    rates: Rates,
+}
+
+/// `lb run`.
+pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let pool = config::parse(&text, &config_path.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`lb run` needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP); run it with sudo");
+    }
+    if socket_alive(&pool.control_socket).await {
+        bail!(
+            "instance `{}` is already running (its control socket {} answers); stop it with `lb stop --config {}`",
+            pool.instance,
+            pool.control_socket.display(),
+            config_path.display()
+        );
+    }
+    for iface in &pool.interfaces {
+        dataplane::nix_ifindex(iface)?;
+    }
+    let hash_key = load_or_create_secret(&pool.hash_secret_file)?;
+    let s = sizes(&pool);
+    let mut dp = BpfDataPlane::load(&object, &pool.instance, s)?;
+    dp.set_config(&kernel_config(&pool, hash_key))?;
+    let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
+    // Tables first, then attach: the first packet already finds them.
+    let report = ctl.apply(&pool)?;
+    log::info!(
+        "pool `{}`: {} VIPs; tables written for {:?}",
+        pool.instance,
+        pool.vips.len(),
+        report.tables_written
+    );
+    for iface in &pool.interfaces {
+        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
+        warn_forwarding(iface);
+    }
+
+    if let Some(dir) = pool.control_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&pool.control_socket);
+    let listener = UnixListener::bind(&pool.control_socket)
+        .with_context(|| format!("binding {}", pool.control_socket.display()))?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
+    tokio::spawn(serve_control(listener, ctl_tx));
+
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let mut d = Daemon {
+        config_path: config_path.clone(),
+        pool,
+        ctl,
+        probers: HashMap::new(),
+        health_tx,
+        started: Instant::now(),
+        last_text: text,
+        rates: Rates {
+            at: Instant::now(),
+            vip: HashMap::new(),
+            backend: HashMap::new(),
+            vip_rate: HashMap::new(),
+            backend_rate: HashMap::new(),
+        },
+    };
+    d.sync_probers();
+    log::info!(
+        "serving; control socket {}; pins under {}",
+        d.pool.control_socket.display(),
+        dataplane::pin_dir(&d.pool.instance).display()
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            Some(ev) = health_rx.recv() => d.on_health(ev),
+            _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
+            _ = watch.tick() => d.reload(false),
+            _ = tick.tick() => d.sample_rates(),
+            Some(c) = ctl_rx.recv() => match c {
+                Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
+                Control::Stop(reply) => {
+                    let removed = dataplane::remove_pins(&d.pool.instance)?;
+                    log::info!("stopped: XDP detached, {} pins removed", removed.len());
+                    let _ = reply.send("{\"stopped\":true}".into());
+                    let _ = std::fs::remove_file(&d.pool.control_socket);
+                    return Ok(());
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&d.pool.control_socket);
+    log::info!(
+        "exiting; the XDP program stays attached and keeps forwarding with the pinned maps under {} (`lb stop` detaches)",
+        dataplane::pin_dir(&d.pool.instance).display()
+    );
+    Ok(())
+}
+
+fn warn_forwarding(iface: &str) {
+    let p = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+    if std::fs::read_to_string(&p)
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
+        log::warn!(
+            "IP forwarding is off on `{iface}`: the kernel will not resolve next hops for the balancer, which then uses `encapsulation.gateway_mac` (or drops, counted as drop_no_route); enable it with `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (and net.ipv6.conf.{iface}.forwarding=1)"
+        );
+    }
+}
+
+async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let (otx, orx) = tokio::sync::oneshot::channel();
+            let msg = match line.trim() {
+                "status" => Control::Status(otx),
+                "stop" => Control::Stop(otx),
+                other => {
+                    let _ = w
+                        .write_all(
+                            format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes(),
+                        )
+                        .await;
+                    return;
+                }
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            if let Ok(answer) = orx.await {
+                let _ = w.write_all(answer.as_bytes()).await;
+                let _ = w.write_all(b"\n").await;
+            }
+        });
+    }
+}
+
+impl Daemon {
+    fn on_health(&mut self, ev: HealthEvent<BackendRef>) {
+        match self.ctl.probe_result(&ev.backend, &ev.outcome, ev.health) {
+            Ok(true) => {
+                let name = self
+                    .ctl
+                    .vips
+                    .get(&ev.backend.0)
+                    .map(|v| v.conf.name.clone())
+                    .unwrap_or_default();
+                let (level, word) = match ev.health {
+                    Health::Up => (log::Level::Info, "up"),
+                    Health::Down => (log::Level::Warn, "down"),
+                };
+                log::log!(
+                    level,
+                    "backend {} of VIP `{}` is {} ({}, {:.1} ms)",
+                    ev.backend.1,
+                    name,
+                    word,
+                    ev.outcome.detail,
+                    ev.outcome.latency.as_secs_f64() * 1000.0
+                );
+                if let Some(v) = self.ctl.vips.get(&ev.backend.0) {
+                    if v.serving() == 0 {
+                        log::error!("VIP `{}` has no backend left: its packets are dropped (drop_no_backend)", v.conf.name);
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("applying a health change: {e}"),
+        }
+    }
+
+    /// Reloads the pool file if it changed (or `force`). A bad file is
+    /// rejected with every problem; the running configuration stays.
+    fn reload(&mut self, force: bool) {
+        let text = match std::fs::read_to_string(&self.config_path) {
+            Ok(t) => t,
+            Err(e) => {
+                if force {
+                    log::error!(
+                        "reload: reading {}: {e}; keeping the running configuration",
+                        self.config_path.display()
+                    );
+                }
+                return;
+            }
+        };
+        if !force && text == self.last_text {
+            return;
+        }
+        self.last_text = text.clone();
+        let pool = match config::parse(&text, &self.config_path.display().to_string()) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("reload rejected; keeping the running configuration:\n{e}");
+                return;
+            }
+        };
+        if sizes(&pool) != sizes(&self.pool) || pool.instance != self.pool.instance {
+            log::error!("reload rejected: `instance` and `tables` sizes cannot change while running; run `lb stop` and start again to change them");
+            return;
+        }
+        let hash_key = match load_or_create_secret(&pool.hash_secret_file) {
+            Ok(k) => k,
+            Err(e) => {
+                log::error!("reload rejected: {e:#}");
+                return;
+            }
+        };
+        if let Err(e) = self.ctl.dp.set_config(&kernel_config(&pool, hash_key)) {
+            log::error!("reload: writing the global config: {e}");
+            return;
+        }
+        match self.ctl.apply(&pool) {
+            Ok(r) => log::info!(
+                "reloaded {}: added {:?}, removed {:?}, tables rewritten {:?}",
+                self.config_path.display(),
+                r.vips_added,
+                r.vips_removed,
+                r.tables_written
+            ),
+            Err(e) => {
+                log::error!("reload failed part-way: {e}");
+                return;
+            }
+        }
+        for iface in &pool.interfaces {
+            if !self.pool.interfaces.contains(iface) {
+                if let Err(e) = self.ctl.dp.attach(iface, attach_mode(pool.xdp_mode)) {
+                    log::error!("{e}");
+                }
+            }
+        }
+        self.pool = pool;
+        self.sync_probers();
+    }
+
+    /// Starts probes for new or changed checks, stops those no longer wanted.
+    fn sync_probers(&mut self) {
+        let wanted: BTreeMap<BackendRef, ProbeSpec> = self.ctl.probes().into_iter().collect();
+        self.probers
+            .retain(|k, (spec, _)| wanted.get(k) == Some(spec));
+        for (k, spec) in wanted {
+            if self.probers.contains_key(&k) {
+                continue;
+            }
+            let initial = match self
+                .ctl
+                .vips
+                .get(&k.0)
+                .and_then(|v| v.backends.get(&k.1))
+                .map(|b| b.health)
+            {
+                Some(HealthView::Down) => Health::Down,
+                _ => Health::Up,
+            };
+            let h = spawn_prober(k, spec.clone(), initial, self.health_tx.clone());
+            self.probers.insert(k, (spec, h));
+        }
+    }
+
+    fn sample_rates(&mut self) {
+        let dt = self.rates.at.elapsed().as_secs_f64().max(0.001);
+        self.rates.at = Instant::now();
+        for v in self.ctl.vips.values() {
+            if let Ok(s) = self.ctl.dp.vip_stats(v.id) {
+                let prev = self
+                    .rates
+                    .vip
+                    .insert(v.id, s.new_flows)
+                    .unwrap_or(s.new_flows);
+                self.rates
+                    .vip_rate
+                    .insert(v.id, s.new_flows.saturating_sub(prev) as f64 / dt);
+            }
+            for b in v.backends.values() {
+                if let Ok(s) = self.ctl.dp.backend_stats(b.id) {
+                    let prev = self
+                        .rates
+                        .backend
+                        .insert(b.id, s.new_flows)
+                        .unwrap_or(s.new_flows);
+                    self.rates
+                        .backend_rate
+                        .insert(b.id, s.new_flows.saturating_sub(prev) as f64 / dt);
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let idle = self.pool.tables.udp_idle_timeout.as_nanos() as u64;
+        let flows = self
+            .ctl
+            .dp
+            .active_flows(idle.max(60_000_000_000), 1 << 20)
+            .unwrap_or_default();
+        let counters = self
+            .ctl
+            .dp
+            .counters()
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(i, v)| (lb_common::counter::NAMES[i].to_string(), *v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let vips = self
+            .ctl
+            .vips
+            .values()
+            .map(|v| {
+                let s = self.ctl.dp.vip_stats(v.id).unwrap_or_default();
+                VipStatus {
+                    name: v.conf.name.clone(),
+                    address: v.conf.address.to_string(),
+                    port: v.conf.port,
+                    protocol: v.conf.protocol.as_str().to_string(),
+                    state: if v.serving() > 0 { "up" } else { "down" }.into(),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    new_flows: s.new_flows,
+                    new_flows_per_s: *self.rates.vip_rate.get(&v.id).unwrap_or(&0.0),
+                    drops: s.drops,
+                    backends: v
+                        .backends
+                        .values()
+                        .map(|b| {
+                            let bs = self.ctl.dp.backend_stats(b.id).unwrap_or_default();
+                            BackendStatus {
+                                address: b.address.to_string(),
+                                weight: b.weight,
+                                state: match b.state {
+                                    BackendState::Active => "active",
+                                    BackendState::Drain => "drain",
+                                    BackendState::Disabled => "disabled",
+                                }
+                                .into(),
+                                health: match b.health {
+                                    HealthView::Up => "up",
+                                    HealthView::Down => "down",
+                                    HealthView::Unchecked => "unchecked",
+                                }
+                                .into(),
+                                last_probe: b.last_probe.as_ref().map(|p| p.detail.clone()),
+                                latency_ms: b.last_probe.as_ref().map(|p| p.latency_ms),
+                                active_flows: *flows.get(&b.id).unwrap_or(&0),
+                                packets: bs.packets,
+                                bytes: bs.bytes,
+                                new_flows: bs.new_flows,
+                                new_flows_per_s: *self
+                                    .rates
+                                    .backend_rate
+                                    .get(&b.id)
+                                    .unwrap_or(&0.0),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status {
+            instance: self.pool.instance.clone(),
+            config: self.config_path.display().to_string(),
+            uptime_s: self.started.elapsed().as_secs(),
+            vips,
+            counters,
+        }
+    }
+}

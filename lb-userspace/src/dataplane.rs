@@ -1,0 +1,595 @@
+//! The data plane: loads the XDP object, pins its maps and links under
+//! `/sys/fs/bpf/<instance>/`, adopts them after a restart, and writes the maps.
+//! This is the only module that touches aya; the control loop sees the
+//! [`DataPlane`] trait, so it is tested against an in-memory fake.
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use lb_common::{
+    maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey, FlowValue, VipInfo, VipKey,
+    VipStats,
+};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, DataPlaneError>;
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { map, source }
+}
+
+/// What the control loop writes and reads. Ids are indices into the
+/// kernel's arrays (VIP ids index rings and VIP stats, backend ids the
+/// BACKENDS array).
+pub trait DataPlane {
+    fn set_config(&mut self, cfg: &Config) -> Result<()>;
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()>;
+    /// Writes buffer `ring` (0 or 1) of VIP `vip_id`.
+    fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()>;
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
+    fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()>;
+    fn remove_vip_addr(&mut self, key: &AddrKey) -> Result<()>;
+    /// Every VIP in the kernel (for adoption after a restart).
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>>;
+    /// Every used backend slot (for adoption after a restart).
+    fn backends(&self) -> Result<Vec<(u32, Backend)>>;
+    fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
+    fn backend_stats(&self, id: u32) -> Result<BackendStats>;
+    fn counters(&self) -> Result<Vec<u64>>;
+    /// Flows per backend id seen within `max_idle_ns`, up to `limit` entries scanned.
+    fn active_flows(
+        &self,
+        max_idle_ns: u64,
+        limit: usize,
+    ) -> Result<std::collections::HashMap<u32, u64>>;
+}
+
+/// Sizes of the maps, from the pool file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub ring_size: u32,
+    pub flows: u32,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+const ALL_MAPS: [&str; 9] = [
+    maps::VIPS,
+    maps::VIP_ADDRS,
+    maps::BACKENDS,
+    maps::RINGS,
+    maps::FLOWS,
+    maps::CONFIG,
+    maps::VIP_STATS,
+    maps::BACKEND_STATS,
+    maps::COUNTERS,
+];
+
+/// `/sys/fs/bpf/<instance>`.
+pub fn pin_dir(instance: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(instance)
+}
+
+fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link_{iface}"))
+}
+
+/// Mounts bpffs on /sys/fs/bpf if it is not mounted.
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    let src = std::ffi::CString::new("bpf").unwrap();
+    let dst = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(DataPlaneError::Setup(format!(
+            "bpffs is not mounted on /sys/fs/bpf and mounting it failed ({}); mount it with `mount -t bpf bpf /sys/fs/bpf`",
+            std::io::Error::last_os_error()
+        )));
+    }
+    log::info!("mounted bpffs on /sys/fs/bpf");
+    Ok(())
+}
+
+/// The loaded, pinned balancer.
+pub struct BpfDataPlane {
+    ebpf: Ebpf,
+    ring: RingMmap,
+    sizes: Sizes,
+    dir: PathBuf,
+}
+
+/// The RINGS array, mapped into our memory (BPF_F_MMAPABLE): a table is
+/// written with one copy rather than one syscall per slot.
+struct RingMmap {
+    ptr: *mut u32,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this struct and only written through &mut self.
+unsafe impl Send for RingMmap {}
+
+impl RingMmap {
+    fn new(map: &MapData, entries: usize) -> Result<Self> {
+        let fd = map.fd().as_fd().as_raw_fd();
+        let bytes = entries * 4;
+        let page = 4096;
+        let len = bytes.div_ceil(page) * page;
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataPlaneError::Io {
+                what: "mmap of the RINGS map".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(RingMmap {
+            ptr: ptr as *mut u32,
+            len: entries,
+        })
+    }
+
+    fn write(&mut self, start: usize, slots: &[u32]) -> Result<()> {
+        if start + slots.len() > self.len {
+            return Err(DataPlaneError::Setup(format!(
+                "ring write past the end of RINGS ({} + {} > {})",
+                start,
+                slots.len(),
+                self.len
+            )));
+        }
+        // SAFETY: in bounds (checked above); the kernel reads these words
+        // only from the buffer that is not active, see `write_ring`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(slots.as_ptr(), self.ptr.add(start), slots.len());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RingMmap {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr as *mut _, (self.len * 4).div_ceil(4096) * 4096) };
+    }
+}
+
+impl BpfDataPlane {
+    /// Loads the object, reusing maps pinned by an earlier run of the same
+    /// instance (so flows and tables survive a daemon restart), and pins
+    /// whatever is new.
+    pub fn load(object: &[u8], instance: &str, sizes: Sizes) -> Result<Self> {
+        ensure_bpffs()?;
+        let dir = pin_dir(instance);
+        std::fs::create_dir_all(&dir).map_err(|source| DataPlaneError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::VIPS, sizes.max_vips)
+            .map_max_entries(maps::VIP_ADDRS, sizes.max_vips)
+            .map_max_entries(maps::VIP_STATS, sizes.max_vips)
+            .map_max_entries(maps::BACKENDS, sizes.max_backends)
+            .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
+            .map_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
+            .map_max_entries(maps::FLOWS, sizes.flows)
+            // The decapsulator's maps are not used on the balancer.
+            .map_max_entries(maps::DECAP_VIPS, 1)
+            .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(object)
+            .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
+        let rings = ebpf.map(maps::RINGS).expect("RINGS in the object");
+        let aya::maps::Map::Array(data) = rings else {
+            return Err(DataPlaneError::Setup("RINGS is not an array".into()));
+        };
+        let entries = (sizes.max_vips * 2 * sizes.ring_size) as usize;
+        let info = data.info().map_err(map_err(maps::RINGS))?;
+        if info.max_entries() as usize != entries {
+            return Err(DataPlaneError::Setup(format!(
+                "the pinned maps under {} were made for other table sizes ({} ring slots, the pool file needs {}); run `lb stop` first to start afresh",
+                dir.display(),
+                info.max_entries(),
+                entries
+            )));
+        }
+        let ring = RingMmap::new(data, entries)?;
+        Ok(BpfDataPlane {
+            ebpf,
+            ring,
+            sizes,
+            dir,
+        })
+    }
+
+    /// Attaches the balancer to `iface`, or adopts the link an earlier run
+    /// pinned (then the new program replaces the old one in place, with no gap).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        let ifindex = nix_ifindex(iface)?;
+        let pin = link_pin(&self.dir, iface);
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(progs::BALANCER)
+            .expect("lb_xdp in the object")
+            .try_into()
+            .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| match e {
+                aya::programs::ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                } => DataPlaneError::Setup(format!(
+                    "the kernel rejected the XDP program: {io_error}\n{verifier_log}"
+                )),
+                e => DataPlaneError::Setup(format!("loading lb_xdp: {e}")),
+            })?;
+        }
+        if pin.exists() {
+            let pinned = PinnedLink::from_pin(&pin)
+                .map_err(|e| DataPlaneError::Setup(format!("{}: {e}", pin.display())))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| DataPlaneError::Setup(format!("{}: {e}", pin.display())))?;
+            prog.attach_to_link(link).map_err(|e| {
+                DataPlaneError::Setup(format!("replacing the program on `{iface}`: {e}"))
+            })?;
+            log::info!("adopted the XDP link on `{iface}` ({})", pin.display());
+            return Ok(());
+        }
+        let modes: &[(XdpMode, &str)] = match mode {
+            AttachMode::Driver => &[(XdpMode::Driver, "driver")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+            AttachMode::Auto => &[(XdpMode::Driver, "driver"), (XdpMode::Skb, "generic")],
+        };
+        let mut last = String::new();
+        for (m, name) in modes {
+            match prog.attach_to_if_index(ifindex, *m) {
+                Ok(id) => {
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|e| DataPlaneError::Setup(format!("{e}")))?;
+                    let fd: FdLink = link.try_into().map_err(|e| {
+                        DataPlaneError::Setup(format!(
+                            "the kernel attached XDP without a bpf_link ({e}); pinning needs Linux 5.9 or newer"
+                        ))
+                    })?;
+                    fd.pin(&pin).map_err(|e| {
+                        DataPlaneError::Setup(format!("pinning {}: {e}", pin.display()))
+                    })?;
+                    log::info!("attached lb_xdp to `{iface}` in {name} mode");
+                    return Ok(());
+                }
+                Err(e) => last = format!("{name} mode: {e}"),
+            }
+        }
+        let hint = match mode {
+            AttachMode::Driver => {
+                "; the driver may not support native XDP: try `xdp_mode: generic`"
+            }
+            _ => "",
+        };
+        Err(DataPlaneError::Setup(format!(
+            "attaching XDP to `{iface}` failed ({last}){hint}"
+        )))
+    }
+
+    fn map(&self, name: &'static str) -> &aya::maps::Map {
+        self.ebpf.map(name).expect("map in the object")
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
+        self.ebpf.map_mut(name).expect("map in the object")
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+}
+
+/// Removes the links (detaching XDP) and map pins of `instance`.
+pub fn remove_pins(instance: &str) -> Result<Vec<PathBuf>> {
+    let dir = pin_dir(instance);
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(removed);
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        std::fs::remove_file(&p).map_err(|source| DataPlaneError::Io {
+            what: format!("removing {}", p.display()),
+            source,
+        })?;
+        removed.push(p);
+    }
+    std::fs::remove_dir(&dir).ok();
+    Ok(removed)
+}
+
+pub fn nix_ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface)
+        .map_err(|_| DataPlaneError::Setup(format!("interface name `{iface}` is not valid")))?;
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(DataPlaneError::Setup(format!(
+            "interface `{iface}` not found; `ip link` lists the interfaces"
+        )));
+    }
+    Ok(idx)
+}
+
+impl DataPlane for BpfDataPlane {
+    fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
+        a.set(0, *cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
+        let mut a: Array<&mut MapData, Backend> =
+            Array::try_from(self.map_mut(maps::BACKENDS)).map_err(map_err(maps::BACKENDS))?;
+        a.set(id, *b, 0).map_err(map_err(maps::BACKENDS))
+    }
+
+    fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
+        let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size) as usize;
+        self.ring.write(base, slots)
+    }
+
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
+        m.insert(key, info, 0).map_err(map_err(maps::VIPS))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
+        m.remove(key).map_err(map_err(maps::VIPS))
+    }
+
+    fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::VIP_ADDRS)).map_err(map_err(maps::VIP_ADDRS))?;
+        m.insert(key, flags, 0).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    fn remove_vip_addr(&mut self, key: &AddrKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::VIP_ADDRS)).map_err(map_err(maps::VIP_ADDRS))?;
+        m.remove(key).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        let m: HashMap<&MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map(maps::VIPS)).map_err(map_err(maps::VIPS))?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let a: Array<&MapData, Backend> =
+            Array::try_from(self.map(maps::BACKENDS)).map_err(map_err(maps::BACKENDS))?;
+        Ok((0..a.len())
+            .filter_map(|i| a.get(&i, 0).ok().map(|b| (i, b)))
+            .filter(|(_, b)| b.flags & lb_common::BACKEND_F_USED != 0)
+            .collect())
+    }
+
+    fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        let a: PerCpuArray<&MapData, VipStats> =
+            PerCpuArray::try_from(self.map(maps::VIP_STATS)).map_err(map_err(maps::VIP_STATS))?;
+        let v = a.get(&vip_id, 0).map_err(map_err(maps::VIP_STATS))?;
+        Ok(v.iter().fold(VipStats::default(), |mut acc, s| {
+            acc.packets += s.packets;
+            acc.bytes += s.bytes;
+            acc.new_flows += s.new_flows;
+            acc.drops += s.drops;
+            acc
+        }))
+    }
+
+    fn backend_stats(&self, id: u32) -> Result<BackendStats> {
+        let a: PerCpuArray<&MapData, BackendStats> =
+            PerCpuArray::try_from(self.map(maps::BACKEND_STATS))
+                .map_err(map_err(maps::BACKEND_STATS))?;
+        let v = a.get(&id, 0).map_err(map_err(maps::BACKEND_STATS))?;
+        Ok(v.iter().fold(BackendStats::default(), |mut acc, s| {
+            acc.packets += s.packets;
+            acc.bytes += s.bytes;
+            acc.new_flows += s.new_flows;
+            acc
+        }))
+    }
+
+    fn counters(&self) -> Result<Vec<u64>> {
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(maps::COUNTERS)).map_err(map_err(maps::COUNTERS))?;
+        (0..lb_common::counter::COUNT)
+            .map(|i| {
+                a.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(maps::COUNTERS))
+            })
+            .collect()
+    }
+
+    fn active_flows(
+        &self,
+        max_idle_ns: u64,
+        limit: usize,
+    ) -> Result<std::collections::HashMap<u32, u64>> {
+        let m: HashMap<&MapData, FlowKey, FlowValue> =
+            HashMap::try_from(self.map(maps::FLOWS)).map_err(map_err(maps::FLOWS))?;
+        let now = monotonic_ns();
+        let mut out = std::collections::HashMap::new();
+        for (_, v) in m.iter().take(limit).filter_map(|r| r.ok()) {
+            // last_seen is refreshed at most once a second by the data path.
+            if now.saturating_sub(v.last_seen_ns) <= max_idle_ns + 1_000_000_000 {
+                *out.entry(v.backend).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `/sys/fs/bpf/lb-decap-<iface>`: where a backend's decapsulator is pinned.
+pub fn decap_pin_dir(iface: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf").join(format!("lb-decap-{iface}"))
+}
+
+/// On a backend: attaches `lb_decap` to `iface` for `vips` and pins it, so
+/// it stays after this process exits. Replaces an earlier one in place.
+pub fn attach_decap(
+    object: &[u8],
+    iface: &str,
+    vips: &[std::net::IpAddr],
+    mode: AttachMode,
+) -> Result<()> {
+    ensure_bpffs()?;
+    let ifindex = nix_ifindex(iface)?;
+    let dir = decap_pin_dir(iface);
+    let _ = remove_decap(iface);
+    std::fs::create_dir_all(&dir).map_err(|source| DataPlaneError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    let mut loader = EbpfLoader::new();
+    // The balancer's maps are not used by the decapsulator: keep them tiny.
+    for m in ALL_MAPS {
+        loader.map_max_entries(m, 1);
+    }
+    loader.map_max_entries(maps::RINGS, 1);
+    let mut ebpf = loader
+        .load(object)
+        .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
+    {
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(ebpf.map_mut(maps::DECAP_VIPS).expect("DECAP_VIPS"))
+                .map_err(map_err(maps::DECAP_VIPS))?;
+        for ip in vips {
+            let (addr, family) = crate::controller::addr_words(*ip);
+            m.insert(
+                AddrKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                },
+                1,
+                0,
+            )
+            .map_err(map_err(maps::DECAP_VIPS))?;
+        }
+    }
+    for name in [maps::DECAP_VIPS, maps::DECAP_COUNTERS] {
+        ebpf.map_mut(name)
+            .expect("decap map")
+            .pin(dir.join(name))
+            .map_err(|e| DataPlaneError::Setup(format!("pinning {name}: {e}")))?;
+    }
+    let prog: &mut Xdp = ebpf
+        .program_mut(progs::DECAP)
+        .expect("lb_decap in the object")
+        .try_into()
+        .map_err(|e| DataPlaneError::Setup(format!("lb_decap: {e}")))?;
+    prog.load()
+        .map_err(|e| DataPlaneError::Setup(format!("loading lb_decap: {e}")))?;
+    let modes: &[XdpMode] = match mode {
+        AttachMode::Driver => &[XdpMode::Driver],
+        AttachMode::Generic => &[XdpMode::Skb],
+        AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+    };
+    let mut last = String::new();
+    for m in modes {
+        match prog.attach_to_if_index(ifindex, *m) {
+            Ok(id) => {
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| DataPlaneError::Setup(format!("{e}")))?;
+                let fd: FdLink = link
+                    .try_into()
+                    .map_err(|e| DataPlaneError::Setup(format!("{e}")))?;
+                fd.pin(dir.join("link"))
+                    .map_err(|e| DataPlaneError::Setup(format!("pinning the link: {e}")))?;
+                return Ok(());
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(DataPlaneError::Setup(format!(
+        "attaching lb_decap to `{iface}` failed: {last}"
+    )))
+}
+
+/// Detaches a backend's decapsulator and removes its pins.
+pub fn remove_decap(iface: &str) -> Result<bool> {
+    let dir = decap_pin_dir(iface);
+    if !dir.exists() {
+        return Ok(false);
+    }
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_file(e.path());
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(true)
+}

@@ -12,8 +12,10 @@ use aya_ebpf::{
 };
 use lb_common::{decap_counter, AddrKey, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6};
 
-use crate::{ptr_at, rd16, rd32, wr16, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6,
-    IPV4_LEN, IPV6_LEN, VLAN_LEN};
+use crate::{
+    ptr_at, rd16, rd32, wr16, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_LEN,
+    IPV6_LEN, VLAN_LEN,
+};
 
 #[map]
 static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
@@ -57,7 +59,9 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
                 // A fragmented tunnel packet: the kernel reassembles, we cannot.
                 return pass(decap_counter::PASS_NOT_TUNNEL);
             }
-            (((vihl & 0x0f) as usize) * 4, unsafe { *((ip + 9) as *const u8) })
+            (((vihl & 0x0f) as usize) * 4, unsafe {
+                *((ip + 9) as *const u8)
+            })
         }
         ETH_P_IPV6 => {
             let Some(ip) = ptr_at::<[u8; IPV6_LEN]>(&ctx, l2_len) else {
@@ -91,14 +95,7 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
             };
             let ip = ip as usize;
             let k = AddrKey {
-                addr: unsafe {
-                    [
-                        rd32(ip + 24),
-                        rd32(ip + 28),
-                        rd32(ip + 32),
-                        rd32(ip + 36),
-                    ]
-                },
+                addr: unsafe { [rd32(ip + 24), rd32(ip + 28), rd32(ip + 32), rd32(ip + 36)] },
                 family: AF_INET6,
                 _pad: [0; 3],
             };

@@ -21,9 +21,7 @@ mod decap;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
-    helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head,
-    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -48,10 +46,8 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACKENDS
 /// Two Maglev buffers per VIP; the daemon writes the idle one through mmap and
 /// then flips `VipInfo::active_ring`, so a packet never sees a half-written table.
 #[map]
-static RINGS: Array<u32> = Array::with_max_entries(
-    defaults::MAX_VIPS * 2 * defaults::RING_SIZE,
-    BPF_F_MMAPABLE,
-);
+static RINGS: Array<u32> =
+    Array::with_max_entries(defaults::MAX_VIPS * 2 * defaults::RING_SIZE, BPF_F_MMAPABLE);
 /// One LRU hash shared by all CPUs, with per-CPU LRU lists
 /// (BPF_F_NO_COMMON_LRU): no lock contention on the LRU list, like a per-CPU
 /// table, yet a flow is found whichever CPU its next packet lands on (RSS
@@ -267,14 +263,7 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
     if vtc[0] >> 4 != 6 {
         return Err(verdict(counter::PASS_MALFORMED, XDP_PASS));
     }
-    let dst = unsafe {
-        [
-            rd32(ip + 24),
-            rd32(ip + 28),
-            rd32(ip + 32),
-            rd32(ip + 36),
-        ]
-    };
+    let dst = unsafe { [rd32(ip + 24), rd32(ip + 28), rd32(ip + 32), rd32(ip + 36)] };
     let akey = AddrKey {
         addr: dst,
         family: AF_INET6,
@@ -303,14 +292,7 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         ip_len: IPV6_LEN + payload_len,
         tos: (vtc[0] << 4) | (vtc[1] >> 4),
         df: false,
-        src: unsafe {
-            [
-                rd32(ip + 8),
-                rd32(ip + 12),
-                rd32(ip + 16),
-                rd32(ip + 20),
-            ]
-        },
+        src: unsafe { [rd32(ip + 8), rd32(ip + 12), rd32(ip + 16), rd32(ip + 20)] },
         dst,
         addr_flags: *addr_flags,
     })
@@ -541,7 +523,12 @@ fn icmp_v6(ctx: &XdpContext, pkt: &Packet) -> u32 {
                         rd32(iip + 32),
                         rd32(iip + 36),
                     ],
-                    dst: [rd32(iip + 8), rd32(iip + 12), rd32(iip + 16), rd32(iip + 20)],
+                    dst: [
+                        rd32(iip + 8),
+                        rd32(iip + 12),
+                        rd32(iip + 16),
+                        rd32(iip + 20),
+                    ],
                     sport: rd16(iip + IPV6_LEN + 2),
                     dport: rd16(iip + IPV6_LEN),
                     proto: *((iip + 6) as *const u8),
@@ -635,7 +622,11 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, backend: &Backend, hash
         // 6in4 is not offered; the pool file validation rejects it.
         return verdict(counter::DROP_NO_SOURCE, XDP_DROP);
     }
-    let need = if outer_v6 { CONFIG_F_SRC_V6 } else { CONFIG_F_SRC_V4 };
+    let need = if outer_v6 {
+        CONFIG_F_SRC_V6
+    } else {
+        CONFIG_F_SRC_V4
+    };
     if cfg.flags & need == 0 {
         return verdict(counter::DROP_NO_SOURCE, XDP_DROP);
     }

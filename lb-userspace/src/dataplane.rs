@@ -141,11 +141,16 @@ pub struct BpfDataPlane {
 }
 
 /// The RINGS array, mapped into our memory (BPF_F_MMAPABLE): a table is
-/// written with one copy rather than one syscall per slot.
+/// written with plain stores rather than one syscall per slot. The kernel
+/// lays array elements out at `round_up(value_size, 8)`: each `u32` slot
+/// occupies 8 bytes of the mapping.
 struct RingMmap {
-    ptr: *mut u32,
+    ptr: *mut u64,
     len: usize,
 }
+
+/// Bytes per RINGS element in the kernel's layout.
+const RING_STRIDE: usize = 8;
 
 // SAFETY: the mapping is owned by this struct and only written through &mut self.
 unsafe impl Send for RingMmap {}
@@ -153,7 +158,7 @@ unsafe impl Send for RingMmap {}
 impl RingMmap {
     fn new(map: &MapData, entries: usize) -> Result<Self> {
         let fd = map.fd().as_fd().as_raw_fd();
-        let bytes = entries * 4;
+        let bytes = entries * RING_STRIDE;
         let page = 4096;
         let len = bytes.div_ceil(page) * page;
         let ptr = unsafe {
@@ -173,7 +178,7 @@ impl RingMmap {
             });
         }
         Ok(RingMmap {
-            ptr: ptr as *mut u32,
+            ptr: ptr as *mut u64,
             len: entries,
         })
     }
@@ -189,8 +194,8 @@ impl RingMmap {
         }
         // SAFETY: in bounds (checked above); the kernel reads these words
         // only from the buffer that is not active, see `write_ring`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(slots.as_ptr(), self.ptr.add(start), slots.len());
+        for (i, s) in slots.iter().enumerate() {
+            unsafe { self.ptr.add(start + i).write_volatile(*s as u64) };
         }
         Ok(())
     }
@@ -198,7 +203,12 @@ impl RingMmap {
 
 impl Drop for RingMmap {
     fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr as *mut _, (self.len * 4).div_ceil(4096) * 4096) };
+        unsafe {
+            libc::munmap(
+                self.ptr as *mut _,
+                (self.len * RING_STRIDE).div_ceil(4096) * 4096,
+            )
+        };
     }
 }
 
@@ -493,9 +503,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// `/sys/fs/bpf/lb-decap-<iface>`: where a backend's decapsulator is pinned.
+/// `/sys/fs/bpf/lb-decap-<netns>-<iface>`: where a backend's decapsulator
+/// is pinned (the network namespace's inode keeps namespaces apart).
 pub fn decap_pin_dir(iface: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf").join(format!("lb-decap-{iface}"))
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    Path::new("/sys/fs/bpf").join(format!("lb-decap-{ns}-{iface}"))
 }
 
 /// On a backend: attaches `lb_decap` to `iface` for `vips` and pins it, so

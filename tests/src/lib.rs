@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub mod packets;
+pub mod topo;
 
 /// Path of the eBPF object: `$LB_EBPF_OBJECT`, or where `cargo xtask build-ebpf` puts it.
 pub fn ebpf_object() -> PathBuf {
@@ -129,7 +130,7 @@ pub fn backend(ip: IpAddr, flags: u8) -> Backend {
         addr,
         family,
         flags: flags | lb_common::BACKEND_F_USED,
-        _pad: [0; 2],
+        vip_id: 0,
     }
 }
 
@@ -164,13 +165,13 @@ impl Balancer {
     fn load_prog(sizes: Sizes, prog: &'static str) -> Result<Self> {
         let path = ebpf_object();
         let mut ebpf = EbpfLoader::new()
-            .set_max_entries(maps::VIPS, sizes.max_vips)
-            .set_max_entries(maps::VIP_ADDRS, sizes.max_vips)
-            .set_max_entries(maps::BACKENDS, sizes.max_backends)
-            .set_max_entries(maps::BACKEND_STATS, sizes.max_backends)
-            .set_max_entries(maps::VIP_STATS, sizes.max_vips)
-            .set_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
-            .set_max_entries(maps::FLOWS, sizes.flows)
+            .map_max_entries(maps::VIPS, sizes.max_vips)
+            .map_max_entries(maps::VIP_ADDRS, sizes.max_vips)
+            .map_max_entries(maps::BACKENDS, sizes.max_backends)
+            .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
+            .map_max_entries(maps::VIP_STATS, sizes.max_vips)
+            .map_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
+            .map_max_entries(maps::FLOWS, sizes.flows)
             .load_file(&path)
             .with_context(|| format!("loading {}", path.display()))?;
         let p: &mut Xdp = ebpf
@@ -182,7 +183,9 @@ impl Balancer {
     }
 
     fn map(&self, name: &str) -> &aya::maps::Map {
-        self.ebpf.map(name).unwrap_or_else(|| panic!("no map {name}"))
+        self.ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("no map {name}"))
     }
 
     fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
@@ -356,7 +359,10 @@ impl Balancer {
 /// Turns a load failure into an error that carries the verifier log.
 fn verifier_log(e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             anyhow::anyhow!("verifier rejected the program: {io_error}\n{verifier_log}")
         }
         other => other.into(),

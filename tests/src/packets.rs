@@ -1,7 +1,6 @@
 //! Packet construction for tests (etherparse), and the expected encapsulated form.
 use etherparse::{
-    IpFragOffset, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
-    PacketBuilder,
+    IpFragOffset, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
 };
 use lb_common::{FlowKey, AF_INET, AF_INET6};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -84,7 +83,9 @@ impl Flow {
         let b = self.builder(vlan);
         let mut out = Vec::new();
         if self.proto == lb_common::PROTO_UDP {
-            b.udp(self.sport, self.dport).write(&mut out, payload).unwrap();
+            b.udp(self.sport, self.dport)
+                .write(&mut out, payload)
+                .unwrap();
         } else {
             let mut t = b.tcp(self.sport, self.dport, 1000, 64000);
             if tcp_flags.contains('S') {
@@ -112,7 +113,11 @@ pub fn set_tos_v4(frame: &mut [u8], tos: u8) {
 
 /// The IP packet inside a frame (after the Ethernet header and optional VLAN tag).
 pub fn ip_part(frame: &[u8]) -> &[u8] {
-    let l2 = if frame[12..14] == [0x81, 0x00] { 18 } else { 14 };
+    let l2 = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
     &frame[l2..]
 }
 
@@ -191,7 +196,11 @@ pub fn expected_encap(frame: &[u8], e: &Encap) -> Vec<u8> {
 
 /// The outer source the balancer picks: the configured base with host bits from the hash.
 pub fn outer_src_v4(base: Ipv4Addr, host_bits: u32, hash: u32) -> Ipv4Addr {
-    let mask = if host_bits == 0 { 0 } else { u32::MAX >> (32 - host_bits) };
+    let mask = if host_bits == 0 {
+        0
+    } else {
+        u32::MAX >> (32 - host_bits)
+    };
     // Host bits are taken from the hash in the same raw byte order the data path uses.
     let raw = u32::from_ne_bytes(base.octets());
     let m = u32::from_ne_bytes(mask.to_be_bytes());
@@ -200,7 +209,11 @@ pub fn outer_src_v4(base: Ipv4Addr, host_bits: u32, hash: u32) -> Ipv4Addr {
 
 pub fn outer_src_v6(base: Ipv6Addr, host_bits: u32, hash: u32) -> Ipv6Addr {
     let mut o = base.octets();
-    let mask = if host_bits == 0 { 0 } else { u32::MAX >> (32 - host_bits) };
+    let mask = if host_bits == 0 {
+        0
+    } else {
+        u32::MAX >> (32 - host_bits)
+    };
     let last = u32::from_ne_bytes(o[12..16].try_into().unwrap());
     let m = u32::from_ne_bytes(mask.to_be_bytes());
     o[12..16].copy_from_slice(&((last & !m) | (hash & m)).to_ne_bytes());
@@ -209,7 +222,11 @@ pub fn outer_src_v6(base: Ipv6Addr, host_bits: u32, hash: u32) -> Ipv6Addr {
 
 /// Mask (in the data path's raw byte order) selecting the `host_bits` low bits of an address word.
 pub fn host_mask(host_bits: u32) -> u32 {
-    let mask = if host_bits == 0 { 0 } else { u32::MAX >> (32 - host_bits) };
+    let mask = if host_bits == 0 {
+        0
+    } else {
+        u32::MAX >> (32 - host_bits)
+    };
     u32::from_ne_bytes(mask.to_be_bytes())
 }
 

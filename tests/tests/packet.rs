@@ -87,8 +87,16 @@ fn setup() -> Option<Balancer> {
     for (key, id, ids) in [
         (vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, vec![1, 2, 3]),
         (vip_key(ip("10.100.0.1"), 53, PROTO_UDP), DNS, vec![1, 2]),
-        (vip_key(ip("fd00:100::1"), 80, PROTO_TCP), WEB6, vec![10, 11]),
-        (vip_key(ip("10.100.0.2"), 80, PROTO_TCP), MIXED, vec![10, 11]),
+        (
+            vip_key(ip("fd00:100::1"), 80, PROTO_TCP),
+            WEB6,
+            vec![10, 11],
+        ),
+        (
+            vip_key(ip("10.100.0.2"), 80, PROTO_TCP),
+            MIXED,
+            vec![10, 11],
+        ),
         (vip_key(ip("10.100.0.3"), 0, PROTO_TCP), ANY, vec![3]),
         (vip_key(ip("10.100.0.4"), 80, PROTO_TCP), EMPTY, vec![]),
     ] {
@@ -134,7 +142,10 @@ fn assert_encap(lb: &Balancer, frame: &[u8], f: &Flow, id: u32) {
             hash: h,
         },
     );
-    assert_eq!(out.data, expected, "output differs from the expected encapsulation");
+    assert_eq!(
+        out.data, expected,
+        "output differs from the expected encapsulation"
+    );
     assert_outer_checksum(&out.data);
 }
 
@@ -142,7 +153,11 @@ fn assert_outer_checksum(frame: &[u8]) {
     let l3 = &frame[ip_offset(frame)..];
     if l3[0] >> 4 == 4 {
         let (h, _) = Ipv4Header::from_slice(l3).unwrap();
-        assert_eq!(h.header_checksum, h.calc_header_checksum(), "outer IPv4 checksum");
+        assert_eq!(
+            h.header_checksum,
+            h.calc_header_checksum(),
+            "outer IPv4 checksum"
+        );
     }
 }
 
@@ -261,7 +276,11 @@ fn outer_source_varies_per_flow_within_the_configured_prefix() {
         let f = Flow::tcp("192.0.2.10", port, "10.100.0.1", 80);
         let out = lb.run(&f.packet("S", b"")).unwrap();
         let src = Ipv4Addr::new(out.data[26], out.data[27], out.data[28], out.data[29]);
-        assert_eq!(&src.octets()[..3], &SRC_V4.octets()[..3], "inside 10.255.0.0/24");
+        assert_eq!(
+            &src.octets()[..3],
+            &SRC_V4.octets()[..3],
+            "inside 10.255.0.0/24"
+        );
         sources.insert(src);
     }
     assert!(sources.len() > 30, "sources vary: {}", sources.len());
@@ -367,12 +386,24 @@ fn flow_to_a_down_backend_is_rescheduled() {
 fn non_vip_traffic_passes_unchanged() {
     let Some(lb) = setup() else { return };
     // Other host, v4 and v6.
-    assert_passed_unchanged(&lb, &Flow::tcp("192.0.2.1", 1, "10.9.9.9", 80).packet("S", b""));
-    assert_passed_unchanged(&lb, &Flow::udp("2001:db8::1", 1, "2001:db8::2", 53).packet("", b"x"));
+    assert_passed_unchanged(
+        &lb,
+        &Flow::tcp("192.0.2.1", 1, "10.9.9.9", 80).packet("S", b""),
+    );
+    assert_passed_unchanged(
+        &lb,
+        &Flow::udp("2001:db8::1", 1, "2001:db8::2", 53).packet("", b"x"),
+    );
     // VIP address, port that is not a VIP.
-    assert_passed_unchanged(&lb, &Flow::tcp("192.0.2.1", 1, "10.100.0.1", 443).packet("S", b""));
+    assert_passed_unchanged(
+        &lb,
+        &Flow::tcp("192.0.2.1", 1, "10.100.0.1", 443).packet("S", b""),
+    );
     // VIP address and port, other protocol.
-    assert_passed_unchanged(&lb, &Flow::udp("192.0.2.1", 1, "10.100.0.1", 80).packet("", b"x"));
+    assert_passed_unchanged(
+        &lb,
+        &Flow::udp("192.0.2.1", 1, "10.100.0.1", 80).packet("", b"x"),
+    );
     // ARP.
     let mut arp = Vec::new();
     arp.extend_from_slice(&[0xff; 6]);
@@ -407,7 +438,12 @@ fn truncated_headers_pass_and_are_counted() {
     for frame in [&vlan, &ip_cut, &bad_ihl, &tcp_cut, &udp_cut, &v6_cut] {
         assert_passed_unchanged(&lb, frame);
     }
-    assert_eq!(lb.counter(counter::PASS_MALFORMED), 6, "{:?}", lb.counters());
+    assert_eq!(
+        lb.counter(counter::PASS_MALFORMED),
+        6,
+        "{:?}",
+        lb.counters()
+    );
     assert_eq!(lb.flow_count(), 0);
 }
 
@@ -467,7 +503,12 @@ fn vlan_tagged_vip_traffic_keeps_its_tag() {
     let out = lb.run(&frame).unwrap();
     assert_eq!(&out.data[12..16], &[0x81, 0x00, 0x00, 42]);
     let f6 = Flow::tcp("2001:db8::70", 46000, "fd00:100::1", 80);
-    assert_encap(&lb, &f6.packet_vlan("S", b"", Some(7)), &f6, pick(&f6, &[10, 11]));
+    assert_encap(
+        &lb,
+        &f6.packet_vlan("S", b"", Some(7)),
+        &f6,
+        pick(&f6, &[10, 11]),
+    );
 }
 
 #[test]
@@ -493,7 +534,10 @@ fn icmp_echo_to_a_vip_is_answered() {
     let mut expected = Vec::new();
     PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
         .ipv4([10, 100, 0, 1], [192, 0, 2, 1], 64)
-        .icmpv4(Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 7, seq: 9 }))
+        .icmpv4(Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader {
+            id: 7,
+            seq: 9,
+        }))
         .write(&mut expected, b"ping payload")
         .unwrap();
     assert_eq!(out.data, expected);
@@ -640,7 +684,10 @@ fn next_hop_from_the_kernel_fib_and_redirect_to_the_egress_interface() {
     // lookups for forwarded traffic only where IP forwarding is on, as on
     // any balancer host.
     let sh = |c: &str| {
-        let st = std::process::Command::new("sh").args(["-c", c]).status().unwrap();
+        let st = std::process::Command::new("sh")
+            .args(["-c", c])
+            .status()
+            .unwrap();
         assert!(st.success(), "{c}");
     };
     sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add fibt0 address 02:00:00:00:aa:01 type veth peer name fibt1 \
@@ -698,9 +745,21 @@ fn tunnel(frame: &[u8], src: IpAddr, dst: IpAddr) -> Vec<u8> {
 fn decap_strips_ipip_ip6ip6_and_4in6_to_a_vip() {
     let Some(d) = decap_setup() else { return };
     let cases = [
-        (Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80), ip("10.255.0.7"), ip("10.0.1.1")),
-        (Flow::udp("2001:db8::1", 5, "fd00:100::1", 53), ip("fd00:255::7"), ip("fd00:1::1")),
-        (Flow::tcp("192.0.2.1", 6, "10.100.0.1", 80), ip("fd00:255::7"), ip("fd00:1::1")),
+        (
+            Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80),
+            ip("10.255.0.7"),
+            ip("10.0.1.1"),
+        ),
+        (
+            Flow::udp("2001:db8::1", 5, "fd00:100::1", 53),
+            ip("fd00:255::7"),
+            ip("fd00:1::1"),
+        ),
+        (
+            Flow::tcp("192.0.2.1", 6, "10.100.0.1", 80),
+            ip("fd00:255::7"),
+            ip("fd00:1::1"),
+        ),
     ];
     for (f, src, dst) in cases {
         for vlan in [None, Some(9)] {
@@ -710,7 +769,11 @@ fn decap_strips_ipip_ip6ip6_and_4in6_to_a_vip() {
             assert_eq!(out.action, XDP_PASS);
             // What reaches the stack: the tunnel's Ethernet header, the inner packet.
             let mut expected = outer[..ip_offset(&outer)].to_vec();
-            let et = if f.dst.is_ipv6() { [0x86, 0xdd] } else { [0x08, 0x00] };
+            let et = if f.dst.is_ipv6() {
+                [0x86, 0xdd]
+            } else {
+                [0x08, 0x00]
+            };
             let n = expected.len();
             expected[n - 2..].copy_from_slice(&et);
             expected.extend_from_slice(ip_part(&inner));

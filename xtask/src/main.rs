@@ -90,12 +90,24 @@ fn output(cmd: &mut Command) -> Result<String> {
 /// everything is there.
 fn setup() -> Result<()> {
     if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let src = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
     if !src.exists() {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         install_bpf_linker(&sysroot)?;
@@ -110,7 +122,9 @@ fn setup() -> Result<()> {
             eprintln!("note: missing {missing:?}; run as root (or apt-get install them) for the network tests");
         } else {
             run(Command::new("apt-get").args(["update", "-q"]))?;
-            run(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-q"])
+                .args(&missing))?;
         }
     }
     Ok(())
@@ -140,7 +154,14 @@ fn install_bpf_linker(sysroot: &str) -> Result<()> {
         .unwrap_or("22");
     run(Command::new("cargo")
         .env("RUSTFLAGS", flags)
-        .args(["install", "bpf-linker", "--version", "0.13.0", "--locked", "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--locked",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major},no-llvm-linking")]))
 }
 
@@ -153,7 +174,12 @@ fn build_ebpf() -> Result<()> {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
         )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
@@ -170,6 +196,8 @@ fn test() -> Result<()> {
     run(Command::new("cargo")
         .args(["test", "--workspace", "--exclude", "lb-ebpf"])
         .env("LB_EBPF_OBJECT", &object)
+        // Root tests may not skip here: a missing prerequisite is a failure.
+        .env("LB_REQUIRE_ROOT_TESTS", "1")
         .args(["--", "--test-threads=1"]))
 }
 
@@ -178,7 +206,21 @@ fn bench() -> Result<()> {
     build_ebpf()?;
     let object = workspace_root().join(EBPF_OBJECT);
     run(Command::new("cargo")
-        .args(["run", "--release", "-p", "lb-tests", "--bin", "packet-bench"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "lb-tests",
+            "--bin",
+            "packet-bench",
+        ])
         .env("LB_EBPF_OBJECT", &object))?;
-    run(Command::new("cargo").args(["run", "--release", "-p", "lb-userspace", "--example", "maglev_bench"]))
+    run(Command::new("cargo").args([
+        "run",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--example",
+        "maglev_bench",
+    ]))
 }

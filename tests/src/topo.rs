@@ -1,0 +1,467 @@
+//! The end-to-end topology: a client, a balancer and backends, each in its
+//! own network namespace, joined by a bridge in a "switch" namespace.
+//! Backends run the decapsulator, hold the VIPs on loopback and run real
+//! servers (`backend-server`). Everything is removed on drop, also when a
+//! test fails.
+//!
+//! ```text
+//!  client 10.10.0.10 ─┐
+//!  lb     10.10.0.2  ─┼─ br0 (switch ns)      VIPs 10.100.0.1, 10.100.0.2, fd00:100::1
+//!  b1..bN 10.10.0.1N ─┘                       routed by the client via the lb
+//! ```
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VIP4: &str = "10.100.0.1";
+pub const VIP4_MIXED: &str = "10.100.0.2";
+pub const VIP6: &str = "fd00:100::1";
+pub const LB4: &str = "10.10.0.2";
+pub const LB6: &str = "fd10::2";
+
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+pub struct Topology {
+    pub tag: String,
+    pub sw: String,
+    pub client: String,
+    pub lb: String,
+    pub backends: Vec<Host>,
+    pub dir: PathBuf,
+    pub lb_bin: PathBuf,
+    server_bin: PathBuf,
+    servers: Vec<(String, Child)>,
+    daemon: Option<Child>,
+}
+
+pub fn sh(cmd: &str) -> Result<()> {
+    let out = Command::new("sh").args(["-c", cmd]).output()?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `lb`, as built by `cargo xtask test` (`$LB_BIN`), or target/debug/lb.
+pub fn lb_bin() -> PathBuf {
+    std::env::var_os("LB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/lb"))
+}
+
+impl Topology {
+    /// Builds the namespaces, links, addresses, decapsulators and servers.
+    pub fn new(tag: &str, n_backends: usize, server_bin: &Path) -> Result<Self> {
+        let lb_bin = lb_bin();
+        if !lb_bin.exists() {
+            bail!(
+                "no `lb` binary at {}; build it (cargo xtask test does)",
+                lb_bin.display()
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("lb-e2e-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut t = Topology {
+            tag: tag.to_string(),
+            sw: format!("{tag}-sw"),
+            client: format!("{tag}-c"),
+            lb: format!("{tag}-lb"),
+            backends: (1..=n_backends)
+                .map(|i| Host {
+                    name: format!("b{i}"),
+                    ns: format!("{tag}-b{i}"),
+                    v4: Ipv4Addr::new(10, 10, 0, 10 + i as u8),
+                    v6: format!("fd10::{}", 10 + i).parse().unwrap(),
+                })
+                .collect(),
+            dir,
+            lb_bin,
+            server_bin: server_bin.to_path_buf(),
+            servers: Vec::new(),
+            daemon: None,
+        };
+        t.cleanup_namespaces();
+        t.build()?;
+        Ok(t)
+    }
+
+    fn hosts(&self) -> Vec<(String, String, String)> {
+        let mut h = vec![
+            (
+                self.client.clone(),
+                "10.10.0.10".to_string(),
+                "fd10::10".to_string(),
+            ),
+            (self.lb.clone(), LB4.to_string(), LB6.to_string()),
+        ];
+        for b in &self.backends {
+            h.push((b.ns.clone(), b.v4.to_string(), b.v6.to_string()));
+        }
+        h
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let sw = &self.sw;
+        sh(&format!("ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && ip -n {sw} link set lo up"))?;
+        for (i, (ns, v4, v6)) in self.hosts().into_iter().enumerate() {
+            let a = format!("{}{}a", self.tag, i);
+            let b = format!("{}{}b", self.tag, i);
+            sh(&format!(
+                "ip netns add {ns} \
+                 && ip link add {a} type veth peer name {b} \
+                 && ip link set {a} netns {ns} && ip -n {ns} link set {a} name eth0 \
+                 && ip link set {b} netns {sw} && ip -n {sw} link set {b} master br0 && ip -n {sw} link set {b} up \
+                 && ip -n {ns} link set lo up && ip -n {ns} link set eth0 up \
+                 && ip -n {ns} addr add {v4}/24 dev eth0 && ip -n {ns} addr add {v6}/64 dev eth0 nodad \
+                 && ip netns exec {ns} ethtool -K eth0 rx off tx off >/dev/null \
+                 && ip netns exec {sw} ethtool -K {b} gro on >/dev/null"
+            ))
+            .with_context(|| format!("setting up namespace {ns}"))?;
+        }
+        let lb = &self.lb;
+        sh(&format!(
+            "ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+        ))?;
+        let c = &self.client;
+        sh(&format!(
+            "ip -n {c} route add 10.100.0.0/24 via {LB4} && ip -n {c} route add fd00:100::/64 via {LB6}"
+        ))?;
+        let names: Vec<(String, String)> = self
+            .backends
+            .iter()
+            .map(|b| (b.name.clone(), b.ns.clone()))
+            .collect();
+        for (name, ns) in names {
+            let ns = &ns;
+            sh(&format!(
+                "ip -n {ns} addr add {VIP4}/32 dev lo && ip -n {ns} addr add {VIP4_MIXED}/32 dev lo \
+                 && ip -n {ns} addr add {VIP6}/128 dev lo nodad \
+                 && ip netns exec {ns} sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
+                    net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0 net.ipv4.conf.lo.rp_filter=0"
+            ))?;
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .arg(&self.lb_bin)
+                .args([
+                    "decap",
+                    "--interface",
+                    "eth0",
+                    "--vip",
+                    VIP4,
+                    "--vip",
+                    VIP4_MIXED,
+                    "--vip",
+                    VIP6,
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!("lb decap in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            self.start_server(&name)?;
+        }
+        Ok(())
+    }
+
+    fn backend(&self, name: &str) -> &Host {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .expect("backend")
+    }
+
+    /// Starts (or restarts) a backend's servers.
+    pub fn start_server(&mut self, name: &str) -> Result<()> {
+        let ns = self.backend(name).ns.clone();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(&self.server_bin)
+            .arg(name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.servers.push((name.to_string(), child));
+        // Wait until it listens.
+        let v4 = self.backend(name).v4;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if in_ns(&ns, move || {
+                TcpStream::connect_timeout(
+                    &SocketAddr::new(v4.into(), 80),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            }) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("backend server {name} did not start")
+    }
+
+    /// Kills a backend's servers (the backend host stays).
+    pub fn kill_server(&mut self, name: &str) {
+        for (n, c) in self.servers.iter_mut() {
+            if n == name {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.servers.retain(|(n, _)| n != name);
+    }
+
+    pub fn pool_path(&self) -> PathBuf {
+        self.dir.join("pool.yaml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(format!("/run/lb/{}.sock", self.tag))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("lb.log")
+    }
+
+    /// Writes the pool file.
+    pub fn write_pool(&self, yaml: &str) -> Result<()> {
+        let tmp = self.dir.join("pool.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.pool_path())?;
+        Ok(())
+    }
+
+    /// Starts `lb run` in the balancer's namespace and waits until it answers.
+    pub fn start_daemon(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.lb))
+            .arg(&self.lb_bin)
+            .args(["run", "--config"])
+            .arg(self.pool_path())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.status_json().is_ok() {
+                return Ok(());
+            }
+            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
+                bail!("lb run exited ({st}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("lb run did not answer within 15 s:\n{}", self.log())
+    }
+
+    /// SIGKILLs the daemon.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `lb status --json`, parsed.
+    pub fn status_json(&self) -> Result<serde_json::Value> {
+        let out = Command::new(&self.lb_bin)
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket())
+            .output()?;
+        if !out.status.success() {
+            bail!("lb status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `lb status` as a person sees it.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(&self.lb_bin)
+            .args(["status", "--socket"])
+            .arg(self.socket())
+            .output()
+            .expect("lb status");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn cleanup_namespaces(&self) {
+        let mut all = vec![self.sw.clone(), self.client.clone(), self.lb.clone()];
+        all.extend(self.backends.iter().map(|b| b.ns.clone()));
+        for ns in all {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.daemon.is_some() {
+            let _ = Command::new(&self.lb_bin)
+                .args(["stop", "--config"])
+                .arg(self.pool_path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.kill_daemon();
+        // A daemon killed earlier leaves pins: remove them (detaches XDP).
+        let _ = Command::new(&self.lb_bin)
+            .args(["stop", "--config"])
+            .arg(self.pool_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for (_, c) in self.servers.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for b in &self.backends {
+            let _ = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", b.ns))
+                .arg(&self.lb_bin)
+                .args(["decap", "--interface", "eth0", "--remove"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.cleanup_namespaces();
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("netns file");
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// One HTTP/1.0 GET on a new connection; returns the body (the backend's name).
+pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: lb\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let body = resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .context("no HTTP body")?
+        .trim()
+        .to_string();
+    if !resp.starts_with("HTTP/1.") || !resp.contains(" 200 ") {
+        bail!("unexpected response {resp:?}");
+    }
+    Ok(body)
+}
+
+/// One UDP query from a given local port; returns the answer.
+pub fn udp_query(addr: SocketAddr, sport: u16, timeout: Duration) -> Result<String> {
+    let local: SocketAddr = match addr.ip() {
+        IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), sport),
+        IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), sport),
+    };
+    let s = UdpSocket::bind(local)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send_to(b"who", addr)?;
+    let mut buf = [0u8; 256];
+    let (n, _) = s.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// The pool file used by the demo and the tests, for `n` backends with
+/// weights `weights` (`b1`, `b2`, ...).
+pub fn pool_yaml(tag: &str, dir: &Path, backends: &[(&Host, u32, &str)]) -> String {
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    for (h, w, state) in backends {
+        v4.push_str(&format!(
+            "      - {{ address: {}, weight: {w}, state: {state} }}\n",
+            h.v4
+        ));
+        v6.push_str(&format!(
+            "      - {{ address: \"{}\", weight: {w}, state: {state} }}\n",
+            h.v6
+        ));
+    }
+    format!(
+        r#"instance: {tag}
+interfaces: [eth0]
+xdp_mode: auto
+encapsulation:
+  source_v4: 10.255.0.0/24
+  source_v6: "fd00:255::/112"
+tables:
+  maglev_size: 65537
+  flow_table_size: 65536
+  udp_idle_timeout: 30s
+  max_vips: 16
+  max_backends: 256
+hash_secret_file: {dir}/secret
+control_socket: /run/lb/{tag}.sock
+vips:
+  - name: web
+    address: {VIP4}
+    port: 80
+    protocol: tcp
+    health_check: {{ kind: http, path: / }}
+    backends:
+{v4}  - name: hold
+    address: {VIP4}
+    port: 9000
+    protocol: tcp
+    health_check: {{ kind: tcp, port: 80 }}
+    backends:
+{v4}  - name: dns
+    address: {VIP4}
+    port: 53
+    protocol: udp
+    health_check: {{ kind: udp, send: ping }}
+    backends:
+{v4}  - name: web6
+    address: "{VIP6}"
+    port: 80
+    protocol: tcp
+    backends:
+{v6}  - name: mixed
+    address: {VIP4_MIXED}
+    port: 80
+    protocol: tcp
+    backends:
+{v6}"#,
+        dir = dir.display()
+    )
+}

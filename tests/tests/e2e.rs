@@ -1,0 +1,320 @@
+//! End to end: namespaces, the real daemon with a real pool file, real
+//! servers and clients. Each test asserts what the clients saw.
+use lb_tests::root_env;
+use lb_tests::topo::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(2);
+
+fn topo(tag: &str, weights: &[u32]) -> Option<Topology> {
+    root_env("end-to-end tests")?;
+    let t = Topology::new(
+        tag,
+        weights.len(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_backend-server")),
+    )
+    .expect("topology");
+    let hosts: Vec<_> = t
+        .backends
+        .iter()
+        .zip(weights)
+        .map(|(h, w)| (h, *w, "active"))
+        .collect();
+    t.write_pool(&pool_yaml(tag, &t.dir, &hosts)).unwrap();
+    Some(t)
+}
+
+fn vip<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    st["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no VIP {name} in {st}"))
+}
+
+fn web() -> SocketAddr {
+    format!("{VIP4}:80").parse().unwrap()
+}
+
+/// `n` short HTTP connections from the client; counts answers per backend.
+fn spread_http(t: &Topology, addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
+    in_ns(&t.client, move || {
+        let mut seen = BTreeMap::new();
+        let mut failed = 0;
+        for _ in 0..n {
+            match http_get(addr, T) {
+                Ok(b) => *seen.entry(b).or_insert(0) += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (seen, failed)
+    })
+}
+
+fn assert_shares(seen: &BTreeMap<String, usize>, weights: &[u32], n: usize) {
+    let total: u32 = weights.iter().sum();
+    for (i, w) in weights.iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        let got = *seen.get(&name).unwrap_or(&0) as f64 / n as f64 * 100.0;
+        let want = *w as f64 / total as f64 * 100.0;
+        assert!(
+            (got - want).abs() <= 3.0,
+            "{name}: {got:.1}% of {n}, weighted share {want:.1}% ({seen:?})"
+        );
+    }
+}
+
+#[test]
+fn tcp_and_udp_spread_by_weight() {
+    let weights = [1, 1, 2];
+    let Some(mut t) = topo("e2sp", &weights) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let n = 3000;
+    let (seen, failed) = spread_http(&t, web(), n);
+    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
+    assert_shares(&seen, &weights, n);
+    // UDP over distinct source ports.
+    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
+    let (useen, ufailed) = in_ns(&t.client, move || {
+        let mut seen = BTreeMap::new();
+        let mut failed = 0;
+        for p in 0..3000u16 {
+            match udp_query(dns, 20000 + p, T) {
+                Ok(b) => *seen.entry(b).or_insert(0) += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (seen, failed)
+    });
+    assert_eq!(ufailed, 0, "{useen:?}");
+    assert_shares(&useen, &weights, 3000);
+    let st = t.status_json().unwrap();
+    let web = vip(&st, "web");
+    assert!(web["new_flows"].as_u64().unwrap() >= 3000, "{web}");
+}
+
+#[test]
+fn ipv6_vip_and_v4_vip_with_v6_backends_work() {
+    let Some(mut t) = topo("e2v6", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let v6: SocketAddr = format!("[{VIP6}]:80").parse().unwrap();
+    let mixed: SocketAddr = format!("{VIP4_MIXED}:80").parse().unwrap();
+    for addr in [v6, mixed] {
+        let (seen, failed) = spread_http(&t, addr, 300);
+        assert_eq!(failed, 0, "{addr}: {seen:?}\n{}", t.log());
+        assert_eq!(seen.len(), 3, "{addr}: all backends answer: {seen:?}");
+    }
+}
+
+#[test]
+fn failover_within_a_second_and_recovery_after_rise() {
+    let Some(mut t) = topo("e2fo", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    t.kill_server("b2");
+    let killed = Instant::now();
+    // Default health: interval 200ms, timeout 200ms, fall 2.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (seen, failed) = spread_http(&t, web(), 300);
+    assert_eq!(
+        failed,
+        0,
+        "no failures one second after the kill: {seen:?}\n{}",
+        t.log()
+    );
+    assert!(!seen.contains_key("b2"), "{seen:?}");
+    assert!(killed.elapsed() < Duration::from_secs(10));
+    t.start_server("b2").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (seen, failed) = spread_http(&t, web(), 300);
+    assert_eq!(failed, 0);
+    assert!(
+        seen.contains_key("b2"),
+        "b2 takes new flows again: {seen:?}"
+    );
+    assert!(t.log().contains("is down"), "{}", t.log());
+}
+
+#[test]
+fn daemon_sigkill_and_restart_break_no_request() {
+    let Some(mut t) = topo("e2ck", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let client = t.client.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let worker = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(web(), T) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    t.kill_daemon();
+    std::thread::sleep(Duration::from_millis(1500));
+    t.start_daemon().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = worker.join().unwrap();
+    assert!(ok > 50, "requests made: {ok}");
+    assert_eq!(failed, 0, "{ok} ok\n{}", t.log());
+    let st = t.status_json().unwrap();
+    assert_eq!(st["vips"].as_array().unwrap().len(), 5);
+    assert!(t.log().contains("adopted the XDP link"), "{}", t.log());
+}
+
+#[test]
+fn bad_reload_keeps_the_running_configuration() {
+    let Some(mut t) = topo("e2br", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let good = std::fs::read_to_string(t.pool_path()).unwrap();
+    let bad = good
+        .replace("weight: 1,", "weight: 0,")
+        .replace("port: 53", "port: 53\n    bogus: 1");
+    t.write_pool(&bad).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (seen, failed) = spread_http(&t, web(), 200);
+    assert_eq!(failed, 0);
+    assert_eq!(seen.len(), 3);
+    let log = t.log();
+    assert!(log.contains("reload rejected"), "{log}");
+    assert!(
+        log.contains("bogus"),
+        "the error names the unknown field: {log}"
+    );
+    let st = t.status_json().unwrap();
+    assert_eq!(vip(&st, "web")["backends"][0]["weight"], 1);
+}
+
+#[test]
+fn long_lived_connections_survive_pool_changes_and_drain() {
+    let Some(mut t) = topo("e2cs", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+    let client = t.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            use std::io::{BufRead, BufReader, Write};
+            let mut conns = Vec::new();
+            for _ in 0..30 {
+                let s = std::net::TcpStream::connect_timeout(&hold, T).unwrap();
+                s.set_read_timeout(Some(T)).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                writeln!(w, "hi").unwrap();
+                let mut name = String::new();
+                r.read_line(&mut name).unwrap();
+                conns.push((w, r, name.trim().to_string()));
+            }
+            rtx.send(()).unwrap();
+            let mut broken = Vec::new();
+            // Each round: every connection must still answer, from the same backend.
+            while rx.recv().is_ok() {
+                for (i, (w, r, first)) in conns.iter_mut().enumerate() {
+                    let mut name = String::new();
+                    if writeln!(w, "again").is_err()
+                        || r.read_line(&mut name).is_err()
+                        || name.trim() != first
+                    {
+                        broken.push((i, first.clone(), name.trim().to_string()));
+                    }
+                }
+                rtx.send(()).unwrap();
+            }
+            broken
+        })
+    });
+    rrx.recv().unwrap();
+    let b = &t.backends;
+    let steps: Vec<String> = vec![
+        // (a) add a backend? -> there are only three hosts: start with b1,b2 weights; change below.
+        pool_yaml(
+            &t.tag,
+            &t.dir,
+            &[
+                (&b[0], 1, "active"),
+                (&b[1], 1, "active"),
+                (&b[2], 3, "active"),
+            ],
+        ),
+        pool_yaml(
+            &t.tag,
+            &t.dir,
+            &[
+                (&b[0], 1, "active"),
+                (&b[1], 1, "drain"),
+                (&b[2], 3, "active"),
+            ],
+        ),
+        pool_yaml(
+            &t.tag,
+            &t.dir,
+            &[
+                (&b[0], 1, "drain"),
+                (&b[1], 1, "drain"),
+                (&b[2], 1, "active"),
+            ],
+        ),
+    ];
+    for y in steps {
+        t.write_pool(&y).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        tx.send(()).unwrap();
+        rrx.recv().unwrap();
+    }
+    // New connections avoid the draining backends.
+    let (seen, failed) = spread_http(&t, web(), 100);
+    assert_eq!(failed, 0);
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        vec!["b3".to_string()],
+        "{seen:?}"
+    );
+    drop(tx);
+    let broken = worker.join().unwrap();
+    assert!(
+        broken.is_empty(),
+        "connections broken or moved: {broken:?}\n{}",
+        t.log()
+    );
+}
+
+#[test]
+fn all_backends_down_drops_fast_and_status_shows_it() {
+    let Some(mut t) = topo("e2dn", &[1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    t.kill_server("b1");
+    t.kill_server("b2");
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = in_ns(&t.client, || http_get(web(), Duration::from_millis(500)));
+    assert!(r.is_err(), "no backend: the connection cannot succeed");
+    let st = t.status_json().unwrap();
+    assert_eq!(vip(&st, "web")["state"], "down", "{st}");
+    assert!(
+        st["counters"]["drop_no_backend"].as_u64().unwrap_or(0) > 0,
+        "{st}"
+    );
+}

@@ -288,15 +288,21 @@ impl BpfDataPlane {
             })?;
         }
         if pin.exists() {
-            let pinned = PinnedLink::from_pin(&pin)
-                .map_err(|e| DataPlaneError::Setup(format!("{}: {e}", pin.display())))?;
-            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
-                .map_err(|e| DataPlaneError::Setup(format!("{}: {e}", pin.display())))?;
-            prog.attach_to_link(link).map_err(|e| {
-                DataPlaneError::Setup(format!("replacing the program on `{iface}`: {e}"))
-            })?;
-            log::info!("adopted the XDP link on `{iface}` ({})", pin.display());
-            return Ok(());
+            match adopt_link(prog, &pin) {
+                Ok(()) => {
+                    log::info!("adopted the XDP link on `{iface}` ({})", pin.display());
+                    return Ok(());
+                }
+                Err(e) => {
+                    // E.g. the interface was deleted and made again: the old
+                    // link is attached to nothing. Start afresh.
+                    log::warn!(
+                        "the pinned XDP link {} cannot be reused ({e}); attaching anew",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
         }
         let modes: &[(XdpMode, &str)] = match mode {
             AttachMode::Driver => &[(XdpMode::Driver, "driver")],
@@ -346,6 +352,15 @@ impl BpfDataPlane {
     pub fn sizes(&self) -> Sizes {
         self.sizes
     }
+}
+
+/// Puts `prog` in place of the program of the link pinned at `pin`.
+fn adopt_link(prog: &mut Xdp, pin: &Path) -> std::result::Result<(), String> {
+    let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
+    let link =
+        aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Removes the links (detaching XDP) and map pins of `instance`.

@@ -41,6 +41,11 @@ pub struct Topology {
     server_bin: PathBuf,
     servers: Vec<(String, Child)>,
     daemon: Option<Child>,
+    /// `lb_pass` on the switch side of the balancer's veth: a frame the
+    /// balancer sends with XDP_TX in driver mode is delivered promptly only
+    /// when the peer veth runs XDP too (with GRO alone, the peer's NAPI is
+    /// woken late and frames wait up to ~200 ms).
+    _peer_xdp: Option<aya::Ebpf>,
 }
 
 pub fn sh(cmd: &str) -> Result<()> {
@@ -92,6 +97,7 @@ impl Topology {
             server_bin: server_bin.to_path_buf(),
             servers: Vec::new(),
             daemon: None,
+            _peer_xdp: None,
         };
         t.cleanup_namespaces();
         t.build()?;
@@ -131,6 +137,11 @@ impl Topology {
             ))
             .with_context(|| format!("setting up namespace {ns}"))?;
         }
+        let peer = format!("{}1b", self.tag);
+        self._peer_xdp = Some(
+            in_ns(&self.sw.clone(), move || attach_pass(&peer))
+                .context("attaching lb_pass to the balancer's veth peer")?,
+        );
         let lb = &self.lb;
         sh(&format!(
             "ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
@@ -353,6 +364,21 @@ impl Drop for Topology {
         }
         self.cleanup_namespaces();
     }
+}
+
+/// Loads `lb_pass` and attaches it (driver mode) to `iface` in this thread's namespace.
+fn attach_pass(iface: &str) -> Result<aya::Ebpf> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries(lb_common::maps::RINGS, 1)
+        .map_max_entries(lb_common::maps::FLOWS, 16)
+        .load_file(crate::ebpf_object())?;
+    let p: &mut aya::programs::Xdp = ebpf
+        .program_mut(lb_common::progs::PASS)
+        .context("no lb_pass")?
+        .try_into()?;
+    p.load()?;
+    p.attach(iface, aya::programs::XdpMode::Driver)?;
+    Ok(ebpf)
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.

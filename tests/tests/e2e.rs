@@ -4,7 +4,7 @@ use lb_tests::root_env;
 use lb_tests::topo::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const T: Duration = Duration::from_secs(2);
 
@@ -39,7 +39,8 @@ fn web() -> SocketAddr {
     format!("{VIP4}:80").parse().unwrap()
 }
 
-/// `n` short HTTP connections from the client; counts answers per backend.
+/// `n` short HTTP connections from the client; counts answers per backend
+/// (failures under "error: ...", by message).
 fn spread_http(t: &Topology, addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
     in_ns(&t.client, move || {
         let mut seen = BTreeMap::new();
@@ -47,7 +48,10 @@ fn spread_http(t: &Topology, addr: SocketAddr, n: usize) -> (BTreeMap<String, us
         for _ in 0..n {
             match http_get(addr, T) {
                 Ok(b) => *seen.entry(b).or_insert(0) += 1,
-                Err(_) => failed += 1,
+                Err(e) => {
+                    failed += 1;
+                    *seen.entry(format!("error: {e}")).or_insert(0) += 1;
+                }
             }
         }
         (seen, failed)
@@ -109,7 +113,12 @@ fn ipv6_vip_and_v4_vip_with_v6_backends_work() {
     for addr in [v6, mixed] {
         let (seen, failed) = spread_http(&t, addr, 300);
         assert_eq!(failed, 0, "{addr}: {seen:?}\n{}", t.log());
-        assert_eq!(seen.len(), 3, "{addr}: all backends answer: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            3,
+            "{addr}: all backends answer: {seen:?}\n{}",
+            t.status_text()
+        );
     }
 }
 
@@ -120,8 +129,8 @@ fn failover_within_a_second_and_recovery_after_rise() {
     };
     t.start_daemon().unwrap();
     t.kill_server("b2");
-    let killed = Instant::now();
-    // Default health: interval 200ms, timeout 200ms, fall 2.
+    // Default health: interval 200ms, timeout 200ms, fall 2: down in well
+    // under a second. From one second on, no new connection may fail.
     std::thread::sleep(Duration::from_millis(1000));
     let (seen, failed) = spread_http(&t, web(), 300);
     assert_eq!(
@@ -131,7 +140,6 @@ fn failover_within_a_second_and_recovery_after_rise() {
         t.log()
     );
     assert!(!seen.contains_key("b2"), "{seen:?}");
-    assert!(killed.elapsed() < Duration::from_secs(10));
     t.start_server("b2").unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     let (seen, failed) = spread_http(&t, web(), 300);
@@ -171,7 +179,7 @@ fn daemon_sigkill_and_restart_break_no_request() {
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = worker.join().unwrap();
-    assert!(ok > 50, "requests made: {ok}");
+    assert!(ok > 50, "requests made: {ok}, failed {failed}\n{}", t.log());
     assert_eq!(failed, 0, "{ok} ok\n{}", t.log());
     let st = t.status_json().unwrap();
     assert_eq!(st["vips"].as_array().unwrap().len(), 5);

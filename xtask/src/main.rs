@@ -22,6 +22,9 @@ enum Cmd {
     Test,
     /// Per-packet cost through BPF_PROG_TEST_RUN, and the Maglev build time.
     Bench,
+    /// The load balancer on a built-in topology of network namespaces: real
+    /// servers, clients and daemon; spread, status, failover, recovery.
+    Demo,
     /// Build, then run `lb` with the given arguments (e.g. `run -- run --config deploy/pool.yaml`).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test => test(),
         Cmd::Bench => bench(),
+        Cmd::Demo => demo(),
         Cmd::Run { args } => {
             setup()?;
             build_ebpf()?;
@@ -187,15 +191,35 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// Builds `lb` (with the eBPF object embedded) and the test binaries.
+fn build_lb() -> Result<PathBuf> {
+    let object = workspace_root().join(EBPF_OBJECT);
+    run(Command::new("cargo")
+        .args(["build", "-p", "lb-userspace", "-p", "lb-tests", "--bins"])
+        .env("LB_EBPF_OBJECT", &object))?;
+    Ok(workspace_root().join("target/debug/lb"))
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let lb = build_lb()?;
+    run(Command::new(workspace_root().join("target/debug/demo"))
+        .env("LB_BIN", &lb)
+        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT)))
+}
+
 fn test() -> Result<()> {
     setup()?;
     build_ebpf()?;
+    let lb = build_lb()?;
     // Unit tests, then the root tests: packet tests and end to end. The test
-    // harness finds the object through LB_EBPF_OBJECT.
+    // harness finds the object through LB_EBPF_OBJECT and `lb` through LB_BIN.
     let object = workspace_root().join(EBPF_OBJECT);
     run(Command::new("cargo")
         .args(["test", "--workspace", "--exclude", "lb-ebpf"])
         .env("LB_EBPF_OBJECT", &object)
+        .env("LB_BIN", &lb)
         // Root tests may not skip here: a missing prerequisite is a failure.
         .env("LB_REQUIRE_ROOT_TESTS", "1")
         .args(["--", "--test-threads=1"]))

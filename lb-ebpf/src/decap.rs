@@ -103,7 +103,7 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         }
         _ => return pass(decap_counter::PASS_NOT_TUNNEL),
     };
-    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+    if unsafe { DECAP_VIPS.get(key) }.is_none() {
         return pass(decap_counter::PASS_NOT_VIP);
     }
 

@@ -228,7 +228,7 @@ fn parse_v4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         family: AF_INET,
         _pad: [0; 3],
     };
-    let Some(addr_flags) = (unsafe { VIP_ADDRS.get(&akey) }) else {
+    let Some(addr_flags) = (unsafe { VIP_ADDRS.get(akey) }) else {
         return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
     };
     let frag = unsafe { *((ip + 6) as *const [u8; 2]) };
@@ -269,7 +269,7 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         family: AF_INET6,
         _pad: [0; 3],
     };
-    let Some(addr_flags) = (unsafe { VIP_ADDRS.get(&akey) }) else {
+    let Some(addr_flags) = (unsafe { VIP_ADDRS.get(akey) }) else {
         return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
     };
     let next = unsafe { *((ip + 6) as *const u8) };
@@ -328,14 +328,14 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         proto: pkt.proto,
         family: pkt.family,
     };
-    let vip = match unsafe { VIPS.get(&vkey) } {
+    let vip = match unsafe { VIPS.get(vkey) } {
         Some(v) => *v,
         None => {
             if pkt.addr_flags & ADDR_F_ANY_PORT == 0 {
                 return verdict(counter::PASS_NOT_VIP, XDP_PASS);
             }
             vkey.port = 0;
-            match unsafe { VIPS.get(&vkey) } {
+            match unsafe { VIPS.get(vkey) } {
                 Some(v) => *v,
                 None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
             }
@@ -362,7 +362,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // whatever happened to the Maglev table since.
     let mut chosen: Option<(u32, &Backend, u32)> = None;
     if !is_syn {
-        if let Some(fv) = FLOWS.get_ptr_mut(&key) {
+        if let Some(fv) = FLOWS.get_ptr_mut(key) {
             let fv = unsafe { &mut *fv };
             let idle = now.wrapping_sub(fv.last_seen_ns);
             if pkt.proto == PROTO_UDP && idle > cfg.udp_idle_timeout_ns {
@@ -410,7 +410,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                     hash,
                     ..FlowValue::default()
                 };
-                let _ = FLOWS.insert(&key, &fv, 0);
+                let _ = FLOWS.insert(key, fv, 0);
             }
             new_flow = true;
             (id, be, hash)

@@ -2,8 +2,9 @@
 //! and `run` (build, then start the daemon attached to a NIC).
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 #[derive(Parser)]
 #[command(about = "Build, test and run the load balancer")]
@@ -22,6 +23,8 @@ enum Cmd {
     Test,
     /// Per-packet cost through BPF_PROG_TEST_RUN, and the Maglev build time.
     Bench,
+    /// cargo fmt --check and clippy in two passes (userspace, then lb-ebpf for its BPF target).
+    Lint,
     /// The load balancer on a built-in topology of network namespaces: real
     /// servers, clients and daemon; spread, status, failover, recovery.
     Demo,
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Bench => bench(),
         Cmd::Demo => demo(),
+        Cmd::Lint => lint(),
         Cmd::Run { args } => {
             setup()?;
             build_ebpf()?;
@@ -200,6 +204,31 @@ fn build_lb() -> Result<PathBuf> {
     Ok(workspace_root().join("target/debug/lb"))
 }
 
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .args(["+nightly", "clippy", "-p", "lb-ebpf", "--release"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+}
+
 fn demo() -> Result<()> {
     setup()?;
     build_ebpf()?;
@@ -216,13 +245,42 @@ fn test() -> Result<()> {
     // Unit tests, then the root tests: packet tests and end to end. The test
     // harness finds the object through LB_EBPF_OBJECT and `lb` through LB_BIN.
     let object = workspace_root().join(EBPF_OBJECT);
-    run(Command::new("cargo")
-        .args(["test", "--workspace", "--exclude", "lb-ebpf"])
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"])
         .env("LB_EBPF_OBJECT", &object)
         .env("LB_BIN", &lb)
         // Root tests may not skip here: a missing prerequisite is a failure.
         .env("LB_REQUIRE_ROOT_TESTS", "1")
-        .args(["--", "--test-threads=1"]))
+        .args(["--", "--test-threads=1"]);
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    // One closing line over every test binary.
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// The number just before `word` in a libtest summary ("ok. 3 passed; 0 failed; ...").
+fn count_before(s: &str, word: &str) -> u64 {
+    s.find(word)
+        .and_then(|i| s[..i].rsplit([' ', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn bench() -> Result<()> {

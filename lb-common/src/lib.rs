@@ -27,6 +27,8 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<u64>` indexed by `counter::*`.
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU next-hop cache of the data path, indexed by backend id (kernel side only).
+    pub const NEXTHOPS: &str = "NEXTHOPS";
     /// `HashMap<AddrKey, u32>`: on backends, the VIPs the decapsulation program accepts.
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
@@ -47,6 +49,8 @@ pub mod defaults {
     pub const RING_SIZE: u32 = 65537;
     pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
     pub const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
+    /// How long the data path reuses a next hop before asking the FIB again.
+    pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
     pub const MTU: u32 = 1500;
 }
 
@@ -200,6 +204,9 @@ pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
 pub const CONFIG_F_SRC_V4: u32 = 2;
 /// `Config::flags`: an IPv6 encapsulation source is set.
 pub const CONFIG_F_SRC_V6: u32 = 4;
+/// `Config::flags`: some VIP listens on every port (port 0), so a VIP miss
+/// on the exact port must try port 0 too.
+pub const CONFIG_F_ANY_PORT: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -244,7 +251,8 @@ pub mod counter {
     pub const RESCHEDULED_DOWN: u32 = 20;
     pub const PASS_VIP_OTHER_PROTO: u32 = 21;
     pub const DROP_NO_ROUTE: u32 = 22;
-    pub const COUNT: u32 = 23;
+    pub const NEXTHOP_CACHED: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -271,6 +279,7 @@ pub mod counter {
         "rescheduled_down",
         "pass_vip_other_proto",
         "drop_no_route",
+        "nexthop_cached",
     ];
 }
 

@@ -21,15 +21,17 @@ mod decap;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
+    },
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use core::mem::size_of;
+use core::mem::{size_of, MaybeUninit};
 use lb_common::{
     counter, defaults, flow_hash, ring_base, AddrKey, Backend, BackendStats, Config, FlowKey,
-    FlowValue, VipInfo, VipKey, VipStats, ADDR_F_ANY_PORT, AF_INET, AF_INET6, BACKEND_F_DOWN,
+    FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN, CONFIG_F_ANY_PORT,
     CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -64,6 +66,24 @@ static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// What `bpf_fib_lookup` (or the gateway-MAC fallback) said about a backend,
+/// reused for `NEXTHOP_TTL_NS`: a FIB lookup costs more than the rest of an
+/// established packet's path. Per CPU, so no writer contends. An entry counts
+/// only for the same backend address and ingress interface.
+#[map]
+static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
+
+#[repr(C)]
+struct NextHop {
+    addr: [u32; 4],
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    ingress: u32,
+    egress: u32,
+    /// Largest outer packet the egress link takes.
+    mtu: u32,
+    expires_ns: u64,
+}
 
 // ----------------------------------------------------------- constants --
 
@@ -98,6 +118,25 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + off) as *mut T)
+}
+
+/// Zeroes `v` in place, one 32-bit word at a time, and hands it out. The BPF
+/// backend turns a plain zero-initialisation (`[0; 3]`, `..Default::default()`,
+/// `mem::zeroed()`, or a copy out of a partly written value) into a call to a
+/// byte-at-a-time `memset`, hundreds of instructions on the per-packet path;
+/// volatile word stores cannot be merged into one, and working in place
+/// leaves nothing to copy. `T` must be 4-byte aligned, its size a multiple of
+/// 4, and valid when all zero.
+#[inline(always)]
+fn zeroed<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    const { assert!(size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let p = v.as_mut_ptr() as *mut u32;
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        unsafe { p.add(i).write_volatile(0) };
+        i += 1;
+    }
+    unsafe { v.assume_init_mut() }
 }
 
 #[inline(always)]
@@ -156,7 +195,6 @@ struct Packet {
     df: bool,
     src: [u32; 4],
     dst: [u32; 4],
-    addr_flags: u32,
 }
 
 #[xdp]
@@ -203,12 +241,29 @@ fn balance(ctx: &XdpContext) -> u32 {
     pkt.vlan = vlan;
     pkt.our_mac = our_mac;
 
+    // TCP and UDP find their VIP by (address, port, protocol) in one
+    // lookup; the rest first asks whether the address is a VIP's at all.
+    if pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP {
+        return balance_l4(ctx, &pkt);
+    }
+    if !is_vip_addr(pkt.dst, pkt.family) {
+        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+    }
     match pkt.proto {
-        PROTO_TCP | PROTO_UDP => balance_l4(ctx, &pkt),
         PROTO_ICMP if pkt.family == AF_INET => icmp_v4(ctx, &pkt),
         PROTO_ICMPV6 if pkt.family == AF_INET6 => icmp_v6(ctx, &pkt),
         _ => verdict(counter::PASS_VIP_OTHER_PROTO, XDP_PASS),
     }
+}
+
+/// Whether some VIP uses this address (for traffic without ports).
+#[inline(always)]
+fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
+    let mut k = MaybeUninit::uninit();
+    let key: &mut AddrKey = zeroed(&mut k);
+    key.addr = addr;
+    key.family = family;
+    unsafe { VIP_ADDRS.get(&*key) }.is_some()
 }
 
 #[inline(always)]
@@ -223,18 +278,13 @@ fn parse_v4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         return Err(verdict(counter::PASS_MALFORMED, XDP_PASS));
     }
     let dst = unsafe { rd32(ip + 16) };
-    let akey = AddrKey {
-        addr: [dst, 0, 0, 0],
-        family: AF_INET,
-        _pad: [0; 3],
-    };
-    let Some(addr_flags) = (unsafe { VIP_ADDRS.get(akey) }) else {
-        return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
-    };
     let frag = unsafe { *((ip + 6) as *const [u8; 2]) };
     if frag[0] & 0x3f != 0 || frag[1] != 0 {
         // More-fragments set, or a non-zero offset.
-        return Err(verdict(counter::DROP_FRAGMENT, XDP_DROP));
+        if is_vip_addr([dst, 0, 0, 0], AF_INET) {
+            return Err(verdict(counter::DROP_FRAGMENT, XDP_DROP));
+        }
+        return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
     }
     let tot_len = u16::from_be(unsafe { rd16(ip + 2) }) as usize;
     Ok(Packet {
@@ -249,7 +299,6 @@ fn parse_v4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         df: frag[0] & 0x40 != 0,
         src: [unsafe { rd32(ip + 12) }, 0, 0, 0],
         dst: [dst, 0, 0, 0],
-        addr_flags: *addr_flags,
     })
 }
 
@@ -264,20 +313,15 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         return Err(verdict(counter::PASS_MALFORMED, XDP_PASS));
     }
     let dst = unsafe { [rd32(ip + 24), rd32(ip + 28), rd32(ip + 32), rd32(ip + 36)] };
-    let akey = AddrKey {
-        addr: dst,
-        family: AF_INET6,
-        _pad: [0; 3],
-    };
-    let Some(addr_flags) = (unsafe { VIP_ADDRS.get(akey) }) else {
-        return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
-    };
     let next = unsafe { *((ip + 6) as *const u8) };
     match next {
         // Hop-by-hop, routing, fragment, ESP, AH, destination options,
         // mobility, HIP, shim6: extension headers are not followed.
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => {
-            return Err(verdict(counter::DROP_IPV6_EXT, XDP_DROP));
+            if is_vip_addr(dst, AF_INET6) {
+                return Err(verdict(counter::DROP_IPV6_EXT, XDP_DROP));
+            }
+            return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
         }
         _ => {}
     }
@@ -294,7 +338,6 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         df: false,
         src: unsafe { [rd32(ip + 8), rd32(ip + 12), rd32(ip + 16), rd32(ip + 20)] },
         dst,
-        addr_flags: *addr_flags,
     })
 }
 
@@ -328,10 +371,13 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         proto: pkt.proto,
         family: pkt.family,
     };
+    let Some(cfg) = CONFIG.get(0) else {
+        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+    };
     let vip = match unsafe { VIPS.get(vkey) } {
         Some(v) => *v,
         None => {
-            if pkt.addr_flags & ADDR_F_ANY_PORT == 0 {
+            if cfg.flags & CONFIG_F_ANY_PORT == 0 {
                 return verdict(counter::PASS_NOT_VIP, XDP_PASS);
             }
             vkey.port = 0;
@@ -341,22 +387,21 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
             }
         }
     };
-    let Some(cfg) = CONFIG.get(0) else {
-        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
-    };
 
-    let key = FlowKey {
-        src: pkt.src,
-        dst: pkt.dst,
-        sport,
-        dport,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    };
+    let mut k = MaybeUninit::uninit();
+    let key: &mut FlowKey = zeroed(&mut k);
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    key.sport = sport;
+    key.dport = dport;
+    key.proto = pkt.proto;
+    key.family = pkt.family;
+    let key: &FlowKey = key;
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let is_rst = tcp_flags & TCP_RST != 0;
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (CLOCK_MONOTONIC_COARSE) is plenty for idle timeouts
+    // and cheaper than reading the TSC.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     // Flow table first: an established connection keeps its backend
     // whatever happened to the Maglev table since.
@@ -403,21 +448,20 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 return drop_no_backend(vip.vip_id);
             };
             if !is_rst {
-                let fv = FlowValue {
-                    backend: id,
-                    vip_id: vip.vip_id,
-                    last_seen_ns: now,
-                    hash,
-                    ..FlowValue::default()
-                };
-                let _ = FLOWS.insert(key, fv, 0);
+                let mut v = MaybeUninit::uninit();
+                let fv: &mut FlowValue = zeroed(&mut v);
+                fv.backend = id;
+                fv.vip_id = vip.vip_id;
+                fv.last_seen_ns = now;
+                fv.hash = hash;
+                let _ = FLOWS.insert(&*key, &*fv, 0);
             }
             new_flow = true;
             (id, be, hash)
         }
     };
 
-    let action = forward(ctx, pkt, cfg, backend, hash);
+    let action = forward(ctx, pkt, cfg, backend_id, backend, hash, now);
     if action == XDP_DROP {
         if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
             unsafe { (*s).drops += 1 };
@@ -554,7 +598,8 @@ fn steer_icmp(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
-    let action = forward(ctx, pkt, cfg, backend, fv.hash);
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let action = forward(ctx, pkt, cfg, fv.backend, backend, fv.hash, now);
     if action != XDP_DROP {
         count(counter::ICMP_STEERED);
     }
@@ -573,11 +618,13 @@ fn echo_reply(ctx: &XdpContext, pkt: &Packet, icmp: usize, reply_type: u8) -> u3
     };
     let (eth, ip) = (eth as usize, ip as usize);
     unsafe {
-        // Ethernet: back where it came from.
-        let d = *(eth as *const [u8; 6]);
-        let s = *((eth + 6) as *const [u8; 6]);
-        *(eth as *mut [u8; 6]) = s;
-        *((eth + 6) as *mut [u8; 6]) = d;
+        // Ethernet: back where it came from (word loads, not a byte memmove).
+        let (d0, d1) = (rd32(eth), rd16(eth + 4));
+        let (s0, s1) = (rd32(eth + 6), rd16(eth + 10));
+        wr32(eth, s0);
+        wr16(eth + 4, s1);
+        wr32(eth + 6, d0);
+        wr16(eth + 10, d1);
 
         // ICMP type (the checksum covers it; code stays 0).
         let old = rd16(icmp);
@@ -616,7 +663,15 @@ fn echo_reply(ctx: &XdpContext, pkt: &Packet, icmp: usize, reply_type: u8) -> u3
 
 /// Encapsulates the packet towards `backend` and returns the XDP action.
 #[inline(always)]
-fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, backend: &Backend, hash: u32) -> u32 {
+fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &Config,
+    backend_id: u32,
+    backend: &Backend,
+    hash: u32,
+    now: u64,
+) -> u32 {
     let outer_v6 = backend.family == AF_INET6;
     if pkt.family == AF_INET6 && !outer_v6 {
         // 6in4 is not offered; the pool file validation rejects it.
@@ -639,41 +694,64 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, backend: &Backend, hash
     let mut src_v6 = cfg.src_v6;
     src_v6[3] = (cfg.src_v6[3] & !cfg.src_v6_mask) | (hash & cfg.src_v6_mask);
 
-    // Route: next-hop MACs and egress interface from the kernel's FIB.
+    // Route: next-hop MACs and egress interface from the kernel's FIB,
+    // through the per-CPU cache.
     let ingress = ctx.ingress_ifindex() as u32;
-    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.ifindex = ingress;
-    fib.__bindgen_anon_1.tot_len = outer_len as u16;
-    if outer_v6 {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_3.ipv6_src = src_v6;
-        fib.__bindgen_anon_4.ipv6_dst = backend.addr;
-    } else {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = src_v4;
-        fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
-    }
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            &mut fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    let (dmac, smac, egress) = if rc == 0 {
-        (fib.dmac, fib.smac, fib.ifindex)
-    } else if rc == aya_ebpf::bindings::BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        return verdict(counter::DROP_TOO_BIG, XDP_DROP);
-    } else if cfg.flags & CONFIG_F_GATEWAY_MAC != 0 {
-        if outer_len > cfg.mtu as usize {
-            return verdict(counter::DROP_TOO_BIG, XDP_DROP);
-        }
-        count(counter::FIB_FALLBACK);
-        (cfg.gateway_mac, pkt.our_mac, ingress)
-    } else {
+    let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
         return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
     };
+    let nh = unsafe { &mut *nh };
+    if nh.expires_ns > now && nh.ingress == ingress && nh.addr == backend.addr {
+        count(counter::NEXTHOP_CACHED);
+    } else {
+        let mut f = MaybeUninit::uninit();
+        let fib: &mut bpf_fib_lookup = zeroed(&mut f);
+        fib.ifindex = ingress;
+        if outer_v6 {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_3.ipv6_src = src_v6;
+            fib.__bindgen_anon_4.ipv6_dst = backend.addr;
+        } else {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_3.ipv4_src = src_v4;
+            fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
+        }
+        // tot_len 0: no MTU verdict from the FIB; on success it reports the
+        // route's MTU in mtu_result, which is cached and checked below.
+        let rc = unsafe {
+            fib_lookup(
+                ctx.ctx as *mut _,
+                fib,
+                size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        if rc == 0 {
+            nh.dmac = fib.dmac;
+            nh.smac = fib.smac;
+            nh.egress = fib.ifindex;
+            nh.mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
+            if nh.mtu == 0 {
+                nh.mtu = cfg.mtu;
+            }
+        } else if cfg.flags & CONFIG_F_GATEWAY_MAC != 0 {
+            count(counter::FIB_FALLBACK);
+            nh.dmac = cfg.gateway_mac;
+            nh.smac = pkt.our_mac;
+            nh.egress = ingress;
+            nh.mtu = cfg.mtu;
+        } else {
+            nh.expires_ns = 0;
+            return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
+        }
+        nh.addr = backend.addr;
+        nh.ingress = ingress;
+        nh.expires_ns = now + defaults::NEXTHOP_TTL_NS;
+    }
+    if outer_len > nh.mtu as usize {
+        return verdict(counter::DROP_TOO_BIG, XDP_DROP);
+    }
+    let (dmac, smac, egress) = (nh.dmac, nh.smac, nh.egress);
 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx as *mut _, -(hdr_len as i32)) } != 0 {
         return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);

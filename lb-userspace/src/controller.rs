@@ -7,7 +7,8 @@ use crate::health::{Health, ProbeOutcome, ProbeSpec};
 use crate::maglev::{self, MaglevBackend};
 use lb_common::{
     AddrKey, Backend, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP, AF_INET, AF_INET6,
-    BACKEND_F_DOWN, BACKEND_F_USED, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
+    BACKEND_F_DOWN, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,6 +205,9 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
     if let Some(mac) = e.gateway_mac {
         cfg.flags |= CONFIG_F_GATEWAY_MAC;
         cfg.gateway_mac = mac;
+    }
+    if pool.vips.iter().any(|v| v.port == 0) {
+        cfg.flags |= CONFIG_F_ANY_PORT;
     }
     cfg
 }

@@ -231,6 +231,7 @@ impl BpfDataPlane {
             .map_max_entries(maps::VIP_STATS, sizes.max_vips)
             .map_max_entries(maps::BACKENDS, sizes.max_backends)
             .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
+            .map_max_entries(maps::NEXTHOPS, sizes.max_backends)
             .map_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
             .map_max_entries(maps::FLOWS, sizes.flows)
             // The decapsulator's maps are not used on the balancer.

@@ -169,6 +169,7 @@ impl Balancer {
             .map_max_entries(maps::VIP_ADDRS, sizes.max_vips)
             .map_max_entries(maps::BACKENDS, sizes.max_backends)
             .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
+            .map_max_entries(maps::NEXTHOPS, sizes.max_backends)
             .map_max_entries(maps::VIP_STATS, sizes.max_vips)
             .map_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
             .map_max_entries(maps::FLOWS, sizes.flows)
@@ -217,6 +218,13 @@ impl Balancer {
             flags |= lb_common::ADDR_F_ANY_PORT;
         }
         a.insert(ak, flags, 0)?;
+        if key.port == 0 {
+            // As the daemon does: tell the data path to try port 0 on a miss.
+            let mut c: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG))?;
+            let mut cfg = c.get(&0, 0)?;
+            cfg.flags |= lb_common::CONFIG_F_ANY_PORT;
+            c.set(0, cfg, 0)?;
+        }
         Ok(())
     }
 

@@ -100,6 +100,9 @@ impl Topology {
             _peer_xdp: None,
         };
         t.cleanup_namespaces();
+        // Pins of an earlier run of the same tag that was killed before it
+        // could clean up.
+        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(tag));
         t.build()?;
         Ok(t)
     }

@@ -251,7 +251,8 @@ pub mod counter {
     pub const RESCHEDULED_DOWN: u32 = 20;
     pub const PASS_VIP_OTHER_PROTO: u32 = 21;
     pub const DROP_NO_ROUTE: u32 = 22;
-    pub const NEXTHOP_CACHED: u32 = 23;
+    /// `bpf_fib_lookup` calls (next-hop cache misses).
+    pub const FIB_LOOKUP: u32 = 23;
     pub const COUNT: u32 = 24;
 
     /// Names for `lb status` and metrics, indexed by counter.
@@ -279,7 +280,7 @@ pub mod counter {
         "rescheduled_down",
         "pass_vip_other_proto",
         "drop_no_route",
-        "nexthop_cached",
+        "fib_lookup",
     ];
 }
 
@@ -300,10 +301,37 @@ pub mod decap_counter {
     ];
 }
 
-/// Index of the first slot of a VIP's Maglev buffer `ring` (0 or 1) in `RINGS`.
+/// `RINGS` elements per Maglev buffer. Each 64-bit element holds two slots
+/// (the even slot in the low half): the kernel lays array elements out at
+/// 8-byte stride, so a `u32` per element would double the table's cache
+/// footprint.
+#[inline(always)]
+pub fn ring_elems(ring_size: u32) -> u32 {
+    ring_size.div_ceil(2)
+}
+
+/// Index of the first element of a VIP's Maglev buffer `ring` (0 or 1) in `RINGS`.
 #[inline(always)]
 pub fn ring_base(vip_id: u32, ring: u8, ring_size: u32) -> u32 {
-    (vip_id * 2 + (ring as u32 & 1)) * ring_size
+    (vip_id * 2 + (ring as u32 & 1)) * ring_elems(ring_size)
+}
+
+/// Size of `RINGS` for `max_vips` VIPs.
+pub fn rings_entries(max_vips: u32, ring_size: u32) -> u32 {
+    max_vips * 2 * ring_elems(ring_size)
+}
+
+/// The backend id in slot `slot` given the element that holds it.
+#[inline(always)]
+pub fn ring_slot(elem: u64, slot: u32) -> u32 {
+    (elem >> ((slot & 1) * 32)) as u32
+}
+
+/// Packs slots two to an element, as `RINGS` holds them.
+pub fn pack_ring(slots: &[u32]) -> impl Iterator<Item = u64> + '_ {
+    slots
+        .chunks(2)
+        .map(|c| c[0] as u64 | ((*c.get(1).unwrap_or(&0) as u64) << 32))
 }
 
 #[inline(always)]
@@ -324,9 +352,9 @@ fn sip_round(v: &mut [u64; 4]) {
     v[2] = v[2].rotate_left(32);
 }
 
-/// SipHash-1-3 over five 64-bit words, keyed by `key`.
+/// SipHash-1-3 over `N` 64-bit words (8·N bytes), keyed by `key`.
 #[inline(always)]
-fn siphash13_5(key: &[u64; 2], m: [u64; 5]) -> u64 {
+fn siphash13<const N: usize>(key: &[u64; 2], m: [u64; N]) -> u64 {
     let mut v = [
         key[0] ^ 0x736f_6d65_7073_6575,
         key[1] ^ 0x646f_7261_6e64_6f6d,
@@ -334,14 +362,14 @@ fn siphash13_5(key: &[u64; 2], m: [u64; 5]) -> u64 {
         key[1] ^ 0x7465_6462_7974_6573,
     ];
     let mut i = 0;
-    while i < 5 {
+    while i < N {
         v[3] ^= m[i];
         sip_round(&mut v);
         v[0] ^= m[i];
         i += 1;
     }
-    // Length block: 40 bytes.
-    let b: u64 = 40u64 << 56;
+    // Length block.
+    let b: u64 = ((8 * N) as u64) << 56;
     v[3] ^= b;
     sip_round(&mut v);
     v[0] ^= b;
@@ -354,23 +382,29 @@ fn siphash13_5(key: &[u64; 2], m: [u64; 5]) -> u64 {
 
 /// The keyed flow hash: picks the Maglev slot and varies the outer source.
 /// Both sides compute it, so the daemon and tests can tell where a flow goes,
-/// and every node that shares the key picks the same backend.
+/// and every node that shares the key picks the same backend. An IPv4 flow
+/// hashes 16 bytes (its address words 1..3 are zero), an IPv6 flow 40.
 #[inline(always)]
 pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
     let w = |a: u32, b: u32| (a as u64) | ((b as u64) << 32);
-    siphash13_5(
-        key,
-        [
-            w(k.src[0], k.src[1]),
-            w(k.src[2], k.src[3]),
-            w(k.dst[0], k.dst[1]),
-            w(k.dst[2], k.dst[3]),
-            (k.sport as u64)
-                | ((k.dport as u64) << 16)
-                | ((k.proto as u64) << 32)
-                | ((k.family as u64) << 40),
-        ],
-    )
+    let tail = (k.sport as u64)
+        | ((k.dport as u64) << 16)
+        | ((k.proto as u64) << 32)
+        | ((k.family as u64) << 40);
+    if k.family == AF_INET {
+        siphash13(key, [w(k.src[0], k.dst[0]), tail])
+    } else {
+        siphash13(
+            key,
+            [
+                w(k.src[0], k.src[1]),
+                w(k.src[2], k.src[3]),
+                w(k.dst[0], k.dst[1]),
+                w(k.dst[2], k.dst[3]),
+                tail,
+            ],
+        )
+    }
 }
 
 #[cfg(feature = "user")]
@@ -426,14 +460,34 @@ mod tests {
             for w in m {
                 r.write(&w.to_le_bytes());
             }
-            assert_eq!(siphash13_5(&key, m), r.finish());
+            assert_eq!(siphash13(&key, m), r.finish());
+            let mut r = siphasher::sip::SipHasher13::new_with_keys(key[0], key[1]);
+            r.write(&m[0].to_le_bytes());
+            r.write(&m[1].to_le_bytes());
+            assert_eq!(siphash13(&key, [m[0], m[1]]), r.finish());
         }
     }
 
     #[test]
     fn ring_base_separates_buffers() {
         assert_eq!(ring_base(0, 0, 7), 0);
-        assert_eq!(ring_base(0, 1, 7), 7);
-        assert_eq!(ring_base(3, 1, 7), 49);
+        assert_eq!(ring_base(0, 1, 7), 4);
+        assert_eq!(ring_base(3, 1, 7), 28);
+        assert_eq!(rings_entries(4, 7), 32);
+    }
+
+    #[test]
+    fn packed_slots_read_back() {
+        let slots = [10u32, 11, 12, 13, 14];
+        let mut elems = [0u64; 3];
+        let mut n = 0;
+        for (i, e) in pack_ring(&slots).enumerate() {
+            elems[i] = e;
+            n += 1;
+        }
+        assert_eq!(n, ring_elems(5));
+        for (i, s) in slots.iter().enumerate() {
+            assert_eq!(ring_slot(elems[i / 2], i as u32), *s);
+        }
     }
 }

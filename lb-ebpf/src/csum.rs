@@ -28,3 +28,26 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
     let sum = (!check as u32) + (!old as u32 & 0xffff) + new as u32;
     !fold(sum)
 }
+
+/// Adds `N` 16-bit words at `p` (as they lie in memory) to `sum`, unfolded.
+#[inline(always)]
+pub unsafe fn sum_words<const N: usize>(p: usize, mut sum: u32) -> u32 {
+    let mut i = 0;
+    while i < N {
+        sum += unsafe { *((p + 2 * i) as *const u16) } as u32;
+        i += 1;
+    }
+    sum
+}
+
+/// The two 16-bit halves of a word as it lies in memory, added.
+#[inline(always)]
+pub fn halves(w: u32) -> u32 {
+    (w & 0xffff) + (w >> 16)
+}
+
+/// Folds and complements a sum into a checksum (as it lies in memory).
+#[inline(always)]
+pub fn finish(sum: u32) -> u16 {
+    !fold(sum)
+}

@@ -12,12 +12,14 @@
 //!   be sent to the same backend as its first fragment without reassembly).
 //! - ICMP echo to a VIP address: answered here. ICMP frag-needed / ICMPv6
 //!   packet-too-big quoting a VIP flow: sent to that flow's backend.
-//! - Packets that would exceed the MTU once encapsulated: dropped and counted.
+//! - Packets that would exceed the MTU once encapsulated: answered with ICMP
+//!   frag-needed / ICMPv6 packet-too-big (IPv4 without DF: dropped and counted).
 #![no_std]
 #![no_main]
 
 mod csum;
 mod decap;
+mod too_big;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
@@ -30,10 +32,10 @@ use aya_ebpf::{
 };
 use core::mem::{size_of, MaybeUninit};
 use lb_common::{
-    counter, defaults, flow_hash, ring_base, AddrKey, Backend, BackendStats, Config, FlowKey,
-    FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN, CONFIG_F_ANY_PORT,
-    CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
+    counter, defaults, flow_hash, ring_base, ring_slot, AddrKey, Backend, BackendStats, Config,
+    FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN,
+    CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
 
 // ---------------------------------------------------------------- maps --
@@ -48,7 +50,7 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACKENDS
 /// Two Maglev buffers per VIP; the daemon writes the idle one through mmap and
 /// then flips `VipInfo::active_ring`, so a packet never sees a half-written table.
 #[map]
-static RINGS: Array<u32> =
+static RINGS: Array<u64> =
     Array::with_max_entries(defaults::MAX_VIPS * 2 * defaults::RING_SIZE, BPF_F_MMAPABLE);
 /// One LRU hash shared by all CPUs, with per-CPU LRU lists
 /// (BPF_F_NO_COMMON_LRU): no lock contention on the LRU list, like a per-CPU
@@ -436,9 +438,10 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
             if size == 0 {
                 return drop_no_backend(vip.vip_id);
             }
-            let idx = ring_base(vip.vip_id, vip.active_ring, size) + hash % size;
+            let slot = hash % size;
+            let idx = ring_base(vip.vip_id, vip.active_ring, size) + slot / 2;
             let id = match RINGS.get(idx) {
-                Some(id) => *id,
+                Some(e) => ring_slot(*e, slot),
                 None => NO_BACKEND,
             };
             if id == NO_BACKEND {
@@ -701,9 +704,8 @@ fn forward(
         return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
     };
     let nh = unsafe { &mut *nh };
-    if nh.expires_ns > now && nh.ingress == ingress && nh.addr == backend.addr {
-        count(counter::NEXTHOP_CACHED);
-    } else {
+    if nh.expires_ns <= now || nh.ingress != ingress || nh.addr != backend.addr {
+        count(counter::FIB_LOOKUP);
         let mut f = MaybeUninit::uninit();
         let fib: &mut bpf_fib_lookup = zeroed(&mut f);
         fib.ifindex = ingress;
@@ -749,6 +751,11 @@ fn forward(
         nh.expires_ns = now + defaults::NEXTHOP_TTL_NS;
     }
     if outer_len > nh.mtu as usize {
+        // Tell the client the largest packet that fits once encapsulated;
+        // an IPv4 packet that may be fragmented cannot be (not in XDP).
+        if pkt.family == AF_INET6 || pkt.df {
+            return too_big::reply(ctx, pkt, nh.mtu - hdr_len as u32);
+        }
         return verdict(counter::DROP_TOO_BIG, XDP_DROP);
     }
     let (dmac, smac, egress) = (nh.dmac, nh.smac, nh.egress);

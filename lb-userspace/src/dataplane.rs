@@ -141,9 +141,8 @@ pub struct BpfDataPlane {
 }
 
 /// The RINGS array, mapped into our memory (BPF_F_MMAPABLE): a table is
-/// written with plain stores rather than one syscall per slot. The kernel
-/// lays array elements out at `round_up(value_size, 8)`: each `u32` slot
-/// occupies 8 bytes of the mapping.
+/// written with plain stores rather than one syscall per slot. Elements are
+/// `u64`, two slots each (`lb_common::pack_ring`).
 struct RingMmap {
     ptr: *mut u64,
     len: usize,
@@ -183,19 +182,19 @@ impl RingMmap {
         })
     }
 
+    /// Writes `slots` from element `start` on.
     fn write(&mut self, start: usize, slots: &[u32]) -> Result<()> {
-        if start + slots.len() > self.len {
+        let n = slots.len().div_ceil(2);
+        if start + n > self.len {
             return Err(DataPlaneError::Setup(format!(
-                "ring write past the end of RINGS ({} + {} > {})",
-                start,
-                slots.len(),
+                "ring write past the end of RINGS ({start} + {n} > {})",
                 self.len
             )));
         }
-        // SAFETY: in bounds (checked above); the kernel reads these words
-        // only from the buffer that is not active, see `write_ring`.
-        for (i, s) in slots.iter().enumerate() {
-            unsafe { self.ptr.add(start + i).write_volatile(*s as u64) };
+        // SAFETY: in bounds (checked above); packets read only the buffer
+        // that is active, and the controller writes the other one.
+        for (i, e) in lb_common::pack_ring(slots).enumerate() {
+            unsafe { self.ptr.add(start + i).write_volatile(e) };
         }
         Ok(())
     }
@@ -232,7 +231,10 @@ impl BpfDataPlane {
             .map_max_entries(maps::BACKENDS, sizes.max_backends)
             .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
             .map_max_entries(maps::NEXTHOPS, sizes.max_backends)
-            .map_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
+            .map_max_entries(
+                maps::RINGS,
+                lb_common::rings_entries(sizes.max_vips, sizes.ring_size),
+            )
             .map_max_entries(maps::FLOWS, sizes.flows)
             // The decapsulator's maps are not used on the balancer.
             .map_max_entries(maps::DECAP_VIPS, 1)
@@ -247,11 +249,11 @@ impl BpfDataPlane {
         let aya::maps::Map::Array(data) = rings else {
             return Err(DataPlaneError::Setup("RINGS is not an array".into()));
         };
-        let entries = (sizes.max_vips * 2 * sizes.ring_size) as usize;
+        let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
         let info = data.info().map_err(map_err(maps::RINGS))?;
         if info.max_entries() as usize != entries {
             return Err(DataPlaneError::Setup(format!(
-                "the pinned maps under {} were made for other table sizes ({} ring slots, the pool file needs {}); run `lb stop` first to start afresh",
+                "the pinned maps under {} were made for other table sizes ({} ring elements, the pool file needs {}); run `lb stop` first to start afresh",
                 dir.display(),
                 info.max_entries(),
                 entries

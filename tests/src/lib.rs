@@ -171,7 +171,10 @@ impl Balancer {
             .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
             .map_max_entries(maps::NEXTHOPS, sizes.max_backends)
             .map_max_entries(maps::VIP_STATS, sizes.max_vips)
-            .map_max_entries(maps::RINGS, sizes.max_vips * 2 * sizes.ring_size)
+            .map_max_entries(
+                maps::RINGS,
+                lb_common::rings_entries(sizes.max_vips, sizes.ring_size),
+            )
             .map_max_entries(maps::FLOWS, sizes.flows)
             .load_file(&path)
             .with_context(|| format!("loading {}", path.display()))?;
@@ -238,9 +241,9 @@ impl Balancer {
     pub fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
         assert_eq!(slots.len() as u32, self.sizes.ring_size);
         let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size);
-        let mut a: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::RINGS))?;
-        for (i, s) in slots.iter().enumerate() {
-            a.set(base + i as u32, *s, 0)?;
+        let mut a: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::RINGS))?;
+        for (i, e) in lb_common::pack_ring(slots).enumerate() {
+            a.set(base + i as u32, e, 0)?;
         }
         Ok(())
     }

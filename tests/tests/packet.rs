@@ -653,16 +653,94 @@ fn vip_with_empty_table_drops_and_counts() {
 }
 
 #[test]
-fn over_mtu_after_encapsulation_is_dropped_and_counted() {
+fn over_mtu_after_encapsulation_is_answered_with_icmp_frag_needed() {
     let Some(lb) = setup() else { return };
     let f = Flow::tcp("192.0.2.1", 2, "10.100.0.1", 80);
-    // 1500 bytes of IP: fits the link, not once 20 bytes of tunnel are added.
-    let frame = f.packet("A", &vec![0u8; 1500 - 40]);
-    assert_eq!(lb.run(&frame).unwrap().action, XDP_DROP);
-    assert_eq!(lb.counter(counter::DROP_TOO_BIG), 1);
+    // 1500 bytes of IP with DF: fits the link, not once 20 bytes of tunnel are added.
+    let frame = f.packet("A", &vec![7u8; 1500 - 40]);
+    assert_ne!(frame[20] & 0x40, 0, "DF set");
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let quote = &frame[14..14 + 64];
+    let mut ip = Ipv4Header {
+        total_len: 20 + 8 + 64,
+        dont_fragment: false,
+        time_to_live: 64,
+        protocol: etherparse::IpNumber::ICMP,
+        source: [10, 100, 0, 1],
+        destination: [192, 0, 2, 1],
+        ..Default::default()
+    };
+    ip.header_checksum = ip.calc_header_checksum();
+    let icmp = Icmpv4Header::with_checksum(
+        Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1480 },
+        ),
+        quote,
+    );
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&CLIENT_MAC);
+    expected.extend_from_slice(&LB_MAC);
+    expected.extend_from_slice(&[0x08, 0x00]);
+    expected.extend_from_slice(&ip.to_bytes());
+    expected.extend_from_slice(&icmp.to_bytes());
+    expected.extend_from_slice(quote);
+    assert_eq!(out.data, expected);
+    assert_eq!(lb.counter(counter::ICMP_TOO_BIG_SENT), 1);
     // 1480 bytes fit.
     let ok = f.packet("A", &vec![0u8; 1480 - 40]);
     assert_encap(&lb, &ok, &f, pick(&f, &[1, 2, 3]));
+}
+
+#[test]
+fn over_mtu_without_df_is_dropped_and_counted() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::udp("192.0.2.1", 2, "10.100.0.1", 53);
+    let mut frame = f.packet("", &vec![0u8; 1500 - 28]);
+    frame[20] &= !0x40;
+    let (h, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let c = h.calc_header_checksum();
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(lb.run(&frame).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_TOO_BIG), 1);
+    assert_eq!(lb.counter(counter::ICMP_TOO_BIG_SENT), 0);
+}
+
+#[test]
+fn over_mtu_ipv6_is_answered_with_packet_too_big() {
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("2001:db8::1", 2, "fd00:100::1", 80);
+    // 1480 bytes of IPv6: 40 more of tunnel make 1520.
+    let frame = f.packet("A", &vec![7u8; 1480 - 60]);
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let quote = &frame[14..14 + 64];
+    let (vip, client) = (ip6("fd00:100::1"), ip6("2001:db8::1"));
+    let ip = etherparse::Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: 8 + 64,
+        next_header: etherparse::IpNumber::IPV6_ICMP,
+        hop_limit: 64,
+        source: vip,
+        destination: client,
+    };
+    let icmp = etherparse::Icmpv6Header::with_checksum(
+        etherparse::Icmpv6Type::PacketTooBig { mtu: 1460 },
+        vip,
+        client,
+        quote,
+    )
+    .unwrap();
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&CLIENT_MAC);
+    expected.extend_from_slice(&LB_MAC);
+    expected.extend_from_slice(&[0x86, 0xdd]);
+    expected.extend_from_slice(&ip.to_bytes());
+    expected.extend_from_slice(&icmp.to_bytes());
+    expected.extend_from_slice(quote);
+    assert_eq!(out.data, expected);
+    assert_eq!(lb.counter(counter::ICMP_TOO_BIG_SENT), 1);
 }
 
 #[test]

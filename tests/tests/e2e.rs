@@ -216,6 +216,25 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
     let Some(mut t) = topo("e2cs", &[1, 1, 1]) else {
         return;
     };
+    // Start with b1 and b2 only; then the steps below.
+    let b = |i: usize| &t.backends[i];
+    let yaml = |v: &[(&Host, u32, &str)]| pool_yaml(&t.tag, &t.dir, v);
+    let initial = yaml(&[(b(0), 1, "active"), (b(1), 1, "active")]);
+    let steps = [
+        // (a) add b3
+        yaml(&[
+            (b(0), 1, "active"),
+            (b(1), 1, "active"),
+            (b(2), 1, "active"),
+        ]),
+        // (b) remove b1: its established connections carry on
+        yaml(&[(b(1), 1, "active"), (b(2), 1, "active")]),
+        // (c) change a weight
+        yaml(&[(b(1), 3, "active"), (b(2), 1, "active")]),
+        // drain b2: its connections carry on, new ones avoid it
+        yaml(&[(b(1), 3, "drain"), (b(2), 1, "active")]),
+    ];
+    t.write_pool(&initial).unwrap();
     t.start_daemon().unwrap();
     let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
     let client = t.client.clone();
@@ -225,7 +244,7 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
         in_ns(&client, move || {
             use std::io::{BufRead, BufReader, Write};
             let mut conns = Vec::new();
-            for _ in 0..30 {
+            for _ in 0..40 {
                 let s = std::net::TcpStream::connect_timeout(&hold, T).unwrap();
                 s.set_read_timeout(Some(T)).unwrap();
                 let mut r = BufReader::new(s.try_clone().unwrap());
@@ -235,7 +254,11 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
                 r.read_line(&mut name).unwrap();
                 conns.push((w, r, name.trim().to_string()));
             }
-            rtx.send(()).unwrap();
+            let first: BTreeMap<String, usize> = conns.iter().fold(BTreeMap::new(), |mut m, c| {
+                *m.entry(c.2.clone()).or_insert(0) += 1;
+                m
+            });
+            rtx.send(Some(first)).unwrap();
             let mut broken = Vec::new();
             // Each round: every connection must still answer, from the same backend.
             while rx.recv().is_ok() {
@@ -248,56 +271,25 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
                         broken.push((i, first.clone(), name.trim().to_string()));
                     }
                 }
-                rtx.send(()).unwrap();
+                rtx.send(None).unwrap();
             }
             broken
         })
     });
-    rrx.recv().unwrap();
-    let b = &t.backends;
-    let steps: Vec<String> = vec![
-        // (a) add a backend? -> there are only three hosts: start with b1,b2 weights; change below.
-        pool_yaml(
-            &t.tag,
-            &t.dir,
-            &[
-                (&b[0], 1, "active"),
-                (&b[1], 1, "active"),
-                (&b[2], 3, "active"),
-            ],
-        ),
-        pool_yaml(
-            &t.tag,
-            &t.dir,
-            &[
-                (&b[0], 1, "active"),
-                (&b[1], 1, "drain"),
-                (&b[2], 3, "active"),
-            ],
-        ),
-        pool_yaml(
-            &t.tag,
-            &t.dir,
-            &[
-                (&b[0], 1, "drain"),
-                (&b[1], 1, "drain"),
-                (&b[2], 1, "active"),
-            ],
-        ),
-    ];
-    for y in steps {
-        t.write_pool(&y).unwrap();
+    let first = rrx.recv().unwrap().unwrap();
+    assert_eq!(first.len(), 2, "connections on both b1 and b2: {first:?}");
+    for step in steps {
+        t.write_pool(&step).unwrap();
         std::thread::sleep(Duration::from_millis(1200));
         tx.send(()).unwrap();
-        rrx.recv().unwrap();
+        assert!(rrx.recv().unwrap().is_none());
     }
-    // New connections avoid the draining backends.
     let (seen, failed) = spread_http(&t, web(), 100);
     assert_eq!(failed, 0);
     assert_eq!(
         seen.keys().cloned().collect::<Vec<_>>(),
         vec!["b3".to_string()],
-        "{seen:?}"
+        "new connections go to b3 only (b1 removed, b2 draining): {seen:?}"
     );
     drop(tx);
     let broken = worker.join().unwrap();

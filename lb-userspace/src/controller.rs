@@ -118,6 +118,11 @@ pub struct Controller<D: DataPlane> {
     adopted_vips: BTreeMap<VipKey, (u32, u8)>,
     /// Backend slots found in the kernel at start: (VIP id, address) → (slot, flags).
     adopted_backends: BTreeMap<(u16, IpAddr), (u32, u8)>,
+    /// Slots of backends removed from the pool file, kept as they were so
+    /// the connections they hold carry on (as with IPVS or Katran). The same
+    /// backend added again gets its slot back; a retired slot is reused for
+    /// another backend only when no slot is free.
+    retired: BTreeMap<(u16, IpAddr), u32>,
     /// What VIP_ADDRS holds, as far as we know: address → flags (None:
     /// present, flags unknown, e.g. an adopted VIP's address).
     known_addrs: BTreeMap<AddrKey, Option<u32>>,
@@ -251,6 +256,7 @@ impl<D: DataPlane> Controller<D> {
             vips: BTreeMap::new(),
             adopted_vips,
             adopted_backends,
+            retired: BTreeMap::new(),
             known_addrs,
         })
     }
@@ -268,7 +274,33 @@ impl<D: DataPlane> Controller<D> {
             .values()
             .flat_map(|v| v.backends.values().map(|b| b.id))
             .chain(self.adopted_backends.values().map(|(id, _)| *id))
+            .chain(self.retired.values().copied())
             .collect()
+    }
+
+    /// A slot for a new backend: a free one, else the lowest retired one
+    /// (whose remaining flows are then rescheduled).
+    fn alloc_backend_id(&mut self) -> Result<u32, ControlError> {
+        if let Some(id) = Self::free_id(&self.used_backend_ids(), self.max_backends) {
+            return Ok(id);
+        }
+        let oldest = self
+            .retired
+            .iter()
+            .min_by_key(|(_, id)| **id)
+            .map(|(k, id)| (*k, *id));
+        match oldest {
+            Some((k, id)) => {
+                self.retired.remove(&k);
+                self.release_backend(id)?;
+                Ok(id)
+            }
+            None => Err(ControlError::Full {
+                what: "backend",
+                field: "max_backends",
+                max: self.max_backends,
+            }),
+        }
     }
 
     fn free_id(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
@@ -294,6 +326,17 @@ impl<D: DataPlane> Controller<D> {
             self.dp.remove_vip(&k)?;
             for b in v.backends.values() {
                 self.release_backend(b.id)?;
+            }
+            let vid = v.id as u16;
+            let retired: Vec<((u16, IpAddr), u32)> = self
+                .retired
+                .iter()
+                .filter(|((id, _), _)| *id == vid)
+                .map(|(k, id)| (*k, *id))
+                .collect();
+            for (rk, id) in retired {
+                self.retired.remove(&rk);
+                self.release_backend(id)?;
             }
             report.vips_removed.push(v.conf.name.clone());
         }
@@ -330,9 +373,24 @@ impl<D: DataPlane> Controller<D> {
             .filter(|bk| !claimable.contains(bk))
             .copied()
             .collect();
+        let live_vip_ids: BTreeSet<u16> = wanted
+            .keys()
+            .filter_map(|k| {
+                self.vips
+                    .get(k)
+                    .map(|v| v.id)
+                    .or_else(|| self.adopted_vips.get(k).map(|(id, _)| *id))
+            })
+            .map(|id| id as u16)
+            .collect();
         for bk in unclaimed {
-            let (id, _) = self.adopted_backends.remove(&bk).expect("present");
-            self.release_backend(id)?;
+            let (id, flags) = self.adopted_backends.remove(&bk).expect("present");
+            if live_vip_ids.contains(&bk.0) && flags & BACKEND_F_DOWN == 0 {
+                // Removed from the file while we were down: its flows carry on.
+                self.retired.insert(bk, id);
+            } else {
+                self.release_backend(id)?;
+            }
         }
 
         for (key, conf) in &wanted {
@@ -386,22 +444,19 @@ impl<D: DataPlane> Controller<D> {
                     .backends
                     .remove(&addr)
                     .unwrap();
-                self.release_backend(b.id)?;
+                // Out of the table (rebuilt below); the slot stays as it is
+                // so established connections carry on.
+                self.retired.insert((vip_id as u16, addr), b.id);
             }
         }
         for (addr, bc) in wanted {
             let present = self.vips[key].backends.contains_key(&addr);
             if !present {
                 let adopted = self.adopted_backends.remove(&(vip_id as u16, addr));
-                let id = match adopted {
-                    Some((id, _)) => id,
-                    None => Self::free_id(&self.used_backend_ids(), self.max_backends).ok_or(
-                        ControlError::Full {
-                            what: "backend",
-                            field: "max_backends",
-                            max: self.max_backends,
-                        },
-                    )?,
+                let id = match (adopted, self.retired.remove(&(vip_id as u16, addr))) {
+                    (Some((id, _)), _) => id,
+                    (None, Some(id)) => id,
+                    (None, None) => self.alloc_backend_id()?,
                 };
                 let health = match (&bc.health, adopted) {
                     (None, _) => HealthView::Unchecked,
@@ -1141,25 +1196,34 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_backend_marks_its_slot_down_and_frees_it_for_reuse() {
+    fn a_removed_backend_keeps_its_slot_for_its_flows_until_the_slot_is_needed() {
         let dns = |b: &[&str]| vip("dns", "10.100.0.1", 53, "udp", b);
         let p = pool(&[web(&WEB), dns(&["address: 10.0.2.1"])]);
-        let mut c = applied(&p);
+        // Exactly as many slots as the pool needs (3 + 1).
+        let mut c = controller(FakeDataPlane::new(4, 4));
+        c.apply(&p).unwrap();
         let k = key(&p, "web");
         let gone = c.dp.slot_of(&k, "10.0.1.3");
+        let before = c.dp.backend(gone);
 
+        // Removed: out of the table, but the slot is untouched, so packets
+        // of its established connections still reach it.
         let p2 = pool(&[web(&WEB[..2]), dns(&["address: 10.0.2.1"])]);
         c.apply(&p2).unwrap();
-        // Flows still pinned to it are rescheduled; adoption will not claim it.
-        assert_eq!(c.dp.backend(gone).flags, BACKEND_F_DOWN);
-        assert!(c.dp.backends().unwrap().iter().all(|(id, _)| *id != gone));
+        assert_eq!(c.dp.backend(gone), before);
+        assert_eq!(c.dp.backend(gone).flags, BACKEND_F_USED);
         assert!(!c.vips[&k].backends.contains_key(&ip("10.0.1.3")));
         assert_eq!(
             c.dp.active_table(&k),
             expected_table(&c.dp, &p2, "web", &["10.0.1.1", "10.0.1.2"])
         );
 
-        // The next backend added anywhere takes the free slot.
+        // Added back: the same slot.
+        c.apply(&p).unwrap();
+        assert_eq!(c.dp.slot_of(&k, "10.0.1.3"), gone);
+        c.apply(&p2).unwrap();
+
+        // Another backend, with no slot free: it takes the retired one.
         let p3 = pool(&[
             web(&WEB[..2]),
             dns(&["address: 10.0.2.1", "address: 10.0.2.9"]),
@@ -1449,7 +1513,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_controller_frees_backends_removed_meanwhile_even_when_the_array_is_full() {
+    fn a_restarted_controller_retires_backends_removed_meanwhile_and_reuses_them_when_full() {
         // Exactly as many slots as the pool needs (3 + 2 + 1 + 1).
         let p = pool(&four_vips());
         let mut first = controller(FakeDataPlane::new(4, 7));
@@ -1473,13 +1537,13 @@ mod tests {
         let mut second = controller(dp);
         second.apply(&p2).unwrap();
 
-        // The replacement takes a freed slot; the other freed slot is DOWN,
-        // so flows still pinned to the removed backend move.
+        // Both removed backends were retired (their flows carry on); the
+        // array being full, the replacement took the lowest retired slot.
         let new = second.dp.slot_of(&web_k, "10.0.1.4");
-        assert!(new == replaced || new == removed, "slot {new}");
-        let other = if new == replaced { removed } else { replaced };
-        assert_eq!(second.dp.backend(other).flags, BACKEND_F_DOWN);
-        assert_eq!(second.dp.backends().unwrap().len(), 6);
+        assert_eq!(new, replaced.min(removed));
+        let other = replaced.max(removed);
+        assert_eq!(second.dp.backend(other).flags, BACKEND_F_USED);
+        assert_eq!(second.dp.backends().unwrap().len(), 7);
         assert_eq!(
             second.dp.active_table(&web_k),
             expected_table(

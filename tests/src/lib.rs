@@ -124,13 +124,14 @@ pub fn addr_key(ip: IpAddr) -> AddrKey {
     }
 }
 
-pub fn backend(ip: IpAddr, flags: u8) -> Backend {
+/// A used backend slot of VIP `vip_id`.
+pub fn backend(ip: IpAddr, flags: u8, vip_id: u32) -> Backend {
     let (addr, family) = addr_words(ip);
     Backend {
         addr,
         family,
         flags: flags | lb_common::BACKEND_F_USED,
-        vip_id: 0,
+        vip_id: vip_id as u16,
     }
 }
 

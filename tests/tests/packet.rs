@@ -42,14 +42,20 @@ fn config(ring_size: u32) -> Config {
     }
 }
 
-/// Backends by slot id.
-fn backends() -> Vec<(u32, IpAddr)> {
+/// Backend slots: (id, address, VIP). As in the daemon, a backend address
+/// behind two VIPs has a slot per VIP.
+fn backends() -> Vec<(u32, IpAddr, u32)> {
     vec![
-        (1, ip("10.0.1.1")),
-        (2, ip("10.0.1.2")),
-        (3, ip("10.0.1.3")),
-        (10, ip("fd00:1::1")),
-        (11, ip("fd00:1::2")),
+        (1, ip("10.0.1.1"), WEB),
+        (2, ip("10.0.1.2"), WEB),
+        (3, ip("10.0.1.3"), WEB),
+        (4, ip("10.0.1.1"), DNS),
+        (5, ip("10.0.1.2"), DNS),
+        (6, ip("10.0.1.3"), ANY),
+        (10, ip("fd00:1::1"), WEB6),
+        (11, ip("fd00:1::2"), WEB6),
+        (12, ip("fd00:1::1"), MIXED),
+        (13, ip("fd00:1::2"), MIXED),
     ]
 }
 
@@ -80,13 +86,13 @@ fn setup() -> Option<Balancer> {
     let sizes = Sizes::default();
     let mut lb = Balancer::load(sizes).unwrap();
     lb.set_config(config(sizes.ring_size)).unwrap();
-    for (id, addr) in backends() {
-        lb.set_backend(id, backend(addr, 0)).unwrap();
+    for (id, addr, vip_id) in backends() {
+        lb.set_backend(id, backend(addr, 0, vip_id)).unwrap();
     }
     let n = sizes.ring_size;
     for (key, id, ids) in [
         (vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, vec![1, 2, 3]),
-        (vip_key(ip("10.100.0.1"), 53, PROTO_UDP), DNS, vec![1, 2]),
+        (vip_key(ip("10.100.0.1"), 53, PROTO_UDP), DNS, vec![4, 5]),
         (
             vip_key(ip("fd00:100::1"), 80, PROTO_TCP),
             WEB6,
@@ -95,9 +101,9 @@ fn setup() -> Option<Balancer> {
         (
             vip_key(ip("10.100.0.2"), 80, PROTO_TCP),
             MIXED,
-            vec![10, 11],
+            vec![12, 13],
         ),
-        (vip_key(ip("10.100.0.3"), 0, PROTO_TCP), ANY, vec![3]),
+        (vip_key(ip("10.100.0.3"), 0, PROTO_TCP), ANY, vec![6]),
         (vip_key(ip("10.100.0.4"), 80, PROTO_TCP), EMPTY, vec![]),
     ] {
         lb.write_ring(id, 0, &ring(&ids, n)).unwrap();
@@ -116,7 +122,11 @@ fn pick(f: &Flow, ids: &[u32]) -> u32 {
 }
 
 fn addr_of(id: u32) -> IpAddr {
-    backends().into_iter().find(|(i, _)| *i == id).unwrap().1
+    backends().into_iter().find(|(i, _, _)| *i == id).unwrap().1
+}
+
+fn vip_of(id: u32) -> u32 {
+    backends().into_iter().find(|(i, _, _)| *i == id).unwrap().2
 }
 
 fn outer_src(dst: IpAddr, h: u32) -> IpAddr {
@@ -201,7 +211,7 @@ fn tcp_v4_vip_to_v4_backend() {
 fn udp_v4_vip_to_v4_backend() {
     let Some(lb) = setup() else { return };
     let f = Flow::udp("192.0.2.10", 5353, "10.100.0.1", 53);
-    let want = pick(&f, &[1, 2]);
+    let want = pick(&f, &[4, 5]);
     assert_encap(&lb, &f.packet("", b"query"), &f, want);
     assert_encap(&lb, &f.packet("", b"query 2"), &f, want);
     assert_eq!(lb.counter(counter::FLOW_HIT), 1);
@@ -245,7 +255,7 @@ fn udp_v6_vip_to_v6_backend() {
 fn v4_vip_to_v6_backend_is_4in6() {
     let Some(lb) = setup() else { return };
     let f = Flow::tcp("192.0.2.10", 40001, "10.100.0.2", 80);
-    let want = pick(&f, &[10, 11]);
+    let want = pick(&f, &[12, 13]);
     let mut frame = f.packet("S", b"");
     set_tos_v4(&mut frame, 0xb8); // DSCP EF: copied to the outer traffic class
     assert_encap(&lb, &frame, &f, want);
@@ -337,9 +347,9 @@ fn udp_flow_expires_after_idle_timeout() {
     cfg.udp_idle_timeout_ns = 200_000_000;
     lb.set_config(cfg).unwrap();
     let f = Flow::udp("192.0.2.40", 43000, "10.100.0.1", 53);
-    let first = pick(&f, &[1, 2]);
+    let first = pick(&f, &[4, 5]);
     assert_encap(&lb, &f.packet("", b"a"), &f, first);
-    let other = if first == 1 { 2 } else { 1 };
+    let other = if first == 4 { 5 } else { 4 };
     lb.write_ring(DNS, 1, &ring(&[other], n)).unwrap();
     lb.add_vip(
         vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
@@ -366,8 +376,36 @@ fn flow_to_a_down_backend_is_rescheduled() {
     let first = pick(&f, &[1, 2, 3]);
     assert_encap(&lb, &f.packet("S", b""), &f, first);
     let rest: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
-    lb.set_backend(first, backend(addr_of(first), BACKEND_F_DOWN))
+    lb.set_backend(
+        first,
+        backend(addr_of(first), BACKEND_F_DOWN, vip_of(first)),
+    )
+    .unwrap();
+    lb.write_ring(WEB, 1, &ring(&rest, n)).unwrap();
+    lb.add_vip(
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        VipInfo {
+            active_ring: 1,
+            ..vip(WEB)
+        },
+    )
+    .unwrap();
+    let want = rest[(hash(&f) % n) as usize % rest.len()];
+    assert_encap(&lb, &f.packet("A", b""), &f, want);
+    assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
+}
+
+#[test]
+fn flow_whose_slot_now_serves_another_vip_is_rescheduled() {
+    let Some(mut lb) = setup() else { return };
+    let n = Sizes::default().ring_size;
+    let f = Flow::tcp("192.0.2.51", 44001, "10.100.0.1", 80);
+    let first = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, first);
+    // The slot is released and handed to a backend of the DNS VIP.
+    lb.set_backend(first, backend(ip("10.0.9.9"), 0, DNS))
         .unwrap();
+    let rest: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
     lb.write_ring(WEB, 1, &ring(&rest, n)).unwrap();
     lb.add_vip(
         vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
@@ -516,7 +554,7 @@ fn wildcard_port_vip_takes_every_port() {
     let Some(lb) = setup() else { return };
     for port in [1, 22, 8443] {
         let f = Flow::tcp("192.0.2.80", 47000, "10.100.0.3", port);
-        assert_encap(&lb, &f.packet("S", b""), &f, 3);
+        assert_encap(&lb, &f.packet("S", b""), &f, 6);
     }
 }
 

@@ -304,7 +304,7 @@ fn configure(lb: &mut Balancer) -> Result<()> {
         _pad: [0; 2],
     })?;
     for (id, addr) in BACKENDS {
-        lb.set_backend(id, backend(IpAddr::V4(addr), 0))?;
+        lb.set_backend(id, backend(IpAddr::V4(addr), 0, 0))?;
     }
     let ring: Vec<u32> = (0..SIZES.ring_size)
         .map(|i| BACKENDS[i as usize % BACKENDS.len()].0)

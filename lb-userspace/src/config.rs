@@ -208,7 +208,7 @@ pub struct Tables {
     pub udp_idle_timeout: Duration,
     /// Most VIPs, 1..=65536; default 64.
     pub max_vips: u32,
-    /// Most distinct backend addresses across all VIPs, 1..=16777216;
+    /// Most backend slots (one per VIP and backend), 1..=16777216;
     /// default 4096.
     pub max_backends: u32,
 }
@@ -2052,7 +2052,7 @@ impl Checker {
         }
         let mut names: HashMap<&str, Pos> = HashMap::new();
         let mut services: HashMap<(IpAddr, u16, Protocol), (Pos, String)> = HashMap::new();
-        let mut all_backends: HashSet<IpAddr> = HashSet::new();
+        let mut slots: usize = 0;
         let mut backends_reported = false;
         for vip in vips {
             if let Some(name) = &vip.name {
@@ -2108,21 +2108,20 @@ impl Checker {
                     continue;
                 }
                 in_vip.insert(addr.value, addr.pos);
-                if all_backends.insert(addr.value) {
-                    if let Some(max) = tables.max_backends {
-                        if all_backends.len() > max as usize && !backends_reported {
-                            backends_reported = true;
-                            self.report(
-                                addr.pos,
-                                &addr.path,
-                                format!(
-                                    "this is distinct backend address number {} across all VIPs, \
-                                     more than tables.max_backends ({max}); raise \
-                                     tables.max_backends or remove backends",
-                                    all_backends.len()
-                                ),
-                            );
-                        }
+                // One BACKENDS slot per (VIP, backend): health and state are per VIP.
+                slots += 1;
+                if let Some(max) = tables.max_backends {
+                    if slots > max as usize && !backends_reported {
+                        backends_reported = true;
+                        self.report(
+                            addr.pos,
+                            &addr.path,
+                            format!(
+                                "this is backend slot number {slots} (one per VIP and backend), \
+                                 more than tables.max_backends ({max}); raise \
+                                 tables.max_backends or remove backends"
+                            ),
+                        );
                     }
                 }
                 self.check_family(vip, addr, encap);
@@ -3248,13 +3247,13 @@ tables:
             "vips[1]",
             "2 VIPs are listed, more than tables.max_vips (1)",
         );
-        // 10.0.1.1 appears twice but counts once: 10.0.1.3 is the third distinct.
+        // 10.0.1.1 behind a second VIP takes a slot of its own: the third.
         assert_has(
             &errs,
-            20,
+            19,
             18,
-            "vips[1].backends[1].address",
-            "distinct backend address number 3 across all VIPs, more than tables.max_backends (2)",
+            "vips[1].backends[0].address",
+            "backend slot number 3 (one per VIP and backend), more than tables.max_backends (2)",
         );
     }
 

@@ -378,6 +378,13 @@ impl Daemon {
                 }
             }
         }
+        for iface in &self.pool.interfaces {
+            if !pool.interfaces.contains(iface) {
+                if let Err(e) = self.ctl.dp.detach(iface) {
+                    log::error!("{e}");
+                }
+            }
+        }
         self.pool = pool;
         self.sync_probers();
     }

@@ -357,6 +357,25 @@ impl BpfDataPlane {
     }
 }
 
+impl BpfDataPlane {
+    /// Detaches the balancer from `iface` (its pinned link is the last
+    /// reference to the attachment).
+    pub fn detach(&mut self, iface: &str) -> Result<()> {
+        let pin = link_pin(&self.dir, iface);
+        std::fs::remove_file(&pin).map_err(|source| DataPlaneError::Io {
+            what: format!("removing {}", pin.display()),
+            source,
+        })?;
+        log::info!("detached lb_xdp from `{iface}`");
+        Ok(())
+    }
+}
+
+/// Whether instance `instance` has pinned state (its XDP program may still be attached).
+pub fn has_pins(instance: &str) -> bool {
+    pin_dir(instance).exists()
+}
+
 /// Puts `prog` in place of the program of the link pinned at `pin`.
 fn adopt_link(prog: &mut Xdp, pin: &Path) -> std::result::Result<(), String> {
     let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;

@@ -113,12 +113,24 @@ async fn real_main(cli: Cli) -> Result<()> {
             socket,
             json,
         } => {
-            let sock = match (config, socket) {
-                (Some(c), _) => load_pool(&c)?.control_socket,
-                (None, Some(s)) => s,
-                (None, None) => PathBuf::from("/run/lb/lb0.sock"),
+            let (sock, instance) = match (config, socket) {
+                (Some(c), _) => {
+                    let p = load_pool(&c)?;
+                    (p.control_socket, Some(p.instance))
+                }
+                (None, Some(s)) => (s, None),
+                (None, None) => (PathBuf::from("/run/lb/lb0.sock"), Some("lb0".into())),
             };
-            let answer = daemon::request(&sock, "status").await?;
+            let answer = match daemon::request(&sock, "status").await {
+                Ok(a) => a,
+                Err(e) => match instance {
+                    Some(i) if dataplane::has_pins(&i) => bail!(
+                        "{e:#}; instance `{i}` is still pinned under {}, so its XDP program keeps forwarding with the last tables, but nothing probes health or applies changes: start `lb run` again (it adopts the pinned state) or detach with `lb stop`",
+                        dataplane::pin_dir(&i).display()
+                    ),
+                    _ => return Err(e),
+                },
+            };
             if json {
                 print!("{answer}");
             } else {

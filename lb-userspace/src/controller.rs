@@ -1660,3 +1660,45 @@ mod tests {
         assert!(c.dp.backends.keys().all(|id| *id < 3));
     }
 }
+
+#[cfg(test)]
+mod kernel_config_tests {
+    use super::*;
+
+    fn pool(encap: &str) -> Pool {
+        let text = format!(
+            "instance: t\ninterfaces: [eth0]\n{encap}vips:\n  - name: w\n    address: 10.100.0.1\n    port: 0\n    protocol: tcp\n    health_check: {{kind: none}}\n    backends:\n      - address: 10.0.1.1\n"
+        );
+        crate::config::parse(&text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn outer_sources_keep_the_prefix_and_vary_the_host_bits() {
+        let p = pool("encapsulation:\n  source_v4: 10.255.0.0/24\n  source_v6: \"fd00:255::/112\"\n  gateway_mac: \"02:00:00:00:00:fe\"\n");
+        let c = kernel_config(&p, [1, 2]);
+        assert_eq!(
+            c.flags,
+            CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6 | CONFIG_F_GATEWAY_MAC | CONFIG_F_ANY_PORT
+        );
+        // The mask selects exactly the last octet, in the packet's byte order.
+        assert_eq!(c.src_v4.to_ne_bytes(), [10, 255, 0, 0]);
+        assert_eq!(c.src_v4_mask.to_ne_bytes(), [0, 0, 0, 0xff]);
+        assert_eq!(c.src_v6_mask.to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(c.gateway_mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(c.hash_key, [1, 2]);
+        assert_eq!(c.ring_size, 65537);
+        // A data-path source for any hash stays inside 10.255.0.0/24.
+        for h in [0u32, 0xdead_beef, u32::MAX] {
+            let src = (c.src_v4 & !c.src_v4_mask) | (h & c.src_v4_mask);
+            assert_eq!(&src.to_ne_bytes()[..3], &[10, 255, 0]);
+        }
+    }
+
+    #[test]
+    fn a_host_route_source_does_not_vary() {
+        let p = pool("encapsulation:\n  source_v4: 10.255.0.7/32\n");
+        let c = kernel_config(&p, [0, 0]);
+        assert_eq!(c.src_v4_mask, 0);
+        assert_eq!(c.flags & CONFIG_F_SRC_V6, 0);
+    }
+}

@@ -524,3 +524,26 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_secret_is_created_once_then_read_back() {
+        let dir = std::env::temp_dir().join(format!("lb-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/secret");
+        let a = load_or_create_secret(&path).unwrap();
+        let b = load_or_create_secret(&path).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, [0, 0]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "not hex\n").unwrap();
+        let e = load_or_create_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("expected 32 hex digits"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

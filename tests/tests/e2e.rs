@@ -174,7 +174,20 @@ fn daemon_sigkill_and_restart_break_no_request() {
     });
     std::thread::sleep(Duration::from_millis(500));
     t.kill_daemon();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(700));
+    // While it is down, `lb status` says so, and that XDP still forwards.
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["status", "--config"])
+        .arg(t.pool_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not running") && err.contains("still pinned"),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
     t.start_daemon().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

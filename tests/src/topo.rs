@@ -128,10 +128,16 @@ impl Topology {
         for (i, (ns, v4, v6)) in self.hosts().into_iter().enumerate() {
             let a = format!("{}{}a", self.tag, i);
             let b = format!("{}{}b", self.tag, i);
+            // No duplicate address detection: a fresh link-local address is
+            // tentative for a second or two, and a backend answering from a
+            // VIP on lo solicits its client's MAC from that link-local, so
+            // the first replies would wait. Real hosts are long up.
             sh(&format!(
                 "ip netns add {ns} \
+                 && ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
                  && ip link add {a} type veth peer name {b} \
                  && ip link set {a} netns {ns} && ip -n {ns} link set {a} name eth0 \
+                 && ip netns exec {ns} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 \
                  && ip link set {b} netns {sw} && ip -n {sw} link set {b} master br0 && ip -n {sw} link set {b} up \
                  && ip -n {ns} link set lo up && ip -n {ns} link set eth0 up \
                  && ip -n {ns} addr add {v4}/24 dev eth0 && ip -n {ns} addr add {v6}/64 dev eth0 nodad \

@@ -112,7 +112,13 @@ fn ipv6_vip_and_v4_vip_with_v6_backends_work() {
     let mixed: SocketAddr = format!("{VIP4_MIXED}:80").parse().unwrap();
     for addr in [v6, mixed] {
         let (seen, failed) = spread_http(&t, addr, 300);
-        assert_eq!(failed, 0, "{addr}: {seen:?}\n{}", t.log());
+        assert_eq!(
+            failed,
+            0,
+            "{addr}: {seen:?}\n{}\n{}",
+            t.log(),
+            t.status_text()
+        );
         assert_eq!(
             seen.len(),
             3,

@@ -75,6 +75,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
 
+/// Room for the `bpf_fib_lookup` parameters: 64 bytes the 512-byte BPF
+/// stack cannot spare.
+#[map]
+static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
 struct NextHop {
     addr: [u32; 4],
@@ -131,7 +136,7 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 /// 4, and valid when all zero.
 #[inline(always)]
 fn zeroed<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
-    const { assert!(size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    const { assert!(size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
     let p = v.as_mut_ptr() as *mut u32;
     let mut i = 0;
     while i < size_of::<T>() / 4 {
@@ -195,6 +200,9 @@ struct Packet {
     tos: u8,
     /// IPv4 "don't fragment", copied to the outer header.
     df: bool,
+    /// IPv4 identification, copied to the outer header when `df` is clear
+    /// (so a router that fragments the tunnel packet reassembles it right).
+    ip_id: u16,
     src: [u32; 4],
     dst: [u32; 4],
 }
@@ -265,7 +273,7 @@ fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
     let key: &mut AddrKey = zeroed(&mut k);
     key.addr = addr;
     key.family = family;
-    unsafe { VIP_ADDRS.get(&*key) }.is_some()
+    unsafe { VIP_ADDRS.get(*key) }.is_some()
 }
 
 #[inline(always)]
@@ -289,6 +297,10 @@ fn parse_v4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
     }
     let tot_len = u16::from_be(unsafe { rd16(ip + 2) }) as usize;
+    // A length beyond the frame would skew the MTU check and the counters.
+    if tot_len < ihl || l2_len + tot_len > ctx.data_end() - ctx.data() {
+        return Err(verdict(counter::PASS_MALFORMED, XDP_PASS));
+    }
     Ok(Packet {
         l2_len,
         vlan: 0,
@@ -299,6 +311,7 @@ fn parse_v4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         ip_len: tot_len,
         tos: unsafe { *((ip + 1) as *const u8) },
         df: frag[0] & 0x40 != 0,
+        ip_id: unsafe { rd16(ip + 4) },
         src: [unsafe { rd32(ip + 12) }, 0, 0, 0],
         dst: [dst, 0, 0, 0],
     })
@@ -328,6 +341,9 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         _ => {}
     }
     let payload_len = u16::from_be(unsafe { rd16(ip + 4) }) as usize;
+    if l2_len + IPV6_LEN + payload_len > ctx.data_end() - ctx.data() {
+        return Err(verdict(counter::PASS_MALFORMED, XDP_PASS));
+    }
     Ok(Packet {
         l2_len,
         vlan: 0,
@@ -338,6 +354,7 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         ip_len: IPV6_LEN + payload_len,
         tos: (vtc[0] << 4) | (vtc[1] >> 4),
         df: false,
+        ip_id: 0,
         src: unsafe { [rd32(ip + 8), rd32(ip + 12), rd32(ip + 16), rd32(ip + 20)] },
         dst,
     })
@@ -411,7 +428,8 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     if !is_syn {
         if let Some(fv) = FLOWS.get_ptr_mut(key) {
             let fv = unsafe { &mut *fv };
-            let idle = now.wrapping_sub(fv.last_seen_ns);
+            // Another CPU may have stored a slightly newer time.
+            let idle = now.saturating_sub(fv.last_seen_ns);
             if pkt.proto == PROTO_UDP && idle > cfg.udp_idle_timeout_ns {
                 count(counter::UDP_FLOW_EXPIRED);
             } else if let Some(be) = BACKENDS.get(fv.backend) {
@@ -437,7 +455,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         Some(c) => c,
         None => {
             count(counter::FLOW_MISS);
-            let hash = flow_hash(&key, &cfg.hash_key) as u32;
+            let hash = flow_hash(key, &cfg.hash_key) as u32;
             let size = cfg.ring_size;
             if size == 0 {
                 return drop_no_backend(vip.vip_id);
@@ -461,7 +479,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 fv.vip_id = vip.vip_id;
                 fv.last_seen_ns = now;
                 fv.hash = hash;
-                let _ = FLOWS.insert(&*key, &*fv, 0);
+                let _ = FLOWS.insert(*key, *fv, 0);
             }
             new_flow = true;
             (id, be, hash)
@@ -710,8 +728,11 @@ fn forward(
     let nh = unsafe { &mut *nh };
     if nh.expires_ns <= now || nh.ingress != ingress || nh.addr != backend.addr {
         count(counter::FIB_LOOKUP);
-        let mut f = MaybeUninit::uninit();
-        let fib: &mut bpf_fib_lookup = zeroed(&mut f);
+        let Some(f) = FIB_SCRATCH.get_ptr_mut(0) else {
+            return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
+        };
+        let fib: &mut bpf_fib_lookup =
+            zeroed(unsafe { &mut *(f as *mut MaybeUninit<bpf_fib_lookup>) });
         fib.ifindex = ingress;
         if outer_v6 {
             fib.family = AF_INET6;
@@ -827,14 +848,17 @@ fn forward(
             *(ip as *mut u8) = 0x45;
             *((ip + 1) as *mut u8) = pkt.tos;
             wr16(ip + 2, (outer_len as u16).to_be());
-            // An atomic datagram (DF) needs no identification (RFC 6864).
+            // An atomic datagram (DF) needs no identification (RFC 6864);
+            // otherwise the inner packet's is unique enough.
             let (id, frag): (u16, u16) = if pkt.df {
-                (0, 0x4000)
+                (0, 0x4000u16.to_be())
+            } else if pkt.family == AF_INET {
+                (pkt.ip_id, 0)
             } else {
-                (hash as u16, 0)
+                ((hash as u16).to_be(), 0)
             };
-            wr16(ip + 4, id.to_be());
-            wr16(ip + 6, frag.to_be());
+            wr16(ip + 4, id);
+            wr16(ip + 6, frag);
             *((ip + 8) as *mut u8) = OUTER_TTL;
             *((ip + 9) as *mut u8) = outer_proto;
             wr16(ip + 10, 0);

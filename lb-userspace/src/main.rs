@@ -42,8 +42,12 @@ enum Cmd {
     },
     /// Detach XDP, remove the pinned maps and links, and stop the daemon.
     Stop {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "instance")]
+        config: Option<PathBuf>,
+        /// The instance to stop, without reading a pool file (e.g. when it
+        /// no longer parses); its control socket is /run/lb/<instance>.sock.
+        #[arg(long, conflicts_with = "config")]
+        instance: Option<String>,
     },
     /// On a backend: attach the decapsulator to an interface for the given VIPs (pinned; stays after exit).
     Decap {
@@ -140,17 +144,28 @@ async fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Stop { config } => {
-            let pool = load_pool(&config)?;
-            if daemon::socket_alive(&pool.control_socket).await {
-                daemon::request(&pool.control_socket, "stop").await?;
-                println!("stopped instance `{}`", pool.instance);
+        Cmd::Stop { config, instance } => {
+            let (instance, socket) = match (config, instance) {
+                (Some(c), _) => {
+                    let pool = load_pool(&c).map_err(|e| {
+                        e.context("the pool file does not load; `lb stop --instance NAME` stops an instance without it")
+                    })?;
+                    (pool.instance, pool.control_socket)
+                }
+                (None, Some(i)) => {
+                    let sock = PathBuf::from(format!("/run/lb/{i}.sock"));
+                    (i, sock)
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            if daemon::socket_alive(&socket).await {
+                daemon::request(&socket, "stop").await?;
+                println!("stopped instance `{instance}`");
             } else {
-                let removed = dataplane::remove_pins(&pool.instance)?;
+                let removed = dataplane::remove_pins(&instance)?;
                 println!(
-                    "the daemon was not running; removed {} pins of instance `{}` (XDP detached)",
-                    removed.len(),
-                    pool.instance
+                    "the daemon was not running; removed {} pins of instance `{instance}` (XDP detached)",
+                    removed.len()
                 );
             }
             Ok(())

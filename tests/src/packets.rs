@@ -162,7 +162,13 @@ pub fn expected_encap(frame: &[u8], e: &Encap) -> Vec<u8> {
                 dscp: Ipv4Dscp::try_new(tos >> 2).unwrap(),
                 ecn: Ipv4Ecn::try_new(tos & 3).unwrap(),
                 total_len: (inner_len + 20) as u16,
-                identification: if df { 0 } else { e.hash as u16 },
+                identification: if df {
+                    0
+                } else if inner_v6 {
+                    e.hash as u16
+                } else {
+                    u16::from_be_bytes([inner[4], inner[5]])
+                },
                 dont_fragment: df,
                 more_fragments: false,
                 fragment_offset: IpFragOffset::ZERO,

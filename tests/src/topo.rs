@@ -342,22 +342,21 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        if self.daemon.is_some() {
-            let _ = Command::new(&self.lb_bin)
-                .args(["stop", "--config"])
-                .arg(self.pool_path())
+        // By instance, not by pool file: a test may have left an invalid one.
+        let (lb, tag) = (self.lb_bin.clone(), self.tag.clone());
+        let stop = move || {
+            let _ = Command::new(&lb)
+                .args(["stop", "--instance", &tag])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        };
+        if self.daemon.is_some() {
+            stop();
         }
         self.kill_daemon();
         // A daemon killed earlier leaves pins: remove them (detaches XDP).
-        let _ = Command::new(&self.lb_bin)
-            .args(["stop", "--config"])
-            .arg(self.pool_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        stop();
         for (_, c) in self.servers.iter_mut() {
             let _ = c.kill();
             let _ = c.wait();

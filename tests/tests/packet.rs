@@ -473,12 +473,19 @@ fn truncated_headers_pass_and_are_counted() {
     let udp_cut = u[..14 + 20 + 6].to_vec();
     let v6 = Flow::tcp("2001:db8::1", 1, "fd00:100::1", 80).packet("S", b"");
     let v6_cut = v6[..14 + 30].to_vec();
-    for frame in [&vlan, &ip_cut, &bad_ihl, &tcp_cut, &udp_cut, &v6_cut] {
+    // An IPv4 header that claims more bytes than the frame has.
+    let mut long = full.clone();
+    let tl = u16::from_be_bytes([long[16], long[17]]) + 100;
+    long[16..18].copy_from_slice(&tl.to_be_bytes());
+    let (h, _) = Ipv4Header::from_slice(&long[14..]).unwrap();
+    let c = h.calc_header_checksum();
+    long[24..26].copy_from_slice(&c.to_be_bytes());
+    for frame in [&vlan, &ip_cut, &bad_ihl, &tcp_cut, &udp_cut, &v6_cut, &long] {
         assert_passed_unchanged(&lb, frame);
     }
     assert_eq!(
         lb.counter(counter::PASS_MALFORMED),
-        6,
+        7,
         "{:?}",
         lb.counters()
     );

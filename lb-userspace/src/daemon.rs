@@ -168,6 +168,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
         warn_forwarding(iface);
     }
+    ctl.dp.detach_others(&pool.interfaces)?;
 
     if let Some(dir) = pool.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -335,6 +336,8 @@ impl Daemon {
         if !force && text == self.last_text {
             return;
         }
+        // A file that fails validation is reported once, until it changes; a
+        // valid one whose application fails is retried on the next check.
         self.last_text = text.clone();
         let pool = match config::parse(&text, &self.config_path.display().to_string()) {
             Ok(p) => p,
@@ -367,7 +370,10 @@ impl Daemon {
                 r.tables_written
             ),
             Err(e) => {
-                log::error!("reload failed part-way: {e}");
+                log::error!("reload failed part-way (retrying at the next check): {e}");
+                self.last_text.clear();
+                // Backends already added must be probed all the same.
+                self.sync_probers();
                 return;
             }
         }

@@ -9,6 +9,7 @@ use lb_common::{
     maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey, FlowValue, VipInfo, VipKey,
     VipStats,
 };
+use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
@@ -138,6 +139,18 @@ pub struct BpfDataPlane {
     ring: RingMmap,
     sizes: Sizes,
     dir: PathBuf,
+    /// Links adopted from pins: this process holds them too, so detaching
+    /// takes both the pin and this.
+    adopted: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
+}
+
+/// The data of the maps this program pins.
+fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match m {
+        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Some(d),
+        _ => None,
+    }
 }
 
 /// The RINGS array, mapped into our memory (BPF_F_MMAPABLE): a table is
@@ -245,26 +258,50 @@ impl BpfDataPlane {
         let ebpf = loader
             .load(object)
             .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
-        let rings = ebpf.map(maps::RINGS).expect("RINGS in the object");
-        let aya::maps::Map::Array(data) = rings else {
-            return Err(DataPlaneError::Setup("RINGS is not an array".into()));
-        };
+        // A reused pin must be what this pool file and this program need:
+        // the kernel would otherwise take writes past its end, or packets
+        // would read values of another layout.
         let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
-        let info = data.info().map_err(map_err(maps::RINGS))?;
-        if info.max_entries() as usize != entries {
-            return Err(DataPlaneError::Setup(format!(
-                "the pinned maps under {} were made for other table sizes ({} ring elements, the pool file needs {}); run `lb stop` first to start afresh",
-                dir.display(),
-                info.max_entries(),
-                entries
-            )));
+        let expected: [(&'static str, u32, usize); 9] = [
+            (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
+            (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
+            (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
+            (maps::BACKENDS, sizes.max_backends, size_of::<Backend>()),
+            (
+                maps::BACKEND_STATS,
+                sizes.max_backends,
+                size_of::<BackendStats>(),
+            ),
+            (maps::RINGS, entries as u32, size_of::<u64>()),
+            (maps::FLOWS, sizes.flows, size_of::<FlowValue>()),
+            (maps::CONFIG, 1, size_of::<Config>()),
+            (maps::COUNTERS, lb_common::counter::COUNT, size_of::<u64>()),
+        ];
+        for (name, max, value) in expected {
+            let m = ebpf.map(name).and_then(map_data).ok_or_else(|| {
+                DataPlaneError::Setup(format!("map `{name}` missing from the eBPF object"))
+            })?;
+            let info = m.info().map_err(map_err(name))?;
+            if info.max_entries() != max || info.value_size() as usize != value {
+                return Err(DataPlaneError::Setup(format!(
+                    "the pinned map {} was made for another pool or version ({} entries of {} bytes; this one needs {max} of {value}); run `lb stop` first to start afresh (established flows are then forgotten)",
+                    dir.join(name).display(),
+                    info.max_entries(),
+                    info.value_size()
+                )));
+            }
         }
+        let data = ebpf
+            .map(maps::RINGS)
+            .and_then(map_data)
+            .expect("checked above");
         let ring = RingMmap::new(data, entries)?;
         Ok(BpfDataPlane {
             ebpf,
             ring,
             sizes,
             dir,
+            adopted: std::collections::HashMap::new(),
         })
     }
 
@@ -292,7 +329,8 @@ impl BpfDataPlane {
         }
         if pin.exists() {
             match adopt_link(prog, &pin) {
-                Ok(()) => {
+                Ok(id) => {
+                    self.adopted.insert(iface.to_string(), id);
                     log::info!("adopted the XDP link on `{iface}` ({})", pin.display());
                     return Ok(());
                 }
@@ -366,7 +404,38 @@ impl BpfDataPlane {
             what: format!("removing {}", pin.display()),
             source,
         })?;
+        if let Some(id) = self.adopted.remove(iface) {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(progs::BALANCER)
+                .expect("lb_xdp in the object")
+                .try_into()
+                .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))?;
+            prog.detach(id)
+                .map_err(|e| DataPlaneError::Setup(format!("detaching from `{iface}`: {e}")))?;
+        }
         log::info!("detached lb_xdp from `{iface}`");
+        Ok(())
+    }
+
+    /// Detaches from interfaces an earlier run attached to that are not in
+    /// `keep` (removed from the pool file while the daemon was down).
+    pub fn detach_others(&mut self, keep: &[String]) -> Result<()> {
+        let stale: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("link_"))
+                    .map(str::to_string)
+            })
+            .filter(|i| !keep.contains(i))
+            .collect();
+        for iface in stale {
+            self.detach(&iface)?;
+        }
         Ok(())
     }
 }
@@ -377,12 +446,14 @@ pub fn has_pins(instance: &str) -> bool {
 }
 
 /// Puts `prog` in place of the program of the link pinned at `pin`.
-fn adopt_link(prog: &mut Xdp, pin: &Path) -> std::result::Result<(), String> {
+fn adopt_link(
+    prog: &mut Xdp,
+    pin: &Path,
+) -> std::result::Result<aya::programs::xdp::XdpLinkId, String> {
     let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
     let link =
         aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
-    prog.attach_to_link(link).map_err(|e| e.to_string())?;
-    Ok(())
+    prog.attach_to_link(link).map_err(|e| e.to_string())
 }
 
 /// Removes the links (detaching XDP) and map pins of `instance`.

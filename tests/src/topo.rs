@@ -59,6 +59,23 @@ pub fn sh(cmd: &str) -> Result<()> {
     Ok(())
 }
 
+/// A command whose process is killed when the thread that started it ends,
+/// so a test that dies leaves no daemon or server behind to answer the next
+/// run's requests.
+fn child(program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(program);
+    unsafe {
+        c.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 /// `lb`, as built by `cargo xtask test` (`$LB_BIN`), or target/debug/lb.
 pub fn lb_bin() -> PathBuf {
     std::env::var_os("LB_BIN")
@@ -205,7 +222,7 @@ impl Topology {
     /// Starts (or restarts) a backend's servers.
     pub fn start_server(&mut self, name: &str) -> Result<()> {
         let ns = self.backend(name).ns.clone();
-        let child = Command::new("nsenter")
+        let child = child("nsenter")
             .arg(format!("--net=/run/netns/{ns}"))
             .arg(&self.server_bin)
             .arg(name)
@@ -268,7 +285,7 @@ impl Topology {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new("nsenter")
+        let child = child("nsenter")
             .arg(format!("--net=/run/netns/{}", self.lb))
             .arg(&self.lb_bin)
             .args(["run", "--config"])

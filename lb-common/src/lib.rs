@@ -84,10 +84,16 @@ pub const ADDR_F_VIP: u32 = 1;
 pub const ADDR_F_ANY_PORT: u32 = 2;
 
 /// `Backend::flags`: the backend must not receive traffic, even of existing
-/// flows (disabled, or removed from the pool); flows that hit it are rescheduled.
+/// flows (disabled, or its slot released); flows that hit it are rescheduled.
 pub const BACKEND_F_DOWN: u8 = 1;
 /// `Backend::flags`: slot in use.
 pub const BACKEND_F_USED: u8 = 2;
+/// `Backend::flags`: failing its health checks. Out of the table; packets of
+/// its UDP flows are rescheduled (a stateless service answers anywhere), its
+/// established TCP connections stay (moving them to another backend can only
+/// reset them; if the backend is really gone they are lost either way, and a
+/// false alarm costs nothing).
+pub const BACKEND_F_UNHEALTHY: u8 = 4;
 
 /// A service address: (address, port, protocol). Port 0 means every port.
 #[repr(C)]

@@ -34,8 +34,9 @@ use core::mem::{size_of, MaybeUninit};
 use lb_common::{
     counter, defaults, flow_hash, ring_base, ring_slot, AddrKey, Backend, BackendStats, Config,
     FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN,
-    BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
-    NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
+    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
+    PROTO_UDP,
 };
 
 // ---------------------------------------------------------------- maps --
@@ -433,10 +434,11 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
             if pkt.proto == PROTO_UDP && idle > cfg.udp_idle_timeout_ns {
                 count(counter::UDP_FLOW_EXPIRED);
             } else if let Some(be) = BACKENDS.get(fv.backend) {
-                // Down (disabled, unhealthy, released), or the slot was
-                // released and handed to another VIP since: schedule anew.
+                // Down (disabled, released), the slot handed to another VIP
+                // since, or an unhealthy backend's UDP flow: schedule anew.
                 if be.flags & (BACKEND_F_DOWN | BACKEND_F_USED) != BACKEND_F_USED
                     || be.vip_id as u32 != fv.vip_id
+                    || (pkt.proto == PROTO_UDP && be.flags & BACKEND_F_UNHEALTHY != 0)
                 {
                     count(counter::RESCHEDULED_DOWN);
                 } else {

@@ -7,8 +7,8 @@ use crate::health::{Health, ProbeOutcome, ProbeSpec};
 use crate::maglev::{self, MaglevBackend};
 use lb_common::{
     AddrKey, Backend, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP, AF_INET, AF_INET6,
-    BACKEND_F_DOWN, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
-    CONFIG_F_SRC_V6,
+    BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC,
+    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,11 +81,14 @@ fn takes_new_flows(b: &BackendEntry) -> bool {
 
 /// `Backend::flags` of a slot in use.
 fn kernel_flags(b: &BackendEntry) -> u8 {
-    if b.state == BackendState::Disabled || b.health == HealthView::Down {
-        BACKEND_F_USED | BACKEND_F_DOWN
-    } else {
-        BACKEND_F_USED
+    let mut f = BACKEND_F_USED;
+    if b.state == BackendState::Disabled {
+        f |= BACKEND_F_DOWN;
     }
+    if b.health == HealthView::Down {
+        f |= BACKEND_F_UNHEALTHY;
+    }
+    f
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -385,7 +388,7 @@ impl<D: DataPlane> Controller<D> {
             .collect();
         for bk in unclaimed {
             let (id, flags) = self.adopted_backends.remove(&bk).expect("present");
-            if live_vip_ids.contains(&bk.0) && flags & BACKEND_F_DOWN == 0 {
+            if live_vip_ids.contains(&bk.0) && flags & (BACKEND_F_DOWN | BACKEND_F_UNHEALTHY) == 0 {
                 // Removed from the file while we were down: its flows carry on.
                 self.retired.insert(bk, id);
             } else {
@@ -460,10 +463,11 @@ impl<D: DataPlane> Controller<D> {
                 };
                 let health = match (&bc.health, adopted) {
                     (None, _) => HealthView::Unchecked,
-                    // DOWN before the restart: stays out of the table until
-                    // its prober (started from this state) sees it rise. (A
-                    // slot that was DOWN for being disabled is treated alike.)
-                    (Some(_), Some((_, flags))) if flags & BACKEND_F_DOWN != 0 => HealthView::Down,
+                    // Unhealthy before the restart: stays out of the table
+                    // until its prober (started from this state) sees it rise.
+                    (Some(_), Some((_, flags))) if flags & BACKEND_F_UNHEALTHY != 0 => {
+                        HealthView::Down
+                    }
                     (Some(_), _) => HealthView::Up,
                 };
                 self.vips.get_mut(key).unwrap().backends.insert(
@@ -1320,7 +1324,7 @@ mod tests {
         let b = (k, ip("10.0.1.2"));
 
         assert!(c.probe_result(&b, &outcome(false), Health::Down).unwrap());
-        assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_DOWN);
+        assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY);
         assert_eq!(
             c.dp.active_table(&k),
             expected_table(&c.dp, &p, "web", &["10.0.1.1", "10.0.1.3"])
@@ -1412,7 +1416,7 @@ mod tests {
         let id = c.dp.slot_of(&k, "10.0.1.1");
         c.probe_result(&(k, ip("10.0.1.1")), &outcome(false), Health::Down)
             .unwrap();
-        assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_DOWN);
+        assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY);
 
         // Without a check the backend counts as up: in the table and not DOWN.
         let p2 = pool(&[web(&["address: 10.0.1.1", "address: 10.0.1.2"])]);

@@ -396,6 +396,59 @@ fn flow_to_a_down_backend_is_rescheduled() {
 }
 
 #[test]
+fn unhealthy_backend_keeps_its_tcp_flows_and_loses_its_udp_flows() {
+    let Some(mut lb) = setup() else { return };
+    let n = Sizes::default().ring_size;
+    let t = Flow::tcp("192.0.2.52", 44002, "10.100.0.1", 80);
+    let u = Flow::udp("192.0.2.52", 44002, "10.100.0.1", 53);
+    let (tb, ub) = (pick(&t, &[1, 2, 3]), pick(&u, &[4, 5]));
+    assert_encap(&lb, &t.packet("S", b""), &t, tb);
+    assert_encap(&lb, &u.packet("", b"q"), &u, ub);
+    // Both backends fail their health checks: out of the tables, flagged.
+    for (id, vip_id, ids, key) in [
+        (
+            tb,
+            WEB,
+            &[1u32, 2, 3][..],
+            vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        ),
+        (
+            ub,
+            DNS,
+            &[4u32, 5][..],
+            vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
+        ),
+    ] {
+        lb.set_backend(
+            id,
+            backend(addr_of(id), lb_common::BACKEND_F_UNHEALTHY, vip_id),
+        )
+        .unwrap();
+        let rest: Vec<u32> = ids.iter().copied().filter(|i| *i != id).collect();
+        lb.write_ring(vip_id, 1, &ring(&rest, n)).unwrap();
+        lb.add_vip(
+            key,
+            VipInfo {
+                active_ring: 1,
+                ..vip(vip_id)
+            },
+        )
+        .unwrap();
+    }
+    // The TCP connection stays where it is.
+    assert_encap(&lb, &t.packet("A", b"more"), &t, tb);
+    // The UDP flow moves to a healthy backend.
+    let rest: Vec<u32> = [4, 5].into_iter().filter(|i| *i != ub).collect();
+    assert_encap(
+        &lb,
+        &u.packet("", b"q2"),
+        &u,
+        rest[(hash(&u) % n) as usize % rest.len()],
+    );
+    assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
+}
+
+#[test]
 fn flow_whose_slot_now_serves_another_vip_is_rescheduled() {
     let Some(mut lb) = setup() else { return };
     let n = Sizes::default().ring_size;

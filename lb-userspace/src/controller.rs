@@ -875,10 +875,6 @@ mod tests {
         fn counters(&self) -> DpResult<Vec<u64>> {
             Ok(vec![0; lb_common::counter::COUNT as usize])
         }
-
-        fn active_flows(&self, _max_idle_ns: u64, _limit: usize) -> DpResult<HashMap<u32, u64>> {
-            Ok(HashMap::new())
-        }
     }
 
     /// One VIP of a pool file; each backend is the inside of a YAML flow mapping.

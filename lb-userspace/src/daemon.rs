@@ -129,6 +129,36 @@ pub struct Daemon {
     started: Instant,
     last_text: String,
     rates: Rates,
+    /// Active flows per backend id, counted by a background task, and when.
+    flows: FlowCounts,
+}
+
+type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
+
+/// How often, at most, the flow table is walked for `lb status`.
+const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counts active flows on a blocking thread, with its own handle on the
+/// pinned map: walking a million entries takes seconds and must not hold up
+/// the writer. Waits FLOW_COUNT_INTERVAL, or twice as long as a walk took.
+fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
+    tokio::spawn(async move {
+        loop {
+            let i = instance.clone();
+            let started = Instant::now();
+            let counted = tokio::task::spawn_blocking(move || {
+                dataplane::count_flows(&i, max_idle_ns, 1 << 22)
+            })
+            .await;
+            let took = started.elapsed();
+            match counted {
+                Ok(Ok(c)) => *out.lock().expect("flow counts") = (Some(Instant::now()), c),
+                Ok(Err(e)) => log::debug!("counting flows: {e}"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(FLOW_COUNT_INTERVAL.max(took * 2)).await;
+        }
+    });
 }
 
 /// `lb run`.
@@ -188,6 +218,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         health_tx,
         started: Instant::now(),
         last_text: text,
+        flows: Default::default(),
         rates: Rates {
             at: Instant::now(),
             vip: HashMap::new(),
@@ -197,6 +228,12 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         },
     };
     d.sync_probers();
+    let idle = d.pool.tables.udp_idle_timeout.as_nanos() as u64;
+    spawn_flow_counter(
+        d.pool.instance.clone(),
+        idle.max(60_000_000_000),
+        d.flows.clone(),
+    );
     log::info!(
         "serving; control socket {}; pins under {}",
         d.pool.control_socket.display(),
@@ -449,12 +486,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let idle = self.pool.tables.udp_idle_timeout.as_nanos() as u64;
-        let flows = self
-            .ctl
-            .dp
-            .active_flows(idle.max(60_000_000_000), 1 << 20)
-            .unwrap_or_default();
+        let (flows_at, flows) = self.flows.lock().expect("flow counts").clone();
         let counters = self
             .ctl
             .dp
@@ -525,6 +557,7 @@ impl Daemon {
             instance: self.pool.instance.clone(),
             config: self.config_path.display().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
+            flows_age_s: flows_at.map(|t| t.elapsed().as_secs()),
             vips,
             counters,
         }

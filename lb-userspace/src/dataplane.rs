@@ -56,12 +56,6 @@ pub trait DataPlane {
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
     fn backend_stats(&self, id: u32) -> Result<BackendStats>;
     fn counters(&self) -> Result<Vec<u64>>;
-    /// Flows per backend id seen within `max_idle_ns`, up to `limit` entries scanned.
-    fn active_flows(
-        &self,
-        max_idle_ns: u64,
-        limit: usize,
-    ) -> Result<std::collections::HashMap<u32, u64>>;
 }
 
 /// Sizes of the maps, from the pool file.
@@ -581,24 +575,29 @@ impl DataPlane for BpfDataPlane {
             })
             .collect()
     }
+}
 
-    fn active_flows(
-        &self,
-        max_idle_ns: u64,
-        limit: usize,
-    ) -> Result<std::collections::HashMap<u32, u64>> {
-        let m: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(self.map(maps::FLOWS)).map_err(map_err(maps::FLOWS))?;
-        let now = monotonic_ns();
-        let mut out = std::collections::HashMap::new();
-        for (_, v) in m.iter().take(limit).filter_map(|r| r.ok()) {
-            // last_seen is refreshed at most once a second by the data path.
-            if now.saturating_sub(v.last_seen_ns) <= max_idle_ns + 1_000_000_000 {
-                *out.entry(v.backend).or_insert(0) += 1;
-            }
+/// Flows per backend id seen within `max_idle_ns`, scanning at most `limit`
+/// entries of instance `instance`'s pinned flow table. Opens its own handle:
+/// the daemon runs this off its writer task, since a full table takes seconds.
+pub fn count_flows(
+    instance: &str,
+    max_idle_ns: u64,
+    limit: usize,
+) -> Result<std::collections::HashMap<u32, u64>> {
+    let path = pin_dir(instance).join(maps::FLOWS);
+    let data = MapData::from_pin(&path).map_err(map_err(maps::FLOWS))?;
+    let m: HashMap<MapData, FlowKey, FlowValue> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err(maps::FLOWS))?;
+    let now = monotonic_ns();
+    let mut out = std::collections::HashMap::new();
+    for (_, v) in m.iter().take(limit).filter_map(|r| r.ok()) {
+        // last_seen is refreshed at most once a second by the data path.
+        if now.saturating_sub(v.last_seen_ns) <= max_idle_ns + 1_000_000_000 {
+            *out.entry(v.backend).or_insert(0) += 1;
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.

@@ -8,6 +8,8 @@ pub struct Status {
     pub instance: String,
     pub config: String,
     pub uptime_s: u64,
+    /// Age of the per-backend flow counts (counted in the background); None until the first count.
+    pub flows_age_s: Option<u64>,
     pub vips: Vec<VipStatus>,
     /// Data-path counters by name (non-zero ones).
     pub counters: BTreeMap<String, u64>,
@@ -49,8 +51,12 @@ pub struct BackendStatus {
 /// Renders the snapshot as tables for a terminal.
 pub fn render(s: &Status) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+    let flows = match s.flows_age_s {
+        Some(a) => format!("flows counted {a}s ago"),
+        None => "flows not counted yet".into(),
+    };
     let mut out = format!(
-        "instance {}  (config {}, up {}s)\n",
+        "instance {}  (config {}, up {}s, {flows})\n",
         s.instance, s.config, s.uptime_s
     );
     let mut t = Table::new();

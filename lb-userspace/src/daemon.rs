@@ -199,6 +199,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         warn_forwarding(iface);
     }
     ctl.dp.detach_others(&pool.interfaces)?;
+    warn_vip_routes(&pool);
 
     if let Some(dir) = pool.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -271,6 +272,40 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         dataplane::pin_dir(&d.pool.instance).display()
     );
     Ok(())
+}
+
+/// Packets to a VIP address on a port no VIP serves go to the kernel. If the
+/// kernel forwards them (towards the router that sent them), they loop until
+/// their TTL runs out. Warn unless each VIP address is local, blackholed or
+/// unreachable here.
+fn warn_vip_routes(pool: &Pool) {
+    let mut seen = std::collections::BTreeSet::new();
+    for v in &pool.vips {
+        if !seen.insert(v.address) {
+            continue;
+        }
+        let out = match std::process::Command::new("ip")
+            .args(["-o", "route", "get"])
+            .arg(v.address.to_string())
+            .output()
+        {
+            Ok(o) => o,
+            Err(_) => return,
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let first = text.split_whitespace().next().unwrap_or("");
+        let contained = !out.status.success()
+            || matches!(first, "local" | "blackhole" | "unreachable" | "prohibit");
+        if !contained {
+            log::warn!(
+                "VIP address {} is routed by the kernel here ({}): traffic to its ports that no VIP serves is forwarded and may loop back from your router; add `ip route add blackhole {}/{}` (or put the address on lo)",
+                v.address,
+                text.trim(),
+                v.address,
+                if v.address.is_ipv4() { 32 } else { 128 }
+            );
+        }
+    }
 }
 
 fn warn_forwarding(iface: &str) {

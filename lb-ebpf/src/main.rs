@@ -114,6 +114,10 @@ const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 const XDP_PASS: u32 = xdp_action::XDP_PASS;
 const XDP_DROP: u32 = xdp_action::XDP_DROP;
 const XDP_TX: u32 = xdp_action::XDP_TX;
+/// What `forward` returns when it answered the client itself (ICMP too
+/// big) instead of forwarding: XDP_TX to the kernel, but not a packet of
+/// the flow for the statistics.
+const ANSWERED: u32 = 0x100 | XDP_TX;
 
 // ------------------------------------------------------------- helpers --
 
@@ -489,6 +493,9 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     };
 
     let action = forward(ctx, pkt, cfg, backend_id, backend, hash, now);
+    if action == ANSWERED {
+        return XDP_TX;
+    }
     if action == XDP_DROP {
         if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
             unsafe { (*s).drops += 1 };
@@ -622,15 +629,21 @@ fn steer_icmp(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some(backend) = BACKENDS.get(fv.backend) else {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
+    // The flow's backend must still be the one that sent the quoted packet.
+    if backend.flags & (BACKEND_F_DOWN | BACKEND_F_USED) != BACKEND_F_USED
+        || backend.vip_id as u32 != fv.vip_id
+    {
+        return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
+    }
     let Some(cfg) = CONFIG.get(0) else {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let action = forward(ctx, pkt, cfg, fv.backend, backend, fv.hash, now);
-    if action != XDP_DROP {
-        count(counter::ICMP_STEERED);
+    match forward(ctx, pkt, cfg, fv.backend, backend, fv.hash, now) {
+        ANSWERED => XDP_TX,
+        XDP_DROP => XDP_DROP,
+        action => verdict(counter::ICMP_STEERED, action),
     }
-    action
 }
 
 /// Answers an echo request in place: swap addresses, set the reply type.
@@ -781,7 +794,8 @@ fn forward(
         // Tell the client the largest packet that fits once encapsulated;
         // an IPv4 packet that may be fragmented cannot be (not in XDP).
         if pkt.family == AF_INET6 || pkt.df {
-            return too_big::reply(ctx, pkt, nh.mtu - hdr_len as u32);
+            let action = too_big::reply(ctx, pkt, nh.mtu - hdr_len as u32);
+            return if action == XDP_TX { ANSWERED } else { action };
         }
         return verdict(counter::DROP_TOO_BIG, XDP_DROP);
     }

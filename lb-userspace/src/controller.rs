@@ -658,8 +658,16 @@ impl<D: DataPlane> Controller<D> {
             return Ok(false);
         }
         b.health = new;
-        self.write_backend(key, *addr)?;
-        self.rebuild(key)?;
+        // Going down: the table without it goes live first, so no new flow
+        // is scheduled to it after its flag says unhealthy. Coming up: the
+        // flag is cleared before the table sends it new flows.
+        if new == HealthView::Down {
+            self.rebuild(key)?;
+            self.write_backend(key, *addr)?;
+        } else {
+            self.write_backend(key, *addr)?;
+            self.rebuild(key)?;
+        }
         Ok(true)
     }
 
@@ -1319,7 +1327,19 @@ mod tests {
         let id = c.dp.slot_of(&k, "10.0.1.2");
         let b = (k, ip("10.0.1.2"));
 
+        c.dp.take_log();
         assert!(c.probe_result(&b, &outcome(false), Health::Down).unwrap());
+        // The table without it is live before its flag changes.
+        let log = c.dp.take_log();
+        let flip = log
+            .iter()
+            .position(|o| matches!(o, Op::SetVip(..)))
+            .unwrap();
+        let flag = log
+            .iter()
+            .position(|o| matches!(o, Op::SetBackend(i, _) if *i == id))
+            .unwrap();
+        assert!(flip < flag, "{log:?}");
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY);
         assert_eq!(
             c.dp.active_table(&k),

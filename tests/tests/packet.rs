@@ -785,6 +785,9 @@ fn over_mtu_after_encapsulation_is_answered_with_icmp_frag_needed() {
     expected.extend_from_slice(quote);
     assert_eq!(out.data, expected);
     assert_eq!(lb.counter(counter::ICMP_TOO_BIG_SENT), 1);
+    // An answer, not a packet of the flow.
+    assert_eq!(lb.vip_stats(WEB).packets, 0);
+    assert_eq!(lb.counter(counter::TX), 0);
     // 1480 bytes fit.
     let ok = f.packet("A", &vec![0u8; 1480 - 40]);
     assert_encap(&lb, &ok, &f, pick(&f, &[1, 2, 3]));

@@ -90,13 +90,6 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn counters(&self) -> DpResult<Vec<u64>> {
         self.inner.counters()
     }
-    fn active_flows(
-        &self,
-        max_idle_ns: u64,
-        limit: usize,
-    ) -> DpResult<std::collections::HashMap<u32, u64>> {
-        self.inner.active_flows(max_idle_ns, limit)
-    }
 }
 
 /// Removes the instance's pins however `main` ends.

@@ -692,7 +692,6 @@ mod tests {
     use crate::config;
     use crate::dataplane::Result as DpResult;
     use lb_common::{BackendStats, VipStats, NO_BACKEND};
-    use std::collections::HashMap;
 
     /// Maglev size of the test pools (the smallest the pool file accepts).
     const RING: u32 = 1009;

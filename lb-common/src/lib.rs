@@ -307,6 +307,40 @@ pub mod decap_counter {
     ];
 }
 
+/// An address as the maps hold it: its octets loaded into native `u32`
+/// words (IPv4 in word 0), and its family.
+pub fn addr_words(ip: core::net::IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        core::net::IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], AF_INET),
+        core::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            let mut w = [0u32; 4];
+            let mut i = 0;
+            while i < 4 {
+                w[i] = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                i += 1;
+            }
+            (w, AF_INET6)
+        }
+    }
+}
+
+/// The address `addr_words` made.
+pub fn words_addr(words: [u32; 4], family: u8) -> core::net::IpAddr {
+    if family == AF_INET {
+        core::net::IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            o[4 * i..4 * i + 4].copy_from_slice(&b);
+            i += 1;
+        }
+        core::net::IpAddr::from(o)
+    }
+}
+
 /// `RINGS` elements per Maglev buffer. Each 64-bit element holds two slots
 /// (the even slot in the low half): the kernel lays array elements out at
 /// 8-byte stride, so a `u32` per element would double the table's cache
@@ -413,6 +447,29 @@ pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
     }
 }
 
+/// Map sizes chosen at load time (from the pool file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub ring_size: u32,
+    pub flows: u32,
+}
+
+/// Sets the balancer's map sizes on a loader.
+#[cfg(feature = "user")]
+pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
+    loader
+        .map_max_entries(maps::VIPS, s.max_vips)
+        .map_max_entries(maps::VIP_ADDRS, s.max_vips)
+        .map_max_entries(maps::VIP_STATS, s.max_vips)
+        .map_max_entries(maps::BACKENDS, s.max_backends)
+        .map_max_entries(maps::BACKEND_STATS, s.max_backends)
+        .map_max_entries(maps::NEXTHOPS, s.max_backends)
+        .map_max_entries(maps::RINGS, rings_entries(s.max_vips, s.ring_size))
+        .map_max_entries(maps::FLOWS, s.flows);
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -480,6 +537,17 @@ mod tests {
         assert_eq!(ring_base(0, 1, 7), 4);
         assert_eq!(ring_base(3, 1, 7), 28);
         assert_eq!(rings_entries(4, 7), 32);
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        for a in ["10.1.2.3", "fd00::1:2", "2001:db8::ffff:1"] {
+            let ip: core::net::IpAddr = a.parse().unwrap();
+            let (w, f) = addr_words(ip);
+            assert_eq!(words_addr(w, f), ip);
+        }
+        let (w, f) = addr_words("10.1.2.3".parse().unwrap());
+        assert_eq!((w[0].to_ne_bytes(), w[1], f), ([10, 1, 2, 3], 0, AF_INET));
     }
 
     #[test]

@@ -6,9 +6,9 @@ use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::health::{Health, ProbeOutcome, ProbeSpec};
 use crate::maglev::{self, MaglevBackend};
 use lb_common::{
-    AddrKey, Backend, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP, AF_INET, AF_INET6,
-    BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC,
-    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
+    AddrKey, Backend, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP, BACKEND_F_DOWN,
+    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,31 +131,7 @@ pub struct Controller<D: DataPlane> {
     known_addrs: BTreeMap<AddrKey, Option<u32>>,
 }
 
-pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
-    match ip {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], AF_INET),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let mut w = [0u32; 4];
-            for (i, c) in o.chunks(4).enumerate() {
-                w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            (w, AF_INET6)
-        }
-    }
-}
-
-pub fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
-    if family == AF_INET {
-        IpAddr::from(words[0].to_ne_bytes())
-    } else {
-        let mut o = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        IpAddr::from(o)
-    }
-}
+pub use lb_common::{addr_words, words_addr};
 
 pub fn vip_key(v: &Vip) -> VipKey {
     let (addr, family) = addr_words(v.address);
@@ -1103,7 +1079,7 @@ mod tests {
         assert_eq!(
             c.dp.backend(c.dp.slot_of(&key(&p, "v6"), "2001:db8:1::1"))
                 .family,
-            AF_INET6
+            lb_common::AF_INET6
         );
     }
 

@@ -59,13 +59,7 @@ pub trait DataPlane {
 }
 
 /// Sizes of the maps, from the pool file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sizes {
-    pub max_vips: u32,
-    pub max_backends: u32,
-    pub ring_size: u32,
-    pub flows: u32,
-}
+pub type Sizes = lb_common::MapSizes;
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,18 +225,8 @@ impl BpfDataPlane {
         })?;
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
+        lb_common::size_maps(&mut loader, sizes);
         loader
-            .map_max_entries(maps::VIPS, sizes.max_vips)
-            .map_max_entries(maps::VIP_ADDRS, sizes.max_vips)
-            .map_max_entries(maps::VIP_STATS, sizes.max_vips)
-            .map_max_entries(maps::BACKENDS, sizes.max_backends)
-            .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
-            .map_max_entries(maps::NEXTHOPS, sizes.max_backends)
-            .map_max_entries(
-                maps::RINGS,
-                lb_common::rings_entries(sizes.max_vips, sizes.ring_size),
-            )
-            .map_max_entries(maps::FLOWS, sizes.flows)
             // The decapsulator's maps are not used on the balancer.
             .map_max_entries(maps::DECAP_VIPS, 1)
             .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);

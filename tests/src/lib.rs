@@ -12,7 +12,7 @@ use aya::{
 };
 use lb_common::{
     counter, decap_counter, maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey,
-    FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6,
+    FlowValue, VipInfo, VipKey, VipStats,
 };
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -64,22 +64,15 @@ pub fn private_netns() -> Result<()> {
 }
 
 /// Map sizes for a test load.
-#[derive(Clone, Copy, Debug)]
-pub struct Sizes {
-    pub max_vips: u32,
-    pub max_backends: u32,
-    pub ring_size: u32,
-    pub flows: u32,
-}
+pub type Sizes = lb_common::MapSizes;
 
-impl Default for Sizes {
-    fn default() -> Self {
-        Sizes {
-            max_vips: 8,
-            max_backends: 64,
-            ring_size: 1009,
-            flows: 4096,
-        }
+/// Small maps for tests.
+pub fn test_sizes() -> Sizes {
+    Sizes {
+        max_vips: 8,
+        max_backends: 64,
+        ring_size: 1009,
+        flows: 4096,
     }
 }
 
@@ -90,20 +83,7 @@ pub struct Balancer {
     prog: &'static str,
 }
 
-/// The raw-octet `[u32; 4]` form of an address used in the maps.
-pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
-    match ip {
-        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], AF_INET),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            let mut w = [0u32; 4];
-            for (i, c) in o.chunks(4).enumerate() {
-                w[i] = u32::from_ne_bytes(c.try_into().unwrap());
-            }
-            (w, AF_INET6)
-        }
-    }
-}
+pub use lb_common::addr_words;
 
 pub fn vip_key(ip: IpAddr, port: u16, proto: u8) -> VipKey {
     let (addr, family) = addr_words(ip);
@@ -155,28 +135,19 @@ impl Balancer {
 
     /// Loads the backend decapsulator (`lb_decap`).
     pub fn load_decap() -> Result<Self> {
-        Self::load_prog(Sizes::default(), progs::DECAP)
+        Self::load_prog(test_sizes(), progs::DECAP)
     }
 
     /// Loads the trivial XDP_PASS program.
     pub fn load_pass() -> Result<Self> {
-        Self::load_prog(Sizes::default(), progs::PASS)
+        Self::load_prog(test_sizes(), progs::PASS)
     }
 
     fn load_prog(sizes: Sizes, prog: &'static str) -> Result<Self> {
         let path = ebpf_object();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::VIPS, sizes.max_vips)
-            .map_max_entries(maps::VIP_ADDRS, sizes.max_vips)
-            .map_max_entries(maps::BACKENDS, sizes.max_backends)
-            .map_max_entries(maps::BACKEND_STATS, sizes.max_backends)
-            .map_max_entries(maps::NEXTHOPS, sizes.max_backends)
-            .map_max_entries(maps::VIP_STATS, sizes.max_vips)
-            .map_max_entries(
-                maps::RINGS,
-                lb_common::rings_entries(sizes.max_vips, sizes.ring_size),
-            )
-            .map_max_entries(maps::FLOWS, sizes.flows)
+        let mut loader = EbpfLoader::new();
+        lb_common::size_maps(&mut loader, sizes);
+        let mut ebpf = loader
             .load_file(&path)
             .with_context(|| format!("loading {}", path.display()))?;
         let p: &mut Xdp = ebpf

@@ -83,7 +83,7 @@ fn vip(id: u32) -> VipInfo {
 fn setup() -> Option<Balancer> {
     root_env("packet tests")?;
     private_netns().unwrap();
-    let sizes = Sizes::default();
+    let sizes = test_sizes();
     let mut lb = Balancer::load(sizes).unwrap();
     lb.set_config(config(sizes.ring_size)).unwrap();
     for (id, addr, vip_id) in backends() {
@@ -118,7 +118,7 @@ fn hash(f: &Flow) -> u32 {
 
 /// The backend the ring of a VIP with `ids` picks for flow `f`.
 fn pick(f: &Flow, ids: &[u32]) -> u32 {
-    ids[(hash(f) % Sizes::default().ring_size) as usize % ids.len()]
+    ids[(hash(f) % test_sizes().ring_size) as usize % ids.len()]
 }
 
 fn addr_of(id: u32) -> IpAddr {
@@ -242,7 +242,7 @@ fn tcp_v6_vip_to_v6_backend() {
 #[test]
 fn udp_v6_vip_to_v6_backend() {
     let Some(mut lb) = setup() else { return };
-    lb.write_ring(WEB6, 1, &ring(&[10, 11], Sizes::default().ring_size))
+    lb.write_ring(WEB6, 1, &ring(&[10, 11], test_sizes().ring_size))
         .unwrap();
     let key = vip_key(ip("fd00:100::1"), 53, PROTO_UDP);
     lb.add_vip(key, vip(WEB6)).unwrap();
@@ -299,7 +299,7 @@ fn outer_source_varies_per_flow_within_the_configured_prefix() {
 #[test]
 fn established_flow_keeps_backend_after_table_replaced_new_syn_follows_new_table() {
     let Some(mut lb) = setup() else { return };
-    let n = Sizes::default().ring_size;
+    let n = test_sizes().ring_size;
     let f = Flow::tcp("192.0.2.20", 41000, "10.100.0.1", 80);
     let old = pick(&f, &[1, 2, 3]);
     assert_encap(&lb, &f.packet("S", b""), &f, old);
@@ -342,7 +342,7 @@ fn rst_creates_no_flow_entry() {
 #[test]
 fn udp_flow_expires_after_idle_timeout() {
     let Some(mut lb) = setup() else { return };
-    let n = Sizes::default().ring_size;
+    let n = test_sizes().ring_size;
     let mut cfg = config(n);
     cfg.udp_idle_timeout_ns = 200_000_000;
     lb.set_config(cfg).unwrap();
@@ -371,7 +371,7 @@ fn udp_flow_expires_after_idle_timeout() {
 #[test]
 fn flow_to_a_down_backend_is_rescheduled() {
     let Some(mut lb) = setup() else { return };
-    let n = Sizes::default().ring_size;
+    let n = test_sizes().ring_size;
     let f = Flow::tcp("192.0.2.50", 44000, "10.100.0.1", 80);
     let first = pick(&f, &[1, 2, 3]);
     assert_encap(&lb, &f.packet("S", b""), &f, first);
@@ -398,7 +398,7 @@ fn flow_to_a_down_backend_is_rescheduled() {
 #[test]
 fn unhealthy_backend_keeps_its_tcp_flows_and_loses_its_udp_flows() {
     let Some(mut lb) = setup() else { return };
-    let n = Sizes::default().ring_size;
+    let n = test_sizes().ring_size;
     let t = Flow::tcp("192.0.2.52", 44002, "10.100.0.1", 80);
     let u = Flow::udp("192.0.2.52", 44002, "10.100.0.1", 53);
     let (tb, ub) = (pick(&t, &[1, 2, 3]), pick(&u, &[4, 5]));
@@ -451,7 +451,7 @@ fn unhealthy_backend_keeps_its_tcp_flows_and_loses_its_udp_flows() {
 #[test]
 fn flow_whose_slot_now_serves_another_vip_is_rescheduled() {
     let Some(mut lb) = setup() else { return };
-    let n = Sizes::default().ring_size;
+    let n = test_sizes().ring_size;
     let f = Flow::tcp("192.0.2.51", 44001, "10.100.0.1", 80);
     let first = pick(&f, &[1, 2, 3]);
     assert_encap(&lb, &f.packet("S", b""), &f, first);
@@ -847,7 +847,7 @@ fn over_mtu_ipv6_is_answered_with_packet_too_big() {
 #[test]
 fn without_route_or_gateway_mac_the_packet_is_dropped_and_counted() {
     let Some(mut lb) = setup() else { return };
-    let mut cfg = config(Sizes::default().ring_size);
+    let mut cfg = config(test_sizes().ring_size);
     cfg.flags &= !CONFIG_F_GATEWAY_MAC;
     lb.set_config(cfg).unwrap();
     let f = Flow::tcp("192.0.2.1", 3, "10.100.0.1", 80);

@@ -22,6 +22,8 @@ pub const VIP4_MIXED: &str = "10.100.0.2";
 pub const VIP6: &str = "fd00:100::1";
 pub const LB4: &str = "10.10.0.2";
 pub const LB6: &str = "fd10::2";
+pub const LB4_2: &str = "10.10.0.3";
+pub const LB6_2: &str = "fd10::3";
 
 pub struct Host {
     pub name: String,
@@ -46,6 +48,10 @@ pub struct Topology {
     /// when the peer veth runs XDP too (with GRO alone, the peer's NAPI is
     /// woken late and frames wait up to ~200 ms).
     _peer_xdp: Option<aya::Ebpf>,
+    /// The second balancer, when a test adds one.
+    pub lb2: Option<String>,
+    daemon2: Option<Child>,
+    _peer_xdp2: Option<aya::Ebpf>,
 }
 
 pub fn sh(cmd: &str) -> Result<()> {
@@ -115,11 +121,15 @@ impl Topology {
             servers: Vec::new(),
             daemon: None,
             _peer_xdp: None,
+            lb2: None,
+            daemon2: None,
+            _peer_xdp2: None,
         };
         t.cleanup_namespaces();
         // Pins of an earlier run of the same tag that was killed before it
         // could clean up.
         let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(tag));
+        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(format!("{tag}2")));
         t.build()?;
         Ok(t)
     }
@@ -139,39 +149,73 @@ impl Topology {
         h
     }
 
+    /// Makes namespace `ns`, joined to the switch as host `i` of the tag.
+    fn add_host(&self, i: usize, ns: &str, v4: &str, v6: &str) -> Result<()> {
+        let (a, b, sw) = (
+            format!("{}{}a", self.tag, i),
+            format!("{}{}b", self.tag, i),
+            &self.sw,
+        );
+        // No duplicate address detection: a fresh link-local address is
+        // tentative for a second or two, and a backend answering from a
+        // VIP on lo solicits its client's MAC from that link-local, so
+        // the first replies would wait. Real hosts are long up.
+        sh(&format!(
+            "ip netns add {ns} \
+             && ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+             && ip link add {a} type veth peer name {b} \
+             && ip link set {a} netns {ns} && ip -n {ns} link set {a} name eth0 \
+             && ip netns exec {ns} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 \
+             && ip link set {b} netns {sw} && ip -n {sw} link set {b} master br0 && ip -n {sw} link set {b} up \
+             && ip -n {ns} link set lo up && ip -n {ns} link set eth0 up \
+             && ip -n {ns} addr add {v4}/24 dev eth0 && ip -n {ns} addr add {v6}/64 dev eth0 nodad \
+             && ip netns exec {ns} ethtool -K eth0 rx off tx off >/dev/null \
+             && ip netns exec {sw} ethtool -K {b} gro on >/dev/null"
+        ))
+        .with_context(|| format!("setting up namespace {ns}"))
+    }
+
+    /// Makes a balancer host `ns` (forwarding on, XDP on its switch port)
+    /// as host number `i`.
+    fn add_balancer_host(&self, i: usize, ns: &str, v4: &str, v6: &str) -> Result<aya::Ebpf> {
+        if i != 1 {
+            self.add_host(i, ns, v4, v6)?;
+        }
+        let peer = format!("{}{}b", self.tag, i);
+        let pass = in_ns(&self.sw.clone(), move || attach_pass(&peer))
+            .context("attaching lb_pass to the balancer's veth peer")?;
+        sh(&format!(
+            "ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+        ))?;
+        Ok(pass)
+    }
+
+    /// A second balancer, 10.10.0.3 / fd10::3, for scale-out tests: start
+    /// its daemon with `start_second_daemon`, steer the client with `route_via`.
+    pub fn add_second_balancer(&mut self) -> Result<()> {
+        let ns = format!("{}-lb2", self.tag);
+        let n = self.hosts().len();
+        self._peer_xdp2 = Some(self.add_balancer_host(n, &ns, LB4_2, LB6_2)?);
+        self.lb2 = Some(ns);
+        Ok(())
+    }
+
+    /// Sends the client's VIP traffic through the balancer at `v4` / `v6`.
+    pub fn route_via(&self, v4: &str, v6: &str) -> Result<()> {
+        let c = &self.client;
+        sh(&format!(
+            "ip -n {c} route replace 10.100.0.0/24 via {v4} && ip -n {c} route replace fd00:100::/64 via {v6}"
+        ))
+    }
+
     fn build(&mut self) -> Result<()> {
         let sw = &self.sw;
         sh(&format!("ip netns add {sw} && ip -n {sw} link add br0 type bridge && ip -n {sw} link set br0 up && ip -n {sw} link set lo up"))?;
         for (i, (ns, v4, v6)) in self.hosts().into_iter().enumerate() {
-            let a = format!("{}{}a", self.tag, i);
-            let b = format!("{}{}b", self.tag, i);
-            // No duplicate address detection: a fresh link-local address is
-            // tentative for a second or two, and a backend answering from a
-            // VIP on lo solicits its client's MAC from that link-local, so
-            // the first replies would wait. Real hosts are long up.
-            sh(&format!(
-                "ip netns add {ns} \
-                 && ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-                 && ip link add {a} type veth peer name {b} \
-                 && ip link set {a} netns {ns} && ip -n {ns} link set {a} name eth0 \
-                 && ip netns exec {ns} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 \
-                 && ip link set {b} netns {sw} && ip -n {sw} link set {b} master br0 && ip -n {sw} link set {b} up \
-                 && ip -n {ns} link set lo up && ip -n {ns} link set eth0 up \
-                 && ip -n {ns} addr add {v4}/24 dev eth0 && ip -n {ns} addr add {v6}/64 dev eth0 nodad \
-                 && ip netns exec {ns} ethtool -K eth0 rx off tx off >/dev/null \
-                 && ip netns exec {sw} ethtool -K {b} gro on >/dev/null"
-            ))
-            .with_context(|| format!("setting up namespace {ns}"))?;
+            self.add_host(i, &ns, &v4, &v6)?;
         }
-        let peer = format!("{}1b", self.tag);
-        self._peer_xdp = Some(
-            in_ns(&self.sw.clone(), move || attach_pass(&peer))
-                .context("attaching lb_pass to the balancer's veth peer")?,
-        );
-        let lb = &self.lb;
-        sh(&format!(
-            "ip netns exec {lb} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
-        ))?;
+        let lb = self.lb.clone();
+        self._peer_xdp = Some(self.add_balancer_host(1, &lb, LB4, LB6)?);
         let c = &self.client;
         sh(&format!(
             "ip -n {c} route add 10.100.0.0/24 via {LB4} && ip -n {c} route add fd00:100::/64 via {LB6}"
@@ -281,30 +325,37 @@ impl Topology {
 
     /// Starts `lb run` in the balancer's namespace and waits until it answers.
     pub fn start_daemon(&mut self) -> Result<()> {
+        let child = self.spawn_daemon(&self.lb.clone(), &self.pool_path(), &self.log_path())?;
+        self.daemon = Some(child);
+        let (sock, log) = (self.socket(), self.log_path());
+        wait_for_daemon(&sock, &log, self.daemon.as_mut().unwrap(), &self.lb_bin)
+    }
+
+    /// Starts a second daemon, with pool file `yaml` (its own instance and
+    /// socket), on the second balancer.
+    pub fn start_second_daemon(&mut self, yaml: &str, socket: &Path) -> Result<()> {
+        let ns = self.lb2.clone().context("add_second_balancer first")?;
+        let pool = self.dir.join("pool2.yaml");
+        std::fs::write(&pool, yaml)?;
+        let log = self.dir.join("lb2.log");
+        let child = self.spawn_daemon(&ns, &pool, &log)?;
+        self.daemon2 = Some(child);
+        wait_for_daemon(socket, &log, self.daemon2.as_mut().unwrap(), &self.lb_bin)
+    }
+
+    fn spawn_daemon(&self, ns: &str, pool: &Path, log: &Path) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path())?;
-        let child = child("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.lb))
+            .open(log)?;
+        Ok(child("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
             .arg(&self.lb_bin)
             .args(["run", "--config"])
-            .arg(self.pool_path())
+            .arg(pool)
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()?;
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.status_json().is_ok() {
-                return Ok(());
-            }
-            if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
-                bail!("lb run exited ({st}):\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("lb run did not answer within 15 s:\n{}", self.log())
+            .spawn()?)
     }
 
     /// SIGKILLs the daemon.
@@ -346,7 +397,12 @@ impl Topology {
     }
 
     fn cleanup_namespaces(&self) {
-        let mut all = vec![self.sw.clone(), self.client.clone(), self.lb.clone()];
+        let mut all = vec![
+            self.sw.clone(),
+            self.client.clone(),
+            self.lb.clone(),
+            format!("{}-lb2", self.tag),
+        ];
         all.extend(self.backends.iter().map(|b| b.ns.clone()));
         for ns in all {
             let _ = Command::new("ip")
@@ -374,6 +430,15 @@ impl Drop for Topology {
         self.kill_daemon();
         // A daemon killed earlier leaves pins: remove them (detaches XDP).
         stop();
+        if let Some(mut d) = self.daemon2.take() {
+            let _ = Command::new(&self.lb_bin)
+                .args(["stop", "--instance", &format!("{}2", self.tag)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = d.kill();
+            let _ = d.wait();
+        }
         for (_, c) in self.servers.iter_mut() {
             let _ = c.kill();
             let _ = c.wait();
@@ -404,6 +469,28 @@ fn attach_pass(iface: &str) -> Result<aya::Ebpf> {
     p.load()?;
     p.attach(iface, aya::programs::XdpMode::Driver)?;
     Ok(ebpf)
+}
+
+/// Waits until the daemon answers on `socket`.
+fn wait_for_daemon(socket: &Path, log: &Path, daemon: &mut Child, lb: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    while Instant::now() < deadline {
+        let answered = Command::new(lb)
+            .args(["status", "--json", "--socket"])
+            .arg(socket)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if answered {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = daemon.try_wait() {
+            bail!("lb run exited ({st}):\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("lb run did not answer within 15 s:\n{}", read_log())
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.

@@ -337,3 +337,64 @@ fn all_backends_down_drops_fast_and_status_shows_it() {
         "{st}"
     );
 }
+
+#[test]
+fn two_balancers_sharing_pool_and_secret_send_a_flow_to_the_same_backend() {
+    // Scale-out behind ECMP: whichever node a flow reaches, it must reach the
+    // same backend. The second node has never seen these flows.
+    let Some(mut t) = topo("e2ec", &[1, 1, 2]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    t.add_second_balancer().unwrap();
+    let hosts: Vec<_> = t
+        .backends
+        .iter()
+        .zip([1, 1, 2])
+        .map(|(h, w)| (h, w, "active"))
+        .collect();
+    let tag2 = format!("{}2", t.tag);
+    let yaml2 = pool_yaml(&tag2, &t.dir, &hosts);
+    let sock2 = std::path::PathBuf::from(format!("/run/lb/{tag2}.sock"));
+    t.start_second_daemon(&yaml2, &sock2).unwrap();
+
+    let ask = |t: &Topology| {
+        let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
+        in_ns(&t.client, move || {
+            (0..400u16)
+                .map(|i| udp_query(dns, 41000 + i, T).unwrap_or_else(|e| format!("error: {e}")))
+                .collect::<Vec<String>>()
+        })
+    };
+    let via1 = ask(&t);
+    t.route_via(LB4_2, LB6_2).unwrap();
+    let via2 = ask(&t);
+    assert!(via1.iter().all(|b| b.starts_with('b')), "{via1:?}");
+    let spread: std::collections::BTreeSet<&String> = via1.iter().collect();
+    assert_eq!(spread.len(), 3, "all backends take flows: {spread:?}");
+    let differ: Vec<(usize, &String, &String)> = via1
+        .iter()
+        .zip(&via2)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (i, a, b))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "flows that changed backend with the node: {differ:?}"
+    );
+    // And the second node really carried them.
+    let st2: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new(&t.lb_bin)
+            .args(["status", "--json", "--socket"])
+            .arg(&sock2)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        vip(&st2, "dns")["new_flows"].as_u64().unwrap() >= 400,
+        "{st2}"
+    );
+}

@@ -15,9 +15,10 @@ use crate::{
     IPV6_LEN, OUTER_TTL, VLAN_LEN,
 };
 
-/// Bytes of the offending packet quoted in the error: its IP header and
-/// more than the 8 bytes of transport header RFC 792 asks for.
-pub const QUOTE: usize = 64;
+/// Bytes of the offending packet quoted in the error: an IPv4 header with
+/// the most options (60 bytes) and the 8 bytes of transport header RFC 792
+/// asks for, so the client can always match the error to its socket.
+pub const QUOTE: usize = 68;
 const ICMP_LEN: usize = 8;
 /// IPv6 links carry at least this (RFC 8200); a smaller value is not sent.
 const IPV6_MIN_MTU: u32 = 1280;

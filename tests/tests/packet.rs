@@ -759,9 +759,9 @@ fn over_mtu_after_encapsulation_is_answered_with_icmp_frag_needed() {
     assert_ne!(frame[20] & 0x40, 0, "DF set");
     let out = lb.run(&frame).unwrap();
     assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
-    let quote = &frame[14..14 + 64];
+    let quote = &frame[14..14 + 68];
     let mut ip = Ipv4Header {
-        total_len: 20 + 8 + 64,
+        total_len: 20 + 8 + 68,
         dont_fragment: false,
         time_to_live: 64,
         protocol: etherparse::IpNumber::ICMP,
@@ -815,12 +815,12 @@ fn over_mtu_ipv6_is_answered_with_packet_too_big() {
     let frame = f.packet("A", &vec![7u8; 1480 - 60]);
     let out = lb.run(&frame).unwrap();
     assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
-    let quote = &frame[14..14 + 64];
+    let quote = &frame[14..14 + 68];
     let (vip, client) = (ip6("fd00:100::1"), ip6("2001:db8::1"));
     let ip = etherparse::Ipv6Header {
         traffic_class: 0,
         flow_label: Default::default(),
-        payload_length: 8 + 64,
+        payload_length: 8 + 68,
         next_header: etherparse::IpNumber::IPV6_ICMP,
         hop_limit: 64,
         source: vip,

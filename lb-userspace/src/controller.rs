@@ -400,9 +400,13 @@ impl<D: DataPlane> Controller<D> {
                     },
                 );
             }
-            self.sync_backends(key, conf)?;
+            let going_down = self.sync_backends(key, conf)?;
             if self.rebuild(key)? {
                 report.tables_written.push(conf.name.clone());
+            }
+            // Disabled: out of the table first, then flows are moved.
+            for addr in going_down {
+                self.write_backend(key, addr)?;
             }
         }
         self.sync_vip_addrs()?;
@@ -410,7 +414,10 @@ impl<D: DataPlane> Controller<D> {
     }
 
     /// Reconciles one VIP's backends with its configuration.
-    fn sync_backends(&mut self, key: &VipKey, conf: &Vip) -> Result<(), ControlError> {
+    /// Returns the backends newly marked DOWN, whose flags the caller writes
+    /// once the table without them is live.
+    fn sync_backends(&mut self, key: &VipKey, conf: &Vip) -> Result<Vec<IpAddr>, ControlError> {
+        let mut going_down = Vec::new();
         let vip_id = self.vips[key].id;
         let wanted: BTreeMap<IpAddr, _> = conf.backends.iter().map(|b| (b.address, b)).collect();
         let existing: Vec<IpAddr> = self.vips[key].backends.keys().copied().collect();
@@ -480,13 +487,18 @@ impl<D: DataPlane> Controller<D> {
                 }
                 // State, or health when the check was removed, may move the slot
                 // in or out of DOWN.
-                if kernel_flags(e) != flags_before {
-                    self.write_backend(key, addr)?;
+                let flags = kernel_flags(e);
+                if flags != flags_before {
+                    if flags & !flags_before & BACKEND_F_DOWN != 0 {
+                        going_down.push(addr);
+                    } else {
+                        self.write_backend(key, addr)?;
+                    }
                 }
             }
         }
         self.vips.get_mut(key).unwrap().conf = conf.clone();
-        Ok(())
+        Ok(going_down)
     }
 
     fn write_backend(&mut self, key: &VipKey, addr: IpAddr) -> Result<(), ControlError> {
@@ -1165,7 +1177,19 @@ mod tests {
             "address: 10.0.1.2, weight: 200",
             "address: 10.0.1.3",
         ])]);
+        c.dp.take_log();
         c.apply(&p2).unwrap();
+        // The table without it is live before its flows are moved.
+        let log = c.dp.take_log();
+        let flip = log
+            .iter()
+            .position(|o| matches!(o, Op::SetVip(..)))
+            .unwrap();
+        let flag = log
+            .iter()
+            .position(|o| matches!(o, Op::SetBackend(i, _) if *i == id))
+            .unwrap();
+        assert!(flip < flag, "{log:?}");
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_DOWN);
         assert_eq!(
             c.dp.active_table(&k),

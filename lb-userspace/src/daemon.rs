@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 
 /// How often the pool file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// When a valid pool file could not be applied, how long until the next try.
+const RELOAD_RETRY: Duration = Duration::from_secs(5);
 
 /// Reads the hash secret, or creates it (16 random bytes, hex, mode 0600).
 pub fn load_or_create_secret(path: &Path) -> Result<[u64; 2]> {
@@ -128,6 +130,8 @@ pub struct Daemon {
     health_tx: mpsc::Sender<HealthEvent<BackendRef>>,
     started: Instant,
     last_text: String,
+    /// Set when applying a valid file failed: try again at this time.
+    retry_at: Option<Instant>,
     rates: Rates,
     /// Active flows per backend id, counted by a background task, and when.
     flows: FlowCounts,
@@ -220,6 +224,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         health_tx,
         started: Instant::now(),
         last_text: text,
+        retry_at: None,
         flows: Default::default(),
         rates: Rates {
             at: Instant::now(),
@@ -438,9 +443,11 @@ impl Daemon {
                 return;
             }
         };
-        if !force && text == self.last_text {
+        let retry_due = self.retry_at.is_some_and(|t| Instant::now() >= t);
+        if !force && text == self.last_text && !retry_due {
             return;
         }
+        self.retry_at = None;
         // A file that fails validation is reported once, until it changes; a
         // valid one whose application fails is retried on the next check.
         self.last_text = text.clone();
@@ -475,8 +482,11 @@ impl Daemon {
                 r.tables_written
             ),
             Err(e) => {
-                log::error!("reload failed part-way (retrying at the next check): {e}");
-                self.last_text.clear();
+                log::error!(
+                    "reload failed part-way (retrying in {}s): {e}",
+                    RELOAD_RETRY.as_secs()
+                );
+                self.retry_at = Some(Instant::now() + RELOAD_RETRY);
                 // Backends already added must be probed all the same.
                 self.sync_probers();
                 return;

@@ -232,6 +232,29 @@ pub struct BackendStats {
     pub _pad: u64,
 }
 
+/// Per-CPU copies of a statistics record add up to the total.
+impl<'a> core::iter::Sum<&'a VipStats> for VipStats {
+    fn sum<I: Iterator<Item = &'a VipStats>>(it: I) -> Self {
+        it.fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            drops: a.drops + s.drops,
+        })
+    }
+}
+
+impl<'a> core::iter::Sum<&'a BackendStats> for BackendStats {
+    fn sum<I: Iterator<Item = &'a BackendStats>>(it: I) -> Self {
+        it.fold(BackendStats::default(), |a, s| BackendStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            _pad: 0,
+        })
+    }
+}
+
 /// Indices of the balancer's `COUNTERS` map.
 pub mod counter {
     pub const FLOW_HIT: u32 = 0;

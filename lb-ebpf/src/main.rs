@@ -114,10 +114,22 @@ const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 const XDP_PASS: u32 = xdp_action::XDP_PASS;
 const XDP_DROP: u32 = xdp_action::XDP_DROP;
 const XDP_TX: u32 = xdp_action::XDP_TX;
-/// What `forward` returns when it answered the client itself (ICMP too
-/// big) instead of forwarding: XDP_TX to the kernel, but not a packet of
-/// the flow for the statistics.
-const ANSWERED: u32 = 0x100 | XDP_TX;
+/// What `forward` did with a packet.
+enum Sent {
+    /// On its way to the backend, with this XDP action.
+    Forwarded(u32),
+    /// Not forwarded: the client was answered (ICMP too big) with XDP_TX.
+    /// Not a packet of the flow for the statistics.
+    Answered,
+    /// Dropped, and counted by reason.
+    Dropped,
+}
+
+#[inline(always)]
+fn dropped(reason: u32) -> Sent {
+    count(reason);
+    Sent::Dropped
+}
 
 // ------------------------------------------------------------- helpers --
 
@@ -492,16 +504,16 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         }
     };
 
-    let action = forward(ctx, pkt, cfg, backend_id, backend, hash, now);
-    if action == ANSWERED {
-        return XDP_TX;
-    }
-    if action == XDP_DROP {
-        if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
-            unsafe { (*s).drops += 1 };
+    let action = match forward(ctx, pkt, cfg, backend_id, backend, hash, now) {
+        Sent::Forwarded(action) => action,
+        Sent::Answered => return XDP_TX,
+        Sent::Dropped => {
+            if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+                unsafe { (*s).drops += 1 };
+            }
+            return XDP_DROP;
         }
-        return action;
-    }
+    };
     let bytes = pkt.ip_len as u64;
     if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
         let s = unsafe { &mut *s };
@@ -640,9 +652,9 @@ fn steer_icmp(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     match forward(ctx, pkt, cfg, fv.backend, backend, fv.hash, now) {
-        ANSWERED => XDP_TX,
-        XDP_DROP => XDP_DROP,
-        action => verdict(counter::ICMP_STEERED, action),
+        Sent::Forwarded(action) => verdict(counter::ICMP_STEERED, action),
+        Sent::Answered => XDP_TX,
+        Sent::Dropped => XDP_DROP,
     }
 }
 
@@ -711,11 +723,11 @@ fn forward(
     backend: &Backend,
     hash: u32,
     now: u64,
-) -> u32 {
+) -> Sent {
     let outer_v6 = backend.family == AF_INET6;
     if pkt.family == AF_INET6 && !outer_v6 {
         // 6in4 is not offered; the pool file validation rejects it.
-        return verdict(counter::DROP_NO_SOURCE, XDP_DROP);
+        return dropped(counter::DROP_NO_SOURCE);
     }
     let need = if outer_v6 {
         CONFIG_F_SRC_V6
@@ -723,39 +735,48 @@ fn forward(
         CONFIG_F_SRC_V4
     };
     if cfg.flags & need == 0 {
-        return verdict(counter::DROP_NO_SOURCE, XDP_DROP);
+        return dropped(counter::DROP_NO_SOURCE);
     }
     let hdr_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
     let outer_len = pkt.ip_len + hdr_len;
 
     // Outer source: the configured address with its host bits from the flow
     // hash, so that backends' receive-side scaling spreads the flows.
-    let src_v4 = (cfg.src_v4 & !cfg.src_v4_mask) | (hash & cfg.src_v4_mask);
-    let mut src_v6 = cfg.src_v6;
-    src_v6[3] = (cfg.src_v6[3] & !cfg.src_v6_mask) | (hash & cfg.src_v6_mask);
+    let src: [u32; 4] = if outer_v6 {
+        let mut a = cfg.src_v6;
+        a[3] = (a[3] & !cfg.src_v6_mask) | (hash & cfg.src_v6_mask);
+        a
+    } else {
+        [
+            (cfg.src_v4 & !cfg.src_v4_mask) | (hash & cfg.src_v4_mask),
+            0,
+            0,
+            0,
+        ]
+    };
 
     // Route: next-hop MACs and egress interface from the kernel's FIB,
     // through the per-CPU cache.
     let ingress = ctx.ingress_ifindex() as u32;
     let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
-        return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
+        return dropped(counter::DROP_NO_ROUTE);
     };
     let nh = unsafe { &mut *nh };
     if nh.expires_ns <= now || nh.ingress != ingress || nh.addr != backend.addr {
         count(counter::FIB_LOOKUP);
         let Some(f) = FIB_SCRATCH.get_ptr_mut(0) else {
-            return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
+            return dropped(counter::DROP_NO_ROUTE);
         };
         let fib: &mut bpf_fib_lookup =
             zeroed(unsafe { &mut *(f as *mut MaybeUninit<bpf_fib_lookup>) });
         fib.ifindex = ingress;
         if outer_v6 {
             fib.family = AF_INET6;
-            fib.__bindgen_anon_3.ipv6_src = src_v6;
+            fib.__bindgen_anon_3.ipv6_src = src;
             fib.__bindgen_anon_4.ipv6_dst = backend.addr;
         } else {
             fib.family = AF_INET;
-            fib.__bindgen_anon_3.ipv4_src = src_v4;
+            fib.__bindgen_anon_3.ipv4_src = src[0];
             fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
         }
         // tot_len 0: no MTU verdict from the FIB; on success it reports the
@@ -784,7 +805,7 @@ fn forward(
             nh.mtu = cfg.mtu;
         } else {
             nh.expires_ns = 0;
-            return verdict(counter::DROP_NO_ROUTE, XDP_DROP);
+            return dropped(counter::DROP_NO_ROUTE);
         }
         nh.addr = backend.addr;
         nh.ingress = ingress;
@@ -794,15 +815,17 @@ fn forward(
         // Tell the client the largest packet that fits once encapsulated;
         // an IPv4 packet that may be fragmented cannot be (not in XDP).
         if pkt.family == AF_INET6 || pkt.df {
-            let action = too_big::reply(ctx, pkt, nh.mtu - hdr_len as u32);
-            return if action == XDP_TX { ANSWERED } else { action };
+            return match too_big::reply(ctx, pkt, nh.mtu - hdr_len as u32) {
+                XDP_TX => Sent::Answered,
+                _ => Sent::Dropped,
+            };
         }
-        return verdict(counter::DROP_TOO_BIG, XDP_DROP);
+        return dropped(counter::DROP_TOO_BIG);
     }
     let (dmac, smac, egress) = (nh.dmac, nh.smac, nh.egress);
 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx as *mut _, -(hdr_len as i32)) } != 0 {
-        return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
+        return dropped(counter::DROP_ADJUST_HEAD);
     }
     // Every packet pointer is new after adjust_head.
     let l2_len = pkt.l2_len;
@@ -814,7 +837,7 @@ fn forward(
     let ethertype = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP };
     if l2_len == ETH_LEN + VLAN_LEN {
         let Some(eth) = ptr_at::<[u8; ETH_LEN + VLAN_LEN]>(ctx, 0) else {
-            return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
+            return dropped(counter::DROP_ADJUST_HEAD);
         };
         let eth = eth as usize;
         unsafe {
@@ -825,7 +848,7 @@ fn forward(
         }
     } else {
         let Some(eth) = ptr_at::<[u8; ETH_LEN]>(ctx, 0) else {
-            return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
+            return dropped(counter::DROP_ADJUST_HEAD);
         };
         let eth = eth as usize;
         unsafe {
@@ -837,7 +860,7 @@ fn forward(
 
     if outer_v6 {
         let Some(ip) = ptr_at::<[u8; IPV6_LEN]>(ctx, l2_len) else {
-            return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
+            return dropped(counter::DROP_ADJUST_HEAD);
         };
         let ip = ip as usize;
         let first: u32 = (6 << 28) | ((pkt.tos as u32) << 20) | (hash & 0x000f_ffff);
@@ -846,10 +869,10 @@ fn forward(
             wr16(ip + 4, (pkt.ip_len as u16).to_be());
             *((ip + 6) as *mut u8) = outer_proto;
             *((ip + 7) as *mut u8) = OUTER_TTL;
-            wr32(ip + 8, src_v6[0]);
-            wr32(ip + 12, src_v6[1]);
-            wr32(ip + 16, src_v6[2]);
-            wr32(ip + 20, src_v6[3]);
+            wr32(ip + 8, src[0]);
+            wr32(ip + 12, src[1]);
+            wr32(ip + 16, src[2]);
+            wr32(ip + 20, src[3]);
             wr32(ip + 24, backend.addr[0]);
             wr32(ip + 28, backend.addr[1]);
             wr32(ip + 32, backend.addr[2]);
@@ -857,7 +880,7 @@ fn forward(
         }
     } else {
         let Some(ip) = ptr_at::<[u8; IPV4_LEN]>(ctx, l2_len) else {
-            return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
+            return dropped(counter::DROP_ADJUST_HEAD);
         };
         let ip = ip as usize;
         unsafe {
@@ -878,17 +901,17 @@ fn forward(
             *((ip + 8) as *mut u8) = OUTER_TTL;
             *((ip + 9) as *mut u8) = outer_proto;
             wr16(ip + 10, 0);
-            wr32(ip + 12, src_v4);
+            wr32(ip + 12, src[0]);
             wr32(ip + 16, backend.addr[0]);
             wr16(ip + 10, csum::ipv4_header(ip));
         }
     }
 
     if egress == ingress {
-        verdict(counter::TX, XDP_TX)
+        Sent::Forwarded(verdict(counter::TX, XDP_TX))
     } else {
         count(counter::REDIRECT);
-        unsafe { bpf_redirect(egress, 0) as u32 }
+        Sent::Forwarded(unsafe { bpf_redirect(egress, 0) as u32 })
     }
 }
 

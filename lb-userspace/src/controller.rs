@@ -948,6 +948,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// In `log`, the VIP flips to its new table before slot `id` is written.
+    fn assert_flip_before_flag(log: &[Op], id: u32) {
+        let flip = log.iter().position(|o| matches!(o, Op::SetVip(..)));
+        let flag = log
+            .iter()
+            .position(|o| matches!(o, Op::SetBackend(i, _) if *i == id));
+        assert!(
+            matches!((flip, flag), (Some(a), Some(b)) if a < b),
+            "{log:?}"
+        );
+    }
+
     fn controller(dp: FakeDataPlane) -> Controller<FakeDataPlane> {
         let (v, b) = (dp.max_vips, dp.max_backends);
         Controller::adopt(dp, RING, v, b).expect("adopt")
@@ -1180,16 +1192,7 @@ mod tests {
         c.dp.take_log();
         c.apply(&p2).unwrap();
         // The table without it is live before its flows are moved.
-        let log = c.dp.take_log();
-        let flip = log
-            .iter()
-            .position(|o| matches!(o, Op::SetVip(..)))
-            .unwrap();
-        let flag = log
-            .iter()
-            .position(|o| matches!(o, Op::SetBackend(i, _) if *i == id))
-            .unwrap();
-        assert!(flip < flag, "{log:?}");
+        assert_flip_before_flag(&c.dp.take_log(), id);
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_DOWN);
         assert_eq!(
             c.dp.active_table(&k),
@@ -1329,16 +1332,7 @@ mod tests {
         c.dp.take_log();
         assert!(c.probe_result(&b, &outcome(false), Health::Down).unwrap());
         // The table without it is live before its flag changes.
-        let log = c.dp.take_log();
-        let flip = log
-            .iter()
-            .position(|o| matches!(o, Op::SetVip(..)))
-            .unwrap();
-        let flag = log
-            .iter()
-            .position(|o| matches!(o, Op::SetBackend(i, _) if *i == id))
-            .unwrap();
-        assert!(flip < flag, "{log:?}");
+        assert_flip_before_flag(&c.dp.take_log(), id);
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY);
         assert_eq!(
             c.dp.active_table(&k),

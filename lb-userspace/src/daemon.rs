@@ -114,12 +114,30 @@ enum Control {
     Stop(tokio::sync::oneshot::Sender<String>),
 }
 
+/// New flows per second of a set of counters (VIPs, or backends), by id.
+#[derive(Default)]
+struct Rate {
+    last: HashMap<u32, u64>,
+    per_s: HashMap<u32, f64>,
+}
+
+impl Rate {
+    /// Records counter `id` at `value`, `dt` seconds after the last sample.
+    fn sample(&mut self, id: u32, value: u64, dt: f64) {
+        let prev = self.last.insert(id, value).unwrap_or(value);
+        self.per_s
+            .insert(id, value.saturating_sub(prev) as f64 / dt);
+    }
+
+    fn get(&self, id: u32) -> f64 {
+        *self.per_s.get(&id).unwrap_or(&0.0)
+    }
+}
+
 struct Rates {
     at: Instant,
-    vip: HashMap<u32, u64>,
-    backend: HashMap<u32, u64>,
-    vip_rate: HashMap<u32, f64>,
-    backend_rate: HashMap<u32, f64>,
+    vip: Rate,
+    backend: Rate,
 }
 
 pub struct Daemon {
@@ -228,10 +246,8 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         flows: Default::default(),
         rates: Rates {
             at: Instant::now(),
-            vip: HashMap::new(),
-            backend: HashMap::new(),
-            vip_rate: HashMap::new(),
-            backend_rate: HashMap::new(),
+            vip: Rate::default(),
+            backend: Rate::default(),
         },
     };
     d.sync_probers();
@@ -539,25 +555,11 @@ impl Daemon {
         self.rates.at = Instant::now();
         for v in self.ctl.vips.values() {
             if let Ok(s) = self.ctl.dp.vip_stats(v.id) {
-                let prev = self
-                    .rates
-                    .vip
-                    .insert(v.id, s.new_flows)
-                    .unwrap_or(s.new_flows);
-                self.rates
-                    .vip_rate
-                    .insert(v.id, s.new_flows.saturating_sub(prev) as f64 / dt);
+                self.rates.vip.sample(v.id, s.new_flows, dt);
             }
             for b in v.backends.values() {
                 if let Ok(s) = self.ctl.dp.backend_stats(b.id) {
-                    let prev = self
-                        .rates
-                        .backend
-                        .insert(b.id, s.new_flows)
-                        .unwrap_or(s.new_flows);
-                    self.rates
-                        .backend_rate
-                        .insert(b.id, s.new_flows.saturating_sub(prev) as f64 / dt);
+                    self.rates.backend.sample(b.id, s.new_flows, dt);
                 }
             }
         }
@@ -592,7 +594,7 @@ impl Daemon {
                     packets: s.packets,
                     bytes: s.bytes,
                     new_flows: s.new_flows,
-                    new_flows_per_s: *self.rates.vip_rate.get(&v.id).unwrap_or(&0.0),
+                    new_flows_per_s: self.rates.vip.get(v.id),
                     drops: s.drops,
                     backends: v
                         .backends
@@ -620,11 +622,7 @@ impl Daemon {
                                 packets: bs.packets,
                                 bytes: bs.bytes,
                                 new_flows: bs.new_flows,
-                                new_flows_per_s: *self
-                                    .rates
-                                    .backend_rate
-                                    .get(&b.id)
-                                    .unwrap_or(&0.0),
+                                new_flows_per_s: self.rates.backend.get(b.id),
                             }
                         })
                         .collect(),

@@ -526,13 +526,7 @@ impl DataPlane for BpfDataPlane {
         let a: PerCpuArray<&MapData, VipStats> =
             PerCpuArray::try_from(self.map(maps::VIP_STATS)).map_err(map_err(maps::VIP_STATS))?;
         let v = a.get(&vip_id, 0).map_err(map_err(maps::VIP_STATS))?;
-        Ok(v.iter().fold(VipStats::default(), |mut acc, s| {
-            acc.packets += s.packets;
-            acc.bytes += s.bytes;
-            acc.new_flows += s.new_flows;
-            acc.drops += s.drops;
-            acc
-        }))
+        Ok(v.iter().sum())
     }
 
     fn backend_stats(&self, id: u32) -> Result<BackendStats> {
@@ -540,12 +534,7 @@ impl DataPlane for BpfDataPlane {
             PerCpuArray::try_from(self.map(maps::BACKEND_STATS))
                 .map_err(map_err(maps::BACKEND_STATS))?;
         let v = a.get(&id, 0).map_err(map_err(maps::BACKEND_STATS))?;
-        Ok(v.iter().fold(BackendStats::default(), |mut acc, s| {
-            acc.packets += s.packets;
-            acc.bytes += s.bytes;
-            acc.new_flows += s.new_flows;
-            acc
-        }))
+        Ok(v.iter().sum())
     }
 
     fn counters(&self) -> Result<Vec<u64>> {

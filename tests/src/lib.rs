@@ -270,30 +270,13 @@ impl Balancer {
     pub fn vip_stats(&self, vip_id: u32) -> VipStats {
         let a: PerCpuArray<&MapData, VipStats> =
             PerCpuArray::try_from(self.map(maps::VIP_STATS)).unwrap();
-        a.get(&vip_id, 0)
-            .unwrap()
-            .iter()
-            .fold(VipStats::default(), |mut acc, s| {
-                acc.packets += s.packets;
-                acc.bytes += s.bytes;
-                acc.new_flows += s.new_flows;
-                acc.drops += s.drops;
-                acc
-            })
+        a.get(&vip_id, 0).unwrap().iter().sum()
     }
 
     pub fn backend_stats(&self, id: u32) -> BackendStats {
         let a: PerCpuArray<&MapData, BackendStats> =
             PerCpuArray::try_from(self.map(maps::BACKEND_STATS)).unwrap();
-        a.get(&id, 0)
-            .unwrap()
-            .iter()
-            .fold(BackendStats::default(), |mut acc, s| {
-                acc.packets += s.packets;
-                acc.bytes += s.bytes;
-                acc.new_flows += s.new_flows;
-                acc
-            })
+        a.get(&id, 0).unwrap().iter().sum()
     }
 
     pub fn add_decap_vip(&mut self, ip: IpAddr) -> Result<()> {

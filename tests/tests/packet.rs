@@ -72,6 +72,21 @@ fn ring(ids: &[u32], size: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Replaces the table of VIP `vip_id` (at `key`) with one over `ids` as the
+/// daemon does: writes the idle buffer, then flips the VIP to it.
+fn replace_table(lb: &mut Balancer, key: lb_common::VipKey, vip_id: u32, ids: &[u32]) {
+    lb.write_ring(vip_id, 1, &ring(ids, test_sizes().ring_size))
+        .unwrap();
+    lb.add_vip(
+        key,
+        VipInfo {
+            active_ring: 1,
+            ..vip(vip_id)
+        },
+    )
+    .unwrap();
+}
+
 fn vip(id: u32) -> VipInfo {
     VipInfo {
         vip_id: id,
@@ -299,23 +314,14 @@ fn outer_source_varies_per_flow_within_the_configured_prefix() {
 #[test]
 fn established_flow_keeps_backend_after_table_replaced_new_syn_follows_new_table() {
     let Some(mut lb) = setup() else { return };
-    let n = test_sizes().ring_size;
     let f = Flow::tcp("192.0.2.20", 41000, "10.100.0.1", 80);
     let old = pick(&f, &[1, 2, 3]);
     assert_encap(&lb, &f.packet("S", b""), &f, old);
     // Replace the table: only some other backend remains. Write the idle
     // buffer, then flip, as the daemon does.
     let other = if old == 1 { 2 } else { 1 };
-    lb.write_ring(WEB, 1, &ring(&[other], n)).unwrap();
     let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
-    lb.add_vip(
-        key,
-        VipInfo {
-            active_ring: 1,
-            ..vip(WEB)
-        },
-    )
-    .unwrap();
+    replace_table(&mut lb, key, WEB, &[other]);
     assert_eq!(lb.vip_info(&key).unwrap().active_ring, 1);
     // The established connection stays.
     assert_encap(&lb, &f.packet("A", b"more"), &f, old);
@@ -350,15 +356,12 @@ fn udp_flow_expires_after_idle_timeout() {
     let first = pick(&f, &[4, 5]);
     assert_encap(&lb, &f.packet("", b"a"), &f, first);
     let other = if first == 4 { 5 } else { 4 };
-    lb.write_ring(DNS, 1, &ring(&[other], n)).unwrap();
-    lb.add_vip(
+    replace_table(
+        &mut lb,
         vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
-        VipInfo {
-            active_ring: 1,
-            ..vip(DNS)
-        },
-    )
-    .unwrap();
+        DNS,
+        &[other],
+    );
     // Within the timeout: the flow entry holds.
     assert_encap(&lb, &f.packet("", b"b"), &f, first);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -381,15 +384,12 @@ fn flow_to_a_down_backend_is_rescheduled() {
         backend(addr_of(first), BACKEND_F_DOWN, vip_of(first)),
     )
     .unwrap();
-    lb.write_ring(WEB, 1, &ring(&rest, n)).unwrap();
-    lb.add_vip(
+    replace_table(
+        &mut lb,
         vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
-        VipInfo {
-            active_ring: 1,
-            ..vip(WEB)
-        },
-    )
-    .unwrap();
+        WEB,
+        &rest,
+    );
     let want = rest[(hash(&f) % n) as usize % rest.len()];
     assert_encap(&lb, &f.packet("A", b""), &f, want);
     assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
@@ -425,15 +425,7 @@ fn unhealthy_backend_keeps_its_tcp_flows_and_loses_its_udp_flows() {
         )
         .unwrap();
         let rest: Vec<u32> = ids.iter().copied().filter(|i| *i != id).collect();
-        lb.write_ring(vip_id, 1, &ring(&rest, n)).unwrap();
-        lb.add_vip(
-            key,
-            VipInfo {
-                active_ring: 1,
-                ..vip(vip_id)
-            },
-        )
-        .unwrap();
+        replace_table(&mut lb, key, vip_id, &rest);
     }
     // The TCP connection stays where it is.
     assert_encap(&lb, &t.packet("A", b"more"), &t, tb);
@@ -459,15 +451,12 @@ fn flow_whose_slot_now_serves_another_vip_is_rescheduled() {
     lb.set_backend(first, backend(ip("10.0.9.9"), 0, DNS))
         .unwrap();
     let rest: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
-    lb.write_ring(WEB, 1, &ring(&rest, n)).unwrap();
-    lb.add_vip(
+    replace_table(
+        &mut lb,
         vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
-        VipInfo {
-            active_ring: 1,
-            ..vip(WEB)
-        },
-    )
-    .unwrap();
+        WEB,
+        &rest,
+    );
     let want = rest[(hash(&f) % n) as usize % rest.len()];
     assert_encap(&lb, &f.packet("A", b""), &f, want);
     assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);

@@ -161,9 +161,7 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// What the flow table remembers of a connection. Room is kept for what a
-/// NAT entry needs (translated address and port) so later forwarding modes
-/// do not change the map layout.
+/// What the flow table remembers of a connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -171,13 +169,12 @@ pub struct FlowValue {
     pub vip_id: u32,
     /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
-    pub nat_addr: [u32; 4],
-    pub nat_port: u16,
-    pub flags: u16,
     /// The flow hash, kept so a packet of a known flow need not compute it again.
     pub hash: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
+/// Small on purpose: an insert copies it into a cold table entry.
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
 /// Global settings, entry 0 of `CONFIG`.
 #[repr(C)]

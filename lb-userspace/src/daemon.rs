@@ -222,7 +222,6 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
     }
     ctl.dp.detach_others(&pool.interfaces)?;
     warn_vip_routes(&pool);
-    log_flow_capacity(pool.tables.flow_table_size);
 
     if let Some(dir) = pool.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -327,38 +326,6 @@ fn warn_vip_routes(pool: &Pool) {
                 if v.address.is_ipv4() { 32 } else { 128 }
             );
         }
-    }
-}
-
-/// CPUs in a kernel CPU list such as "0-3,8".
-fn cpu_count(list: &str) -> usize {
-    list.trim()
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
-            None => 1,
-        })
-        .sum()
-}
-
-/// The flow table's LRU lists are per CPU: each possible CPU holds an equal
-/// share. Say what that share is, and warn when CPUs that cannot receive
-/// packets (possible but offline) take part of it.
-fn log_flow_capacity(flows: u32) {
-    let read = |f: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/{f}")).ok();
-    let (Some(possible), Some(online)) = (read("possible"), read("online")) else {
-        return;
-    };
-    let (p, o) = (cpu_count(&possible).max(1), cpu_count(&online).max(1));
-    let share = flows as usize / p;
-    if p > o {
-        log::warn!(
-            "the flow table holds {flows} flows as {p} per-CPU shares of {share}, but only {o} CPUs are online: {} flows are usable; raise `tables.flow_table_size` if that is too few",
-            share * o
-        );
-    } else {
-        log::info!("flow table: {flows} flows, {share} per CPU");
     }
 }
 
@@ -643,13 +610,6 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_are_counted() {
-        assert_eq!(cpu_count("0-3\n"), 4);
-        assert_eq!(cpu_count("0-1,4,6-7"), 5);
-        assert_eq!(cpu_count("0"), 1);
-    }
 
     #[test]
     fn the_hash_secret_is_created_once_then_read_back() {

@@ -361,13 +361,20 @@ pub fn words_addr(words: [u32; 4], family: u8) -> core::net::IpAddr {
     }
 }
 
-/// `RINGS` elements per Maglev buffer. Each 64-bit element holds two slots
-/// (the even slot in the low half): the kernel lays array elements out at
-/// 8-byte stride, so a `u32` per element would double the table's cache
-/// footprint.
+/// Maglev slots per `RINGS` element: four 16-bit backend ids in each
+/// 64-bit element (slot 4k in the low bits). The kernel lays array elements
+/// out at 8-byte stride, and a new flow's slot is a random one, so the
+/// table's cache footprint (128 KB for 65537 slots) is what a new flow pays.
+pub const RING_SLOTS_PER_ELEM: u32 = 4;
+/// A ring slot's "no backend".
+const RING_NONE: u64 = 0xffff;
+/// The largest backend id a ring slot holds (`tables.max_backends` is at most one more).
+pub const MAX_RING_BACKEND: u32 = RING_NONE as u32 - 1;
+
+/// `RINGS` elements per Maglev buffer.
 #[inline(always)]
 pub fn ring_elems(ring_size: u32) -> u32 {
-    ring_size.div_ceil(2)
+    ring_size.div_ceil(RING_SLOTS_PER_ELEM)
 }
 
 /// Index of the first element of a VIP's Maglev buffer `ring` (0 or 1) in `RINGS`.
@@ -376,22 +383,44 @@ pub fn ring_base(vip_id: u32, ring: u8, ring_size: u32) -> u32 {
     (vip_id * 2 + (ring as u32 & 1)) * ring_elems(ring_size)
 }
 
+/// Index, from the start of its buffer, of the element holding `slot`.
+#[inline(always)]
+pub fn ring_elem(slot: u32) -> u32 {
+    slot / RING_SLOTS_PER_ELEM
+}
+
 /// Size of `RINGS` for `max_vips` VIPs.
 pub fn rings_entries(max_vips: u32, ring_size: u32) -> u32 {
     max_vips * 2 * ring_elems(ring_size)
 }
 
-/// The backend id in slot `slot` given the element that holds it.
+/// The backend id in slot `slot` given the element that holds it
+/// (`NO_BACKEND` for an empty slot).
 #[inline(always)]
 pub fn ring_slot(elem: u64, slot: u32) -> u32 {
-    (elem >> ((slot & 1) * 32)) as u32
+    let v = (elem >> ((slot % RING_SLOTS_PER_ELEM) * 16)) & RING_NONE;
+    if v == RING_NONE {
+        NO_BACKEND
+    } else {
+        v as u32
+    }
 }
 
-/// Packs slots two to an element, as `RINGS` holds them.
+/// Packs slots four to an element, as `RINGS` holds them. `NO_BACKEND`, and
+/// any id above `MAX_RING_BACKEND` (which the pool file cannot produce),
+/// becomes an empty slot.
 pub fn pack_ring(slots: &[u32]) -> impl Iterator<Item = u64> + '_ {
-    slots
-        .chunks(2)
-        .map(|c| c[0] as u64 | ((*c.get(1).unwrap_or(&0) as u64) << 32))
+    slots.chunks(RING_SLOTS_PER_ELEM as usize).map(|c| {
+        let mut e = 0u64;
+        for i in 0..RING_SLOTS_PER_ELEM as usize {
+            let id = match c.get(i) {
+                Some(&id) if id <= MAX_RING_BACKEND => id as u64,
+                _ => RING_NONE,
+            };
+            e |= id << (16 * i);
+        }
+        e
+    })
 }
 
 #[inline(always)]
@@ -554,9 +583,9 @@ mod tests {
     #[test]
     fn ring_base_separates_buffers() {
         assert_eq!(ring_base(0, 0, 7), 0);
-        assert_eq!(ring_base(0, 1, 7), 4);
-        assert_eq!(ring_base(3, 1, 7), 28);
-        assert_eq!(rings_entries(4, 7), 32);
+        assert_eq!(ring_base(0, 1, 7), 2);
+        assert_eq!(ring_base(3, 1, 7), 14);
+        assert_eq!(rings_entries(4, 7), 16);
     }
 
     #[test]
@@ -572,16 +601,17 @@ mod tests {
 
     #[test]
     fn packed_slots_read_back() {
-        let slots = [10u32, 11, 12, 13, 14];
-        let mut elems = [0u64; 3];
+        let slots = [10u32, NO_BACKEND, MAX_RING_BACKEND, 0, 14];
+        let mut elems = [0u64; 2];
         let mut n = 0;
         for (i, e) in pack_ring(&slots).enumerate() {
             elems[i] = e;
             n += 1;
         }
         assert_eq!(n, ring_elems(5));
+        assert_eq!(ring_slot(elems[1], 5), NO_BACKEND, "padding is empty");
         for (i, s) in slots.iter().enumerate() {
-            assert_eq!(ring_slot(elems[i / 2], i as u32), *s);
+            assert_eq!(ring_slot(elems[ring_elem(i as u32) as usize], i as u32), *s);
         }
     }
 }

@@ -32,8 +32,8 @@ use aya_ebpf::{
 };
 use core::mem::{size_of, MaybeUninit};
 use lb_common::{
-    counter, defaults, flow_hash, ring_base, ring_slot, AddrKey, Backend, BackendStats, Config,
-    FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN,
+    counter, defaults, flow_hash, ring_base, ring_elem, ring_slot, AddrKey, Backend, BackendStats,
+    Config, FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN,
     BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
     CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
     PROTO_UDP,
@@ -483,7 +483,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 return drop_no_backend(vip.vip_id);
             }
             let slot = hash % size;
-            let idx = ring_base(vip.vip_id, vip.active_ring, size) + slot / 2;
+            let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
             let id = match RINGS.get(idx) {
                 Some(e) => ring_slot(*e, slot),
                 None => NO_BACKEND,

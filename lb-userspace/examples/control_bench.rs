@@ -153,14 +153,14 @@ fn kernel_table(instance: &str, key: &VipKey) -> Result<Vec<u32>> {
     };
     let vips: aya::maps::HashMap<_, VipKey, VipInfo> = open(maps::VIPS)?.try_into()?;
     let info = vips.get(key, 0).context("VIP not in VIPS")?;
-    // Read the way the data path reads it: two slots per 64-bit element.
+    // Read the way the data path reads it: packed slots in 64-bit elements.
     let rings: aya::maps::Array<_, u64> = open(maps::RINGS)?.try_into()?;
     let base = lb_common::ring_base(info.vip_id, info.active_ring, RING);
     let elems = (base..base + lb_common::ring_elems(RING))
         .map(|i| Ok(rings.get(&i, 0)?))
         .collect::<Result<Vec<u64>>>()?;
     Ok((0..RING)
-        .map(|s| lb_common::ring_slot(elems[s as usize / 2], s))
+        .map(|s| lb_common::ring_slot(elems[lb_common::ring_elem(s) as usize], s))
         .collect())
 }
 

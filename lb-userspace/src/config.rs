@@ -80,7 +80,8 @@ pub const MAX_VIPS_RANGE: RangeInclusive<u32> = 1..=65_536;
 /// `tables.max_backends` when not given.
 pub const DEFAULT_MAX_BACKENDS: u32 = lb_common::defaults::MAX_BACKENDS;
 /// Accepted `tables.max_backends` values.
-pub const MAX_BACKENDS_RANGE: RangeInclusive<u32> = 1..=1 << 24;
+/// Backend ids are 16 bits in the Maglev tables.
+pub const MAX_BACKENDS_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_RING_BACKEND + 1;
 /// A backend's `weight` when not given.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Accepted backend weights.
@@ -208,7 +209,7 @@ pub struct Tables {
     pub udp_idle_timeout: Duration,
     /// Most VIPs, 1..=65536; default 64.
     pub max_vips: u32,
-    /// Most backend slots (one per VIP and backend), 1..=16777216;
+    /// Most backend slots (one per VIP and backend), 1..=65535;
     /// default 4096.
     pub max_backends: u32,
 }

@@ -143,7 +143,7 @@ fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
 
 /// The RINGS array, mapped into our memory (BPF_F_MMAPABLE): a table is
 /// written with plain stores rather than one syscall per slot. Elements are
-/// `u64`, two slots each (`lb_common::pack_ring`).
+/// `u64`, packed slots (`lb_common::pack_ring`).
 struct RingMmap {
     ptr: *mut u64,
     len: usize,
@@ -185,7 +185,7 @@ impl RingMmap {
 
     /// Writes `slots` from element `start` on.
     fn write(&mut self, start: usize, slots: &[u32]) -> Result<()> {
-        let n = slots.len().div_ceil(2);
+        let n = lb_common::ring_elems(slots.len() as u32) as usize;
         if start + n > self.len {
             return Err(DataPlaneError::Setup(format!(
                 "ring write past the end of RINGS ({start} + {n} > {})",

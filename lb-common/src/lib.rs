@@ -7,6 +7,11 @@
 //! exactly as the data path reads them, so no byte swapping happens per packet.
 #![no_std]
 
+#[cfg(any(feature = "user", test))]
+extern crate std;
+#[cfg(any(feature = "user", test))]
+use std::{format, string::String};
+
 /// Map names, as the XDP object declares them and the daemon opens and pins them.
 pub mod maps {
     /// `HashMap<VipKey, VipInfo>`: the services.
@@ -15,7 +20,7 @@ pub mod maps {
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// `Array<Backend>`: backend slots, indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `Array<u32>` (mmapable): the Maglev tables, two buffers per VIP.
+    /// `Array<u64>` (mmapable): the Maglev tables, two buffers per VIP (`pack_ring`).
     pub const RINGS: &str = "RINGS";
     /// `LruHashMap<FlowKey, FlowValue>`: the connection table.
     pub const FLOWS: &str = "FLOWS";
@@ -40,6 +45,9 @@ pub mod progs {
     pub const BALANCER: &str = "lb_xdp";
     pub const DECAP: &str = "lb_decap";
     pub const PASS: &str = "lb_pass";
+    /// Writes `bpf_jiffies64()` and `bpf_ktime_get_ns()` (little-endian
+    /// `u64`s) into the first 16 bytes of its input: run by `calibrate_clock`.
+    pub const CLOCK: &str = "lb_clock";
 }
 
 /// Default sizes; the daemon overrides them at load time from the pool file.
@@ -198,8 +206,14 @@ pub struct Config {
     /// Next-hop MAC used when `bpf_fib_lookup` cannot resolve the backend.
     pub gateway_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The data path's clock is `jiffies * jiffy_ns - clock_offset_ns`
+    /// (jiffies are one load; a clock helper call costs about 30 ns a
+    /// packet), which tracks CLOCK_MONOTONIC to within a tick. Set by
+    /// `calibrate_clock`; 0 means "use `bpf_ktime_get_coarse_ns`".
+    pub jiffy_ns: u64,
+    pub clock_offset_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
 /// `Config::flags`: `gateway_mac` is set.
 pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
@@ -519,6 +533,112 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
         .map_max_entries(maps::FLOWS, s.flows);
 }
 
+/// How the data path turns jiffies into CLOCK_MONOTONIC nanoseconds
+/// (`Config::jiffy_ns`, `Config::clock_offset_ns`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataPathClock {
+    pub jiffy_ns: u64,
+    pub offset_ns: u64,
+}
+
+impl DataPathClock {
+    /// From two observed jiffy edges `(jiffies, ktime_ns)`: the tick length
+    /// is snapped to the kernel's `TICK_NSEC` of the nearest usual `HZ`
+    /// (jiffies advance by exactly one per `TICK_NSEC`), and the offset makes
+    /// the clock read the edge's time at the later edge.
+    pub fn fit(first: (u64, u64), last: (u64, u64)) -> Option<Self> {
+        let ticks = last.0.checked_sub(first.0).filter(|t| *t > 0)?;
+        let measured = last.1.checked_sub(first.1)? / ticks;
+        const HZ: [u64; 15] = [
+            24, 32, 48, 64, 100, 128, 200, 250, 256, 300, 500, 512, 1000, 1024, 1200,
+        ];
+        let jiffy_ns = HZ
+            .iter()
+            .map(|hz| (1_000_000_000 + hz / 2) / hz)
+            .find(|tick| measured.abs_diff(*tick) <= tick / 50)
+            .unwrap_or(measured);
+        if jiffy_ns == 0 {
+            return None;
+        }
+        Some(DataPathClock {
+            jiffy_ns,
+            offset_ns: last.0.wrapping_mul(jiffy_ns).wrapping_sub(last.1),
+        })
+    }
+
+    /// The clock's reading at `jiffies`, as the data path computes it.
+    pub fn at(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.jiffy_ns)
+            .wrapping_sub(self.offset_ns)
+    }
+
+    pub fn apply(&self, cfg: &mut Config) {
+        cfg.jiffy_ns = self.jiffy_ns;
+        cfg.clock_offset_ns = self.offset_ns;
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, and the data
+/// path's clock follows.
+#[cfg(feature = "user")]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Measures the kernel's tick with the `lb_clock` program (loaded): waits
+/// for one jiffy edge, then for the first edge at least 20 ms later, and
+/// fits the two. Takes 20 to 60 ms.
+#[cfg(feature = "user")]
+pub fn calibrate_clock(prog: &aya::programs::Xdp) -> Result<DataPathClock, String> {
+    use aya::programs::{TestRun, TestRunOptions};
+    let sample = || -> Result<(u64, u64), String> {
+        let input = [0u8; 64];
+        let mut out = [0u8; 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&input),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| format!("running lb_clock: {e}"))?;
+        if r.return_value != 2 || (r.data_size_out as usize) < 16 {
+            return Err(format!(
+                "lb_clock returned action {} and {} bytes; XDP_PASS and 16 expected",
+                r.return_value, r.data_size_out
+            ));
+        }
+        let word = |i: usize| u64::from_le_bytes(out[i..i + 8].try_into().unwrap());
+        Ok((word(0), word(8)))
+    };
+    // The first sample after jiffies moved past `from`, taken at or after `not_before_ns`.
+    let edge = |not_before_ns: u64| -> Result<(u64, u64), String> {
+        let start = std::time::Instant::now();
+        let mut from = sample()?.0;
+        loop {
+            let (j, t) = sample()?;
+            if j != from {
+                if t >= not_before_ns {
+                    return Ok((j, t));
+                }
+                from = j;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(2) {
+                return Err("jiffies did not advance for 2 s".into());
+            }
+        }
+    };
+    let first = edge(0)?;
+    let last = edge(first.1 + 20_000_000)?;
+    DataPathClock::fit(first, last)
+        .ok_or_else(|| format!("no tick length fits the edges {first:?} and {last:?}"))
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -578,6 +698,24 @@ mod tests {
             r.write(&m[1].to_le_bytes());
             assert_eq!(siphash13(&key, [m[0], m[1]]), r.finish());
         }
+    }
+
+    #[test]
+    fn clock_fit_snaps_to_the_tick_and_tracks_ktime() {
+        // HZ=250: 4 ms ticks; edges seen a few microseconds late.
+        let first = (4_294_900_000, 1_000_003_000);
+        let last = (first.0 + 6, first.1 + 6 * 4_000_000 + 2_500);
+        let c = DataPathClock::fit(first, last).unwrap();
+        assert_eq!(c.jiffy_ns, 4_000_000);
+        assert_eq!(c.at(last.0), last.1);
+        assert_eq!(c.at(last.0 + 250), last.1 + 1_000_000_000);
+        // HZ=300: TICK_NSEC is 3333333.
+        let c = DataPathClock::fit((100, 0), (109, 9 * 3_333_400)).unwrap();
+        assert_eq!(c.jiffy_ns, 3_333_333);
+        // An odd tick is taken as measured; no tick at all is refused.
+        let c = DataPathClock::fit((100, 0), (110, 10 * 7_000_000)).unwrap();
+        assert_eq!(c.jiffy_ns, 7_000_000);
+        assert_eq!(DataPathClock::fit((100, 0), (100, 5)), None);
     }
 
     #[test]

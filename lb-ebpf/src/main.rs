@@ -24,7 +24,8 @@ mod too_big;
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE},
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
+        bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_redirect, bpf_xdp_adjust_head,
     },
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -240,6 +241,35 @@ pub fn lb_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// Writes the two kernel clocks into the first 16 bytes of its input, for
+/// the daemon's calibration of `clock_ns` (`lb_common::calibrate_clock`).
+#[xdp]
+pub fn lb_clock(ctx: XdpContext) -> u32 {
+    let Some(p) = ptr_at::<[u8; 16]>(&ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    unsafe {
+        let (j, t) = (bpf_jiffies64(), bpf_ktime_get_ns());
+        (p as *mut [u8; 8]).write_unaligned(j.to_le_bytes());
+        ((p as usize + 8) as *mut [u8; 8]).write_unaligned(t.to_le_bytes());
+    }
+    XDP_PASS
+}
+
+/// The data path's clock, CLOCK_MONOTONIC nanoseconds to within a tick:
+/// the verifier turns `bpf_jiffies64` into one load, where a clock helper
+/// call costs about 30 ns a packet. Before the daemon has calibrated it,
+/// the coarse clock.
+#[inline(always)]
+fn clock_ns(cfg: &Config) -> u64 {
+    if cfg.jiffy_ns == 0 {
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    unsafe { bpf_jiffies64() }
+        .wrapping_mul(cfg.jiffy_ns)
+        .wrapping_sub(cfg.clock_offset_ns)
+}
+
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> u32 {
     let Some(eth) = ptr_at::<[u8; ETH_LEN]>(ctx, 0) else {
@@ -439,9 +469,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let key: &FlowKey = key;
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let is_rst = tcp_flags & TCP_RST != 0;
-    // The coarse clock (CLOCK_MONOTONIC_COARSE) is plenty for idle timeouts
-    // and cheaper than reading the TSC.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock_ns(cfg);
 
     // Flow table first: an established connection keeps its backend
     // whatever happened to the Maglev table since.
@@ -654,7 +682,7 @@ fn steer_icmp(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock_ns(cfg);
     match forward(ctx, pkt, cfg, fv.backend, backend, fv.hash, now) {
         Sent::Forwarded(action) => verdict(counter::ICMP_STEERED, action),
         Sent::Answered => XDP_TX,

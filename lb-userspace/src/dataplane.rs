@@ -130,6 +130,8 @@ pub struct BpfDataPlane {
     /// Links adopted from pins: this process holds them too, so detaching
     /// takes both the pin and this.
     adopted: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
+    /// Written into every `Config` (`Config::jiffy_ns`).
+    clock: lb_common::DataPathClock,
 }
 
 /// The data of the maps this program pins.
@@ -274,12 +276,24 @@ impl BpfDataPlane {
             .and_then(map_data)
             .expect("checked above");
         let ring = RingMmap::new(data, entries)?;
+        let mut ebpf = ebpf;
+        let clock = match data_path_clock(&mut ebpf) {
+            Ok(c) => {
+                log::debug!("data path clock: {} ns per jiffy", c.jiffy_ns);
+                c
+            }
+            Err(e) => {
+                log::warn!("cannot calibrate the data path's jiffies clock ({e}); it reads the coarse clock instead, about 30 ns more per packet");
+                lb_common::DataPathClock::default()
+            }
+        };
         Ok(BpfDataPlane {
             ebpf,
             ring,
             sizes,
             dir,
             adopted: std::collections::HashMap::new(),
+            clock,
         })
     }
 
@@ -465,11 +479,24 @@ pub fn nix_ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// Loads `lb_clock` and measures the kernel's tick with it.
+fn data_path_clock(ebpf: &mut aya::Ebpf) -> std::result::Result<lb_common::DataPathClock, String> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(progs::CLOCK)
+        .ok_or("lb_clock missing from the eBPF object")?
+        .try_into()
+        .map_err(|e| format!("lb_clock: {e}"))?;
+    prog.load().map_err(|e| format!("loading lb_clock: {e}"))?;
+    lb_common::calibrate_clock(prog)
+}
+
 impl DataPlane for BpfDataPlane {
     fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut cfg = *cfg;
+        self.clock.apply(&mut cfg);
         let mut a: Array<&mut MapData, Config> =
             Array::try_from(self.map_mut(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
-        a.set(0, *cfg, 0).map_err(map_err(maps::CONFIG))
+        a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
     }
 
     fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
@@ -573,15 +600,7 @@ pub fn count_flows(
     Ok(out)
 }
 
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use lb_common::monotonic_ns;
 
 /// `/sys/fs/bpf/lb-decap-<netns>-<iface>`: where a backend's decapsulator
 /// is pinned (the network namespace's inode keeps namespaces apart).

@@ -11,8 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, decap_counter, maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey,
-    FlowValue, VipInfo, VipKey, VipStats,
+    counter, decap_counter, maps, progs, AddrKey, Backend, BackendStats, Config, DataPathClock,
+    FlowKey, FlowValue, VipInfo, VipKey, VipStats,
 };
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -81,7 +81,13 @@ pub struct Balancer {
     pub ebpf: Ebpf,
     pub sizes: Sizes,
     prog: &'static str,
+    /// Written into every `set_config`, as the daemon does.
+    pub clock: DataPathClock,
 }
+
+/// The kernel's tick, measured once per test process (it is a property of
+/// the kernel, not of one loaded object).
+static CLOCK: std::sync::OnceLock<DataPathClock> = std::sync::OnceLock::new();
 
 pub use lb_common::addr_words;
 
@@ -155,7 +161,28 @@ impl Balancer {
             .with_context(|| format!("no program {prog}"))?
             .try_into()?;
         p.load().map_err(verifier_log)?;
-        Ok(Balancer { ebpf, sizes, prog })
+        let clock = if prog == progs::BALANCER {
+            match CLOCK.get() {
+                Some(c) => *c,
+                None => {
+                    let p: &mut Xdp = ebpf
+                        .program_mut(progs::CLOCK)
+                        .context("no program lb_clock")?
+                        .try_into()?;
+                    p.load().map_err(verifier_log)?;
+                    let c = lb_common::calibrate_clock(p).map_err(anyhow::Error::msg)?;
+                    *CLOCK.get_or_init(|| c)
+                }
+            }
+        } else {
+            DataPathClock::default()
+        };
+        Ok(Balancer {
+            ebpf,
+            sizes,
+            prog,
+            clock,
+        })
     }
 
     fn map(&self, name: &str) -> &aya::maps::Map {
@@ -170,7 +197,14 @@ impl Balancer {
             .unwrap_or_else(|| panic!("no map {name}"))
     }
 
-    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+    /// Writes `cfg` with the calibrated clock, as the daemon does.
+    pub fn set_config(&mut self, mut cfg: Config) -> Result<()> {
+        self.clock.apply(&mut cfg);
+        self.set_config_raw(cfg)
+    }
+
+    /// Writes `cfg` as given (`jiffy_ns` 0: the coarse-clock fallback).
+    pub fn set_config_raw(&mut self, cfg: Config) -> Result<()> {
         let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG))?;
         a.set(0, cfg, 0)?;
         Ok(())

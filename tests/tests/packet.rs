@@ -38,7 +38,7 @@ fn config(ring_size: u32) -> Config {
         src_v6_mask: host_mask(SRC_V6_BITS),
         mtu: 1500,
         gateway_mac: GATEWAY_MAC,
-        _pad: [0; 2],
+        ..Config::default()
     }
 }
 
@@ -347,28 +347,71 @@ fn rst_creates_no_flow_entry() {
 
 #[test]
 fn udp_flow_expires_after_idle_timeout() {
+    // With the calibrated jiffies clock, and with the coarse clock the data
+    // path falls back to before the daemon has calibrated it.
+    for calibrated in [true, false] {
+        let Some(mut lb) = setup() else { return };
+        let n = test_sizes().ring_size;
+        let mut cfg = config(n);
+        cfg.udp_idle_timeout_ns = 200_000_000;
+        if calibrated {
+            lb.set_config(cfg).unwrap();
+        } else {
+            lb.set_config_raw(cfg).unwrap();
+        }
+        let f = Flow::udp("192.0.2.40", 43000, "10.100.0.1", 53);
+        let first = pick(&f, &[4, 5]);
+        assert_encap(&lb, &f.packet("", b"a"), &f, first);
+        let other = if first == 4 { 5 } else { 4 };
+        replace_table(
+            &mut lb,
+            vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
+            DNS,
+            &[other],
+        );
+        // Within the timeout: the flow entry holds.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_encap(&lb, &f.packet("", b"b"), &f, first);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Idle past the timeout: scheduled anew, from the new table.
+        assert_encap(&lb, &f.packet("", b"c"), &f, other);
+        assert_eq!(
+            lb.counter(counter::UDP_FLOW_EXPIRED),
+            1,
+            "calibrated {calibrated}"
+        );
+        assert_eq!(lb.flow(&f.key()).unwrap().backend, other);
+    }
+}
+
+#[test]
+fn data_path_clock_tracks_clock_monotonic() {
+    // What `lb status` relies on when it counts recent flows: the time the
+    // data path stamps on a flow is CLOCK_MONOTONIC, to within a tick.
     let Some(mut lb) = setup() else { return };
-    let n = test_sizes().ring_size;
-    let mut cfg = config(n);
-    cfg.udp_idle_timeout_ns = 200_000_000;
-    lb.set_config(cfg).unwrap();
-    let f = Flow::udp("192.0.2.40", 43000, "10.100.0.1", 53);
-    let first = pick(&f, &[4, 5]);
-    assert_encap(&lb, &f.packet("", b"a"), &f, first);
-    let other = if first == 4 { 5 } else { 4 };
-    replace_table(
-        &mut lb,
-        vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
-        DNS,
-        &[other],
+    let jiffy = lb.clock.jiffy_ns;
+    assert!(
+        (1_000_000..=50_000_000).contains(&jiffy),
+        "a tick of {jiffy} ns is no kernel's"
     );
-    // Within the timeout: the flow entry holds.
-    assert_encap(&lb, &f.packet("", b"b"), &f, first);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // Idle past the timeout: scheduled anew, from the new table.
-    assert_encap(&lb, &f.packet("", b"c"), &f, other);
-    assert_eq!(lb.counter(counter::UDP_FLOW_EXPIRED), 1);
-    assert_eq!(lb.flow(&f.key()).unwrap().backend, other);
+    for (i, calibrated) in [true, false].into_iter().enumerate() {
+        let cfg = config(test_sizes().ring_size);
+        if calibrated {
+            lb.set_config(cfg).unwrap();
+        } else {
+            lb.set_config_raw(cfg).unwrap();
+        }
+        let f = Flow::udp("192.0.2.41", 43000 + i as u16, "10.100.0.1", 53);
+        let before = lb_common::monotonic_ns();
+        lb.run(&f.packet("", b"t")).unwrap();
+        let after = lb_common::monotonic_ns();
+        let seen = lb.flow(&f.key()).unwrap().last_seen_ns;
+        // The coarse clock lags by up to a tick as well.
+        assert!(
+            seen + jiffy + 1_000_000 >= before && seen <= after + 1_000_000,
+            "calibrated {calibrated}: stamped {seen}, CLOCK_MONOTONIC {before}..{after}"
+        );
+    }
 }
 
 #[test]

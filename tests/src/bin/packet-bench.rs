@@ -301,7 +301,7 @@ fn configure(lb: &mut Balancer) -> Result<()> {
         src_v6_mask: host_mask(16),
         mtu: 1500,
         gateway_mac: GATEWAY_MAC,
-        _pad: [0; 2],
+        ..Config::default()
     })?;
     for (id, addr) in BACKENDS {
         lb.set_backend(id, backend(IpAddr::V4(addr), 0, 0))?;

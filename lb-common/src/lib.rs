@@ -34,6 +34,10 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU next-hop cache of the data path, indexed by backend id (kernel side only).
     pub const NEXTHOPS: &str = "NEXTHOPS";
+    /// `Array<u64>` of `VIP_FILTER_WORDS`: one bit per `vip_filter_bit` of
+    /// every VIP. Derived from `VIPS` by the daemon at load and on every
+    /// change, so it is not pinned.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     /// `HashMap<AddrKey, u32>`: on backends, the VIPs the decapsulation program accepts.
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
@@ -373,6 +377,25 @@ pub fn words_addr(words: [u32; 4], family: u8) -> core::net::IpAddr {
         }
         core::net::IpAddr::from(o)
     }
+}
+
+/// Words of `VIP_FILTER`: 65536 bits in 8 KB.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// The `VIP_FILTER` bit of a service (address, port in network order,
+/// protocol, family). A clear bit means "no VIP": TCP and UDP packets are
+/// then passed with no hash-map lookup, and a set bit lets a packet of a
+/// known flow skip the VIP lookup (the flow entry names its VIP). A set bit
+/// may be another VIP's: those packets take the VIP lookup and pass.
+#[inline(always)]
+pub fn vip_filter_bit(addr: [u32; 4], port: u16, proto: u8, family: u8) -> u32 {
+    let x = addr[0]
+        ^ addr[1].rotate_left(8)
+        ^ addr[2].rotate_left(16)
+        ^ addr[3].rotate_left(24)
+        ^ ((port as u32) << 16 | (proto as u32) << 8 | family as u32);
+    // Multiplicative hashing: the top 16 bits depend on every input bit.
+    x.wrapping_mul(0x9e37_79b1) >> 16
 }
 
 /// Maglev slots per `RINGS` element: four 16-bit backend ids in each

@@ -33,11 +33,11 @@ use aya_ebpf::{
 };
 use core::mem::{size_of, MaybeUninit};
 use lb_common::{
-    counter, defaults, flow_hash, ring_base, ring_elem, ring_slot, AddrKey, Backend, BackendStats,
-    Config, FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET, AF_INET6, BACKEND_F_DOWN,
-    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
-    CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-    PROTO_UDP,
+    counter, defaults, flow_hash, ring_base, ring_elem, ring_slot, vip_filter_bit, AddrKey,
+    Backend, BackendStats, Config, FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET,
+    AF_INET6, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT,
+    CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
 
 // ---------------------------------------------------------------- maps --
@@ -47,6 +47,9 @@ use lb_common::{
 static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
 #[map]
 static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
+/// Bits of `vip_filter_bit` of every VIP, kept by the daemon.
+#[map]
+static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACKENDS, 0);
 /// Two Maglev buffers per VIP; the daemon writes the idle one through mmap and
@@ -317,6 +320,16 @@ fn balance(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// Whether `VIP_FILTER` has the bit of this service.
+#[inline(always)]
+fn vip_filter_has(addr: [u32; 4], port: u16, proto: u8, family: u8) -> bool {
+    let bit = vip_filter_bit(addr, port, proto, family);
+    match VIP_FILTER.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
+    }
+}
+
 /// Whether some VIP uses this address (for traffic without ports).
 #[inline(always)]
 fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
@@ -435,28 +448,16 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         0
     };
 
-    let mut vkey = VipKey {
-        addr: pkt.dst,
-        port: dport,
-        proto: pkt.proto,
-        family: pkt.family,
-    };
     let Some(cfg) = CONFIG.get(0) else {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     };
-    let vip = match unsafe { VIPS.get(vkey) } {
-        Some(v) => *v,
-        None => {
-            if cfg.flags & CONFIG_F_ANY_PORT == 0 {
-                return verdict(counter::PASS_NOT_VIP, XDP_PASS);
-            }
-            vkey.port = 0;
-            match unsafe { VIPS.get(vkey) } {
-                Some(v) => *v,
-                None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
-            }
-        }
-    };
+    // No VIP on this (address, port, protocol): pass, with no map lookup.
+    if !vip_filter_has(pkt.dst, dport, pkt.proto, pkt.family)
+        && (cfg.flags & CONFIG_F_ANY_PORT == 0
+            || !vip_filter_has(pkt.dst, 0, pkt.proto, pkt.family))
+    {
+        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+    }
 
     let mut k = MaybeUninit::uninit();
     let key: &mut FlowKey = zeroed(&mut k);
@@ -472,8 +473,10 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let now = clock_ns(cfg);
 
     // Flow table first: an established connection keeps its backend
-    // whatever happened to the Maglev table since.
-    let mut chosen: Option<(u32, &Backend, u32)> = None;
+    // whatever happened to the Maglev table since, and needs no VIP lookup:
+    // the entry names its VIP, and the backend checks below catch a VIP
+    // that is gone (its backends are released with it).
+    let mut chosen: Option<(u32, &Backend, u32, u32)> = None;
     if !is_syn {
         if let Some(fv) = FLOWS.get_ptr_mut(key) {
             let fv = unsafe { &mut *fv };
@@ -493,7 +496,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                     if idle > LAST_SEEN_GRANULARITY_NS {
                         fv.last_seen_ns = now;
                     }
-                    chosen = Some((fv.backend, be, fv.hash));
+                    chosen = Some((fv.backend, be, fv.hash, fv.vip_id));
                     count(counter::FLOW_HIT);
                 }
             }
@@ -501,9 +504,28 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     }
 
     let mut new_flow = false;
-    let (backend_id, backend, hash) = match chosen {
+    let (backend_id, backend, hash, vip_id) = match chosen {
         Some(c) => c,
         None => {
+            let mut vkey = VipKey {
+                addr: pkt.dst,
+                port: dport,
+                proto: pkt.proto,
+                family: pkt.family,
+            };
+            let vip = match unsafe { VIPS.get(vkey) } {
+                Some(v) => *v,
+                None => {
+                    if cfg.flags & CONFIG_F_ANY_PORT == 0 {
+                        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+                    }
+                    vkey.port = 0;
+                    match unsafe { VIPS.get(vkey) } {
+                        Some(v) => *v,
+                        None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
+                    }
+                }
+            };
             count(counter::FLOW_MISS);
             let hash = flow_hash(key, &cfg.hash_key) as u32;
             let size = cfg.ring_size;
@@ -532,7 +554,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 let _ = FLOWS.insert(*key, *fv, 0);
             }
             new_flow = true;
-            (id, be, hash)
+            (id, be, hash, vip.vip_id)
         }
     };
 
@@ -540,14 +562,14 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         Sent::Forwarded(action) => action,
         Sent::Answered => return XDP_TX,
         Sent::Dropped => {
-            if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+            if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
                 unsafe { (*s).drops += 1 };
             }
             return XDP_DROP;
         }
     };
     let bytes = pkt.ip_len as u64;
-    if let Some(s) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
         let s = unsafe { &mut *s };
         s.packets += 1;
         s.bytes += bytes;

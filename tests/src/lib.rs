@@ -210,11 +210,15 @@ impl Balancer {
         Ok(())
     }
 
-    /// Adds a VIP and marks its address (and any-port flag).
+    /// Adds a VIP and marks its address (and any-port flag), and its filter bit.
     pub fn add_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
         let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
             HashMap::try_from(self.map_mut(maps::VIPS))?;
         v.insert(key, info, 0)?;
+        let bit = lb_common::vip_filter_bit(key.addr, key.port, key.proto, key.family);
+        let mut f: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_FILTER))?;
+        let w = f.get(&(bit / 64), 0)?;
+        f.set(bit / 64, w | 1 << (bit % 64), 0)?;
         let ak = AddrKey {
             addr: key.addr,
             family: key.family,
@@ -233,6 +237,25 @@ impl Balancer {
             let mut cfg = c.get(&0, 0)?;
             cfg.flags |= lb_common::CONFIG_F_ANY_PORT;
             c.set(0, cfg, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP (its address stays marked) and rebuilds the filter
+    /// from the VIPs left, as the daemon keeps it.
+    pub fn remove_vip(&mut self, key: VipKey) -> Result<()> {
+        let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(maps::VIPS))?;
+        v.remove(&key)?;
+        let keys: Vec<VipKey> = v.keys().collect::<Result<_, _>>()?;
+        let mut words = vec![0u64; lb_common::VIP_FILTER_WORDS as usize];
+        for k in keys {
+            let bit = lb_common::vip_filter_bit(k.addr, k.port, k.proto, k.family);
+            words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        let mut f: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_FILTER))?;
+        for (i, w) in words.into_iter().enumerate() {
+            f.set(i as u32, w, 0)?;
         }
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! asserts the action, the exact bytes that leave, and the counters.
 use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Header, PacketBuilder, SlicedPacket};
 use lb_common::{
-    counter, decap_counter, flow_hash, Config, VipInfo, BACKEND_F_DOWN, CONFIG_F_GATEWAY_MAC,
-    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    counter, decap_counter, flow_hash, vip_filter_bit, Config, VipInfo, BACKEND_F_DOWN,
+    CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::packets::*;
 use lb_tests::*;
@@ -503,6 +503,65 @@ fn flow_whose_slot_now_serves_another_vip_is_rescheduled() {
     let want = rest[(hash(&f) % n) as usize % rest.len()];
     assert_encap(&lb, &f.packet("A", b""), &f, want);
     assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
+}
+
+/// An IPv4 address in 10.200/16 whose `port`/TCP service has the filter bit of `vip`.
+fn filter_twin(vip: lb_common::VipKey, port: u16) -> IpAddr {
+    let want = vip_filter_bit(vip.addr, vip.port, vip.proto, vip.family);
+    (0..=u16::MAX)
+        .map(|i| IpAddr::from([10, 200, (i >> 8) as u8, i as u8]))
+        .find(|a| {
+            let k = vip_key(*a, port, PROTO_TCP);
+            vip_filter_bit(k.addr, k.port, k.proto, k.family) == want
+        })
+        .expect("an address in 10.200/16 that shares the bit")
+}
+
+#[test]
+fn established_flow_of_a_removed_vip_is_passed() {
+    let Some(mut lb) = setup() else { return };
+    let web = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    let f = Flow::tcp("192.0.2.12", 40000, "10.100.0.1", 80);
+    let want = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, want);
+    lb.remove_vip(web).unwrap();
+    // The VIP's filter bit is gone: passed before any lookup.
+    assert_passed_unchanged(&lb, &f.packet("A", b""));
+    assert_eq!(lb.counter(counter::FLOW_HIT), 0);
+
+    // With the bit still set by another VIP, the packet reaches the flow
+    // table, whose hit skips the VIP lookup: it is the release of the
+    // removed VIP's backends (which the daemon does with the removal) that
+    // ends the flow.
+    let Some(mut lb) = setup() else { return };
+    assert_encap(&lb, &f.packet("S", b""), &f, want);
+    let twin = vip_key(filter_twin(web, 80), 80, PROTO_TCP);
+    lb.add_vip(twin, vip(EMPTY)).unwrap();
+    lb.remove_vip(web).unwrap();
+    assert_encap(&lb, &f.packet("A", b""), &f, want);
+    for id in [1, 2, 3] {
+        lb.set_backend(id, backend(addr_of(id), BACKEND_F_DOWN, 0))
+            .unwrap();
+    }
+    let before = lb.counter(counter::PASS_NOT_VIP);
+    assert_passed_unchanged(&lb, &f.packet("A", b""));
+    assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
+    assert_eq!(lb.counter(counter::PASS_NOT_VIP), before + 1);
+}
+
+#[test]
+fn a_service_that_shares_a_vips_filter_bit_is_passed() {
+    // A set filter bit sends a packet on to the flow table and the VIP
+    // lookup; one that only collides with a VIP's bit must still pass.
+    let Some(lb) = setup() else { return };
+    let dst = filter_twin(vip_key(ip("10.100.0.1"), 80, PROTO_TCP), 80);
+    let f = Flow::tcp("192.0.2.13", 40000, &dst.to_string(), 80);
+    let before = lb.counter(counter::PASS_NOT_VIP);
+    assert_passed_unchanged(&lb, &f.packet("S", b""));
+    assert_passed_unchanged(&lb, &f.packet("A", b""));
+    assert_eq!(lb.counter(counter::PASS_NOT_VIP), before + 2);
+    assert_eq!(lb.counter(counter::FLOW_MISS), 0);
+    assert_eq!(lb.flow_count(), 0);
 }
 
 #[test]

@@ -38,6 +38,10 @@ pub mod maps {
     /// every VIP. Derived from `VIPS` by the daemon at load and on every
     /// change, so it is not pinned.
     pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// `Array<VipEntry>` of `VIP_FILTER_BITS`: at a filter bit that exactly
+    /// one VIP sets, that VIP (key and info), so a new flow finds its VIP
+    /// with no hash-map lookup; elsewhere empty. Derived like `VIP_FILTER`.
+    pub const VIP_INDEX: &str = "VIP_INDEX";
     /// `HashMap<AddrKey, u32>`: on backends, the VIPs the decapsulation program accepts.
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
@@ -379,8 +383,19 @@ pub fn words_addr(words: [u32; 4], family: u8) -> core::net::IpAddr {
     }
 }
 
+/// Bits of `VIP_FILTER` (and entries of `VIP_INDEX`).
+pub const VIP_FILTER_BITS: u32 = 65536;
 /// Words of `VIP_FILTER`: 65536 bits in 8 KB.
-pub const VIP_FILTER_WORDS: u32 = 1024;
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// A `VIP_INDEX` entry; all zero (family 0) when empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEntry {
+    pub key: VipKey,
+    pub info: VipInfo,
+}
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 32);
 
 /// The `VIP_FILTER` bit of a service (address, port in network order,
 /// protocol, family). A clear bit means "no VIP": TCP and UDP packets are
@@ -662,12 +677,133 @@ pub fn calibrate_clock(prog: &aya::programs::Xdp) -> Result<DataPathClock, Strin
         .ok_or_else(|| format!("no tick length fits the edges {first:?} and {last:?}"))
 }
 
+/// What `VIP_FILTER` and `VIP_INDEX` should hold for a set of VIPs, with
+/// how many VIPs set each bit: the daemon (and the test harness) keep one
+/// and write what each change returns.
+#[cfg(feature = "user")]
+#[derive(Default)]
+pub struct VipFilter {
+    vips: std::collections::BTreeMap<VipKey, VipInfo>,
+    counts: std::collections::BTreeMap<u32, u32>,
+    words: std::vec::Vec<u64>,
+}
+
+/// What a change to `VipFilter` asks to be written.
+#[cfg(feature = "user")]
+#[derive(Debug, Default, PartialEq)]
+pub struct FilterWrites {
+    /// A `VIP_FILTER` word.
+    pub word: Option<(u32, u64)>,
+    /// A `VIP_INDEX` entry.
+    pub entry: Option<(u32, VipEntry)>,
+}
+
+#[cfg(feature = "user")]
+impl VipFilter {
+    pub fn new() -> Self {
+        VipFilter {
+            words: std::vec![0; VIP_FILTER_WORDS as usize],
+            ..Default::default()
+        }
+    }
+
+    pub fn bit(key: &VipKey) -> u32 {
+        vip_filter_bit(key.addr, key.port, key.proto, key.family)
+    }
+
+    /// The index entry at `bit`: its VIP when it is the only one there.
+    fn entry(&self, bit: u32) -> VipEntry {
+        let mut at = self.vips.iter().filter(|(k, _)| Self::bit(k) == bit);
+        match (at.next(), at.next()) {
+            (Some((key, info)), None) => VipEntry {
+                key: *key,
+                info: *info,
+            },
+            _ => VipEntry::default(),
+        }
+    }
+
+    /// Adds `key` or changes its info.
+    pub fn set(&mut self, key: VipKey, info: VipInfo) -> FilterWrites {
+        let bit = Self::bit(&key);
+        let new = self.vips.insert(key, info).is_none();
+        let n = self.counts.entry(bit).or_insert(0);
+        if new {
+            *n += 1;
+        }
+        let n = *n;
+        FilterWrites {
+            word: (new && n == 1).then(|| self.flip(bit, true)),
+            // Only the VIP there, or the second to arrive (which empties it).
+            entry: (n == 1 || (new && n == 2)).then(|| (bit, self.entry(bit))),
+        }
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &VipKey) -> FilterWrites {
+        if self.vips.remove(key).is_none() {
+            return FilterWrites::default();
+        }
+        let bit = Self::bit(key);
+        let n = self.counts.get_mut(&bit).expect("counted when added");
+        *n -= 1;
+        let n = *n;
+        if n == 0 {
+            self.counts.remove(&bit);
+        }
+        FilterWrites {
+            word: (n == 0).then(|| self.flip(bit, false)),
+            // Empty now, or left to one VIP.
+            entry: (n <= 1).then(|| (bit, self.entry(bit))),
+        }
+    }
+
+    /// The filter as it should be, word by word.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    fn flip(&mut self, bit: u32, on: bool) -> (u32, u64) {
+        let (w, m) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        if on {
+            self.words[w] |= m;
+        } else {
+            self.words[w] &= !m;
+        }
+        (w as u32, self.words[w])
+    }
+}
+
+/// Writes what a `VipFilter` change returned: the index entry, then the
+/// filter word (a set bit with no entry only sends packets to the hash map).
+#[cfg(feature = "user")]
+pub fn write_vip_filter(ebpf: &mut aya::Ebpf, w: FilterWrites) -> Result<(), String> {
+    use aya::maps::{Array, MapData};
+    fn fail(name: &'static str) -> impl Fn(aya::maps::MapError) -> String {
+        move |e| format!("writing {name}: {e}")
+    }
+    if let Some((bit, e)) = w.entry {
+        let map = ebpf.map_mut(maps::VIP_INDEX).ok_or("no VIP_INDEX map")?;
+        let mut a: Array<&mut MapData, VipEntry> =
+            Array::try_from(map).map_err(fail(maps::VIP_INDEX))?;
+        a.set(bit, e, 0).map_err(fail(maps::VIP_INDEX))?;
+    }
+    if let Some((i, word)) = w.word {
+        let map = ebpf.map_mut(maps::VIP_FILTER).ok_or("no VIP_FILTER map")?;
+        let mut a: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(fail(maps::VIP_FILTER))?;
+        a.set(i, word, 0).map_err(fail(maps::VIP_FILTER))?;
+    }
+    Ok(())
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: all are repr(C), plain old data, with explicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipEntry {}
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
@@ -773,6 +909,74 @@ mod tests {
         assert_eq!(ring_slot(elems[1], 5), NO_BACKEND, "padding is empty");
         for (i, s) in slots.iter().enumerate() {
             assert_eq!(ring_slot(elems[ring_elem(i as u32) as usize], i as u32), *s);
+        }
+    }
+    #[cfg(feature = "user")]
+    mod vip_filter {
+        use super::super::*;
+
+        fn key(host: u8, port: u16) -> VipKey {
+            VipKey {
+                addr: [u32::from_ne_bytes([10, 0, 0, host]), 0, 0, 0],
+                port: port.to_be(),
+                proto: PROTO_TCP,
+                family: AF_INET,
+            }
+        }
+
+        fn has(f: &VipFilter, k: &VipKey) -> bool {
+            let bit = VipFilter::bit(k);
+            f.words()[(bit / 64) as usize] & 1 << (bit % 64) != 0
+        }
+
+        fn info(id: u32) -> VipInfo {
+            VipInfo {
+                vip_id: id,
+                ..VipInfo::default()
+            }
+        }
+
+        #[test]
+        fn a_filter_bit_shared_by_two_vips_stays_until_both_are_gone() {
+            // Two services whose bits collide (there are 65536 bits; the ports
+            // of one address never do).
+            let mut seen = std::collections::HashMap::new();
+            let (a, b) = (1..=255u8)
+                .flat_map(|h| (1..=64u16).map(move |p| key(h, p)))
+                .find_map(|k| seen.insert(VipFilter::bit(&k), k).map(|old| (old, k)))
+                .expect("a collision among 16320 services");
+            let bit = VipFilter::bit(&a);
+            let entry = |k: VipKey, id: u32| VipEntry {
+                key: k,
+                info: info(id),
+            };
+            let mut f = VipFilter::new();
+            let w = f.set(a, info(1));
+            assert_eq!(w.entry, Some((bit, entry(a, 1))), "a alone: indexed");
+            assert!(w.word.is_some(), "the first VIP sets the bit");
+            // A table flip changes the info: the entry follows.
+            let w = f.set(a, info(1 | 1 << 16));
+            assert_eq!(w.entry, Some((bit, entry(a, 1 | 1 << 16))));
+            assert_eq!(w.word, None);
+            let w = f.set(b, info(2));
+            assert_eq!(
+                w.entry,
+                Some((bit, VipEntry::default())),
+                "shared: no entry"
+            );
+            assert_eq!(w.word, None, "the bit is already set");
+            assert_eq!(f.set(b, info(2)), FilterWrites::default());
+            assert!(has(&f, &a) && has(&f, &b));
+            let w = f.remove(&a);
+            assert_eq!(w.entry, Some((bit, entry(b, 2))), "b alone again");
+            assert_eq!(w.word, None, "b still needs the bit");
+            let w = f.remove(&b);
+            assert_eq!(w.entry, Some((bit, VipEntry::default())));
+            let (i, word) = w.word.expect("the last VIP clears the bit");
+            assert_eq!(word, f.words()[i as usize]);
+            assert!(!has(&f, &b));
+            assert_eq!(f.remove(&b), FilterWrites::default());
+            assert!(f.words().iter().all(|w| *w == 0));
         }
     }
 }

@@ -34,8 +34,8 @@ use aya_ebpf::{
 use core::mem::{size_of, MaybeUninit};
 use lb_common::{
     counter, defaults, flow_hash, ring_base, ring_elem, ring_slot, vip_filter_bit, AddrKey,
-    Backend, BackendStats, Config, FlowKey, FlowValue, VipInfo, VipKey, VipStats, AF_INET,
-    AF_INET6, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT,
+    Backend, BackendStats, Config, FlowKey, FlowValue, VipEntry, VipInfo, VipKey, VipStats,
+    AF_INET, AF_INET6, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT,
     CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
@@ -50,6 +50,9 @@ static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(defaults::MA
 /// Bits of `vip_filter_bit` of every VIP, kept by the daemon.
 #[map]
 static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);
+/// The VIP at each filter bit that only one VIP sets, kept by the daemon.
+#[map]
+static VIP_INDEX: Array<VipEntry> = Array::with_max_entries(lb_common::VIP_FILTER_BITS, 0);
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACKENDS, 0);
 /// Two Maglev buffers per VIP; the daemon writes the idle one through mmap and
@@ -320,14 +323,29 @@ fn balance(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// Whether `VIP_FILTER` has the bit of this service.
+/// Whether `VIP_FILTER` has bit `bit`.
 #[inline(always)]
-fn vip_filter_has(addr: [u32; 4], port: u16, proto: u8, family: u8) -> bool {
-    let bit = vip_filter_bit(addr, port, proto, family);
+fn vip_filter_has(bit: u32) -> bool {
     match VIP_FILTER.get(bit / 64) {
         Some(w) => *w & (1u64 << (bit % 64)) != 0,
         None => false,
     }
+}
+
+/// The VIP of exactly `key`, whose filter bit is `bit`: from `VIP_INDEX`
+/// when that bit is the VIP's alone (two array reads), else from `VIPS`.
+#[inline(always)]
+fn find_vip(key: &VipKey, bit: u32) -> Option<VipInfo> {
+    if let Some(e) = VIP_INDEX.get(bit) {
+        if e.key.addr == key.addr
+            && e.key.port == key.port
+            && e.key.proto == key.proto
+            && e.key.family == key.family
+        {
+            return Some(e.info);
+        }
+    }
+    unsafe { VIPS.get(key) }.copied()
 }
 
 /// Whether some VIP uses this address (for traffic without ports).
@@ -452,10 +470,10 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     };
     // No VIP on this (address, port, protocol): pass, with no map lookup.
-    if !vip_filter_has(pkt.dst, dport, pkt.proto, pkt.family)
-        && (cfg.flags & CONFIG_F_ANY_PORT == 0
-            || !vip_filter_has(pkt.dst, 0, pkt.proto, pkt.family))
-    {
+    let bit = vip_filter_bit(pkt.dst, dport, pkt.proto, pkt.family);
+    let any_port = cfg.flags & CONFIG_F_ANY_PORT != 0;
+    let any_bit = vip_filter_bit(pkt.dst, 0, pkt.proto, pkt.family);
+    if !vip_filter_has(bit) && !(any_port && vip_filter_has(any_bit)) {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     }
 
@@ -513,15 +531,16 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 proto: pkt.proto,
                 family: pkt.family,
             };
-            let vip = match unsafe { VIPS.get(vkey) } {
-                Some(v) => *v,
+            // The exact port first: it takes precedence over an any-port VIP.
+            let vip = match find_vip(&vkey, bit) {
+                Some(v) => v,
                 None => {
-                    if cfg.flags & CONFIG_F_ANY_PORT == 0 {
+                    if !any_port {
                         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
                     }
                     vkey.port = 0;
-                    match unsafe { VIPS.get(vkey) } {
-                        Some(v) => *v,
+                    match find_vip(&vkey, any_bit) {
+                        Some(v) => v,
                         None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
                     }
                 }

@@ -132,7 +132,7 @@ pub struct BpfDataPlane {
     adopted: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
     /// Written into every `Config` (`Config::jiffy_ns`).
     clock: lb_common::DataPathClock,
-    filter: VipFilter,
+    filter: lb_common::VipFilter,
 }
 
 /// The data of the maps this program pins.
@@ -295,12 +295,12 @@ impl BpfDataPlane {
             dir,
             adopted: std::collections::HashMap::new(),
             clock,
-            filter: VipFilter::new(),
+            filter: lb_common::VipFilter::new(),
         };
         // The filter is not pinned: rebuild it from the VIPs an earlier run left.
-        for (key, _) in dp.vips()? {
-            let changed = dp.filter.add(key);
-            write_filter(&mut dp.ebpf, changed)?;
+        for (key, info) in dp.vips()? {
+            let w = dp.filter.set(key, info);
+            write_filter(&mut dp.ebpf, w)?;
         }
         Ok(dp)
     }
@@ -487,73 +487,8 @@ pub fn nix_ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
-/// The daemon's copy of `VIP_FILTER`, with how many VIPs set each bit.
-#[derive(Default)]
-struct VipFilter {
-    keys: std::collections::BTreeSet<VipKey>,
-    counts: std::collections::HashMap<u32, u32>,
-    words: Vec<u64>,
-}
-
-impl VipFilter {
-    fn new() -> Self {
-        VipFilter {
-            words: vec![0; lb_common::VIP_FILTER_WORDS as usize],
-            ..Default::default()
-        }
-    }
-
-    fn bit(key: &VipKey) -> u32 {
-        lb_common::vip_filter_bit(key.addr, key.port, key.proto, key.family)
-    }
-
-    /// Adds `key`; returns the word to write when it changed.
-    fn add(&mut self, key: VipKey) -> Option<(u32, u64)> {
-        if !self.keys.insert(key) {
-            return None;
-        }
-        let bit = Self::bit(&key);
-        let n = self.counts.entry(bit).or_insert(0);
-        *n += 1;
-        (*n == 1).then(|| self.flip(bit, true))
-    }
-
-    /// Removes `key`; returns the word to write when it changed.
-    fn remove(&mut self, key: &VipKey) -> Option<(u32, u64)> {
-        if !self.keys.remove(key) {
-            return None;
-        }
-        let bit = Self::bit(key);
-        let n = self.counts.get_mut(&bit).expect("counted when added");
-        *n -= 1;
-        if *n > 0 {
-            return None;
-        }
-        self.counts.remove(&bit);
-        Some(self.flip(bit, false))
-    }
-
-    fn flip(&mut self, bit: u32, on: bool) -> (u32, u64) {
-        let (w, m) = ((bit / 64) as usize, 1u64 << (bit % 64));
-        if on {
-            self.words[w] |= m;
-        } else {
-            self.words[w] &= !m;
-        }
-        (w as u32, self.words[w])
-    }
-}
-
-fn write_filter(ebpf: &mut aya::Ebpf, changed: Option<(u32, u64)>) -> Result<()> {
-    let Some((w, word)) = changed else {
-        return Ok(());
-    };
-    let map = ebpf.map_mut(maps::VIP_FILTER).ok_or_else(|| {
-        DataPlaneError::Setup("map VIP_FILTER missing from the eBPF object".into())
-    })?;
-    let mut a: Array<&mut MapData, u64> =
-        Array::try_from(map).map_err(map_err(maps::VIP_FILTER))?;
-    a.set(w, word, 0).map_err(map_err(maps::VIP_FILTER))
+fn write_filter(ebpf: &mut aya::Ebpf, w: lb_common::FilterWrites) -> Result<()> {
+    lb_common::write_vip_filter(ebpf, w).map_err(DataPlaneError::Setup)
 }
 
 /// Loads `lb_clock` and measures the kernel's tick with it.
@@ -592,16 +527,16 @@ impl DataPlane for BpfDataPlane {
             HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
         m.insert(key, info, 0).map_err(map_err(maps::VIPS))?;
         // After the VIP: a set bit without a VIP only costs a lookup.
-        let changed = self.filter.add(*key);
-        write_filter(&mut self.ebpf, changed)
+        let w = self.filter.set(*key, *info);
+        write_filter(&mut self.ebpf, w)
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
             HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
         m.remove(key).map_err(map_err(maps::VIPS))?;
-        let changed = self.filter.remove(key);
-        write_filter(&mut self.ebpf, changed)
+        let w = self.filter.remove(key);
+        write_filter(&mut self.ebpf, w)
     }
 
     fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()> {
@@ -788,46 +723,4 @@ pub fn remove_decap(iface: &str) -> Result<bool> {
     }
     let _ = std::fs::remove_dir(&dir);
     Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(host: u8, port: u16) -> VipKey {
-        VipKey {
-            addr: [u32::from_ne_bytes([10, 0, 0, host]), 0, 0, 0],
-            port: port.to_be(),
-            proto: lb_common::PROTO_TCP,
-            family: lb_common::AF_INET,
-        }
-    }
-
-    fn has(f: &VipFilter, k: &VipKey) -> bool {
-        let bit = VipFilter::bit(k);
-        f.words[(bit / 64) as usize] & 1 << (bit % 64) != 0
-    }
-
-    #[test]
-    fn a_filter_bit_shared_by_two_vips_stays_until_both_are_gone() {
-        // Two services whose bits collide (there are 65536 bits; the ports
-        // of one address never do).
-        let mut seen = std::collections::HashMap::new();
-        let (a, b) = (1..=255u8)
-            .flat_map(|h| (1..=64u16).map(move |p| key(h, p)))
-            .find_map(|k| seen.insert(VipFilter::bit(&k), k).map(|old| (old, k)))
-            .expect("a collision among 16320 services");
-        let mut f = VipFilter::new();
-        assert!(f.add(a).is_some(), "the first VIP sets the bit");
-        assert!(f.add(a).is_none(), "adding again changes nothing");
-        assert!(f.add(b).is_none(), "the bit is already set");
-        assert!(has(&f, &a) && has(&f, &b));
-        assert!(f.remove(&a).is_none(), "b still needs the bit");
-        assert!(has(&f, &b));
-        let (w, word) = f.remove(&b).expect("the last VIP clears the bit");
-        assert_eq!(word, f.words[w as usize]);
-        assert!(!has(&f, &b));
-        assert!(f.remove(&b).is_none());
-        assert!(f.words.iter().all(|w| *w == 0));
-    }
 }

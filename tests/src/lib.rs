@@ -83,6 +83,8 @@ pub struct Balancer {
     prog: &'static str,
     /// Written into every `set_config`, as the daemon does.
     pub clock: DataPathClock,
+    /// The VIP filter and index, kept as the daemon keeps them.
+    filter: lb_common::VipFilter,
 }
 
 /// The kernel's tick, measured once per test process (it is a property of
@@ -182,6 +184,7 @@ impl Balancer {
             sizes,
             prog,
             clock,
+            filter: lb_common::VipFilter::new(),
         })
     }
 
@@ -215,10 +218,8 @@ impl Balancer {
         let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
             HashMap::try_from(self.map_mut(maps::VIPS))?;
         v.insert(key, info, 0)?;
-        let bit = lb_common::vip_filter_bit(key.addr, key.port, key.proto, key.family);
-        let mut f: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_FILTER))?;
-        let w = f.get(&(bit / 64), 0)?;
-        f.set(bit / 64, w | 1 << (bit % 64), 0)?;
+        let w = self.filter.set(key, info);
+        lb_common::write_vip_filter(&mut self.ebpf, w).map_err(anyhow::Error::msg)?;
         let ak = AddrKey {
             addr: key.addr,
             family: key.family,
@@ -241,23 +242,14 @@ impl Balancer {
         Ok(())
     }
 
-    /// Removes a VIP (its address stays marked) and rebuilds the filter
-    /// from the VIPs left, as the daemon keeps it.
+    /// Removes a VIP (its address stays marked) and its filter bit and
+    /// index entry, as the daemon does.
     pub fn remove_vip(&mut self, key: VipKey) -> Result<()> {
         let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
             HashMap::try_from(self.map_mut(maps::VIPS))?;
         v.remove(&key)?;
-        let keys: Vec<VipKey> = v.keys().collect::<Result<_, _>>()?;
-        let mut words = vec![0u64; lb_common::VIP_FILTER_WORDS as usize];
-        for k in keys {
-            let bit = lb_common::vip_filter_bit(k.addr, k.port, k.proto, k.family);
-            words[(bit / 64) as usize] |= 1 << (bit % 64);
-        }
-        let mut f: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_FILTER))?;
-        for (i, w) in words.into_iter().enumerate() {
-            f.set(i as u32, w, 0)?;
-        }
-        Ok(())
+        let w = self.filter.remove(&key);
+        lb_common::write_vip_filter(&mut self.ebpf, w).map_err(anyhow::Error::msg)
     }
 
     pub fn set_backend(&mut self, id: u32, b: Backend) -> Result<()> {

@@ -842,6 +842,32 @@ fn vip_with_empty_table_drops_and_counts() {
 }
 
 #[test]
+fn flows_outlive_an_emptied_table_while_new_flows_are_dropped() {
+    // UDP picks from the table before it probes the flow table (see
+    // `balance_l4`): an empty pick must not drop a known flow.
+    let Some(mut lb) = setup() else { return };
+    let tcp = Flow::tcp("192.0.2.14", 40000, "10.100.0.1", 80);
+    let udp = Flow::udp("192.0.2.14", 40000, "10.100.0.1", 53);
+    let (t, u) = (pick(&tcp, &[1, 2, 3]), pick(&udp, &[4, 5]));
+    assert_encap(&lb, &tcp.packet("S", b""), &tcp, t);
+    assert_encap(&lb, &udp.packet("", b"q1"), &udp, u);
+    replace_table(&mut lb, vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, &[]);
+    replace_table(&mut lb, vip_key(ip("10.100.0.1"), 53, PROTO_UDP), DNS, &[]);
+    assert_encap(&lb, &tcp.packet("A", b""), &tcp, t);
+    assert_encap(&lb, &udp.packet("", b"q2"), &udp, u);
+    assert_eq!(lb.counter(counter::FLOW_HIT), 2);
+    for f in [
+        Flow::tcp("192.0.2.15", 40000, "10.100.0.1", 80),
+        Flow::udp("192.0.2.15", 40000, "10.100.0.1", 53),
+    ] {
+        let first = if f.proto == PROTO_TCP { "S" } else { "" };
+        assert_eq!(lb.run(&f.packet(first, b"")).unwrap().action, XDP_DROP);
+    }
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 2);
+    assert_eq!(lb.flow_count(), 2);
+}
+
+#[test]
 fn over_mtu_after_encapsulation_is_answered_with_icmp_frag_needed() {
     let Some(lb) = setup() else { return };
     let f = Flow::tcp("192.0.2.1", 2, "10.100.0.1", 80);

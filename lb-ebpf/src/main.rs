@@ -355,7 +355,7 @@ fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
     let key: &mut AddrKey = zeroed(&mut k);
     key.addr = addr;
     key.family = family;
-    unsafe { VIP_ADDRS.get(&*key) }.is_some()
+    unsafe { VIP_ADDRS.get(*key) }.is_some()
 }
 
 #[inline(always)]
@@ -558,7 +558,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 fv.vip_id = p.vip_id;
                 fv.last_seen_ns = now;
                 fv.hash = p.hash;
-                let _ = FLOWS.insert(key, &*fv, 0);
+                let _ = FLOWS.insert(key, *fv, 0);
             }
             new_flow = true;
             (p.backend, be, p.hash, p.vip_id)

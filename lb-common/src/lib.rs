@@ -160,8 +160,13 @@ pub struct Backend {
     /// slots, because health and state are per VIP. Lets a restarted daemon
     /// rebuild its slot assignment from the pinned maps alone.
     pub vip_id: u16,
+    /// Bumped each time the slot is given to another backend (of this or
+    /// another VIP), and kept when it is released: a flow entry remembers the
+    /// generation it was made under, so a reused slot (even one a removed
+    /// VIP's successor took with the same VIP id) never inherits old flows.
+    pub gen: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 /// A connection, as the client sent it. Addresses and ports as in the packet.
 #[repr(C)]
@@ -183,11 +188,13 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 pub struct FlowValue {
     pub backend: u32,
     pub vip_id: u32,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    /// The data path's clock (CLOCK_MONOTONIC, see `Config::jiffy_ns`) at the
+    /// last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
     /// The flow hash, kept so a packet of a known flow need not compute it again.
     pub hash: u32,
-    pub _pad: u32,
+    /// `Backend::gen` of the slot when the flow was made.
+    pub gen: u32,
 }
 /// Small on purpose: an insert copies it into a cold table entry.
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);

@@ -515,9 +515,11 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
             if pkt.proto == PROTO_UDP && idle > cfg.udp_idle_timeout_ns {
                 count(counter::UDP_FLOW_EXPIRED);
             } else if let Some(be) = BACKENDS.get(fv.backend) {
-                // Down (disabled, released), the slot handed to another VIP
-                // since, or an unhealthy backend's UDP flow: schedule anew.
+                // Down (disabled, released), the slot handed to another
+                // backend since (a new generation), or an unhealthy
+                // backend's UDP flow: schedule anew.
                 if be.flags & (BACKEND_F_DOWN | BACKEND_F_USED) != BACKEND_F_USED
+                    || be.gen != fv.gen
                     || be.vip_id as u32 != fv.vip_id
                     || (pkt.proto == PROTO_UDP && be.flags & BACKEND_F_UNHEALTHY != 0)
                 {
@@ -558,6 +560,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 fv.vip_id = p.vip_id;
                 fv.last_seen_ns = now;
                 fv.hash = p.hash;
+                fv.gen = be.gen;
                 let _ = FLOWS.insert(key, *fv, 0);
             }
             new_flow = true;
@@ -752,6 +755,7 @@ fn steer_icmp(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     };
     // The flow's backend must still be the one that sent the quoted packet.
     if backend.flags & (BACKEND_F_DOWN | BACKEND_F_USED) != BACKEND_F_USED
+        || backend.gen != fv.gen
         || backend.vip_id as u32 != fv.vip_id
     {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);

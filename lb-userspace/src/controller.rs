@@ -129,6 +129,8 @@ pub struct Controller<D: DataPlane> {
     /// What VIP_ADDRS holds, as far as we know: address → flags (None:
     /// present, flags unknown, e.g. an adopted VIP's address).
     known_addrs: BTreeMap<AddrKey, Option<u32>>,
+    /// `Backend::gen` of every slot ever used (0 when absent).
+    slot_gen: BTreeMap<u32, u32>,
 }
 
 pub use lb_common::{addr_words, words_addr};
@@ -221,9 +223,11 @@ impl<D: DataPlane> Controller<D> {
             .into_iter()
             .map(|(k, i)| (k, (i.vip_id, i.active_ring)))
             .collect();
-        let adopted_backends = dp
-            .backends()?
+        let slots = dp.backends()?;
+        let slot_gen = slots.iter().map(|(id, b)| (*id, b.gen)).collect();
+        let adopted_backends = slots
             .into_iter()
+            .filter(|(_, b)| b.flags & BACKEND_F_USED != 0)
             .map(|(id, b)| ((b.vip_id, words_addr(b.addr, b.family)), (id, b.flags)))
             .collect();
         let known_addrs = adopted_vips.keys().map(|k| (addr_key(k), None)).collect();
@@ -237,6 +241,7 @@ impl<D: DataPlane> Controller<D> {
             adopted_backends,
             retired: BTreeMap::new(),
             known_addrs,
+            slot_gen,
         })
     }
 
@@ -442,7 +447,14 @@ impl<D: DataPlane> Controller<D> {
                 let id = match (adopted, self.retired.remove(&(vip_id as u16, addr))) {
                     (Some((id, _)), _) => id,
                     (None, Some(id)) => id,
-                    (None, None) => self.alloc_backend_id()?,
+                    (None, None) => {
+                        // A slot for another backend than before: a new
+                        // generation, so flows made under the old one move.
+                        let id = self.alloc_backend_id()?;
+                        let g = self.slot_gen.entry(id).or_insert(0);
+                        *g = g.wrapping_add(1);
+                        id
+                    }
                 };
                 let health = match (&bc.health, adopted) {
                     (None, _) => HealthView::Unchecked,
@@ -510,6 +522,7 @@ impl<D: DataPlane> Controller<D> {
             family,
             flags: kernel_flags(b),
             vip_id: v.id as u16,
+            gen: self.slot_gen.get(&b.id).copied().unwrap_or(0),
         };
         let id = b.id;
         self.dp.set_backend(id, &kb)?;
@@ -517,12 +530,14 @@ impl<D: DataPlane> Controller<D> {
     }
 
     /// Frees a slot: flows still pointing at it are rescheduled (DOWN), and
-    /// without USED it is free for reuse, also after a restart.
+    /// without USED it is free for reuse, also after a restart. Its
+    /// generation stays, for the next user to bump.
     fn release_backend(&mut self, id: u32) -> Result<(), ControlError> {
         self.dp.set_backend(
             id,
             &Backend {
                 flags: BACKEND_F_DOWN,
+                gen: self.slot_gen.get(&id).copied().unwrap_or(0),
                 ..Backend::default()
             },
         )?;
@@ -683,6 +698,15 @@ mod tests {
 
     /// Maglev size of the test pools (the smallest the pool file accepts).
     const RING: u32 = 1009;
+
+    /// Slots in use (released ones are listed too, for their generation).
+    fn used_slots(dp: &impl DataPlane) -> usize {
+        dp.backends()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| b.flags & BACKEND_F_USED != 0)
+            .count()
+    }
 
     /// One write to the data plane, in the order the controller made it.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -854,7 +878,7 @@ mod tests {
             Ok(self
                 .backends
                 .iter()
-                .filter(|(_, b)| b.flags & BACKEND_F_USED != 0)
+                .filter(|(_, b)| b.flags & BACKEND_F_USED != 0 || b.gen != 0)
                 .map(|(id, b)| (*id, *b))
                 .collect())
         }
@@ -1064,6 +1088,7 @@ mod tests {
                         family,
                         flags: BACKEND_F_USED,
                         vip_id: info.vip_id as u16,
+                        gen: 1,
                     },
                     "{} of {}",
                     b.address,
@@ -1494,6 +1519,55 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_given_to_another_backend_gets_a_new_generation_also_across_a_restart() {
+        // web is replaced by `site` (another port, other backends): `site`
+        // takes web's VIP id and slots, but flows made under web's backends
+        // must not match them (see `Backend::gen`).
+        let p = pool(&[web(&WEB)]);
+        let mut c = applied(&p);
+        let k = key(&p, "web");
+        let slots: Vec<u32> = ["10.0.1.1", "10.0.1.2", "10.0.1.3"]
+            .iter()
+            .map(|a| c.dp.slot_of(&k, a))
+            .collect();
+        assert!(slots.iter().all(|id| c.dp.backend(*id).gen == 1));
+        let site = vip(
+            "site",
+            "10.100.0.1",
+            8080,
+            "tcp",
+            &[
+                "address: 10.0.9.1",
+                "address: 10.0.9.2",
+                "address: 10.0.9.3",
+            ],
+        );
+        c.apply(&pool(&[site.clone()])).unwrap();
+        let k2 = key(&pool(&[site.clone()]), "site");
+        let reused: BTreeSet<u32> = ["10.0.9.1", "10.0.9.2", "10.0.9.3"]
+            .iter()
+            .map(|a| c.dp.slot_of(&k2, a))
+            .collect();
+        assert_eq!(reused, slots.iter().copied().collect(), "same slots reused");
+        assert_eq!(c.vips[&k2].id, 0, "and the same VIP id");
+        for id in &reused {
+            assert_eq!(c.dp.backend(*id).gen, 2, "slot {id}");
+        }
+        // Removed while the daemon is down, reused after its restart: the
+        // released slots' generations were read back and go on.
+        c.apply(&pool(&["  []".to_string()])).unwrap();
+        for id in &reused {
+            let b = c.dp.backend(*id);
+            assert_eq!((b.flags, b.gen), (BACKEND_F_DOWN, 2), "released slot {id}");
+        }
+        let mut second = controller(c.dp.restarted());
+        second.apply(&p).unwrap();
+        for a in ["10.0.1.1", "10.0.1.2", "10.0.1.3"] {
+            assert_eq!(second.dp.backend(second.dp.slot_of(&k, a)).gen, 3, "{a}");
+        }
+    }
+
+    #[test]
     fn a_restarted_controller_removes_a_vip_dropped_meanwhile_with_its_address() {
         let p = pool(&four_vips());
         let first = applied(&p);
@@ -1522,7 +1596,7 @@ mod tests {
         for id in [any_slot, dns_slot] {
             assert_eq!(second.dp.backend(id).flags, BACKEND_F_DOWN, "slot {id}");
         }
-        assert_eq!(second.dp.backends().unwrap().len(), 4);
+        assert_eq!(used_slots(&second.dp), 4);
     }
 
     #[test]
@@ -1556,7 +1630,7 @@ mod tests {
         assert_eq!(new, replaced.min(removed));
         let other = replaced.max(removed);
         assert_eq!(second.dp.backend(other).flags, BACKEND_F_USED);
-        assert_eq!(second.dp.backends().unwrap().len(), 7);
+        assert_eq!(used_slots(&second.dp), 7);
         assert_eq!(
             second.dp.active_table(&web_k),
             expected_table(
@@ -1619,7 +1693,7 @@ mod tests {
             second.dp.vip_addrs,
             BTreeMap::from([(akey("10.100.0.1"), ADDR_F_VIP)])
         );
-        assert_eq!(second.dp.backends().unwrap().len(), 3);
+        assert_eq!(used_slots(&second.dp), 3);
         assert_eq!(
             second.dp.active_table(&k),
             expected_table(

@@ -52,6 +52,8 @@ pub trait DataPlane {
     /// Every VIP in the kernel (for adoption after a restart).
     fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>>;
     /// Every used backend slot (for adoption after a restart).
+    /// Slots in use (`BACKEND_F_USED`), and released ones that were ever
+    /// used (their generation counts on).
     fn backends(&self) -> Result<Vec<(u32, Backend)>>;
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
     fn backend_stats(&self, id: u32) -> Result<BackendStats>;
@@ -562,7 +564,7 @@ impl DataPlane for BpfDataPlane {
             Array::try_from(self.map(maps::BACKENDS)).map_err(map_err(maps::BACKENDS))?;
         Ok((0..a.len())
             .filter_map(|i| a.get(&i, 0).ok().map(|b| (i, b)))
-            .filter(|(_, b)| b.flags & lb_common::BACKEND_F_USED != 0)
+            .filter(|(_, b)| b.flags & lb_common::BACKEND_F_USED != 0 || b.gen != 0)
             .collect())
     }
 

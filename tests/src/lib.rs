@@ -120,6 +120,7 @@ pub fn backend(ip: IpAddr, flags: u8, vip_id: u32) -> Backend {
         family,
         flags: flags | lb_common::BACKEND_F_USED,
         vip_id: vip_id as u16,
+        gen: 0,
     }
 }
 

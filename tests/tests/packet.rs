@@ -505,6 +505,34 @@ fn flow_whose_slot_now_serves_another_vip_is_rescheduled() {
     assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
 }
 
+#[test]
+fn flow_whose_slot_has_a_new_generation_is_rescheduled() {
+    // Same VIP id, same flags: only the generation tells that the slot now
+    // holds another backend (a removed VIP's successor can get both the id
+    // and the slots).
+    let Some(mut lb) = setup() else { return };
+    let n = test_sizes().ring_size;
+    let f = Flow::tcp("192.0.2.52", 44002, "10.100.0.1", 80);
+    let first = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, first);
+    assert_eq!(lb.flow(&f.key()).unwrap().gen, 0);
+    let mut other = backend(ip("10.0.9.8"), 0, WEB);
+    other.gen = 1;
+    lb.set_backend(first, other).unwrap();
+    let rest: Vec<u32> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
+    replace_table(
+        &mut lb,
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        WEB,
+        &rest,
+    );
+    let want = rest[(hash(&f) % n) as usize % rest.len()];
+    assert_encap(&lb, &f.packet("A", b""), &f, want);
+    assert_eq!(lb.counter(counter::RESCHEDULED_DOWN), 1);
+    let v = lb.flow(&f.key()).unwrap();
+    assert_eq!((v.backend, v.gen), (want, 0));
+}
+
 /// An IPv4 address in 10.200/16 whose `port`/TCP service has the filter bit of `vip`.
 fn filter_twin(vip: lb_common::VipKey, port: u16) -> IpAddr {
     let want = vip_filter_bit(vip.addr, vip.port, vip.proto, vip.family);

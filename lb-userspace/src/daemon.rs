@@ -208,7 +208,19 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
     let mut dp = BpfDataPlane::load(&object, &pool.instance, s)?;
     dp.set_config(&kernel_config(&pool, hash_key))?;
     let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
-    // Tables first, then attach: the first packet already finds them.
+    // After a restart the previous program is still attached: it reads the
+    // pinned maps, but its own VIP filter and index (derived, not pinned),
+    // which nothing keeps any more. Put this program, whose filter and index
+    // match the pinned VIPs, in its place before anything changes.
+    let (adopting, fresh): (Vec<&String>, Vec<&String>) = pool
+        .interfaces
+        .iter()
+        .partition(|iface| ctl.dp.link_pinned(iface));
+    for iface in adopting {
+        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
+        warn_forwarding(iface);
+    }
+    // Elsewhere tables first, then attach: the first packet already finds them.
     let report = ctl.apply(&pool)?;
     log::info!(
         "pool `{}`: {} VIPs; tables written for {:?}",
@@ -216,7 +228,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         pool.vips.len(),
         report.tables_written
     );
-    for iface in &pool.interfaces {
+    for iface in fresh {
         ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
         warn_forwarding(iface);
     }

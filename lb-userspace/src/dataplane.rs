@@ -135,6 +135,9 @@ pub struct BpfDataPlane {
     /// Written into every `Config` (`Config::jiffy_ns`).
     clock: lb_common::DataPathClock,
     filter: lb_common::VipFilter,
+    /// A filter write failed: `filter` is ahead of the maps, and the next
+    /// change writes all of it.
+    filter_stale: bool,
 }
 
 /// The data of the maps this program pins.
@@ -298,13 +301,20 @@ impl BpfDataPlane {
             adopted: std::collections::HashMap::new(),
             clock,
             filter: lb_common::VipFilter::new(),
+            filter_stale: false,
         };
         // The filter is not pinned: rebuild it from the VIPs an earlier run left.
         for (key, info) in dp.vips()? {
-            let w = dp.filter.set(key, info);
-            write_filter(&mut dp.ebpf, w)?;
+            dp.filter.set(key, info);
         }
+        lb_common::write_vip_filter_all(&mut dp.ebpf, &dp.filter).map_err(DataPlaneError::Setup)?;
         Ok(dp)
+    }
+
+    /// Whether an earlier run left a pinned link on `iface` (which `attach`
+    /// then adopts).
+    pub fn link_pinned(&self, iface: &str) -> bool {
+        link_pin(&self.dir, iface).exists()
     }
 
     /// Attaches the balancer to `iface`, or adopts the link an earlier run
@@ -489,8 +499,17 @@ pub fn nix_ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
-fn write_filter(ebpf: &mut aya::Ebpf, w: lb_common::FilterWrites) -> Result<()> {
-    lb_common::write_vip_filter(ebpf, w).map_err(DataPlaneError::Setup)
+impl BpfDataPlane {
+    /// Writes a filter change, or all of the filter after a failed write.
+    fn write_filter(&mut self, w: lb_common::FilterWrites) -> Result<()> {
+        let r = if self.filter_stale {
+            lb_common::write_vip_filter_all(&mut self.ebpf, &self.filter)
+        } else {
+            lb_common::write_vip_filter(&mut self.ebpf, w)
+        };
+        self.filter_stale = r.is_err();
+        r.map_err(DataPlaneError::Setup)
+    }
 }
 
 /// Loads `lb_clock` and measures the kernel's tick with it.
@@ -530,7 +549,7 @@ impl DataPlane for BpfDataPlane {
         m.insert(key, info, 0).map_err(map_err(maps::VIPS))?;
         // After the VIP: a set bit without a VIP only costs a lookup.
         let w = self.filter.set(*key, *info);
-        write_filter(&mut self.ebpf, w)
+        self.write_filter(w)
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
@@ -538,7 +557,7 @@ impl DataPlane for BpfDataPlane {
             HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
         m.remove(key).map_err(map_err(maps::VIPS))?;
         let w = self.filter.remove(key);
-        write_filter(&mut self.ebpf, w)
+        self.write_filter(w)
     }
 
     fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()> {

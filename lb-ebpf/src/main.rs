@@ -62,9 +62,11 @@ static RINGS: Array<u64> =
     Array::with_max_entries(defaults::MAX_VIPS * 2 * defaults::RING_SIZE, BPF_F_MMAPABLE);
 /// One LRU hash shared by all CPUs, with the common LRU list: a flow is found
 /// whichever CPU its next packet lands on (RSS changes, generic XDP, several
-/// queues), the daemon sees one table, and the whole capacity serves whichever
-/// CPUs take the traffic. Each CPU takes free entries from a local list of
-/// up to 128 and touches the shared list (under its lock) once per batch.
+/// queues), the daemon sees one table, and the capacity is not split per
+/// CPU. Each CPU takes free entries from a local list of up to 128 and
+/// touches the shared list (under its lock) once per batch, so up to 128
+/// entries per CPU sit in local lists (the daemon warns when that is a large
+/// part of the table).
 /// Per-CPU lists (BPF_F_NO_COMMON_LRU) were measured slower here: they
 /// rotate the list on every insert, about 60 ns more per new flow, and split
 /// the capacity over all possible CPUs.
@@ -308,8 +310,9 @@ fn balance(ctx: &XdpContext) -> u32 {
     pkt.vlan = vlan;
     pkt.our_mac = our_mac;
 
-    // TCP and UDP find their VIP by (address, port, protocol) in one
-    // lookup; the rest first asks whether the address is a VIP's at all.
+    // TCP and UDP go by (address, port, protocol): the VIP filter, the flow
+    // table, the VIP index (see `balance_l4`); the rest first asks whether
+    // the address is a VIP's at all.
     if pkt.proto == PROTO_TCP || pkt.proto == PROTO_UDP {
         return balance_l4(ctx, &pkt);
     }
@@ -472,7 +475,8 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // No VIP on this (address, port, protocol): pass, with no map lookup.
     let bit = vip_filter_bit(pkt.dst, dport, pkt.proto, pkt.family);
     let any_bit = vip_filter_bit(pkt.dst, 0, pkt.proto, pkt.family);
-    if !vip_filter_has(bit) && !(cfg.flags & CONFIG_F_ANY_PORT != 0 && vip_filter_has(any_bit)) {
+    let exact = vip_filter_has(bit);
+    if !exact && !(cfg.flags & CONFIG_F_ANY_PORT != 0 && vip_filter_has(any_bit)) {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     }
 
@@ -498,7 +502,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // overlap instead of following each other. A packet of a known UDP flow
     // pays the VIP lookup and the hash for nothing (about 25 ns).
     let early = if pkt.proto == PROTO_UDP {
-        match pick(pkt, key, cfg, bit, any_bit) {
+        match pick(pkt, key, cfg, exact.then_some(bit), any_bit) {
             Some(p) => Some(p),
             None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
         }
@@ -541,7 +545,7 @@ fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         None => {
             let p = match early {
                 Some(p) => p,
-                None => match pick(pkt, key, cfg, bit, any_bit) {
+                None => match pick(pkt, key, cfg, exact.then_some(bit), any_bit) {
                     Some(p) => p,
                     None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
                 },
@@ -610,11 +614,17 @@ struct Pick {
     backend: u32,
 }
 
-/// Finds the VIP of a TCP/UDP packet (`bit`, `any_bit`: the filter bits of
-/// its port and of port 0) and picks its backend from the Maglev table.
-/// `None`: no VIP.
+/// Finds the VIP of a TCP/UDP packet (`bit`: the filter bit of its port
+/// when set, `any_bit`: that of port 0) and picks its backend from the
+/// Maglev table. `None`: no VIP.
 #[inline(always)]
-fn pick(pkt: &Packet, key: &FlowKey, cfg: &Config, bit: u32, any_bit: u32) -> Option<Pick> {
+fn pick(
+    pkt: &Packet,
+    key: &FlowKey,
+    cfg: &Config,
+    bit: Option<u32>,
+    any_bit: u32,
+) -> Option<Pick> {
     let mut vkey = VipKey {
         addr: pkt.dst,
         port: key.dport,
@@ -622,7 +632,7 @@ fn pick(pkt: &Packet, key: &FlowKey, cfg: &Config, bit: u32, any_bit: u32) -> Op
         family: pkt.family,
     };
     // The exact port first: it takes precedence over an any-port VIP.
-    let vip = match find_vip(&vkey, bit) {
+    let vip = match bit.and_then(|b| find_vip(&vkey, b)) {
         Some(v) => v,
         None => {
             if cfg.flags & CONFIG_F_ANY_PORT == 0 {

@@ -1511,17 +1511,19 @@ impl Checker {
                 MAX_BACKENDS_RANGE,
             );
         }
-        // The Maglev tables of all VIPs, two buffers each, live in one BPF array.
+        // The Maglev tables of all VIPs, two buffers each, live in one BPF
+        // array, four slots to an element.
         if let (Some(vips), Some(size)) = (parts.max_vips, parts.maglev_size) {
-            let slots = 2 * u64::from(vips) * u64::from(size);
-            if slots > u64::from(u32::MAX) {
+            let per = u64::from(lb_common::RING_SLOTS_PER_ELEM);
+            let elems = 2 * u64::from(vips) * u64::from(size).div_ceil(per);
+            if elems > u64::from(u32::MAX) {
                 let pos = parts.max_vips_pos.unwrap_or(f.pos);
                 self.report(
                     pos,
                     &f.path_of("max_vips"),
                     format!(
-                        "2 × max_vips × maglev_size = {slots} Maglev slots, more than one BPF \
-                         array holds ({}); lower max_vips or maglev_size",
+                        "2 × max_vips × maglev_size / {per} = {elems} Maglev table elements, \
+                         more than one BPF array holds ({}); lower max_vips or maglev_size",
                         u32::MAX
                     ),
                 );
@@ -3296,7 +3298,7 @@ tables:
   udp_idle_timeout: 0s
   max_vips: 65536
   maglev_size: 1000003
-  max_backends: 0
+  max_backends: 65536
 "
         );
         let errs = errors(&text);
@@ -3320,9 +3322,16 @@ tables:
             16,
             13,
             "tables.max_vips",
-            "Maglev slots, more than one BPF array holds",
+            "Maglev table elements, more than one BPF array holds",
         );
-        assert_has(&errs, 18, 17, "tables.max_backends", "out of range");
+        // Backend ids are 16 bits in the Maglev tables.
+        assert_has(
+            &errs,
+            18,
+            17,
+            "tables.max_backends",
+            "`65536` is out of range; it must be from 1 to 65535",
+        );
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
     }
     ctl.dp.detach_others(&pool.interfaces)?;
     warn_vip_routes(&pool);
+    warn_flow_capacity(pool.tables.flow_table_size);
 
     if let Some(dir) = pool.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -338,6 +339,35 @@ fn warn_vip_routes(pool: &Pool) {
                 if v.address.is_ipv4() { 32 } else { 128 }
             );
         }
+    }
+}
+
+/// CPUs in a kernel CPU list such as "0-3,8".
+fn cpu_count(list: &str) -> usize {
+    list.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+            None => 1,
+        })
+        .sum()
+}
+
+/// The flow table's LRU keeps up to 128 free entries per CPU in a local list
+/// (and as many recently added ones pending): on a small table with many
+/// CPUs, live flows can be evicted while the table is far from full (the
+/// kernel eases this from 6.16 on).
+fn warn_flow_capacity(flows: u32) {
+    let Ok(possible) = std::fs::read_to_string("/sys/devices/system/cpu/possible") else {
+        return;
+    };
+    let held = cpu_count(&possible) * 256;
+    if (flows as usize) < 4 * held {
+        log::warn!(
+            "tables.flow_table_size is {flows}; the LRU's per-CPU lists may hold up to {held} entries on this host's CPUs, so flows can be evicted early; raise it to {} or more",
+            4 * held
+        );
     }
 }
 
@@ -622,6 +652,13 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_count("0-3\n"), 4);
+        assert_eq!(cpu_count("0-1,4,6-7"), 5);
+        assert_eq!(cpu_count("0"), 1);
+    }
 
     #[test]
     fn the_hash_secret_is_created_once_then_read_back() {

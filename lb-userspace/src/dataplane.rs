@@ -671,7 +671,11 @@ pub fn attach_decap(
     for m in ALL_MAPS {
         loader.map_max_entries(m, 1);
     }
-    loader.map_max_entries(maps::RINGS, 1);
+    loader
+        .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::VIP_FILTER, 1)
+        .map_max_entries(maps::VIP_INDEX, 1)
+        .map_max_entries(maps::NEXTHOPS, 1);
     let mut ebpf = loader
         .load(object)
         .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;

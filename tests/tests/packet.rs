@@ -21,6 +21,7 @@ const WEB6: u32 = 2; // [fd00:100::1]:80/tcp
 const MIXED: u32 = 3; // 10.100.0.2:80/tcp -> IPv6 backends
 const ANY: u32 = 4; // 10.100.0.3:0/tcp (every port)
 const EMPTY: u32 = 5; // 10.100.0.4:80/tcp, no backend
+const EXTRA: u32 = 7; // not set up: for tests that add a VIP (backend 20)
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -56,6 +57,7 @@ fn backends() -> Vec<(u32, IpAddr, u32)> {
         (11, ip("fd00:1::2"), WEB6),
         (12, ip("fd00:1::1"), MIXED),
         (13, ip("fd00:1::2"), MIXED),
+        (20, ip("10.0.1.20"), EXTRA),
     ]
 }
 
@@ -735,6 +737,62 @@ fn wildcard_port_vip_takes_every_port() {
         let f = Flow::tcp("192.0.2.80", 47000, "10.100.0.3", port);
         assert_encap(&lb, &f.packet("S", b""), &f, 6);
     }
+}
+
+#[test]
+fn an_exact_port_vip_wins_over_an_any_port_vip_on_its_address() {
+    // 10.100.0.3:8080/tcp (EXTRA, backend 20) beside 10.100.0.3:0/tcp (ANY,
+    // backend 6); then again with the exact VIP's filter bit shared by a
+    // third VIP, so that it is found in the hash map instead of the index.
+    for shared in [false, true] {
+        let Some(mut lb) = setup() else { return };
+        let exact = vip_key(ip("10.100.0.3"), 8080, PROTO_TCP);
+        lb.write_ring(EXTRA, 0, &ring(&[20], test_sizes().ring_size))
+            .unwrap();
+        lb.add_vip(exact, vip(EXTRA)).unwrap();
+        if shared {
+            lb.add_vip(
+                vip_key(filter_twin(exact, 8080), 8080, PROTO_TCP),
+                vip(EMPTY),
+            )
+            .unwrap();
+        }
+        for (i, (port, want)) in [(8080, 20), (8081, 6), (80, 6)].into_iter().enumerate() {
+            let f = Flow::tcp("192.0.2.81", 47000 + i as u16, "10.100.0.3", port);
+            assert_encap(&lb, &f.packet("S", b""), &f, want);
+            assert_encap(&lb, &f.packet("A", b""), &f, want);
+        }
+        // UDP to the address has no VIP (the any-port VIP is TCP).
+        let u = Flow::udp("192.0.2.81", 47000, "10.100.0.3", 8080);
+        assert_passed_unchanged(&lb, &u.packet("", b"q"));
+    }
+}
+
+#[test]
+fn two_vips_sharing_a_filter_bit_are_both_served() {
+    // With the bit shared, neither is in the index: both are found in the
+    // hash map; once one leaves, the other is indexed again.
+    let Some(mut lb) = setup() else { return };
+    let web = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    let twin_addr = filter_twin(web, 80);
+    lb.write_ring(EXTRA, 0, &ring(&[20], test_sizes().ring_size))
+        .unwrap();
+    let twin = vip_key(twin_addr, 80, PROTO_TCP);
+    lb.add_vip(twin, vip(EXTRA)).unwrap();
+    let to_web = Flow::tcp("192.0.2.82", 47000, "10.100.0.1", 80);
+    let to_twin = Flow::tcp("192.0.2.82", 47000, &twin_addr.to_string(), 80);
+    assert_encap(
+        &lb,
+        &to_web.packet("S", b""),
+        &to_web,
+        pick(&to_web, &[1, 2, 3]),
+    );
+    assert_encap(&lb, &to_twin.packet("S", b""), &to_twin, 20);
+    lb.remove_vip(web).unwrap();
+    let again = Flow::tcp("192.0.2.83", 47001, &twin_addr.to_string(), 80);
+    assert_encap(&lb, &again.packet("S", b""), &again, 20);
+    let gone = Flow::tcp("192.0.2.83", 47001, "10.100.0.1", 80);
+    assert_passed_unchanged(&lb, &gone.packet("S", b""));
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub mod maps {
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
     pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
+    /// `LpmTrie<DecapSource, u32>`: on backends, the outer sources (the
+    /// balancers' encapsulation prefixes) tunnels are accepted from.
+    pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
 }
 
 /// Program names in the object file.
@@ -346,14 +349,47 @@ pub mod decap_counter {
     pub const PASS_NOT_VIP: u32 = 2;
     pub const PASS_MALFORMED: u32 = 3;
     pub const DROP_ADJUST_HEAD: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A tunnel to a VIP from an outer source not in `DECAP_SOURCES`.
+    pub const DROP_SOURCE: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const NAMES: [&str; COUNT as usize] = [
         "decapsulated",
         "pass_not_tunnel",
         "pass_not_vip",
         "pass_malformed",
         "drop_adjust_head",
+        "drop_source",
     ];
+}
+
+/// The data of a `DECAP_SOURCES` key: the family, then the address octets
+/// (IPv4 in the first four). A prefix of `n` bits has `prefix_len` 32 + n.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapSource {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<DecapSource>() == 20);
+
+impl DecapSource {
+    /// The `DECAP_SOURCES` key (prefix length, data) of `addr/prefix`.
+    pub fn key(addr: core::net::IpAddr, prefix: u8) -> (u32, DecapSource) {
+        let mut d = DecapSource::default();
+        let bits = match addr {
+            core::net::IpAddr::V4(a) => {
+                d.family = AF_INET as u32;
+                d.addr[..4].copy_from_slice(&a.octets());
+                prefix.min(32)
+            }
+            core::net::IpAddr::V6(a) => {
+                d.family = AF_INET6 as u32;
+                d.addr = a.octets();
+                prefix.min(128)
+            }
+        };
+        (32 + bits as u32, d)
+    }
 }
 
 /// An address as the maps hold it: its octets loaded into native `u32`
@@ -900,6 +936,7 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for VipEntry {}
+    unsafe impl aya::Pod for DecapSource {}
     unsafe impl aya::Pod for AddrKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

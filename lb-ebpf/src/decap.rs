@@ -1,16 +1,17 @@
 //! `lb_decap`, for backends: strips the IPIP / IP6IP6 / 4in6 header of packets
 //! whose inner destination is a configured VIP and passes the inner packet to
-//! the stack, so backends need no tunnel kernel module. Everything else passes
-//! untouched.
+//! the stack, so backends need no tunnel kernel module. Such a tunnel from an
+//! outer source outside `DECAP_SOURCES` (the balancers' prefixes) is dropped
+//! and counted. Everything else passes untouched.
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{decap_counter, AddrKey, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6};
+use lb_common::{decap_counter, AddrKey, DecapSource, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6};
 
 use crate::{
     ptr_at, rd16, rd32, wr16, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_LEN,
@@ -19,6 +20,10 @@ use crate::{
 
 #[map]
 static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
+/// Where tunnels may come from: without this check anyone could reach a
+/// backend's services past the balancer by sending it a tunnel packet.
+#[map]
+static DECAP_SOURCES: LpmTrie<DecapSource, u32> = LpmTrie::with_max_entries(64, 0);
 #[map]
 static DECAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_counter::COUNT, 0);
 
@@ -46,7 +51,8 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         l2_len = ETH_LEN + VLAN_LEN;
     }
 
-    // Outer header: its length and the inner protocol.
+    // Outer header: its length, the inner protocol, and where it came from.
+    let mut src = Key::new(32, DecapSource::default());
     let (outer_len, inner_proto) = match ethertype {
         ETH_P_IP => {
             let Some(ip) = ptr_at::<[u8; IPV4_LEN]>(&ctx, l2_len) else {
@@ -59,6 +65,9 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
                 // A fragmented tunnel packet: the kernel reassembles, we cannot.
                 return pass(decap_counter::PASS_NOT_TUNNEL);
             }
+            src.prefix_len = 32 + 32;
+            src.data.family = AF_INET as u32;
+            src.data.addr[..4].copy_from_slice(&unsafe { *((ip + 12) as *const [u8; 4]) });
             (((vihl & 0x0f) as usize) * 4, unsafe {
                 *((ip + 9) as *const u8)
             })
@@ -67,6 +76,9 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
             let Some(ip) = ptr_at::<[u8; IPV6_LEN]>(&ctx, l2_len) else {
                 return pass(decap_counter::PASS_MALFORMED);
             };
+            src.prefix_len = 32 + 128;
+            src.data.family = AF_INET6 as u32;
+            src.data.addr = unsafe { *((ip as usize + 8) as *const [u8; 16]) };
             (IPV6_LEN, unsafe { *((ip as usize + 6) as *const u8) })
         }
         _ => return pass(decap_counter::PASS_NOT_TUNNEL),
@@ -105,6 +117,13 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     };
     if unsafe { DECAP_VIPS.get(key) }.is_none() {
         return pass(decap_counter::PASS_NOT_VIP);
+    }
+    // A tunnel to one of our VIPs from elsewhere than a balancer: spoofed.
+    if DECAP_SOURCES.get(&src).is_none() {
+        if let Some(p) = DECAP_COUNTERS.get_ptr_mut(decap_counter::DROP_SOURCE) {
+            unsafe { *p += 1 };
+        }
+        return aya_ebpf::bindings::xdp_action::XDP_DROP;
     }
 
     // Keep the Ethernet header (and VLAN tag), drop the outer IP header.

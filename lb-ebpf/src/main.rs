@@ -618,13 +618,7 @@ struct Pick {
 /// when set, `any_bit`: that of port 0) and picks its backend from the
 /// Maglev table. `None`: no VIP.
 #[inline(always)]
-fn pick(
-    pkt: &Packet,
-    key: &FlowKey,
-    cfg: &Config,
-    bit: Option<u32>,
-    any_bit: u32,
-) -> Option<Pick> {
+fn pick(pkt: &Packet, key: &FlowKey, cfg: &Config, bit: Option<u32>, any_bit: u32) -> Option<Pick> {
     let mut vkey = VipKey {
         addr: pkt.dst,
         port: key.dport,

@@ -1542,8 +1542,9 @@ mod tests {
                 "address: 10.0.9.3",
             ],
         );
-        c.apply(&pool(&[site.clone()])).unwrap();
-        let k2 = key(&pool(&[site.clone()]), "site");
+        let site_pool = pool(std::slice::from_ref(&site));
+        c.apply(&site_pool).unwrap();
+        let k2 = key(&site_pool, "site");
         let reused: BTreeSet<u32> = ["10.0.9.1", "10.0.9.2", "10.0.9.3"]
             .iter()
             .map(|a| c.dp.slot_of(&k2, a))

@@ -656,6 +656,7 @@ pub fn attach_decap(
     object: &[u8],
     iface: &str,
     vips: &[std::net::IpAddr],
+    sources: &[(std::net::IpAddr, u8)],
     mode: AttachMode,
 ) -> Result<()> {
     ensure_bpffs()?;
@@ -697,7 +698,27 @@ pub fn attach_decap(
             .map_err(map_err(maps::DECAP_VIPS))?;
         }
     }
-    for name in [maps::DECAP_VIPS, maps::DECAP_COUNTERS] {
+    {
+        let mut t: aya::maps::LpmTrie<&mut MapData, lb_common::DecapSource, u32> =
+            aya::maps::LpmTrie::try_from(ebpf.map_mut(maps::DECAP_SOURCES).expect("DECAP_SOURCES"))
+                .map_err(map_err(maps::DECAP_SOURCES))?;
+        // None given: from anywhere (the upstream filter must then do it).
+        let any = [
+            (std::net::IpAddr::from([0u8; 4]), 0),
+            (std::net::IpAddr::from([0u8; 16]), 0),
+        ];
+        let sources = if sources.is_empty() {
+            &any[..]
+        } else {
+            sources
+        };
+        for (addr, prefix) in sources {
+            let (len, data) = lb_common::DecapSource::key(*addr, *prefix);
+            t.insert(&aya::maps::lpm_trie::Key::new(len, data), 1, 0)
+                .map_err(map_err(maps::DECAP_SOURCES))?;
+        }
+    }
+    for name in [maps::DECAP_VIPS, maps::DECAP_COUNTERS, maps::DECAP_SOURCES] {
         ebpf.map_mut(name)
             .expect("decap map")
             .pin(dir.join(name))

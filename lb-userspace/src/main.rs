@@ -56,6 +56,11 @@ enum Cmd {
         /// VIP addresses whose tunnelled packets are unwrapped (repeat for several).
         #[arg(long = "vip")]
         vips: Vec<std::net::IpAddr>,
+        /// Outer source prefix tunnels are accepted from: the balancers'
+        /// `encapsulation.source_v4`/`source_v6` (repeat for several).
+        /// Without any, tunnels are accepted from every source.
+        #[arg(long = "from", value_parser = parse_prefix)]
+        sources: Vec<(std::net::IpAddr, u8)>,
         #[arg(long, value_enum, default_value = "auto")]
         mode: Mode,
         /// Detach and remove instead.
@@ -64,6 +69,24 @@ enum Cmd {
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
     },
+}
+
+/// `ADDRESS/BITS` (a bare address is a single host).
+fn parse_prefix(s: &str) -> std::result::Result<(std::net::IpAddr, u8), String> {
+    let (a, p) = s.split_once('/').unwrap_or((s, ""));
+    let addr: std::net::IpAddr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = if p.is_empty() {
+        max
+    } else {
+        p.parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("`{p}` is not a prefix length from 0 to {max}"))?
+    };
+    Ok((addr, bits))
 }
 
 static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -173,6 +196,7 @@ async fn real_main(cli: Cli) -> Result<()> {
         Cmd::Decap {
             interface,
             vips,
+            sources,
             mode,
             remove,
             ebpf_object,
@@ -197,8 +221,20 @@ async fn real_main(cli: Cli) -> Result<()> {
                 Mode::Driver => dataplane::AttachMode::Driver,
                 Mode::Generic => dataplane::AttachMode::Generic,
             };
-            dataplane::attach_decap(&object(ebpf_object.as_deref())?, &interface, &vips, mode)?;
+            dataplane::attach_decap(
+                &object(ebpf_object.as_deref())?,
+                &interface,
+                &vips,
+                &sources,
+                mode,
+            )?;
             println!("lb_decap attached to `{interface}` for {vips:?}");
+            if sources.is_empty() {
+                println!("tunnels are accepted from any source: give the balancers' source prefixes with --from, or filter IP protocols 4 and 41 upstream");
+            } else {
+                let list: Vec<String> = sources.iter().map(|(a, p)| format!("{a}/{p}")).collect();
+                println!("tunnels are accepted from {}", list.join(", "));
+            }
             Ok(())
         }
     }

@@ -142,9 +142,12 @@ impl Balancer {
         Self::load_prog(sizes, progs::BALANCER)
     }
 
-    /// Loads the backend decapsulator (`lb_decap`).
+    /// Loads the backend decapsulator (`lb_decap`), accepting tunnels from
+    /// any source.
     pub fn load_decap() -> Result<Self> {
-        Self::load_prog(test_sizes(), progs::DECAP)
+        let mut b = Self::load_prog(test_sizes(), progs::DECAP)?;
+        b.set_decap_sources(&[(IpAddr::from([0u8; 4]), 0), (IpAddr::from([0u8; 16]), 0)])?;
+        Ok(b)
     }
 
     /// Loads the trivial XDP_PASS program.
@@ -327,6 +330,22 @@ impl Balancer {
         let a: PerCpuArray<&MapData, BackendStats> =
             PerCpuArray::try_from(self.map(maps::BACKEND_STATS)).unwrap();
         a.get(&id, 0).unwrap().iter().sum()
+    }
+
+    /// Replaces the decapsulator's accepted outer sources (`load_decap`
+    /// accepts any, as `lb decap` without `--from`).
+    pub fn set_decap_sources(&mut self, sources: &[(IpAddr, u8)]) -> Result<()> {
+        let mut t: aya::maps::LpmTrie<&mut MapData, lb_common::DecapSource, u32> =
+            aya::maps::LpmTrie::try_from(self.map_mut(maps::DECAP_SOURCES))?;
+        let old: Vec<_> = t.keys().collect::<Result<_, _>>()?;
+        for k in old {
+            t.remove(&k)?;
+        }
+        for (addr, prefix) in sources {
+            let (len, data) = lb_common::DecapSource::key(*addr, *prefix);
+            t.insert(&aya::maps::lpm_trie::Key::new(len, data), 1, 0)?;
+        }
+        Ok(())
     }
 
     pub fn add_decap_vip(&mut self, ip: IpAddr) -> Result<()> {

@@ -246,6 +246,11 @@ impl Topology {
                     VIP4_MIXED,
                     "--vip",
                     VIP6,
+                    // The balancers' encapsulation sources (see `pool_text`).
+                    "--from",
+                    "10.255.0.0/24",
+                    "--from",
+                    "fd00:255::/112",
                 ])
                 .output()?;
             if !out.status.success() {

@@ -1167,6 +1167,48 @@ fn decap_strips_ipip_ip6ip6_and_4in6_to_a_vip() {
 }
 
 #[test]
+fn decap_drops_tunnels_to_a_vip_from_other_sources_than_the_balancers() {
+    // As `lb decap --from 10.255.0.0/24 --from fd00:255::/112`.
+    let Some(mut d) = decap_setup() else { return };
+    d.set_decap_sources(&[(ip("10.255.0.0"), 24), (ip("fd00:255::"), 112)])
+        .unwrap();
+    let f4 = Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80).packet("S", b"");
+    let f6 = Flow::udp("2001:db8::1", 5, "fd00:100::1", 53).packet("", b"q");
+    for (inner, src, ok) in [
+        (&f4, "10.255.0.7", true),
+        (&f4, "10.255.1.7", false),
+        (&f4, "fd00:255::7", true),
+        (&f4, "fd00:256::7", false),
+        (&f6, "fd00:255::ffff", true),
+        (&f6, "fd00:255::1:0", false),
+    ] {
+        let dst = if src.contains(':') {
+            "fd00:1::1"
+        } else {
+            "10.0.1.1"
+        };
+        let outer = tunnel(inner, ip(src), ip(dst));
+        let out = d.run(&outer).unwrap();
+        let want = if ok { XDP_PASS } else { XDP_DROP };
+        assert_eq!(out.action, want, "tunnel from {src}");
+        if ok {
+            assert_eq!(
+                &out.data[out.data.len() - ip_part(inner).len()..],
+                ip_part(inner)
+            );
+        }
+    }
+    assert_eq!(d.decap_counter(decap_counter::DECAPPED), 3);
+    assert_eq!(d.decap_counter(decap_counter::DROP_SOURCE), 3);
+    // A tunnel from elsewhere to an address that is no VIP here is not ours:
+    // passed, as before.
+    let other = Flow::tcp("192.0.2.1", 5, "10.9.9.9", 80).packet("S", b"");
+    let outer = tunnel(&other, ip("10.255.1.7"), ip("10.0.1.1"));
+    assert_eq!(d.run(&outer).unwrap().data, outer);
+    assert_eq!(d.decap_counter(decap_counter::PASS_NOT_VIP), 1);
+}
+
+#[test]
 fn decap_leaves_other_traffic_alone() {
     let Some(d) = decap_setup() else { return };
     let plain = Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80).packet("S", b"");

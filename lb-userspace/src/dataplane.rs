@@ -311,6 +311,15 @@ impl BpfDataPlane {
         Ok(dp)
     }
 
+    /// The `lb_xdp` program of the loaded object.
+    fn balancer(&mut self) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(progs::BALANCER)
+            .expect("lb_xdp in the object")
+            .try_into()
+            .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))
+    }
+
     /// Whether an earlier run left a pinned link on `iface` (which `attach`
     /// then adopts).
     pub fn link_pinned(&self, iface: &str) -> bool {
@@ -322,12 +331,7 @@ impl BpfDataPlane {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         let ifindex = nix_ifindex(iface)?;
         let pin = link_pin(&self.dir, iface);
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(progs::BALANCER)
-            .expect("lb_xdp in the object")
-            .try_into()
-            .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))?;
+        let prog = self.balancer()?;
         if prog.fd().is_err() {
             prog.load().map_err(|e| match e {
                 aya::programs::ProgramError::LoadError {
@@ -417,12 +421,7 @@ impl BpfDataPlane {
             source,
         })?;
         if let Some(id) = self.adopted.remove(iface) {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(progs::BALANCER)
-                .expect("lb_xdp in the object")
-                .try_into()
-                .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))?;
+            let prog = self.balancer()?;
             prog.detach(id)
                 .map_err(|e| DataPlaneError::Setup(format!("detaching from `{iface}`: {e}")))?;
         }

@@ -429,16 +429,19 @@ impl Daemon {
                     .get(&ev.backend.0)
                     .map(|v| v.conf.name.clone())
                     .unwrap_or_default();
-                let (level, word) = match ev.health {
-                    Health::Up => (log::Level::Info, "up"),
-                    Health::Down => (log::Level::Warn, "down"),
+                let (level, word, probes) = match ev.health {
+                    Health::Up => (log::Level::Info, "up", "passed"),
+                    Health::Down => (log::Level::Warn, "down", "failed"),
                 };
                 log::log!(
                     level,
-                    "backend {} of VIP `{}` is {} ({}, {:.1} ms)",
+                    "backend {} of VIP `{}` is {} after {} {} probe{} ({}, {:.1} ms)",
                     ev.backend.1,
                     name,
                     word,
+                    ev.in_a_row,
+                    probes,
+                    if ev.in_a_row == 1 { "" } else { "s" },
                     ev.outcome.detail,
                     ev.outcome.latency.as_secs_f64() * 1000.0
                 );

@@ -335,6 +335,10 @@ pub struct HealthEvent<K> {
     pub changed: Option<Health>,
     /// The backend's state after this probe.
     pub health: Health,
+    /// Consecutive probes with this probe's result, this one included
+    /// (counted apart from the hysteresis, so the log can say how many
+    /// failures took a backend down).
+    pub in_a_row: u32,
 }
 
 /// A running prober; dropping it stops the probing task.
@@ -370,6 +374,7 @@ pub fn spawn_prober<K: Clone + Send + 'static>(
         let mut hysteresis = Hysteresis::new(initial, spec.rise, spec.fall);
         let mut ticker = tokio::time::interval(spec.interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut last_ok, mut in_a_row) = (None, 0u32);
         loop {
             let outcome = tokio::select! {
                 _ = tx.closed() => break,
@@ -379,11 +384,18 @@ pub fn spawn_prober<K: Clone + Send + 'static>(
                 } => outcome,
             };
             let changed = hysteresis.record(outcome.ok);
+            in_a_row = if last_ok == Some(outcome.ok) {
+                in_a_row.saturating_add(1)
+            } else {
+                1
+            };
+            last_ok = Some(outcome.ok);
             let event = HealthEvent {
                 backend: backend.clone(),
                 outcome,
                 changed,
                 health: hysteresis.health(),
+                in_a_row,
             };
             if tx.send(event).await.is_err() {
                 break;
@@ -836,6 +848,7 @@ mod tests {
         assert_eq!(events[0].health, Health::Down);
         assert_eq!(events[1].changed, Some(Health::Up));
         assert_eq!(events[1].health, Health::Up);
+        assert_eq!((events[0].in_a_row, events[1].in_a_row), (1, 2));
 
         // Listener gone: down after `fall` consecutive refusals.
         drop(listener);
@@ -845,6 +858,7 @@ mod tests {
         let last = events.last().unwrap();
         assert_eq!(last.changed, Some(Health::Down));
         assert_eq!(last.health, Health::Down);
+        assert_eq!(last.in_a_row, 2, "{events:?}");
         let failures: Vec<_> = events.iter().filter(|e| !e.outcome.ok).collect();
         assert_eq!(failures.len(), 2, "{events:?}");
         assert!(failures

@@ -73,6 +73,22 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
+/// Backend `key`'s permutation of the `m` table positions (step 3 of
+/// [`build`]): it starts at `offset` and walks by `skip`.
+fn permutation(key: u64, m: u64) -> (u64, u64) {
+    let offset = offset_hash(key) % m;
+    let mut skip = if m > 1 {
+        skip_hash(key) % (m - 1) + 1
+    } else {
+        1
+    };
+    // Never taken for prime M; keeps non-prime sizes from looping forever.
+    while gcd(skip, m) != 1 {
+        skip = skip % m + 1;
+    }
+    (offset, skip)
+}
+
 /// One backend's state while the table is being filled.
 struct Filler {
     /// The value written into the positions this backend claims.
@@ -166,16 +182,7 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
         .zip(&quotas)
         .filter(|(_, quota)| **quota > 0)
         .map(|(b, &quota)| {
-            let offset = offset_hash(b.key) % m;
-            let mut skip = if m > 1 {
-                skip_hash(b.key) % (m - 1) + 1
-            } else {
-                1
-            };
-            // Never taken for prime M; keeps non-prime sizes from looping forever.
-            while gcd(skip, m) != 1 {
-                skip = skip % m + 1;
-            }
+            let (offset, skip) = permutation(b.key, m);
             Filler {
                 slot: b.slot,
                 weight: u64::from(b.weight),
@@ -513,6 +520,63 @@ mod tests {
                 worst * 100.0
             );
         }
+    }
+
+    #[test]
+    fn removing_one_of_n_moves_about_one_nth_of_the_flows() {
+        // Maglev's promise, counted over every slot (the removed backend's
+        // own included): about 1/N of the flows move, hardly more.
+        for n in [10u32, 100] {
+            let backends = pool(n, |_| 1);
+            let before = build(&backends, M);
+            for removed in [0, n / 2, n - 1] {
+                let rest: Vec<_> = backends
+                    .iter()
+                    .copied()
+                    .filter(|b| b.slot != removed)
+                    .collect();
+                let after = build(&rest, M);
+                let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+                let frac = moved as f64 / f64::from(M);
+                let share = 1.0 / f64::from(n);
+                assert!(
+                    frac <= share * 1.2 + 0.005,
+                    "{n} backends, removing {removed}: {:.2}% moved, 1/N is {:.2}%",
+                    frac * 100.0,
+                    share * 100.0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backends_have_their_own_preference_lists() {
+        // The permutations are what makes a pool change move few flows:
+        // backends at consecutive addresses must start at positions of their
+        // own, step by skips of their own, and share few of their first
+        // preferences.
+        let m = u64::from(M);
+        let perms: Vec<(u64, u64)> = (0..100).map(|i| permutation(addr_key(i), m)).collect();
+        let distinct = |v: Vec<u64>| {
+            v.into_iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        let offsets = distinct(perms.iter().map(|p| p.0).collect());
+        let skips = distinct(perms.iter().map(|p| p.1).collect());
+        assert!(offsets >= 98, "{offsets} distinct first positions of 100");
+        assert!(skips >= 98, "{skips} distinct skips of 100");
+        let firsts: Vec<u64> = perms
+            .iter()
+            .flat_map(|&(o, s)| (0..8).map(move |j| (o + j * s) % m))
+            .collect();
+        let shared = 800 - distinct(firsts);
+        assert!(
+            shared <= 8,
+            "{shared} of the 800 first preferences are shared"
+        );
+        // Every skip walks the whole table (M is prime, skip in 1..M).
+        assert!(perms.iter().all(|p| p.0 < m && (1..m).contains(&p.1)));
     }
 
     #[test]

@@ -403,3 +403,45 @@ fn verifier_log(e: ProgramError) -> anyhow::Error {
         other => other.into(),
     }
 }
+
+/// A test's time budget: if the guard is still alive when the budget runs
+/// out, the test process prints which test overran and exits with failure,
+/// so a broken data path (clients waiting out their timeouts) fails the run
+/// in bounded time instead of hanging it. Dropping the guard disarms it.
+pub struct Budget {
+    done: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Budget {
+    pub fn start(test: &str, budget: std::time::Duration) -> Budget {
+        let done = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (watch, test) = (done.clone(), test.to_string());
+        std::thread::spawn(move || {
+            let (lock, cvar) = &*watch;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (finished, _) = cvar
+                .wait_timeout_while(guard, budget, |done| !*done)
+                .unwrap_or_else(|e| e.into_inner());
+            if !*finished {
+                // Past libtest's output capture, which a process exit loses.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\ntest {test} FAILED: still running after its budget of {} s; \
+                     stopping the test process (its remaining tests do not run)",
+                    budget.as_secs()
+                );
+                std::process::exit(101);
+            }
+        });
+        Budget { done }
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+    }
+}

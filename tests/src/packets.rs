@@ -111,6 +111,19 @@ pub fn set_tos_v4(frame: &mut [u8], tos: u8) {
     frame[24..26].copy_from_slice(&c.to_be_bytes());
 }
 
+/// An untagged IPv4 frame rebuilt with IPv4 `options` (a multiple of 4
+/// bytes): IHL, total length and header checksum follow.
+pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    let (mut h, rest) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    h.options = options.try_into().unwrap();
+    h.total_len += options.len() as u16;
+    h.header_checksum = h.calc_header_checksum();
+    let mut out = frame[..14].to_vec();
+    out.extend_from_slice(&h.to_bytes());
+    out.extend_from_slice(rest);
+    out
+}
+
 /// The IP packet inside a frame (after the Ethernet header and optional VLAN tag).
 pub fn ip_part(frame: &[u8]) -> &[u8] {
     let l2 = if frame[12..14] == [0x81, 0x00] {

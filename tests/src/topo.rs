@@ -52,6 +52,8 @@ pub struct Topology {
     pub lb2: Option<String>,
     daemon2: Option<Child>,
     _peer_xdp2: Option<aya::Ebpf>,
+    /// The test's time budget, disarmed when the topology is gone.
+    pub budget: Option<crate::Budget>,
 }
 
 pub fn sh(cmd: &str) -> Result<()> {
@@ -124,6 +126,7 @@ impl Topology {
             lb2: None,
             daemon2: None,
             _peer_xdp2: None,
+            budget: None,
         };
         t.cleanup_namespaces();
         // Pins of an earlier run of the same tag that was killed before it

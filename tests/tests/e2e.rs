@@ -8,14 +8,26 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(2);
 
+/// Each test's time budget, from building its topology to removing it. The
+/// slowest passes in about 8 s; a broken data path makes clients wait out
+/// their timeouts, and this fails the run instead of letting it hang.
+const BUDGET: Duration = Duration::from_secs(90);
+
+/// A client loop stops after this many failed requests: the test fails
+/// either way, and a broken data path would otherwise cost a timeout per
+/// request.
+const MAX_FAILURES: usize = 5;
+
 fn topo(tag: &str, weights: &[u32]) -> Option<Topology> {
     root_env("end-to-end tests")?;
-    let t = Topology::new(
+    let budget = lb_tests::Budget::start(tag, BUDGET);
+    let mut t = Topology::new(
         tag,
         weights.len(),
         std::path::Path::new(env!("CARGO_BIN_EXE_backend-server")),
     )
     .expect("topology");
+    t.budget = Some(budget);
     let hosts: Vec<_> = t
         .backends
         .iter()
@@ -39,23 +51,32 @@ fn web() -> SocketAddr {
     format!("{VIP4}:80").parse().unwrap()
 }
 
-/// `n` short HTTP connections from the client; counts answers per backend
-/// (failures under "error: ...", by message).
-fn spread_http(t: &Topology, addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
-    in_ns(&t.client, move || {
-        let mut seen = BTreeMap::new();
-        let mut failed = 0;
-        for _ in 0..n {
-            match http_get(addr, T) {
-                Ok(b) => *seen.entry(b).or_insert(0) += 1,
-                Err(e) => {
-                    failed += 1;
-                    *seen.entry(format!("error: {e}")).or_insert(0) += 1;
+/// Runs `request(i)` for i in 0..n; counts answers per backend (failures
+/// under "error: ...", by message), stopping after `MAX_FAILURES` failures.
+fn tally(
+    n: usize,
+    mut request: impl FnMut(usize) -> anyhow::Result<String>,
+) -> (BTreeMap<String, usize>, usize) {
+    let mut seen = BTreeMap::new();
+    let mut failed = 0;
+    for i in 0..n {
+        match request(i) {
+            Ok(b) => *seen.entry(b).or_insert(0) += 1,
+            Err(e) => {
+                failed += 1;
+                *seen.entry(format!("error: {e}")).or_insert(0) += 1;
+                if failed == MAX_FAILURES {
+                    break;
                 }
             }
         }
-        (seen, failed)
-    })
+    }
+    (seen, failed)
+}
+
+/// `n` short HTTP connections from the client (see [`tally`]).
+fn spread_http(t: &Topology, addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
+    in_ns(&t.client, move || tally(n, |_| http_get(addr, T)))
 }
 
 fn assert_shares(seen: &BTreeMap<String, usize>, weights: &[u32], n: usize) {
@@ -90,15 +111,7 @@ fn tcp_and_udp_spread_by_weight() {
     // UDP over distinct source ports.
     let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
     let (useen, ufailed) = in_ns(&t.client, move || {
-        let mut seen = BTreeMap::new();
-        let mut failed = 0;
-        for p in 0..3000u16 {
-            match udp_query(dns, 20000 + p, T) {
-                Ok(b) => *seen.entry(b).or_insert(0) += 1,
-                Err(_) => failed += 1,
-            }
-        }
-        (seen, failed)
+        tally(3000, |i| udp_query(dns, 20000 + i as u16, T))
     });
     assert_eq!(ufailed, 0, "{useen:?}");
     assert_shares(&useen, &weights, 3000);
@@ -159,7 +172,22 @@ fn failover_within_a_second_and_recovery_after_rise() {
         seen.contains_key("b2"),
         "b2 takes new flows again: {seen:?}"
     );
-    assert!(t.log().contains("is down"), "{}", t.log());
+    // Down after exactly `fall` (2) failed probes, on every VIP b2 serves.
+    let log = t.log();
+    let b2 = &t.backends[1];
+    for (vip, addr) in [
+        ("web", b2.v4.to_string()),
+        ("hold", b2.v4.to_string()),
+        ("dns", b2.v4.to_string()),
+        ("web6", b2.v6.to_string()),
+    ] {
+        let down = format!("backend {addr} of VIP `{vip}` is down after 2 failed probes");
+        assert!(log.contains(&down), "`{down}` not in the log:\n{log}");
+    }
+    assert!(
+        log.contains("is up after 2 passed probes"),
+        "up after rise (2): {log}"
+    );
 }
 
 #[test]
@@ -174,7 +202,7 @@ fn daemon_sigkill_and_restart_break_no_request() {
     let worker = std::thread::spawn(move || {
         in_ns(&client, move || {
             let (mut ok, mut failed) = (0, 0);
-            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) && failed < MAX_FAILURES {
                 match http_get(web(), T) {
                     Ok(_) => ok += 1,
                     Err(_) => failed += 1,
@@ -233,6 +261,46 @@ fn bad_reload_keeps_the_running_configuration() {
     );
     let st = t.status_json().unwrap();
     assert_eq!(vip(&st, "web")["backends"][0]["weight"], 1);
+}
+
+#[test]
+fn a_reload_with_one_error_applies_none_of_its_valid_changes() {
+    // A valid weight change to `web` and an error in `dns`, in one file:
+    // the file is rejected whole, so `web` keeps its weights too.
+    let Some(mut t) = topo("e2bp", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let good = std::fs::read_to_string(t.pool_path()).unwrap();
+    let b1 = format!("address: {}, weight: 1,", t.backends[0].v4);
+    assert_eq!(good.matches(&b1).count(), 3, "b1 in web, hold and dns");
+    // Only web's b1 (its first occurrence) gets weight 8.
+    let mut bad = good.replacen(
+        &b1,
+        &format!("address: {}, weight: 8,", t.backends[0].v4),
+        1,
+    );
+    bad = bad.replace("protocol: udp", "protocol: udp\n    bogus: 1");
+    assert_ne!(bad, good);
+    t.write_pool(&bad).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = t.log();
+    assert!(log.contains("reload rejected"), "{log}");
+    assert!(log.contains("bogus"), "the error names the field: {log}");
+    let st = t.status_json().unwrap();
+    let weights: Vec<_> = vip(&st, "web")["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [1, 1, 1], "web keeps its weights: {st}");
+    // And the data path still spreads evenly: with weight 8, b1 would take
+    // 80% of the connections.
+    let n = 300;
+    let (seen, failed) = spread_http(&t, web(), n);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_shares(&seen, &[1, 1, 1], n);
 }
 
 #[test]
@@ -366,8 +434,13 @@ fn two_balancers_sharing_pool_and_secret_send_a_flow_to_the_same_backend() {
     let ask = |t: &Topology| {
         let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
         in_ns(&t.client, move || {
+            let mut failed = 0;
             (0..400u16)
-                .map(|i| udp_query(dns, 41000 + i, T).unwrap_or_else(|e| format!("error: {e}")))
+                .map_while(|i| {
+                    let r = udp_query(dns, 41000 + i, T);
+                    failed += r.is_err() as usize;
+                    (failed <= MAX_FAILURES).then(|| r.unwrap_or_else(|e| format!("error: {e}")))
+                })
                 .collect::<Vec<String>>()
         })
     };

@@ -348,6 +348,34 @@ fn rst_creates_no_flow_entry() {
 }
 
 #[test]
+fn rst_ack_creates_no_entry_and_a_known_flows_rst_follows_its_entry() {
+    let Some(mut lb) = setup() else { return };
+    // RST+ACK (how a host usually resets), IPv6: forwarded, no entry.
+    let v6 = Flow::tcp("2001:db8::30", 42001, "fd00:100::1", 80);
+    let want6 = pick(&v6, &[10, 11]);
+    assert_encap(&lb, &v6.packet("RA", b""), &v6, want6);
+    assert!(
+        lb.flow(&v6.key()).is_none(),
+        "RST+ACK must not create an entry"
+    );
+    // A known flow's RST goes where the flow went, after a table change,
+    // and the entry is not replaced.
+    let f = Flow::tcp("192.0.2.31", 42002, "10.100.0.1", 80);
+    let old = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, old);
+    let other = if old == 1 { 2 } else { 1 };
+    replace_table(
+        &mut lb,
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        WEB,
+        &[other],
+    );
+    assert_encap(&lb, &f.packet("RA", b""), &f, old);
+    assert_eq!(lb.flow(&f.key()).unwrap().backend, old);
+    assert_eq!(lb.flow_count(), 1);
+}
+
+#[test]
 fn udp_flow_expires_after_idle_timeout() {
     // With the calibrated jiffies clock, and with the coarse clock the data
     // path falls back to before the daemon has calibrated it.
@@ -647,7 +675,20 @@ fn non_vip_traffic_passes_unchanged() {
     arp.extend_from_slice(&CLIENT_MAC);
     arp.extend_from_slice(&[192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 10, 100, 0, 1]);
     assert_passed_unchanged(&lb, &arp);
-    assert_eq!(lb.counter(counter::PASS_NOT_VIP), 4);
+    // IPv4 with options (router alert, NOPs: IHL 7): other host, VIP
+    // address on a port no VIP serves, VIP address and port of the other
+    // protocol.
+    let options = [0x94, 0x04, 0, 0, 1, 1, 1, 0];
+    for frame in [
+        Flow::tcp("192.0.2.1", 1, "10.9.9.9", 80).packet("S", b""),
+        Flow::tcp("192.0.2.1", 1, "10.100.0.1", 443).packet("A", b"x"),
+        Flow::udp("192.0.2.1", 1, "10.100.0.1", 80).packet("", b"x"),
+    ] {
+        let frame = with_ipv4_options(&frame, &options);
+        assert_eq!(frame[14] & 0x0f, 7);
+        assert_passed_unchanged(&lb, &frame);
+    }
+    assert_eq!(lb.counter(counter::PASS_NOT_VIP), 7);
     assert_eq!(lb.counter(counter::PASS_NOT_IP), 1);
     assert_eq!(lb.flow_count(), 0);
 }
@@ -693,15 +734,8 @@ fn truncated_headers_pass_and_are_counted() {
 fn ipv4_options_are_forwarded_inside_the_tunnel() {
     let Some(lb) = setup() else { return };
     let f = Flow::tcp("192.0.2.60", 45000, "10.100.0.1", 80);
-    let plain = f.packet("S", b"");
-    // Rebuild with a 4-byte option (NOP NOP NOP EOL): IHL 6.
-    let (mut h, rest) = Ipv4Header::from_slice(&plain[14..]).unwrap();
-    h.options = [1u8, 1, 1, 0][..].try_into().unwrap();
-    h.total_len += 4;
-    h.header_checksum = h.calc_header_checksum();
-    let mut frame = plain[..14].to_vec();
-    frame.extend_from_slice(&h.to_bytes());
-    frame.extend_from_slice(rest);
+    // A 4-byte option (NOP NOP NOP EOL): IHL 6.
+    let frame = with_ipv4_options(&f.packet("S", b""), &[1, 1, 1, 0]);
     assert_eq!(frame[14] & 0x0f, 6);
     assert_encap(&lb, &frame, &f, pick(&f, &[1, 2, 3]));
 }

@@ -242,13 +242,58 @@ fn test() -> Result<()> {
     setup()?;
     build_ebpf()?;
     let lb = build_lb()?;
-    // Unit tests, then the root tests: packet tests and end to end. The test
-    // harness finds the object through LB_EBPF_OBJECT and `lb` through LB_BIN.
+    // Unit tests, then the packet tests, then end to end: the precise
+    // packet-test failures come before the end-to-end symptoms of the same
+    // bug. Every stage runs whatever an earlier one did (`--no-fail-fast`
+    // within each), and every failing stage is named at the end.
+    let stages: [(&str, &[&str]); 4] = [
+        (
+            "unit",
+            &[
+                "--workspace",
+                "--exclude",
+                "lb-ebpf",
+                "--exclude",
+                "lb-tests",
+            ],
+        ),
+        ("test support", &["-p", "lb-tests", "--lib", "--bins"]),
+        ("packet", &["-p", "lb-tests", "--test", "packet"]),
+        ("end to end", &["-p", "lb-tests", "--test", "e2e"]),
+    ];
+    let (mut passed, mut failed, mut failing) = (0u64, 0u64, Vec::new());
+    for (name, args) in stages {
+        let (p, f, ok) = cargo_test(args, &lb)?;
+        passed += p;
+        failed += f;
+        if !ok {
+            // A test process that died (a test over its time budget) has
+            // no summary line: count it as one failure.
+            failed += u64::from(f == 0);
+            failing.push(name);
+        }
+    }
+    // One closing line over every test binary.
+    println!("tests: {passed} passed, {failed} failed");
+    if !failing.is_empty() {
+        bail!("failing: {}", failing.join(", "));
+    }
+    Ok(())
+}
+
+/// Runs `cargo test ARGS` with the environment the root tests need; returns
+/// the tests passed and failed (from libtest's summaries) and whether cargo
+/// succeeded.
+fn cargo_test(args: &[&str], lb: &Path) -> Result<(u64, u64, bool)> {
     let object = workspace_root().join(EBPF_OBJECT);
     let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"])
+    // The test harness finds the object through LB_EBPF_OBJECT and `lb`
+    // through LB_BIN.
+    cmd.arg("test")
+        .args(args)
+        .arg("--no-fail-fast")
         .env("LB_EBPF_OBJECT", &object)
-        .env("LB_BIN", &lb)
+        .env("LB_BIN", lb)
         // Root tests may not skip here: a missing prerequisite is a failure.
         .env("LB_REQUIRE_ROOT_TESTS", "1")
         .args(["--", "--test-threads=1"]);
@@ -266,13 +311,7 @@ fn test() -> Result<()> {
             failed += count_before(rest, " failed");
         }
     }
-    let status = child.wait()?;
-    // One closing line over every test binary.
-    println!("tests: {passed} passed, {failed} failed");
-    if !status.success() {
-        bail!("cargo test failed: {status}");
-    }
-    Ok(())
+    Ok((passed, failed, child.wait()?.success()))
 }
 
 /// The number just before `word` in a libtest summary ("ok. 3 passed; 0 failed; ...").

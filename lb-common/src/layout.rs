@@ -1,0 +1,490 @@
+//! The map layout: map and program names, default sizes, protocol and flag
+//! constants, every `#[repr(C)]` type that crosses the kernel/user line (each
+//! with a size assertion), the counters, and the map sizing the daemon applies
+//! at load time.
+#[cfg(feature = "user")]
+use crate::ring::rings_entries;
+
+/// Map names, as the XDP object declares them and the daemon opens and pins them.
+pub mod maps {
+    /// `HashMap<VipKey, VipInfo>`: the services.
+    pub const VIPS: &str = "VIPS";
+    /// `HashMap<AddrKey, u32>`: every address that carries a VIP (flags `ADDR_F_*`).
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// `Array<Backend>`: backend slots, indexed by backend id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `Array<u64>` (mmapable): the Maglev tables, two buffers per VIP (`pack_ring`).
+    pub const RINGS: &str = "RINGS";
+    /// `LruHashMap<FlowKey, FlowValue>`: the connection table.
+    pub const FLOWS: &str = "FLOWS";
+    /// `Array<Config>`, one entry: global settings.
+    pub const CONFIG: &str = "CONFIG";
+    /// `PerCpuArray<VipStats>` indexed by VIP id.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<BackendStats>` indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<u64>` indexed by `counter::*`.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU next-hop cache of the data path, indexed by backend id (kernel side only).
+    pub const NEXTHOPS: &str = "NEXTHOPS";
+    /// `Array<u64>` of `VIP_FILTER_WORDS`: one bit per `vip_filter_bit` of
+    /// every VIP. Derived from `VIPS` by the daemon at load and on every
+    /// change, so it is not pinned.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// `Array<VipEntry>` of `VIP_FILTER_BITS`: at a filter bit that exactly
+    /// one VIP sets, that VIP (key and info), so a new flow finds its VIP
+    /// with no hash-map lookup; elsewhere empty. Derived like `VIP_FILTER`.
+    pub const VIP_INDEX: &str = "VIP_INDEX";
+    /// `HashMap<AddrKey, u32>`: on backends, the VIPs the decapsulation program accepts.
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
+    pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
+    /// `LpmTrie<DecapSource, u32>`: on backends, the outer sources (the
+    /// balancers' encapsulation prefixes) tunnels are accepted from.
+    pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
+}
+
+/// Program names in the object file.
+pub mod progs {
+    pub const BALANCER: &str = "lb_xdp";
+    pub const DECAP: &str = "lb_decap";
+    pub const PASS: &str = "lb_pass";
+    /// Writes `bpf_jiffies64()` and `bpf_ktime_get_ns()` (little-endian
+    /// `u64`s) into the first 16 bytes of its input: run by `calibrate_clock`.
+    pub const CLOCK: &str = "lb_clock";
+}
+
+/// Default sizes; the daemon overrides them at load time from the pool file.
+pub mod defaults {
+    pub const MAX_VIPS: u32 = 64;
+    pub const MAX_BACKENDS: u32 = 4096;
+    pub const RING_SIZE: u32 = 65537;
+    pub const FLOW_TABLE_SIZE: u32 = 1 << 20;
+    pub const UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
+    /// How long the data path reuses a next hop before asking the FIB again.
+    pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+    pub const MTU: u32 = 1500;
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// A Maglev slot that holds no backend (every backend of the VIP is down).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Forwarding modes (`VipInfo::mode`).
+pub mod mode {
+    /// IPIP / IP6IP6 / 4in6 encapsulation, direct server return.
+    pub const ENCAP: u8 = 0;
+}
+
+/// Schedulers (`VipInfo::scheduler`).
+pub mod scheduler {
+    pub const MAGLEV: u8 = 0;
+}
+
+/// `AddrKey` value flags (`VIP_ADDRS`).
+pub const ADDR_F_VIP: u32 = 1;
+/// At least one VIP on this address listens on every port (port 0).
+pub const ADDR_F_ANY_PORT: u32 = 2;
+
+/// `Backend::flags`: the backend must not receive traffic, even of existing
+/// flows (disabled, or its slot released); flows that hit it are rescheduled.
+pub const BACKEND_F_DOWN: u8 = 1;
+/// `Backend::flags`: slot in use.
+pub const BACKEND_F_USED: u8 = 2;
+/// `Backend::flags`: failing its health checks. Out of the table; packets of
+/// its UDP flows are rescheduled (a stateless service answers anywhere), its
+/// established TCP connections stay (moving them to another backend can only
+/// reset them; if the backend is really gone they are lost either way, and a
+/// false alarm costs nothing).
+pub const BACKEND_F_UNHEALTHY: u8 = 4;
+
+/// A service address: (address, port, protocol). Port 0 means every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index of this VIP's tables and counters.
+    pub vip_id: u32,
+    /// Forwarding mode, `mode::*`.
+    pub mode: u8,
+    /// Scheduler, `scheduler::*`.
+    pub scheduler: u8,
+    /// Which of the VIP's two Maglev buffers packets read (0 or 1).
+    pub active_ring: u8,
+    pub _pad: u8,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 12);
+
+/// An address alone (for ICMP and fragment policy, and the decapsulator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    pub family: u8,
+    /// `BACKEND_F_*`.
+    pub flags: u8,
+    /// The VIP this slot serves. A backend address behind two VIPs has two
+    /// slots, because health and state are per VIP. Lets a restarted daemon
+    /// rebuild its slot assignment from the pinned maps alone.
+    pub vip_id: u16,
+    /// Bumped each time the slot is given to another backend (of this or
+    /// another VIP), and kept when it is released: a flow entry remembers the
+    /// generation it was made under, so a reused slot (even one a removed
+    /// VIP's successor took with the same VIP id) never inherits old flows.
+    pub gen: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+
+/// A connection, as the client sent it. Addresses and ports as in the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// What the flow table remembers of a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+    pub vip_id: u32,
+    /// The data path's clock (CLOCK_MONOTONIC, see `Config::jiffy_ns`) at the
+    /// last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+    /// The flow hash, kept so a packet of a known flow need not compute it again.
+    pub hash: u32,
+    /// `Backend::gen` of the slot when the flow was made.
+    pub gen: u32,
+}
+/// Small on purpose: an insert copies it into a cold table entry.
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+/// Global settings, entry 0 of `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// SipHash key of the flow hash. Shared by every node behind one ECMP group.
+    pub hash_key: [u64; 2],
+    /// Slots in each Maglev table (a prime).
+    pub ring_size: u32,
+    /// `CONFIG_F_*`.
+    pub flags: u32,
+    pub udp_idle_timeout_ns: u64,
+    /// Outer IPv4 source; host bits under `src_v4_mask` are taken from the flow hash.
+    pub src_v4: u32,
+    pub src_v4_mask: u32,
+    /// Outer IPv6 source; host bits of the last word under `src_v6_mask` vary per flow.
+    pub src_v6: [u32; 4],
+    pub src_v6_mask: u32,
+    /// Largest packet (IP header and payload) the egress link carries.
+    pub mtu: u32,
+    /// Next-hop MAC used when `bpf_fib_lookup` cannot resolve the backend.
+    pub gateway_mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The data path's clock is `jiffies * jiffy_ns - clock_offset_ns`
+    /// (jiffies are one load; a clock helper call costs about 30 ns a
+    /// packet), which tracks CLOCK_MONOTONIC to within a tick. Set by
+    /// `calibrate_clock`; 0 means "use `bpf_ktime_get_coarse_ns`".
+    pub jiffy_ns: u64,
+    pub clock_offset_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
+
+/// `Config::flags`: `gateway_mac` is set.
+pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
+/// `Config::flags`: an IPv4 encapsulation source is set.
+pub const CONFIG_F_SRC_V4: u32 = 2;
+/// `Config::flags`: an IPv6 encapsulation source is set.
+pub const CONFIG_F_SRC_V6: u32 = 4;
+/// `Config::flags`: some VIP listens on every port (port 0), so a VIP miss
+/// on the exact port must try port 0 too.
+pub const CONFIG_F_ANY_PORT: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub _pad: u64,
+}
+
+/// Per-CPU copies of a statistics record add up to the total.
+impl<'a> core::iter::Sum<&'a VipStats> for VipStats {
+    fn sum<I: Iterator<Item = &'a VipStats>>(it: I) -> Self {
+        it.fold(VipStats::default(), |a, s| VipStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            drops: a.drops + s.drops,
+        })
+    }
+}
+
+impl<'a> core::iter::Sum<&'a BackendStats> for BackendStats {
+    fn sum<I: Iterator<Item = &'a BackendStats>>(it: I) -> Self {
+        it.fold(BackendStats::default(), |a, s| BackendStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+            _pad: 0,
+        })
+    }
+}
+
+/// Indices of the balancer's `COUNTERS` map.
+pub mod counter {
+    pub const FLOW_HIT: u32 = 0;
+    pub const FLOW_MISS: u32 = 1;
+    pub const NEW_FLOW: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+    pub const PASS_NOT_VIP: u32 = 5;
+    pub const PASS_NOT_IP: u32 = 6;
+    pub const PASS_MALFORMED: u32 = 7;
+    pub const DROP_NO_BACKEND: u32 = 8;
+    pub const DROP_FRAGMENT: u32 = 9;
+    pub const DROP_IPV6_EXT: u32 = 10;
+    pub const DROP_TOO_BIG: u32 = 11;
+    pub const ICMP_TOO_BIG_SENT: u32 = 12;
+    pub const ICMP_ECHO_REPLY: u32 = 13;
+    pub const ICMP_STEERED: u32 = 14;
+    pub const PASS_ICMP_NO_FLOW: u32 = 15;
+    pub const DROP_ADJUST_HEAD: u32 = 16;
+    pub const DROP_NO_SOURCE: u32 = 17;
+    pub const FIB_FALLBACK: u32 = 18;
+    pub const UDP_FLOW_EXPIRED: u32 = 19;
+    pub const RESCHEDULED_DOWN: u32 = 20;
+    pub const PASS_VIP_OTHER_PROTO: u32 = 21;
+    pub const DROP_NO_ROUTE: u32 = 22;
+    /// `bpf_fib_lookup` calls (next-hop cache misses).
+    pub const FIB_LOOKUP: u32 = 23;
+    pub const COUNT: u32 = 24;
+
+    /// Names for `lb status` and metrics, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "flow_hit",
+        "flow_miss",
+        "new_flow",
+        "tx",
+        "redirect",
+        "pass_not_vip",
+        "pass_not_ip",
+        "pass_malformed",
+        "drop_no_backend",
+        "drop_fragment",
+        "drop_ipv6_ext",
+        "drop_too_big",
+        "icmp_too_big_sent",
+        "icmp_echo_reply",
+        "icmp_steered",
+        "pass_icmp_no_flow",
+        "drop_adjust_head",
+        "drop_no_source",
+        "fib_fallback",
+        "udp_flow_expired",
+        "rescheduled_down",
+        "pass_vip_other_proto",
+        "drop_no_route",
+        "fib_lookup",
+    ];
+}
+
+/// Indices of the decapsulator's `DECAP_COUNTERS` map.
+pub mod decap_counter {
+    pub const DECAPPED: u32 = 0;
+    pub const PASS_NOT_TUNNEL: u32 = 1;
+    pub const PASS_NOT_VIP: u32 = 2;
+    pub const PASS_MALFORMED: u32 = 3;
+    pub const DROP_ADJUST_HEAD: u32 = 4;
+    /// A tunnel to a VIP from an outer source not in `DECAP_SOURCES`.
+    pub const DROP_SOURCE: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "decapsulated",
+        "pass_not_tunnel",
+        "pass_not_vip",
+        "pass_malformed",
+        "drop_adjust_head",
+        "drop_source",
+    ];
+}
+
+/// The data of a `DECAP_SOURCES` key: the family, then the address octets
+/// (IPv4 in the first four). A prefix of `n` bits has `prefix_len` 32 + n.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapSource {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<DecapSource>() == 20);
+
+impl DecapSource {
+    /// The `DECAP_SOURCES` key (prefix length, data) of `addr/prefix`.
+    pub fn key(addr: core::net::IpAddr, prefix: u8) -> (u32, DecapSource) {
+        let mut d = DecapSource::default();
+        let bits = match addr {
+            core::net::IpAddr::V4(a) => {
+                d.family = AF_INET as u32;
+                d.addr[..4].copy_from_slice(&a.octets());
+                prefix.min(32)
+            }
+            core::net::IpAddr::V6(a) => {
+                d.family = AF_INET6 as u32;
+                d.addr = a.octets();
+                prefix.min(128)
+            }
+        };
+        (32 + bits as u32, d)
+    }
+}
+
+/// An address as the maps hold it: its octets loaded into native `u32`
+/// words (IPv4 in word 0), and its family.
+pub fn addr_words(ip: core::net::IpAddr) -> ([u32; 4], u8) {
+    match ip {
+        core::net::IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], AF_INET),
+        core::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            let mut w = [0u32; 4];
+            let mut i = 0;
+            while i < 4 {
+                w[i] = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+                i += 1;
+            }
+            (w, AF_INET6)
+        }
+    }
+}
+
+/// The address `addr_words` made.
+pub fn words_addr(words: [u32; 4], family: u8) -> core::net::IpAddr {
+    if family == AF_INET {
+        core::net::IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut o = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            o[4 * i..4 * i + 4].copy_from_slice(&b);
+            i += 1;
+        }
+        core::net::IpAddr::from(o)
+    }
+}
+
+/// Bits of `VIP_FILTER` (and entries of `VIP_INDEX`).
+pub const VIP_FILTER_BITS: u32 = 65536;
+/// Words of `VIP_FILTER`: 65536 bits in 8 KB.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// A `VIP_INDEX` entry; all zero (family 0) when empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEntry {
+    pub key: VipKey,
+    pub info: VipInfo,
+}
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 32);
+
+/// Map sizes chosen at load time (from the pool file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub max_vips: u32,
+    pub max_backends: u32,
+    pub ring_size: u32,
+    pub flows: u32,
+}
+
+/// Sets the balancer's map sizes on a loader.
+#[cfg(feature = "user")]
+pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
+    loader
+        .map_max_entries(maps::VIPS, s.max_vips)
+        .map_max_entries(maps::VIP_ADDRS, s.max_vips)
+        .map_max_entries(maps::VIP_STATS, s.max_vips)
+        .map_max_entries(maps::BACKENDS, s.max_backends)
+        .map_max_entries(maps::BACKEND_STATS, s.max_backends)
+        .map_max_entries(maps::NEXTHOPS, s.max_backends)
+        .map_max_entries(maps::RINGS, rings_entries(s.max_vips, s.ring_size))
+        .map_max_entries(maps::FLOWS, s.flows);
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), plain old data, with explicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipEntry {}
+    unsafe impl aya::Pod for DecapSource {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_words_round_trip() {
+        for a in ["10.1.2.3", "fd00::1:2", "2001:db8::ffff:1"] {
+            let ip: core::net::IpAddr = a.parse().unwrap();
+            let (w, f) = addr_words(ip);
+            assert_eq!(words_addr(w, f), ip);
+        }
+        let (w, f) = addr_words("10.1.2.3".parse().unwrap());
+        assert_eq!((w[0].to_ne_bytes(), w[1], f), ([10, 1, 2, 3], 0, AF_INET));
+    }
+}

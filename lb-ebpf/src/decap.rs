@@ -4,6 +4,8 @@
 //! outer source outside `DECAP_SOURCES` (the balancers' prefixes) is dropped
 //! and counted. Everything else passes untouched.
 
+use core::mem::size_of;
+
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
     helpers::bpf_xdp_adjust_head,
@@ -13,9 +15,9 @@ use aya_ebpf::{
 };
 use lb_common::{decap_counter, AddrKey, DecapSource, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6};
 
-use crate::{
-    ptr_at, rd16, rd32, wr16, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPV4_LEN,
-    IPV6_LEN, VLAN_LEN,
+use crate::packet::{
+    ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
+    ETH_P_IPV6, IPV4_LEN, VLAN_LEN,
 };
 
 #[map]
@@ -37,81 +39,39 @@ fn pass(idx: u32) -> u32 {
 
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<[u8; ETH_LEN]>(&ctx, 0) else {
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
         return pass(decap_counter::PASS_MALFORMED);
     };
-    let eth = eth as usize;
     let mut l2_len = ETH_LEN;
-    let mut ethertype = u16::from_be(unsafe { rd16(eth + 12) });
+    let mut ethertype = u16::from_be(unsafe { (*eth).proto });
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let Some(tag) = ptr_at::<[u8; VLAN_LEN]>(&ctx, ETH_LEN) else {
+        let Some(tag) = ptr_at::<VlanHdr>(&ctx, ETH_LEN) else {
             return pass(decap_counter::PASS_MALFORMED);
         };
-        ethertype = u16::from_be(unsafe { rd16(tag as usize + 2) });
+        ethertype = u16::from_be(unsafe { (*tag).proto });
         l2_len = ETH_LEN + VLAN_LEN;
     }
-
-    // Outer header: its length, the inner protocol, and where it came from.
-    let mut src = Key::new(32, DecapSource::default());
-    let (outer_len, inner_proto) = match ethertype {
-        ETH_P_IP => {
-            let Some(ip) = ptr_at::<[u8; IPV4_LEN]>(&ctx, l2_len) else {
-                return pass(decap_counter::PASS_MALFORMED);
-            };
-            let ip = ip as usize;
-            let vihl = unsafe { *(ip as *const u8) };
-            let frag = unsafe { *((ip + 6) as *const [u8; 2]) };
-            if frag[0] & 0x3f != 0 || frag[1] != 0 {
-                // A fragmented tunnel packet: the kernel reassembles, we cannot.
-                return pass(decap_counter::PASS_NOT_TUNNEL);
-            }
-            src.prefix_len = 32 + 32;
-            src.data.family = AF_INET as u32;
-            src.data.addr[..4].copy_from_slice(&unsafe { *((ip + 12) as *const [u8; 4]) });
-            (((vihl & 0x0f) as usize) * 4, unsafe {
-                *((ip + 9) as *const u8)
-            })
-        }
-        ETH_P_IPV6 => {
-            let Some(ip) = ptr_at::<[u8; IPV6_LEN]>(&ctx, l2_len) else {
-                return pass(decap_counter::PASS_MALFORMED);
-            };
-            src.prefix_len = 32 + 128;
-            src.data.family = AF_INET6 as u32;
-            src.data.addr = unsafe { *((ip as usize + 8) as *const [u8; 16]) };
-            (IPV6_LEN, unsafe { *((ip as usize + 6) as *const u8) })
-        }
-        _ => return pass(decap_counter::PASS_NOT_TUNNEL),
-    };
-    if outer_len < IPV4_LEN {
+    let Some((src, outer_len, inner_proto)) = outer(&ctx, l2_len, ethertype) else {
         return pass(decap_counter::PASS_MALFORMED);
+    };
+    if outer_len == 0 {
+        return pass(decap_counter::PASS_NOT_TUNNEL);
     }
-
     // Inner destination must be one of our VIPs.
     let inner = l2_len + outer_len;
     let (key, inner_ethertype) = match inner_proto {
         PROTO_IPIP => {
-            let Some(ip) = ptr_at::<[u8; IPV4_LEN]>(&ctx, inner) else {
+            let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, inner) else {
                 return pass(decap_counter::PASS_MALFORMED);
             };
-            let k = AddrKey {
-                addr: [unsafe { rd32(ip as usize + 16) }, 0, 0, 0],
-                family: AF_INET,
-                _pad: [0; 3],
-            };
-            (k, ETH_P_IP)
+            let addr = [unsafe { (*ip).dst }, 0, 0, 0];
+            (addr_key(addr, AF_INET), ETH_P_IP)
         }
         PROTO_IPV6 => {
-            let Some(ip) = ptr_at::<[u8; IPV6_LEN]>(&ctx, inner) else {
+            let Some(ip) = ptr_at::<Ipv6Hdr>(&ctx, inner) else {
                 return pass(decap_counter::PASS_MALFORMED);
             };
-            let ip = ip as usize;
-            let k = AddrKey {
-                addr: unsafe { [rd32(ip + 24), rd32(ip + 28), rd32(ip + 32), rd32(ip + 36)] },
-                family: AF_INET6,
-                _pad: [0; 3],
-            };
-            (k, ETH_P_IPV6)
+            (addr_key(unsafe { (*ip).dst }, AF_INET6), ETH_P_IPV6)
         }
         _ => return pass(decap_counter::PASS_NOT_TUNNEL),
     };
@@ -120,48 +80,100 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     }
     // A tunnel to one of our VIPs from elsewhere than a balancer: spoofed.
     if DECAP_SOURCES.get(&src).is_none() {
-        if let Some(p) = DECAP_COUNTERS.get_ptr_mut(decap_counter::DROP_SOURCE) {
-            unsafe { *p += 1 };
-        }
-        return aya_ebpf::bindings::xdp_action::XDP_DROP;
+        return drop(decap_counter::DROP_SOURCE);
     }
+    strip(&ctx, l2_len, outer_len, inner_ethertype)
+}
 
-    // Keep the Ethernet header (and VLAN tag), drop the outer IP header.
-    let mut l2 = [0u8; ETH_LEN + VLAN_LEN];
+#[inline(always)]
+fn addr_key(addr: [u32; 4], family: u8) -> AddrKey {
+    AddrKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn drop(idx: u32) -> u32 {
+    if let Some(p) = DECAP_COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+    aya_ebpf::bindings::xdp_action::XDP_DROP
+}
+
+/// The outer header: where it came from (as a `DECAP_SOURCES` key), its
+/// length and the protocol inside; a length of 0 when it is no tunnel we
+/// take. `None`: cut short or malformed.
+#[inline(always)]
+fn outer(ctx: &XdpContext, l2_len: usize, ethertype: u16) -> Option<(Key<DecapSource>, usize, u8)> {
+    let mut src = Key::new(32, DecapSource::default());
+    match ethertype {
+        ETH_P_IP => {
+            let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l2_len)? };
+            let len = ((ip.vihl & 0x0f) as usize) * 4;
+            if u16::from_be(ip.frag_off) & 0x3fff != 0 {
+                // A fragmented tunnel packet: the kernel reassembles, we cannot.
+                return Some((src, 0, 0));
+            }
+            if len < IPV4_LEN {
+                return None;
+            }
+            src.prefix_len = 32 + 32;
+            src.data.family = AF_INET as u32;
+            src.data.addr[..4].copy_from_slice(&ip.src.to_ne_bytes());
+            Some((src, len, ip.proto))
+        }
+        ETH_P_IPV6 => {
+            let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2_len)? };
+            src.prefix_len = 32 + 128;
+            src.data.family = AF_INET6 as u32;
+            let mut i = 0;
+            while i < 4 {
+                src.data.addr[i * 4..i * 4 + 4].copy_from_slice(&ip.src[i].to_ne_bytes());
+                i += 1;
+            }
+            Some((src, size_of::<Ipv6Hdr>(), ip.next_hdr))
+        }
+        _ => Some((src, 0, 0)),
+    }
+}
+
+/// Drops the outer IP header, keeping the Ethernet header (and VLAN tag)
+/// with the inner packet's ethertype.
+#[inline(always)]
+fn strip(ctx: &XdpContext, l2_len: usize, outer_len: usize, inner_ethertype: u16) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return pass(decap_counter::PASS_MALFORMED);
+    };
+    let (dst, src) = unsafe { ((*eth).dst, (*eth).src) };
+    let mut tag = (0u16, 0u16);
     if l2_len == ETH_LEN + VLAN_LEN {
-        let Some(h) = ptr_at::<[u8; ETH_LEN + VLAN_LEN]>(&ctx, 0) else {
+        let Some(t) = ptr_at::<VlanHdr>(ctx, ETH_LEN) else {
             return pass(decap_counter::PASS_MALFORMED);
         };
-        l2 = unsafe { *h };
-    } else {
-        let Some(h) = ptr_at::<[u8; ETH_LEN]>(&ctx, 0) else {
-            return pass(decap_counter::PASS_MALFORMED);
-        };
-        let h = unsafe { *h };
-        l2[..ETH_LEN].copy_from_slice(&h);
+        tag = unsafe { ((*eth).proto, (*t).tci) };
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx as *mut _, outer_len as i32) } != 0 {
-        if let Some(p) = DECAP_COUNTERS.get_ptr_mut(decap_counter::DROP_ADJUST_HEAD) {
-            unsafe { *p += 1 };
-        }
-        return aya_ebpf::bindings::xdp_action::XDP_DROP;
+        return drop(decap_counter::DROP_ADJUST_HEAD);
     }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return XDP_PASS;
+    };
+    let eth = unsafe { &mut *eth };
+    eth.dst = dst;
+    eth.src = src;
     if l2_len == ETH_LEN + VLAN_LEN {
-        let Some(h) = ptr_at::<[u8; ETH_LEN + VLAN_LEN]>(&ctx, 0) else {
+        let Some(t) = ptr_at::<VlanHdr>(ctx, ETH_LEN) else {
             return XDP_PASS;
         };
+        eth.proto = tag.0;
         unsafe {
-            *h = l2;
-            wr16(h as usize + 16, inner_ethertype.to_be());
+            (*t).tci = tag.1;
+            (*t).proto = inner_ethertype.to_be();
         }
     } else {
-        let Some(h) = ptr_at::<[u8; ETH_LEN]>(&ctx, 0) else {
-            return XDP_PASS;
-        };
-        unsafe {
-            (*h).copy_from_slice(&l2[..ETH_LEN]);
-            wr16(h as usize + 12, inner_ethertype.to_be());
-        }
+        eth.proto = inner_ethertype.to_be();
     }
     pass(decap_counter::DECAPPED)
 }

@@ -155,12 +155,20 @@ impl Balancer {
         Self::load_prog(test_sizes(), progs::PASS)
     }
 
+    /// Loads the balancer from another object file (a bench's B side).
+    pub fn load_object(path: &std::path::Path, sizes: Sizes) -> Result<Self> {
+        Self::load_from(path, sizes, progs::BALANCER)
+    }
+
     fn load_prog(sizes: Sizes, prog: &'static str) -> Result<Self> {
-        let path = ebpf_object();
+        Self::load_from(&ebpf_object(), sizes, prog)
+    }
+
+    fn load_from(path: &std::path::Path, sizes: Sizes, prog: &'static str) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         lb_common::size_maps(&mut loader, sizes);
         let mut ebpf = loader
-            .load_file(&path)
+            .load_file(path)
             .with_context(|| format!("loading {}", path.display()))?;
         let p: &mut Xdp = ebpf
             .program_mut(prog)

@@ -75,19 +75,25 @@ fn main() -> Result<()> {
         bail!("packet-bench needs root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask bench` as root");
     }
     let object = ebpf_object();
-    ensure!(
-        object.exists(),
-        "no eBPF object at {}; run `cargo xtask build-ebpf` (or `cargo xtask bench`, which builds it)",
-        object.display()
-    );
+    // An A/B run: a second object measured in the same rounds, call for
+    // call alternating with the first.
+    let object_b = std::env::var_os("LB_EBPF_OBJECT_B").map(std::path::PathBuf::from);
+    for o in std::iter::once(&object).chain(&object_b) {
+        ensure!(
+            o.exists(),
+            "no eBPF object at {}; run `cargo xtask build-ebpf` (or `cargo xtask bench`, which builds it)",
+            o.display()
+        );
+    }
     let machine = Machine::read();
     let cpu = pin_to_last_cpu().context("pinning the bench to one CPU")?;
     private_netns().context("entering a private network namespace")?;
 
-    let mut lb = Balancer::load(SIZES).context("loading lb_xdp")?;
+    let mut sides = vec![Side::load("A", &object)?];
+    if let Some(b) = &object_b {
+        sides.push(Side::load("B", b)?);
+    }
     let pass = Balancer::load_pass().context("loading lb_pass")?;
-    configure(&mut lb).context("filling the balancer's maps")?;
-    let xdp = program(&lb, progs::BALANCER)?;
     let floor = program(&pass, progs::PASS)?;
 
     println!("packet-bench: per-packet cost of lb_xdp via BPF_PROG_TEST_RUN");
@@ -98,7 +104,9 @@ fn main() -> Result<()> {
         machine.nproc
     );
     println!("  clocksource {}", machine.clocksource);
-    println!("  object      {}", object.display());
+    for (side, o) in sides.iter().zip(std::iter::once(&object).chain(&object_b)) {
+        println!("  object {}    {}", side.label, o.display());
+    }
     println!(
         "  sizes       ring {}, flows {}, 1 TCP VIP + 1 UDP VIP, {} backends, gateway MAC set (FIB fallback)",
         SIZES.ring_size,
@@ -107,22 +115,250 @@ fn main() -> Result<()> {
     );
     println!();
 
-    // Warm caches and the syscall path on traffic that creates no flow.
-    let warm = Flow::tcp("192.0.2.1", 40000, NOT_VIP, 80).packet("A", b"");
-    for _ in 0..WARMUP {
-        expect(run(xdp, &warm, 1)?, XDP_PASS, "warm-up, non-VIP")?;
-        expect(run(floor, &warm, 1)?, XDP_PASS, "warm-up, lb_pass")?;
+    for side in &sides {
+        side.warm_up(floor)?;
     }
-    let base = Counters::read(&lb);
-    ensure!(
-        base.get(counter::PASS_NOT_VIP) == WARMUP as u64 && lb.flow_count() == 0,
-        "warm-up should only pass non-VIP packets; counters: {:?}",
-        lb.counters()
-    );
-
     // The cases run in ROUNDS interleaved rounds of PACKETS / ROUNDS
     // packets each, so a noisy spell on the host (this is a VM) hits every
-    // case alike; the spread of the per-round net medians is reported.
+    // case (and both sides of an A/B run, which alternate who goes first)
+    // alike; the spread of the per-round net medians is reported.
+    let (per_round, n_sides) = (PACKETS / ROUNDS, sides.len());
+    for round in 0..ROUNDS {
+        for case in 0..sides[0].cases.len() {
+            for k in 0..n_sides {
+                let side = &mut sides[(k + round) % n_sides];
+                side.measure(case, round * per_round..(round + 1) * per_round, floor)?;
+            }
+        }
+    }
+    for side in &sides {
+        side.check()
+            .with_context(|| format!("object {}", side.label))?;
+    }
+    let mut nets = Vec::new();
+    for side in &sides {
+        if sides.len() > 1 {
+            println!("object {}:", side.label);
+        }
+        let (rows, notes) = side.report(floor)?;
+        nets.push(
+            rows.iter()
+                .map(|r| (r.case.clone(), r.net()))
+                .collect::<Vec<_>>(),
+        );
+        print_table(&rows);
+        println!();
+        for n in notes {
+            println!("{n}");
+        }
+        println!();
+    }
+    if let [a, b] = &nets[..] {
+        println!("A/B, net ns per packet (same rounds, interleaved call by call):");
+        for ((case, na), (_, nb)) in a.iter().zip(b) {
+            if let (Some(na), Some(nb)) = (na, nb) {
+                let ratio = *nb as f64 / (*na).max(1) as f64;
+                println!("  {case:<30} A {na:>5}  B {nb:>5}  B/A {ratio:.2}");
+            }
+        }
+        println!();
+    }
+    println!(
+        "median/p90: kernel-reported ns per run; floor: lb_pass on the same bytes, interleaved"
+    );
+    println!("call by call; net = median - floor median; net by round: lowest..highest net");
+    println!("median of the {ROUNDS} interleaved rounds. Targets are 0.8 x Katran's");
+    println!("figures; Katran was not run on this machine.");
+    Ok(())
+}
+
+/// One object under test: the balancer loaded from it, and its cases.
+struct Side {
+    label: &'static str,
+    lb: Balancer,
+    cases: Vec<Case>,
+}
+
+impl Side {
+    fn load(label: &'static str, object: &std::path::Path) -> Result<Side> {
+        let mut lb = Balancer::load_object(object, SIZES)
+            .with_context(|| format!("loading lb_xdp from {}", object.display()))?;
+        configure(&mut lb).context("filling the balancer's maps")?;
+        Ok(Side {
+            label,
+            lb,
+            cases: cases(),
+        })
+    }
+
+    fn xdp(&self) -> Result<&Xdp> {
+        program(&self.lb, progs::BALANCER)
+    }
+
+    /// Warms caches and the syscall path on traffic that creates no flow.
+    fn warm_up(&self, floor: &Xdp) -> Result<()> {
+        let warm = Flow::tcp("192.0.2.1", 40000, NOT_VIP, 80).packet("A", b"");
+        let xdp = self.xdp()?;
+        for _ in 0..WARMUP {
+            expect(run(xdp, &warm, 1)?, XDP_PASS, "warm-up, non-VIP")?;
+            expect(run(floor, &warm, 1)?, XDP_PASS, "warm-up, lb_pass")?;
+        }
+        let base = Counters::read(&self.lb);
+        ensure!(
+            base.get(counter::PASS_NOT_VIP) == WARMUP as u64 && self.lb.flow_count() == 0,
+            "warm-up should only pass non-VIP packets; counters: {:?}",
+            self.lb.counters()
+        );
+        Ok(())
+    }
+
+    /// Runs packets `range` of case `i`, each followed by the floor.
+    fn measure(&mut self, i: usize, range: std::ops::Range<usize>, floor: &Xdp) -> Result<()> {
+        let before = Counters::read(&self.lb);
+        let xdp = program(&self.lb, progs::BALANCER)?;
+        let c = &self.cases[i];
+        let (t, f) = measure(xdp, floor, &c.packets[range.clone()], c.expect)
+            .with_context(|| format!("case `{}`, packets {range:?}", c.name))?;
+        let delta = Counters::read(&self.lb).since(&before);
+        let c = &mut self.cases[i];
+        c.delta.add(&delta);
+        c.rounds
+            .push(percentile(&t, 50) as i64 - percentile(&f, 50) as i64);
+        c.t.extend(t);
+        c.f.extend(f);
+        Ok(())
+    }
+
+    /// What each case must have done, from the counters.
+    fn check(&self) -> Result<()> {
+        let n = PACKETS as u64;
+        let [syn, est, udp, udp_est, other] = &self.cases[..] else {
+            bail!("five cases expected");
+        };
+        let d = &syn.delta;
+        ensure!(
+            d.get(counter::NEW_FLOW) == n
+                && d.get(counter::TX) == n
+                && d.get(counter::FIB_FALLBACK) == d.get(counter::FIB_LOOKUP)
+                && d.get(counter::FIB_LOOKUP) <= n
+                && d.get(counter::FLOW_HIT) == 0,
+            "the SYN case should create {n} flows, each sent with XDP_TX via the gateway MAC; counters {:?}",
+            d.nonzero()
+        );
+        for c in [est, udp_est] {
+            let d = &c.delta;
+            ensure!(
+                d.get(counter::FLOW_HIT) == n
+                    && d.get(counter::NEW_FLOW) == 0
+                    && d.get(counter::TX) == n,
+                "the case `{}` should hit the flow table {n} times and create no flow; counters {:?}",
+                c.name,
+                d.nonzero()
+            );
+        }
+        let d = &udp.delta;
+        ensure!(
+            d.get(counter::NEW_FLOW) == n
+                && d.get(counter::FLOW_MISS) == n
+                && d.get(counter::TX) == n,
+            "the UDP case should create {n} flows; counters {:?}",
+            d.nonzero()
+        );
+        let d = &other.delta;
+        ensure!(
+            d.get(counter::PASS_NOT_VIP) == n && d.total() == n,
+            "the non-VIP case should only count {n} pass_not_vip; counters {:?}",
+            d.nonzero()
+        );
+        ensure!(
+            self.lb.flow_count() == 2 * PACKETS,
+            "expected {} flows in the table ({n} TCP + {n} UDP), found {}",
+            2 * PACKETS,
+            self.lb.flow_count()
+        );
+        Ok(())
+    }
+
+    /// The table rows (the cases, then the repeat = N rows) and notes.
+    fn report(&self, floor: &Xdp) -> Result<(Vec<Row>, Vec<String>)> {
+        let xdp = self.xdp()?;
+        let mut rows: Vec<Row> = self
+            .cases
+            .iter()
+            .map(|c| Row::new(c.name, 1, &c.t, &c.f, c.target).with_rounds(&c.rounds))
+            .collect();
+        rows.push(Row::floor(
+            "floor: lb_pass (SYN packets)",
+            1,
+            &self.cases[0].f,
+        ));
+        let other_pkt = &self.cases[4].packets[0];
+
+        // repeat = N where the input survives every iteration: a passed packet.
+        let before = Counters::read(&self.lb);
+        let (other_n, other_n_floor) = measure_repeat(xdp, floor, other_pkt, XDP_PASS)?;
+        let d = Counters::read(&self.lb).since(&before);
+        let runs = REPEAT_N as u64 * REPEAT_CALLS as u64;
+        ensure!(
+            d.get(counter::PASS_NOT_VIP) == runs && d.total() == runs,
+            "repeat={REPEAT_N}: expected {runs} pass_not_vip; counters {:?}",
+            self.lb.counters()
+        );
+        rows.push(Row::new(
+            "non-vip tcp, passed",
+            REPEAT_N,
+            &other_n,
+            &other_n_floor,
+            Some(TARGET_NOT_VIP),
+        ));
+        rows.push(Row::floor("floor: lb_pass", REPEAT_N, &other_n_floor));
+
+        // What repeat = N does to a forwarded packet: probe it instead of assuming.
+        let ack = &self.cases[1].packets[0];
+        let probe_n = 100u32;
+        let before = Counters::read(&self.lb);
+        let r = run(xdp, ack, probe_n)?;
+        let d = Counters::read(&self.lb).since(&before);
+        let hits = d.get(counter::FLOW_HIT);
+        let established_repeat_ok = hits == probe_n as u64
+            && d.get(counter::TX) == probe_n as u64
+            && r.action == XDP_TX
+            && r.data.len() == ack.len() + 20;
+        let mut notes = vec![format!(
+            "repeat={probe_n} on the established ACK: flow_hit +{hits}, tx +{}, pass_not_vip +{};\n  \
+             final action {}, output {} bytes for a {}-byte input",
+            d.get(counter::TX),
+            d.get(counter::PASS_NOT_VIP),
+            action_name(r.action),
+            r.data.len(),
+            ack.len()
+        )];
+        if established_repeat_ok {
+            let (est_n, est_n_floor) = measure_repeat(xdp, floor, ack, XDP_TX)?;
+            rows.push(Row::new(
+                "tcp established (flow hit)",
+                REPEAT_N,
+                &est_n,
+                &est_n_floor,
+                Some(TARGET_ESTABLISHED),
+            ));
+            notes.push(
+                "  -> every iteration saw the original packet; repeat=N row reported.".into(),
+            );
+        } else {
+            notes.push(
+                "  -> the kernel does not reset the packet between iterations: only the first\n     \
+                 forwards, the rest see its encapsulated output (not a VIP) and pass, so\n     \
+                 repeat=N does not measure forwarded packets; no repeat=N row for them."
+                    .into(),
+            );
+        }
+        Ok((rows, notes))
+    }
+}
+
+/// The measured cases, each with its packets.
+fn cases() -> Vec<Case> {
     let not_vip = |i: usize| {
         let mut f = client(i, PROTO_TCP, 80);
         f.dst = NOT_VIP.parse().unwrap();
@@ -132,7 +368,7 @@ fn main() -> Result<()> {
     let ack = client(0, PROTO_TCP, 80).packet("A", b"");
     // Client 0's first datagram is the first packet of the UDP case.
     let udp_known = client(0, PROTO_UDP, 53).packet("", b"bench query 0124");
-    let mut cases = [
+    vec![
         Case::new(
             "tcp syn, new flow",
             Some(TARGET_SYN),
@@ -165,142 +401,7 @@ fn main() -> Result<()> {
             Expect::PassUnchanged,
             (0..PACKETS).map(not_vip),
         ),
-    ];
-    let per_round = PACKETS / ROUNDS;
-    for round in 0..ROUNDS {
-        for c in cases.iter_mut() {
-            let before = Counters::read(&lb);
-            let chunk = &c.packets[round * per_round..(round + 1) * per_round];
-            let (t, f) = measure(xdp, floor, chunk, c.expect)
-                .with_context(|| format!("case `{}`, round {round}", c.name))?;
-            c.delta.add(&Counters::read(&lb).since(&before));
-            c.rounds
-                .push(percentile(&t, 50) as i64 - percentile(&f, 50) as i64);
-            c.t.extend(t);
-            c.f.extend(f);
-        }
-    }
-
-    // What each case must have done, from the counters.
-    let n = PACKETS as u64;
-    let [syn, est, udp, udp_est, other] = &cases;
-    let d = &syn.delta;
-    ensure!(
-        d.get(counter::NEW_FLOW) == n
-            && d.get(counter::TX) == n
-            && d.get(counter::FIB_FALLBACK) == d.get(counter::FIB_LOOKUP)
-            && d.get(counter::FIB_LOOKUP) <= n
-            && d.get(counter::FLOW_HIT) == 0,
-        "the SYN case should create {n} flows, each sent with XDP_TX via the gateway MAC; counters {:?}",
-        d.nonzero()
-    );
-    for c in [est, udp_est] {
-        let d = &c.delta;
-        ensure!(
-            d.get(counter::FLOW_HIT) == n
-                && d.get(counter::NEW_FLOW) == 0
-                && d.get(counter::TX) == n,
-            "the case `{}` should hit the flow table {n} times and create no flow; counters {:?}",
-            c.name,
-            d.nonzero()
-        );
-    }
-    let d = &udp.delta;
-    ensure!(
-        d.get(counter::NEW_FLOW) == n && d.get(counter::FLOW_MISS) == n && d.get(counter::TX) == n,
-        "the UDP case should create {n} flows; counters {:?}",
-        d.nonzero()
-    );
-    let d = &other.delta;
-    ensure!(
-        d.get(counter::PASS_NOT_VIP) == n && d.total() == n,
-        "the non-VIP case should only count {n} pass_not_vip; counters {:?}",
-        d.nonzero()
-    );
-    ensure!(
-        lb.flow_count() == 2 * PACKETS,
-        "expected {} flows in the table ({n} TCP + {n} UDP), found {}",
-        2 * PACKETS,
-        lb.flow_count()
-    );
-
-    let mut rows: Vec<Row> = cases
-        .iter()
-        .map(|c| Row::new(c.name, 1, &c.t, &c.f, c.target).with_rounds(&c.rounds))
-        .collect();
-    rows.push(Row::floor("floor: lb_pass (SYN packets)", 1, &syn.f));
-    let other_pkt = &other.packets[0];
-
-    // repeat = N where the input survives every iteration: a passed packet.
-    let before = Counters::read(&lb);
-    let (other_n, other_n_floor) = measure_repeat(xdp, floor, other_pkt, XDP_PASS)?;
-    let d = Counters::read(&lb).since(&before);
-    let runs = REPEAT_N as u64 * REPEAT_CALLS as u64;
-    ensure!(
-        d.get(counter::PASS_NOT_VIP) == runs && d.total() == runs,
-        "repeat={REPEAT_N}: expected {runs} pass_not_vip; counters {:?}",
-        lb.counters()
-    );
-    rows.push(Row::new(
-        "non-vip tcp, passed",
-        REPEAT_N,
-        &other_n,
-        &other_n_floor,
-        Some(TARGET_NOT_VIP),
-    ));
-    rows.push(Row::floor("floor: lb_pass", REPEAT_N, &other_n_floor));
-
-    // What repeat = N does to a forwarded packet: probe it instead of assuming.
-    let probe_n = 100u32;
-    let before = Counters::read(&lb);
-    let r = run(xdp, &ack, probe_n)?;
-    let d = Counters::read(&lb).since(&before);
-    let hits = d.get(counter::FLOW_HIT);
-    let established_repeat_ok = hits == probe_n as u64
-        && d.get(counter::TX) == probe_n as u64
-        && r.action == XDP_TX
-        && r.data.len() == ack.len() + 20;
-    let mut notes = vec![format!(
-        "repeat={probe_n} on the established ACK: flow_hit +{hits}, tx +{}, pass_not_vip +{};\n  \
-         final action {}, output {} bytes for a {}-byte input",
-        d.get(counter::TX),
-        d.get(counter::PASS_NOT_VIP),
-        action_name(r.action),
-        r.data.len(),
-        ack.len()
-    )];
-    if established_repeat_ok {
-        let (est_n, est_n_floor) = measure_repeat(xdp, floor, &ack, XDP_TX)?;
-        rows.push(Row::new(
-            "tcp established (flow hit)",
-            REPEAT_N,
-            &est_n,
-            &est_n_floor,
-            Some(TARGET_ESTABLISHED),
-        ));
-        notes.push("  -> every iteration saw the original packet; repeat=N row reported.".into());
-    } else {
-        notes.push(
-            "  -> the kernel does not reset the packet between iterations: only the first\n     \
-             forwards, the rest see its encapsulated output (not a VIP) and pass, so\n     \
-             repeat=N does not measure forwarded packets; no repeat=N row for them."
-                .into(),
-        );
-    }
-
-    print_table(&rows);
-    println!();
-    for n in notes {
-        println!("{n}");
-    }
-    println!();
-    println!(
-        "median/p90: kernel-reported ns per run; floor: lb_pass on the same bytes, interleaved"
-    );
-    println!("call by call; net = median - floor median; net by round: lowest..highest net");
-    println!("median of the {ROUNDS} interleaved rounds. Targets are 0.8 x Katran's");
-    println!("figures; Katran was not run on this machine.");
-    Ok(())
+    ]
 }
 
 /// Maps as the packet tests fill them, at the bench's sizes.

@@ -1,0 +1,120 @@
+//! Every map of the balancer program, and the data path's clock. Sizes here
+//! are defaults; the daemon sets them from the pool file at load time.
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup, BPF_F_MMAPABLE},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    counter, defaults, AddrKey, Backend, BackendStats, Config, FlowKey, FlowValue, VipEntry,
+    VipInfo, VipKey, VipStats,
+};
+
+#[map]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(defaults::MAX_VIPS, 0);
+/// Bits of `vip_filter_bit` of every VIP, kept by the daemon.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);
+/// The VIP at each filter bit that only one VIP sets, kept by the daemon.
+#[map]
+pub static VIP_INDEX: Array<VipEntry> = Array::with_max_entries(lb_common::VIP_FILTER_BITS, 0);
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACKENDS, 0);
+/// Two Maglev buffers per VIP; the daemon writes the idle one through mmap and
+/// then flips `VipInfo::active_ring`, so a packet never sees a half-written table.
+#[map]
+pub static RINGS: Array<u64> =
+    Array::with_max_entries(defaults::MAX_VIPS * 2 * defaults::RING_SIZE, BPF_F_MMAPABLE);
+/// One LRU hash shared by all CPUs, with the common LRU list: a flow is found
+/// whichever CPU its next packet lands on (RSS changes, generic XDP, several
+/// queues), the daemon sees one table, and the capacity is not split per
+/// CPU. Each CPU takes free entries from a local list of up to 128 and
+/// touches the shared list (under its lock) once per batch, so up to 128
+/// entries per CPU sit in local lists (the daemon warns when that is a large
+/// part of the table).
+/// Per-CPU lists (BPF_F_NO_COMMON_LRU) were measured slower here: they
+/// rotate the list on every insert, about 60 ns more per new flow, and split
+/// the capacity over all possible CPUs.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(defaults::FLOW_TABLE_SIZE, 0);
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(defaults::MAX_VIPS, 0);
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// What `bpf_fib_lookup` (or the gateway-MAC fallback) said about a backend,
+/// reused for `NEXTHOP_TTL_NS`: a FIB lookup costs more than the rest of an
+/// established packet's path. Per CPU, so no writer contends. An entry counts
+/// only for the same backend address and ingress interface.
+#[map]
+pub static NEXTHOPS: PerCpuArray<NextHop> =
+    PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
+
+/// Room for the `bpf_fib_lookup` parameters: 64 bytes the 512-byte BPF
+/// stack cannot spare.
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// A cached next hop towards one backend (`NEXTHOPS`).
+#[repr(C)]
+pub struct NextHop {
+    pub addr: [u32; 4],
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ingress: u32,
+    pub egress: u32,
+    /// Largest outer packet the egress link takes.
+    pub mtu: u32,
+    pub expires_ns: u64,
+}
+
+/// The data path's clock, CLOCK_MONOTONIC nanoseconds to within a tick:
+/// the verifier turns `bpf_jiffies64` into one load, where a clock helper
+/// call costs about 30 ns a packet. Before the daemon has calibrated it,
+/// the coarse clock.
+#[inline(always)]
+pub fn clock_ns(cfg: &Config) -> u64 {
+    if cfg.jiffy_ns == 0 {
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    unsafe { bpf_jiffies64() }
+        .wrapping_mul(cfg.jiffy_ns)
+        .wrapping_sub(cfg.clock_offset_ns)
+}
+
+/// Adds a forwarded packet to its VIP's and backend's statistics.
+#[inline(always)]
+pub fn account(vip_id: u32, backend_id: u32, bytes: u64, new_flow: bool) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        let s = unsafe { &mut *s };
+        s.packets += 1;
+        s.bytes += bytes;
+        if new_flow {
+            s.new_flows += 1;
+        }
+    }
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        let s = unsafe { &mut *s };
+        s.packets += 1;
+        s.bytes += bytes;
+        if new_flow {
+            s.new_flows += 1;
+        }
+    }
+}
+
+/// Counts a dropped packet of VIP `vip_id`.
+#[inline(always)]
+pub fn vip_drop(vip_id: u32) {
+    if let Some(s) = VIP_STATS.get_ptr_mut(vip_id) {
+        unsafe { (*s).drops += 1 };
+    }
+}

@@ -1,0 +1,128 @@
+//! Which VIP a packet is for, and which backend a new flow goes to: the VIP
+//! filter, the VIP lookup, and the schedulers (Maglev today; new schedulers
+//! go here).
+use core::mem::MaybeUninit;
+use lb_common::{
+    counter, flow_hash, ring_base, ring_elem, ring_slot, vip_filter_bit, AddrKey, Config, FlowKey,
+    VipInfo, VipKey, CONFIG_F_ANY_PORT, NO_BACKEND,
+};
+
+use crate::action::{verdict, XDP_DROP};
+use crate::maps::{vip_drop, RINGS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_INDEX};
+use crate::packet::{zeroed, Packet};
+
+/// The VIP filter bits of a TCP/UDP packet: that of its port when set, and
+/// that of port 0. `None`: no VIP serves it (passed with no map lookup).
+#[derive(Clone, Copy)]
+pub struct VipBits {
+    pub exact: Option<u32>,
+    pub any: u32,
+}
+
+/// Looks the packet's (address, port, protocol) up in the VIP filter.
+#[inline(always)]
+pub fn vip_bits(pkt: &Packet, dport: u16, cfg: &Config) -> Option<VipBits> {
+    let bit = vip_filter_bit(pkt.dst, dport, pkt.proto, pkt.family);
+    let any = vip_filter_bit(pkt.dst, 0, pkt.proto, pkt.family);
+    let exact = vip_filter_has(bit);
+    if !exact && !(cfg.flags & CONFIG_F_ANY_PORT != 0 && vip_filter_has(any)) {
+        return None;
+    }
+    Some(VipBits {
+        exact: exact.then_some(bit),
+        any,
+    })
+}
+
+/// Whether `VIP_FILTER` has bit `bit`.
+#[inline(always)]
+fn vip_filter_has(bit: u32) -> bool {
+    match VIP_FILTER.get(bit / 64) {
+        Some(w) => *w & (1u64 << (bit % 64)) != 0,
+        None => false,
+    }
+}
+
+/// The VIP of exactly `key`, whose filter bit is `bit`: from `VIP_INDEX`
+/// when that bit is the VIP's alone (two array reads), else from `VIPS`.
+#[inline(always)]
+fn find_vip(key: &VipKey, bit: u32) -> Option<VipInfo> {
+    if let Some(e) = VIP_INDEX.get(bit) {
+        if e.key.addr == key.addr
+            && e.key.port == key.port
+            && e.key.proto == key.proto
+            && e.key.family == key.family
+        {
+            return Some(e.info);
+        }
+    }
+    unsafe { VIPS.get(key) }.copied()
+}
+
+/// Whether some VIP uses this address (for traffic without ports).
+#[inline(always)]
+pub fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
+    let mut k = MaybeUninit::uninit();
+    let key: &mut AddrKey = zeroed(&mut k);
+    key.addr = addr;
+    key.family = family;
+    unsafe { VIP_ADDRS.get(*key) }.is_some()
+}
+
+/// A new flow's VIP, flow hash and scheduled backend (`NO_BACKEND` when
+/// the VIP has none).
+#[derive(Clone, Copy)]
+pub struct Pick {
+    pub vip_id: u32,
+    pub hash: u32,
+    pub backend: u32,
+}
+
+/// Finds the VIP of the flow `key` (exact port first: it takes precedence
+/// over an any-port VIP) and picks its backend. `None`: no VIP.
+#[inline(always)]
+pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits) -> Option<Pick> {
+    let mut vkey = VipKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    };
+    let vip = match bits.exact.and_then(|b| find_vip(&vkey, b)) {
+        Some(v) => v,
+        None => {
+            if cfg.flags & CONFIG_F_ANY_PORT == 0 {
+                return None;
+            }
+            vkey.port = 0;
+            find_vip(&vkey, bits.any)?
+        }
+    };
+    let hash = flow_hash(key, &cfg.hash_key) as u32;
+    Some(Pick {
+        vip_id: vip.vip_id,
+        hash,
+        backend: maglev(&vip, hash, cfg.ring_size),
+    })
+}
+
+/// The backend in the VIP's active Maglev table at the flow's hash.
+#[inline(always)]
+fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
+    if size == 0 {
+        return NO_BACKEND;
+    }
+    let slot = hash % size;
+    let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
+    match RINGS.get(idx) {
+        Some(e) => ring_slot(*e, slot),
+        None => NO_BACKEND,
+    }
+}
+
+/// Drops a new flow of a VIP that has no backend to take it, counted.
+#[inline(always)]
+pub fn drop_no_backend(vip_id: u32) -> u32 {
+    vip_drop(vip_id);
+    verdict(counter::DROP_NO_BACKEND, XDP_DROP)
+}

@@ -24,7 +24,7 @@ pub const FLIP_GRACE: Duration = Duration::from_millis(5);
 pub type BackendRef = (VipKey, IpAddr);
 
 #[derive(Clone, Debug)]
-pub struct BackendEntry {
+pub struct RunningBackend {
     pub id: u32,
     pub address: IpAddr,
     pub weight: u32,
@@ -51,17 +51,17 @@ pub struct ProbeView {
 }
 
 #[derive(Clone, Debug)]
-pub struct VipEntry {
+pub struct RunningVip {
     pub id: u32,
     pub conf: Vip,
     pub active_ring: u8,
     /// What the active buffer holds (None until first written by us).
     pub table: Option<Vec<u32>>,
     pub last_flip: Option<Instant>,
-    pub backends: BTreeMap<IpAddr, BackendEntry>,
+    pub backends: BTreeMap<IpAddr, RunningBackend>,
 }
 
-impl VipEntry {
+impl RunningVip {
     pub fn key(&self) -> VipKey {
         vip_key(&self.conf)
     }
@@ -75,12 +75,12 @@ impl VipEntry {
     }
 }
 
-fn takes_new_flows(b: &BackendEntry) -> bool {
+fn takes_new_flows(b: &RunningBackend) -> bool {
     b.state == BackendState::Active && b.health != HealthView::Down
 }
 
 /// `Backend::flags` of a slot in use.
-fn kernel_flags(b: &BackendEntry) -> u8 {
+fn kernel_flags(b: &RunningBackend) -> u8 {
     let mut f = BACKEND_F_USED;
     if b.state == BackendState::Disabled {
         f |= BACKEND_F_DOWN;
@@ -116,7 +116,7 @@ pub struct Controller<D: DataPlane> {
     ring_size: u32,
     max_vips: u32,
     max_backends: u32,
-    pub vips: BTreeMap<VipKey, VipEntry>,
+    pub vips: BTreeMap<VipKey, RunningVip>,
     /// Ids found in the kernel at start (adopted), not yet claimed by the pool.
     adopted_vips: BTreeMap<VipKey, (u32, u8)>,
     /// Backend slots found in the kernel at start: (VIP id, address) → (slot, flags).
@@ -395,7 +395,7 @@ impl<D: DataPlane> Controller<D> {
                 };
                 self.vips.insert(
                     *key,
-                    VipEntry {
+                    RunningVip {
                         id,
                         conf: (*conf).clone(),
                         active_ring: ring,
@@ -467,7 +467,7 @@ impl<D: DataPlane> Controller<D> {
                 };
                 self.vips.get_mut(key).unwrap().backends.insert(
                     addr,
-                    BackendEntry {
+                    RunningBackend {
                         id,
                         address: addr,
                         weight: bc.weight,

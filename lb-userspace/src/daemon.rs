@@ -201,7 +201,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
         );
     }
     for iface in &pool.interfaces {
-        dataplane::nix_ifindex(iface)?;
+        dataplane::ifindex(iface)?;
     }
     let hash_key = load_or_create_secret(&pool.hash_secret_file)?;
     let s = sizes(&pool);

@@ -123,12 +123,26 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// The loaded, pinned balancer.
+/// A loader with the balancer's map sizes; the decapsulator's maps, unused
+/// on a balancer, stay tiny.
+fn balancer_loader(sizes: Sizes) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    lb_common::size_maps(&mut loader, sizes);
+    loader
+        .map_max_entries(maps::DECAP_VIPS, 1)
+        .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
+    loader
+}
+
+/// The loaded balancer and the one writer of its maps: the daemon's (maps
+/// and links pinned), the packet tests' and the benches' (unpinned).
 pub struct BpfDataPlane {
     ebpf: Ebpf,
     ring: RingMmap,
     sizes: Sizes,
-    dir: PathBuf,
+    /// Where maps and links are pinned; `None` for an unpinned load (the
+    /// packet tests and benches), which cannot attach.
+    dir: Option<PathBuf>,
     /// Links adopted from pins: this process holds them too, so detaching
     /// takes both the pin and this.
     adopted: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
@@ -232,18 +246,40 @@ impl BpfDataPlane {
             source,
         })?;
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
-        let mut loader = EbpfLoader::new();
-        lb_common::size_maps(&mut loader, sizes);
-        loader
-            // The decapsulator's maps are not used on the balancer.
-            .map_max_entries(maps::DECAP_VIPS, 1)
-            .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
+        let mut loader = balancer_loader(sizes);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader
             .load(object)
             .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
+        Self::loaded(ebpf, sizes, Some(dir), None)
+    }
+
+    /// Loads the object without pinning anything: the same map writer for
+    /// the packet tests and benches, which run the programs with
+    /// BPF_PROG_TEST_RUN. `clock`: a tick already measured in this process
+    /// (`None` measures it, as `load` does).
+    pub fn load_unpinned(
+        object: &[u8],
+        sizes: Sizes,
+        clock: Option<lb_common::DataPathClock>,
+    ) -> Result<Self> {
+        let ebpf = balancer_loader(sizes)
+            .load(object)
+            .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
+        Self::loaded(ebpf, sizes, None, clock)
+    }
+
+    /// Checks the maps of a loaded object, maps the rings, measures the
+    /// clock and rebuilds the VIP filter from the VIPs found.
+    fn loaded(
+        ebpf: Ebpf,
+        sizes: Sizes,
+        dir: Option<PathBuf>,
+        clock: Option<lb_common::DataPathClock>,
+    ) -> Result<Self> {
+        let pins = dir.clone().unwrap_or_default();
         // A reused pin must be what this pool file and this program need:
         // the kernel would otherwise take writes past its end, or packets
         // would read values of another layout.
@@ -271,7 +307,7 @@ impl BpfDataPlane {
             if info.max_entries() != max || info.value_size() as usize != value {
                 return Err(DataPlaneError::Setup(format!(
                     "the pinned map {} was made for another pool or version ({} entries of {} bytes; this one needs {max} of {value}); run `lb stop` first to start afresh (established flows are then forgotten)",
-                    dir.join(name).display(),
+                    pins.join(name).display(),
                     info.max_entries(),
                     info.value_size()
                 )));
@@ -283,7 +319,7 @@ impl BpfDataPlane {
             .expect("checked above");
         let ring = RingMmap::new(data, entries)?;
         let mut ebpf = ebpf;
-        let clock = match data_path_clock(&mut ebpf) {
+        let clock = match clock.map(Ok).unwrap_or_else(|| data_path_clock(&mut ebpf)) {
             Ok(c) => {
                 log::debug!("data path clock: {} ns per jiffy", c.jiffy_ns);
                 c
@@ -303,11 +339,16 @@ impl BpfDataPlane {
             filter: lb_common::VipFilter::new(),
             filter_stale: false,
         };
-        // The filter is not pinned: rebuild it from the VIPs an earlier run left.
-        for (key, info) in dp.vips()? {
-            dp.filter.set(key, info);
+        // The filter is not pinned (a fresh load's is all zero): rebuild it
+        // from the VIPs an earlier run left, if any.
+        let vips = dp.vips()?;
+        for (key, info) in &vips {
+            dp.filter.set(*key, *info);
         }
-        lb_common::write_vip_filter_all(&mut dp.ebpf, &dp.filter).map_err(DataPlaneError::Setup)?;
+        if !vips.is_empty() {
+            lb_common::write_vip_filter_all(&mut dp.ebpf, &dp.filter)
+                .map_err(DataPlaneError::Setup)?;
+        }
         Ok(dp)
     }
 
@@ -323,14 +364,44 @@ impl BpfDataPlane {
     /// Whether an earlier run left a pinned link on `iface` (which `attach`
     /// then adopts).
     pub fn link_pinned(&self, iface: &str) -> bool {
-        link_pin(&self.dir, iface).exists()
+        self.dir
+            .as_ref()
+            .is_some_and(|d| link_pin(d, iface).exists())
+    }
+
+    /// The pin directory; attaching needs one.
+    fn pins(&self) -> Result<&Path> {
+        self.dir.as_deref().ok_or_else(|| {
+            DataPlaneError::Setup("the balancer was loaded unpinned; it cannot be attached".into())
+        })
+    }
+
+    /// The loaded object, for running and reading its programs and maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The tick the data path's clock was calibrated with (written into
+    /// every `Config`); the default means the coarse-clock fallback.
+    pub fn clock(&self) -> lb_common::DataPathClock {
+        self.clock
+    }
+
+    /// Replaces the clock written into the next `Config`s, as a failed
+    /// calibration does (the default: the coarse clock).
+    pub fn set_clock(&mut self, clock: lb_common::DataPathClock) {
+        self.clock = clock;
     }
 
     /// Attaches the balancer to `iface`, or adopts the link an earlier run
     /// pinned (then the new program replaces the old one in place, with no gap).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
-        let ifindex = nix_ifindex(iface)?;
-        let pin = link_pin(&self.dir, iface);
+        let ifindex = ifindex(iface)?;
+        let pin = link_pin(self.pins()?, iface);
         let prog = self.balancer()?;
         if prog.fd().is_err() {
             prog.load().map_err(|e| match e {
@@ -415,7 +486,7 @@ impl BpfDataPlane {
     /// Detaches the balancer from `iface` (its pinned link is the last
     /// reference to the attachment).
     pub fn detach(&mut self, iface: &str) -> Result<()> {
-        let pin = link_pin(&self.dir, iface);
+        let pin = link_pin(self.pins()?, iface);
         std::fs::remove_file(&pin).map_err(|source| DataPlaneError::Io {
             what: format!("removing {}", pin.display()),
             source,
@@ -432,7 +503,7 @@ impl BpfDataPlane {
     /// Detaches from interfaces an earlier run attached to that are not in
     /// `keep` (removed from the pool file while the daemon was down).
     pub fn detach_others(&mut self, keep: &[String]) -> Result<()> {
-        let stale: Vec<String> = std::fs::read_dir(&self.dir)
+        let stale: Vec<String> = std::fs::read_dir(self.pins()?)
             .into_iter()
             .flatten()
             .flatten()
@@ -486,7 +557,7 @@ pub fn remove_pins(instance: &str) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-pub fn nix_ifindex(iface: &str) -> Result<u32> {
+pub fn ifindex(iface: &str) -> Result<u32> {
     let c = std::ffi::CString::new(iface)
         .map_err(|_| DataPlaneError::Setup(format!("interface name `{iface}` is not valid")))?;
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -659,64 +730,15 @@ pub fn attach_decap(
     mode: AttachMode,
 ) -> Result<()> {
     ensure_bpffs()?;
-    let ifindex = nix_ifindex(iface)?;
+    let ifindex = ifindex(iface)?;
     let dir = decap_pin_dir(iface);
     let _ = remove_decap(iface);
     std::fs::create_dir_all(&dir).map_err(|source| DataPlaneError::Io {
         what: format!("creating {}", dir.display()),
         source,
     })?;
-    let mut loader = EbpfLoader::new();
-    // The balancer's maps are not used by the decapsulator: keep them tiny.
-    for m in ALL_MAPS {
-        loader.map_max_entries(m, 1);
-    }
-    loader
-        .map_max_entries(maps::RINGS, 1)
-        .map_max_entries(maps::VIP_FILTER, 1)
-        .map_max_entries(maps::VIP_INDEX, 1)
-        .map_max_entries(maps::NEXTHOPS, 1);
-    let mut ebpf = loader
-        .load(object)
-        .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
-    {
-        let mut m: HashMap<&mut MapData, AddrKey, u32> =
-            HashMap::try_from(ebpf.map_mut(maps::DECAP_VIPS).expect("DECAP_VIPS"))
-                .map_err(map_err(maps::DECAP_VIPS))?;
-        for ip in vips {
-            let (addr, family) = crate::controller::addr_words(*ip);
-            m.insert(
-                AddrKey {
-                    addr,
-                    family,
-                    _pad: [0; 3],
-                },
-                1,
-                0,
-            )
-            .map_err(map_err(maps::DECAP_VIPS))?;
-        }
-    }
-    {
-        let mut t: aya::maps::LpmTrie<&mut MapData, lb_common::DecapSource, u32> =
-            aya::maps::LpmTrie::try_from(ebpf.map_mut(maps::DECAP_SOURCES).expect("DECAP_SOURCES"))
-                .map_err(map_err(maps::DECAP_SOURCES))?;
-        // None given: from anywhere (the upstream filter must then do it).
-        let any = [
-            (std::net::IpAddr::from([0u8; 4]), 0),
-            (std::net::IpAddr::from([0u8; 16]), 0),
-        ];
-        let sources = if sources.is_empty() {
-            &any[..]
-        } else {
-            sources
-        };
-        for (addr, prefix) in sources {
-            let (len, data) = lb_common::DecapSource::key(*addr, *prefix);
-            t.insert(&aya::maps::lpm_trie::Key::new(len, data), 1, 0)
-                .map_err(map_err(maps::DECAP_SOURCES))?;
-        }
-    }
+    let mut ebpf = load_decap_unpinned(object)?;
+    write_decap_maps(&mut ebpf, vips, sources)?;
     for name in [maps::DECAP_VIPS, maps::DECAP_COUNTERS, maps::DECAP_SOURCES] {
         ebpf.map_mut(name)
             .expect("decap map")
@@ -755,6 +777,79 @@ pub fn attach_decap(
     Err(DataPlaneError::Setup(format!(
         "attaching lb_decap to `{iface}` failed: {last}"
     )))
+}
+
+/// Loads the object for the decapsulator, pinning nothing (`attach_decap`
+/// pins; the packet tests run it with BPF_PROG_TEST_RUN). The balancer's
+/// maps, unused by the decapsulator, stay tiny.
+pub fn load_decap_unpinned(object: &[u8]) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for m in ALL_MAPS {
+        loader.map_max_entries(m, 1);
+    }
+    loader
+        .map_max_entries(maps::RINGS, 1)
+        .map_max_entries(maps::VIP_FILTER, 1)
+        .map_max_entries(maps::VIP_INDEX, 1)
+        .map_max_entries(maps::NEXTHOPS, 1);
+    loader
+        .load(object)
+        .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))
+}
+
+/// Writes the decapsulator's maps: the VIPs it accepts tunnels to, and the
+/// outer sources it accepts them from (none given: any source, so the
+/// upstream filter must do it).
+pub fn write_decap_maps(
+    ebpf: &mut Ebpf,
+    vips: &[std::net::IpAddr],
+    sources: &[(std::net::IpAddr, u8)],
+) -> Result<()> {
+    let map = ebpf
+        .map_mut(maps::DECAP_VIPS)
+        .ok_or_else(|| missing(maps::DECAP_VIPS))?;
+    let mut m: HashMap<&mut MapData, AddrKey, u32> =
+        HashMap::try_from(map).map_err(map_err(maps::DECAP_VIPS))?;
+    for ip in vips {
+        let (addr, family) = lb_common::addr_words(*ip);
+        let key = AddrKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        };
+        m.insert(key, 1, 0).map_err(map_err(maps::DECAP_VIPS))?;
+    }
+    let map = ebpf
+        .map_mut(maps::DECAP_SOURCES)
+        .ok_or_else(|| missing(maps::DECAP_SOURCES))?;
+    let mut t: aya::maps::LpmTrie<&mut MapData, lb_common::DecapSource, u32> =
+        aya::maps::LpmTrie::try_from(map).map_err(map_err(maps::DECAP_SOURCES))?;
+    let old: Vec<_> = t
+        .keys()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(map_err(maps::DECAP_SOURCES))?;
+    for k in old {
+        t.remove(&k).map_err(map_err(maps::DECAP_SOURCES))?;
+    }
+    let any = [
+        (std::net::IpAddr::from([0u8; 4]), 0),
+        (std::net::IpAddr::from([0u8; 16]), 0),
+    ];
+    let sources = if sources.is_empty() {
+        &any[..]
+    } else {
+        sources
+    };
+    for (addr, prefix) in sources {
+        let (len, data) = lb_common::DecapSource::key(*addr, *prefix);
+        t.insert(&aya::maps::lpm_trie::Key::new(len, data), 1, 0)
+            .map_err(map_err(maps::DECAP_SOURCES))?;
+    }
+    Ok(())
+}
+
+fn missing(map: &str) -> DataPlaneError {
+    DataPlaneError::Setup(format!("map `{map}` missing from the eBPF object"))
 }
 
 /// Detaches a backend's decapsulator and removes its pins.

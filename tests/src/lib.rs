@@ -1,19 +1,22 @@
-//! Test support: loads the real XDP object, fills its maps, runs packets
-//! through BPF_PROG_TEST_RUN, and reads the counters back.
+//! Test support: loads the real XDP object, fills its maps through the
+//! daemon's own map writer (`lb_userspace::dataplane::BpfDataPlane`, loaded
+//! unpinned), runs packets through BPF_PROG_TEST_RUN, and reads the maps
+//! and counters back.
 //!
 //! Root tests call [`root_env`] first: it skips (printing why) when the
 //! kernel side cannot be reached, unless `LB_REQUIRE_ROOT_TESTS=1` (set by
 //! `cargo xtask test`), in which case a missing prerequisite is a failure.
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use lb_common::{
     counter, decap_counter, maps, progs, AddrKey, Backend, BackendStats, Config, DataPathClock,
     FlowKey, FlowValue, VipInfo, VipKey, VipStats,
 };
+use lb_userspace::dataplane::{BpfDataPlane, DataPlane};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -76,15 +79,21 @@ pub fn test_sizes() -> Sizes {
     }
 }
 
-/// The loaded object with one program ready for BPF_PROG_TEST_RUN.
+/// The loaded object with one program ready for BPF_PROG_TEST_RUN. Every
+/// map write goes through `dp`, the daemon's writer.
 pub struct Balancer {
-    pub ebpf: Ebpf,
+    loaded: Loaded,
     pub sizes: Sizes,
     prog: &'static str,
-    /// Written into every `set_config`, as the daemon does.
+    /// The measured tick, written into every `set_config` as the daemon does.
     pub clock: DataPathClock,
-    /// The VIP filter and index, kept as the daemon keeps them.
-    filter: lb_common::VipFilter,
+}
+
+/// The balancer with its map writer, or the object loaded for another
+/// program (the decapsulator, the trivial program).
+enum Loaded {
+    Balancer(BpfDataPlane),
+    Other(Ebpf),
 }
 
 /// The kernel's tick, measured once per test process (it is a property of
@@ -145,9 +154,7 @@ impl Balancer {
     /// Loads the backend decapsulator (`lb_decap`), accepting tunnels from
     /// any source.
     pub fn load_decap() -> Result<Self> {
-        let mut b = Self::load_prog(test_sizes(), progs::DECAP)?;
-        b.set_decap_sources(&[(IpAddr::from([0u8; 4]), 0), (IpAddr::from([0u8; 16]), 0)])?;
-        Ok(b)
+        Self::load_prog(test_sizes(), progs::DECAP)
     }
 
     /// Loads the trivial XDP_PASS program.
@@ -165,120 +172,123 @@ impl Balancer {
     }
 
     fn load_from(path: &std::path::Path, sizes: Sizes, prog: &'static str) -> Result<Self> {
-        let mut loader = EbpfLoader::new();
-        lb_common::size_maps(&mut loader, sizes);
-        let mut ebpf = loader
-            .load_file(path)
-            .with_context(|| format!("loading {}", path.display()))?;
-        let p: &mut Xdp = ebpf
+        let object = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let what = || format!("loading {}", path.display());
+        let (loaded, clock) = if prog == progs::DECAP {
+            let ebpf = lb_userspace::dataplane::load_decap_unpinned(&object).with_context(what)?;
+            (Loaded::Other(ebpf), DataPathClock::default())
+        } else {
+            // The kernel's tick is measured once per test process (it is
+            // a property of the kernel, not of one loaded object).
+            let dp = BpfDataPlane::load_unpinned(&object, sizes, CLOCK.get().copied())
+                .with_context(what)?;
+            let clock = *CLOCK.get_or_init(|| dp.clock());
+            (Loaded::Balancer(dp), clock)
+        };
+        let mut b = Balancer {
+            loaded,
+            sizes,
+            prog,
+            clock,
+        };
+        let p: &mut Xdp = b
+            .ebpf_mut()
             .program_mut(prog)
             .with_context(|| format!("no program {prog}"))?
             .try_into()?;
         p.load().map_err(verifier_log)?;
-        let clock = if prog == progs::BALANCER {
-            match CLOCK.get() {
-                Some(c) => *c,
-                None => {
-                    let p: &mut Xdp = ebpf
-                        .program_mut(progs::CLOCK)
-                        .context("no program lb_clock")?
-                        .try_into()?;
-                    p.load().map_err(verifier_log)?;
-                    let c = lb_common::calibrate_clock(p).map_err(anyhow::Error::msg)?;
-                    *CLOCK.get_or_init(|| c)
-                }
-            }
-        } else {
-            DataPathClock::default()
-        };
-        Ok(Balancer {
-            ebpf,
-            sizes,
-            prog,
-            clock,
-            filter: lb_common::VipFilter::new(),
-        })
+        Ok(b)
+    }
+
+    /// The daemon's map writer over the loaded balancer.
+    pub fn dp(&mut self) -> &mut BpfDataPlane {
+        match &mut self.loaded {
+            Loaded::Balancer(dp) => dp,
+            Loaded::Other(_) => panic!("{} has no balancer map writer", self.prog),
+        }
+    }
+
+    fn ebpf_mut(&mut self) -> &mut Ebpf {
+        match &mut self.loaded {
+            Loaded::Balancer(dp) => dp.ebpf_mut(),
+            Loaded::Other(e) => e,
+        }
+    }
+
+    /// The loaded object.
+    pub fn ebpf(&self) -> &Ebpf {
+        match &self.loaded {
+            Loaded::Balancer(dp) => dp.ebpf(),
+            Loaded::Other(e) => e,
+        }
     }
 
     fn map(&self, name: &str) -> &aya::maps::Map {
-        self.ebpf
+        self.ebpf()
             .map(name)
             .unwrap_or_else(|| panic!("no map {name}"))
     }
 
-    fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
-        self.ebpf
-            .map_mut(name)
-            .unwrap_or_else(|| panic!("no map {name}"))
-    }
-
     /// Writes `cfg` with the calibrated clock, as the daemon does.
-    pub fn set_config(&mut self, mut cfg: Config) -> Result<()> {
-        self.clock.apply(&mut cfg);
-        self.set_config_raw(cfg)
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        let clock = self.clock;
+        self.dp().set_clock(clock);
+        Ok(self.dp().set_config(&cfg)?)
     }
 
-    /// Writes `cfg` as given (`jiffy_ns` 0: the coarse-clock fallback).
+    /// Writes `cfg` with the coarse-clock fallback (`jiffy_ns` 0), as the
+    /// daemon does when the tick cannot be measured.
     pub fn set_config_raw(&mut self, cfg: Config) -> Result<()> {
-        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG))?;
-        a.set(0, cfg, 0)?;
-        Ok(())
+        self.dp().set_clock(DataPathClock::default());
+        Ok(self.dp().set_config(&cfg)?)
     }
 
-    /// Adds a VIP and marks its address (and any-port flag), and its filter bit.
+    /// Adds a VIP and marks its address (and any-port flag), as the
+    /// daemon's controller does.
     pub fn add_vip(&mut self, key: VipKey, info: VipInfo) -> Result<()> {
-        let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
-            HashMap::try_from(self.map_mut(maps::VIPS))?;
-        v.insert(key, info, 0)?;
-        let w = self.filter.set(key, info);
-        lb_common::write_vip_filter(&mut self.ebpf, w).map_err(anyhow::Error::msg)?;
+        self.dp().set_vip(&key, &info)?;
         let ak = AddrKey {
             addr: key.addr,
             family: key.family,
             _pad: [0; 3],
         };
-        let mut a: HashMap<&mut MapData, AddrKey, u32> =
-            HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
+        let a: HashMap<&MapData, AddrKey, u32> = HashMap::try_from(self.map(maps::VIP_ADDRS))?;
         let mut flags = a.get(&ak, 0).unwrap_or(0) | lb_common::ADDR_F_VIP;
         if key.port == 0 {
             flags |= lb_common::ADDR_F_ANY_PORT;
         }
-        a.insert(ak, flags, 0)?;
+        self.dp().set_vip_addr(&ak, flags)?;
         if key.port == 0 {
-            // As the daemon does: tell the data path to try port 0 on a miss.
-            let mut c: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG))?;
+            // Tell the data path to try port 0 on a miss.
+            let c: aya::maps::Array<&MapData, Config> =
+                aya::maps::Array::try_from(self.map(maps::CONFIG))?;
             let mut cfg = c.get(&0, 0)?;
             cfg.flags |= lb_common::CONFIG_F_ANY_PORT;
-            c.set(0, cfg, 0)?;
+            // Keep the clock the config was written with.
+            let clock = if cfg.jiffy_ns == 0 {
+                DataPathClock::default()
+            } else {
+                self.clock
+            };
+            self.dp().set_clock(clock);
+            self.dp().set_config(&cfg)?;
         }
         Ok(())
     }
 
-    /// Removes a VIP (its address stays marked) and its filter bit and
-    /// index entry, as the daemon does.
+    /// Removes a VIP (its address stays marked), as the daemon does.
     pub fn remove_vip(&mut self, key: VipKey) -> Result<()> {
-        let mut v: HashMap<&mut MapData, VipKey, VipInfo> =
-            HashMap::try_from(self.map_mut(maps::VIPS))?;
-        v.remove(&key)?;
-        let w = self.filter.remove(&key);
-        lb_common::write_vip_filter(&mut self.ebpf, w).map_err(anyhow::Error::msg)
+        Ok(self.dp().remove_vip(&key)?)
     }
 
     pub fn set_backend(&mut self, id: u32, b: Backend) -> Result<()> {
-        let mut a: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(maps::BACKENDS))?;
-        a.set(id, b, 0)?;
-        Ok(())
+        Ok(self.dp().set_backend(id, &b)?)
     }
 
     /// Writes one of a VIP's two Maglev buffers.
     pub fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
         assert_eq!(slots.len() as u32, self.sizes.ring_size);
-        let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size);
-        let mut a: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::RINGS))?;
-        for (i, e) in lb_common::pack_ring(slots).enumerate() {
-            a.set(base + i as u32, e, 0)?;
-        }
-        Ok(())
+        Ok(self.dp().write_ring(vip_id, ring, slots)?)
     }
 
     pub fn vip_info(&self, key: &VipKey) -> Result<VipInfo> {
@@ -340,31 +350,15 @@ impl Balancer {
         a.get(&id, 0).unwrap().iter().sum()
     }
 
-    /// Replaces the decapsulator's accepted outer sources (`load_decap`
-    /// accepts any, as `lb decap` without `--from`).
-    pub fn set_decap_sources(&mut self, sources: &[(IpAddr, u8)]) -> Result<()> {
-        let mut t: aya::maps::LpmTrie<&mut MapData, lb_common::DecapSource, u32> =
-            aya::maps::LpmTrie::try_from(self.map_mut(maps::DECAP_SOURCES))?;
-        let old: Vec<_> = t.keys().collect::<Result<_, _>>()?;
-        for k in old {
-            t.remove(&k)?;
-        }
-        for (addr, prefix) in sources {
-            let (len, data) = lb_common::DecapSource::key(*addr, *prefix);
-            t.insert(&aya::maps::lpm_trie::Key::new(len, data), 1, 0)?;
-        }
-        Ok(())
-    }
-
-    pub fn add_decap_vip(&mut self, ip: IpAddr) -> Result<()> {
-        let mut a: HashMap<&mut MapData, AddrKey, u32> =
-            HashMap::try_from(self.map_mut(maps::DECAP_VIPS))?;
-        a.insert(addr_key(ip), 1, 0)?;
+    /// Writes the decapsulator's maps as `lb decap` does: the VIPs and the
+    /// accepted outer sources (replacing the earlier ones; none: any).
+    pub fn set_decap(&mut self, vips: &[IpAddr], sources: &[(IpAddr, u8)]) -> Result<()> {
+        lb_userspace::dataplane::write_decap_maps(self.ebpf_mut(), vips, sources)?;
         Ok(())
     }
 
     fn program(&self) -> &Xdp {
-        self.ebpf
+        self.ebpf()
             .program(self.prog)
             .expect("program loaded")
             .try_into()

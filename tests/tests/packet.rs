@@ -1162,8 +1162,9 @@ fn next_hop_from_the_kernel_fib_and_redirect_to_the_egress_interface() {
 fn decap_setup() -> Option<Balancer> {
     root_env("decap tests")?;
     let mut d = Balancer::load_decap().unwrap();
-    d.add_decap_vip(ip("10.100.0.1")).unwrap();
-    d.add_decap_vip(ip("fd00:100::1")).unwrap();
+    // As `lb decap --vip 10.100.0.1 --vip fd00:100::1` (no --from: any source).
+    d.set_decap(&[ip("10.100.0.1"), ip("fd00:100::1")], &[])
+        .unwrap();
     Some(d)
 }
 
@@ -1227,8 +1228,11 @@ fn decap_strips_ipip_ip6ip6_and_4in6_to_a_vip() {
 fn decap_drops_tunnels_to_a_vip_from_other_sources_than_the_balancers() {
     // As `lb decap --from 10.255.0.0/24 --from fd00:255::/112`.
     let Some(mut d) = decap_setup() else { return };
-    d.set_decap_sources(&[(ip("10.255.0.0"), 24), (ip("fd00:255::"), 112)])
-        .unwrap();
+    d.set_decap(
+        &[ip("10.100.0.1"), ip("fd00:100::1")],
+        &[(ip("10.255.0.0"), 24), (ip("fd00:255::"), 112)],
+    )
+    .unwrap();
     let f4 = Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80).packet("S", b"");
     let f6 = Flow::udp("2001:db8::1", 5, "fd00:100::1", 53).packet("", b"q");
     for (inner, src, ok) in [

@@ -458,7 +458,7 @@ fn client(i: usize, proto: u8, dport: u16) -> Flow {
 
 fn program<'a>(lb: &'a Balancer, name: &str) -> Result<&'a Xdp> {
     Ok(lb
-        .ebpf
+        .ebpf()
         .program(name)
         .with_context(|| format!("no program `{name}` in the object"))?
         .try_into()?)

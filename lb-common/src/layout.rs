@@ -76,8 +76,6 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_IPV6: u8 = 41;
 pub const PROTO_ICMPV6: u8 = 58;
 
-/// A Maglev slot that holds no backend (every backend of the VIP is down).
-pub const NO_BACKEND: u32 = u32::MAX;
 
 /// Forwarding modes (`VipInfo::mode`).
 pub mod mode {

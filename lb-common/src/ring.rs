@@ -1,6 +1,7 @@
 //! Maglev tables as `RINGS` holds them: two buffers per VIP, four 16-bit
 //! backend slots per 64-bit element.
-use crate::layout::NO_BACKEND;
+/// A Maglev slot that holds no backend (every backend of the VIP is down).
+pub const NO_BACKEND: u32 = u32::MAX;
 
 /// Maglev slots per `RINGS` element: four 16-bit slots in each 64-bit
 /// element (slot 4k in the low bits), each holding a backend id plus one, 0

@@ -76,7 +76,6 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_IPV6: u8 = 41;
 pub const PROTO_ICMPV6: u8 = 58;
 
-
 /// Forwarding modes (`VipInfo::mode`).
 pub mod mode {
     /// IPIP / IP6IP6 / 4in6 encapsulation, direct server return.

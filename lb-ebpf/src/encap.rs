@@ -50,7 +50,8 @@ pub fn forward(
         }
         return dropped(counter::DROP_TOO_BIG);
     }
-    let (dmac, smac, egress) = (nh.dmac, nh.smac, nh.egress);
+    // `next_hop` checked (or set) the entry's ingress: this packet's.
+    let (dmac, smac, egress, ingress) = (nh.dmac, nh.smac, nh.egress, nh.ingress);
     if unsafe { bpf_xdp_adjust_head(ctx.ctx as *mut _, -(hdr_len as i32)) } != 0 {
         return dropped(counter::DROP_ADJUST_HEAD);
     }
@@ -67,7 +68,7 @@ pub fn forward(
     if written.is_none() {
         return dropped(counter::DROP_ADJUST_HEAD);
     }
-    if egress == ctx.ingress_ifindex() as u32 {
+    if egress == ingress {
         Sent::Forwarded(verdict(counter::TX, XDP_TX))
     } else {
         count(counter::REDIRECT);

@@ -1,6 +1,7 @@
 //! TCP and UDP: the flow table first, the scheduler for what it does not
 //! know, then forwarding and the statistics.
 use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::info;
 use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY,
@@ -78,8 +79,25 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 return verdict(counter::PASS_NOT_VIP, XDP_PASS);
             };
             match schedule(key, &p, now, tcp_flags & TCP_RST != 0) {
-                Some(c) => c,
-                None => return drop_no_backend(p.vip_id),
+                Some(c) => {
+                    // The opt-in decision log (`lb run --debug-datapath`):
+                    // with it off, the loader sets the log level to 0 in
+                    // read-only data and the verifier removes this code.
+                    info!(
+                        ctx,
+                        "new flow: proto {} port {} -> {}, vip {} to backend {}",
+                        pkt.proto,
+                        u16::from_be(ports.src),
+                        u16::from_be(ports.dst),
+                        c.vip_id,
+                        c.backend_id
+                    );
+                    c
+                }
+                None => {
+                    info!(ctx, "new flow dropped: vip {} has no backend", p.vip_id);
+                    return drop_no_backend(p.vip_id);
+                }
             }
         }
     };

@@ -200,7 +200,7 @@ fn main() -> Result<()> {
         flows: pool.tables.flow_table_size,
     };
     let _pins = Pins(instance.clone());
-    let mut dp = BpfDataPlane::load(&object, &instance, sizes)
+    let mut dp = BpfDataPlane::load(&object, &instance, sizes, false)
         .with_context(|| format!("loading {}", object_path.display()))?;
     dp.set_config(&kernel_config(&pool, [1, 2]))?;
     let timed = Timed {

@@ -183,8 +183,26 @@ fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
     });
 }
 
+/// Hands the data path's log records to the daemon's log as they come.
+fn spawn_decision_log(log: dataplane::DecisionLog) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer's descriptor, which stays
+    // open and the same for as long as the logger lives (inside `fd`).
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the data path's log: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
 /// `lb run`.
-pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
+/// `debug_datapath`: log the data path's decisions (`--debug-datapath`).
+pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) -> Result<()> {
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let pool = config::parse(&text, &config_path.display().to_string())
@@ -205,7 +223,11 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>) -> Result<()> {
     }
     let hash_key = load_or_create_secret(&pool.hash_secret_file)?;
     let s = sizes(&pool);
-    let mut dp = BpfDataPlane::load(&object, &pool.instance, s)?;
+    let mut dp = BpfDataPlane::load(&object, &pool.instance, s, debug_datapath)?;
+    if let Some(log) = dp.take_decision_log() {
+        spawn_decision_log(log)?;
+        log::info!("logging the data path's decisions (--debug-datapath); this costs per packet");
+    }
     dp.set_config(&kernel_config(&pool, hash_key))?;
     let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
     // After a restart the previous program is still attached: it reads the

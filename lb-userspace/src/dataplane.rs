@@ -60,6 +60,9 @@ pub trait DataPlane {
     fn counters(&self) -> Result<Vec<u64>>;
 }
 
+/// The reader of the data path's aya-log records.
+pub type DecisionLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// Sizes of the maps, from the pool file.
 pub type Sizes = lb_common::MapSizes;
 
@@ -123,14 +126,25 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// A loader with the balancer's map sizes; the decapsulator's maps, unused
-/// on a balancer, stay tiny.
-fn balancer_loader(sizes: Sizes) -> EbpfLoader<'static> {
+/// The aya-log level the data path logs at: its decision log is off (0)
+/// unless asked for. The level is read-only data, so with it off the
+/// verifier removes the logging code and the data path pays nothing.
+const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+const LOG_OFF: u8 = 0;
+const LOG_INFO: u8 = 3;
+
+/// A loader with the balancer's map sizes and log level; the
+/// decapsulator's maps, unused on a balancer, stay tiny.
+fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
     lb_common::size_maps(&mut loader, sizes);
     loader
         .map_max_entries(maps::DECAP_VIPS, 1)
         .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
+    let level = if log_decisions { &LOG_INFO } else { &LOG_OFF };
+    // An object without the log (an older build) loads as well, unless the
+    // log is asked for.
+    loader.override_global(LOG_LEVEL, level, log_decisions);
     loader
 }
 
@@ -152,6 +166,8 @@ pub struct BpfDataPlane {
     /// A filter write failed: `filter` is ahead of the maps, and the next
     /// change writes all of it.
     filter_stale: bool,
+    /// The data path's decision log, when asked for and not yet taken.
+    log: Option<DecisionLog>,
 }
 
 /// The data of the maps this program pins.
@@ -238,7 +254,11 @@ impl BpfDataPlane {
     /// Loads the object, reusing maps pinned by an earlier run of the same
     /// instance (so flows and tables survive a daemon restart), and pins
     /// whatever is new.
-    pub fn load(object: &[u8], instance: &str, sizes: Sizes) -> Result<Self> {
+    ///
+    /// `log_decisions`: the data path logs each new flow's backend and each
+    /// drop for want of one (`lb run --debug-datapath`); read them with
+    /// [`BpfDataPlane::take_decision_log`].
+    pub fn load(object: &[u8], instance: &str, sizes: Sizes, log_decisions: bool) -> Result<Self> {
         ensure_bpffs()?;
         let dir = pin_dir(instance);
         std::fs::create_dir_all(&dir).map_err(|source| DataPlaneError::Io {
@@ -246,14 +266,23 @@ impl BpfDataPlane {
             source,
         })?;
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
-        let mut loader = balancer_loader(sizes);
+        let mut loader = balancer_loader(sizes, log_decisions);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader
+        let mut ebpf = loader
             .load(object)
             .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
-        Self::loaded(ebpf, sizes, Some(dir), None)
+        let log =
+            match log_decisions {
+                true => Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| {
+                    DataPlaneError::Setup(format!("reading the data path's log: {e}"))
+                })?),
+                false => None,
+            };
+        let mut dp = Self::loaded(ebpf, sizes, Some(dir), None)?;
+        dp.log = log;
+        Ok(dp)
     }
 
     /// Loads the object without pinning anything: the same map writer for
@@ -265,7 +294,7 @@ impl BpfDataPlane {
         sizes: Sizes,
         clock: Option<lb_common::DataPathClock>,
     ) -> Result<Self> {
-        let ebpf = balancer_loader(sizes)
+        let ebpf = balancer_loader(sizes, false)
             .load(object)
             .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
         Self::loaded(ebpf, sizes, None, clock)
@@ -338,6 +367,7 @@ impl BpfDataPlane {
             clock,
             filter: lb_common::VipFilter::new(),
             filter_stale: false,
+            log: None,
         };
         // The filter is not pinned (a fresh load's is all zero): rebuild it
         // from the VIPs an earlier run left, if any.
@@ -374,6 +404,12 @@ impl BpfDataPlane {
         self.dir.as_deref().ok_or_else(|| {
             DataPlaneError::Setup("the balancer was loaded unpinned; it cannot be attached".into())
         })
+    }
+
+    /// The data path's decision log (loaded with `log_decisions`), for the
+    /// caller to drain: `flush` hands its records to the `log` crate.
+    pub fn take_decision_log(&mut self) -> Option<DecisionLog> {
+        self.log.take()
     }
 
     /// The loaded object, for running and reading its programs and maps.

@@ -27,6 +27,11 @@ enum Cmd {
         /// eBPF object to load instead of the one built into `lb`.
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
+        /// Log the data path's decisions (each new flow's backend, each
+        /// drop for want of one). Off by default, and then free; on, it
+        /// costs per new flow: for debugging, not for production load.
+        #[arg(long)]
+        debug_datapath: bool,
     },
     /// Check a pool file and report every problem with its line and column.
     Validate { file: PathBuf },
@@ -123,7 +128,8 @@ async fn real_main(cli: Cli) -> Result<()> {
         Cmd::Run {
             config,
             ebpf_object,
-        } => daemon::run(config, object(ebpf_object.as_deref())?).await,
+            debug_datapath,
+        } => daemon::run(config, object(ebpf_object.as_deref())?, debug_datapath).await,
         Cmd::Validate { file } => {
             let pool = load_pool(&file)?;
             let backends: usize = pool.vips.iter().map(|v| v.backends.len()).sum();

@@ -92,7 +92,7 @@ pub struct Balancer {
 /// The balancer with its map writer, or the object loaded for another
 /// program (the decapsulator, the trivial program).
 enum Loaded {
-    Balancer(BpfDataPlane),
+    Balancer(Box<BpfDataPlane>),
     Other(Ebpf),
 }
 
@@ -183,7 +183,7 @@ impl Balancer {
             let dp = BpfDataPlane::load_unpinned(&object, sizes, CLOCK.get().copied())
                 .with_context(what)?;
             let clock = *CLOCK.get_or_init(|| dp.clock());
-            (Loaded::Balancer(dp), clock)
+            (Loaded::Balancer(Box::new(dp)), clock)
         };
         let mut b = Balancer {
             loaded,

@@ -333,7 +333,17 @@ impl Topology {
 
     /// Starts `lb run` in the balancer's namespace and waits until it answers.
     pub fn start_daemon(&mut self) -> Result<()> {
-        let child = self.spawn_daemon(&self.lb.clone(), &self.pool_path(), &self.log_path())?;
+        self.start_daemon_with(&[])
+    }
+
+    /// Starts the daemon with more `lb run` options.
+    pub fn start_daemon_with(&mut self, options: &[&str]) -> Result<()> {
+        let child = self.spawn_daemon(
+            &self.lb.clone(),
+            &self.pool_path(),
+            &self.log_path(),
+            options,
+        )?;
         self.daemon = Some(child);
         let (sock, log) = (self.socket(), self.log_path());
         wait_for_daemon(&sock, &log, self.daemon.as_mut().unwrap(), &self.lb_bin)
@@ -346,12 +356,12 @@ impl Topology {
         let pool = self.dir.join("pool2.yaml");
         std::fs::write(&pool, yaml)?;
         let log = self.dir.join("lb2.log");
-        let child = self.spawn_daemon(&ns, &pool, &log)?;
+        let child = self.spawn_daemon(&ns, &pool, &log, &[])?;
         self.daemon2 = Some(child);
         wait_for_daemon(socket, &log, self.daemon2.as_mut().unwrap(), &self.lb_bin)
     }
 
-    fn spawn_daemon(&self, ns: &str, pool: &Path, log: &Path) -> Result<Child> {
+    fn spawn_daemon(&self, ns: &str, pool: &Path, log: &Path, options: &[&str]) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -361,6 +371,7 @@ impl Topology {
             .arg(&self.lb_bin)
             .args(["run", "--config"])
             .arg(pool)
+            .args(options)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?)

@@ -118,6 +118,37 @@ fn tcp_and_udp_spread_by_weight() {
     let st = t.status_json().unwrap();
     let web = vip(&st, "web");
     assert!(web["new_flows"].as_u64().unwrap() >= 3000, "{web}");
+    // The data path's decision log is off unless asked for.
+    assert!(!t.log().contains("new flow:"), "{}", t.log());
+}
+
+#[test]
+fn debug_datapath_logs_each_new_flow_and_its_backend() {
+    let Some(mut t) = topo("e2dl", &[1, 1]) else {
+        return;
+    };
+    t.start_daemon_with(&["--debug-datapath"]).unwrap();
+    let n = 40;
+    let (seen, failed) = spread_http(&t, web(), n);
+    assert_eq!(failed, 0, "{seen:?}");
+    // The records reach the daemon's log asynchronously.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = t.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("new flow: proto 6 port") && l.contains("-> 80, vip"))
+        .collect();
+    assert_eq!(lines.len(), n, "one record per connection:\n{log}");
+    let ports: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.split("port ").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(ports.len(), n, "each from its own client port: {lines:?}");
+    let backends: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.rsplit("to backend ").next())
+        .collect();
+    assert_eq!(backends.len(), 2, "both backends chosen: {lines:?}");
 }
 
 #[test]

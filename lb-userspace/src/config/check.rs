@@ -32,30 +32,52 @@ struct Check<'a> {
 }
 
 impl Check<'_> {
-    fn report(&self, pos: Pos, path: &str, message: impl Into<String>) {
-        self.sink.report(pos, path, message);
+    /// The node at `path`, or the nearest one above it (where a missing
+    /// field is reported).
+    fn node(&self, mut path: &str) -> &Node {
+        loop {
+            match (self.root.find(path), path.rfind(['.', '['])) {
+                (Some(node), _) => return node,
+                (None, Some(i)) => path = &path[..i],
+                (None, None) => return self.root,
+            }
+        }
     }
 
-    /// A required field of the mapping at `owner` (its place and path).
+    /// Reports a problem with the value at `path`.
+    fn report(&self, path: &str, message: impl Into<String>) {
+        self.sink.report(self.node(path).pos, path, message);
+    }
+
+    /// The line of the value at `path`, for "first at line N".
+    fn line(&self, path: &str) -> usize {
+        self.node(path).pos.line
+    }
+
+    /// A required field `name` of the mapping at `owner`.
     fn req<'f, T>(
         &self,
-        owner: (Pos, &str),
+        owner: &str,
         name: &str,
-        field: &'f Field<T>,
+        f: &'f Field<T>,
         hint: &str,
     ) -> Option<&'f At<T>> {
-        let path = join(owner.1, name);
-        match field {
+        let path = join(owner, name);
+        match f {
             Field::Valid(at) => return Some(at),
             Field::Invalid => {}
-            Field::Null(at) => self.report(at.key, &path, format!("`{name}` has no value; {hint}")),
+            Field::Null(_) => {
+                let key = self.node(&path).key;
+                self.sink
+                    .report(key, &path, format!("`{name}` has no value; {hint}"));
+            }
             Field::Absent => {
-                let this = match owner.1.rsplit('.').next().unwrap_or_default() {
+                let this = match owner.rsplit('.').next().unwrap_or_default() {
                     "" => "the pool file",
                     last if last.starts_with("backends") => "this backend",
                     _ => "this VIP",
                 };
-                self.report(owner.0, &path, format!("{this} has no `{name}`; {hint}"));
+                self.report(&path, format!("{this} has no `{name}`; {hint}"));
             }
         }
         None
@@ -68,56 +90,41 @@ impl Check<'_> {
         for entry in entries {
             match entry {
                 Field::Valid(at) => out.push(at),
-                Field::Null(at) => self.report(
-                    at.pos,
-                    &at.path,
-                    "this entry is empty; fill it in or remove it",
-                ),
-                _ => {}
+                Field::Null(at) => {
+                    self.report(&at.path, "this entry is empty; fill it in or remove it")
+                }
+                Field::Absent | Field::Invalid => {}
             }
         }
         out
     }
 
     fn pool(&self, f: &PoolFile) -> Pool {
-        let root = (self.root.pos, "");
         let instance = self.req(
-            root,
+            "",
             "instance",
             &f.instance,
             "name this balancer, e.g. `instance: lb0`",
         );
-        let interfaces = self.req(
-            root,
-            "interfaces",
-            &f.interfaces,
-            "list the interfaces to attach to, e.g. `interfaces: [eth0]`",
-        );
-        let interfaces = self.interfaces(interfaces);
+        let hint = "list the interfaces to attach to, e.g. `interfaces: [eth0]`";
+        let interfaces = self.interfaces(self.req("", "interfaces", &f.interfaces, hint));
         let encap = f.encapsulation.known_or(EncapFile::default());
         let (tables, limits) = self.tables(&f.tables);
-        let defaults = over(&Vec::new(), self.layer(&f.health_defaults));
-        self.fits(self.layer(&f.health_defaults), &self.health(&defaults));
-        let vips = self.req(
-            root,
-            "vips",
-            &f.vips,
-            "list the services under `vips` (`vips: []` for none); see deploy/pool.example.yaml",
-        );
-        let vips = self.items(vips);
+        let defaults_layer = self.layer(&f.health_defaults);
+        let defaults = over(&Vec::new(), defaults_layer);
+        self.fits(defaults_layer, &self.health(&defaults));
+        let hint =
+            "list the services under `vips` (`vips: []` for none); see deploy/pool.example.yaml";
+        let vips = self.items(self.req("", "vips", &f.vips, hint));
         self.across_vips(&vips, limits, encap.as_ref());
 
         let instance = instance.map_or_else(String::new, |i| i.value.0.clone());
-        let dir_file = |dir: &str, ext: &str| Path::new(dir).join(format!("{instance}.{ext}"));
+        let default_file = |dir: &str, ext| Path::new(dir).join(format!("{instance}.{ext}"));
+        let secret = f.hash_secret_file.get().map(|p| p.value.0.clone());
+        let socket = f.control_socket.get().map(|p| p.value.0.clone());
         Pool {
-            hash_secret_file: f.hash_secret_file.get().map_or_else(
-                || dir_file(DEFAULT_SECRET_DIR, "secret"),
-                |p| p.value.0.clone(),
-            ),
-            control_socket: f.control_socket.get().map_or_else(
-                || dir_file(DEFAULT_SOCKET_DIR, "sock"),
-                |p| p.value.0.clone(),
-            ),
+            hash_secret_file: secret.unwrap_or_else(|| default_file(DEFAULT_SECRET_DIR, "secret")),
+            control_socket: socket.unwrap_or_else(|| default_file(DEFAULT_SOCKET_DIR, "sock")),
             instance,
             interfaces,
             xdp_mode: f.xdp_mode.or(XdpModeSetting::default()),
@@ -129,26 +136,30 @@ impl Check<'_> {
 
     fn interfaces(&self, list: Option<&At<Vec<Field<IfName>>>>) -> Vec<String> {
         if let Some(list) = list.filter(|l| l.value.is_empty()) {
-            self.report(
-                list.pos,
-                &list.path,
-                "no interfaces given; list at least one, e.g. `interfaces: [eth0]` \
-                 (`ip link` shows them)",
-            );
+            let message = "no interfaces given; list at least one, e.g. `interfaces: [eth0]` \
+                           (`ip link` shows them)";
+            self.report(&list.path, message);
         }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut seen: HashMap<&str, &str> = HashMap::new();
         let mut names = Vec::new();
-        for name in self.items(list) {
-            if let Some(first) = seen.get(name.value.0.as_str()) {
-                let message = format!(
-                    "interface `{}` is listed twice (first at line {first}); list it once",
-                    name.value.0
-                );
-                self.report(name.pos, &name.path, message);
-                continue;
+        for At {
+            value: IfName(name),
+            path,
+        } in self.items(list)
+        {
+            match seen.get(name.as_str()) {
+                Some(first) => self.report(
+                    path,
+                    format!(
+                        "interface `{name}` is listed twice (first at line {}); list it once",
+                        self.line(first)
+                    ),
+                ),
+                None => {
+                    seen.insert(name, path);
+                    names.push(name.clone());
+                }
             }
-            seen.insert(&name.value.0, name.pos.line);
-            names.push(name.value.0.clone());
         }
         names
     }
@@ -161,7 +172,7 @@ impl Check<'_> {
                      is set; raise mtu to at least {IPV6_MIN_MTU}",
                     mtu.value.0
                 );
-                self.report(mtu.pos, &mtu.path, message);
+                self.report(&mtu.path, message);
             }
         }
         Encapsulation {
@@ -177,25 +188,20 @@ impl Check<'_> {
     fn tables(&self, field: &Field<TablesFile>) -> (Tables, (Option<u32>, Option<u32>)) {
         let t = field.known_or(TablesFile::default()).unwrap_or_default();
         let d = Tables::default();
-        let size = t.maglev_size.known_or(MaglevSize(d.maglev_size));
         let mut max_vips = t.max_vips.known_or(Int(d.max_vips)).map(|v| v.0);
+        let size = t.maglev_size.known_or(MaglevSize(d.maglev_size));
         // The Maglev tables of all VIPs, two buffers each, live in one BPF
         // array, four slots to an element.
         if let (Some(vips), Some(MaglevSize(size))) = (max_vips, size) {
             let per = u64::from(lb_common::RING_SLOTS_PER_ELEM);
             let elems = 2 * u64::from(vips) * u64::from(size).div_ceil(per);
             if elems > u64::from(u32::MAX) {
-                let pos = t
-                    .max_vips
-                    .get()
-                    .map(|v| v.pos)
-                    .or(field.get().map(|t| t.pos));
                 let message = format!(
                     "2 × max_vips × maglev_size / {per} = {elems} Maglev table elements, more \
                      than one BPF array holds ({}); lower max_vips or maglev_size",
                     u32::MAX
                 );
-                self.report(pos.unwrap_or(Pos::START), "tables.max_vips", message);
+                self.report("tables.max_vips", message);
                 max_vips = None;
             }
         }
@@ -218,31 +224,34 @@ impl Check<'_> {
         (max_vips, max_backends): (Option<u32>, Option<u32>),
         encap: Option<&EncapFile>,
     ) {
-        if let Some((max, extra)) = max_vips.and_then(|m| Some((m, vips.get(m as usize)?))) {
+        if let Some(max) = max_vips.filter(|&m| vips.len() > m as usize) {
             let message = format!(
                 "{} VIPs are listed, more than tables.max_vips ({max}); raise tables.max_vips or \
                  remove VIPs",
                 vips.len()
             );
-            self.report(extra.pos, &extra.path, message);
+            self.report(&vips[max as usize].path, message);
         }
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut services: HashMap<(IpAddr, u32, Protocol), (&str, usize)> = HashMap::new();
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        let mut services: HashMap<(IpAddr, u32, Protocol), (&str, &str)> = HashMap::new();
         let mut slots = 0;
         for vip in vips {
             let f = &vip.value;
-            if let Some(name) = f.name.get() {
-                match names.get(name.value.0.as_str()) {
+            if let Some(At {
+                value: VipName(name),
+                path,
+            }) = f.name.get()
+            {
+                match names.get(name.as_str()) {
                     Some(first) => self.report(
-                        name.pos,
-                        &name.path,
+                        path,
                         format!(
-                            "VIP name `{}` is used twice (first at line {first}); give each VIP \
+                            "VIP name `{name}` is used twice (first at line {}); give each VIP \
                              its own name",
-                            name.value.0
+                            self.line(first)
                         ),
                     ),
-                    None => _ = names.insert(&name.value.0, name.pos.line),
+                    None => _ = names.insert(name, path),
                 }
             }
             if let (Some(a), Some(port), Some(proto)) =
@@ -250,100 +259,65 @@ impl Check<'_> {
             {
                 let key = (a.value.0, port.value.0, proto.value);
                 match services.get(&key) {
-                    Some((first, line)) => self.report(
-                        a.pos,
+                    Some((first, first_addr)) => self.report(
                         &a.path,
                         format!(
-                            "VIP {} port {} {} is defined twice (first as {first} at line {line}); \
+                            "VIP {} port {} {} is defined twice (first as {first} at line {}); \
                              merge the two or change one",
                             a.value.0,
                             port.value.0,
-                            proto.value.as_str()
+                            proto.value.as_str(),
+                            self.line(first_addr)
                         ),
                     ),
-                    None => _ = services.insert(key, (&vip.path, a.pos.line)),
+                    None => _ = services.insert(key, (&vip.path, &a.path)),
                 }
             }
-            let mut in_vip: HashMap<IpAddr, usize> = HashMap::new();
+            let mut in_vip: HashMap<IpAddr, &str> = HashMap::new();
             for b in self.items(f.backends.get()) {
-                let Some(addr) = b.value.address.get() else {
+                let Some(At {
+                    value: BackendAddr(addr),
+                    path,
+                }) = b.value.address.get()
+                else {
                     continue;
                 };
-                if let Some(first) = in_vip.get(&addr.value.0) {
+                if let Some(first) = in_vip.get(addr) {
                     let message = format!(
-                        "backend {} is listed twice in this VIP (first at line {first}); list it \
+                        "backend {addr} is listed twice in this VIP (first at line {}); list it \
                          once and use `weight` for a bigger share",
-                        addr.value.0
+                        self.line(first)
                     );
-                    self.report(addr.pos, &addr.path, message);
+                    self.report(path, message);
                     continue;
                 }
-                in_vip.insert(addr.value.0, addr.pos.line);
+                in_vip.insert(*addr, path);
                 // One backend slot per (VIP, backend): health and state are per VIP.
                 slots += 1;
-                if max_backends.is_some_and(|max| slots == max as usize + 1) {
+                if let Some(max) = max_backends.filter(|&max| slots == max as usize + 1) {
                     let message = format!(
                         "this is backend slot number {slots} (one per VIP and backend), more than \
-                         tables.max_backends ({}); raise tables.max_backends or remove backends",
-                        slots - 1
+                         tables.max_backends ({max}); raise tables.max_backends or remove backends"
                     );
-                    self.report(addr.pos, &addr.path, message);
+                    self.report(path, message);
                 }
-                if let Some(encap) = encap {
-                    self.family(f, addr, encap);
+                if let Some(message) = encap.and_then(|e| family(f, *addr, e)) {
+                    self.report(path, message);
                 }
             }
-        }
-    }
-
-    /// A backend's address family against the VIP's and the outer sources.
-    fn family(&self, vip: &VipFile, backend: &At<BackendAddr>, encap: &EncapFile) {
-        let (addr, pos, path) = (backend.value.0, backend.pos, &backend.path);
-        let vip_addr = vip.address.get().map(|a| a.value.0);
-        match addr {
-            IpAddr::V4(_) if vip_addr.is_some_and(|a| a.is_ipv6()) => self.report(
-                pos,
-                path,
-                format!(
-                    "IPv4 backend {addr} behind IPv6 VIP {}: 6in4 is not supported (an IPv6 \
-                     packet cannot be carried in IPv4 here); give an IPv6 VIP IPv6 backends",
-                    vip_addr.map_or(String::new(), |a| a.to_string())
-                ),
-            ),
-            IpAddr::V4(_) if !encap.source_v4.given() => self.report(
-                pos,
-                path,
-                format!(
-                    "backend {addr} is IPv4, but encapsulation.source_v4 is not set; set it to \
-                     the outer IPv4 source prefix, e.g. `source_v4: 10.255.0.0/24`"
-                ),
-            ),
-            IpAddr::V6(_) if !encap.source_v6.given() => self.report(
-                pos,
-                path,
-                format!(
-                    "backend {addr} is IPv6, but encapsulation.source_v6 is not set; set it to \
-                     the outer IPv6 source prefix, e.g. `source_v6: \"fd00:255::/112\"`"
-                ),
-            ),
-            _ => {}
         }
     }
 
     fn vip(&self, v: &At<VipFile>, defaults: &Layer) -> Vip {
-        let (f, here) = (&v.value, (v.pos, v.path.as_str()));
+        let (f, here) = (&v.value, v.path.as_str());
         let name = self.req(
             here,
             "name",
             &f.name,
             "give every VIP a unique name, e.g. `name: web`",
         );
-        let address = self.req(
-            here,
-            "address",
-            &f.address,
-            "give the VIP's IPv4 or IPv6 address, e.g. `address: 10.100.0.1`",
-        );
+        let hint = "give the VIP's IPv4 or IPv6 address, e.g. `address: 10.100.0.1`";
+        let address = self.req(here, "address", &f.address, hint);
         let port = self.req(
             here,
             "port",
@@ -356,35 +330,28 @@ impl Check<'_> {
             &f.protocol,
             "say `protocol: tcp` or `protocol: udp`",
         );
-        let backends = self.req(
-            here,
-            "backends",
-            &f.backends,
-            "list at least one backend under `backends`",
-        );
+        let hint = "list at least one backend under `backends`";
+        let backends = self.req(here, "backends", &f.backends, hint);
         if let Some(list) = backends.filter(|l| l.value.is_empty()) {
             let name = name.map_or(String::new(), |n| format!(" `{}`", n.value.0));
             let message = format!("VIP{name} has no backends; list at least one under `backends`");
-            self.report(list.pos, &list.path, message);
+            self.report(&list.path, message);
         }
         let vip_layer = self.layer(&f.health_check);
         let at_vip = over(defaults, vip_layer);
         self.fits(vip_layer, &self.health(&at_vip));
         let backends = self.items(backends).into_iter().map(|b| {
-            let here = (b.pos, b.path.as_str());
             let hint = "give the backend's IPv4 or IPv6 address, e.g. `address: 10.0.1.1`";
-            let address = self
-                .req(here, "address", &b.value.address, hint)
-                .map(|a| a.value.0);
+            let address = self.req(&b.path, "address", &b.value.address, hint);
+            let address = address.map(|a| a.value.0);
             let layer = self.layer(&b.value.health_check);
             let health = self.health(&over(&at_vip, layer));
             self.fits(layer, &health);
-            let layers = [layer, vip_layer];
             BackendConf {
                 address: address.unwrap_or(IpAddr::from([0; 4])),
                 weight: b.value.weight.or(Int(DEFAULT_WEIGHT)).0,
                 state: b.value.state.or(BackendState::default()),
-                health: address.and_then(|a| self.probe(&health, f, layers, a)),
+                health: address.and_then(|a| self.probe(&health, f, [layer, vip_layer], a)),
             }
         });
         Vip {
@@ -402,24 +369,25 @@ impl Check<'_> {
 
     /// The mapping of a valid health-check layer.
     fn layer(&self, field: &Field<HealthFile>) -> Option<&Node> {
-        field.get().and_then(|at| self.root.find(&at.path))
+        field.get().map(|at| self.node(&at.path))
     }
 
     /// Merged layers read as one health check (their problems, already
     /// reported where they are, are found again and listed once).
     fn health(&self, layer: &Layer) -> HealthFile {
         let entries = layer.iter().map(|(k, v)| ((*k).clone(), (*v).clone()));
+        let kind = Kind::Map(entries.collect());
         let node = Node {
             pos: Pos::START,
             key: Pos::START,
             path: String::new(),
-            kind: Kind::Map(entries.collect()),
+            kind,
         };
-        HealthFile::deserialize(De {
+        let de = De {
             node: &node,
             sink: self.sink,
-        })
-        .unwrap_or_default()
+        };
+        HealthFile::deserialize(de).unwrap_or_default()
     }
 
     /// Reports the fields `layer` gives that mean nothing to the kind in
@@ -436,26 +404,21 @@ impl Check<'_> {
             let Some(name) = key.text().filter(|n| *n != "kind" && known.contains(n)) else {
                 continue;
             };
-            let owner = CheckKind::owning(name);
-            if matches!(value.kind, Kind::Null)
-                || (kind != CheckKind::None && owner.is_none_or(|o| o == kind))
-            {
-                continue;
-            }
-            let message = match owner {
+            let message = match CheckKind::owning(name) {
+                _ if matches!(value.kind, Kind::Null) => continue,
                 _ if kind == CheckKind::None => format!(
                     "`{name}` has no effect: this health check is off (kind `none`); remove it \
                      or set another kind"
                 ),
-                Some(owner) => format!(
+                Some(owner) if owner != kind => format!(
                     "`{name}` applies only to {0} checks, but this health check is {1}; remove \
                      it or set `kind: {0}`",
                     owner.as_str(),
                     kind.as_str()
                 ),
-                None => unreachable!("fields without an owner fit every kind but none"),
+                _ => continue,
             };
-            self.report(value.pos, &value.path, message);
+            self.report(&value.path, message);
         }
     }
 
@@ -468,21 +431,21 @@ impl Check<'_> {
         layers: [Option<&Node>; 2],
         address: IpAddr,
     ) -> Option<ProbeSpec> {
-        let kind = h.kind.known_or(CheckKind::Tcp)?;
-        if kind == CheckKind::None {
-            return None;
-        }
-        let vip_port = vip.port.get();
-        let port = match (&h.port, vip_port) {
+        let kind = h
+            .kind
+            .known_or(CheckKind::Tcp)
+            .filter(|k| *k != CheckKind::None)?;
+        let port = match (&h.port, vip.port.get()) {
             (Field::Valid(p), _) => p.value.0,
             (Field::Invalid, _) => return None,
             (_, Some(vp)) if vp.value.0 != 0 => vp.value.0,
             _ if kind == CheckKind::Exec => 0,
             (_, None) => return None,
             (_, Some(vp)) => {
-                let (pos, path) = match layers.iter().flatten().next() {
-                    Some(l) => (l.pos, join(&l.path, "port")),
-                    None => (vp.pos, vp.path.clone()),
+                // The most specific place the port could be added.
+                let path = match layers.iter().flatten().next() {
+                    Some(layer) => join(&layer.path, "port"),
+                    None => vp.path.clone(),
                 };
                 let message = format!(
                     "a {} health check needs a port, and VIP `{}` listens on every port \
@@ -490,30 +453,30 @@ impl Check<'_> {
                     kind.as_str(),
                     vip.name.get().map_or("", |n| n.value.0.as_str())
                 );
-                self.report(pos, &path, message);
+                self.report(&path, message);
                 return None;
             }
         };
-        let interval = h.interval.or(Dur(DEFAULT_HEALTH_INTERVAL)).0;
-        let timeout = h.timeout.or(Dur(DEFAULT_HEALTH_TIMEOUT)).0;
-        let timing_valid =
-            !matches!(h.interval, Field::Invalid) && !matches!(h.timeout, Field::Invalid);
-        if timing_valid && timeout > interval {
+        let (interval, timeout) = (&h.interval, &h.timeout);
+        let (i, t) = (
+            interval.or(Dur(DEFAULT_HEALTH_INTERVAL)).0,
+            timeout.or(Dur(DEFAULT_HEALTH_TIMEOUT)).0,
+        );
+        if t > i && !interval.invalid() && !timeout.invalid() {
             // Report where the later (more specific) of the two was written.
             let depth = |f: &Field<Dur>| f.get().map_or(0, |a| a.path.matches('.').count());
-            let at = if depth(&h.timeout) >= depth(&h.interval) {
-                h.timeout.get()
+            let later = if depth(timeout) >= depth(interval) {
+                timeout
             } else {
-                h.interval.get()
+                interval
             };
-            let (pos, path) = at.map_or((Pos::START, ""), |a| (a.pos, a.path.as_str()));
             let message = format!(
                 "health-check timeout {} is longer than its interval {}; probes would overlap: \
                  make timeout at most the interval",
-                humantime::format_duration(timeout),
-                humantime::format_duration(interval)
+                humantime::format_duration(t),
+                humantime::format_duration(i)
             );
-            self.report(pos, path, message);
+            self.report(later.get().map_or("", |a| a.path.as_str()), message);
             return None;
         }
         let kind = match kind {
@@ -535,8 +498,8 @@ impl Check<'_> {
         Some(ProbeSpec {
             kind,
             target: SocketAddr::new(address, port as u16),
-            interval,
-            timeout,
+            interval: i,
+            timeout: t,
             rise: h.rise.or(Int(DEFAULT_RISE)).0,
             fall: h.fall.or(Int(DEFAULT_FALL)).0,
         })
@@ -547,10 +510,31 @@ impl Check<'_> {
         if let (Field::Absent | Field::Null(_), Some(kind)) = (&h.command, h.kind.get()) {
             let message = "an exec health check needs `command`, the program to run (it exits 0 \
                            when the backend is healthy)";
-            self.report(kind.pos, &kind.path, message);
+            self.report(&kind.path, message);
         }
         h.command.get().map(|c| c.value.clone())
     }
+}
+
+/// The problem with a backend's address family: against the VIP's, and
+/// the outer source it needs.
+fn family(vip: &VipFile, addr: IpAddr, encap: &EncapFile) -> Option<String> {
+    let vip_addr = vip.address.get().map(|a| a.value.0);
+    Some(match (addr, vip_addr) {
+        (IpAddr::V4(_), Some(v @ IpAddr::V6(_))) => format!(
+            "IPv4 backend {addr} behind IPv6 VIP {v}: 6in4 is not supported (an IPv6 packet \
+             cannot be carried in IPv4 here); give an IPv6 VIP IPv6 backends"
+        ),
+        (IpAddr::V4(_), _) if !encap.source_v4.given() => format!(
+            "backend {addr} is IPv4, but encapsulation.source_v4 is not set; set it to the outer \
+             IPv4 source prefix, e.g. `source_v4: 10.255.0.0/24`"
+        ),
+        (IpAddr::V6(_), _) if !encap.source_v6.given() => format!(
+            "backend {addr} is IPv6, but encapsulation.source_v6 is not set; set it to the outer \
+             IPv6 source prefix, e.g. `source_v6: \"fd00:255::/112\"`"
+        ),
+        _ => return None,
+    })
 }
 
 /// `upper` over `lower`: each field `upper` gives wins. When `upper` changes
@@ -560,11 +544,8 @@ fn over<'n>(lower: &Layer<'n>, upper: Option<&'n Node>) -> Layer<'n> {
     let Some(Kind::Map(upper)) = upper.map(|u| &u.kind) else {
         return lower.clone();
     };
-    let upper: Layer = upper
-        .iter()
-        .filter(|(_, v)| !matches!(v.kind, Kind::Null))
-        .map(|(k, v)| (k, v))
-        .collect();
+    let given = |(_, v): &&(Node, Node)| !matches!(v.kind, Kind::Null);
+    let upper: Layer = upper.iter().filter(given).map(|(k, v)| (k, v)).collect();
     let kind = |layer: &Layer<'n>| {
         layer
             .iter()

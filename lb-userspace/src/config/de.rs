@@ -11,7 +11,8 @@ use std::fmt::{self, Display};
 use std::marker::PhantomData;
 
 use serde::de::{
-    self, DeserializeSeed, Deserializer, Expected, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+    self, DeserializeSeed, Deserializer, Expected, IntoDeserializer, MapAccess, SeqAccess,
+    Unexpected, Visitor,
 };
 use serde::{forward_to_deserialize_any, Deserialize};
 
@@ -86,13 +87,11 @@ pub(super) enum Field<T> {
     Valid(At<T>),
 }
 
-/// A value and where it was written.
+/// A value and where it was written: its path, which the tree knows the
+/// line and column of.
 #[derive(Clone, Debug)]
 pub(super) struct At<T> {
     pub value: T,
-    pub pos: Pos,
-    /// Where its key is (`pos` for list items).
-    pub key: Pos,
     pub path: String,
 }
 
@@ -130,6 +129,10 @@ impl<T> Field<T> {
     pub fn given(&self) -> bool {
         matches!(self, Field::Invalid | Field::Valid(_))
     }
+
+    pub fn invalid(&self) -> bool {
+        matches!(self, Field::Invalid)
+    }
 }
 
 /// The newtype name by which [`Field`] asks [`De`] for the place of a value.
@@ -150,39 +153,15 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for FieldVisitor<T> {
         f.write_str("a value in a pool file")
     }
 
-    /// [`De`] gives the place (position, key position, path), then the value
-    /// unless it is null.
+    /// [`De`] gives the path, then the value unless it is null.
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<T>, A::Error> {
-        let pos = unpack(seq.next_element()?.unwrap_or_default());
-        let key = unpack(seq.next_element()?.unwrap_or_default());
         let path: String = seq.next_element()?.unwrap_or_default();
         Ok(match seq.next_element::<T>() {
-            Ok(Some(value)) => Field::Valid(At {
-                value,
-                pos,
-                key,
-                path,
-            }),
-            Ok(None) => Field::Null(At {
-                value: (),
-                pos,
-                key,
-                path,
-            }),
+            Ok(Some(value)) => Field::Valid(At { value, path }),
+            Ok(None) => Field::Null(At { value: (), path }),
             // De has recorded the problem where it found it.
             Err(_) => Field::Invalid,
         })
-    }
-}
-
-fn pack(pos: Pos) -> u64 {
-    ((pos.line as u64) << 32) | pos.column as u64
-}
-
-fn unpack(packed: u64) -> Pos {
-    Pos {
-        line: (packed >> 32) as usize,
-        column: (packed & 0xffff_ffff) as usize,
     }
 }
 
@@ -210,18 +189,22 @@ impl de::Error for Error {
         Error::Message(message.to_string())
     }
 
-    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        Error::Message(format!(
-            "`{variant}` is not a valid {FIELD}; {}",
-            one_of(expected)
-        ))
+    fn invalid_type(found: Unexpected, expected: &dyn Expected) -> Self {
+        let found = match found {
+            Unexpected::Str(s) => format!("`{s}`"),
+            Unexpected::Seq => "a list".to_owned(),
+            Unexpected::Unit => "nothing".to_owned(),
+            other => other.to_string(),
+        };
+        Error::Message(format!("expected {expected}, found {found}"))
     }
-}
 
-fn one_of(names: &[&str]) -> String {
-    match names {
-        [one] => format!("only `{one}` is supported for now"),
-        _ => format!("expected one of {}", quoted(names, ", ")),
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        let choice = match expected {
+            [one] => format!("only `{one}` is supported for now"),
+            _ => format!("expected one of {}", quoted(expected, ", ")),
+        };
+        Error::Message(format!("`{variant}` is not a valid {FIELD}; {choice}"))
     }
 }
 
@@ -300,39 +283,16 @@ impl<'de> Deserializer<'de> for De<'_> {
             Kind::Null => visitor.visit_unit(),
             Kind::Scalar { text, .. } => visitor.visit_str(text),
             Kind::List(items) => visitor.visit_seq(Items::new(self, items)),
-            Kind::Map(_) => return self.fail("expected a value, found a mapping"),
+            Kind::Map(_) => {
+                let expected = &visitor as &dyn Expected;
+                return self.fail(format!("expected {expected}, found a mapping"));
+            }
         };
         self.check(result)
     }
 
-    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match &self.node.kind {
-            Kind::Scalar { text, .. } => self.check(visitor.visit_str(text)),
-            _ => self.fail(format!(
-                "expected {}, found {}",
-                &visitor as &dyn Expected,
-                self.node.describe()
-            )),
-        }
-    }
-
-    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_str(visitor)
-    }
-
-    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        self.deserialize_str(visitor)
-    }
-
     integers!(deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
               deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64);
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        match self.node.kind {
-            Kind::Null => visitor.visit_none(),
-            _ => visitor.visit_some(self),
-        }
-    }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
@@ -397,12 +357,12 @@ impl<'de> Deserializer<'de> for De<'_> {
     }
 
     forward_to_deserialize_any! {
-        bool f32 f64 char bytes byte_buf unit unit_struct tuple tuple_struct map
-        ignored_any i128 u128
+        bool f32 f64 char str string bytes byte_buf option unit unit_struct tuple
+        tuple_struct map identifier ignored_any i128 u128
     }
 }
 
-/// The place of a value, then the value: what [`FieldVisitor`] reads.
+/// The path of a value, then the value: what [`FieldVisitor`] reads.
 struct Place<'a> {
     de: De<'a>,
     step: u8,
@@ -419,15 +379,9 @@ impl<'de> SeqAccess<'de> for Place<'_> {
         self.step += 1;
         match self.step {
             1 => seed
-                .deserialize(pack(node.pos).into_deserializer())
-                .map(Some),
-            2 => seed
-                .deserialize(pack(node.key).into_deserializer())
-                .map(Some),
-            3 => seed
                 .deserialize(node.path.as_str().into_deserializer())
                 .map(Some),
-            4 if !matches!(node.kind, Kind::Null) => {
+            2 if !matches!(node.kind, Kind::Null) => {
                 self.de.check(seed.deserialize(self.de)).map(Some)
             }
             _ => Ok(None),

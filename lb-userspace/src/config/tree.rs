@@ -52,7 +52,7 @@ impl Node {
     /// of repeated keys, as everywhere.
     pub fn find(&self, path: &str) -> Option<&Node> {
         let mut node = self;
-        for segment in path.split('.') {
+        for segment in path.split('.').filter(|s| !s.is_empty()) {
             let mut parts = segment.split('[');
             let name = parts.next()?;
             let Kind::Map(entries) = &node.kind else {
@@ -172,11 +172,9 @@ fn syntax_problem(e: &Error, text: &str) -> (Pos, String) {
 enum Raw {
     Null,
     Str(String),
-    /// A number or boolean (`int` for integers), shown as written.
-    Typed {
-        int: bool,
-        shown: String,
-    },
+    /// A number or boolean (`int` for integers); its text is taken from the
+    /// source.
+    Typed(bool),
     List(Vec<Spanned<Raw>>),
     Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
 }
@@ -191,38 +189,30 @@ fn node(raw: Spanned<Raw>, source: &str) -> Node {
     let kind = match raw.value {
         Raw::Null => Kind::Null,
         Raw::Str(text) => Kind::Scalar { text, int: false },
-        Raw::Typed { int, shown } => {
-            let span = at.span();
-            let written = span
-                .byte_offset()
-                .zip(span.byte_len())
-                .and_then(|(o, l)| source.get(o as usize..(o + l) as usize))
-                .filter(|s| !s.is_empty());
-            Kind::Scalar {
-                text: written.map_or(shown, str::to_owned),
-                int,
-            }
+        Raw::Typed(int) => {
+            let (start, len) = (at.span().byte_offset(), at.span().byte_len());
+            let text = start
+                .zip(len)
+                .and_then(|(s, l)| source.get(s as usize..(s + l) as usize));
+            let text = text.unwrap_or_default().to_owned();
+            Kind::Scalar { text, int }
         }
         Raw::List(items) => Kind::List(items.into_iter().map(|i| node(i, source)).collect()),
-        Raw::Map(entries) => Kind::Map(
-            entries
-                .into_iter()
-                .map(|(k, v)| (node(k, source), node(v, source)))
-                .collect(),
-        ),
+        Raw::Map(entries) => {
+            let entries = entries.into_iter();
+            Kind::Map(
+                entries
+                    .map(|(k, v)| (node(k, source), node(v, source)))
+                    .collect(),
+            )
+        }
     };
+    let path = String::new();
     Node {
         pos,
         key: pos,
-        path: String::new(),
+        path,
         kind,
-    }
-}
-
-fn typed(int: bool, value: impl ToString) -> Raw {
-    Raw::Typed {
-        int,
-        shown: value.to_string(),
     }
 }
 
@@ -234,6 +224,14 @@ impl<'de> Deserialize<'de> for Raw {
 
 struct RawVisitor;
 
+macro_rules! typed {
+    ($($method:ident: $ty:ty => $int:expr),*) => {$(
+        fn $method<E>(self, _: $ty) -> Result<Raw, E> {
+            Ok(Raw::Typed($int))
+        }
+    )*};
+}
+
 impl<'de> Visitor<'de> for RawVisitor {
     type Value = Raw;
 
@@ -241,40 +239,12 @@ impl<'de> Visitor<'de> for RawVisitor {
         f.write_str("any YAML node")
     }
 
+    typed!(visit_bool: bool => false, visit_f64: f64 => false,
+           visit_i64: i64 => true, visit_u64: u64 => true,
+           visit_i128: i128 => true, visit_u128: u128 => true);
+
     fn visit_unit<E>(self) -> Result<Raw, E> {
         Ok(Raw::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Raw, E> {
-        Ok(Raw::Null)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
-        Raw::deserialize(d)
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Raw, E> {
-        Ok(typed(false, v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Raw, E> {
-        Ok(typed(true, v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Raw, E> {
-        Ok(typed(true, v))
-    }
-
-    fn visit_i128<E>(self, v: i128) -> Result<Raw, E> {
-        Ok(typed(true, v))
-    }
-
-    fn visit_u128<E>(self, v: u128) -> Result<Raw, E> {
-        Ok(typed(true, v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Raw, E> {
-        Ok(typed(false, v))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Raw, E> {

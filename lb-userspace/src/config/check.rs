@@ -276,7 +276,7 @@ impl Check<'_> {
             let mut in_vip: HashMap<IpAddr, &str> = HashMap::new();
             for b in self.items(f.backends.get()) {
                 let Some(At {
-                    value: BackendAddr(addr),
+                    value: Addr(addr),
                     path,
                 }) = b.value.address.get()
                 else {

@@ -249,29 +249,13 @@ impl TryFrom<MaglevRange> for MaglevSize {
 /// Implements `Deserialize` through `FromStr` for scalar newtypes; the text
 /// says what is expected when something else is found.
 macro_rules! from_text {
-    ($($ty:ident: $expecting:literal,)*) => {$(
+    ($($ty:ty: $expecting:literal,)*) => {$(
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 d.deserialize_str(TextVisitor::<$ty>($expecting, PhantomData))
             }
         }
     )*};
-}
-
-from_text! {
-    Dur: "a duration such as `200ms` or `2s`",
-    Prefix4: "an IPv4 prefix such as `10.255.0.0/24`",
-    Prefix6: "an IPv6 prefix such as `fd00:255::/112`",
-    Mac: "a MAC address such as `02:00:00:00:00:01`",
-    VipAddr: "an IP address",
-    BackendAddr: "an IP address",
-    InstanceName: "an instance name",
-    IfName: "an interface name",
-    VipName: "a VIP name",
-    AbsPath: "an absolute path",
-    SocketPath: "an absolute path",
-    HttpPath: "an HTTP path such as `/healthz`",
-    HostName: "a host name for the Host header",
 }
 
 struct TextVisitor<T>(&'static str, PhantomData<T>);
@@ -286,6 +270,91 @@ impl<T: FromStr<Err = String>> Visitor<'_> for TextVisitor<T> {
     fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
         text.parse().map_err(E::custom)
     }
+}
+
+/// Text newtypes: `Name(Inner): "what is expected", |text| problem`, where
+/// `problem` is `Some(message)` when the text is not valid.
+macro_rules! text_types {
+    ($($(#[$doc:meta])* $name:ident($inner:ty): $expecting:literal,
+       |$text:ident| $problem:expr;)*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub(super) struct $name(pub $inner);
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str($text: &str) -> Result<Self, String> {
+                match $problem {
+                    Some(problem) => Err(problem),
+                    None => Ok($name($text.into())),
+                }
+            }
+        }
+
+        from_text!($name: $expecting,);
+    )*};
+}
+
+text_types! {
+    /// `instance`: 1 to [`MAX_INSTANCE_LEN`] characters from `a-z`, `0-9`, `_`, `-`;
+    /// it names `/sys/fs/bpf/<instance>/` and the default socket and secret.
+    InstanceName(String): "an instance name", |t| bad_name(t, MAX_INSTANCE_LEN, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b)
+    }).then(|| format!("`{t}` is not a valid instance name; use 1 to {MAX_INSTANCE_LEN} \
+        characters from a-z, 0-9, `_` and `-` (it names /sys/fs/bpf/<instance>/)"));
+
+    /// An interface name: 1 to [`MAX_IFNAME_LEN`] bytes, no `/` or spaces.
+    IfName(String): "an interface name", |t| (t == "." || t == ".." || bad_name(t, MAX_IFNAME_LEN,
+        |b| !(b == b'/' || b.is_ascii_whitespace() || b.is_ascii_control())))
+        .then(|| format!("`{t}` is not a valid interface name; names have 1 to {MAX_IFNAME_LEN} \
+            characters without `/` or spaces (`ip link` shows them)"));
+
+    /// A VIP's `name`: 1 to [`MAX_VIP_NAME_LEN`] characters from `A-Z`, `a-z`,
+    /// `0-9`, `_`, `.`, `-`.
+    VipName(String): "a VIP name", |t| bad_name(t, MAX_VIP_NAME_LEN, |b| {
+        b.is_ascii_alphanumeric() || b"_.-".contains(&b)
+    }).then(|| format!("`{t}` is not a valid VIP name; use 1 to {MAX_VIP_NAME_LEN} characters \
+        from A-Z, a-z, 0-9, `_`, `.` and `-`"));
+
+    /// An absolute path.
+    AbsPath(PathBuf): "an absolute path", |t| not_absolute(t);
+
+    /// The control socket: an absolute path of at most [`MAX_SOCKET_PATH_LEN`] bytes.
+    SocketPath(PathBuf): "an absolute path", |t| not_absolute(t).or_else(|| {
+        (t.len() > MAX_SOCKET_PATH_LEN).then(|| format!("{FIELD} is {} bytes long, more than a \
+            Unix socket path may be ({MAX_SOCKET_PATH_LEN}); choose a shorter path", t.len()))
+    });
+
+    /// An HTTP health-check path: starts with `/`, no spaces.
+    HttpPath(String): "an HTTP path such as `/healthz`", |t| {
+        (!t.starts_with('/') || t.bytes().any(|b| b.is_ascii_whitespace())).then(|| format!(
+            "`{t}` is not an HTTP path; it starts with `/` and has no spaces, e.g. `/healthz`"))
+    };
+
+    /// An HTTP health-check Host header: no spaces or control characters.
+    HostName(String): "a host name for the Host header", |t| {
+        t.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            .then(|| format!("`{t}` is not a host name; remove the spaces"))
+    };
+}
+
+/// Whether `name` is empty, longer than `max` or has a byte that is not `ok`.
+fn bad_name(name: &str, max: usize, ok: fn(u8) -> bool) -> bool {
+    name.is_empty() || name.len() > max || !name.bytes().all(ok)
+}
+
+fn not_absolute(text: &str) -> Option<String> {
+    let message = format!("{FIELD} `{text}` is not an absolute path; write it from `/`");
+    (!text.starts_with('/')).then_some(message)
+}
+
+from_text! {
+    Dur: "a duration such as `200ms` or `2s`",
+    Prefix4: "an IPv4 prefix such as `10.255.0.0/24`",
+    Prefix6: "an IPv6 prefix such as `fd00:255::/112`",
+    Mac: "a MAC address such as `02:00:00:00:00:01`",
+    VipAddr: "an IP address",
+    BackendAddr: "an IP address",
 }
 
 /// A humantime duration (`200ms`, `2s`, `1m 30s`), longer than zero.
@@ -449,29 +518,22 @@ impl FromStr for Mac {
     }
 }
 
-/// A VIP's address: IPv4 or IPv6, unicast, not loopback.
+/// A VIP's (`VIP`) or a backend's address: IPv4 or IPv6, unicast, not
+/// loopback.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct VipAddr(pub IpAddr);
+pub(super) struct Addr<const VIP: bool>(pub IpAddr);
+pub(super) type VipAddr = Addr<true>;
+pub(super) type BackendAddr = Addr<false>;
 
-/// A backend's address, held to the same rule as a VIP's.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct BackendAddr(pub IpAddr);
-
-impl FromStr for VipAddr {
+impl<const VIP: bool> FromStr for Addr<VIP> {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let role = "a VIP; use a unicast address routed to this balancer";
-        Ok(VipAddr(usable(ip(text)?, role)?))
-    }
-}
-
-impl FromStr for BackendAddr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let role = "a backend; use the backend's unicast address";
-        Ok(BackendAddr(usable(ip(text)?, role)?))
+        let role = match VIP {
+            true => "a VIP; use a unicast address routed to this balancer",
+            false => "a backend; use the backend's unicast address",
+        };
+        Ok(Addr(usable(ip(text)?, role)?))
     }
 }
 
@@ -504,141 +566,4 @@ fn usable(addr: IpAddr, role: &str) -> Result<IpAddr, String> {
         _ => return Ok(addr),
     };
     Err(format!("`{addr}` is {what} and cannot be {role}"))
-}
-
-/// `instance`: 1 to [`MAX_INSTANCE_LEN`] characters from `a-z`, `0-9`, `_`,
-/// `-`; it names `/sys/fs/bpf/<instance>/` and the default socket and secret.
-#[derive(Clone, Debug)]
-pub(super) struct InstanceName(pub String);
-
-/// An interface name: 1 to [`MAX_IFNAME_LEN`] bytes, no `/` or spaces.
-#[derive(Clone, Debug)]
-pub(super) struct IfName(pub String);
-
-/// A VIP's `name`: 1 to [`MAX_VIP_NAME_LEN`] characters from `A-Z`, `a-z`,
-/// `0-9`, `_`, `.`, `-`.
-#[derive(Clone, Debug)]
-pub(super) struct VipName(pub String);
-
-impl FromStr for InstanceName {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-';
-        if name.is_empty() || name.len() > MAX_INSTANCE_LEN || !name.bytes().all(ok) {
-            return Err(format!(
-                "`{name}` is not a valid instance name; use 1 to {MAX_INSTANCE_LEN} characters \
-                 from a-z, 0-9, `_` and `-` (it names /sys/fs/bpf/<instance>/)"
-            ));
-        }
-        Ok(InstanceName(name.to_owned()))
-    }
-}
-
-impl FromStr for IfName {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        let bad = |b: u8| b == b'/' || b.is_ascii_whitespace() || b.is_ascii_control();
-        if name.is_empty()
-            || name.len() > MAX_IFNAME_LEN
-            || name == "."
-            || name == ".."
-            || name.bytes().any(bad)
-        {
-            return Err(format!(
-                "`{name}` is not a valid interface name; names have 1 to {MAX_IFNAME_LEN} \
-                 characters without `/` or spaces (`ip link` shows them)"
-            ));
-        }
-        Ok(IfName(name.to_owned()))
-    }
-}
-
-impl FromStr for VipName {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-';
-        if name.is_empty() || name.len() > MAX_VIP_NAME_LEN || !name.bytes().all(ok) {
-            return Err(format!(
-                "`{name}` is not a valid VIP name; use 1 to {MAX_VIP_NAME_LEN} characters \
-                 from A-Z, a-z, 0-9, `_`, `.` and `-`"
-            ));
-        }
-        Ok(VipName(name.to_owned()))
-    }
-}
-
-/// An absolute path.
-#[derive(Clone, Debug)]
-pub(super) struct AbsPath(pub PathBuf);
-
-/// The control socket: an absolute path of at most [`MAX_SOCKET_PATH_LEN`] bytes.
-#[derive(Clone, Debug)]
-pub(super) struct SocketPath(pub PathBuf);
-
-impl FromStr for AbsPath {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if !text.starts_with('/') {
-            return Err(format!(
-                "{FIELD} `{text}` is not an absolute path; write it from `/`"
-            ));
-        }
-        Ok(AbsPath(PathBuf::from(text)))
-    }
-}
-
-impl FromStr for SocketPath {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let AbsPath(path) = text.parse()?;
-        let len = path.as_os_str().len();
-        if len > MAX_SOCKET_PATH_LEN {
-            return Err(format!(
-                "{FIELD} is {len} bytes long, more than a Unix socket path may be \
-                 ({MAX_SOCKET_PATH_LEN}); choose a shorter path"
-            ));
-        }
-        Ok(SocketPath(path))
-    }
-}
-
-/// An HTTP health-check path: starts with `/`, no spaces.
-#[derive(Clone, Debug)]
-pub(super) struct HttpPath(pub String);
-
-/// An HTTP health-check Host header: no spaces or control characters.
-#[derive(Clone, Debug)]
-pub(super) struct HostName(pub String);
-
-impl FromStr for HttpPath {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if !text.starts_with('/') || text.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err(format!(
-                "`{text}` is not an HTTP path; it starts with `/` and has no spaces, \
-                 e.g. `/healthz`"
-            ));
-        }
-        Ok(HttpPath(text.to_owned()))
-    }
-}
-
-impl FromStr for HostName {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(format!("`{text}` is not a host name; remove the spaces"));
-        }
-        Ok(HostName(text.to_owned()))
-    }
 }

@@ -1407,3 +1407,69 @@ verbose: 1
     );
     assert_eq!(shown[12], "12 problems in t.yaml");
 }
+
+#[test]
+fn scalars_are_read_strictly() {
+    let with_port = |port: &str| format!("{HEAD}{}", WEB.replace("port: 80", port));
+    assert_only(
+        &with_port("port: \"80\""),
+        9,
+        11,
+        "vips[0].port",
+        "found `80` (write it without quotes)",
+    );
+    assert_only(
+        &with_port("port: 0x50"),
+        9,
+        11,
+        "vips[0].port",
+        "found `0x50`",
+    );
+    assert_only(
+        &with_port("port: 8e1"),
+        9,
+        11,
+        "vips[0].port",
+        "found `8e1`",
+    );
+    // YAML 1.1 booleans and sexagesimal numbers are plain strings.
+    let pool = ok(&format!("{HEAD}{}", WEB.replace("name: web", "name: yes")));
+    assert_eq!(pool.vips[0].name, "yes");
+    let pool = ok("instance: lb0\ninterfaces: [eth0]\nencapsulation:\n  gateway_mac: 02:00:00:00:00:01\nvips: []\n");
+    assert_eq!(pool.encapsulation.gateway_mac, Some([2, 0, 0, 0, 0, 1]));
+    // `~` and an empty value are "not given".
+    let pool = ok(&format!("{HEAD}{WEB}        weight: ~\n        state:\n"));
+    assert_eq!(
+        (
+            pool.vips[0].backends[0].weight,
+            pool.vips[0].backends[0].state
+        ),
+        (100, BackendState::Active)
+    );
+}
+
+#[test]
+fn alias_bombs_and_merge_keys_are_refused() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs}");
+    assert!(
+        errs.errors[0]
+            .message
+            .contains("too large or expands to too much"),
+        "{errs}"
+    );
+
+    let text = format!("{HEAD}  - &web\n    name: web\n    address: 10.100.0.1\n    port: 80\n    protocol: tcp\n    backends: [{{address: 10.0.1.1}}]\n  - <<: *web\n    name: web2\n");
+    assert_has(
+        &errors(&text),
+        13,
+        5,
+        "vips[1].<<",
+        "merge keys (`<<`) are not supported",
+    );
+}

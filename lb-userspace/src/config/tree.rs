@@ -110,6 +110,9 @@ pub(super) fn read(text: &str) -> Result<Option<Node>, (Pos, String)> {
     let mut budget = Budget::default();
     budget.max_nodes = MAX_NODES;
     budget.max_events = 4 * MAX_NODES;
+    // Events kept for replaying anchors: a quarter is plenty for real files
+    // and stops an alias bomb early.
+    budget.max_recorded_anchor_events = MAX_NODES / 4;
     let mut options = Options::default();
     options.budget = Some(budget);
     options.alias_limits.max_total_replayed_events = MAX_NODES;
@@ -137,35 +140,31 @@ fn syntax_problem(e: &Error, text: &str) -> (Pos, String) {
         line: l.line() as usize,
         column: l.column() as usize,
     });
-    let what = UserMessageFormatter.format_message(e.without_snippet());
-    match e.without_snippet() {
+    let mut original = e;
+    while let Error::AliasError { error, .. } | Error::WithSnippet { error, .. } = original {
+        original = error;
+    }
+    let what = UserMessageFormatter.format_message(original);
+    let message = match original {
         Error::MultipleDocuments { .. } => {
             // Point at the `---` that starts the second document.
-            let line = text
-                .lines()
-                .take(pos.line.saturating_sub(1))
-                .enumerate()
-                .skip(1)
-                .filter(|(_, l)| l.starts_with("---"))
-                .map(|(i, _)| i + 1)
-                .last()
-                .unwrap_or(pos.line);
-            let message = "the file holds more than one YAML document (a second `---`); \
-                           a pool file is one document";
-            (Pos { line, column: 1 }, message.to_owned())
+            let lines = text.lines().take(pos.line.saturating_sub(1)).enumerate();
+            let second = lines.skip(1).filter(|(_, l)| l.starts_with("---")).last();
+            let line = second.map_or(pos.line, |(i, _)| i + 1);
+            let message = "the file holds more than one YAML document (a second `---`); a pool \
+                           file is one document";
+            return (Pos { line, column: 1 }, message.to_owned());
         }
         Error::Budget { .. }
         | Error::AliasReplayLimitExceeded { .. }
         | Error::AliasExpansionLimitExceeded { .. }
-        | Error::AliasReplayStackDepthExceeded { .. } => (
-            pos,
-            format!("the file is too large or expands to too much through aliases ({what}); a pool file is far smaller"),
+        | Error::AliasReplayStackDepthExceeded { .. } => format!(
+            "the file is too large or expands to too much through aliases ({what}); a pool file \
+             is far smaller"
         ),
-        _ => (
-            pos,
-            format!("this is not valid YAML: {what}; check the indentation and quoting here"),
-        ),
-    }
+        _ => format!("this is not valid YAML: {what}; check the indentation and quoting here"),
+    };
+    (pos, message)
 }
 
 /// What serde-saphyr gives for a node, before it is placed.

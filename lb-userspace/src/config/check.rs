@@ -5,6 +5,7 @@
 //! depends on it, and the build puts a placeholder in its stead (the pool is
 //! not returned when anything was reported).
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -140,25 +141,18 @@ impl Check<'_> {
                            (`ip link` shows them)";
             self.report(&list.path, message);
         }
-        let mut seen: HashMap<&str, &str> = HashMap::new();
+        let mut seen = HashMap::new();
         let mut names = Vec::new();
         for At {
             value: IfName(name),
             path,
         } in self.items(list)
         {
-            match seen.get(name.as_str()) {
-                Some(first) => self.report(
-                    path,
-                    format!(
-                        "interface `{name}` is listed twice (first at line {}); list it once",
-                        self.line(first)
-                    ),
-                ),
-                None => {
-                    seen.insert(name, path);
-                    names.push(name.clone());
-                }
+            let new = self.once(&mut seen, name, path, |_, line| {
+                format!("interface `{name}` is listed twice (first at line {line}); list it once")
+            });
+            if new {
+                names.push(name.clone());
             }
         }
         names
@@ -232,8 +226,7 @@ impl Check<'_> {
             );
             self.report(&vips[max as usize].path, message);
         }
-        let mut names: HashMap<&str, &str> = HashMap::new();
-        let mut services: HashMap<(IpAddr, u32, Protocol), (&str, &str)> = HashMap::new();
+        let (mut names, mut services) = (HashMap::new(), HashMap::new());
         let mut slots = 0;
         for vip in vips {
             let f = &vip.value;
@@ -242,68 +235,93 @@ impl Check<'_> {
                 path,
             }) = f.name.get()
             {
-                match names.get(name.as_str()) {
-                    Some(first) => self.report(
-                        path,
-                        format!(
-                            "VIP name `{name}` is used twice (first at line {}); give each VIP \
-                             its own name",
-                            self.line(first)
-                        ),
-                    ),
-                    None => _ = names.insert(name, path),
-                }
+                self.once(&mut names, name, path, |_, line| {
+                    format!(
+                        "VIP name `{name}` is used twice (first at line {line}); give each VIP \
+                         its own name"
+                    )
+                });
             }
             if let (Some(a), Some(port), Some(proto)) =
                 (f.address.get(), f.port.get(), f.protocol.get())
             {
-                let key = (a.value.0, port.value.0, proto.value);
-                match services.get(&key) {
-                    Some((first, first_addr)) => self.report(
-                        &a.path,
+                let (addr, port, proto) = (a.value.0, port.value.0, proto.value.as_str());
+                self.once(
+                    &mut services,
+                    (addr, port, proto),
+                    &a.path,
+                    |first, line| {
+                        let first = first.rsplit_once('.').map_or(first, |(vip, _)| vip);
                         format!(
-                            "VIP {} port {} {} is defined twice (first as {first} at line {}); \
-                             merge the two or change one",
-                            a.value.0,
-                            port.value.0,
-                            proto.value.as_str(),
-                            self.line(first_addr)
-                        ),
-                    ),
-                    None => _ = services.insert(key, (&vip.path, &a.path)),
-                }
+                            "VIP {addr} port {port} {proto} is defined twice (first as {first} at \
+                         line {line}); merge the two or change one"
+                        )
+                    },
+                );
             }
-            let mut in_vip: HashMap<IpAddr, &str> = HashMap::new();
-            for b in self.items(f.backends.get()) {
-                let Some(At {
-                    value: Addr(addr),
-                    path,
-                }) = b.value.address.get()
-                else {
-                    continue;
-                };
-                if let Some(first) = in_vip.get(addr) {
-                    let message = format!(
-                        "backend {addr} is listed twice in this VIP (first at line {}); list it \
-                         once and use `weight` for a bigger share",
-                        self.line(first)
-                    );
-                    self.report(path, message);
-                    continue;
-                }
-                in_vip.insert(*addr, path);
-                // One backend slot per (VIP, backend): health and state are per VIP.
-                slots += 1;
-                if let Some(max) = max_backends.filter(|&max| slots == max as usize + 1) {
-                    let message = format!(
-                        "this is backend slot number {slots} (one per VIP and backend), more than \
-                         tables.max_backends ({max}); raise tables.max_backends or remove backends"
-                    );
-                    self.report(path, message);
-                }
-                if let Some(message) = encap.and_then(|e| family(f, *addr, e)) {
-                    self.report(path, message);
-                }
+            self.backend_slots(f, &mut slots, max_backends, encap);
+        }
+    }
+
+    /// Backends unique within the VIP, counted against `max_backends`, of an
+    /// address family the VIP and the outer sources allow.
+    fn backend_slots(
+        &self,
+        vip: &VipFile,
+        slots: &mut usize,
+        max: Option<u32>,
+        encap: Option<&EncapFile>,
+    ) {
+        let mut in_vip = HashMap::new();
+        for b in self.items(vip.backends.get()) {
+            let Some(At {
+                value: Addr(addr),
+                path,
+            }) = b.value.address.get()
+            else {
+                continue;
+            };
+            let new = self.once(&mut in_vip, *addr, path, |_, line| {
+                format!(
+                    "backend {addr} is listed twice in this VIP (first at line {line}); list it \
+                     once and use `weight` for a bigger share"
+                )
+            });
+            if !new {
+                continue;
+            }
+            // One backend slot per (VIP, backend): health and state are per VIP.
+            *slots += 1;
+            if let Some(max) = max.filter(|&max| *slots == max as usize + 1) {
+                let message = format!(
+                    "this is backend slot number {slots} (one per VIP and backend), more than \
+                     tables.max_backends ({max}); raise tables.max_backends or remove backends"
+                );
+                self.report(path, message);
+            }
+            if let Some(message) = encap.and_then(|e| family(vip, *addr, e)) {
+                self.report(path, message);
+            }
+        }
+    }
+
+    /// Records the first `key`, at `path`; reports a later one with the
+    /// message `repeated(first path, first line)`. Whether `key` was new.
+    fn once<'p, K: Eq + Hash>(
+        &self,
+        seen: &mut HashMap<K, &'p str>,
+        key: K,
+        path: &'p str,
+        repeated: impl FnOnce(&str, usize) -> String,
+    ) -> bool {
+        match seen.get(&key) {
+            Some(first) => {
+                self.report(path, repeated(first, self.line(first)));
+                false
+            }
+            None => {
+                seen.insert(key, path);
+                true
             }
         }
     }
@@ -435,28 +453,7 @@ impl Check<'_> {
             .kind
             .known_or(CheckKind::Tcp)
             .filter(|k| *k != CheckKind::None)?;
-        let port = match (&h.port, vip.port.get()) {
-            (Field::Valid(p), _) => p.value.0,
-            (Field::Invalid, _) => return None,
-            (_, Some(vp)) if vp.value.0 != 0 => vp.value.0,
-            _ if kind == CheckKind::Exec => 0,
-            (_, None) => return None,
-            (_, Some(vp)) => {
-                // The most specific place the port could be added.
-                let path = match layers.iter().flatten().next() {
-                    Some(layer) => join(&layer.path, "port"),
-                    None => vp.path.clone(),
-                };
-                let message = format!(
-                    "a {} health check needs a port, and VIP `{}` listens on every port \
-                     (port 0); set `port` in its health_check",
-                    kind.as_str(),
-                    vip.name.get().map_or("", |n| n.value.0.as_str())
-                );
-                self.report(&path, message);
-                return None;
-            }
-        };
+        let port = self.probe_port(h, kind, vip, layers)?;
         let (interval, timeout) = (&h.interval, &h.timeout);
         let (i, t) = (
             interval.or(Dur(DEFAULT_HEALTH_INTERVAL)).0,
@@ -503,6 +500,39 @@ impl Check<'_> {
             rise: h.rise.or(Int(DEFAULT_RISE)).0,
             fall: h.fall.or(Int(DEFAULT_FALL)).0,
         })
+    }
+
+    /// The port a check probes: its own, else the VIP's; exec checks need
+    /// none. Reported where it could be added when the VIP has port 0.
+    fn probe_port(
+        &self,
+        h: &HealthFile,
+        kind: CheckKind,
+        vip: &VipFile,
+        layers: [Option<&Node>; 2],
+    ) -> Option<u32> {
+        match (&h.port, vip.port.get()) {
+            (Field::Valid(p), _) => Some(p.value.0),
+            (Field::Invalid, _) => None,
+            (_, Some(vp)) if vp.value.0 != 0 => Some(vp.value.0),
+            _ if kind == CheckKind::Exec => Some(0),
+            (_, None) => None,
+            (_, Some(vp)) => {
+                // The most specific place the port could be added.
+                let path = match layers.iter().flatten().next() {
+                    Some(layer) => join(&layer.path, "port"),
+                    None => vp.path.clone(),
+                };
+                let message = format!(
+                    "a {} health check needs a port, and VIP `{}` listens on every port \
+                     (port 0); set `port` in its health_check",
+                    kind.as_str(),
+                    vip.name.get().map_or("", |n| n.value.0.as_str())
+                );
+                self.report(&path, message);
+                None
+            }
+        }
     }
 
     /// An exec check's command, reported at its `kind` when missing.

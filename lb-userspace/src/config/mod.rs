@@ -2,7 +2,7 @@
 //! every problem with its line, column and field path.
 //!
 //! The file format is documented field by field in `deploy/pool.example.yaml`,
-//! on the structs of [`file`] and on the items below. [`parse`] and [`load`]
+//! on the structs of `file.rs` and on the items below. [`parse`] and [`load`]
 //! turn a file into a validated [`Pool`], or into [`ConfigErrors`] that list
 //! *every* problem found, each with its line, column, field path and a hint:
 //!
@@ -14,29 +14,31 @@
 //!
 //! # How it works
 //!
-//! 1. [`tree`]: [`serde_saphyr`] parses the text once, within size and alias
-//!    budgets, into a small tree whose every node knows its line, column and
-//!    field path (serde-saphyr's `Spanned<T>` gives the places).
-//! 2. [`file`]: the pool file as `#[derive(Deserialize)]` structs with
-//!    `deny_unknown_fields`, and `FromStr` newtypes for addresses, prefixes,
-//!    MACs, durations and names. Every field is a [`de::Field`]: not given,
-//!    given but invalid, or valid with its place.
-//! 3. [`de`]: a serde `Deserializer` over the tree. Serde stops at the first
-//!    error; this one records each problem where it is found, so that a bad
-//!    value makes only its own field invalid, and carries on. It reports every
-//!    unknown or repeated field (with a "did you mean" hint) and reads scalars
-//!    strictly.
-//! 4. [`check`]: every rule that involves more than one field, in one place,
-//!    and the build of the [`Pool`], including the health-check layering
+//! 1. `tree.rs`: [`serde_saphyr`] parses the text once, within budgets on
+//!    nodes, events and alias replay, into a small tree whose every node
+//!    knows its line, column (serde-saphyr's `Spanned<T>`) and field path.
+//! 2. `file.rs`: the pool file as `#[derive(Deserialize)]` structs with
+//!    `deny_unknown_fields`, one per mapping, each field documented with its
+//!    default, and `FromStr` newtypes for addresses, prefixes, MACs,
+//!    durations and names. Every field is a `Field<T>`: not given, given but
+//!    invalid (already reported), or valid with its path.
+//! 3. `de.rs`: a serde `Deserializer` over the tree. Serde stops at the
+//!    first error; this one records each problem where it is found (so a bad
+//!    value makes only its own `Field` invalid) and carries on. It reports
+//!    every unknown or repeated field, with a "did you mean" hint, and reads
+//!    integers strictly.
+//! 4. `check.rs`: every rule that involves more than one field, in one
+//!    place, and the build of the [`Pool`], with the health-check layering
 //!    (built-in defaults, then `health_defaults`, then the VIP's
-//!    `health_check`, then the backend's).
+//!    `health_check`, then the backend's: the layers' mappings are merged
+//!    key by key and read as one health check).
 //!
-//! Why not `serde_saphyr::from_str::<PoolFile>` alone: serde-saphyr, like any
-//! serde format, returns the first error only (its garde integration
+//! Why not `serde_saphyr::from_str::<PoolFile>` alone: serde-saphyr, like
+//! any serde format, returns the first error only (its garde integration
 //! validates a value that was already deserialized), and users are promised
-//! every problem at once. So serde-saphyr reads the text (positions, budgets,
-//! YAML 1.2 scalars) and the derive-generated code of our types runs against
-//! the located tree. `serde_yaml` is deprecated upstream and keeps no
+//! every problem at once. So serde-saphyr reads the text (positions,
+//! budgets, YAML 1.2 scalars) and the derive-generated code of our types runs
+//! against the located tree. `serde_yaml` is deprecated upstream and keeps no
 //! positions past its first error.
 //!
 //! Scalars are read strictly: `port: 80` is a number, `port: "80"` a string
@@ -45,9 +47,10 @@
 //! (no sexagesimal numbers). `~`, `null` and an empty value mean "not given".
 //! Anchors and aliases are expanded; merge keys (`<<`) are not supported.
 //!
-//! Adding a field: add it to its struct in [`file`] (type, doc, default),
-//! read it where [`check`] builds the [`Pool`], and add a rule there if it
-//! depends on other fields.
+//! Adding a field: add it, with its doc and default, to its struct in
+//! `file.rs`; read it where `check.rs` builds the [`Pool`] (and add it to
+//! the public type there); add a rule in `check.rs` if it depends on other
+//! fields.
 mod check;
 mod de;
 mod file;

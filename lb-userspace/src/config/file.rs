@@ -3,7 +3,9 @@
 //! their own. Each field is a [`Field`], so that one bad value does not hide
 //! the others; rules that involve several fields are in `check`.
 //!
-//! In messages, `{field}` stands for the field's name (see [`FIELD`]).
+//! A struct's serde name (`rename`) is how messages call it ("unknown field
+//! `adress` in a VIP"). In messages, `{field}` stands for the field's name
+//! (see [`FIELD`]).
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,0 +1,497 @@
+//! The YAML pool file: serde types, defaults, and validation that reports
+//! every problem with its line, column and field path.
+//!
+//! The file format is documented field by field in `deploy/pool.example.yaml`,
+//! on the structs of `file.rs` and on the items below. [`parse`] and [`load`]
+//! turn a file into a validated [`Pool`], or into [`ConfigErrors`] that list
+//! *every* problem found, each with its line, column, field path and a hint:
+//!
+//! ```text
+//! pool.yaml:12:7: vips[1].backends[0].address: `10.0.1.300` is not an IP address
+//! pool.yaml:24:15: vips[2].backends: VIP `dns` has no backends; list at least one under `backends`
+//! 2 problems in pool.yaml
+//! ```
+//!
+//! # How it works
+//!
+//! 1. `tree.rs`: [`serde_saphyr`] parses the text once, within budgets on
+//!    nodes, events and alias replay, into a small tree whose every node
+//!    knows its line, column (serde-saphyr's `Spanned<T>`) and field path.
+//! 2. `file.rs`: the pool file as `#[derive(Deserialize)]` structs with
+//!    `deny_unknown_fields`, one per mapping, each field documented with its
+//!    default, and `FromStr` newtypes for addresses, prefixes, MACs,
+//!    durations and names. Every field is a `Field<T>`: not given, given but
+//!    invalid (already reported), or valid with its path.
+//! 3. `de.rs`: a serde `Deserializer` over the tree. Serde stops at the
+//!    first error; this one records each problem where it is found (so a bad
+//!    value makes only its own `Field` invalid) and carries on. It reports
+//!    every unknown or repeated field, with a "did you mean" hint, and reads
+//!    integers strictly.
+//! 4. `check.rs`: every rule that involves more than one field, in one
+//!    place, and the build of the [`Pool`], with the health-check layering
+//!    (built-in defaults, then `health_defaults`, then the VIP's
+//!    `health_check`, then the backend's: the layers' mappings are merged
+//!    key by key and read as one health check).
+//!
+//! Why not `serde_saphyr::from_str::<PoolFile>` alone: serde-saphyr, like
+//! any serde format, returns the first error only (its garde integration
+//! validates a value that was already deserialized), and users are promised
+//! every problem at once. So serde-saphyr reads the text (positions,
+//! budgets, YAML 1.2 scalars) and the derive-generated code of our types runs
+//! against the located tree. `serde_yaml` is deprecated upstream and keeps no
+//! positions past its first error.
+//!
+//! Scalars are read strictly: `port: 80` is a number, `port: "80"` a string
+//! (and an error), `port: 0x50` an error; `name: yes` is the string `yes`
+//! (no YAML 1.1 booleans) and `gateway_mac: 02:00:00:00:00:01` a MAC address
+//! (no sexagesimal numbers). `~`, `null` and an empty value mean "not given".
+//! Anchors and aliases are expanded; merge keys (`<<`) are not supported.
+//!
+//! Adding a field: add it, with its doc and default, to its struct in
+//! `file.rs`; read it where `check.rs` builds the [`Pool`] (and add it to
+//! the public type there); add a rule in `check.rs` if it depends on other
+//! fields.
+mod check;
+mod de;
+mod file;
+#[cfg(test)]
+mod tests;
+mod tree;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::health::ProbeSpec;
+
+/// `encapsulation.mtu` when not given.
+pub const DEFAULT_MTU: u32 = lb_common::defaults::MTU;
+/// Accepted `encapsulation.mtu` values.
+pub const MTU_RANGE: RangeInclusive<u32> = 576..=9216;
+/// The smallest MTU an IPv6 link may have (RFC 8200); enforced when
+/// `encapsulation.source_v6` is set.
+pub const IPV6_MIN_MTU: u32 = 1280;
+/// Shortest `encapsulation.source_v4` prefix: at most 16 host bits vary per flow.
+pub const SOURCE_V4_MIN_PREFIX: u8 = 16;
+/// Shortest `encapsulation.source_v6` prefix: at most 16 host bits vary per flow.
+pub const SOURCE_V6_MIN_PREFIX: u8 = 112;
+/// `tables.maglev_size` when not given (a prime).
+pub const DEFAULT_MAGLEV_SIZE: u32 = lb_common::defaults::RING_SIZE;
+/// Accepted `tables.maglev_size` values (and it must be prime).
+pub const MAGLEV_SIZE_RANGE: RangeInclusive<u32> = 1009..=1_000_003;
+/// `tables.flow_table_size` when not given.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::defaults::FLOW_TABLE_SIZE;
+/// Accepted `tables.flow_table_size` values.
+pub const FLOW_TABLE_SIZE_RANGE: RangeInclusive<u32> = 1024..=64 * 1024 * 1024;
+/// `tables.udp_idle_timeout` when not given.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration =
+    Duration::from_nanos(lb_common::defaults::UDP_IDLE_TIMEOUT_NS);
+/// `tables.max_vips` when not given.
+pub const DEFAULT_MAX_VIPS: u32 = lb_common::defaults::MAX_VIPS;
+/// Accepted `tables.max_vips` values.
+pub const MAX_VIPS_RANGE: RangeInclusive<u32> = 1..=65_536;
+/// `tables.max_backends` when not given.
+pub const DEFAULT_MAX_BACKENDS: u32 = lb_common::defaults::MAX_BACKENDS;
+/// Accepted `tables.max_backends` values.
+/// Backend ids are 16 bits in the Maglev tables.
+pub const MAX_BACKENDS_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_RING_BACKEND + 1;
+/// A backend's `weight` when not given.
+pub const DEFAULT_WEIGHT: u32 = 100;
+/// Accepted backend weights.
+pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=65_535;
+/// Health-check `interval` when not given. With the timeout, rise and fall
+/// defaults a dead backend is taken out in under one second.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+/// Health-check `timeout` when not given.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_millis(200);
+/// Health-check `rise` when not given.
+pub const DEFAULT_RISE: u32 = 2;
+/// Health-check `fall` when not given.
+pub const DEFAULT_FALL: u32 = 2;
+/// Accepted health-check `rise` and `fall` values.
+pub const RISE_FALL_RANGE: RangeInclusive<u32> = 1..=1000;
+/// HTTP health-check `path` when not given.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// HTTP health-check `expect_status` when not given.
+pub const DEFAULT_HTTP_STATUS: u16 = 200;
+/// UDP health-check `send` when not given.
+pub const DEFAULT_UDP_SEND: &str = "ping";
+/// Longest instance name (it names a bpffs directory and a socket).
+pub const MAX_INSTANCE_LEN: usize = 15;
+/// Longest VIP name.
+pub const MAX_VIP_NAME_LEN: usize = 63;
+/// Longest interface name (`IFNAMSIZ` - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Longest Unix socket path (`sun_path` less its terminating NUL).
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+/// Where pinned maps live: `<BPFFS_ROOT>/<instance>/`.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// Default directory of the control socket: `<dir>/<instance>.sock`.
+pub const DEFAULT_SOCKET_DIR: &str = "/run/lb";
+/// Default directory of the hash secret: `<dir>/<instance>.secret`.
+pub const DEFAULT_SECRET_DIR: &str = "/var/lib/lb";
+
+/// Nodes a file may expand to (aliases included), so that a small file with
+/// nested aliases cannot blow up memory.
+const MAX_NODES: usize = 1_000_000;
+
+/// A validated pool file: what the daemon runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    /// Name of this balancer instance, 1 to 15 characters from `a-z`, `0-9`,
+    /// `_`, `-`. Maps and the XDP link are pinned under `/sys/fs/bpf/<instance>/`.
+    pub instance: String,
+    /// Interfaces the XDP program attaches to; at least one, no duplicates.
+    pub interfaces: Vec<String>,
+    /// How the XDP program is attached. Default [`XdpModeSetting::Auto`].
+    pub xdp_mode: XdpModeSetting,
+    /// Outer headers for the packets sent to the backends.
+    pub encapsulation: Encapsulation,
+    /// BPF map sizes.
+    pub tables: Tables,
+    /// The flow-hash secret; default `/var/lib/lb/<instance>.secret`. Created
+    /// by the daemon if missing. Absolute.
+    pub hash_secret_file: PathBuf,
+    /// The control socket; default `/run/lb/<instance>.sock`. Absolute.
+    pub control_socket: PathBuf,
+    /// The services, in file order (a VIP's index is its position here).
+    pub vips: Vec<Vip>,
+}
+
+impl Pool {
+    /// The bpffs directory this instance pins its maps and link under.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(BPFFS_ROOT).join(&self.instance)
+    }
+}
+
+/// `xdp_mode`: how the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native mode only; attaching fails if the driver lacks XDP support.
+    Driver,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+/// `encapsulation`: outer headers of the packets sent to the backends
+/// (IPIP, IP6IP6 or IPv4-in-IPv6; the backends answer clients directly).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encapsulation {
+    /// Outer IPv4 source network and prefix length (16..=32, host bits zero);
+    /// the host bits vary per flow so backends spread flows over their receive
+    /// queues. Needed for IPv4 backends.
+    pub source_v4: Option<(Ipv4Addr, u8)>,
+    /// Outer IPv6 source network and prefix length (112..=128, host bits
+    /// zero). Needed for IPv6 backends.
+    pub source_v6: Option<(Ipv6Addr, u8)>,
+    /// Next-hop MAC used when the kernel FIB cannot resolve a backend.
+    pub gateway_mac: Option<[u8; 6]>,
+    /// MTU of the path to the backends, 576..=9216 (at least 1280 when
+    /// `source_v6` is set); default 1500.
+    pub mtu: u32,
+}
+
+impl Default for Encapsulation {
+    fn default() -> Self {
+        Encapsulation {
+            source_v4: None,
+            source_v6: None,
+            gateway_mac: None,
+            mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+/// `tables`: BPF map sizes, applied when the program is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tables {
+    /// Entries in each VIP's Maglev table: a prime in 1009..=1000003;
+    /// default 65537.
+    pub maglev_size: u32,
+    /// Connections the flow table holds, 1024..=67108864; default 1048576.
+    pub flow_table_size: u32,
+    /// Idle time after which a UDP flow may be rescheduled; default 30s.
+    pub udp_idle_timeout: Duration,
+    /// Most VIPs, 1..=65536; default 64.
+    pub max_vips: u32,
+    /// Most backend slots (one per VIP and backend), 1..=65535;
+    /// default 4096.
+    pub max_backends: u32,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            maglev_size: DEFAULT_MAGLEV_SIZE,
+            flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            max_vips: DEFAULT_MAX_VIPS,
+            max_backends: DEFAULT_MAX_BACKENDS,
+        }
+    }
+}
+
+/// One service: an address, port and protocol, and the backends behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vip {
+    /// Unique name, 1 to 63 characters from `A-Z`, `a-z`, `0-9`, `_`, `.`, `-`.
+    pub name: String,
+    /// The service address (IPv4 or IPv6, unicast, not loopback).
+    pub address: IpAddr,
+    /// The service port; 0 means every port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// How new flows pick a backend. Default [`Scheduler::Maglev`].
+    pub scheduler: Scheduler,
+    /// How packets reach the backend. Default [`Forwarding::Encap`].
+    pub forwarding: Forwarding,
+    /// At least one; addresses unique within the VIP.
+    pub backends: Vec<BackendConf>,
+}
+
+/// One backend of a VIP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendConf {
+    /// The backend address; packets keep the VIP port.
+    pub address: IpAddr,
+    /// Share of new flows, 1..=65535; default 100.
+    pub weight: u32,
+    /// Default [`BackendState::Active`].
+    pub state: BackendState,
+    /// The fully resolved health check (built-in defaults, then
+    /// `health_defaults`, then the VIP's `health_check`, then the backend's);
+    /// `None` when the resolved kind is `none`.
+    pub health: Option<ProbeSpec>,
+}
+
+/// `protocol` of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number, as the data path matches it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    /// The name used in the pool file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `scheduler` of a VIP: how a new flow picks its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Weighted Maglev consistent hashing.
+    #[default]
+    Maglev,
+}
+
+impl Scheduler {
+    /// The value of `VipInfo::scheduler` (`lb_common::scheduler`).
+    pub fn number(self) -> u8 {
+        match self {
+            Scheduler::Maglev => lb_common::scheduler::MAGLEV,
+        }
+    }
+}
+
+/// `forwarding` of a VIP: how packets reach the chosen backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// IPIP / IP6IP6 / IPv4-in-IPv6 encapsulation, direct server return.
+    #[default]
+    Encap,
+}
+
+impl Forwarding {
+    /// The value of `VipInfo::mode` (`lb_common::mode`).
+    pub fn number(self) -> u8 {
+        match self {
+            Forwarding::Encap => lb_common::mode::ENCAP,
+        }
+    }
+}
+
+/// `state` of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Receives new flows while healthy.
+    #[default]
+    Active,
+    /// Keeps its established flows, receives no new ones.
+    Drain,
+    /// Receives nothing; its flows are moved to other backends.
+    Disabled,
+}
+
+/// One problem in a pool file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render_one(.line, .column, .path, .message))]
+pub struct ConfigError {
+    /// 1-based line; 0 when the problem is not at a place in the file (the
+    /// file could not be read).
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Where in the schema, e.g. `vips[1].backends[0].address`; empty for the
+    /// file as a whole.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Every problem found in a pool file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render_all(.source_name, .errors))]
+pub struct ConfigErrors {
+    /// The file name the messages are prefixed with.
+    pub source_name: String,
+    /// At least one problem, sorted by line and column.
+    pub errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// How many problems were found.
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Never true for a returned error; here for API completeness.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The problems, in file order.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.errors.iter()
+    }
+}
+
+fn render_one(line: &usize, column: &usize, path: &str, message: &str) -> String {
+    let mut out = String::new();
+    if *line > 0 {
+        out.push_str(&format!("{line}:{column}: "));
+    }
+    if !path.is_empty() {
+        out.push_str(path);
+        out.push_str(": ");
+    }
+    out.push_str(message);
+    out
+}
+
+fn render_all(source_name: &str, errors: &[ConfigError]) -> String {
+    let mut out = String::new();
+    for e in errors {
+        out.push_str(source_name);
+        out.push(':');
+        if e.line == 0 {
+            out.push(' ');
+        }
+        out.push_str(&e.to_string());
+        out.push('\n');
+    }
+    let n = errors.len();
+    out.push_str(&format!(
+        "{n} problem{} in {source_name}",
+        if n == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// Parses and validates a pool file's text. `source_name` prefixes the
+/// messages (usually the file name).
+pub fn parse(text: &str, source_name: &str) -> Result<Pool, ConfigErrors> {
+    let sink = de::Sink::default();
+    let pool = match tree::read(text) {
+        Err((pos, message)) => {
+            sink.report(pos, "", message);
+            None
+        }
+        Ok(None) => {
+            sink.report(
+                Pos::START,
+                "",
+                "the pool file is empty; deploy/pool.example.yaml shows every field",
+            );
+            None
+        }
+        Ok(Some(root)) => check::pool(&root, &sink),
+    };
+    sink.finish(source_name, pool)
+}
+
+/// Reads and validates a pool file. A file that cannot be read is reported
+/// as a [`ConfigErrors`] too (with line 0).
+pub fn load(path: &Path) -> Result<Pool, ConfigErrors> {
+    let source_name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &source_name),
+        Err(e) => Err(ConfigErrors {
+            errors: vec![ConfigError {
+                line: 0,
+                column: 0,
+                path: String::new(),
+                message: format!(
+                    "cannot read the pool file: {e}; check the path and its permissions \
+                     (deploy/pool.example.yaml is a starting point)"
+                ),
+            }],
+            source_name,
+        }),
+    }
+}
+
+/// A place in the file: 1-based line and column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Pos {
+    line: usize,
+    column: usize,
+}
+
+impl Pos {
+    const START: Pos = Pos { line: 1, column: 1 };
+}
+
+/// Trial division; table sizes are at most about a million. (Kept here rather
+/// than shared with `maglev` so config does not depend on its timing.)
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}

@@ -183,6 +183,23 @@ fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
     });
 }
 
+/// The ids the data path's decision log names: VIPs and backend slots.
+fn log_ids(ctl: &Controller<BpfDataPlane>) {
+    for v in ctl.vips.values() {
+        let backends: Vec<String> = v
+            .backends
+            .values()
+            .map(|b| format!("{} = {}", b.id, b.address))
+            .collect();
+        log::info!(
+            "data path ids: vip {} = `{}`; backends {}",
+            v.id,
+            v.conf.name,
+            backends.join(", ")
+        );
+    }
+}
+
 /// Hands the data path's log records to the daemon's log as they come.
 fn spawn_decision_log(log: dataplane::DecisionLog) -> Result<()> {
     // SAFETY: the logger owns its ring buffer's descriptor, which stays
@@ -226,7 +243,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     let mut dp = BpfDataPlane::load(&object, &pool.instance, s, debug_datapath)?;
     if let Some(log) = dp.take_decision_log() {
         spawn_decision_log(log)?;
-        log::info!("logging the data path's decisions (--debug-datapath); this costs per packet");
+        log::info!("logging the data path's decisions (--debug-datapath); this costs per new flow");
     }
     dp.set_config(&kernel_config(&pool, hash_key))?;
     let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
@@ -250,6 +267,9 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         pool.vips.len(),
         report.tables_written
     );
+    if debug_datapath {
+        log_ids(&ctl);
+    }
     for iface in fresh {
         ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
         warn_forwarding(iface);

@@ -149,6 +149,26 @@ fn debug_datapath_logs_each_new_flow_and_its_backend() {
         .filter_map(|l| l.rsplit("to backend ").next())
         .collect();
     assert_eq!(backends.len(), 2, "both backends chosen: {lines:?}");
+    // The daemon says which VIP and backends those ids are.
+    let ids = log
+        .lines()
+        .find_map(|l| l.split("data path ids: ").nth(1).filter(|r| r.contains("`web`")))
+        .unwrap_or_else(|| panic!("no ids for `web` in the log:\n{log}"));
+    let vip_id = ids.trim_start_matches("vip ").split(' ').next().unwrap();
+    for l in &lines {
+        assert!(l.contains(&format!("vip {vip_id} to")), "{l} is not `web` ({ids})");
+    }
+    for b in &backends {
+        let addr = ids
+            .split(&format!(" {b} = "))
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_else(|| panic!("backend {b} not among {ids}"));
+        assert!(
+            t.backends.iter().any(|h| h.v4.to_string() == addr.trim()),
+            "backend {b} = {addr}: not a backend of the topology"
+        );
+    }
 }
 
 #[test]

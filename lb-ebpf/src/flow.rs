@@ -28,7 +28,7 @@ struct Chosen<'a> {
 
 #[inline(always)]
 pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    let Ok((ports, tcp_flags)) = ports(ctx, pkt) else {
+    let Ok((ports, tcp_flags)) = read_ports(ctx, pkt) else {
         return malformed();
     };
     let Some(cfg) = CONFIG.get(0) else {
@@ -48,6 +48,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     key.family = pkt.family;
     let key: &FlowKey = key;
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let is_rst = tcp_flags & TCP_RST != 0;
     let now = clock_ns(cfg);
 
     // Flow table first: an established connection keeps its backend
@@ -71,35 +72,21 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     } else {
         lookup(key, pkt.proto, cfg, now)
     };
-    let new_flow = known.is_none();
+    let is_new = known.is_none();
     let c = match known {
         Some(c) => c,
-        None => {
-            let Some(p) = early.or_else(|| pick(key, cfg, bits)) else {
-                return verdict(counter::PASS_NOT_VIP, XDP_PASS);
-            };
-            match schedule(key, &p, now, tcp_flags & TCP_RST != 0) {
-                Some(c) => {
-                    // The opt-in decision log (`lb run --debug-datapath`):
-                    // with it off, the loader sets the log level to 0 in
-                    // read-only data and the verifier removes this code.
-                    info!(
-                        ctx,
-                        "new flow: proto {} port {} -> {}, vip {} to backend {}",
-                        pkt.proto,
-                        u16::from_be(ports.src),
-                        u16::from_be(ports.dst),
-                        c.vip_id,
-                        c.backend_id
-                    );
-                    c
-                }
-                None => {
-                    info!(ctx, "new flow dropped: vip {} has no backend", p.vip_id);
-                    return drop_no_backend(p.vip_id);
-                }
-            }
-        }
+        None => match new_flow(
+            ctx,
+            pkt,
+            &ports,
+            key,
+            early.or_else(|| pick(key, cfg, bits)),
+            now,
+            is_rst,
+        ) {
+            Ok(c) => c,
+            Err(action) => return action,
+        },
     };
     let action = match forward(ctx, pkt, cfg, c.backend_id, c.backend, c.hash, now) {
         Sent::Forwarded(action) => action,
@@ -109,16 +96,51 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
             return XDP_DROP;
         }
     };
-    account(c.vip_id, c.backend_id, pkt.ip_len as u64, new_flow);
-    if new_flow {
+    account(c.vip_id, c.backend_id, pkt.ip_len as u64, is_new);
+    if is_new {
         count(counter::NEW_FLOW);
     }
     action
 }
 
+/// A new flow goes where the scheduler's pick (`None`: no VIP) says,
+/// remembered in the flow table unless the packet is a RST. `Err`: the
+/// packet's action (passed, or dropped for want of a backend).
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    ports: &Ports,
+    key: &FlowKey,
+    pick: Option<Pick>,
+    now: u64,
+    is_rst: bool,
+) -> Result<Chosen<'static>, u32> {
+    let Some(p) = pick else {
+        return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
+    };
+    let Some(c) = schedule(key, &p, now, is_rst) else {
+        info!(ctx, "new flow dropped: vip {} has no backend", p.vip_id);
+        return Err(drop_no_backend(p.vip_id));
+    };
+    // The opt-in decision log (`lb run --debug-datapath`): with it off,
+    // the loader sets the log level to 0 in read-only data and the
+    // verifier removes this code.
+    info!(
+        ctx,
+        "new flow: proto {} port {} -> {}, vip {} to backend {}",
+        pkt.proto,
+        u16::from_be(ports.src),
+        u16::from_be(ports.dst),
+        c.vip_id,
+        c.backend_id
+    );
+    Ok(c)
+}
+
 /// The ports and, for TCP, the flags. `Err`: the header is cut short.
 #[inline(always)]
-fn ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
+fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
     if pkt.proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off).ok_or(())?;
         let tcp = unsafe { &*tcp };

@@ -56,61 +56,74 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, mtu: u32) -> u32 {
         return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
     }
 
-    if v4 {
-        let Some(ip) = ptr_at::<[u8; IPV4_LEN + ICMP_LEN + QUOTE]>(ctx, l2) else {
-            return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
-        };
-        let (ip, icmp) = (ip as *mut Ipv4Hdr, ip as usize + IPV4_LEN);
-        let ip = unsafe { &mut *ip };
-        ip.vihl = 0x45;
-        ip.tos = 0;
-        ip.tot_len = ((IPV4_LEN + ICMP_LEN + QUOTE) as u16).to_be();
-        ip.id = 0;
-        ip.frag_off = 0;
-        ip.ttl = OUTER_TTL;
-        ip.proto = PROTO_ICMP;
-        ip.check = 0;
-        // From the VIP the client talked to.
-        ip.src = pkt.dst[0];
-        ip.dst = pkt.src[0];
-        ip.check = unsafe { csum::ipv4_header(ip as *mut Ipv4Hdr as usize) };
-        // Type 3 (unreachable), code 4 (fragmentation needed), next-hop MTU.
-        let h = unsafe { &mut *(icmp as *mut IcmpHdr) };
-        h.ty = 3;
-        h.code = 4;
-        h.check = 0;
-        h.rest = (mtu & 0xffff).to_be();
-        let sum = unsafe { csum::sum_words::<{ (ICMP_LEN + QUOTE) / 2 }>(icmp, 0) };
-        h.check = csum::finish(sum);
+    let written = if v4 {
+        write_v4(ctx, pkt, l2, mtu)
     } else {
-        let Some(ip) = ptr_at::<[u8; IPV6_LEN + ICMP_LEN + QUOTE]>(ctx, l2) else {
-            return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
-        };
-        let (ip, icmp) = (ip as *mut Ipv6Hdr, ip as usize + IPV6_LEN);
-        let ip = unsafe { &mut *ip };
-        let payload = (ICMP_LEN + QUOTE) as u32;
-        ip.vtc_flow = (6u32 << 28).to_be();
-        ip.payload_len = (payload as u16).to_be();
-        ip.next_hdr = PROTO_ICMPV6;
-        ip.hop_limit = OUTER_TTL;
-        ip.src = pkt.dst;
-        ip.dst = pkt.src;
-        // Type 2 (packet too big), code 0, MTU.
-        let h = unsafe { &mut *(icmp as *mut IcmpHdr) };
-        h.ty = 2;
-        h.code = 0;
-        h.check = 0;
-        h.rest = mtu.max(IPV6_MIN_MTU).to_be();
-        // Pseudo-header: addresses, upper-layer length, next header.
-        let mut pseudo: u32 = 0;
-        let mut i = 0;
-        while i < 4 {
-            pseudo += csum::halves(pkt.src[i]) + csum::halves(pkt.dst[i]);
-            i += 1;
-        }
-        pseudo += csum::halves(payload.to_be()) + csum::halves((PROTO_ICMPV6 as u32).to_be());
-        let sum = unsafe { csum::sum_words::<{ (ICMP_LEN + QUOTE) / 2 }>(icmp, pseudo) };
-        h.check = csum::finish(sum);
+        write_v6(ctx, pkt, l2, mtu)
+    };
+    if written.is_none() {
+        return verdict(counter::DROP_ADJUST_HEAD, XDP_DROP);
     }
     verdict(counter::ICMP_TOO_BIG_SENT, XDP_TX)
+}
+
+/// IPv4 and ICMP "fragmentation needed" headers in front of the quote.
+#[inline(always)]
+fn write_v4(ctx: &XdpContext, pkt: &Packet, l2: usize, mtu: u32) -> Option<()> {
+    let ip = ptr_at::<[u8; IPV4_LEN + ICMP_LEN + QUOTE]>(ctx, l2)?;
+    let (ip, icmp) = (ip as *mut Ipv4Hdr, ip as usize + IPV4_LEN);
+    let ip = unsafe { &mut *ip };
+    ip.vihl = 0x45;
+    ip.tos = 0;
+    ip.tot_len = ((IPV4_LEN + ICMP_LEN + QUOTE) as u16).to_be();
+    ip.id = 0;
+    ip.frag_off = 0;
+    ip.ttl = OUTER_TTL;
+    ip.proto = PROTO_ICMP;
+    ip.check = 0;
+    // From the VIP the client talked to.
+    ip.src = pkt.dst[0];
+    ip.dst = pkt.src[0];
+    ip.check = unsafe { csum::ipv4_header(ip as *mut Ipv4Hdr as usize) };
+    // Type 3 (unreachable), code 4 (fragmentation needed), next-hop MTU.
+    let h = unsafe { &mut *(icmp as *mut IcmpHdr) };
+    h.ty = 3;
+    h.code = 4;
+    h.check = 0;
+    h.rest = (mtu & 0xffff).to_be();
+    let sum = unsafe { csum::sum_words::<{ (ICMP_LEN + QUOTE) / 2 }>(icmp, 0) };
+    h.check = csum::finish(sum);
+    Some(())
+}
+
+/// IPv6 and ICMPv6 "packet too big" headers in front of the quote.
+#[inline(always)]
+fn write_v6(ctx: &XdpContext, pkt: &Packet, l2: usize, mtu: u32) -> Option<()> {
+    let ip = ptr_at::<[u8; IPV6_LEN + ICMP_LEN + QUOTE]>(ctx, l2)?;
+    let (ip, icmp) = (ip as *mut Ipv6Hdr, ip as usize + IPV6_LEN);
+    let ip = unsafe { &mut *ip };
+    let payload = (ICMP_LEN + QUOTE) as u32;
+    ip.vtc_flow = (6u32 << 28).to_be();
+    ip.payload_len = (payload as u16).to_be();
+    ip.next_hdr = PROTO_ICMPV6;
+    ip.hop_limit = OUTER_TTL;
+    ip.src = pkt.dst;
+    ip.dst = pkt.src;
+    // Type 2 (packet too big), code 0, MTU.
+    let h = unsafe { &mut *(icmp as *mut IcmpHdr) };
+    h.ty = 2;
+    h.code = 0;
+    h.check = 0;
+    h.rest = mtu.max(IPV6_MIN_MTU).to_be();
+    // Pseudo-header: addresses, upper-layer length, next header.
+    let mut pseudo: u32 = 0;
+    let mut i = 0;
+    while i < 4 {
+        pseudo += csum::halves(pkt.src[i]) + csum::halves(pkt.dst[i]);
+        i += 1;
+    }
+    pseudo += csum::halves(payload.to_be()) + csum::halves((PROTO_ICMPV6 as u32).to_be());
+    let sum = unsafe { csum::sum_words::<{ (ICMP_LEN + QUOTE) / 2 }>(icmp, pseudo) };
+    h.check = csum::finish(sum);
+    Some(())
 }

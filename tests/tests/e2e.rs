@@ -152,11 +152,18 @@ fn debug_datapath_logs_each_new_flow_and_its_backend() {
     // The daemon says which VIP and backends those ids are.
     let ids = log
         .lines()
-        .find_map(|l| l.split("data path ids: ").nth(1).filter(|r| r.contains("`web`")))
+        .find_map(|l| {
+            l.split("data path ids: ")
+                .nth(1)
+                .filter(|r| r.contains("`web`"))
+        })
         .unwrap_or_else(|| panic!("no ids for `web` in the log:\n{log}"));
     let vip_id = ids.trim_start_matches("vip ").split(' ').next().unwrap();
     for l in &lines {
-        assert!(l.contains(&format!("vip {vip_id} to")), "{l} is not `web` ({ids})");
+        assert!(
+            l.contains(&format!("vip {vip_id} to")),
+            "{l} is not `web` ({ids})"
+        );
     }
     for b in &backends {
         let addr = ids

@@ -192,6 +192,12 @@ pub struct FlowValue {
 /// Small on purpose: an insert copies it into a cold table entry.
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
+/// How stale `FlowValue::last_seen_ns` may get before a packet refreshes
+/// it; keeps the hot path from dirtying the entry's cache line on every
+/// packet. UDP idle timeouts must be well above it (the pool file asks for
+/// twice).
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
 /// Global settings, entry 0 of `CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

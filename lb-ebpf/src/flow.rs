@@ -5,7 +5,7 @@ use aya_log_ebpf::info;
 use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY,
-    BACKEND_F_USED, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    BACKEND_F_USED, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
@@ -13,10 +13,6 @@ use crate::encap::forward;
 use crate::maps::{account, clock_ns, vip_drop, BACKENDS, CONFIG, FLOWS};
 use crate::packet::{ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_RST, TCP_SYN};
 use crate::schedule::{drop_no_backend, pick, vip_bits, Pick};
-
-/// How stale `FlowValue::last_seen_ns` may get before a packet refreshes it;
-/// keeps the hot path from dirtying the entry's cache line on every packet.
-const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
 /// The backend a packet goes to: its slot id and entry, the flow hash, the VIP.
 struct Chosen<'a> {

@@ -111,6 +111,29 @@ pub struct ApplyReport {
     pub tables_written: Vec<String>,
 }
 
+impl ApplyReport {
+    /// What changed, for the log ("no change" when nothing did).
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            ("VIPs added", &self.vips_added),
+            ("VIPs removed", &self.vips_removed),
+            (
+                "tables rewritten (backends, weights or states changed)",
+                &self.tables_written,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(what, v)| format!("{what}: {}", v.join(", ")))
+        .collect();
+        if parts.is_empty() {
+            "no change to VIPs or tables".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
 pub struct Controller<D: DataPlane> {
     pub dp: D,
     ring_size: u32,

@@ -148,6 +148,8 @@ pub struct Daemon {
     health_tx: mpsc::Sender<HealthEvent<BackendRef>>,
     started: Instant,
     last_text: String,
+    /// Why the pool file could not be read last time (logged once per cause).
+    read_error: Option<String>,
     /// Set when applying a valid file failed: try again at this time.
     retry_at: Option<Instant>,
     rates: Rates,
@@ -198,6 +200,36 @@ fn log_ids(ctl: &Controller<BpfDataPlane>) {
             backends.join(", ")
         );
     }
+}
+
+/// The settings of `new` that differ from `old` and only a restart can
+/// change: the instance (names the pins), the map sizes, the hash secret
+/// (a node with another secret sends flows elsewhere than its ECMP group),
+/// the control socket and the attach mode.
+fn restart_only_changes(old: &Pool, new: &Pool) -> Vec<&'static str> {
+    let t = (&old.tables, &new.tables);
+    [
+        ("`instance`", old.instance != new.instance),
+        ("`tables.maglev_size`", t.0.maglev_size != t.1.maglev_size),
+        (
+            "`tables.flow_table_size`",
+            t.0.flow_table_size != t.1.flow_table_size,
+        ),
+        ("`tables.max_vips`", t.0.max_vips != t.1.max_vips),
+        (
+            "`tables.max_backends`",
+            t.0.max_backends != t.1.max_backends,
+        ),
+        (
+            "`hash_secret_file`",
+            old.hash_secret_file != new.hash_secret_file,
+        ),
+        ("`control_socket`", old.control_socket != new.control_socket),
+        ("`xdp_mode`", old.xdp_mode != new.xdp_mode),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// Hands the data path's log records to the daemon's log as they come.
@@ -296,6 +328,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         health_tx,
         started: Instant::now(),
         last_text: text,
+        read_error: None,
         retry_at: None,
         flows: Default::default(),
         rates: Rates {
@@ -501,17 +534,8 @@ impl Daemon {
     /// Reloads the pool file if it changed (or `force`). A bad file is
     /// rejected with every problem; the running configuration stays.
     fn reload(&mut self, force: bool) {
-        let text = match std::fs::read_to_string(&self.config_path) {
-            Ok(t) => t,
-            Err(e) => {
-                if force {
-                    log::error!(
-                        "reload: reading {}: {e}; keeping the running configuration",
-                        self.config_path.display()
-                    );
-                }
-                return;
-            }
+        let Some(text) = self.read_pool_file(force) else {
+            return;
         };
         let retry_due = self.retry_at.is_some_and(|t| Instant::now() >= t);
         if !force && text == self.last_text && !retry_due {
@@ -528,8 +552,29 @@ impl Daemon {
                 return;
             }
         };
-        if sizes(&pool) != sizes(&self.pool) || pool.instance != self.pool.instance {
-            log::error!("reload rejected: `instance` and `tables` sizes cannot change while running; run `lb stop` and start again to change them");
+        let restart = restart_only_changes(&self.pool, &pool);
+        if !restart.is_empty() {
+            log::error!(
+                "reload rejected; keeping the running configuration: {} cannot change while \
+                 running; run `lb stop` and `lb run` again to change {}",
+                restart.join(", "),
+                if restart.len() == 1 { "it" } else { "them" }
+            );
+            return;
+        }
+        // All or nothing: an interface that is not there rejects the file
+        // before anything is applied.
+        let missing: Vec<String> = pool
+            .interfaces
+            .iter()
+            .filter(|i| !self.pool.interfaces.contains(i))
+            .filter_map(|i| dataplane::ifindex(i).err().map(|e| e.to_string()))
+            .collect();
+        if !missing.is_empty() {
+            log::error!(
+                "reload rejected; keeping the running configuration: {}",
+                missing.join("; ")
+            );
             return;
         }
         let hash_key = match load_or_create_secret(&pool.hash_secret_file) {
@@ -544,13 +589,7 @@ impl Daemon {
             return;
         }
         match self.ctl.apply(&pool) {
-            Ok(r) => log::info!(
-                "reloaded {}: added {:?}, removed {:?}, tables rewritten {:?}",
-                self.config_path.display(),
-                r.vips_added,
-                r.vips_removed,
-                r.tables_written
-            ),
+            Ok(r) => log::info!("reloaded {}: {}", self.config_path.display(), r.describe()),
             Err(e) => {
                 log::error!(
                     "reload failed part-way (retrying in {}s): {e}",
@@ -578,6 +617,32 @@ impl Daemon {
         }
         self.pool = pool;
         self.sync_probers();
+    }
+
+    /// The pool file's text; `None` when it cannot be read, which is logged
+    /// once per cause (every time when `force`, as on SIGHUP).
+    fn read_pool_file(&mut self, force: bool) -> Option<String> {
+        let why = match std::fs::read(&self.config_path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    self.read_error = None;
+                    return Some(text);
+                }
+                Err(e) => format!(
+                    "it is not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            },
+            Err(e) => e.to_string(),
+        };
+        if force || self.read_error.as_deref() != Some(why.as_str()) {
+            log::error!(
+                "reload: cannot read {}: {why}; keeping the running configuration",
+                self.config_path.display()
+            );
+        }
+        self.read_error = Some(why);
+        None
     }
 
     /// Starts probes for new or changed checks, stops those no longer wanted.

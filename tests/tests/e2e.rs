@@ -362,6 +362,72 @@ fn a_reload_with_one_error_applies_none_of_its_valid_changes() {
 }
 
 #[test]
+fn reloads_that_cannot_apply_whole_are_rejected_and_said_so() {
+    let Some(mut t) = topo("e2rj", &[1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let good = std::fs::read_to_string(t.pool_path()).unwrap();
+    let b1 = format!("address: {}, weight: 1,", t.backends[0].v4);
+    let heavier = good.replacen(
+        &b1,
+        &format!("address: {}, weight: 9,", t.backends[0].v4),
+        1,
+    );
+    let web_weights = |t: &Topology| -> Vec<u64> {
+        let st = t.status_json().unwrap();
+        vip(&st, "web")["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["weight"].as_u64().unwrap())
+            .collect()
+    };
+    let cases = [
+        // A valid weight change with a new hash secret file: one typo would
+        // move flows away from the rest of an ECMP group.
+        (
+            heavier.replace("/secret", "/other-secret"),
+            "`hash_secret_file` cannot change while running",
+        ),
+        (
+            heavier.replace("xdp_mode: auto", "xdp_mode: generic"),
+            "`xdp_mode` cannot change while running",
+        ),
+        // An interface that does not exist: nothing of the file is applied.
+        (
+            heavier.replace("interfaces: [eth0]", "interfaces: [eth0, nosuch0]"),
+            "interface `nosuch0` not found",
+        ),
+        // Not text at all.
+        (
+            String::from_utf8_lossy(&[0xff, 0xfe]).into_owned(),
+            "is not UTF-8 text",
+        ),
+    ];
+    for (text, want) in cases {
+        let bytes = match want {
+            "is not UTF-8 text" => vec![0u8, 1, 0xff, 0xfe, b'\n'],
+            _ => text.into_bytes(),
+        };
+        std::fs::write(t.pool_path(), bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        let log = t.log();
+        assert!(log.contains(want), "`{want}` not in the log:\n{log}");
+        assert_eq!(web_weights(&t), [1, 1], "nothing applied ({want})");
+    }
+    assert!(
+        !std::path::Path::new(&t.dir.join("other-secret")).exists(),
+        "no new secret was made"
+    );
+    // The file put right applies.
+    t.write_pool(&heavier).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(web_weights(&t), [9, 1]);
+    assert!(t.log().contains("tables rewritten"), "{}", t.log());
+}
+
+#[test]
 fn long_lived_connections_survive_pool_changes_and_drain() {
     let Some(mut t) = topo("e2cs", &[1, 1, 1]) else {
         return;

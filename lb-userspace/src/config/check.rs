@@ -199,6 +199,20 @@ impl Check<'_> {
                 max_vips = None;
             }
         }
+        if let Some(t) = t
+            .udp_idle_timeout
+            .get()
+            .filter(|t| t.value.0 < MIN_UDP_IDLE_TIMEOUT)
+        {
+            let message = format!(
+                "udp_idle_timeout {} is shorter than {}: the data path notes a flow's \
+                 activity once a second, so a live flow could be taken for idle; use at least {}",
+                humantime::format_duration(t.value.0),
+                humantime::format_duration(MIN_UDP_IDLE_TIMEOUT),
+                humantime::format_duration(MIN_UDP_IDLE_TIMEOUT)
+            );
+            self.report(&t.path, message);
+        }
         let max_backends = t.max_backends.known_or(Int(d.max_backends)).map(|v| v.0);
         let tables = Tables {
             maglev_size: t.maglev_size.or(MaglevSize(d.maglev_size)).0,
@@ -454,6 +468,7 @@ impl Check<'_> {
             .known_or(CheckKind::Tcp)
             .filter(|k| *k != CheckKind::None)?;
         let port = self.probe_port(h, kind, vip, layers)?;
+        self.udp_vip_probe(h, kind, vip)?;
         let (interval, timeout) = (&h.interval, &h.timeout);
         let (i, t) = (
             interval.or(Dur(DEFAULT_HEALTH_INTERVAL)).0,
@@ -500,6 +515,33 @@ impl Check<'_> {
             rise: h.rise.or(Int(DEFAULT_RISE)).0,
             fall: h.fall.or(Int(DEFAULT_FALL)).0,
         })
+    }
+
+    /// A UDP VIP's backends may serve nothing over TCP on the VIP's port:
+    /// a tcp or http check there (the default) would take every backend
+    /// down. It needs a check that can pass: udp, exec, none, or a TCP
+    /// check with its own `port`.
+    fn udp_vip_probe(&self, h: &HealthFile, kind: CheckKind, vip: &VipFile) -> Option<()> {
+        let udp = vip.protocol.get().is_some_and(|p| p.value == Protocol::Udp);
+        let tcp = matches!(kind, CheckKind::Tcp | CheckKind::Http);
+        if !udp || !tcp || matches!(h.port, Field::Valid(_)) {
+            return Some(());
+        }
+        let path = h.kind.get().map_or_else(
+            || vip.protocol.get().map_or(String::new(), |p| p.path.clone()),
+            |k| k.path.clone(),
+        );
+        let message = format!(
+            "VIP `{}` is UDP, and its health check (kind `{}`) probes the VIP port over TCP, \
+             which a UDP service does not answer: every backend would be marked down; use \
+             `health_check: {{ kind: udp, send: ..., expect: ... }}`, `exec` or `none`, \
+             or give the `{}` check a `port`",
+            vip.name.get().map_or("", |n| n.value.0.as_str()),
+            kind.as_str(),
+            kind.as_str()
+        );
+        self.report(&path, message);
+        None
     }
 
     /// The port a check probes: its own, else the VIP's; exec checks need

@@ -86,6 +86,11 @@ pub const MAGLEV_SIZE_RANGE: RangeInclusive<u32> = 1009..=1_000_003;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::defaults::FLOW_TABLE_SIZE;
 /// Accepted `tables.flow_table_size` values.
 pub const FLOW_TABLE_SIZE_RANGE: RangeInclusive<u32> = 1024..=64 * 1024 * 1024;
+/// Shortest `tables.udp_idle_timeout`: the data path refreshes a flow's
+/// last-seen time at most once a second (`lb_common::LAST_SEEN_GRANULARITY_NS`),
+/// so a shorter timeout could end a flow that is in use.
+pub const MIN_UDP_IDLE_TIMEOUT: Duration =
+    Duration::from_nanos(2 * lb_common::LAST_SEEN_GRANULARITY_NS);
 /// `tables.udp_idle_timeout` when not given.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration =
     Duration::from_nanos(lb_common::defaults::UDP_IDLE_TIMEOUT_NS);

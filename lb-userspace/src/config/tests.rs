@@ -508,6 +508,7 @@ fn duplicate_vips_and_names_are_reported() {
     address: 10.100.0.1
     port: 80
     protocol: udp
+    health_check: {{ kind: none }}
     backends:
       - address: 10.0.1.1
 "
@@ -1471,5 +1472,55 @@ fn alias_bombs_and_merge_keys_are_refused() {
         5,
         "vips[1].<<",
         "merge keys (`<<`) are not supported",
+    );
+}
+
+#[test]
+fn a_udp_vip_needs_a_health_check_that_can_pass() {
+    // No health_check: the default tcp check of the VIP port.
+    let vip = |check: &str| {
+        format!(
+            "{HEAD}  - name: dns
+    address: 10.100.0.1
+    port: 53
+    protocol: udp
+{check}    backends:
+      - address: 10.0.1.1
+"
+        )
+    };
+    assert_only(&vip(""), 10, 15, "vips[0].protocol", "is UDP");
+    assert_only(
+        &vip("    health_check: { kind: http }\n"),
+        11,
+        27,
+        "vips[0].health_check.kind",
+        "(kind `http`) probes the VIP port over TCP",
+    );
+    // What can pass: udp, exec, none, or a TCP check of another port.
+    for ok in [
+        "    health_check: { kind: udp, send: ping }\n",
+        "    health_check: { kind: none }\n",
+        "    health_check: { kind: exec, command: /bin/true }\n",
+        "    health_check: { kind: tcp, port: 8053 }\n",
+    ] {
+        let pool = parse(&vip(ok), "t.yaml").unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(pool.vips.len(), 1);
+    }
+    // health_defaults count too: a tcp default with no port is refused.
+    let text = vip("").replace("vips:\n", "health_defaults: { kind: tcp }\nvips:\n");
+    assert!(errors(&text).iter().any(|e| e.message.contains("is UDP")));
+}
+
+#[test]
+fn a_udp_idle_timeout_under_two_seconds_is_refused() {
+    let text =
+        format!("{HEAD}{WEB}").replace("vips:\n", "tables: { udp_idle_timeout: 1500ms }\nvips:\n");
+    assert_only(&text, 6, 29, "tables.udp_idle_timeout", "shorter than 2s");
+    let text =
+        format!("{HEAD}{WEB}").replace("vips:\n", "tables: { udp_idle_timeout: 2s }\nvips:\n");
+    assert_eq!(
+        ok(&text).tables.udp_idle_timeout,
+        std::time::Duration::from_secs(2)
     );
 }

@@ -156,6 +156,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             };
             let answer = match daemon::request(&sock, "status").await {
                 Ok(a) => a,
+                Err(e) if e.is::<daemon::Denied>() => return Err(e),
                 Err(e) => match instance {
                     Some(i) if dataplane::has_pins(&i) => bail!(
                         "{e:#}; instance `{i}` is still pinned under {}, so its XDP program keeps forwarding with the last tables, but nothing probes health or applies changes: start `lb run` again (it adopts the pinned state) or detach with `lb stop`",

@@ -428,6 +428,54 @@ fn reloads_that_cannot_apply_whole_are_rejected_and_said_so() {
 }
 
 #[test]
+fn the_control_socket_is_root_only_and_the_daemon_deletes_only_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let Some(mut t) = topo("e2sk", &[1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let mode = std::fs::metadata(t.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    // Another user: told permission denied, and cannot stop the daemon.
+    let lb = t.dir.join("lb-copy");
+    std::fs::copy(&t.lb_bin, &lb).unwrap();
+    for args in [
+        vec!["status", "--socket", t.socket().to_str().unwrap()],
+        vec!["stop", "--instance", &t.tag],
+    ] {
+        let out = std::process::Command::new(&lb)
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} as nobody succeeded");
+        assert!(err.contains("permission denied"), "{args:?}: {err}");
+    }
+    assert!(t.status_json().is_ok(), "the daemon still runs");
+    // A pool whose control_socket is a file that is not a socket: refused,
+    // the file left alone.
+    let file = t.dir.join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let pool = std::fs::read_to_string(t.pool_path())
+        .unwrap()
+        .replace(&format!("instance: {}", t.tag), "instance: e2skx")
+        .replace(&format!("/run/lb/{}.sock", t.tag), file.to_str().unwrap());
+    let other = t.dir.join("other.yaml");
+    std::fs::write(&other, pool).unwrap();
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["run", "--config", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
+
+#[test]
 fn long_lived_connections_survive_pool_changes_and_drain() {
     let Some(mut t) = topo("e2cs", &[1, 1, 1]) else {
         return;

@@ -307,7 +307,14 @@ pub mod counter {
     pub const DROP_NO_ROUTE: u32 = 22;
     /// `bpf_fib_lookup` calls (next-hop cache misses).
     pub const FIB_LOOKUP: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// A SYN on a 4-tuple the flow table knows, whose backend can still
+    /// take it: kept there rather than scheduled anew (a retransmission, or
+    /// a spoofed or reused SYN must not move a live connection).
+    pub const SYN_KEPT_FLOW: u32 = 24;
+    /// A flow-table insert the kernel refused (the flow is forwarded, but
+    /// its next packet is scheduled anew).
+    pub const FLOW_INSERT_FAILED: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -335,6 +342,8 @@ pub mod counter {
         "pass_vip_other_proto",
         "drop_no_route",
         "fib_lookup",
+        "syn_kept_flow",
+        "flow_insert_failed",
     ];
 }
 

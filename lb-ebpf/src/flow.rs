@@ -1,6 +1,9 @@
 //! TCP and UDP: the flow table first, the scheduler for what it does not
 //! know, then forwarding and the statistics.
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    programs::XdpContext,
+};
 use aya_log_ebpf::info;
 use core::mem::MaybeUninit;
 use lb_common::{
@@ -13,6 +16,9 @@ use crate::encap::forward;
 use crate::maps::{account, clock_ns, vip_drop, BACKENDS, CONFIG, FLOWS};
 use crate::packet::{ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_RST, TCP_SYN};
 use crate::schedule::{drop_no_backend, pick, vip_bits, Pick};
+
+/// The kernel's "exists" error, as map helpers return it (negated).
+const EEXIST: i32 = 17;
 
 /// The backend a packet goes to: its slot id and entry, the flow hash, the VIP.
 struct Chosen<'a> {
@@ -44,7 +50,6 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     key.family = pkt.family;
     let key: &FlowKey = key;
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let is_rst = tcp_flags & TCP_RST != 0;
     let now = clock_ns(cfg);
 
     // Flow table first: an established connection keeps its backend
@@ -68,21 +73,15 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     } else {
         lookup(key, pkt.proto, cfg, now)
     };
-    let is_new = known.is_none();
-    let c = match known {
-        Some(c) => c,
-        None => match new_flow(
-            ctx,
-            pkt,
-            &ports,
-            key,
-            early.or_else(|| pick(key, cfg, bits)),
-            now,
-            is_rst,
-        ) {
-            Ok(c) => c,
-            Err(action) => return action,
-        },
+    let (c, is_new) = match known {
+        Some(c) => (c, false),
+        None => {
+            let p = early.or_else(|| pick(key, cfg, bits));
+            match new_flow(ctx, pkt, &ports, key, p, cfg, now, tcp_flags) {
+                Ok(c) => c,
+                Err(action) => return action,
+            }
+        }
     };
     let action = match forward(ctx, pkt, cfg, c.backend_id, c.backend, c.hash, now) {
         Sent::Forwarded(action) => action,
@@ -100,25 +99,36 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
 }
 
 /// A new flow goes where the scheduler's pick (`None`: no VIP) says,
-/// remembered in the flow table unless the packet is a RST. `Err`: the
-/// packet's action (passed, or dropped for want of a backend).
+/// remembered in the flow table unless the packet is a RST; a SYN on a
+/// 4-tuple the table knows keeps its backend while that can take it.
+/// `Ok`: where the packet goes, and whether it starts a new flow. `Err`:
+/// the packet's action (passed, or dropped for want of a backend).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn new_flow(
     ctx: &XdpContext,
     pkt: &Packet,
     ports: &Ports,
     key: &FlowKey,
     pick: Option<Pick>,
+    cfg: &Config,
     now: u64,
-    is_rst: bool,
-) -> Result<Chosen<'static>, u32> {
+    tcp_flags: u8,
+) -> Result<(Chosen<'static>, bool), u32> {
     let Some(p) = pick else {
         return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
     };
-    let Some(c) = schedule(key, &p, now, is_rst) else {
+    count(counter::FLOW_MISS);
+    let Some(c) = schedule(&p) else {
         info!(ctx, "new flow dropped: vip {} has no backend", p.vip_id);
         return Err(drop_no_backend(p.vip_id));
     };
+    if tcp_flags & TCP_RST == 0 {
+        let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if let Some(kept) = remember(key, &c, now, is_syn, cfg) {
+            return Ok((kept, false));
+        }
+    }
     // The opt-in decision log (`lb run --debug-datapath`): with it off,
     // the loader sets the log level to 0 in read-only data and the
     // verifier removes this code.
@@ -131,7 +141,70 @@ fn new_flow(
         c.vip_id,
         c.backend_id
     );
-    Ok(c)
+    Ok((c, true))
+}
+
+/// The scheduler's backend for a new flow, if it can take one: the same
+/// checks as a flow-table hit, and not failing its health checks (the
+/// daemon takes such backends out of the tables first; this covers the
+/// moments in between, and a VIP id reused before its old table is gone).
+#[inline(always)]
+fn schedule(p: &Pick) -> Option<Chosen<'static>> {
+    if p.backend == NO_BACKEND {
+        return None;
+    }
+    let be = BACKENDS.get(p.backend)?;
+    if be.flags & (BACKEND_F_DOWN | BACKEND_F_USED | BACKEND_F_UNHEALTHY) != BACKEND_F_USED
+        || be.vip_id as u32 != p.vip_id
+    {
+        return None;
+    }
+    Some(Chosen {
+        backend_id: p.backend,
+        backend: be,
+        hash: p.hash,
+        vip_id: p.vip_id,
+    })
+}
+
+/// Stores a new flow. A SYN only adds an entry where none is: when the
+/// table already knows the 4-tuple and its backend can still take the
+/// connection, that entry stands and is returned (a SYN retransmitted after
+/// a table change, or a spoofed or reused SYN, must not move a running
+/// connection); otherwise it is replaced. A refused insert is counted.
+#[inline(always)]
+fn remember(
+    key: &FlowKey,
+    c: &Chosen,
+    now: u64,
+    is_syn: bool,
+    cfg: &Config,
+) -> Option<Chosen<'static>> {
+    let mut v = MaybeUninit::uninit();
+    let fv: &mut FlowValue = zeroed(&mut v);
+    fv.backend = c.backend_id;
+    fv.vip_id = c.vip_id;
+    fv.last_seen_ns = now;
+    fv.hash = c.hash;
+    fv.gen = c.backend.gen;
+    let flags = u64::from(if is_syn { BPF_NOEXIST } else { BPF_ANY });
+    match FLOWS.insert(key, *fv, flags) {
+        Ok(()) => None,
+        Err(e) if e == -EEXIST => {
+            if let Some(kept) = lookup(key, PROTO_TCP, cfg, now) {
+                count(counter::SYN_KEPT_FLOW);
+                return Some(kept);
+            }
+            if FLOWS.insert(key, *fv, u64::from(BPF_ANY)).is_err() {
+                count(counter::FLOW_INSERT_FAILED);
+            }
+            None
+        }
+        Err(_) => {
+            count(counter::FLOW_INSERT_FAILED);
+            None
+        }
+    }
 }
 
 /// The ports and, for TCP, the flags. `Err`: the header is cut short.
@@ -188,32 +261,5 @@ fn lookup(key: &FlowKey, proto: u8, cfg: &Config, now: u64) -> Option<Chosen<'st
         backend: be,
         hash: fv.hash,
         vip_id: fv.vip_id,
-    })
-}
-
-/// A new flow goes to the scheduler's pick, remembered in the flow table
-/// unless the packet is a RST. `None`: the VIP has no backend.
-#[inline(always)]
-fn schedule(key: &FlowKey, p: &Pick, now: u64, is_rst: bool) -> Option<Chosen<'static>> {
-    count(counter::FLOW_MISS);
-    if p.backend == NO_BACKEND {
-        return None;
-    }
-    let be = BACKENDS.get(p.backend)?;
-    if !is_rst {
-        let mut v = MaybeUninit::uninit();
-        let fv: &mut FlowValue = zeroed(&mut v);
-        fv.backend = p.backend;
-        fv.vip_id = p.vip_id;
-        fv.last_seen_ns = now;
-        fv.hash = p.hash;
-        fv.gen = be.gen;
-        let _ = FLOWS.insert(key, *fv, 0);
-    }
-    Some(Chosen {
-        backend_id: p.backend,
-        backend: be,
-        hash: p.hash,
-        vip_id: p.vip_id,
     })
 }

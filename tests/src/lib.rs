@@ -308,9 +308,11 @@ impl Balancer {
         f.keys().count()
     }
 
+    /// Counter `idx` of `map`, summed over CPUs; 0 where the object has
+    /// no such counter (an older object in a bench's A/B run).
     fn percpu_sum(&self, map: &str, idx: u32) -> u64 {
         let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map)).unwrap();
-        a.get(&idx, 0).unwrap().iter().sum()
+        a.get(&idx, 0).map_or(0, |v| v.iter().sum())
     }
 
     /// A balancer counter (`lb_common::counter::*`), summed over CPUs.

@@ -330,8 +330,47 @@ fn established_flow_keeps_backend_after_table_replaced_new_syn_follows_new_table
     // A new connection follows the new table.
     let g = f.with_sport(41001);
     assert_encap(&lb, &g.packet("S", b""), &g, other);
-    // A SYN on the old 5-tuple is a new connection: rescheduled.
+    // A SYN on the old 5-tuple (retransmitted, spoofed or reused) keeps the
+    // entry while its backend can take it: a running connection never moves.
+    assert_encap(&lb, &f.packet("S", b""), &f, old);
+    assert_eq!(lb.counter(counter::SYN_KEPT_FLOW), 1);
+    assert_eq!(lb.flow(&f.key()).unwrap().backend, old);
+    // Once that backend is down, a SYN there is scheduled anew and replaces
+    // the entry.
+    lb.set_backend(old, backend(addr_of(old), BACKEND_F_DOWN, vip_of(old)))
+        .unwrap();
     assert_encap(&lb, &f.packet("S", b""), &f, other);
+    assert_eq!(lb.flow(&f.key()).unwrap().backend, other);
+    assert_eq!(lb.counter(counter::SYN_KEPT_FLOW), 1);
+}
+
+#[test]
+fn a_new_flow_never_goes_to_a_backend_that_cannot_take_it() {
+    // The table still names a backend that is down, failing its checks,
+    // or whose slot now serves another VIP (the daemon takes such backends
+    // out of the tables first; the data path checks all the same).
+    let Some(mut lb) = setup() else { return };
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    replace_table(&mut lb, key, WEB, &[1]);
+    for (i, (flags, vip_id)) in [
+        (BACKEND_F_DOWN, WEB),
+        (lb_common::BACKEND_F_UNHEALTHY, WEB),
+        (0, DNS),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lb.set_backend(1, backend(addr_of(1), flags, vip_id))
+            .unwrap();
+        let f = Flow::tcp("192.0.2.25", 41100 + i as u16, "10.100.0.1", 80);
+        let out = lb.run(&f.packet("S", b"")).unwrap();
+        assert_eq!(out.action, XDP_DROP, "case {i}: {:?}", lb.counters());
+        assert_eq!(lb.counter(counter::DROP_NO_BACKEND), i as u64 + 1);
+        assert!(lb.flow(&f.key()).is_none());
+    }
+    lb.set_backend(1, backend(addr_of(1), 0, WEB)).unwrap();
+    let f = Flow::tcp("192.0.2.25", 41199, "10.100.0.1", 80);
+    assert_encap(&lb, &f.packet("S", b""), &f, 1);
 }
 
 #[test]

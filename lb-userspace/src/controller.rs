@@ -149,6 +149,8 @@ pub struct Controller<D: DataPlane> {
     /// backend added again gets its slot back; a retired slot is reused for
     /// another backend only when no slot is free.
     retired: BTreeMap<(u16, IpAddr), u32>,
+    /// Free backend slots while an `apply` runs (see `alloc_backend_id`).
+    free_backend_ids: Option<BTreeSet<u32>>,
     /// What VIP_ADDRS holds, as far as we know: address → flags (None:
     /// present, flags unknown, e.g. an adopted VIP's address).
     known_addrs: BTreeMap<AddrKey, Option<u32>>,
@@ -263,6 +265,7 @@ impl<D: DataPlane> Controller<D> {
             adopted_vips,
             adopted_backends,
             retired: BTreeMap::new(),
+            free_backend_ids: None,
             known_addrs,
             slot_gen,
         })
@@ -285,10 +288,19 @@ impl<D: DataPlane> Controller<D> {
             .collect()
     }
 
-    /// A slot for a new backend: a free one, else the lowest retired one
-    /// (whose remaining flows are then rescheduled).
+    /// A slot for a new backend: the lowest free one, else the lowest
+    /// retired one (whose remaining flows are then rescheduled). The free
+    /// slots are worked out once per `apply` and kept up to date while it
+    /// runs, so a pool of N new backends costs O(N log N), not O(N²).
     fn alloc_backend_id(&mut self) -> Result<u32, ControlError> {
-        if let Some(id) = Self::free_id(&self.used_backend_ids(), self.max_backends) {
+        if self.free_backend_ids.is_none() {
+            let used = self.used_backend_ids();
+            let free = (0..self.max_backends)
+                .filter(|i| !used.contains(i))
+                .collect();
+            self.free_backend_ids = Some(free);
+        }
+        if let Some(id) = self.free_backend_ids.as_mut().and_then(|f| f.pop_first()) {
             return Ok(id);
         }
         let oldest = self
@@ -300,6 +312,9 @@ impl<D: DataPlane> Controller<D> {
             Some((k, id)) => {
                 self.retired.remove(&k);
                 self.release_backend(id)?;
+                if let Some(free) = self.free_backend_ids.as_mut() {
+                    free.remove(&id);
+                }
                 Ok(id)
             }
             None => Err(ControlError::Full {
@@ -319,6 +334,7 @@ impl<D: DataPlane> Controller<D> {
     /// left alone.
     pub fn apply(&mut self, pool: &Pool) -> Result<ApplyReport, ControlError> {
         let mut report = ApplyReport::default();
+        self.free_backend_ids = None;
         let wanted: BTreeMap<VipKey, &Vip> = pool.vips.iter().map(|v| (vip_key(v), v)).collect();
 
         // Removed VIPs: stop matching packets first, then release slots.
@@ -556,6 +572,9 @@ impl<D: DataPlane> Controller<D> {
     /// without USED it is free for reuse, also after a restart. Its
     /// generation stays, for the next user to bump.
     fn release_backend(&mut self, id: u32) -> Result<(), ControlError> {
+        if let Some(free) = self.free_backend_ids.as_mut() {
+            free.insert(id);
+        }
         self.dp.set_backend(
             id,
             &Backend {

@@ -32,6 +32,8 @@ pub struct RunningBackend {
     pub health: HealthView,
     pub last_probe: Option<ProbeView>,
     pub probe: Option<ProbeSpec>,
+    /// The flags last written to its slot (`kernel_flags` then).
+    flags_written: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,6 +59,9 @@ pub struct RunningVip {
     pub active_ring: u8,
     /// What the active buffer holds (None until first written by us).
     pub table: Option<Vec<u32>>,
+    /// The Maglev input `table` was built from: a table is rebuilt only
+    /// when its input changes.
+    table_input: Vec<MaglevBackend>,
     pub last_flip: Option<Instant>,
     pub backends: BTreeMap<IpAddr, RunningBackend>,
 }
@@ -151,6 +156,8 @@ pub struct Controller<D: DataPlane> {
     retired: BTreeMap<(u16, IpAddr), u32>,
     /// Free backend slots while an `apply` runs (see `alloc_backend_id`).
     free_backend_ids: Option<BTreeSet<u32>>,
+    /// VIPs with health verdicts not yet written (see `flush`).
+    dirty: BTreeSet<VipKey>,
     /// What VIP_ADDRS holds, as far as we know: address → flags (None:
     /// present, flags unknown, e.g. an adopted VIP's address).
     known_addrs: BTreeMap<AddrKey, Option<u32>>,
@@ -266,6 +273,7 @@ impl<D: DataPlane> Controller<D> {
             adopted_backends,
             retired: BTreeMap::new(),
             free_backend_ids: None,
+            dirty: BTreeSet::new(),
             known_addrs,
             slot_gen,
         })
@@ -335,6 +343,11 @@ impl<D: DataPlane> Controller<D> {
     pub fn apply(&mut self, pool: &Pool) -> Result<ApplyReport, ControlError> {
         let mut report = ApplyReport::default();
         self.free_backend_ids = None;
+        // Verdicts recorded before the new pool: their flags and tables first
+        // (the table rebuilds below would otherwise run ahead of the flags).
+        while let Some(wait) = self.flush()? {
+            std::thread::sleep(wait);
+        }
         let wanted: BTreeMap<VipKey, &Vip> = pool.vips.iter().map(|v| (vip_key(v), v)).collect();
 
         // Removed VIPs: stop matching packets first, then release slots.
@@ -439,6 +452,7 @@ impl<D: DataPlane> Controller<D> {
                         conf: (*conf).clone(),
                         active_ring: ring,
                         table: None,
+                        table_input: Vec::new(),
                         last_flip: None,
                         backends: BTreeMap::new(),
                     },
@@ -514,6 +528,7 @@ impl<D: DataPlane> Controller<D> {
                         health,
                         last_probe: None,
                         probe: bc.health.clone(),
+                        flags_written: 0,
                     },
                 );
                 self.write_backend(key, addr)?;
@@ -565,6 +580,13 @@ impl<D: DataPlane> Controller<D> {
         };
         let id = b.id;
         self.dp.set_backend(id, &kb)?;
+        if let Some(b) = self
+            .vips
+            .get_mut(key)
+            .and_then(|v| v.backends.get_mut(&addr))
+        {
+            b.flags_written = kb.flags;
+        }
         Ok(())
     }
 
@@ -602,7 +624,11 @@ impl<D: DataPlane> Controller<D> {
                 weight: b.weight,
             })
             .collect();
+        if v.table.is_some() && v.table_input == input {
+            return Ok(false);
+        }
         let table = maglev::build(&input, ring_size);
+        v.table_input = input;
         let info_now = VipInfo {
             vip_id: v.id,
             mode: v.conf.forwarding.number(),
@@ -672,8 +698,10 @@ impl<D: DataPlane> Controller<D> {
         Ok(())
     }
 
-    /// Records a probe result; on a health change, rewrites the backend's
-    /// flags and its VIP's table. Returns whether the health changed.
+    /// Records a probe result. A health change is written by the next
+    /// [`Controller::flush`], together with every other verdict recorded by
+    /// then: one table per VIP however many of its backends changed.
+    /// Returns whether the health changed.
     pub fn probe_result(
         &mut self,
         backend: &BackendRef,
@@ -703,17 +731,52 @@ impl<D: DataPlane> Controller<D> {
             return Ok(false);
         }
         b.health = new;
-        // Going down: the table without it goes live first, so no new flow
-        // is scheduled to it after its flag says unhealthy. Coming up: the
-        // flag is cleared before the table sends it new flows.
-        if new == HealthView::Down {
-            self.rebuild(key)?;
-            self.write_backend(key, *addr)?;
-        } else {
-            self.write_backend(key, *addr)?;
-            self.rebuild(key)?;
-        }
+        self.dirty.insert(*key);
         Ok(true)
+    }
+
+    /// Writes the health verdicts recorded since the last flush: per VIP,
+    /// the flags of backends coming up, then one table, then the flags of
+    /// backends going down (so no new flow is scheduled to a backend whose
+    /// flag says unhealthy, nor sent to one the data path would refuse).
+    /// A VIP that flipped less than `FLIP_GRACE` ago waits (nothing
+    /// blocks): the answer is how long until the next flush can write it.
+    pub fn flush(&mut self) -> Result<Option<Duration>, ControlError> {
+        let mut wait: Option<Duration> = None;
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(v) = self.vips.get(&key) else {
+                continue;
+            };
+            let since = v.last_flip.map_or(FLIP_GRACE, |t| t.elapsed());
+            if since < FLIP_GRACE {
+                self.dirty.insert(key);
+                let left = FLIP_GRACE - since;
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+                continue;
+            }
+            if let Err(e) = self.flush_vip(&key) {
+                self.dirty.insert(key);
+                return Err(e);
+            }
+        }
+        Ok(wait)
+    }
+
+    fn flush_vip(&mut self, key: &VipKey) -> Result<(), ControlError> {
+        let (up, down): (Vec<_>, Vec<_>) = self.vips[key]
+            .backends
+            .values()
+            .filter(|b| kernel_flags(b) != b.flags_written)
+            .map(|b| (b.address, kernel_flags(b) & BACKEND_F_UNHEALTHY != 0))
+            .partition(|(_, unhealthy)| !unhealthy);
+        for (addr, _) in up {
+            self.write_backend(key, addr)?;
+        }
+        self.rebuild(key)?;
+        for (addr, _) in down {
+            self.write_backend(key, addr)?;
+        }
+        Ok(())
     }
 
     /// Every backend that has a probe, with its spec (for the prober set).
@@ -734,6 +797,21 @@ mod tests {
     //! The control loop against an in-memory data plane: what a pool change,
     //! a health verdict or a restart leaves in the maps, and what it writes.
     use super::*;
+
+    /// A probe result, written as the daemon writes it: recorded, then
+    /// flushed (waiting out the flip grace as the daemon's timer does).
+    fn verdict<D: DataPlane>(
+        c: &mut Controller<D>,
+        b: &BackendRef,
+        outcome: &ProbeOutcome,
+        health: Health,
+    ) -> bool {
+        let changed = c.probe_result(b, outcome, health).unwrap();
+        while let Some(wait) = c.flush().unwrap() {
+            std::thread::sleep(wait);
+        }
+        changed
+    }
     use crate::config;
     use crate::dataplane::Result as DpResult;
     use lb_common::{BackendStats, VipStats, NO_BACKEND};
@@ -1383,6 +1461,85 @@ mod tests {
     }
 
     #[test]
+    fn verdicts_on_one_vip_are_written_as_one_table_with_flags_in_order() {
+        let addrs: Vec<String> = (1..=20).map(|i| format!("10.0.1.{i}")).collect();
+        let lines: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("address: {a}, health_check: {{kind: tcp}}"))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let p = pool(&[web(&refs)]);
+        let mut c = applied(&p);
+        let k = key(&p, "web");
+        // 5 down first (one table), then 3 of them up and 5 others down.
+        for a in &addrs[..5] {
+            assert!(c
+                .probe_result(&(k, ip(a)), &outcome(false), Health::Down)
+                .unwrap());
+        }
+        std::thread::sleep(FLIP_GRACE);
+        c.dp.take_log();
+        assert_eq!(c.flush().unwrap(), None);
+        let log = c.dp.take_log();
+        let rings = log
+            .iter()
+            .filter(|o| matches!(o, Op::WriteRing(..)))
+            .count();
+        assert_eq!(rings, 1, "one table for five verdicts: {log:?}");
+        for a in &addrs[..5] {
+            assert_flip_before_flag(&log, c.dp.slot_of(&k, a));
+        }
+        for a in &addrs[..3] {
+            c.probe_result(&(k, ip(a)), &outcome(true), Health::Up)
+                .unwrap();
+        }
+        for a in &addrs[5..10] {
+            c.probe_result(&(k, ip(a)), &outcome(false), Health::Down)
+                .unwrap();
+        }
+        // Within the grace after the last flip, nothing is written yet.
+        let wait = c.flush().unwrap().expect("a VIP waits out the grace");
+        assert!(wait <= FLIP_GRACE);
+        assert_eq!(c.dp.take_log(), []);
+        std::thread::sleep(wait);
+        assert_eq!(c.flush().unwrap(), None);
+        let log = c.dp.take_log();
+        let ring = log
+            .iter()
+            .position(|o| matches!(o, Op::WriteRing(..)))
+            .unwrap();
+        assert_eq!(
+            log.iter()
+                .filter(|o| matches!(o, Op::WriteRing(..)))
+                .count(),
+            1
+        );
+        let flag_at = |a: &str| {
+            let id = c.dp.slot_of(&k, a);
+            log.iter()
+                .position(|o| matches!(o, Op::SetBackend(i, _) if *i == id))
+                .unwrap()
+        };
+        // Coming up: the flag is cleared before the table sends it flows;
+        // going down: the table without it is live before its flag.
+        for a in &addrs[..3] {
+            assert!(flag_at(a) < ring, "{a}: {log:?}");
+        }
+        for a in &addrs[5..10] {
+            assert!(flag_at(a) > ring, "{a}: {log:?}");
+        }
+        let serving: Vec<&str> = addrs[..3]
+            .iter()
+            .chain(&addrs[10..])
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            c.dp.active_table(&k),
+            expected_table(&c.dp, &p, "web", &serving)
+        );
+    }
+
+    #[test]
     fn health_down_marks_the_slot_and_rebuilds_and_up_restores() {
         let checked = [
             "address: 10.0.1.1, health_check: {kind: tcp}",
@@ -1397,7 +1554,7 @@ mod tests {
         let b = (k, ip("10.0.1.2"));
 
         c.dp.take_log();
-        assert!(c.probe_result(&b, &outcome(false), Health::Down).unwrap());
+        assert!(verdict(&mut c, &b, &outcome(false), Health::Down));
         // The table without it is live before its flag changes.
         assert_flip_before_flag(&c.dp.take_log(), id);
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY);
@@ -1415,10 +1572,10 @@ mod tests {
 
         // The same verdict again changes nothing.
         c.dp.take_log();
-        assert!(!c.probe_result(&b, &outcome(false), Health::Down).unwrap());
+        assert!(!verdict(&mut c, &b, &outcome(false), Health::Down));
         assert_eq!(c.dp.log, []);
 
-        assert!(c.probe_result(&b, &outcome(true), Health::Up).unwrap());
+        assert!(verdict(&mut c, &b, &outcome(true), Health::Up));
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED);
         assert_eq!(c.dp.active_table(&k), first);
         assert_eq!(
@@ -1441,16 +1598,14 @@ mod tests {
         let mut c = applied(&p);
         let k = key(&p, "web");
         for a in ["10.0.1.1", "10.0.1.2"] {
-            c.probe_result(&(k, ip(a)), &outcome(false), Health::Down)
-                .unwrap();
+            verdict(&mut c, &(k, ip(a)), &outcome(false), Health::Down);
         }
         assert_eq!(c.vips[&k].serving(), 0);
         assert!(c.dp.active_table(&k).iter().all(|s| *s == NO_BACKEND));
         // The VIP stays, so its packets are dropped and counted, not passed on.
         assert!(c.dp.vips.contains_key(&k));
 
-        c.probe_result(&(k, ip("10.0.1.1")), &outcome(true), Health::Up)
-            .unwrap();
+        verdict(&mut c, &(k, ip("10.0.1.1")), &outcome(true), Health::Up);
         let id = c.dp.slot_of(&k, "10.0.1.1");
         assert_eq!(c.vips[&k].serving(), 1);
         assert!(c.dp.active_table(&k).iter().all(|s| *s == id));
@@ -1461,17 +1616,26 @@ mod tests {
         let p = pool(&[web(&WEB)]);
         let mut c = applied(&p);
         let k = key(&p, "web");
-        assert!(!c
-            .probe_result(&(k, ip("10.0.1.1")), &outcome(false), Health::Down)
-            .unwrap());
-        assert!(!c
-            .probe_result(&(k, ip("10.9.9.9")), &outcome(false), Health::Down)
-            .unwrap());
+        assert!(!verdict(
+            &mut c,
+            &(k, ip("10.0.1.1")),
+            &outcome(false),
+            Health::Down
+        ));
+        assert!(!verdict(
+            &mut c,
+            &(k, ip("10.9.9.9")),
+            &outcome(false),
+            Health::Down
+        ));
         let mut other = k;
         other.port = 81u16.to_be();
-        assert!(!c
-            .probe_result(&(other, ip("10.0.1.1")), &outcome(false), Health::Down)
-            .unwrap());
+        assert!(!verdict(
+            &mut c,
+            &(other, ip("10.0.1.1")),
+            &outcome(false),
+            Health::Down
+        ));
         assert_eq!(c.dp.log, []);
         assert_eq!(
             c.vips[&k].backends[&ip("10.0.1.1")].health,
@@ -1490,8 +1654,7 @@ mod tests {
         let k = key(&p, "web");
         assert_eq!(c.probes().len(), 1);
         let id = c.dp.slot_of(&k, "10.0.1.1");
-        c.probe_result(&(k, ip("10.0.1.1")), &outcome(false), Health::Down)
-            .unwrap();
+        verdict(&mut c, &(k, ip("10.0.1.1")), &outcome(false), Health::Down);
         assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY);
 
         // Without a check the backend counts as up: in the table and not DOWN.
@@ -1698,9 +1861,12 @@ mod tests {
         let p = pool(&[web(&checked)]);
         let mut first = applied(&p);
         let k = key(&p, "web");
-        first
-            .probe_result(&(k, ip("10.0.1.2")), &outcome(false), Health::Down)
-            .unwrap();
+        verdict(
+            &mut first,
+            &(k, ip("10.0.1.2")),
+            &outcome(false),
+            Health::Down,
+        );
         let before = first.dp.restarted();
 
         let mut second = controller(before.clone());
@@ -1712,9 +1878,12 @@ mod tests {
         );
         assert_eq!(second.dp.active_table(&k), before.active_table(&k));
         assert_eq!(second.dp.backends, before.backends);
-        assert!(second
-            .probe_result(&(k, ip("10.0.1.2")), &outcome(true), Health::Up)
-            .unwrap());
+        assert!(verdict(
+            &mut second,
+            &(k, ip("10.0.1.2")),
+            &outcome(true),
+            Health::Up
+        ));
         assert_eq!(second.vips[&k].serving(), 2);
     }
 

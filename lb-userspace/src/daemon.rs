@@ -415,9 +415,25 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     let mut int = signal(SignalKind::interrupt())?;
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // When verdicts wait out a VIP's flip grace: flush them then.
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
+        let flush_due = async {
+            match flush_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            Some(ev) = health_rx.recv() => d.on_health(ev),
+            Some(ev) = health_rx.recv() => {
+                // Every verdict already waiting, then one write per VIP.
+                d.on_health(ev);
+                while let Ok(ev) = health_rx.try_recv() {
+                    d.on_health(ev);
+                }
+                flush_at = d.flush_health();
+            }
+            _ = flush_due => flush_at = d.flush_health(),
             _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
             _ = watch.tick() => d.reload(false),
             _ = tick.tick() => d.sample_rates(),
@@ -597,6 +613,18 @@ impl Daemon {
             }
             Ok(false) => {}
             Err(e) => log::error!("applying a health change: {e}"),
+        }
+    }
+
+    /// Writes the recorded health verdicts; returns when to try again for
+    /// VIPs that must first wait out their flip grace.
+    fn flush_health(&mut self) -> Option<tokio::time::Instant> {
+        match self.ctl.flush() {
+            Ok(wait) => wait.map(|w| tokio::time::Instant::now() + w),
+            Err(e) => {
+                log::error!("applying health changes (retrying in 1s): {e}");
+                Some(tokio::time::Instant::now() + Duration::from_secs(1))
+            }
         }
     }
 

@@ -101,8 +101,8 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
 /// A new flow goes where the scheduler's pick (`None`: no VIP) says,
 /// remembered in the flow table unless the packet is a RST; a SYN on a
 /// 4-tuple the table knows keeps its backend while that can take it.
-/// `Ok`: where the packet goes, and whether it starts a new flow. `Err`:
-/// the packet's action (passed, or dropped for want of a backend).
+/// `Ok`: where the packet goes, and whether it starts a new connection.
+/// `Err`: the packet's action (passed, or dropped for want of a backend).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn new_flow(
@@ -126,7 +126,9 @@ fn new_flow(
     if tcp_flags & TCP_RST == 0 {
         let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if let Some(kept) = remember(key, &c, now, is_syn, cfg) {
-            return Ok((kept, false));
+            // A new connection all the same (a reused port, most often):
+            // counted as one, on the backend it keeps.
+            return Ok((kept, true));
         }
     }
     // The opt-in decision log (`lb run --debug-datapath`): with it off,

@@ -8,7 +8,7 @@ use crate::dataplane::{self, AttachMode, BpfDataPlane, DataPlane, Sizes};
 use crate::health::{spawn_prober, Health, HealthEvent, ProbeSpec, ProberHandle};
 use crate::status::{BackendStatus, Status, VipStatus};
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -205,8 +205,10 @@ pub struct Daemon {
     config_path: PathBuf,
     pool: Pool,
     ctl: Controller<BpfDataPlane>,
-    probers: HashMap<BackendRef, (ProbeSpec, ProberHandle)>,
-    health_tx: mpsc::Sender<HealthEvent<BackendRef>>,
+    /// One prober per distinct check, serving every (VIP, backend) that
+    /// checks a backend the same way.
+    probers: HashMap<ProbeSpec, (Vec<BackendRef>, ProberHandle)>,
+    health_tx: mpsc::Sender<HealthEvent<ProbeSpec>>,
     started: Instant,
     last_text: String,
     /// Why the pool file could not be read last time (logged once per cause).
@@ -580,13 +582,24 @@ async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
 }
 
 impl Daemon {
-    fn on_health(&mut self, ev: HealthEvent<BackendRef>) {
-        match self.ctl.probe_result(&ev.backend, &ev.outcome, ev.health) {
+    /// A probe's result, for every (VIP, backend) its prober serves.
+    fn on_health(&mut self, ev: HealthEvent<ProbeSpec>) {
+        let refs = match self.probers.get(&ev.backend) {
+            Some((refs, _)) => refs.clone(),
+            None => return,
+        };
+        for r in refs {
+            self.on_backend_health(r, &ev);
+        }
+    }
+
+    fn on_backend_health(&mut self, backend: BackendRef, ev: &HealthEvent<ProbeSpec>) {
+        match self.ctl.probe_result(&backend, &ev.outcome, ev.health) {
             Ok(true) => {
                 let name = self
                     .ctl
                     .vips
-                    .get(&ev.backend.0)
+                    .get(&backend.0)
                     .map(|v| v.conf.name.clone())
                     .unwrap_or_default();
                 let (level, word, probes) = match ev.health {
@@ -596,7 +609,7 @@ impl Daemon {
                 log::log!(
                     level,
                     "backend {} of VIP `{}` is {} after {} {} probe{} ({}, {:.1} ms)",
-                    ev.backend.1,
+                    backend.1,
                     name,
                     word,
                     ev.in_a_row,
@@ -605,7 +618,7 @@ impl Daemon {
                     ev.outcome.detail,
                     ev.outcome.latency.as_secs_f64() * 1000.0
                 );
-                if let Some(v) = self.ctl.vips.get(&ev.backend.0) {
+                if let Some(v) = self.ctl.vips.get(&backend.0) {
                     if v.serving() == 0 {
                         log::error!("VIP `{}` has no backend left: its packets are dropped (drop_no_backend)", v.conf.name);
                     }
@@ -742,27 +755,29 @@ impl Daemon {
         None
     }
 
-    /// Starts probes for new or changed checks, stops those no longer wanted.
+    /// Starts probes for new or changed checks, stops those no longer
+    /// wanted; a backend that several VIPs check the same way is probed once.
     fn sync_probers(&mut self) {
-        let wanted: BTreeMap<BackendRef, ProbeSpec> = self.ctl.probes().into_iter().collect();
-        self.probers
-            .retain(|k, (spec, _)| wanted.get(k) == Some(spec));
-        for (k, spec) in wanted {
-            if self.probers.contains_key(&k) {
+        let mut wanted: HashMap<ProbeSpec, Vec<BackendRef>> = HashMap::new();
+        for (k, spec) in self.ctl.probes() {
+            wanted.entry(spec).or_default().push(k);
+        }
+        self.probers.retain(|spec, _| wanted.contains_key(spec));
+        for (spec, refs) in wanted {
+            if let Some((served, _)) = self.probers.get_mut(&spec) {
+                *served = refs;
                 continue;
             }
-            let initial = match self
-                .ctl
-                .vips
-                .get(&k.0)
-                .and_then(|v| v.backends.get(&k.1))
-                .map(|b| b.health)
-            {
-                Some(HealthView::Down) => Health::Down,
-                _ => Health::Up,
-            };
-            let h = spawn_prober(k, spec.clone(), initial, self.health_tx.clone());
-            self.probers.insert(k, (spec, h));
+            let down = refs.iter().any(|(vip, addr)| {
+                self.ctl
+                    .vips
+                    .get(vip)
+                    .and_then(|v| v.backends.get(addr))
+                    .is_some_and(|b| b.health == HealthView::Down)
+            });
+            let initial = if down { Health::Down } else { Health::Up };
+            let h = spawn_prober(spec.clone(), spec.clone(), initial, self.health_tx.clone());
+            self.probers.insert(spec, (refs, h));
         }
     }
 

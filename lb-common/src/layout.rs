@@ -356,7 +356,14 @@ pub mod decap_counter {
     pub const DROP_ADJUST_HEAD: u32 = 4;
     /// A tunnel to a VIP from an outer source not in `DECAP_SOURCES`.
     pub const DROP_SOURCE: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// The outer header said "congestion experienced": carried to the
+    /// inner ECN-capable packet (RFC 6040).
+    pub const ECN_CE_COPIED: u32 = 6;
+    /// "Congestion experienced" outside, a packet that is not ECN-capable
+    /// inside: dropped, as RFC 6040 asks (the congestion signal must not
+    /// be lost).
+    pub const DROP_ECN: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const NAMES: [&str; COUNT as usize] = [
         "decapsulated",
         "pass_not_tunnel",
@@ -364,6 +371,8 @@ pub mod decap_counter {
         "pass_malformed",
         "drop_adjust_head",
         "drop_source",
+        "ecn_ce_copied",
+        "drop_ecn",
     ];
 }
 

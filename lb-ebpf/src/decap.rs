@@ -51,7 +51,7 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         ethertype = u16::from_be(unsafe { (*tag).proto });
         l2_len = ETH_LEN + VLAN_LEN;
     }
-    let Some((src, outer_len, inner_proto)) = outer(&ctx, l2_len, ethertype) else {
+    let Some((src, outer_len, inner_proto, outer_ecn)) = outer(&ctx, l2_len, ethertype) else {
         return pass(decap_counter::PASS_MALFORMED);
     };
     if outer_len == 0 {
@@ -82,7 +82,44 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     if DECAP_SOURCES.get(&src).is_none() {
         return drop(decap_counter::DROP_SOURCE);
     }
-    strip(&ctx, l2_len, outer_len, inner_ethertype)
+    strip(&ctx, l2_len, outer_len, inner_ethertype, outer_ecn)
+}
+
+/// A tunnel's outer header: source key, length, inner protocol, ECN bits.
+type Outer = (Key<DecapSource>, usize, u8, u8);
+
+/// ECN "congestion experienced".
+const ECN_CE: u8 = 3;
+
+/// Carries a "congestion experienced" mark of the outer header to the
+/// inner packet (RFC 6040, normal mode); `false`: the inner packet is not
+/// ECN-capable, so the mark cannot be carried and the packet must go.
+#[inline(always)]
+fn copy_ce(ctx: &XdpContext, l2_len: usize, inner_ethertype: u16) -> bool {
+    if inner_ethertype == ETH_P_IP {
+        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l2_len) else {
+            return true;
+        };
+        let ip = unsafe { &mut *ip };
+        if ip.tos & 3 == 0 {
+            return false;
+        }
+        let word = |ip: &Ipv4Hdr| unsafe { *(ip as *const Ipv4Hdr as *const u16) };
+        let old = word(ip);
+        ip.tos |= ECN_CE;
+        ip.check = crate::csum::replace16(ip.check, old, word(ip));
+    } else {
+        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l2_len) else {
+            return true;
+        };
+        let ip = unsafe { &mut *ip };
+        let first = u32::from_be(ip.vtc_flow);
+        if (first >> 20) & 3 == 0 {
+            return false;
+        }
+        ip.vtc_flow = (first | (u32::from(ECN_CE) << 20)).to_be();
+    }
+    true
 }
 
 #[inline(always)]
@@ -103,10 +140,10 @@ fn drop(idx: u32) -> u32 {
 }
 
 /// The outer header: where it came from (as a `DECAP_SOURCES` key), its
-/// length and the protocol inside; a length of 0 when it is no tunnel we
-/// take. `None`: cut short or malformed.
+/// length, the protocol inside and its ECN bits; a length of 0 when it is
+/// no tunnel we take. `None`: cut short or malformed.
 #[inline(always)]
-fn outer(ctx: &XdpContext, l2_len: usize, ethertype: u16) -> Option<(Key<DecapSource>, usize, u8)> {
+fn outer(ctx: &XdpContext, l2_len: usize, ethertype: u16) -> Option<Outer> {
     let mut src = Key::new(32, DecapSource::default());
     match ethertype {
         ETH_P_IP => {
@@ -114,7 +151,7 @@ fn outer(ctx: &XdpContext, l2_len: usize, ethertype: u16) -> Option<(Key<DecapSo
             let len = ((ip.vihl & 0x0f) as usize) * 4;
             if u16::from_be(ip.frag_off) & 0x3fff != 0 {
                 // A fragmented tunnel packet: the kernel reassembles, we cannot.
-                return Some((src, 0, 0));
+                return Some((src, 0, 0, 0));
             }
             if len < IPV4_LEN {
                 return None;
@@ -122,7 +159,7 @@ fn outer(ctx: &XdpContext, l2_len: usize, ethertype: u16) -> Option<(Key<DecapSo
             src.prefix_len = 32 + 32;
             src.data.family = AF_INET as u32;
             src.data.addr[..4].copy_from_slice(&ip.src.to_ne_bytes());
-            Some((src, len, ip.proto))
+            Some((src, len, ip.proto, ip.tos & 3))
         }
         ETH_P_IPV6 => {
             let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l2_len)? };
@@ -133,16 +170,23 @@ fn outer(ctx: &XdpContext, l2_len: usize, ethertype: u16) -> Option<(Key<DecapSo
                 src.data.addr[i * 4..i * 4 + 4].copy_from_slice(&ip.src[i].to_ne_bytes());
                 i += 1;
             }
-            Some((src, size_of::<Ipv6Hdr>(), ip.next_hdr))
+            let ecn = (u32::from_be(ip.vtc_flow) >> 20) as u8 & 3;
+            Some((src, size_of::<Ipv6Hdr>(), ip.next_hdr, ecn))
         }
-        _ => Some((src, 0, 0)),
+        _ => Some((src, 0, 0, 0)),
     }
 }
 
 /// Drops the outer IP header, keeping the Ethernet header (and VLAN tag)
-/// with the inner packet's ethertype.
+/// with the inner packet's ethertype, and carries the outer ECN mark in.
 #[inline(always)]
-fn strip(ctx: &XdpContext, l2_len: usize, outer_len: usize, inner_ethertype: u16) -> u32 {
+fn strip(
+    ctx: &XdpContext,
+    l2_len: usize,
+    outer_len: usize,
+    inner_ethertype: u16,
+    outer_ecn: u8,
+) -> u32 {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return pass(decap_counter::PASS_MALFORMED);
     };
@@ -174,6 +218,12 @@ fn strip(ctx: &XdpContext, l2_len: usize, outer_len: usize, inner_ethertype: u16
         }
     } else {
         eth.proto = inner_ethertype.to_be();
+    }
+    if outer_ecn == ECN_CE {
+        if !copy_ce(ctx, l2_len, inner_ethertype) {
+            return drop(decap_counter::DROP_ECN);
+        }
+        pass(decap_counter::ECN_CE_COPIED);
     }
     pass(decap_counter::DECAPPED)
 }

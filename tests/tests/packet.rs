@@ -1220,6 +1220,54 @@ fn tunnel(frame: &[u8], src: IpAddr, dst: IpAddr) -> Vec<u8> {
     )
 }
 
+/// Sets the ECN bits of an untagged IPv6 frame.
+fn set_ecn_v6(frame: &mut [u8], ecn: u8) {
+    frame[15] = (frame[15] & !0x30) | (ecn << 4);
+}
+
+#[test]
+fn decap_carries_congestion_experienced_inward_and_drops_it_on_non_ect() {
+    // RFC 6040: CE on the tunnel header marks an ECN-capable inner packet
+    // CE; a packet that is not ECN-capable cannot carry it and is dropped.
+    let Some(d) = decap_setup() else { return };
+    const ECT0: u8 = 2;
+    const ECT1: u8 = 1;
+    const CE: u8 = 3;
+    let dscp = 10 << 2;
+    // IPv4 in IPv4: ECT(0) inside becomes CE, the checksum follows.
+    let mut inner = Flow::tcp("192.0.2.1", 7, "10.100.0.1", 80).packet("S", b"");
+    set_tos_v4(&mut inner, dscp | ECT0);
+    let mut outer = tunnel(&inner, ip("10.255.0.7"), ip("10.0.1.1"));
+    set_tos_v4(&mut outer, dscp | CE);
+    let out = d.run(&outer).unwrap();
+    assert_eq!(out.action, XDP_PASS, "{:?}", d.decap_counters());
+    let mut want = inner.clone();
+    set_tos_v4(&mut want, dscp | CE);
+    assert_eq!(ip_part(&out.data), ip_part(&want));
+    // IPv6 in IPv6: ECT(1) inside becomes CE.
+    let mut inner6 = Flow::udp("2001:db8::1", 7, "fd00:100::1", 53).packet("", b"q");
+    set_ecn_v6(&mut inner6, ECT1);
+    let mut outer6 = tunnel(&inner6, ip("fd00:255::7"), ip("fd00:1::1"));
+    set_ecn_v6(&mut outer6, CE);
+    let out = d.run(&outer6).unwrap();
+    assert_eq!(out.action, XDP_PASS);
+    let mut want6 = inner6.clone();
+    set_ecn_v6(&mut want6, CE);
+    assert_eq!(ip_part(&out.data), ip_part(&want6));
+    // Not ECN-capable inside, CE outside: dropped and counted.
+    let plain = Flow::tcp("192.0.2.1", 8, "10.100.0.1", 80).packet("S", b"");
+    let mut outer = tunnel(&plain, ip("10.255.0.7"), ip("10.0.1.1"));
+    set_tos_v4(&mut outer, CE);
+    assert_eq!(d.run(&outer).unwrap().action, XDP_DROP);
+    // No CE outside: the inner ECN bits are left as they are.
+    let outer = tunnel(&inner, ip("10.255.0.7"), ip("10.0.1.1"));
+    let out = d.run(&outer).unwrap();
+    assert_eq!(ip_part(&out.data), ip_part(&inner));
+    assert_eq!(d.decap_counter(decap_counter::ECN_CE_COPIED), 2);
+    assert_eq!(d.decap_counter(decap_counter::DROP_ECN), 1);
+    assert_eq!(d.decap_counter(decap_counter::DECAPPED), 3);
+}
+
 #[test]
 fn decap_strips_ipip_ip6ip6_and_4in6_to_a_vip() {
     let Some(d) = decap_setup() else { return };

@@ -64,6 +64,12 @@ pub mod defaults {
     /// How long the data path reuses a next hop before asking the FIB again.
     pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
     pub const MTU: u32 = 1500;
+    /// ICMP messages the balancer itself sends (echo replies, "too big"),
+    /// per CPU and second, and the burst allowed above that rate: a flood
+    /// of pings or oversized packets cannot turn the balancer into a
+    /// reflector.
+    pub const ICMP_RATE_PER_CPU: u64 = 1000;
+    pub const ICMP_BURST: u64 = 100;
 }
 
 pub const AF_INET: u8 = 2;
@@ -314,7 +320,10 @@ pub mod counter {
     /// A flow-table insert the kernel refused (the flow is forwarded, but
     /// its next packet is scheduled anew).
     pub const FLOW_INSERT_FAILED: u32 = 25;
-    pub const COUNT: u32 = 26;
+    /// An ICMP answer (echo reply, "too big") not sent: over the per-CPU
+    /// rate (`defaults::ICMP_RATE_PER_CPU`); the packet is dropped.
+    pub const DROP_ICMP_RATE: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -344,6 +353,7 @@ pub mod counter {
         "fib_lookup",
         "syn_kept_flow",
         "flow_insert_failed",
+        "drop_icmp_rate",
     ];
 }
 

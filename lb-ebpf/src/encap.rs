@@ -12,6 +12,7 @@ use lb_common::{
 
 use crate::action::{count, dropped, verdict, Sent, XDP_TX};
 use crate::csum;
+use crate::maps::icmp_allowed;
 use crate::nexthop::next_hop;
 use crate::packet::{
     ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN,
@@ -43,6 +44,9 @@ pub fn forward(
         // Tell the client the largest packet that fits once encapsulated;
         // an IPv4 packet that may be fragmented cannot be (not in XDP).
         if pkt.family == AF_INET6 || pkt.df {
+            if !icmp_allowed(now) {
+                return dropped(counter::DROP_ICMP_RATE);
+            }
             return match too_big::reply(ctx, pkt, nh.mtu - hdr_len as u32) {
                 XDP_TX => Sent::Answered,
                 _ => Sent::Dropped,

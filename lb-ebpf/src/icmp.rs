@@ -10,7 +10,7 @@ use lb_common::{
 use crate::action::{malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::csum;
 use crate::encap::forward;
-use crate::maps::{clock_ns, BACKENDS, CONFIG, FLOWS};
+use crate::maps::{clock_ns, icmp_allowed, BACKENDS, CONFIG, FLOWS};
 use crate::packet::{
     ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports, IPV4_LEN, OUTER_TTL,
 };
@@ -24,8 +24,8 @@ pub fn icmp(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let (ty, code) = unsafe { ((*icmp).ty, (*icmp).code) };
     let inner = pkt.l4_off + size_of::<IcmpHdr>();
     match (pkt.family, pkt.proto, ty, code) {
-        (AF_INET, PROTO_ICMP, 8, 0) => echo_reply(ctx, pkt, icmp, 0),
-        (AF_INET6, PROTO_ICMPV6, 128, 0) => echo_reply(ctx, pkt, icmp, 129),
+        (AF_INET, PROTO_ICMP, 8, 0) => limited_echo_reply(ctx, pkt, icmp, 0),
+        (AF_INET6, PROTO_ICMPV6, 128, 0) => limited_echo_reply(ctx, pkt, icmp, 129),
         // Frag needed / packet too big: the quoted packet is one the
         // backend sent from the VIP to the client.
         (AF_INET, PROTO_ICMP, 3, 4) => match quoted_v4(ctx, inner) {
@@ -98,6 +98,18 @@ fn steer(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         Sent::Answered => XDP_TX,
         Sent::Dropped => XDP_DROP,
     }
+}
+
+/// An echo reply within the ICMP rate, else a counted drop.
+#[inline(always)]
+fn limited_echo_reply(ctx: &XdpContext, pkt: &Packet, icmp: *mut IcmpHdr, reply_type: u8) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return verdict(counter::DROP_ICMP_RATE, XDP_DROP);
+    };
+    if !icmp_allowed(clock_ns(cfg)) {
+        return verdict(counter::DROP_ICMP_RATE, XDP_DROP);
+    }
+    echo_reply(ctx, pkt, icmp, reply_type)
 }
 
 /// Answers an echo request in place: swap MACs and addresses, set the

@@ -58,6 +58,29 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 pub static NEXTHOPS: PerCpuArray<NextHop> =
     PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
 
+/// Per CPU: when the ICMP rate limiter's next message is due (GCRA's
+/// theoretical arrival time, on the data path's clock).
+#[map]
+pub static ICMP_TAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether the balancer may send one more ICMP message of its own now:
+/// at most `ICMP_RATE_PER_CPU` a second per CPU, `ICMP_BURST` at once
+/// (a generic cell rate algorithm: one word per CPU).
+#[inline(always)]
+pub fn icmp_allowed(now: u64) -> bool {
+    const INTERVAL: u64 = 1_000_000_000 / defaults::ICMP_RATE_PER_CPU;
+    let Some(tat) = ICMP_TAT.get_ptr_mut(0) else {
+        return false;
+    };
+    let tat = unsafe { &mut *tat };
+    let due = if *tat > now { *tat } else { now };
+    if due - now > defaults::ICMP_BURST * INTERVAL {
+        return false;
+    }
+    *tat = due + INTERVAL;
+    true
+}
+
 /// Room for the `bpf_fib_lookup` parameters: 64 bytes the 512-byte BPF
 /// stack cannot spare.
 #[map]

@@ -892,6 +892,45 @@ fn two_vips_sharing_a_filter_bit_are_both_served() {
 }
 
 #[test]
+fn icmp_the_balancer_sends_is_rate_limited_per_cpu() {
+    // A ping flood: the first ICMP_BURST + 1 are answered at once, then one
+    // per 1/ICMP_RATE_PER_CPU s; the rest are dropped and counted.
+    let Some(lb) = setup() else { return };
+    // One CPU: the limit is per CPU.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([192, 0, 2, 1], [10, 100, 0, 1], 50)
+        .icmpv4_echo_request(7, 9)
+        .write(&mut frame, b"ping")
+        .unwrap();
+    let burst = lb_common::defaults::ICMP_BURST;
+    let sent = 3 * burst;
+    let start = std::time::Instant::now();
+    let answered = (0..sent)
+        .filter(|_| lb.run(&frame).unwrap().action == XDP_TX)
+        .count() as u64;
+    let refill =
+        start.elapsed().as_nanos() as u64 * lb_common::defaults::ICMP_RATE_PER_CPU / 1_000_000_000;
+    assert!(
+        (burst + 1..=burst + 2 + refill).contains(&answered),
+        "{answered} of {sent} answered ({refill} refilled meanwhile)"
+    );
+    assert_eq!(lb.counter(counter::DROP_ICMP_RATE), sent - answered);
+    assert_eq!(lb.counter(counter::ICMP_ECHO_REPLY), answered);
+    // A while later, answered again.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(lb.run(&frame).unwrap().action, XDP_TX);
+}
+
+#[test]
 fn icmp_echo_to_a_vip_is_answered() {
     let Some(lb) = setup() else { return };
     let mut frame = Vec::new();

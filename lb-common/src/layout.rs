@@ -25,6 +25,9 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<u64>` indexed by `counter::*`.
     pub const COUNTERS: &str = "COUNTERS";
+    /// `Array<u32>`, one entry: the `LAYOUT_VERSION` the pinned maps were
+    /// made for (the data path does not read it).
+    pub const LAYOUT: &str = "LAYOUT";
     /// Per-CPU next-hop cache of the data path, indexed by backend id (kernel side only).
     pub const NEXTHOPS: &str = "NEXTHOPS";
     /// `Array<u64>` of `VIP_FILTER_WORDS`: one bit per `vip_filter_bit` of
@@ -43,6 +46,11 @@ pub mod maps {
     /// balancers' encapsulation prefixes) tunnels are accepted from.
     pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
 }
+
+/// The layout of the pinned maps' keys and values. Bump it with any change
+/// to them, also one that keeps their sizes: a daemon adopting pins of
+/// another layout would misread them, so it refuses ("run `lb stop`").
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Program names in the object file.
 pub mod progs {

@@ -43,6 +43,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(defaults::FLOW_TABLE_SIZE, 0);
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// The layout version of the pinned maps, kept by the daemon.
+#[map]
+pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(defaults::MAX_VIPS, 0);
 #[map]

@@ -74,7 +74,8 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 10] = [
+    maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
     maps::BACKENDS,
@@ -132,6 +133,14 @@ pub fn ensure_bpffs() -> Result<()> {
 const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 const LOG_OFF: u8 = 0;
 const LOG_INFO: u8 = 3;
+
+/// The layout version held by a pinned `LAYOUT` map, if there is one.
+fn read_layout_pin(path: &Path) -> Option<u32> {
+    let data = MapData::from_pin(path).ok()?;
+    let map = aya::maps::Map::Array(data);
+    let a: Array<MapData, u32> = Array::try_from(map).ok()?;
+    a.get(&0, 0).ok()
+}
 
 /// A loader with the balancer's map sizes and log level; the
 /// decapsulator's maps, unused on a balancer, stay tiny.
@@ -266,6 +275,19 @@ impl BpfDataPlane {
             source,
         })?;
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
+        // Pins of an earlier run: their layout version must be this one's.
+        let earlier = pins.iter().any(|(_, p)| p.exists());
+        let layout = read_layout_pin(&dir.join(maps::LAYOUT));
+        if earlier && layout != Some(lb_common::LAYOUT_VERSION) {
+            return Err(DataPlaneError::Setup(format!(
+                "the maps pinned under {} were made by another version of lb (layout {}, this \
+                 one needs {}); run `lb stop` first to start afresh (established flows are then \
+                 forgotten)",
+                dir.display(),
+                layout.map_or("unknown".to_string(), |v| v.to_string()),
+                lb_common::LAYOUT_VERSION
+            )));
+        }
         let mut loader = balancer_loader(sizes, log_decisions);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -282,6 +304,10 @@ impl BpfDataPlane {
             };
         let mut dp = Self::loaded(ebpf, sizes, Some(dir), None)?;
         dp.log = log;
+        let mut a: Array<&mut MapData, u32> =
+            Array::try_from(dp.map_mut(maps::LAYOUT)).map_err(map_err(maps::LAYOUT))?;
+        a.set(0, lb_common::LAYOUT_VERSION, 0)
+            .map_err(map_err(maps::LAYOUT))?;
         Ok(dp)
     }
 

@@ -297,6 +297,28 @@ fn daemon_sigkill_and_restart_break_no_request() {
 }
 
 #[test]
+fn a_restart_over_pins_of_another_layout_is_refused() {
+    // Maps pinned by another version of lb whose layout differs with the
+    // same sizes: adopting them would misread every entry.
+    let Some(mut t) = topo("e2ly", &[1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    t.kill_daemon();
+    let pin = std::path::Path::new("/sys/fs/bpf")
+        .join(&t.tag)
+        .join(lb_common::maps::LAYOUT);
+    let data = aya::maps::MapData::from_pin(&pin).unwrap();
+    let mut a: aya::maps::Array<aya::maps::MapData, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    assert_eq!(a.get(&0, 0).unwrap(), lb_common::LAYOUT_VERSION);
+    a.set(0, lb_common::LAYOUT_VERSION + 1, 0).unwrap();
+    let err = t.start_daemon().unwrap_err().to_string();
+    assert!(err.contains("made by another version of lb"), "{err}");
+    assert!(err.contains("run `lb stop` first"), "{err}");
+}
+
+#[test]
 fn bad_reload_keeps_the_running_configuration() {
     let Some(mut t) = topo("e2br", &[1, 1, 1]) else {
         return;

@@ -62,6 +62,9 @@ pub struct RunningVip {
     /// The Maglev input `table` was built from: a table is rebuilt only
     /// when its input changes.
     table_input: Vec<MaglevBackend>,
+    /// Too few backends pass their checks: every active one takes new
+    /// flows (see `Vip::panic_threshold`).
+    pub panic: bool,
     pub last_flip: Option<Instant>,
     pub backends: BTreeMap<IpAddr, RunningBackend>,
 }
@@ -75,22 +78,39 @@ impl RunningVip {
     pub fn serving(&self) -> usize {
         self.backends
             .values()
-            .filter(|b| takes_new_flows(b))
+            .filter(|b| takes_new_flows(b, self.panic))
             .count()
+    }
+
+    /// Whether fewer than `panic_threshold` percent of the active backends
+    /// pass their checks (then every active backend takes new flows).
+    fn below_panic_threshold(&self) -> bool {
+        let threshold = self.conf.panic_threshold as usize;
+        let active = self
+            .backends
+            .values()
+            .filter(|b| b.state == BackendState::Active);
+        let (n, healthy) = active.fold((0, 0), |(n, h), b| {
+            (n + 1, h + usize::from(b.health != HealthView::Down))
+        });
+        threshold > 0 && n > 0 && healthy * 100 < threshold * n
     }
 }
 
-fn takes_new_flows(b: &RunningBackend) -> bool {
-    b.state == BackendState::Active && b.health != HealthView::Down
+/// Whether a backend takes new flows; in panic mode its health is ignored.
+fn takes_new_flows(b: &RunningBackend, panic: bool) -> bool {
+    b.state == BackendState::Active && (panic || b.health != HealthView::Down)
 }
 
-/// `Backend::flags` of a slot in use.
-fn kernel_flags(b: &RunningBackend) -> u8 {
+/// `Backend::flags` of a slot in use. In panic mode no backend is marked
+/// unhealthy: the data path sends new flows (and keeps UDP flows) as if
+/// every check passed.
+fn kernel_flags(b: &RunningBackend, panic: bool) -> u8 {
     let mut f = BACKEND_F_USED;
     if b.state == BackendState::Disabled {
         f |= BACKEND_F_DOWN;
     }
-    if b.health == HealthView::Down {
+    if b.health == HealthView::Down && !panic {
         f |= BACKEND_F_UNHEALTHY;
     }
     f
@@ -453,29 +473,27 @@ impl<D: DataPlane> Controller<D> {
                         active_ring: ring,
                         table: None,
                         table_input: Vec::new(),
+                        panic: false,
                         last_flip: None,
                         backends: BTreeMap::new(),
                     },
                 );
             }
-            let going_down = self.sync_backends(key, conf)?;
-            if self.rebuild(key)? {
+            self.sync_backends(key, conf)?;
+            // Disabled (or unhealthy): out of the table first, then its
+            // flag; enabled: the flag first, then the table.
+            if self.flush_vip(key)? {
                 report.tables_written.push(conf.name.clone());
-            }
-            // Disabled: out of the table first, then flows are moved.
-            for addr in going_down {
-                self.write_backend(key, addr)?;
             }
         }
         self.sync_vip_addrs()?;
         Ok(report)
     }
 
-    /// Reconciles one VIP's backends with its configuration.
-    /// Returns the backends newly marked DOWN, whose flags the caller writes
-    /// once the table without them is live.
-    fn sync_backends(&mut self, key: &VipKey, conf: &Vip) -> Result<Vec<IpAddr>, ControlError> {
-        let mut going_down = Vec::new();
+    /// Reconciles one VIP's backends with its configuration. Flags that
+    /// stop a backend (newly disabled) are left for `flush_vip` to write
+    /// once the table without it is live.
+    fn sync_backends(&mut self, key: &VipKey, conf: &Vip) -> Result<(), ControlError> {
         let vip_id = self.vips[key].id;
         let wanted: BTreeMap<IpAddr, _> = conf.backends.iter().map(|b| (b.address, b)).collect();
         let existing: Vec<IpAddr> = self.vips[key].backends.keys().copied().collect();
@@ -540,7 +558,7 @@ impl<D: DataPlane> Controller<D> {
                     .backends
                     .get_mut(&addr)
                     .unwrap();
-                let flags_before = kernel_flags(e);
+                let flags_before = kernel_flags(e, false);
                 e.weight = bc.weight;
                 e.state = bc.state;
                 if e.probe != bc.health {
@@ -553,18 +571,14 @@ impl<D: DataPlane> Controller<D> {
                 }
                 // State, or health when the check was removed, may move the slot
                 // in or out of DOWN.
-                let flags = kernel_flags(e);
-                if flags != flags_before {
-                    if flags & !flags_before & BACKEND_F_DOWN != 0 {
-                        going_down.push(addr);
-                    } else {
-                        self.write_backend(key, addr)?;
-                    }
+                let flags = kernel_flags(e, false);
+                if flags != flags_before && flags & !flags_before & BACKEND_F_DOWN == 0 {
+                    self.write_backend(key, addr)?;
                 }
             }
         }
         self.vips.get_mut(key).unwrap().conf = conf.clone();
-        Ok(going_down)
+        Ok(())
     }
 
     fn write_backend(&mut self, key: &VipKey, addr: IpAddr) -> Result<(), ControlError> {
@@ -574,7 +588,7 @@ impl<D: DataPlane> Controller<D> {
         let kb = Backend {
             addr: words,
             family,
-            flags: kernel_flags(b),
+            flags: kernel_flags(b, v.panic),
             vip_id: v.id as u16,
             gen: self.slot_gen.get(&b.id).copied().unwrap_or(0),
         };
@@ -614,10 +628,11 @@ impl<D: DataPlane> Controller<D> {
     pub fn rebuild(&mut self, key: &VipKey) -> Result<bool, ControlError> {
         let ring_size = self.ring_size;
         let v = self.vips.get_mut(key).expect("known VIP");
+        let panic = v.panic;
         let input: Vec<MaglevBackend> = v
             .backends
             .values()
-            .filter(|b| takes_new_flows(b))
+            .filter(|b| takes_new_flows(b, panic))
             .map(|b| MaglevBackend {
                 key: maglev_key(b.address),
                 slot: b.id,
@@ -762,21 +777,65 @@ impl<D: DataPlane> Controller<D> {
         Ok(wait)
     }
 
-    fn flush_vip(&mut self, key: &VipKey) -> Result<(), ControlError> {
-        let (up, down): (Vec<_>, Vec<_>) = self.vips[key]
+    /// Brings one VIP's slots and table in line with its backends' states:
+    /// flags that let a backend take flows first, then the table, then
+    /// flags that stop it (so the data path never finds a backend in the
+    /// table that it would refuse, nor one out of it still marked usable).
+    /// Returns whether a table was written.
+    fn flush_vip(&mut self, key: &VipKey) -> Result<bool, ControlError> {
+        self.update_panic(key);
+        let v = &self.vips[key];
+        let (stop, start): (Vec<_>, Vec<_>) = v
             .backends
             .values()
-            .filter(|b| kernel_flags(b) != b.flags_written)
-            .map(|b| (b.address, kernel_flags(b) & BACKEND_F_UNHEALTHY != 0))
-            .partition(|(_, unhealthy)| !unhealthy);
-        for (addr, _) in up {
+            .filter(|b| kernel_flags(b, v.panic) != b.flags_written)
+            .map(|b| {
+                let stops = (BACKEND_F_DOWN | BACKEND_F_UNHEALTHY) & kernel_flags(b, v.panic);
+                (b.address, stops & !b.flags_written != 0)
+            })
+            .partition(|(_, stops)| *stops);
+        for (addr, _) in start {
             self.write_backend(key, addr)?;
         }
-        self.rebuild(key)?;
-        for (addr, _) in down {
+        let written = self.rebuild(key)?;
+        for (addr, _) in stop {
             self.write_backend(key, addr)?;
         }
-        Ok(())
+        Ok(written)
+    }
+
+    /// Enters or leaves panic mode as the VIP's health says, and logs it.
+    fn update_panic(&mut self, key: &VipKey) {
+        let v = self.vips.get_mut(key).expect("known VIP");
+        let panic = v.below_panic_threshold();
+        if panic == v.panic {
+            return;
+        }
+        v.panic = panic;
+        let healthy = v
+            .backends
+            .values()
+            .filter(|b| b.state == BackendState::Active && b.health != HealthView::Down)
+            .count();
+        let active = v
+            .backends
+            .values()
+            .filter(|b| b.state == BackendState::Active)
+            .count();
+        if panic {
+            log::warn!(
+                "VIP `{}`: {healthy} of {active} active backends pass their checks, under its \
+                 panic threshold of {}%: sending new flows to all {active} as if healthy",
+                v.conf.name,
+                v.conf.panic_threshold
+            );
+        } else {
+            log::info!(
+                "VIP `{}`: {healthy} of {active} active backends pass their checks again; \
+                 panic mode over",
+                v.conf.name
+            );
+        }
     }
 
     /// Every backend that has a probe, with its spec (for the prober set).
@@ -1537,6 +1596,67 @@ mod tests {
             c.dp.active_table(&k),
             expected_table(&c.dp, &p, "web", &serving)
         );
+    }
+
+    #[test]
+    fn under_the_panic_threshold_every_active_backend_takes_new_flows() {
+        let lines = [
+            "address: 10.0.1.1, health_check: {kind: tcp}",
+            "address: 10.0.1.2, health_check: {kind: tcp}",
+            "address: 10.0.1.3, health_check: {kind: tcp}",
+            "address: 10.0.1.4, health_check: {kind: tcp}",
+            "address: 10.0.1.5, state: drain",
+        ];
+        let text = web(&lines).replace("    port: 80\n", "    port: 80\n    panic_threshold: 50\n");
+        let p = pool(&[text]);
+        let mut c = applied(&p);
+        let k = key(&p, "web");
+        let all = ["10.0.1.1", "10.0.1.2", "10.0.1.3", "10.0.1.4"];
+        // 2 of 4 healthy is not under 50%: the usual behaviour.
+        for a in ["10.0.1.1", "10.0.1.2"] {
+            verdict(&mut c, &(k, ip(a)), &outcome(false), Health::Down);
+        }
+        assert!(!c.vips[&k].panic);
+        assert_eq!(
+            c.dp.active_table(&k),
+            expected_table(&c.dp, &p, "web", &["10.0.1.3", "10.0.1.4"])
+        );
+        // 1 of 4: panic. Every active backend (not the draining one) is in
+        // the table, and no slot is marked unhealthy, so the data path
+        // takes them.
+        verdict(&mut c, &(k, ip("10.0.1.3")), &outcome(false), Health::Down);
+        assert!(c.vips[&k].panic);
+        assert_eq!(c.vips[&k].serving(), 4);
+        assert_eq!(
+            c.dp.active_table(&k),
+            expected_table(&c.dp, &p, "web", &all)
+        );
+        for a in all {
+            assert_eq!(
+                c.dp.backend(c.dp.slot_of(&k, a)).flags,
+                BACKEND_F_USED,
+                "{a}"
+            );
+        }
+        // Even with every check failing.
+        verdict(&mut c, &(k, ip("10.0.1.4")), &outcome(false), Health::Down);
+        assert_eq!(
+            c.dp.active_table(&k),
+            expected_table(&c.dp, &p, "web", &all)
+        );
+        // Back to 2 of 4: out of panic, the failing ones out and marked.
+        for a in ["10.0.1.3", "10.0.1.4"] {
+            verdict(&mut c, &(k, ip(a)), &outcome(true), Health::Up);
+        }
+        assert!(!c.vips[&k].panic);
+        assert_eq!(
+            c.dp.active_table(&k),
+            expected_table(&c.dp, &p, "web", &["10.0.1.3", "10.0.1.4"])
+        );
+        for a in ["10.0.1.1", "10.0.1.2"] {
+            let flags = c.dp.backend(c.dp.slot_of(&k, a)).flags;
+            assert_eq!(flags, BACKEND_F_USED | BACKEND_F_UNHEALTHY, "{a}");
+        }
     }
 
     #[test]

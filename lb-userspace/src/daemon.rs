@@ -821,7 +821,12 @@ impl Daemon {
                     address: v.conf.address.to_string(),
                     port: v.conf.port,
                     protocol: v.conf.protocol.as_str().to_string(),
-                    state: if v.serving() > 0 { "up" } else { "down" }.into(),
+                    state: match (v.panic, v.serving() > 0) {
+                        (true, _) => "panic",
+                        (false, true) => "up",
+                        (false, false) => "down",
+                    }
+                    .into(),
                     packets: s.packets,
                     bytes: s.bytes,
                     new_flows: s.new_flows,

@@ -288,6 +288,11 @@ async fn probe_exec(
 /// Rise/fall hysteresis: a down backend becomes up after `rise` consecutive
 /// successes, an up backend down after `fall` consecutive failures. A `rise`
 /// or `fall` of 0 is taken as 1.
+///
+/// Flapping is damped: a backend that goes down again less than
+/// `FLAP_WINDOW` after it came up needs twice as many successes to come up
+/// the next time (up to `MAX_RISE_FACTOR` times `rise`), until it has stayed
+/// up for a whole `FLAP_WINDOW`.
 #[derive(Clone, Debug)]
 pub struct Hysteresis {
     health: Health,
@@ -295,7 +300,16 @@ pub struct Hysteresis {
     fall: u32,
     /// Consecutive results that disagree with the current state.
     streak: u32,
+    /// `rise` is multiplied by this (1 until the backend flaps).
+    factor: u32,
+    /// When the backend last came up (None: it started up).
+    up_since: Option<Instant>,
 }
+
+/// A backend that fails again this soon after coming up is flapping.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(10);
+/// The most a flapping backend's `rise` is multiplied by.
+pub const MAX_RISE_FACTOR: u32 = 8;
 
 impl Hysteresis {
     pub fn new(initial: Health, rise: u32, fall: u32) -> Self {
@@ -304,6 +318,8 @@ impl Hysteresis {
             rise: rise.max(1),
             fall: fall.max(1),
             streak: 0,
+            factor: 1,
+            up_since: None,
         }
     }
 
@@ -313,22 +329,39 @@ impl Hysteresis {
 
     /// Records a probe result; returns Some(new) when the state changes.
     pub fn record(&mut self, ok: bool) -> Option<Health> {
+        self.record_at(ok, Instant::now())
+    }
+
+    /// `record` for a probe that ended at `now`.
+    pub fn record_at(&mut self, ok: bool, now: Instant) -> Option<Health> {
+        let stable = |since: Option<Instant>| {
+            since.is_some_and(|t| now.saturating_duration_since(t) >= FLAP_WINDOW)
+        };
         let (needed, next) = match (self.health, ok) {
             (Health::Up, true) | (Health::Down, false) => {
                 self.streak = 0;
+                if self.health == Health::Up && stable(self.up_since) {
+                    self.factor = 1;
+                }
                 return None;
             }
             (Health::Up, false) => (self.fall, Health::Down),
-            (Health::Down, true) => (self.rise, Health::Up),
+            (Health::Down, true) => (self.rise * self.factor, Health::Up),
         };
         self.streak += 1;
-        if self.streak >= needed {
-            self.streak = 0;
-            self.health = next;
-            Some(next)
-        } else {
-            None
+        if self.streak < needed {
+            return None;
         }
+        self.streak = 0;
+        self.health = next;
+        match next {
+            Health::Down if self.up_since.is_some() && !stable(self.up_since) => {
+                self.factor = (self.factor * 2).min(MAX_RISE_FACTOR);
+            }
+            Health::Down => {}
+            Health::Up => self.up_since = Some(now),
+        }
+        Some(next)
     }
 }
 
@@ -436,6 +469,34 @@ fn random_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flapping_backend_needs_more_successes_until_it_stays_up() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut h = Hysteresis::new(Health::Up, 2, 1);
+        // Rises needed after each flap: 2, then 4, 8, 16, capped at 16.
+        let mut ms = 0;
+        for needed in [2u32, 4, 8, 16, 16] {
+            ms += 100;
+            assert_eq!(h.record_at(false, at(ms)), Some(Health::Down));
+            for i in 1..=needed {
+                ms += 100;
+                let r = h.record_at(true, at(ms));
+                assert_eq!(
+                    r,
+                    (i == needed).then_some(Health::Up),
+                    "rise {i} of {needed}"
+                );
+            }
+        }
+        // Up for a whole window: forgiven.
+        ms += FLAP_WINDOW.as_millis() as u64;
+        assert_eq!(h.record_at(true, at(ms)), None);
+        assert_eq!(h.record_at(false, at(ms + 100)), Some(Health::Down));
+        assert_eq!(h.record_at(true, at(ms + 200)), None);
+        assert_eq!(h.record_at(true, at(ms + 300)), Some(Health::Up));
+    }
     use http_body_util::Full;
     use hyper::body::Incoming;
     use hyper::{Response, StatusCode};
@@ -898,7 +959,8 @@ mod tests {
             "down after {took:?}"
         );
 
-        // Listener back on the same port: up after `rise` successes.
+        // Listener back on the same port: it went down within FLAP_WINDOW
+        // of coming up, a flap, so up after twice `rise` successes.
         let listener = TcpListener::bind(target).await.unwrap();
         let rebound_at = Instant::now();
         let events = until_change(&mut rx).await;
@@ -907,11 +969,11 @@ mod tests {
         assert_eq!(last.changed, Some(Health::Up));
         assert_eq!(
             events.iter().filter(|e| e.outcome.ok).count(),
-            2,
+            4,
             "{events:?}"
         );
         assert!(
-            took < 3 * interval + Duration::from_secs(1),
+            took < 5 * interval + Duration::from_secs(1),
             "up after {took:?}"
         );
         drop(listener);

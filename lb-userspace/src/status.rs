@@ -21,7 +21,8 @@ pub struct VipStatus {
     pub address: String,
     pub port: u16,
     pub protocol: String,
-    /// "up" while at least one backend takes new flows, else "down" (packets are dropped and counted).
+    /// "up" while at least one backend takes new flows, else "down" (packets are dropped and counted);
+    /// "panic" while too few pass their checks and every active backend takes new flows.
     pub state: String,
     pub packets: u64,
     pub bytes: u64,

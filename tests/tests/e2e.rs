@@ -587,6 +587,39 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
 }
 
 #[test]
+fn with_every_probe_failing_a_vip_in_panic_mode_keeps_serving() {
+    // The checks are wrong, the servers are fine (as when an overloaded
+    // network times every probe out): with a panic threshold the VIP keeps
+    // sending to all its backends instead of dropping everything.
+    let Some(mut t) = topo("e2pn", &[1, 1, 1]) else {
+        return;
+    };
+    let yaml = std::fs::read_to_string(t.pool_path()).unwrap().replacen(
+        "health_check: { kind: http, path: / }",
+        "health_check: { kind: tcp, port: 81 }\n    panic_threshold: 50",
+        1,
+    );
+    t.write_pool(&yaml).unwrap();
+    t.start_daemon().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = t.status_json().unwrap();
+    let web_status = vip(&st, "web");
+    assert_eq!(web_status["state"], "panic", "{web_status}");
+    assert!(
+        web_status["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["health"] == "down"),
+        "{web_status}"
+    );
+    let (seen, failed) = spread_http(&t, web(), 300);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.len(), 3, "every backend serves: {seen:?}");
+    assert!(t.log().contains("panic threshold of 50%"), "{}", t.log());
+}
+
+#[test]
 fn all_backends_down_drops_fast_and_status_shows_it() {
     let Some(mut t) = topo("e2dn", &[1, 1]) else {
         return;

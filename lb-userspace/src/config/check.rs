@@ -393,6 +393,7 @@ impl Check<'_> {
             protocol: protocol.map_or(Protocol::Tcp, |p| p.value),
             scheduler: f.scheduler.or(Scheduler::default()),
             forwarding: f.forwarding.or(Forwarding::default()),
+            panic_threshold: f.panic_threshold.or(Int(0)).0,
             backends: backends.collect(),
         }
     }

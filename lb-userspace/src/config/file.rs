@@ -98,6 +98,8 @@ pub(super) struct VipFile {
     pub scheduler: Field<Scheduler>,
     /// Default `encap`.
     pub forwarding: Field<Forwarding>,
+    /// Percent; default 0 (off).
+    pub panic_threshold: Field<Int<0, 100>>,
     /// Overrides `health_defaults` field by field.
     pub health_check: Field<HealthFile>,
     /// Required: at least one; addresses unique within the VIP.

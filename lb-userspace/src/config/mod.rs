@@ -259,6 +259,11 @@ pub struct Vip {
     pub scheduler: Scheduler,
     /// How packets reach the backend. Default [`Forwarding::Encap`].
     pub forwarding: Forwarding,
+    /// Percent, 0..=100; default 0 (off). When fewer than this share of
+    /// the VIP's active backends pass their health checks, the checks are
+    /// taken to be wrong (an overloaded network, a probe path that broke)
+    /// and new flows go to every active backend, as if all were healthy.
+    pub panic_threshold: u32,
     /// At least one; addresses unique within the VIP.
     pub backends: Vec<BackendConf>,
 }

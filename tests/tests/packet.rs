@@ -98,9 +98,12 @@ fn vip(id: u32) -> VipInfo {
 
 /// A balancer in a private network namespace with the VIPs above.
 fn setup() -> Option<Balancer> {
+    setup_sized(test_sizes())
+}
+
+fn setup_sized(sizes: Sizes) -> Option<Balancer> {
     root_env("packet tests")?;
     private_netns().unwrap();
-    let sizes = test_sizes();
     let mut lb = Balancer::load(sizes).unwrap();
     lb.set_config(config(sizes.ring_size)).unwrap();
     for (id, addr, vip_id) in backends() {
@@ -412,6 +415,40 @@ fn rst_ack_creates_no_entry_and_a_known_flows_rst_follows_its_entry() {
     assert_encap(&lb, &f.packet("RA", b""), &f, old);
     assert_eq!(lb.flow(&f.key()).unwrap().backend, old);
     assert_eq!(lb.flow_count(), 1);
+}
+
+#[test]
+fn flows_per_backend_are_counted_in_batches() {
+    // What `lb status` shows as active flows: the daemon reads the flow
+    // table in batches of 4096; more flows than two batches, spread over
+    // backends, must all be counted, each on its backend.
+    let Some(lb) = setup_sized(Sizes {
+        flows: 16384,
+        ..test_sizes()
+    }) else {
+        return;
+    };
+    let n = 10000u16;
+    let mut want = std::collections::HashMap::new();
+    for i in 0..n {
+        let f = Flow::tcp("192.0.2.70", 10000 + i, "10.100.0.1", 80);
+        assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
+        *want
+            .entry(lb.flow(&f.key()).unwrap().backend)
+            .or_insert(0u64) += 1;
+    }
+    let flows = match lb.ebpf().map(lb_common::maps::FLOWS).unwrap() {
+        aya::maps::Map::LruHashMap(d) => d,
+        other => panic!("FLOWS is {other:?}"),
+    };
+    let counted =
+        lb_userspace::dataplane::count_flows_in(flows, 60_000_000_000, usize::MAX).unwrap();
+    assert_eq!(counted, want);
+    assert_eq!(counted.values().sum::<u64>(), u64::from(n));
+    // Idle ones are not counted (stamped now, asked for none idle longer
+    // than 0 s plus the data path's 1 s granularity: all count).
+    let none = lb_userspace::dataplane::count_flows_in(flows, 0, usize::MAX).unwrap();
+    assert_eq!(none.values().sum::<u64>(), u64::from(n));
 }
 
 #[test]

@@ -312,6 +312,53 @@ fn spawn_decision_log(log: dataplane::DecisionLog) -> Result<()> {
     Ok(())
 }
 
+/// Loads the program and maps (adopting pinned ones), applies the pool and
+/// attaches to its interfaces.
+fn start_data_path(
+    pool: &Pool,
+    object: &[u8],
+    hash_key: [u64; 2],
+    debug_datapath: bool,
+) -> Result<Controller<BpfDataPlane>> {
+    let s = sizes(pool);
+    let mut dp = BpfDataPlane::load(object, &pool.instance, s, debug_datapath)?;
+    if let Some(log) = dp.take_decision_log() {
+        spawn_decision_log(log)?;
+        log::info!("logging the data path's decisions (--debug-datapath); this costs per new flow");
+    }
+    dp.set_config(&kernel_config(pool, hash_key))?;
+    let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
+    // After a restart the previous program is still attached: it reads the
+    // pinned maps, but its own VIP filter and index (derived, not pinned),
+    // which nothing keeps any more. Put this program, whose filter and index
+    // match the pinned VIPs, in its place before anything changes.
+    let (adopting, fresh): (Vec<&String>, Vec<&String>) = pool
+        .interfaces
+        .iter()
+        .partition(|iface| ctl.dp.link_pinned(iface));
+    for iface in adopting {
+        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
+        warn_forwarding(iface);
+    }
+    // Elsewhere tables first, then attach: the first packet already finds them.
+    let report = ctl.apply(pool)?;
+    log::info!(
+        "pool `{}`: {} VIPs; tables written for {:?}",
+        pool.instance,
+        pool.vips.len(),
+        report.tables_written
+    );
+    if debug_datapath {
+        log_ids(&ctl);
+    }
+    for iface in fresh {
+        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
+        warn_forwarding(iface);
+    }
+    ctl.dp.detach_others(&pool.interfaces)?;
+    Ok(ctl)
+}
+
 /// `lb run`.
 /// `debug_datapath`: log the data path's decisions (`--debug-datapath`).
 pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) -> Result<()> {
@@ -335,42 +382,21 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         dataplane::ifindex(iface)?;
     }
     let hash_key = load_or_create_secret(&pool.hash_secret_file)?;
-    let s = sizes(&pool);
-    let mut dp = BpfDataPlane::load(&object, &pool.instance, s, debug_datapath)?;
-    if let Some(log) = dp.take_decision_log() {
-        spawn_decision_log(log)?;
-        log::info!("logging the data path's decisions (--debug-datapath); this costs per new flow");
-    }
-    dp.set_config(&kernel_config(&pool, hash_key))?;
-    let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
-    // After a restart the previous program is still attached: it reads the
-    // pinned maps, but its own VIP filter and index (derived, not pinned),
-    // which nothing keeps any more. Put this program, whose filter and index
-    // match the pinned VIPs, in its place before anything changes.
-    let (adopting, fresh): (Vec<&String>, Vec<&String>) = pool
-        .interfaces
-        .iter()
-        .partition(|iface| ctl.dp.link_pinned(iface));
-    for iface in adopting {
-        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
-        warn_forwarding(iface);
-    }
-    // Elsewhere tables first, then attach: the first packet already finds them.
-    let report = ctl.apply(&pool)?;
-    log::info!(
-        "pool `{}`: {} VIPs; tables written for {:?}",
-        pool.instance,
-        pool.vips.len(),
-        report.tables_written
-    );
-    if debug_datapath {
-        log_ids(&ctl);
-    }
-    for iface in fresh {
-        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
-        warn_forwarding(iface);
-    }
-    ctl.dp.detach_others(&pool.interfaces)?;
+    // A start that fails leaves nothing behind of an instance it created.
+    let fresh = !dataplane::has_pins(&pool.instance);
+    let ctl = match start_data_path(&pool, &object, hash_key, debug_datapath) {
+        Ok(ctl) => ctl,
+        Err(e) => {
+            if fresh {
+                let removed = dataplane::remove_pins(&pool.instance).unwrap_or_default();
+                log::info!(
+                    "start failed: removed the {} pins this start made",
+                    removed.len()
+                );
+            }
+            return Err(e);
+        }
+    };
     warn_vip_routes(&pool);
     warn_flow_capacity(pool.tables.flow_table_size);
 

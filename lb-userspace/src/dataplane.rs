@@ -521,15 +521,40 @@ impl BpfDataPlane {
                 Err(e) => last = format!("{name} mode: {e}"),
             }
         }
-        let hint = match mode {
-            AttachMode::Driver => {
-                "; the driver may not support native XDP: try `xdp_mode: generic`"
+        let others = self.other_instances_on(iface);
+        let hint = match (mode, others.is_empty()) {
+            (_, false) => format!(
+                "; another XDP program is attached to `{iface}`: lb instance{} {} pin{} a link \
+                 on an interface of that name (`lb stop --instance NAME` detaches it; or \
+                 `ip link set dev {iface} xdp off`)",
+                if others.len() == 1 { "" } else { "s" },
+                others.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", "),
+                if others.len() == 1 { "s" } else { "" },
+            ),
+            (AttachMode::Driver, true) => {
+                "; the driver may not support native XDP: try `xdp_mode: generic`".into()
             }
-            _ => "",
+            _ => format!(
+                "; if another XDP program is attached to `{iface}`, detach it first \
+                 (`ip link set dev {iface} xdp off`)"
+            ),
         };
         Err(DataPlaneError::Setup(format!(
             "attaching XDP to `{iface}` failed ({last}){hint}"
         )))
+    }
+
+    /// Other lb instances that pin a link on an interface named `iface`
+    /// (perhaps in another network namespace: names are not unique).
+    fn other_instances_on(&self, iface: &str) -> Vec<String> {
+        let me = self.dir.as_deref();
+        std::fs::read_dir("/sys/fs/bpf")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| Some(e.path().as_path()) != me && link_pin(&e.path(), iface).exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     fn map(&self, name: &'static str) -> &aya::maps::Map {

@@ -319,6 +319,40 @@ fn a_restart_over_pins_of_another_layout_is_refused() {
 }
 
 #[test]
+fn a_second_instance_on_an_interface_is_refused_and_leaves_nothing() {
+    let Some(mut t) = topo("e2si", &[1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    let other = std::fs::read_to_string(t.pool_path())
+        .unwrap()
+        .replace("instance: e2si", "instance: e2six")
+        .replace("/run/lb/e2si.sock", "/run/lb/e2six.sock")
+        .replace("/secret", "/secret2");
+    let path = t.dir.join("other.yaml");
+    std::fs::write(&path, other).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", t.lb))
+        .arg(&t.lb_bin)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("another XDP program is attached to `eth0`") && err.contains("`e2si`"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/e2six").exists(),
+        "the failed start left its pins"
+    );
+    // The first instance carries on.
+    let (seen, failed) = spread_http(&t, web(), 20);
+    assert_eq!(failed, 0, "{seen:?}");
+}
+
+#[test]
 fn bad_reload_keeps_the_running_configuration() {
     let Some(mut t) = topo("e2br", &[1, 1, 1]) else {
         return;

@@ -105,6 +105,16 @@ pub fn ensure_bpffs() -> Result<()> {
     {
         return Ok(());
     }
+    if let Some(why) = private_mount_namespace() {
+        return Err(DataPlaneError::Setup(format!(
+            "bpffs is not mounted on /sys/fs/bpf here, and this process runs in a mount \
+             namespace its parent does not share ({why}), as under `ip netns exec`, which \
+             gives the command a private /sys: a bpffs mounted here would vanish with the \
+             process, and with it the pinned maps and XDP links (a crash would detach XDP). \
+             Enter only the network namespace instead: `nsenter --net=/run/netns/NAME lb ...`; \
+             in a container, mount the host's bpffs on /sys/fs/bpf"
+        )));
+    }
     std::fs::create_dir_all("/sys/fs/bpf").ok();
     let src = std::ffi::CString::new("bpf").unwrap();
     let dst = std::ffi::CString::new("/sys/fs/bpf").unwrap();
@@ -155,6 +165,21 @@ fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
     // log is asked for.
     loader.override_global(LOG_LEVEL, level, log_decisions);
     loader
+}
+
+/// When this process's mount namespace differs from its parent's (what
+/// `ip netns exec` does), the two namespace ids.
+fn private_mount_namespace() -> Option<String> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let parent = unsafe { libc::getppid() }.to_string();
+    match (ns("self"), ns(&parent)) {
+        (Some(mine), Some(theirs)) if mine != theirs => Some(format!(
+            "{} here, {} in its parent",
+            mine.display(),
+            theirs.display()
+        )),
+        _ => None,
+    }
 }
 
 /// The loaded balancer and the one writer of its maps: the daemon's (maps
@@ -522,8 +547,9 @@ impl BpfDataPlane {
             }
         }
         let others = self.other_instances_on(iface);
-        let hint = match (mode, others.is_empty()) {
-            (_, false) => format!(
+        let hint =
+            match (mode, others.is_empty()) {
+                (_, false) => format!(
                 "; another XDP program is attached to `{iface}`: lb instance{} {} pin{} a link \
                  on an interface of that name (`lb stop --instance NAME` detaches it; or \
                  `ip link set dev {iface} xdp off`)",
@@ -531,14 +557,14 @@ impl BpfDataPlane {
                 others.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", "),
                 if others.len() == 1 { "s" } else { "" },
             ),
-            (AttachMode::Driver, true) => {
-                "; the driver may not support native XDP: try `xdp_mode: generic`".into()
-            }
-            _ => format!(
-                "; if another XDP program is attached to `{iface}`, detach it first \
+                (AttachMode::Driver, true) => {
+                    "; the driver may not support native XDP: try `xdp_mode: generic`".into()
+                }
+                _ => format!(
+                    "; if another XDP program is attached to `{iface}`, detach it first \
                  (`ip link set dev {iface} xdp off`)"
-            ),
-        };
+                ),
+            };
         Err(DataPlaneError::Setup(format!(
             "attaching XDP to `{iface}` failed ({last}){hint}"
         )))

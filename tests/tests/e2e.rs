@@ -350,6 +350,20 @@ fn a_second_instance_on_an_interface_is_refused_and_leaves_nothing() {
     // The first instance carries on.
     let (seen, failed) = spread_http(&t, web(), 20);
     assert_eq!(failed, 0, "{seen:?}");
+    // `ip netns exec` gives lb a private /sys without bpffs: refused with
+    // the fix, rather than pinning into a bpffs that vanishes with it.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &t.lb])
+        .arg(&t.lb_bin)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("ip netns exec") && err.contains("nsenter --net="),
+        "{err}"
+    );
 }
 
 #[test]

@@ -838,6 +838,16 @@ impl<D: DataPlane> Controller<D> {
         }
     }
 
+    /// Backends removed from VIP `vip_id` whose slots are kept for their
+    /// established connections: (address, slot id).
+    pub fn removed_backends(&self, vip_id: u32) -> Vec<(IpAddr, u32)> {
+        self.retired
+            .iter()
+            .filter(|((v, _), _)| u32::from(*v) == vip_id)
+            .map(|((_, addr), id)| (*addr, *id))
+            .collect()
+    }
+
     /// Every backend that has a probe, with its spec (for the prober set).
     pub fn probes(&self) -> Vec<(BackendRef, ProbeSpec)> {
         self.vips

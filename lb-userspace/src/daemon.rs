@@ -887,6 +887,27 @@ impl Daemon {
                                 new_flows_per_s: self.rates.backend.get(b.id),
                             }
                         })
+                        .chain(
+                            self.ctl
+                                .removed_backends(v.id)
+                                .into_iter()
+                                .map(|(addr, id)| {
+                                    let bs = self.ctl.dp.backend_stats(id).unwrap_or_default();
+                                    BackendStatus {
+                                        address: addr.to_string(),
+                                        weight: 0,
+                                        state: "removed".into(),
+                                        health: "-".into(),
+                                        last_probe: None,
+                                        latency_ms: None,
+                                        active_flows: *flows.get(&id).unwrap_or(&0),
+                                        packets: bs.packets,
+                                        bytes: bs.bytes,
+                                        new_flows: bs.new_flows,
+                                        new_flows_per_s: 0.0,
+                                    }
+                                }),
+                        )
                         .collect(),
                 }
             })

@@ -37,11 +37,14 @@ enum Cmd {
     Validate { file: PathBuf },
     /// Show every VIP and backend: health, weight, traffic, connections.
     Status {
-        #[arg(long, short, conflicts_with = "socket")]
+        #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
         config: Option<PathBuf>,
         /// Control socket (default /run/lb/lb0.sock, or the pool file's).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "instance")]
         socket: Option<PathBuf>,
+        /// The instance whose daemon to ask (its socket /run/lb/NAME.sock).
+        #[arg(long)]
+        instance: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -144,15 +147,17 @@ async fn real_main(cli: Cli) -> Result<()> {
         Cmd::Status {
             config,
             socket,
+            instance,
             json,
         } => {
-            let (sock, instance) = match (config, socket) {
-                (Some(c), _) => {
+            let (sock, instance) = match (config, socket, instance) {
+                (Some(c), _, _) => {
                     let p = load_pool(&c)?;
                     (p.control_socket, Some(p.instance))
                 }
-                (None, Some(s)) => (s, None),
-                (None, None) => (PathBuf::from("/run/lb/lb0.sock"), Some("lb0".into())),
+                (None, Some(s), _) => (s, None),
+                (None, None, Some(i)) => (PathBuf::from(format!("/run/lb/{i}.sock")), Some(i)),
+                (None, None, None) => (PathBuf::from("/run/lb/lb0.sock"), Some("lb0".into())),
             };
             let answer = match daemon::request(&sock, "status").await {
                 Ok(a) => a,

@@ -36,7 +36,9 @@ pub struct VipStatus {
 pub struct BackendStatus {
     pub address: String,
     pub weight: u32,
-    /// active / drain / disabled, from the pool file.
+    /// active / drain / disabled, from the pool file; `removed` for a
+    /// backend taken out of the file whose connections still run (its slot
+    /// is kept for them).
     pub state: String,
     /// up / down / unchecked.
     pub health: String,
@@ -73,6 +75,7 @@ pub fn render(s: &Status) -> String {
         "packets",
         "bytes",
         "new/s",
+        "drops",
     ]);
     for v in &s.vips {
         let addr = if v.address.contains(':') {
@@ -86,15 +89,12 @@ pub fn render(s: &Status) -> String {
             String::new(),
             v.state.to_uppercase(),
             String::new(),
-            if v.drops > 0 {
-                format!("{} dropped", v.drops)
-            } else {
-                String::new()
-            },
+            String::new(),
             String::new(),
             v.packets.to_string(),
             v.bytes.to_string(),
             format!("{:.1}", v.new_flows_per_s),
+            v.drops.to_string(),
         ]);
         for b in &v.backends {
             let probe = match (&b.last_probe, b.latency_ms) {
@@ -113,6 +113,7 @@ pub fn render(s: &Status) -> String {
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 format!("{:.1}", b.new_flows_per_s),
+                String::new(),
             ]);
         }
     }

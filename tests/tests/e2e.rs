@@ -525,6 +525,15 @@ fn the_control_socket_is_root_only_and_the_daemon_deletes_only_its_own() {
         assert!(err.contains("permission denied"), "{args:?}: {err}");
     }
     assert!(t.status_json().is_ok(), "the daemon still runs");
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["status", "--json", "--instance", &t.tag])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A pool whose control_socket is a file that is not a socket: refused,
     // the file left alone.
     let file = t.dir.join("not-a-socket");
@@ -625,6 +634,19 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
         vec!["b3".to_string()],
         "new connections go to b3 only (b1 removed, b2 draining): {seen:?}"
     );
+    // b1, removed from the file in step (b), is shown with the
+    // connections it still carries.
+    let st = t.status_json().unwrap();
+    let b1 = t.backends[0].v4.to_string();
+    let removed = vip(&st, "hold")["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == b1.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("b1 not shown: {st}"));
+    assert_eq!(removed["state"], "removed", "{removed}");
+    assert!(removed["active_flows"].as_u64().unwrap() > 0, "{removed}");
     drop(tx);
     let broken = worker.join().unwrap();
     assert!(

@@ -119,6 +119,13 @@ fn echo_reply(ctx: &XdpContext, pkt: &Packet, icmp: *mut IcmpHdr, reply_type: u8
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return malformed();
     };
+    // The reply is the request edited in place, checksums updated
+    // incrementally: a request whose IPv4 header is corrupt (or has
+    // options) would be answered with a corrupt one. The kernel drops such
+    // a packet; so do we, by passing it on.
+    if pkt.family == AF_INET && !ipv4_header_sound(ctx, pkt.l2_len) {
+        return malformed();
+    }
     unsafe {
         let eth = &mut *eth;
         core::mem::swap(&mut eth.dst, &mut eth.src);
@@ -148,6 +155,15 @@ fn echo_reply(ctx: &XdpContext, pkt: &Packet, icmp: *mut IcmpHdr, reply_type: u8
         ip.hop_limit = OUTER_TTL;
     }
     verdict(counter::ICMP_ECHO_REPLY, XDP_TX)
+}
+
+/// Whether the IPv4 header at `off` has no options and a right checksum.
+#[inline(always)]
+fn ipv4_header_sound(ctx: &XdpContext, off: usize) -> bool {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, off) else {
+        return false;
+    };
+    unsafe { (*ip).vihl == 0x45 && csum::finish(csum::sum_words::<10>(ip as usize, 0)) == 0 }
 }
 
 /// The TTL and protocol bytes as the 16-bit word the checksum sums.

@@ -23,6 +23,14 @@ enum Cmd {
     Test,
     /// Per-packet cost through BPF_PROG_TEST_RUN, and the Maglev build time.
     Bench,
+    /// Random and mutated packets through the loaded program (default a
+    /// million), each checked; the packet tests run a short version.
+    Fuzz {
+        #[arg(default_value_t = 1_000_000)]
+        packets: u64,
+        /// Seed (default: the time, printed).
+        seed: Option<u64>,
+    },
     /// cargo fmt --check and clippy in two passes (userspace, then lb-ebpf for its BPF target).
     Lint,
     /// The load balancer on a built-in topology of network namespaces: real
@@ -45,6 +53,7 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Bench => bench(),
         Cmd::Demo => demo(),
+        Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
         Cmd::Lint => lint(),
         Cmd::Run { args } => {
             setup()?;
@@ -320,6 +329,17 @@ fn count_before(s: &str, word: &str) -> u64 {
         .and_then(|i| s[..i].rsplit([' ', '.']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", "fuzz", "--"])
+        .arg(packets.to_string())
+        .args(seed.map(|s| s.to_string()))
+        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT));
+    run(&mut cmd)
 }
 
 fn bench() -> Result<()> {

@@ -1524,3 +1524,59 @@ fn a_udp_idle_timeout_under_two_seconds_is_refused() {
         std::time::Duration::from_secs(2)
     );
 }
+
+#[test]
+fn mutated_pool_files_never_panic_and_every_problem_has_a_place() {
+    // The parser fuzzed: the example file with bytes flipped, lines cut,
+    // swapped or repeated, truncated. Each result is a pool or problems
+    // that all carry a line and column.
+    let example = include_str!("../../../deploy/pool.example.yaml");
+    let mut rng = fastrand::Rng::with_seed(20261130);
+    let mut rejected = 0;
+    for _ in 0..3000 {
+        let mut lines: Vec<String> = example.lines().map(str::to_owned).collect();
+        for _ in 0..rng.usize(1..4) {
+            if lines.is_empty() {
+                break;
+            }
+            let i = rng.usize(..lines.len());
+            match rng.u8(..5) {
+                0 => {
+                    lines.remove(i);
+                }
+                1 => {
+                    let l = lines[i].clone();
+                    lines.insert(rng.usize(..lines.len()), l);
+                }
+                2 => {
+                    let cut = rng.usize(..=lines[i].len());
+                    lines[i] = lines[i].chars().take(cut).collect();
+                }
+                3 => {
+                    let mut b = lines[i].clone().into_bytes();
+                    if !b.is_empty() {
+                        let j = rng.usize(..b.len());
+                        let chars = b"x:{}[]-,'\" 9\t&*!|>#";
+                        b[j] = chars[rng.usize(..chars.len())];
+                    }
+                    lines[i] = String::from_utf8_lossy(&b).into_owned();
+                }
+                _ => lines.truncate(i),
+            }
+        }
+        let text = lines.join("\n");
+        if let Err(errs) = parse(&text, "fuzz.yaml") {
+            rejected += 1;
+            for e in errs.iter() {
+                assert!(
+                    e.line > 0 && e.column > 0,
+                    "{e:?} has no place, in:\n{text}"
+                );
+            }
+        }
+    }
+    assert!(
+        rejected > 1000,
+        "only {rejected} of 3000 mutations were rejected"
+    );
+}

@@ -65,10 +65,12 @@ enum Cmd {
         #[arg(long = "vip")]
         vips: Vec<std::net::IpAddr>,
         /// Outer source prefix tunnels are accepted from: the balancers'
-        /// `encapsulation.source_v4`/`source_v6` (repeat for several).
-        /// Without any, tunnels are accepted from every source.
-        #[arg(long = "from", value_parser = parse_prefix)]
-        sources: Vec<(std::net::IpAddr, u8)>,
+        /// `encapsulation.source_v4`/`source_v6` (repeat for several), or
+        /// `any` to accept tunnels from every source. Required: a tunnel
+        /// from anywhere reaches every service on the backend past the
+        /// balancer.
+        #[arg(long = "from", value_parser = parse_source)]
+        sources: Vec<DecapFrom>,
         #[arg(long, value_enum, default_value = "auto")]
         mode: Mode,
         /// Detach and remove instead.
@@ -77,6 +79,20 @@ enum Cmd {
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
     },
+}
+
+/// A `--from` of `lb decap`: prefixes tunnels are accepted from.
+#[derive(Clone, Debug)]
+struct DecapFrom(Vec<(std::net::IpAddr, u8)>);
+
+/// `any`, or `ADDRESS/BITS` (a bare address is a single host).
+fn parse_source(s: &str) -> std::result::Result<DecapFrom, String> {
+    if s == "any" {
+        let v4 = std::net::IpAddr::from([0u8; 4]);
+        let v6 = std::net::IpAddr::from([0u8; 16]);
+        return Ok(DecapFrom(vec![(v4, 0), (v6, 0)]));
+    }
+    parse_prefix(s).map(|p| DecapFrom(vec![p]))
 }
 
 /// `ADDRESS/BITS` (a bare address is a single host).
@@ -228,6 +244,17 @@ async fn real_main(cli: Cli) -> Result<()> {
             if vips.is_empty() {
                 bail!("give at least one --vip ADDRESS");
             }
+            if sources.is_empty() {
+                bail!(
+                    "give the balancers' source prefixes with --from (their \
+                     encapsulation.source_v4 / source_v6, e.g. --from 10.255.0.0/24), or \
+                     --from any to accept tunnels from every source: a tunnel from \
+                     anywhere reaches every service on this backend past the balancer"
+                );
+            }
+            let sources: Vec<(std::net::IpAddr, u8)> =
+                sources.into_iter().flat_map(|f| f.0).collect();
+            let any = sources.iter().any(|(_, bits)| *bits == 0);
             let mode = match mode {
                 Mode::Auto => dataplane::AttachMode::Auto,
                 Mode::Driver => dataplane::AttachMode::Driver,
@@ -241,8 +268,8 @@ async fn real_main(cli: Cli) -> Result<()> {
                 mode,
             )?;
             println!("lb_decap attached to `{interface}` for {vips:?}");
-            if sources.is_empty() {
-                println!("tunnels are accepted from any source: give the balancers' source prefixes with --from, or filter IP protocols 4 and 41 upstream");
+            if any {
+                println!("tunnels are accepted from any source (--from any, or a /0): filter IP protocols 4 and 41 upstream");
             } else {
                 let list: Vec<String> = sources.iter().map(|(a, p)| format!("{a}/{p}")).collect();
                 println!("tunnels are accepted from {}", list.join(", "));

@@ -367,6 +367,21 @@ fn a_second_instance_on_an_interface_is_refused_and_leaves_nothing() {
 }
 
 #[test]
+fn lb_decap_needs_the_balancers_prefixes_or_an_explicit_any() {
+    if root_env("end-to-end tests").is_none() {
+        return;
+    }
+    // Refused before anything is loaded or attached.
+    let out = std::process::Command::new(lb_bin())
+        .args(["decap", "--interface", "lo", "--vip", "10.100.0.1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--from any"), "{err}");
+}
+
+#[test]
 fn bad_reload_keeps_the_running_configuration() {
     let Some(mut t) = topo("e2br", &[1, 1, 1]) else {
         return;

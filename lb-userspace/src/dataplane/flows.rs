@@ -1,0 +1,108 @@
+//! Active flows per backend for `lb status`: the flow table read in
+//! batches (`BPF_MAP_LOOKUP_BATCH`).
+use super::*;
+
+pub use lb_common::monotonic_ns;
+
+/// Flows per backend id seen within `max_idle_ns`, scanning at most `limit`
+/// entries of instance `instance`'s pinned flow table. Opens its own handle:
+/// the daemon runs this off its writer task, since a full table takes seconds.
+pub fn count_flows(
+    instance: &str,
+    max_idle_ns: u64,
+    limit: usize,
+) -> Result<std::collections::HashMap<u32, u64>> {
+    let path = pin_dir(instance).join(maps::FLOWS);
+    let data = MapData::from_pin(&path).map_err(map_err(maps::FLOWS))?;
+    count_flows_in(&data, max_idle_ns, limit)
+}
+
+/// Flows per backend id in the flow table `flows`, as `count_flows`.
+/// Reads the table in batches (`BPF_MAP_LOOKUP_BATCH`, 4096 entries a
+/// call): a million flows take a few hundred calls, where a key-by-key walk
+/// takes two million and starts over whenever its key is evicted.
+pub fn count_flows_in(
+    flows: &MapData,
+    max_idle_ns: u64,
+    limit: usize,
+) -> Result<std::collections::HashMap<u32, u64>> {
+    let now = monotonic_ns();
+    let mut out = std::collections::HashMap::new();
+    let mut seen = 0;
+    lookup_batches(flows, |values| {
+        for v in values {
+            // last_seen is refreshed at most once a second by the data path.
+            if now.saturating_sub(v.last_seen_ns) <= max_idle_ns + 1_000_000_000 {
+                *out.entry(v.backend).or_insert(0) += 1;
+            }
+        }
+        seen += values.len();
+        seen < limit
+    })
+    .map_err(|source| DataPlaneError::Io {
+        what: format!("reading `{}` in batches", maps::FLOWS),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// Hands every value of the flow table to `each`, a batch at a time, until
+/// the table ends or `each` says stop.
+fn lookup_batches(
+    flows: &MapData,
+    mut each: impl FnMut(&[FlowValue]) -> bool,
+) -> std::io::Result<()> {
+    /// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const CHUNK: usize = 4096;
+    let mut keys = vec![FlowKey::default(); CHUNK];
+    let mut values = vec![FlowValue::default(); CHUNK];
+    // Hash tables' batch position: a bucket number.
+    let (mut from, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &from as *const u32 as u64 },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: flows.fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(CHUNK);
+        match err {
+            // ENOENT: the table ended (with the last `n` entries read).
+            Some(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            Some(_) => {
+                each(&values[..n]);
+                return Ok(());
+            }
+            None if !each(&values[..n]) => return Ok(()),
+            None => {}
+        }
+        from = next;
+        first = false;
+    }
+}

@@ -1,0 +1,481 @@
+//! The data plane: loads the XDP object, pins its maps and links under
+//! `/sys/fs/bpf/<instance>/`, adopts them after a restart, and writes the maps.
+//! This is the only module that touches aya; the control loop sees the
+//! [`DataPlane`] trait, so it is tested against an in-memory fake.
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use lb_common::{
+    maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey, FlowValue, VipInfo, VipKey,
+    VipStats,
+};
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+mod attach;
+mod decap;
+mod flows;
+mod pins;
+mod ring;
+pub use decap::*;
+pub use flows::*;
+pub use pins::*;
+use ring::RingMmap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, DataPlaneError>;
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { map, source }
+}
+
+/// What the control loop writes and reads. Ids are indices into the
+/// kernel's arrays (VIP ids index rings and VIP stats, backend ids the
+/// BACKENDS array).
+pub trait DataPlane {
+    fn set_config(&mut self, cfg: &Config) -> Result<()>;
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()>;
+    /// Writes buffer `ring` (0 or 1) of VIP `vip_id`.
+    fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()>;
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
+    fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()>;
+    fn remove_vip_addr(&mut self, key: &AddrKey) -> Result<()>;
+    /// Every VIP in the kernel (for adoption after a restart).
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>>;
+    /// Every used backend slot (for adoption after a restart).
+    /// Slots in use (`BACKEND_F_USED`), and released ones that were ever
+    /// used (their generation counts on).
+    fn backends(&self) -> Result<Vec<(u32, Backend)>>;
+    fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
+    fn backend_stats(&self, id: u32) -> Result<BackendStats>;
+    fn counters(&self) -> Result<Vec<u64>>;
+}
+
+/// The reader of the data path's aya-log records.
+pub type DecisionLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Sizes of the maps, from the pool file.
+pub type Sizes = lb_common::MapSizes;
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Auto,
+    Driver,
+    Generic,
+}
+
+const ALL_MAPS: [&str; 10] = [
+    maps::LAYOUT,
+    maps::VIPS,
+    maps::VIP_ADDRS,
+    maps::BACKENDS,
+    maps::RINGS,
+    maps::FLOWS,
+    maps::CONFIG,
+    maps::VIP_STATS,
+    maps::BACKEND_STATS,
+    maps::COUNTERS,
+];
+
+/// The aya-log level the data path logs at: its decision log is off (0)
+/// unless asked for. The level is read-only data, so with it off the
+/// verifier removes the logging code and the data path pays nothing.
+const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+const LOG_OFF: u8 = 0;
+const LOG_INFO: u8 = 3;
+
+/// A loader with the balancer's map sizes and log level; the
+/// decapsulator's maps, unused on a balancer, stay tiny.
+fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    lb_common::size_maps(&mut loader, sizes);
+    loader
+        .map_max_entries(maps::DECAP_VIPS, 1)
+        .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
+    let level = if log_decisions { &LOG_INFO } else { &LOG_OFF };
+    // An object without the log (an older build) loads as well, unless the
+    // log is asked for.
+    loader.override_global(LOG_LEVEL, level, log_decisions);
+    loader
+}
+
+/// The loaded balancer and the one writer of its maps: the daemon's (maps
+/// and links pinned), the packet tests' and the benches' (unpinned).
+pub struct BpfDataPlane {
+    ebpf: Ebpf,
+    ring: RingMmap,
+    sizes: Sizes,
+    /// Where maps and links are pinned; `None` for an unpinned load (the
+    /// packet tests and benches), which cannot attach.
+    dir: Option<PathBuf>,
+    /// Links adopted from pins: this process holds them too, so detaching
+    /// takes both the pin and this.
+    adopted: std::collections::HashMap<String, aya::programs::xdp::XdpLinkId>,
+    /// Written into every `Config` (`Config::jiffy_ns`).
+    clock: lb_common::DataPathClock,
+    filter: lb_common::VipFilter,
+    /// A filter write failed: `filter` is ahead of the maps, and the next
+    /// change writes all of it.
+    filter_stale: bool,
+    /// The data path's decision log, when asked for and not yet taken.
+    log: Option<DecisionLog>,
+}
+
+/// The data of the maps this program pins.
+fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match m {
+        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Some(d),
+        _ => None,
+    }
+}
+
+impl BpfDataPlane {
+    /// Loads the object, reusing maps pinned by an earlier run of the same
+    /// instance (so flows and tables survive a daemon restart), and pins
+    /// whatever is new.
+    ///
+    /// `log_decisions`: the data path logs each new flow's backend and each
+    /// drop for want of one (`lb run --debug-datapath`); read them with
+    /// [`BpfDataPlane::take_decision_log`].
+    pub fn load(object: &[u8], instance: &str, sizes: Sizes, log_decisions: bool) -> Result<Self> {
+        ensure_bpffs()?;
+        let dir = pin_dir(instance);
+        std::fs::create_dir_all(&dir).map_err(|source| DataPlaneError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
+        // Pins of an earlier run: their layout version must be this one's.
+        let earlier = pins.iter().any(|(_, p)| p.exists());
+        let layout = read_layout_pin(&dir.join(maps::LAYOUT));
+        if earlier && layout != Some(lb_common::LAYOUT_VERSION) {
+            return Err(DataPlaneError::Setup(format!(
+                "the maps pinned under {} were made by another version of lb (layout {}, this \
+                 one needs {}); run `lb stop` first to start afresh (established flows are then \
+                 forgotten)",
+                dir.display(),
+                layout.map_or("unknown".to_string(), |v| v.to_string()),
+                lb_common::LAYOUT_VERSION
+            )));
+        }
+        let mut loader = balancer_loader(sizes, log_decisions);
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(object)
+            .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
+        let log =
+            match log_decisions {
+                true => Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| {
+                    DataPlaneError::Setup(format!("reading the data path's log: {e}"))
+                })?),
+                false => None,
+            };
+        let mut dp = Self::loaded(ebpf, sizes, Some(dir), None)?;
+        dp.log = log;
+        let mut a: Array<&mut MapData, u32> =
+            Array::try_from(dp.map_mut(maps::LAYOUT)).map_err(map_err(maps::LAYOUT))?;
+        a.set(0, lb_common::LAYOUT_VERSION, 0)
+            .map_err(map_err(maps::LAYOUT))?;
+        Ok(dp)
+    }
+
+    /// Loads the object without pinning anything: the same map writer for
+    /// the packet tests and benches, which run the programs with
+    /// BPF_PROG_TEST_RUN. `clock`: a tick already measured in this process
+    /// (`None` measures it, as `load` does).
+    pub fn load_unpinned(
+        object: &[u8],
+        sizes: Sizes,
+        clock: Option<lb_common::DataPathClock>,
+    ) -> Result<Self> {
+        let ebpf = balancer_loader(sizes, false)
+            .load(object)
+            .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
+        Self::loaded(ebpf, sizes, None, clock)
+    }
+
+    /// Checks the maps of a loaded object, maps the rings, measures the
+    /// clock and rebuilds the VIP filter from the VIPs found.
+    fn loaded(
+        ebpf: Ebpf,
+        sizes: Sizes,
+        dir: Option<PathBuf>,
+        clock: Option<lb_common::DataPathClock>,
+    ) -> Result<Self> {
+        let pins = dir.clone().unwrap_or_default();
+        // A reused pin must be what this pool file and this program need:
+        // the kernel would otherwise take writes past its end, or packets
+        // would read values of another layout.
+        let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
+        let expected: [(&'static str, u32, usize); 9] = [
+            (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
+            (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
+            (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
+            (maps::BACKENDS, sizes.max_backends, size_of::<Backend>()),
+            (
+                maps::BACKEND_STATS,
+                sizes.max_backends,
+                size_of::<BackendStats>(),
+            ),
+            (maps::RINGS, entries as u32, size_of::<u64>()),
+            (maps::FLOWS, sizes.flows, size_of::<FlowValue>()),
+            (maps::CONFIG, 1, size_of::<Config>()),
+            (maps::COUNTERS, lb_common::counter::COUNT, size_of::<u64>()),
+        ];
+        // (An unpinned load made its maps just now, from this object.)
+        for (name, max, value) in expected.into_iter().filter(|_| dir.is_some()) {
+            let m = ebpf.map(name).and_then(map_data).ok_or_else(|| {
+                DataPlaneError::Setup(format!("map `{name}` missing from the eBPF object"))
+            })?;
+            let info = m.info().map_err(map_err(name))?;
+            if info.max_entries() != max || info.value_size() as usize != value {
+                return Err(DataPlaneError::Setup(format!(
+                    "the pinned map {} was made for another pool or version ({} entries of {} bytes; this one needs {max} of {value}); run `lb stop` first to start afresh (established flows are then forgotten)",
+                    pins.join(name).display(),
+                    info.max_entries(),
+                    info.value_size()
+                )));
+            }
+        }
+        let data = ebpf
+            .map(maps::RINGS)
+            .and_then(map_data)
+            .expect("checked above");
+        let ring = RingMmap::new(data, entries)?;
+        let mut ebpf = ebpf;
+        let clock = match clock.map(Ok).unwrap_or_else(|| data_path_clock(&mut ebpf)) {
+            Ok(c) => {
+                log::debug!("data path clock: {} ns per jiffy", c.jiffy_ns);
+                c
+            }
+            Err(e) => {
+                log::warn!("cannot calibrate the data path's jiffies clock ({e}); it reads the coarse clock instead, about 30 ns more per packet");
+                lb_common::DataPathClock::default()
+            }
+        };
+        let mut dp = BpfDataPlane {
+            ebpf,
+            ring,
+            sizes,
+            dir,
+            adopted: std::collections::HashMap::new(),
+            clock,
+            filter: lb_common::VipFilter::new(),
+            filter_stale: false,
+            log: None,
+        };
+        // The filter is not pinned (a fresh load's is all zero): rebuild it
+        // from the VIPs an earlier run left, if any.
+        let vips = dp.vips()?;
+        for (key, info) in &vips {
+            dp.filter.set(*key, *info);
+        }
+        if !vips.is_empty() {
+            lb_common::write_vip_filter_all(&mut dp.ebpf, &dp.filter)
+                .map_err(DataPlaneError::Setup)?;
+        }
+        Ok(dp)
+    }
+
+    /// The `lb_xdp` program of the loaded object.
+    fn balancer(&mut self) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(progs::BALANCER)
+            .expect("lb_xdp in the object")
+            .try_into()
+            .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))
+    }
+
+    /// Whether an earlier run left a pinned link on `iface` (which `attach`
+    /// then adopts).
+    pub fn link_pinned(&self, iface: &str) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|d| link_pin(d, iface).exists())
+    }
+
+    /// The pin directory; attaching needs one.
+    fn pins(&self) -> Result<&Path> {
+        self.dir.as_deref().ok_or_else(|| {
+            DataPlaneError::Setup("the balancer was loaded unpinned; it cannot be attached".into())
+        })
+    }
+
+    /// The data path's decision log (loaded with `log_decisions`), for the
+    /// caller to drain: `flush` hands its records to the `log` crate.
+    pub fn take_decision_log(&mut self) -> Option<DecisionLog> {
+        self.log.take()
+    }
+
+    /// The loaded object, for running and reading its programs and maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The tick the data path's clock was calibrated with (written into
+    /// every `Config`); the default means the coarse-clock fallback.
+    pub fn clock(&self) -> lb_common::DataPathClock {
+        self.clock
+    }
+
+    /// Replaces the clock written into the next `Config`s, as a failed
+    /// calibration does (the default: the coarse clock).
+    pub fn set_clock(&mut self, clock: lb_common::DataPathClock) {
+        self.clock = clock;
+    }
+
+    fn map(&self, name: &'static str) -> &aya::maps::Map {
+        self.ebpf.map(name).expect("map in the object")
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
+        self.ebpf.map_mut(name).expect("map in the object")
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+}
+
+impl BpfDataPlane {
+    /// Writes a filter change, or all of the filter after a failed write.
+    fn write_filter(&mut self, w: lb_common::FilterWrites) -> Result<()> {
+        let r = if self.filter_stale {
+            lb_common::write_vip_filter_all(&mut self.ebpf, &self.filter)
+        } else {
+            lb_common::write_vip_filter(&mut self.ebpf, w)
+        };
+        self.filter_stale = r.is_err();
+        r.map_err(DataPlaneError::Setup)
+    }
+}
+
+/// Loads `lb_clock` and measures the kernel's tick with it.
+fn data_path_clock(ebpf: &mut aya::Ebpf) -> std::result::Result<lb_common::DataPathClock, String> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(progs::CLOCK)
+        .ok_or("lb_clock missing from the eBPF object")?
+        .try_into()
+        .map_err(|e| format!("lb_clock: {e}"))?;
+    prog.load().map_err(|e| format!("loading lb_clock: {e}"))?;
+    lb_common::calibrate_clock(prog)
+}
+
+impl DataPlane for BpfDataPlane {
+    fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut cfg = *cfg;
+        self.clock.apply(&mut cfg);
+        let mut a: Array<&mut MapData, Config> =
+            Array::try_from(self.map_mut(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
+        a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    }
+
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
+        let mut a: Array<&mut MapData, Backend> =
+            Array::try_from(self.map_mut(maps::BACKENDS)).map_err(map_err(maps::BACKENDS))?;
+        a.set(id, *b, 0).map_err(map_err(maps::BACKENDS))
+    }
+
+    fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
+        let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size) as usize;
+        self.ring.write(base, slots)
+    }
+
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
+        m.insert(key, info, 0).map_err(map_err(maps::VIPS))?;
+        // After the VIP: a set bit without a VIP only costs a lookup.
+        let w = self.filter.set(*key, *info);
+        self.write_filter(w)
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
+        m.remove(key).map_err(map_err(maps::VIPS))?;
+        let w = self.filter.remove(key);
+        self.write_filter(w)
+    }
+
+    fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::VIP_ADDRS)).map_err(map_err(maps::VIP_ADDRS))?;
+        m.insert(key, flags, 0).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    fn remove_vip_addr(&mut self, key: &AddrKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::VIP_ADDRS)).map_err(map_err(maps::VIP_ADDRS))?;
+        m.remove(key).map_err(map_err(maps::VIP_ADDRS))
+    }
+
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>> {
+        let m: HashMap<&MapData, VipKey, VipInfo> =
+            HashMap::try_from(self.map(maps::VIPS)).map_err(map_err(maps::VIPS))?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let a: Array<&MapData, Backend> =
+            Array::try_from(self.map(maps::BACKENDS)).map_err(map_err(maps::BACKENDS))?;
+        Ok((0..a.len())
+            .filter_map(|i| a.get(&i, 0).ok().map(|b| (i, b)))
+            .filter(|(_, b)| b.flags & lb_common::BACKEND_F_USED != 0 || b.gen != 0)
+            .collect())
+    }
+
+    fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        let a: PerCpuArray<&MapData, VipStats> =
+            PerCpuArray::try_from(self.map(maps::VIP_STATS)).map_err(map_err(maps::VIP_STATS))?;
+        let v = a.get(&vip_id, 0).map_err(map_err(maps::VIP_STATS))?;
+        Ok(v.iter().sum())
+    }
+
+    fn backend_stats(&self, id: u32) -> Result<BackendStats> {
+        let a: PerCpuArray<&MapData, BackendStats> =
+            PerCpuArray::try_from(self.map(maps::BACKEND_STATS))
+                .map_err(map_err(maps::BACKEND_STATS))?;
+        let v = a.get(&id, 0).map_err(map_err(maps::BACKEND_STATS))?;
+        Ok(v.iter().sum())
+    }
+
+    fn counters(&self) -> Result<Vec<u64>> {
+        let a: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(maps::COUNTERS)).map_err(map_err(maps::COUNTERS))?;
+        (0..lb_common::counter::COUNT)
+            .map(|i| {
+                a.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(maps::COUNTERS))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,419 @@
+//! `lb run`: loads the pool file, loads or adopts the pinned data plane,
+//! attaches, runs the health probes, reloads on file change and SIGHUP, and
+//! answers `lb status` / `lb stop` on its control socket. One task owns the
+//! controller, so there is one writer of the maps.
+use crate::config::{self, BackendState, Pool, XdpModeSetting};
+use crate::controller::{kernel_config, BackendRef, Controller, HealthView};
+use crate::dataplane::{self, AttachMode, BpfDataPlane, DataPlane, Sizes};
+use crate::health::{spawn_prober, Health, HealthEvent, ProbeSpec, ProberHandle};
+use crate::status::{BackendStatus, Status, VipStatus};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// How often the pool file is checked for changes.
+mod control;
+mod host;
+mod reload;
+mod secret;
+mod view;
+use control::*;
+pub use control::{request, socket_alive, Denied};
+use host::*;
+pub use secret::load_or_create_secret;
+use view::Rates;
+
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// When a valid pool file could not be applied, how long until the next try.
+const RELOAD_RETRY: Duration = Duration::from_secs(5);
+
+fn sizes(pool: &Pool) -> Sizes {
+    Sizes {
+        max_vips: pool.tables.max_vips,
+        max_backends: pool.tables.max_backends,
+        ring_size: pool.tables.maglev_size,
+        flows: pool.tables.flow_table_size,
+    }
+}
+
+fn attach_mode(m: XdpModeSetting) -> AttachMode {
+    match m {
+        XdpModeSetting::Auto => AttachMode::Auto,
+        XdpModeSetting::Driver => AttachMode::Driver,
+        XdpModeSetting::Generic => AttachMode::Generic,
+    }
+}
+
+pub struct Daemon {
+    config_path: PathBuf,
+    pool: Pool,
+    ctl: Controller<BpfDataPlane>,
+    /// One prober per distinct check, serving every (VIP, backend) that
+    /// checks a backend the same way.
+    probers: HashMap<ProbeSpec, (Vec<BackendRef>, ProberHandle)>,
+    health_tx: mpsc::Sender<HealthEvent<ProbeSpec>>,
+    started: Instant,
+    last_text: String,
+    /// Why the pool file could not be read last time (logged once per cause).
+    read_error: Option<String>,
+    /// Set when applying a valid file failed: try again at this time.
+    retry_at: Option<Instant>,
+    rates: Rates,
+    /// Active flows per backend id, counted by a background task, and when.
+    flows: FlowCounts,
+}
+
+type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
+
+/// How often, at most, the flow table is walked for `lb status`.
+const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Counts active flows on a blocking thread, with its own handle on the
+/// pinned map: walking a million entries takes seconds and must not hold up
+/// the writer. Waits FLOW_COUNT_INTERVAL, or twice as long as a walk took.
+fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
+    tokio::spawn(async move {
+        loop {
+            let i = instance.clone();
+            let started = Instant::now();
+            let counted = tokio::task::spawn_blocking(move || {
+                dataplane::count_flows(&i, max_idle_ns, 1 << 22)
+            })
+            .await;
+            let took = started.elapsed();
+            match counted {
+                Ok(Ok(c)) => *out.lock().expect("flow counts") = (Some(Instant::now()), c),
+                Ok(Err(e)) => log::debug!("counting flows: {e}"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(FLOW_COUNT_INTERVAL.max(took * 2)).await;
+        }
+    });
+}
+
+/// The ids the data path's decision log names: VIPs and backend slots.
+fn log_ids(ctl: &Controller<BpfDataPlane>) {
+    for v in ctl.vips.values() {
+        let backends: Vec<String> = v
+            .backends
+            .values()
+            .map(|b| format!("{} = {}", b.id, b.address))
+            .collect();
+        log::info!(
+            "data path ids: vip {} = `{}`; backends {}",
+            v.id,
+            v.conf.name,
+            backends.join(", ")
+        );
+    }
+}
+
+/// Hands the data path's log records to the daemon's log as they come.
+fn spawn_decision_log(log: dataplane::DecisionLog) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer's descriptor, which stays
+    // open and the same for as long as the logger lives (inside `fd`).
+    let mut fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the data path's log: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}
+
+/// Loads the program and maps (adopting pinned ones), applies the pool and
+/// attaches to its interfaces.
+fn start_data_path(
+    pool: &Pool,
+    object: &[u8],
+    hash_key: [u64; 2],
+    debug_datapath: bool,
+) -> Result<Controller<BpfDataPlane>> {
+    let s = sizes(pool);
+    let mut dp = BpfDataPlane::load(object, &pool.instance, s, debug_datapath)?;
+    if let Some(log) = dp.take_decision_log() {
+        spawn_decision_log(log)?;
+        log::info!("logging the data path's decisions (--debug-datapath); this costs per new flow");
+    }
+    dp.set_config(&kernel_config(pool, hash_key))?;
+    let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
+    // After a restart the previous program is still attached: it reads the
+    // pinned maps, but its own VIP filter and index (derived, not pinned),
+    // which nothing keeps any more. Put this program, whose filter and index
+    // match the pinned VIPs, in its place before anything changes.
+    let (adopting, fresh): (Vec<&String>, Vec<&String>) = pool
+        .interfaces
+        .iter()
+        .partition(|iface| ctl.dp.link_pinned(iface));
+    for iface in adopting {
+        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
+        warn_forwarding(iface);
+    }
+    // Elsewhere tables first, then attach: the first packet already finds them.
+    let report = ctl.apply(pool)?;
+    log::info!(
+        "pool `{}`: {} VIPs; tables written for {:?}",
+        pool.instance,
+        pool.vips.len(),
+        report.tables_written
+    );
+    if debug_datapath {
+        log_ids(&ctl);
+    }
+    for iface in fresh {
+        ctl.dp.attach(iface, attach_mode(pool.xdp_mode))?;
+        warn_forwarding(iface);
+    }
+    ctl.dp.detach_others(&pool.interfaces)?;
+    Ok(ctl)
+}
+
+/// `lb run`.
+/// `debug_datapath`: log the data path's decisions (`--debug-datapath`).
+pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) -> Result<()> {
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let pool = config::parse(&text, &config_path.display().to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`lb run` needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP); run it with sudo");
+    }
+    if socket_alive(&pool.control_socket).await {
+        bail!(
+            "instance `{}` is already running (its control socket {} answers); stop it with `lb stop --config {}`",
+            pool.instance,
+            pool.control_socket.display(),
+            config_path.display()
+        );
+    }
+    check_socket_path(&pool.control_socket)?;
+    for iface in &pool.interfaces {
+        dataplane::ifindex(iface)?;
+    }
+    let hash_key = load_or_create_secret(&pool.hash_secret_file)?;
+    // A start that fails leaves nothing behind of an instance it created.
+    let fresh = !dataplane::has_pins(&pool.instance);
+    let ctl = match start_data_path(&pool, &object, hash_key, debug_datapath) {
+        Ok(ctl) => ctl,
+        Err(e) => {
+            if fresh {
+                let removed = dataplane::remove_pins(&pool.instance).unwrap_or_default();
+                log::info!(
+                    "start failed: removed the {} pins this start made",
+                    removed.len()
+                );
+            }
+            return Err(e);
+        }
+    };
+    warn_vip_routes(&pool);
+    warn_flow_capacity(pool.tables.flow_table_size);
+
+    if let Some(dir) = pool.control_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = bind_control_socket(&pool.control_socket)?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
+    tokio::spawn(serve_control(listener, ctl_tx));
+
+    let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let mut d = Daemon {
+        config_path: config_path.clone(),
+        pool,
+        ctl,
+        probers: HashMap::new(),
+        health_tx,
+        started: Instant::now(),
+        last_text: text,
+        read_error: None,
+        retry_at: None,
+        flows: Default::default(),
+        rates: Rates::new(),
+    };
+    d.sync_probers();
+    let idle = d.pool.tables.udp_idle_timeout.as_nanos() as u64;
+    spawn_flow_counter(
+        d.pool.instance.clone(),
+        idle.max(60_000_000_000),
+        d.flows.clone(),
+    );
+    log::info!(
+        "serving; control socket {}; pins under {}",
+        d.pool.control_socket.display(),
+        dataplane::pin_dir(&d.pool.instance).display()
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // When verdicts wait out a VIP's flip grace: flush them then.
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    loop {
+        let flush_due = async {
+            match flush_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(ev) = health_rx.recv() => {
+                // Every verdict already waiting, then one write per VIP.
+                d.on_health(ev);
+                while let Ok(ev) = health_rx.try_recv() {
+                    d.on_health(ev);
+                }
+                flush_at = d.flush_health();
+            }
+            _ = flush_due => flush_at = d.flush_health(),
+            _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
+            _ = watch.tick() => d.reload(false),
+            _ = tick.tick() => d.sample_rates(),
+            Some(c) = ctl_rx.recv() => match c {
+                Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
+                Control::Stop(reply) => {
+                    let removed = dataplane::remove_pins(&d.pool.instance)?;
+                    log::info!("stopped: XDP detached, {} pins removed", removed.len());
+                    let _ = reply.send("{\"stopped\":true}".into());
+                    let _ = std::fs::remove_file(&d.pool.control_socket);
+                    return Ok(());
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&d.pool.control_socket);
+    log::info!(
+        "exiting; the XDP program stays attached and keeps forwarding with the pinned maps under {} (`lb stop` detaches)",
+        dataplane::pin_dir(&d.pool.instance).display()
+    );
+    Ok(())
+}
+
+impl Daemon {
+    /// A probe's result, for every (VIP, backend) its prober serves.
+    fn on_health(&mut self, ev: HealthEvent<ProbeSpec>) {
+        let refs = match self.probers.get(&ev.backend) {
+            Some((refs, _)) => refs.clone(),
+            None => return,
+        };
+        for r in refs {
+            self.on_backend_health(r, &ev);
+        }
+    }
+
+    fn on_backend_health(&mut self, backend: BackendRef, ev: &HealthEvent<ProbeSpec>) {
+        match self.ctl.probe_result(&backend, &ev.outcome, ev.health) {
+            Ok(true) => {
+                let name = self
+                    .ctl
+                    .vips
+                    .get(&backend.0)
+                    .map(|v| v.conf.name.clone())
+                    .unwrap_or_default();
+                let (level, word, probes) = match ev.health {
+                    Health::Up => (log::Level::Info, "up", "passed"),
+                    Health::Down => (log::Level::Warn, "down", "failed"),
+                };
+                log::log!(
+                    level,
+                    "backend {} of VIP `{}` is {} after {} {} probe{} ({}, {:.1} ms)",
+                    backend.1,
+                    name,
+                    word,
+                    ev.in_a_row,
+                    probes,
+                    if ev.in_a_row == 1 { "" } else { "s" },
+                    ev.outcome.detail,
+                    ev.outcome.latency.as_secs_f64() * 1000.0
+                );
+                if let Some(v) = self.ctl.vips.get(&backend.0) {
+                    if v.serving() == 0 {
+                        log::error!("VIP `{}` has no backend left: its packets are dropped (drop_no_backend)", v.conf.name);
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => log::error!("applying a health change: {e}"),
+        }
+    }
+
+    /// Writes the recorded health verdicts; returns when to try again for
+    /// VIPs that must first wait out their flip grace.
+    fn flush_health(&mut self) -> Option<tokio::time::Instant> {
+        match self.ctl.flush() {
+            Ok(wait) => wait.map(|w| tokio::time::Instant::now() + w),
+            Err(e) => {
+                log::error!("applying health changes (retrying in 1s): {e}");
+                Some(tokio::time::Instant::now() + Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// Starts probes for new or changed checks, stops those no longer
+    /// wanted; a backend that several VIPs check the same way is probed once.
+    fn sync_probers(&mut self) {
+        let mut wanted: HashMap<ProbeSpec, Vec<BackendRef>> = HashMap::new();
+        for (k, spec) in self.ctl.probes() {
+            wanted.entry(spec).or_default().push(k);
+        }
+        self.probers.retain(|spec, _| wanted.contains_key(spec));
+        for (spec, refs) in wanted {
+            if let Some((served, _)) = self.probers.get_mut(&spec) {
+                *served = refs;
+                continue;
+            }
+            let down = refs.iter().any(|(vip, addr)| {
+                self.ctl
+                    .vips
+                    .get(vip)
+                    .and_then(|v| v.backends.get(addr))
+                    .is_some_and(|b| b.health == HealthView::Down)
+            });
+            let initial = if down { Health::Down } else { Health::Up };
+            let h = spawn_prober(spec.clone(), spec.clone(), initial, self.health_tx.clone());
+            self.probers.insert(spec, (refs, h));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(cpu_count("0-3\n"), 4);
+        assert_eq!(cpu_count("0-1,4,6-7"), 5);
+        assert_eq!(cpu_count("0"), 1);
+    }
+
+    #[test]
+    fn the_hash_secret_is_created_once_then_read_back() {
+        let dir = std::env::temp_dir().join(format!("lb-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("sub/secret");
+        let a = load_or_create_secret(&path).unwrap();
+        let b = load_or_create_secret(&path).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, [0, 0]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "not hex\n").unwrap();
+        let e = load_or_create_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("expected 32 hex digits"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,653 @@
+//! The one writer of the maps: turns the pool file, health verdicts and
+//! drains into VIPs, backend slots and Maglev tables, and writes only what
+//! changed. Pure logic over the [`DataPlane`] trait.
+use crate::config::{BackendState, Pool, Protocol, Vip};
+use crate::dataplane::{DataPlane, DataPlaneError};
+use crate::health::{Health, ProbeOutcome, ProbeSpec};
+use crate::maglev::{self, MaglevBackend};
+use lb_common::{
+    AddrKey, Backend, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP, BACKEND_F_DOWN,
+    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// A buffer that packets stopped reading is rewritten no sooner than this,
+/// so a packet that read the old `active_ring` just before the flip never
+/// sees its table change under it.
+pub const FLIP_GRACE: Duration = Duration::from_millis(5);
+
+/// Identifies a backend of a VIP: (VIP, backend address).
+pub type BackendRef = (VipKey, IpAddr);
+
+mod tables;
+mod verdicts;
+
+#[derive(Clone, Debug)]
+pub struct RunningBackend {
+    pub id: u32,
+    pub address: IpAddr,
+    pub weight: u32,
+    pub state: BackendState,
+    pub health: HealthView,
+    pub last_probe: Option<ProbeView>,
+    pub probe: Option<ProbeSpec>,
+    /// The flags last written to its slot (`kernel_flags` then).
+    flags_written: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthView {
+    Up,
+    Down,
+    /// No health check configured.
+    Unchecked,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeView {
+    pub ok: bool,
+    pub detail: String,
+    pub latency_ms: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunningVip {
+    pub id: u32,
+    pub conf: Vip,
+    pub active_ring: u8,
+    /// What the active buffer holds (None until first written by us).
+    pub table: Option<Vec<u32>>,
+    /// The Maglev input `table` was built from: a table is rebuilt only
+    /// when its input changes.
+    table_input: Vec<MaglevBackend>,
+    /// Too few backends pass their checks: every active one takes new
+    /// flows (see `Vip::panic_threshold`).
+    pub panic: bool,
+    pub last_flip: Option<Instant>,
+    pub backends: BTreeMap<IpAddr, RunningBackend>,
+}
+
+impl RunningVip {
+    pub fn key(&self) -> VipKey {
+        vip_key(&self.conf)
+    }
+
+    /// Backends that take new flows.
+    pub fn serving(&self) -> usize {
+        self.backends
+            .values()
+            .filter(|b| takes_new_flows(b, self.panic))
+            .count()
+    }
+
+    /// Whether fewer than `panic_threshold` percent of the active backends
+    /// pass their checks (then every active backend takes new flows).
+    fn below_panic_threshold(&self) -> bool {
+        let threshold = self.conf.panic_threshold as usize;
+        let active = self
+            .backends
+            .values()
+            .filter(|b| b.state == BackendState::Active);
+        let (n, healthy) = active.fold((0, 0), |(n, h), b| {
+            (n + 1, h + usize::from(b.health != HealthView::Down))
+        });
+        threshold > 0 && n > 0 && healthy * 100 < threshold * n
+    }
+}
+
+/// Whether a backend takes new flows; in panic mode its health is ignored.
+fn takes_new_flows(b: &RunningBackend, panic: bool) -> bool {
+    b.state == BackendState::Active && (panic || b.health != HealthView::Down)
+}
+
+/// `Backend::flags` of a slot in use. In panic mode no backend is marked
+/// unhealthy: the data path sends new flows (and keeps UDP flows) as if
+/// every check passed.
+fn kernel_flags(b: &RunningBackend, panic: bool) -> u8 {
+    let mut f = BACKEND_F_USED;
+    if b.state == BackendState::Disabled {
+        f |= BACKEND_F_DOWN;
+    }
+    if b.health == HealthView::Down && !panic {
+        f |= BACKEND_F_UNHEALTHY;
+    }
+    f
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error("no free {what} slot: the maps hold {max}; raise `tables.{field}` and restart with `lb stop` first")]
+    Full {
+        what: &'static str,
+        field: &'static str,
+        max: u32,
+    },
+}
+
+/// What one `apply` changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub vips_added: Vec<String>,
+    pub vips_removed: Vec<String>,
+    pub tables_written: Vec<String>,
+}
+
+impl ApplyReport {
+    /// What changed, for the log ("no change" when nothing did).
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            ("VIPs added", &self.vips_added),
+            ("VIPs removed", &self.vips_removed),
+            (
+                "tables rewritten (backends, weights or states changed)",
+                &self.tables_written,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(what, v)| format!("{what}: {}", v.join(", ")))
+        .collect();
+        if parts.is_empty() {
+            "no change to VIPs or tables".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+pub struct Controller<D: DataPlane> {
+    pub dp: D,
+    ring_size: u32,
+    max_vips: u32,
+    max_backends: u32,
+    pub vips: BTreeMap<VipKey, RunningVip>,
+    /// Ids found in the kernel at start (adopted), not yet claimed by the pool.
+    adopted_vips: BTreeMap<VipKey, (u32, u8)>,
+    /// Backend slots found in the kernel at start: (VIP id, address) → (slot, flags).
+    adopted_backends: BTreeMap<(u16, IpAddr), (u32, u8)>,
+    /// Slots of backends removed from the pool file, kept as they were so
+    /// the connections they hold carry on (as with IPVS or Katran). The same
+    /// backend added again gets its slot back; a retired slot is reused for
+    /// another backend only when no slot is free.
+    retired: BTreeMap<(u16, IpAddr), u32>,
+    /// Free backend slots while an `apply` runs (see `alloc_backend_id`).
+    free_backend_ids: Option<BTreeSet<u32>>,
+    /// VIPs with health verdicts not yet written (see `flush`).
+    dirty: BTreeSet<VipKey>,
+    /// What VIP_ADDRS holds, as far as we know: address → flags (None:
+    /// present, flags unknown, e.g. an adopted VIP's address).
+    known_addrs: BTreeMap<AddrKey, Option<u32>>,
+    /// `Backend::gen` of every slot ever used (0 when absent).
+    slot_gen: BTreeMap<u32, u32>,
+}
+
+pub use lb_common::{addr_words, words_addr};
+
+pub fn vip_key(v: &Vip) -> VipKey {
+    let (addr, family) = addr_words(v.address);
+    VipKey {
+        addr,
+        port: v.port.to_be(),
+        proto: match v.protocol {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        },
+        family,
+    }
+}
+
+fn addr_key(v: &VipKey) -> AddrKey {
+    AddrKey {
+        addr: v.addr,
+        family: v.family,
+        _pad: [0; 3],
+    }
+}
+
+/// The backend's stable identity for Maglev: from its address alone, so
+/// every node that shares the pool file builds the same table.
+pub fn maglev_key(addr: IpAddr) -> u64 {
+    let bytes: Vec<u8> = match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    // FNV-1a 64: fixed forever (tables must match across nodes and versions).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The kernel's global settings from the pool file and the hash secret.
+pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
+    let e = &pool.encapsulation;
+    let mut cfg = Config {
+        hash_key,
+        ring_size: pool.tables.maglev_size,
+        udp_idle_timeout_ns: pool.tables.udp_idle_timeout.as_nanos() as u64,
+        mtu: e.mtu,
+        ..Config::default()
+    };
+    if let Some((addr, prefix)) = e.source_v4 {
+        cfg.flags |= CONFIG_F_SRC_V4;
+        cfg.src_v4 = u32::from_ne_bytes(addr.octets());
+        let host: u32 = if prefix >= 32 { 0 } else { u32::MAX >> prefix };
+        cfg.src_v4_mask = u32::from_ne_bytes(host.to_be_bytes());
+    }
+    if let Some((addr, prefix)) = e.source_v6 {
+        cfg.flags |= CONFIG_F_SRC_V6;
+        cfg.src_v6 = addr_words(IpAddr::V6(addr)).0;
+        let bits = 128u32.saturating_sub(prefix as u32).min(32);
+        let host: u32 = if bits == 0 {
+            0
+        } else {
+            u32::MAX >> (32 - bits)
+        };
+        cfg.src_v6_mask = u32::from_ne_bytes(host.to_be_bytes());
+    }
+    if let Some(mac) = e.gateway_mac {
+        cfg.flags |= CONFIG_F_GATEWAY_MAC;
+        cfg.gateway_mac = mac;
+    }
+    if pool.vips.iter().any(|v| v.port == 0) {
+        cfg.flags |= CONFIG_F_ANY_PORT;
+    }
+    cfg
+}
+
+impl<D: DataPlane> Controller<D> {
+    /// Starts from what the kernel already holds (after a restart) so ids,
+    /// active buffers and flows carry over.
+    pub fn adopt(
+        dp: D,
+        ring_size: u32,
+        max_vips: u32,
+        max_backends: u32,
+    ) -> Result<Self, ControlError> {
+        let adopted_vips: BTreeMap<VipKey, (u32, u8)> = dp
+            .vips()?
+            .into_iter()
+            .map(|(k, i)| (k, (i.vip_id, i.active_ring)))
+            .collect();
+        let slots = dp.backends()?;
+        let slot_gen = slots.iter().map(|(id, b)| (*id, b.gen)).collect();
+        let adopted_backends = slots
+            .into_iter()
+            .filter(|(_, b)| b.flags & BACKEND_F_USED != 0)
+            .map(|(id, b)| ((b.vip_id, words_addr(b.addr, b.family)), (id, b.flags)))
+            .collect();
+        let known_addrs = adopted_vips.keys().map(|k| (addr_key(k), None)).collect();
+        Ok(Controller {
+            dp,
+            ring_size,
+            max_vips,
+            max_backends,
+            vips: BTreeMap::new(),
+            adopted_vips,
+            adopted_backends,
+            retired: BTreeMap::new(),
+            free_backend_ids: None,
+            dirty: BTreeSet::new(),
+            known_addrs,
+            slot_gen,
+        })
+    }
+
+    fn used_vip_ids(&self) -> BTreeSet<u32> {
+        self.vips
+            .values()
+            .map(|v| v.id)
+            .chain(self.adopted_vips.values().map(|(id, _)| *id))
+            .collect()
+    }
+
+    fn used_backend_ids(&self) -> BTreeSet<u32> {
+        self.vips
+            .values()
+            .flat_map(|v| v.backends.values().map(|b| b.id))
+            .chain(self.adopted_backends.values().map(|(id, _)| *id))
+            .chain(self.retired.values().copied())
+            .collect()
+    }
+
+    /// A slot for a new backend: the lowest free one, else the lowest
+    /// retired one (whose remaining flows are then rescheduled). The free
+    /// slots are worked out once per `apply` and kept up to date while it
+    /// runs, so a pool of N new backends costs O(N log N), not O(N²).
+    fn alloc_backend_id(&mut self) -> Result<u32, ControlError> {
+        if self.free_backend_ids.is_none() {
+            let used = self.used_backend_ids();
+            let free = (0..self.max_backends)
+                .filter(|i| !used.contains(i))
+                .collect();
+            self.free_backend_ids = Some(free);
+        }
+        if let Some(id) = self.free_backend_ids.as_mut().and_then(|f| f.pop_first()) {
+            return Ok(id);
+        }
+        let oldest = self
+            .retired
+            .iter()
+            .min_by_key(|(_, id)| **id)
+            .map(|(k, id)| (*k, *id));
+        match oldest {
+            Some((k, id)) => {
+                self.retired.remove(&k);
+                self.release_backend(id)?;
+                if let Some(free) = self.free_backend_ids.as_mut() {
+                    free.remove(&id);
+                }
+                Ok(id)
+            }
+            None => Err(ControlError::Full {
+                what: "backend",
+                field: "max_backends",
+                max: self.max_backends,
+            }),
+        }
+    }
+
+    fn free_id(used: &BTreeSet<u32>, max: u32) -> Option<u32> {
+        (0..max).find(|i| !used.contains(i))
+    }
+
+    /// Brings the kernel to `pool`: adds, changes and removes VIPs and
+    /// backends, rebuilding only the tables whose inputs changed. Flows are
+    /// left alone.
+    pub fn apply(&mut self, pool: &Pool) -> Result<ApplyReport, ControlError> {
+        let mut report = ApplyReport::default();
+        self.free_backend_ids = None;
+        // Verdicts recorded before the new pool: their flags and tables first
+        // (the table rebuilds below would otherwise run ahead of the flags).
+        while let Some(wait) = self.flush()? {
+            std::thread::sleep(wait);
+        }
+        let wanted: BTreeMap<VipKey, &Vip> = pool.vips.iter().map(|v| (vip_key(v), v)).collect();
+
+        // Removed VIPs: stop matching packets first, then release slots.
+        let gone: Vec<VipKey> = self
+            .vips
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let v = self.vips.remove(&k).expect("present");
+            self.dp.remove_vip(&k)?;
+            for b in v.backends.values() {
+                self.release_backend(b.id)?;
+            }
+            let vid = v.id as u16;
+            let retired: Vec<((u16, IpAddr), u32)> = self
+                .retired
+                .iter()
+                .filter(|((id, _), _)| *id == vid)
+                .map(|(k, id)| (*k, *id))
+                .collect();
+            for (rk, id) in retired {
+                self.retired.remove(&rk);
+                self.release_backend(id)?;
+            }
+            report.vips_removed.push(v.conf.name.clone());
+        }
+        // Adopted VIPs the pool no longer has (their addresses are in
+        // `known_addrs`, so VIP_ADDRS loses them below unless still used).
+        let stale: Vec<VipKey> = self
+            .adopted_vips
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            self.adopted_vips.remove(&k);
+            self.dp.remove_vip(&k)?;
+        }
+        // Adopted slots the pool does not claim (their VIP is gone, or the
+        // backend was removed while we were down) are released before any
+        // slot is handed out, so a full BACKENDS array can take replacements.
+        let claimable: BTreeSet<(u16, IpAddr)> = wanted
+            .iter()
+            .filter_map(|(k, conf)| {
+                let id = self
+                    .vips
+                    .get(k)
+                    .map(|v| v.id)
+                    .or_else(|| self.adopted_vips.get(k).map(|(id, _)| *id))?;
+                Some(conf.backends.iter().map(move |b| (id as u16, b.address)))
+            })
+            .flatten()
+            .collect();
+        let unclaimed: Vec<(u16, IpAddr)> = self
+            .adopted_backends
+            .keys()
+            .filter(|bk| !claimable.contains(bk))
+            .copied()
+            .collect();
+        let live_vip_ids: BTreeSet<u16> = wanted
+            .keys()
+            .filter_map(|k| {
+                self.vips
+                    .get(k)
+                    .map(|v| v.id)
+                    .or_else(|| self.adopted_vips.get(k).map(|(id, _)| *id))
+            })
+            .map(|id| id as u16)
+            .collect();
+        for bk in unclaimed {
+            let (id, flags) = self.adopted_backends.remove(&bk).expect("present");
+            if live_vip_ids.contains(&bk.0) && flags & (BACKEND_F_DOWN | BACKEND_F_UNHEALTHY) == 0 {
+                // Removed from the file while we were down: its flows carry on.
+                self.retired.insert(bk, id);
+            } else {
+                self.release_backend(id)?;
+            }
+        }
+
+        for (key, conf) in &wanted {
+            if !self.vips.contains_key(key) {
+                let (id, ring) = match self.adopted_vips.remove(key) {
+                    Some(x) => x,
+                    None => {
+                        let id = Self::free_id(&self.used_vip_ids(), self.max_vips).ok_or(
+                            ControlError::Full {
+                                what: "VIP",
+                                field: "max_vips",
+                                max: self.max_vips,
+                            },
+                        )?;
+                        report.vips_added.push(conf.name.clone());
+                        (id, 0)
+                    }
+                };
+                self.vips.insert(
+                    *key,
+                    RunningVip {
+                        id,
+                        conf: (*conf).clone(),
+                        active_ring: ring,
+                        table: None,
+                        table_input: Vec::new(),
+                        panic: false,
+                        last_flip: None,
+                        backends: BTreeMap::new(),
+                    },
+                );
+            }
+            self.sync_backends(key, conf)?;
+            // Disabled (or unhealthy): out of the table first, then its
+            // flag; enabled: the flag first, then the table.
+            if self.flush_vip(key)? {
+                report.tables_written.push(conf.name.clone());
+            }
+        }
+        self.sync_vip_addrs()?;
+        Ok(report)
+    }
+
+    /// Reconciles one VIP's backends with its configuration. Flags that
+    /// stop a backend (newly disabled) are left for `flush_vip` to write
+    /// once the table without it is live.
+    fn sync_backends(&mut self, key: &VipKey, conf: &Vip) -> Result<(), ControlError> {
+        let vip_id = self.vips[key].id;
+        let wanted: BTreeMap<IpAddr, _> = conf.backends.iter().map(|b| (b.address, b)).collect();
+        let existing: Vec<IpAddr> = self.vips[key].backends.keys().copied().collect();
+        for addr in existing {
+            if !wanted.contains_key(&addr) {
+                let b = self
+                    .vips
+                    .get_mut(key)
+                    .unwrap()
+                    .backends
+                    .remove(&addr)
+                    .unwrap();
+                // Out of the table (rebuilt below); the slot stays as it is
+                // so established connections carry on.
+                self.retired.insert((vip_id as u16, addr), b.id);
+            }
+        }
+        for (addr, bc) in wanted {
+            let present = self.vips[key].backends.contains_key(&addr);
+            if !present {
+                let adopted = self.adopted_backends.remove(&(vip_id as u16, addr));
+                let id = match (adopted, self.retired.remove(&(vip_id as u16, addr))) {
+                    (Some((id, _)), _) => id,
+                    (None, Some(id)) => id,
+                    (None, None) => {
+                        // A slot for another backend than before: a new
+                        // generation, so flows made under the old one move.
+                        let id = self.alloc_backend_id()?;
+                        let g = self.slot_gen.entry(id).or_insert(0);
+                        *g = g.wrapping_add(1);
+                        id
+                    }
+                };
+                let health = match (&bc.health, adopted) {
+                    (None, _) => HealthView::Unchecked,
+                    // Unhealthy before the restart: stays out of the table
+                    // until its prober (started from this state) sees it rise.
+                    (Some(_), Some((_, flags))) if flags & BACKEND_F_UNHEALTHY != 0 => {
+                        HealthView::Down
+                    }
+                    (Some(_), _) => HealthView::Up,
+                };
+                self.vips.get_mut(key).unwrap().backends.insert(
+                    addr,
+                    RunningBackend {
+                        id,
+                        address: addr,
+                        weight: bc.weight,
+                        state: bc.state,
+                        health,
+                        last_probe: None,
+                        probe: bc.health.clone(),
+                        flags_written: 0,
+                    },
+                );
+                self.write_backend(key, addr)?;
+            } else {
+                let e = self
+                    .vips
+                    .get_mut(key)
+                    .unwrap()
+                    .backends
+                    .get_mut(&addr)
+                    .unwrap();
+                let flags_before = kernel_flags(e, false);
+                e.weight = bc.weight;
+                e.state = bc.state;
+                if e.probe != bc.health {
+                    e.probe = bc.health.clone();
+                    if e.probe.is_none() {
+                        e.health = HealthView::Unchecked;
+                    } else if e.health == HealthView::Unchecked {
+                        e.health = HealthView::Up;
+                    }
+                }
+                // State, or health when the check was removed, may move the slot
+                // in or out of DOWN.
+                let flags = kernel_flags(e, false);
+                if flags != flags_before && flags & !flags_before & BACKEND_F_DOWN == 0 {
+                    self.write_backend(key, addr)?;
+                }
+            }
+        }
+        self.vips.get_mut(key).unwrap().conf = conf.clone();
+        Ok(())
+    }
+
+    /// Backends removed from VIP `vip_id` whose slots are kept for their
+    /// established connections: (address, slot id).
+    pub fn removed_backends(&self, vip_id: u32) -> Vec<(IpAddr, u32)> {
+        self.retired
+            .iter()
+            .filter(|((v, _), _)| u32::from(*v) == vip_id)
+            .map(|((_, addr), id)| (*addr, *id))
+            .collect()
+    }
+
+    /// Every backend that has a probe, with its spec (for the prober set).
+    pub fn probes(&self) -> Vec<(BackendRef, ProbeSpec)> {
+        self.vips
+            .iter()
+            .flat_map(|(k, v)| {
+                v.backends
+                    .values()
+                    .filter_map(move |b| b.probe.clone().map(|p| ((*k, b.address), p)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod kernel_config_tests {
+    use super::*;
+
+    fn pool(encap: &str) -> Pool {
+        let text = format!(
+            "instance: t\ninterfaces: [eth0]\n{encap}vips:\n  - name: w\n    address: 10.100.0.1\n    port: 0\n    protocol: tcp\n    health_check: {{kind: none}}\n    backends:\n      - address: 10.0.1.1\n"
+        );
+        crate::config::parse(&text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn outer_sources_keep_the_prefix_and_vary_the_host_bits() {
+        let p = pool("encapsulation:\n  source_v4: 10.255.0.0/24\n  source_v6: \"fd00:255::/112\"\n  gateway_mac: \"02:00:00:00:00:fe\"\n");
+        let c = kernel_config(&p, [1, 2]);
+        assert_eq!(
+            c.flags,
+            CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6 | CONFIG_F_GATEWAY_MAC | CONFIG_F_ANY_PORT
+        );
+        // The mask selects exactly the last octet, in the packet's byte order.
+        assert_eq!(c.src_v4.to_ne_bytes(), [10, 255, 0, 0]);
+        assert_eq!(c.src_v4_mask.to_ne_bytes(), [0, 0, 0, 0xff]);
+        assert_eq!(c.src_v6_mask.to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(c.gateway_mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(c.hash_key, [1, 2]);
+        assert_eq!(c.ring_size, 65537);
+        // A data-path source for any hash stays inside 10.255.0.0/24.
+        for h in [0u32, 0xdead_beef, u32::MAX] {
+            let src = (c.src_v4 & !c.src_v4_mask) | (h & c.src_v4_mask);
+            assert_eq!(&src.to_ne_bytes()[..3], &[10, 255, 0]);
+        }
+    }
+
+    #[test]
+    fn a_host_route_source_does_not_vary() {
+        let p = pool("encapsulation:\n  source_v4: 10.255.0.7/32\n");
+        let c = kernel_config(&p, [0, 0]);
+        assert_eq!(c.src_v4_mask, 0);
+        assert_eq!(c.flags & CONFIG_F_SRC_V6, 0);
+    }
+}

@@ -1,0 +1,137 @@
+//! What the controller writes for a VIP: backend slots, the Maglev table
+//! (into the idle buffer, then the flip) and the VIP addresses.
+use super::*;
+
+impl<D: DataPlane> Controller<D> {
+    pub(super) fn write_backend(&mut self, key: &VipKey, addr: IpAddr) -> Result<(), ControlError> {
+        let v = &self.vips[key];
+        let b = &v.backends[&addr];
+        let (words, family) = addr_words(addr);
+        let kb = Backend {
+            addr: words,
+            family,
+            flags: kernel_flags(b, v.panic),
+            vip_id: v.id as u16,
+            gen: self.slot_gen.get(&b.id).copied().unwrap_or(0),
+        };
+        let id = b.id;
+        self.dp.set_backend(id, &kb)?;
+        if let Some(b) = self
+            .vips
+            .get_mut(key)
+            .and_then(|v| v.backends.get_mut(&addr))
+        {
+            b.flags_written = kb.flags;
+        }
+        Ok(())
+    }
+
+    /// Frees a slot: flows still pointing at it are rescheduled (DOWN), and
+    /// without USED it is free for reuse, also after a restart. Its
+    /// generation stays, for the next user to bump.
+    pub(super) fn release_backend(&mut self, id: u32) -> Result<(), ControlError> {
+        if let Some(free) = self.free_backend_ids.as_mut() {
+            free.insert(id);
+        }
+        self.dp.set_backend(
+            id,
+            &Backend {
+                flags: BACKEND_F_DOWN,
+                gen: self.slot_gen.get(&id).copied().unwrap_or(0),
+                ..Backend::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Builds the VIP's Maglev table from the backends that take new flows;
+    /// if it differs from the one in place, writes the idle buffer and flips.
+    /// Returns whether a table was written.
+    pub fn rebuild(&mut self, key: &VipKey) -> Result<bool, ControlError> {
+        let ring_size = self.ring_size;
+        let v = self.vips.get_mut(key).expect("known VIP");
+        let panic = v.panic;
+        let input: Vec<MaglevBackend> = v
+            .backends
+            .values()
+            .filter(|b| takes_new_flows(b, panic))
+            .map(|b| MaglevBackend {
+                key: maglev_key(b.address),
+                slot: b.id,
+                weight: b.weight,
+            })
+            .collect();
+        if v.table.is_some() && v.table_input == input {
+            return Ok(false);
+        }
+        let table = maglev::build(&input, ring_size);
+        v.table_input = input;
+        let info_now = VipInfo {
+            vip_id: v.id,
+            mode: v.conf.forwarding.number(),
+            scheduler: v.conf.scheduler.number(),
+            active_ring: v.active_ring,
+            ..VipInfo::default()
+        };
+        if v.table.as_ref() == Some(&table) {
+            return Ok(false);
+        }
+        // Rewrite the buffer packets are not reading, then flip to it.
+        if let Some(t) = v.last_flip {
+            let since = t.elapsed();
+            if since < FLIP_GRACE {
+                std::thread::sleep(FLIP_GRACE - since);
+            }
+        }
+        // A new VIP is not in the VIP map yet, and an adopted one's idle
+        // buffer is as idle as ever: the same rule serves all three cases.
+        let idle = v.active_ring ^ 1;
+        self.dp.write_ring(v.id, idle, &table)?;
+        let info = VipInfo {
+            active_ring: idle,
+            ..info_now
+        };
+        self.dp.set_vip(key, &info)?;
+        v.active_ring = idle;
+        v.table = Some(table);
+        v.last_flip = Some(Instant::now());
+        Ok(true)
+    }
+
+    /// Keeps VIP_ADDRS in step with the VIPs (flags per address).
+    pub(super) fn sync_vip_addrs(&mut self) -> Result<(), ControlError> {
+        let mut want: BTreeMap<AddrKey, u32> = BTreeMap::new();
+        for k in self.vips.keys() {
+            let f = want.entry(addr_key(k)).or_insert(ADDR_F_VIP);
+            if k.port == 0 {
+                *f |= ADDR_F_ANY_PORT;
+            }
+        }
+        for (k, f) in &want {
+            if self.known_addrs.get(k) != Some(&Some(*f)) {
+                self.dp.set_vip_addr(k, *f)?;
+                self.known_addrs.insert(*k, Some(*f));
+            }
+        }
+        // Addresses no VIP uses any more.
+        let unused: Vec<AddrKey> = self
+            .known_addrs
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in unused {
+            let removed = self.dp.remove_vip_addr(&k);
+            if let Some(None) = self.known_addrs.remove(&k) {
+                // Only assumed present (an adopted VIP's address): a run
+                // that stopped part-way may never have written it.
+                if let Err(e) = removed {
+                    log::debug!("VIP address of an adopted VIP not removed: {e}");
+                }
+            } else {
+                removed?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! Health verdicts: recorded as they come, written in batches (one table
+//! per VIP), with panic mode when too few backends pass their checks.
+use super::*;
+
+impl<D: DataPlane> Controller<D> {
+    /// Records a probe result. A health change is written by the next
+    /// [`Controller::flush`], together with every other verdict recorded by
+    /// then: one table per VIP however many of its backends changed.
+    /// Returns whether the health changed.
+    pub fn probe_result(
+        &mut self,
+        backend: &BackendRef,
+        outcome: &ProbeOutcome,
+        health: Health,
+    ) -> Result<bool, ControlError> {
+        let (key, addr) = backend;
+        let Some(v) = self.vips.get_mut(key) else {
+            return Ok(false);
+        };
+        let Some(b) = v.backends.get_mut(addr) else {
+            return Ok(false);
+        };
+        b.last_probe = Some(ProbeView {
+            ok: outcome.ok,
+            detail: outcome.detail.clone(),
+            latency_ms: outcome.latency.as_secs_f64() * 1000.0,
+        });
+        if b.probe.is_none() {
+            return Ok(false);
+        }
+        let new = match health {
+            Health::Up => HealthView::Up,
+            Health::Down => HealthView::Down,
+        };
+        if b.health == new {
+            return Ok(false);
+        }
+        b.health = new;
+        self.dirty.insert(*key);
+        Ok(true)
+    }
+
+    /// Writes the health verdicts recorded since the last flush: per VIP,
+    /// the flags of backends coming up, then one table, then the flags of
+    /// backends going down (so no new flow is scheduled to a backend whose
+    /// flag says unhealthy, nor sent to one the data path would refuse).
+    /// A VIP that flipped less than `FLIP_GRACE` ago waits (nothing
+    /// blocks): the answer is how long until the next flush can write it.
+    pub fn flush(&mut self) -> Result<Option<Duration>, ControlError> {
+        let mut wait: Option<Duration> = None;
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(v) = self.vips.get(&key) else {
+                continue;
+            };
+            let since = v.last_flip.map_or(FLIP_GRACE, |t| t.elapsed());
+            if since < FLIP_GRACE {
+                self.dirty.insert(key);
+                let left = FLIP_GRACE - since;
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+                continue;
+            }
+            if let Err(e) = self.flush_vip(&key) {
+                self.dirty.insert(key);
+                return Err(e);
+            }
+        }
+        Ok(wait)
+    }
+
+    /// Brings one VIP's slots and table in line with its backends' states:
+    /// flags that let a backend take flows first, then the table, then
+    /// flags that stop it (so the data path never finds a backend in the
+    /// table that it would refuse, nor one out of it still marked usable).
+    /// Returns whether a table was written.
+    pub(super) fn flush_vip(&mut self, key: &VipKey) -> Result<bool, ControlError> {
+        self.update_panic(key);
+        let v = &self.vips[key];
+        let (stop, start): (Vec<_>, Vec<_>) = v
+            .backends
+            .values()
+            .filter(|b| kernel_flags(b, v.panic) != b.flags_written)
+            .map(|b| {
+                let stops = (BACKEND_F_DOWN | BACKEND_F_UNHEALTHY) & kernel_flags(b, v.panic);
+                (b.address, stops & !b.flags_written != 0)
+            })
+            .partition(|(_, stops)| *stops);
+        for (addr, _) in start {
+            self.write_backend(key, addr)?;
+        }
+        let written = self.rebuild(key)?;
+        for (addr, _) in stop {
+            self.write_backend(key, addr)?;
+        }
+        Ok(written)
+    }
+
+    /// Enters or leaves panic mode as the VIP's health says, and logs it.
+    pub(super) fn update_panic(&mut self, key: &VipKey) {
+        let v = self.vips.get_mut(key).expect("known VIP");
+        let panic = v.below_panic_threshold();
+        if panic == v.panic {
+            return;
+        }
+        v.panic = panic;
+        let healthy = v
+            .backends
+            .values()
+            .filter(|b| b.state == BackendState::Active && b.health != HealthView::Down)
+            .count();
+        let active = v
+            .backends
+            .values()
+            .filter(|b| b.state == BackendState::Active)
+            .count();
+        if panic {
+            log::warn!(
+                "VIP `{}`: {healthy} of {active} active backends pass their checks, under its \
+                 panic threshold of {}%: sending new flows to all {active} as if healthy",
+                v.conf.name,
+                v.conf.panic_threshold
+            );
+        } else {
+            log::info!(
+                "VIP `{}`: {healthy} of {active} active backends pass their checks again; \
+                 panic mode over",
+                v.conf.name
+            );
+        }
+    }
+}

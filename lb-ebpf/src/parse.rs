@@ -53,10 +53,11 @@ fn parse_v4(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
     let frag_off = u16::from_be(ip.frag_off);
     if frag_off & 0x3fff != 0 {
         // More-fragments set, or a non-zero offset.
-        if is_vip_addr([ip.dst, 0, 0, 0], AF_INET) {
-            return Err(verdict(counter::DROP_FRAGMENT, XDP_DROP));
-        }
-        return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
+        return Err(drop_if_vip(
+            [ip.dst, 0, 0, 0],
+            AF_INET,
+            counter::DROP_FRAGMENT,
+        ));
     }
     let tot_len = u16::from_be(ip.tot_len) as usize;
     // A length beyond the frame would skew the MTU check and the counters.
@@ -93,10 +94,7 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         // Hop-by-hop, routing, fragment, ESP, AH, destination options,
         // mobility, HIP, shim6: extension headers are not followed.
         0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 => {
-            if is_vip_addr(ip.dst, AF_INET6) {
-                return Err(verdict(counter::DROP_IPV6_EXT, XDP_DROP));
-            }
-            return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
+            return Err(drop_if_vip(ip.dst, AF_INET6, counter::DROP_IPV6_EXT));
         }
         _ => {}
     }
@@ -118,4 +116,16 @@ fn parse_v6(ctx: &XdpContext, l2_len: usize) -> Result<Packet, u32> {
         src: ip.src,
         dst: ip.dst,
     })
+}
+
+/// A packet the balancer cannot follow (a fragment, an extension header):
+/// dropped and counted as `reason` when it is for a VIP address, else
+/// passed as not ours.
+#[inline(always)]
+fn drop_if_vip(dst: [u32; 4], family: u8, reason: u32) -> u32 {
+    if is_vip_addr(dst, family) {
+        verdict(reason, XDP_DROP)
+    } else {
+        verdict(counter::PASS_NOT_VIP, XDP_PASS)
+    }
 }

@@ -313,7 +313,10 @@ impl Balancer {
     /// no such counter (an older object in a bench's A/B run).
     fn percpu_sum(&self, map: &str, idx: u32) -> u64 {
         let a: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(map)).unwrap();
-        a.get(&idx, 0).map_or(0, |v| v.iter().sum())
+        if idx >= a.len() {
+            return 0;
+        }
+        a.get(&idx, 0).unwrap().iter().sum()
     }
 
     /// A balancer counter (`lb_common::counter::*`), summed over CPUs.

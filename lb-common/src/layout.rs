@@ -50,7 +50,7 @@ pub mod maps {
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Program names in the object file.
 pub mod progs {
@@ -240,8 +240,14 @@ pub struct Config {
     /// `calibrate_clock`; 0 means "use `bpf_ktime_get_coarse_ns`".
     pub jiffy_ns: u64,
     pub clock_offset_ns: u64,
+    /// Flow-table inserts per CPU: at most one per `new_flow_interval_ns` on
+    /// average and `new_flow_tolerance_ns` worth at once; beyond, new flows
+    /// are routed by their VIP's Maglev table alone and counted
+    /// (`counter::NEW_FLOW_NOT_STORED`). 0: no limit.
+    pub new_flow_interval_ns: u64,
+    pub new_flow_tolerance_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 
 /// `Config::flags`: `gateway_mac` is set.
 pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
@@ -331,7 +337,11 @@ pub mod counter {
     /// An ICMP answer (echo reply, "too big") not sent: over the per-CPU
     /// rate (`defaults::ICMP_RATE_PER_CPU`); the packet is dropped.
     pub const DROP_ICMP_RATE: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// A new flow forwarded by its VIP's Maglev table but not stored: this
+    /// CPU was over its flow-table insert rate (`tables.new_flows_per_cpu`),
+    /// as under a SYN flood. Its next packet tries again.
+    pub const NEW_FLOW_NOT_STORED: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -362,6 +372,7 @@ pub mod counter {
         "syn_kept_flow",
         "flow_insert_failed",
         "drop_icmp_rate",
+        "new_flow_not_stored",
     ];
 }
 

@@ -13,7 +13,7 @@ use lb_common::{
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::forward;
-use crate::maps::{account, clock_ns, vip_drop, BACKENDS, CONFIG, FLOWS};
+use crate::maps::{account, clock_ns, flow_insert_allowed, vip_drop, BACKENDS, CONFIG, FLOWS};
 use crate::packet::{ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_RST, TCP_SYN};
 use crate::schedule::{drop_no_backend, pick, vip_bits, Pick};
 
@@ -99,8 +99,9 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
 }
 
 /// A new flow goes where the scheduler's pick (`None`: no VIP) says,
-/// remembered in the flow table unless the packet is a RST; a SYN on a
-/// 4-tuple the table knows keeps its backend while that can take it.
+/// remembered in the flow table unless the packet is a RST or this CPU is
+/// over its insert rate; a SYN on a 4-tuple the table knows keeps its
+/// backend while that can take it.
 /// `Ok`: where the packet goes, and whether it starts a new connection.
 /// `Err`: the packet's action (passed, or dropped for want of a backend).
 #[inline(always)]
@@ -125,6 +126,20 @@ fn new_flow(
     };
     if tcp_flags & TCP_RST == 0 {
         let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if !flow_insert_allowed(cfg, now) {
+            // Over this CPU's insert rate (a SYN flood, most often): routed
+            // by the Maglev table alone and not stored, so the flood cannot
+            // push live connections out of the table. A SYN on a 4-tuple the
+            // table knows still keeps its backend.
+            count(counter::NEW_FLOW_NOT_STORED);
+            if is_syn {
+                if let Some(kept) = lookup(key, PROTO_TCP, cfg, now) {
+                    count(counter::SYN_KEPT_FLOW);
+                    return Ok((kept, true));
+                }
+            }
+            return Ok((c, is_syn || pkt.proto == PROTO_UDP));
+        }
         if let Some(kept) = remember(key, &c, now, is_syn, cfg) {
             // A new connection all the same (a reused port, most often):
             // counted as one, on the backend it keeps.

@@ -61,27 +61,53 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 pub static NEXTHOPS: PerCpuArray<NextHop> =
     PerCpuArray::with_max_entries(defaults::MAX_BACKENDS, 0);
 
-/// Per CPU: when the ICMP rate limiter's next message is due (GCRA's
-/// theoretical arrival time, on the data path's clock).
+/// Per CPU, one word per rate limiter (`TAT_ICMP`, `TAT_NEW_FLOW`): when its
+/// next event is due (GCRA's theoretical arrival time, on the data path's
+/// clock).
 #[map]
-pub static ICMP_TAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static RATE_TAT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+/// `RATE_TAT` of the ICMP messages the balancer sends itself.
+const TAT_ICMP: u32 = 0;
+/// `RATE_TAT` of flow-table inserts.
+const TAT_NEW_FLOW: u32 = 1;
 
-/// Whether the balancer may send one more ICMP message of its own now:
-/// at most `ICMP_RATE_PER_CPU` a second per CPU, `ICMP_BURST` at once
-/// (a generic cell rate algorithm: one word per CPU).
+/// Whether one more event of the limiter at `slot` may happen now: at most
+/// one per `interval` ns on average, `tolerance` ns of them at once (a
+/// generic cell rate algorithm: one word per CPU, no lock).
 #[inline(always)]
-pub fn icmp_allowed(now: u64) -> bool {
-    const INTERVAL: u64 = 1_000_000_000 / defaults::ICMP_RATE_PER_CPU;
-    let Some(tat) = ICMP_TAT.get_ptr_mut(0) else {
+fn gcra_allowed(slot: u32, now: u64, interval: u64, tolerance: u64) -> bool {
+    let Some(tat) = RATE_TAT.get_ptr_mut(slot) else {
         return false;
     };
     let tat = unsafe { &mut *tat };
     let due = if *tat > now { *tat } else { now };
-    if due - now > defaults::ICMP_BURST * INTERVAL {
+    if due - now > tolerance {
         return false;
     }
-    *tat = due + INTERVAL;
+    *tat = due + interval;
     true
+}
+
+/// Whether the balancer may send one more ICMP message of its own now:
+/// at most `ICMP_RATE_PER_CPU` a second per CPU, `ICMP_BURST` at once.
+#[inline(always)]
+pub fn icmp_allowed(now: u64) -> bool {
+    const INTERVAL: u64 = 1_000_000_000 / defaults::ICMP_RATE_PER_CPU;
+    gcra_allowed(TAT_ICMP, now, INTERVAL, defaults::ICMP_BURST * INTERVAL)
+}
+
+/// Whether this CPU may store one more new flow now
+/// (`Config::new_flow_interval_ns`; 0: no limit). Over the rate, new flows
+/// are routed by the Maglev table alone (a SYN flood cannot churn the table).
+#[inline(always)]
+pub fn flow_insert_allowed(cfg: &Config, now: u64) -> bool {
+    cfg.new_flow_interval_ns == 0
+        || gcra_allowed(
+            TAT_NEW_FLOW,
+            now,
+            cfg.new_flow_interval_ns,
+            cfg.new_flow_tolerance_ns,
+        )
 }
 
 /// Room for the `bpf_fib_lookup` parameters: 64 bytes the 512-byte BPF

@@ -451,6 +451,116 @@ fn flows_per_backend_are_counted_in_batches() {
     assert_eq!(none.values().sum::<u64>(), u64::from(n));
 }
 
+/// The flood test, with one flow-table insert per `interval_ns` per CPU
+/// allowed (0: no limit). With `check_live`, each live connection's packet during the flood must
+/// reach its backend.
+fn flood_against_live_connections(
+    interval_ns: u64,
+    check_live: bool,
+) -> Option<(Balancer, Vec<(Flow, u32)>)> {
+    // A 1024-entry table, 50 live connections, then the VIP's table changes
+    // (a new backend takes every new flow) and ten times the table's size
+    // of distinct spoofed SYNs arrive, with the live connections' packets
+    // among them.
+    let sizes = Sizes {
+        flows: 1024,
+        ..test_sizes()
+    };
+    let mut lb = setup_sized(sizes)?;
+    let mut cfg = config(sizes.ring_size);
+    cfg.new_flow_interval_ns = interval_ns;
+    cfg.new_flow_tolerance_ns = 100 * interval_ns;
+    lb.set_config(cfg).unwrap();
+    let mut live = Vec::new();
+    replace_table(
+        &mut lb,
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        WEB,
+        &[1, 2],
+    );
+    for i in 0..50u16 {
+        let f = Flow::tcp("192.0.2.30", 20000 + i, "10.100.0.1", 80);
+        let id = pick(&f, &[1, 2]);
+        assert_encap(&lb, &f.packet("S", b""), &f, id);
+        assert_encap(&lb, &f.packet("A", b"hello"), &f, id);
+        live.push((f, id));
+    }
+    // The idle buffer again (replace_table writes buffer 1): flip back to 0.
+    lb.write_ring(WEB, 0, &ring(&[3], sizes.ring_size)).unwrap();
+    lb.add_vip(vip_key(ip("10.100.0.1"), 80, PROTO_TCP), vip(WEB))
+        .unwrap();
+    let flood = 10 * sizes.flows;
+    for n in 0..flood {
+        let src = Ipv4Addr::from(0xc633_0000 | n); // 198.51.0.0/16
+        let f = Flow::tcp(
+            &src.to_string(),
+            1024 + (n % 50000) as u16,
+            "10.100.0.1",
+            80,
+        );
+        // Every packet of the flood is still forwarded, by the table. Each
+        // spoofed SYN is followed by an ACK (the data path checks no
+        // sequence numbers), so that its entry looks as used as a live
+        // connection's to the kernel's LRU, which otherwise evicts entries
+        // never seen again first.
+        assert_encap(&lb, &f.packet("S", b""), &f, 3);
+        assert_encap(&lb, &f.packet("A", b""), &f, 3);
+        if check_live && n % 1000 == 999 {
+            let (f, id) = &live[(n / 1000) as usize % live.len()];
+            assert_encap(&lb, &f.packet("A", b"still here"), f, *id);
+        }
+    }
+    Some((lb, live))
+}
+
+#[test]
+fn a_syn_flood_larger_than_the_flow_table_moves_no_live_connection() {
+    // 1000 inserts a second per CPU, 100 at once: the flood is forwarded by
+    // the Maglev table but almost none of it is stored, so the live
+    // connections keep their entries and their backends.
+    let start = std::time::Instant::now();
+    let Some((lb, live)) = flood_against_live_connections(1_000_000, true) else {
+        return;
+    };
+    for (f, id) in &live {
+        assert_encap(&lb, &f.packet("A", b"after the flood"), f, *id);
+        // A SYN on a live 4-tuple keeps its backend over the rate too.
+        assert_encap(&lb, &f.packet("S", b""), f, *id);
+    }
+    let allowed = 100 + 50 + start.elapsed().as_millis() as u64;
+    let not_stored = lb.counter(counter::NEW_FLOW_NOT_STORED);
+    assert!(
+        not_stored >= 10 * 1024 - allowed,
+        "{not_stored} of the flood not stored, allowed {allowed}"
+    );
+    assert!(lb.counter(counter::SYN_KEPT_FLOW) >= 50);
+    assert!(lb.flow_count() as u64 <= 50 + allowed);
+}
+
+#[test]
+fn without_an_insert_rate_a_syn_flood_evicts_live_connections() {
+    // The same flood with no limit: the live connections' entries are
+    // evicted, and their packets follow the changed table to the new
+    // backend (what the limit above prevents).
+    let Some((lb, live)) = flood_against_live_connections(0, false) else {
+        return;
+    };
+    let moved = live
+        .iter()
+        .filter(|(f, _)| lb.flow(&f.key()).is_none())
+        .count();
+    assert!(
+        moved > 40,
+        "only {moved} of 50 live connections evicted; {:?}",
+        lb.counters()
+    );
+    assert_eq!(lb.counter(counter::NEW_FLOW_NOT_STORED), 0);
+    let (f, _) = &live[0];
+    if lb.flow(&f.key()).is_none() {
+        assert_encap(&lb, &f.packet("A", b"moved"), f, 3);
+    }
+}
+
 #[test]
 fn udp_flow_expires_after_idle_timeout() {
     // With the calibrated jiffies clock, and with the coarse clock the data

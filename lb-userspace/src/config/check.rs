@@ -221,6 +221,7 @@ impl Check<'_> {
             maglev_size: t.maglev_size.or(MaglevSize(d.maglev_size)).0,
             flow_table_size: t.flow_table_size.or(Int(d.flow_table_size)).0,
             udp_idle_timeout: t.udp_idle_timeout.or(Dur(d.udp_idle_timeout)).0,
+            new_flows_per_cpu: t.new_flows_per_cpu.or(Int(d.new_flows_per_cpu)).0,
             max_vips: t.max_vips.or(Int(d.max_vips)).0,
             max_backends: t.max_backends.or(Int(d.max_backends)).0,
         };

@@ -75,6 +75,8 @@ pub(super) struct TablesFile {
     pub flow_table_size: Field<ranged!(FLOW_TABLE_SIZE_RANGE)>,
     /// Default [`DEFAULT_UDP_IDLE_TIMEOUT`].
     pub udp_idle_timeout: Field<Dur>,
+    /// Default [`DEFAULT_NEW_FLOWS_PER_CPU`]; 0: no limit.
+    pub new_flows_per_cpu: Field<ranged!(NEW_FLOWS_PER_CPU_RANGE)>,
     /// Default [`DEFAULT_MAX_VIPS`]; 2 × max_vips × maglev_size / 4 Maglev
     /// elements must fit one BPF array.
     pub max_vips: Field<ranged!(MAX_VIPS_RANGE)>,

@@ -94,6 +94,16 @@ pub const MIN_UDP_IDLE_TIMEOUT: Duration =
 /// `tables.udp_idle_timeout` when not given.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration =
     Duration::from_nanos(lb_common::defaults::UDP_IDLE_TIMEOUT_NS);
+/// `tables.new_flows_per_cpu` when not given: new flows each CPU stores per
+/// second before it routes the excess by the Maglev tables alone. Well above
+/// what one CPU forwards of real connections (about 1.5 µs of CPU each end to
+/// end), well below what a SYN flood sends; the default flow table takes
+/// four seconds of it from every CPU of a 2-CPU machine.
+pub const DEFAULT_NEW_FLOWS_PER_CPU: u32 = 125_000;
+/// Accepted `tables.new_flows_per_cpu` values.
+pub const NEW_FLOWS_PER_CPU_RANGE: RangeInclusive<u32> = 0..=100_000_000;
+/// Stores over `tables.new_flows_per_cpu` allowed at once: this long's worth.
+pub const NEW_FLOW_BURST: Duration = Duration::from_millis(100);
 /// `tables.max_vips` when not given.
 pub const DEFAULT_MAX_VIPS: u32 = lb_common::defaults::MAX_VIPS;
 /// Accepted `tables.max_vips` values.
@@ -225,6 +235,10 @@ pub struct Tables {
     pub flow_table_size: u32,
     /// Idle time after which a UDP flow may be rescheduled; default 30s.
     pub udp_idle_timeout: Duration,
+    /// New flows each CPU stores per second (and a tenth of a second's worth
+    /// at once); beyond, they are forwarded by the Maglev table and not
+    /// stored. 0: no limit; default 125000.
+    pub new_flows_per_cpu: u32,
     /// Most VIPs, 1..=65536; default 64.
     pub max_vips: u32,
     /// Most backend slots (one per VIP and backend), 1..=65535;
@@ -238,6 +252,7 @@ impl Default for Tables {
             maglev_size: DEFAULT_MAGLEV_SIZE,
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            new_flows_per_cpu: DEFAULT_NEW_FLOWS_PER_CPU,
             max_vips: DEFAULT_MAX_VIPS,
             max_backends: DEFAULT_MAX_BACKENDS,
         }

@@ -261,6 +261,11 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
     if pool.vips.iter().any(|v| v.port == 0) {
         cfg.flags |= CONFIG_F_ANY_PORT;
     }
+    let rate = u64::from(pool.tables.new_flows_per_cpu);
+    if rate > 0 {
+        cfg.new_flow_interval_ns = 1_000_000_000 / rate;
+        cfg.new_flow_tolerance_ns = crate::config::NEW_FLOW_BURST.as_nanos() as u64;
+    }
     cfg
 }
 
@@ -649,5 +654,24 @@ mod kernel_config_tests {
         let c = kernel_config(&p, [0, 0]);
         assert_eq!(c.src_v4_mask, 0);
         assert_eq!(c.flags & CONFIG_F_SRC_V6, 0);
+    }
+
+    #[test]
+    fn the_new_flow_rate_becomes_an_interval_and_a_burst() {
+        let src = "encapsulation:\n  source_v4: 10.255.0.7/32\n";
+        let c = kernel_config(&pool(src), [0, 0]);
+        // 125 000 a second: one per 8 µs, a tenth of a second at once.
+        assert_eq!(c.new_flow_interval_ns, 8_000);
+        assert_eq!(c.new_flow_tolerance_ns, 100_000_000);
+        let c = kernel_config(
+            &pool(&format!("{src}tables:\n  new_flows_per_cpu: 0\n")),
+            [0, 0],
+        );
+        assert_eq!((c.new_flow_interval_ns, c.new_flow_tolerance_ns), (0, 0));
+        let c = kernel_config(
+            &pool(&format!("{src}tables:\n  new_flows_per_cpu: 1000\n")),
+            [0, 0],
+        );
+        assert_eq!(c.new_flow_interval_ns, 1_000_000);
     }
 }

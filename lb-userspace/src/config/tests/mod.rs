@@ -226,6 +226,7 @@ vips:
             maglev_size: 65537,
             flow_table_size: 1 << 20,
             udp_idle_timeout: Duration::from_secs(30),
+            new_flows_per_cpu: 125_000,
             max_vips: 64,
             max_backends: 4096,
         }
@@ -268,6 +269,7 @@ tables:
   maglev_size: 1_009
   flow_table_size: 4096
   udp_idle_timeout: 1m 30s
+  new_flows_per_cpu: 0
   max_vips: 2
   max_backends: 10
 hash_secret_file: /etc/lb/secret
@@ -281,6 +283,7 @@ control_socket: /tmp/lb.sock
             maglev_size: 1009,
             flow_table_size: 4096,
             udp_idle_timeout: Duration::from_secs(90),
+            new_flows_per_cpu: 0,
             max_vips: 2,
             max_backends: 10,
         }

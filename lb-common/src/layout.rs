@@ -38,7 +38,8 @@ pub mod maps {
     /// one VIP sets, that VIP (key and info), so a new flow finds its VIP
     /// with no hash-map lookup; elsewhere empty. Derived like `VIP_FILTER`.
     pub const VIP_INDEX: &str = "VIP_INDEX";
-    /// `HashMap<AddrKey, u32>`: on backends, the VIPs the decapsulation program accepts.
+    /// `HashMap<VipKey, u32>`: on backends, the VIPs (address, port,
+    /// protocol) the decapsulation program accepts tunnels to.
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
     pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
@@ -392,7 +393,11 @@ pub mod decap_counter {
     /// inside: dropped, as RFC 6040 asks (the congestion signal must not
     /// be lost).
     pub const DROP_ECN: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// A tunnel to a VIP's address but to a port or protocol no VIP there
+    /// has (or a fragment): it would reach another service past the
+    /// balancer.
+    pub const DROP_NOT_SERVICE: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const NAMES: [&str; COUNT as usize] = [
         "decapsulated",
         "pass_not_tunnel",
@@ -402,6 +407,7 @@ pub mod decap_counter {
         "drop_source",
         "ecn_ce_copied",
         "drop_ecn",
+        "drop_not_service",
     ];
 }
 

@@ -1,7 +1,8 @@
 //! `lb_decap`, for backends: strips the IPIP / IP6IP6 / 4in6 header of packets
-//! whose inner destination is a configured VIP and passes the inner packet to
-//! the stack, so backends need no tunnel kernel module. Such a tunnel from an
-//! outer source outside `DECAP_SOURCES` (the balancers' prefixes) is dropped
+//! whose inner destination is a configured VIP (address, port, protocol) and
+//! passes the inner packet to the stack, so backends need no tunnel kernel
+//! module. A tunnel to a VIP address but another port or protocol, or from an
+//! outer source outside `DECAP_SOURCES` (the balancers' prefixes), is dropped
 //! and counted. Everything else passes untouched.
 
 use core::mem::size_of;
@@ -13,15 +14,21 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{decap_counter, AddrKey, DecapSource, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6};
+use lb_common::{
+    decap_counter, DecapSource, VipKey, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
+    PROTO_UDP,
+};
 
 use crate::packet::{
     ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
     ETH_P_IPV6, IPV4_LEN, VLAN_LEN,
 };
 
+/// The VIPs tunnels are accepted to, as (address, port, protocol); port 0:
+/// every port. Each address also has an entry with protocol 0 (the address
+/// is a VIP's) and one for ICMP (errors about its flows, port 0).
 #[map]
-static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
+static DECAP_VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(4096, 0);
 /// Where tunnels may come from: without this check anyone could reach a
 /// backend's services past the balancer by sending it a tunnel packet.
 #[map]
@@ -57,26 +64,59 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     if outer_len == 0 {
         return pass(decap_counter::PASS_NOT_TUNNEL);
     }
-    // Inner destination must be one of our VIPs.
+    // Inner destination must be one of our VIPs: its address (else the
+    // tunnel is not ours: passed), then its port and protocol (else it
+    // would reach another service past the balancer: dropped).
     let inner = l2_len + outer_len;
-    let (key, inner_ethertype) = match inner_proto {
+    let mut key = VipKey::default();
+    let (l4_off, inner_ethertype) = match inner_proto {
         PROTO_IPIP => {
             let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, inner) else {
                 return pass(decap_counter::PASS_MALFORMED);
             };
-            let addr = [unsafe { (*ip).dst }, 0, 0, 0];
-            (addr_key(addr, AF_INET), ETH_P_IP)
+            let ip = unsafe { &*ip };
+            key.addr[0] = ip.dst;
+            key.family = AF_INET;
+            key.proto = ip.proto;
+            if u16::from_be(ip.frag_off) & 0x3fff != 0 {
+                // The balancer sends no fragment to a VIP; a fragment has
+                // no ports to check.
+                key.proto = 0xff;
+            }
+            (inner + ((ip.vihl & 0x0f) as usize) * 4, ETH_P_IP)
         }
         PROTO_IPV6 => {
             let Some(ip) = ptr_at::<Ipv6Hdr>(&ctx, inner) else {
                 return pass(decap_counter::PASS_MALFORMED);
             };
-            (addr_key(unsafe { (*ip).dst }, AF_INET6), ETH_P_IPV6)
+            let ip = unsafe { &*ip };
+            key.addr = ip.dst;
+            key.family = AF_INET6;
+            key.proto = ip.next_hdr;
+            (inner + size_of::<Ipv6Hdr>(), ETH_P_IPV6)
         }
         _ => return pass(decap_counter::PASS_NOT_TUNNEL),
     };
-    if unsafe { DECAP_VIPS.get(key) }.is_none() {
+    let proto = key.proto;
+    key.proto = 0;
+    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
         return pass(decap_counter::PASS_NOT_VIP);
+    }
+    key.proto = proto;
+    if proto == PROTO_TCP || proto == PROTO_UDP {
+        // Both protocols start with the source and destination ports.
+        let Some(ports) = ptr_at::<[u16; 2]>(&ctx, l4_off) else {
+            return drop(decap_counter::DROP_NOT_SERVICE);
+        };
+        key.port = unsafe { (*ports)[1] };
+    }
+    // The exact port, then the VIP that takes every port (port 0); ICMP
+    // to a VIP address (errors about its flows) is listed with port 0.
+    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+        key.port = 0;
+        if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+            return drop(decap_counter::DROP_NOT_SERVICE);
+        }
     }
     // A tunnel to one of our VIPs from elsewhere than a balancer: spoofed.
     if DECAP_SOURCES.get(&src).is_none() {
@@ -120,15 +160,6 @@ fn copy_ce(ctx: &XdpContext, l2_len: usize, inner_ethertype: u16) -> bool {
         ip.vtc_flow = (first | (u32::from(ECN_CE) << 20)).to_be();
     }
     true
-}
-
-#[inline(always)]
-fn addr_key(addr: [u32; 4], family: u8) -> AddrKey {
-    AddrKey {
-        addr,
-        family,
-        _pad: [0; 3],
-    }
 }
 
 #[inline(always)]

@@ -61,9 +61,13 @@ enum Cmd {
     Decap {
         #[arg(long, short)]
         interface: String,
-        /// VIP addresses whose tunnelled packets are unwrapped (repeat for several).
-        #[arg(long = "vip")]
-        vips: Vec<std::net::IpAddr>,
+        /// A VIP whose tunnelled packets are unwrapped, as in the pool
+        /// file: `ADDRESS:PORT/PROTOCOL` (`10.100.0.1:80/tcp`,
+        /// `[fd00:100::1]:53/udp`; port 0: every port). Repeat for several.
+        /// Tunnels to other ports or protocols of these addresses are
+        /// dropped: they would reach other services past the balancer.
+        #[arg(long = "vip", value_parser = parse_decap_vip)]
+        vips: Vec<dataplane::DecapVip>,
         /// Outer source prefix tunnels are accepted from: the balancers'
         /// `encapsulation.source_v4`/`source_v6` (repeat for several), or
         /// `any` to accept tunnels from every source. Required: a tunnel
@@ -93,6 +97,24 @@ fn parse_source(s: &str) -> std::result::Result<DecapFrom, String> {
         return Ok(DecapFrom(vec![(v4, 0), (v6, 0)]));
     }
     parse_prefix(s).map(|p| DecapFrom(vec![p]))
+}
+
+/// `ADDRESS:PORT/PROTOCOL`, an IPv6 address in brackets.
+fn parse_decap_vip(s: &str) -> std::result::Result<dataplane::DecapVip, String> {
+    let form = "give a VIP as ADDRESS:PORT/PROTOCOL, e.g. 10.100.0.1:80/tcp or \
+                [fd00:100::1]:53/udp (port 0: every port)";
+    let (sa, proto) = s.rsplit_once('/').ok_or_else(|| format!("`{s}`: {form}"))?;
+    let proto = match proto {
+        "tcp" => lb_common::PROTO_TCP,
+        "udp" => lb_common::PROTO_UDP,
+        p => return Err(format!("`{p}` is not a protocol (tcp or udp)")),
+    };
+    let sa: std::net::SocketAddr = sa.parse().map_err(|_| format!("`{s}`: {form}"))?;
+    Ok(dataplane::DecapVip {
+        addr: sa.ip(),
+        port: sa.port(),
+        proto,
+    })
 }
 
 /// `ADDRESS/BITS` (a bare address is a single host).
@@ -242,7 +264,7 @@ async fn real_main(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             if vips.is_empty() {
-                bail!("give at least one --vip ADDRESS");
+                bail!("give at least one --vip ADDRESS:PORT/PROTOCOL (e.g. 10.100.0.1:80/tcp)");
             }
             if sources.is_empty() {
                 bail!(
@@ -267,7 +289,8 @@ async fn real_main(cli: Cli) -> Result<()> {
                 &sources,
                 mode,
             )?;
-            println!("lb_decap attached to `{interface}` for {vips:?}");
+            let list: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
+            println!("lb_decap attached to `{interface}` for {}", list.join(", "));
             if any {
                 println!("tunnels are accepted from any source (--from any, or a /0): filter IP protocols 4 and 41 upstream");
             } else {

@@ -358,7 +358,11 @@ impl Balancer {
 
     /// Writes the decapsulator's maps as `lb decap` does: the VIPs and the
     /// accepted outer sources (replacing the earlier ones; none: any).
-    pub fn set_decap(&mut self, vips: &[IpAddr], sources: &[(IpAddr, u8)]) -> Result<()> {
+    pub fn set_decap(
+        &mut self,
+        vips: &[lb_userspace::dataplane::DecapVip],
+        sources: &[(IpAddr, u8)],
+    ) -> Result<()> {
         lb_userspace::dataplane::write_decap_maps(self.ebpf_mut(), vips, sources)?;
         Ok(())
     }

@@ -373,12 +373,29 @@ fn lb_decap_needs_the_balancers_prefixes_or_an_explicit_any() {
     }
     // Refused before anything is loaded or attached.
     let out = std::process::Command::new(lb_bin())
-        .args(["decap", "--interface", "lo", "--vip", "10.100.0.1"])
+        .args(["decap", "--interface", "lo", "--vip", "10.100.0.1:80/tcp"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("--from any"), "{err}");
+    // A VIP is an address, a port and a protocol: a bare address would
+    // open every service of the backend to tunnels.
+    let out = std::process::Command::new(lb_bin())
+        .args([
+            "decap",
+            "--interface",
+            "lo",
+            "--from",
+            "any",
+            "--vip",
+            "10.100.0.1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ADDRESS:PORT/PROTOCOL"), "{err}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ use lb_common::{
 };
 use lb_tests::packets::*;
 use lb_tests::*;
+use lb_userspace::dataplane::DecapVip;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0x0fed_cba9_8765_4321];
@@ -1420,12 +1421,27 @@ fn next_hop_from_the_kernel_fib_and_redirect_to_the_egress_interface() {
 
 // ------------------------------------------------------- decapsulation --
 
+fn decap_vips() -> Vec<DecapVip> {
+    vec![
+        DecapVip {
+            addr: ip("10.100.0.1"),
+            port: 80,
+            proto: PROTO_TCP,
+        },
+        DecapVip {
+            addr: ip("fd00:100::1"),
+            port: 53,
+            proto: PROTO_UDP,
+        },
+    ]
+}
+
 fn decap_setup() -> Option<Balancer> {
     root_env("decap tests")?;
     let mut d = Balancer::load_decap().unwrap();
-    // As `lb decap --vip 10.100.0.1 --vip fd00:100::1` (no --from: any source).
-    d.set_decap(&[ip("10.100.0.1"), ip("fd00:100::1")], &[])
-        .unwrap();
+    // As `lb decap --vip 10.100.0.1:80/tcp --vip [fd00:100::1]:53/udp`
+    // (no --from: any source).
+    d.set_decap(&decap_vips(), &[]).unwrap();
     Some(d)
 }
 
@@ -1538,7 +1554,7 @@ fn decap_drops_tunnels_to_a_vip_from_other_sources_than_the_balancers() {
     // As `lb decap --from 10.255.0.0/24 --from fd00:255::/112`.
     let Some(mut d) = decap_setup() else { return };
     d.set_decap(
-        &[ip("10.100.0.1"), ip("fd00:100::1")],
+        &decap_vips(),
         &[(ip("10.255.0.0"), 24), (ip("fd00:255::"), 112)],
     )
     .unwrap();
@@ -1576,6 +1592,81 @@ fn decap_drops_tunnels_to_a_vip_from_other_sources_than_the_balancers() {
     let outer = tunnel(&other, ip("10.255.1.7"), ip("10.0.1.1"));
     assert_eq!(d.run(&outer).unwrap().data, outer);
     assert_eq!(d.decap_counter(decap_counter::PASS_NOT_VIP), 1);
+}
+
+#[test]
+fn decap_takes_only_the_vips_ports_and_protocols() {
+    // A tunnel to a VIP's address but another port or protocol would reach
+    // a service the balancer does not offer (and a UDP one could reflect
+    // to a spoofed inner source): dropped and counted. ICMP to the address
+    // (errors about its flows, which the balancer steers to backends) and
+    // every port of a port-0 VIP are taken.
+    let Some(mut d) = decap_setup() else { return };
+    let mut vips = decap_vips();
+    vips.push(DecapVip {
+        addr: ip("10.100.0.3"),
+        port: 0,
+        proto: PROTO_TCP,
+    });
+    d.set_decap(&vips, &[]).unwrap();
+    let v4 =
+        |f: Flow, flags: &str| tunnel(&f.packet(flags, b"x"), ip("10.255.0.7"), ip("10.0.1.1"));
+    let v6 =
+        |f: Flow, flags: &str| tunnel(&f.packet(flags, b"x"), ip("fd00:255::7"), ip("fd00:1::1"));
+    let taken = [
+        v4(Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80), "S"),
+        v6(Flow::udp("2001:db8::1", 5, "fd00:100::1", 53), ""),
+        v4(Flow::tcp("192.0.2.1", 5, "10.100.0.3", 22), "S"),
+        v4(Flow::tcp("192.0.2.1", 5, "10.100.0.3", 65535), "A"),
+    ];
+    for frame in &taken {
+        let out = d.run(frame).unwrap();
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(
+            out.data.len(),
+            frame.len() - 20 - (frame[12] == 0x86) as usize * 20
+        );
+    }
+    let refused = [
+        v4(Flow::tcp("192.0.2.1", 5, "10.100.0.1", 22), "S"),
+        v4(Flow::udp("192.0.2.1", 5, "10.100.0.1", 80), ""),
+        v4(Flow::udp("192.0.2.1", 5, "10.100.0.3", 53), ""),
+        v6(Flow::udp("2001:db8::1", 5, "fd00:100::1", 123), ""),
+        v6(Flow::tcp("2001:db8::1", 5, "fd00:100::1", 53), "S"),
+    ];
+    for frame in &refused {
+        let out = d.run(frame).unwrap();
+        assert_eq!(out.action, XDP_DROP, "{:?}", d.decap_counters());
+    }
+    assert_eq!(d.decap_counter(decap_counter::DROP_NOT_SERVICE), 5);
+    // An ICMP error to the VIP's address, quoting one of its flows.
+    let quoted = Flow::tcp("10.100.0.1", 80, "192.0.2.1", 5).packet("SA", b"");
+    let icmp = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([192, 0, 2, 254], [10, 100, 0, 1], 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ));
+    let mut frame = Vec::new();
+    icmp.write(&mut frame, &quoted[14..42]).unwrap();
+    let out = d
+        .run(&tunnel(&frame, ip("10.255.0.7"), ip("10.0.1.1")))
+        .unwrap();
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(ip_part(&out.data), ip_part(&frame));
+    // A fragment to the VIP has no ports to check: dropped.
+    let mut frag = Flow::tcp("192.0.2.1", 5, "10.100.0.1", 80).packet("S", b"");
+    frag[14 + 6] = 0x20; // more fragments
+    let ipsum = Ipv4Header::from_slice(&frag[14..])
+        .unwrap()
+        .0
+        .calc_header_checksum();
+    frag[14 + 10..14 + 12].copy_from_slice(&ipsum.to_be_bytes());
+    let out = d
+        .run(&tunnel(&frag, ip("10.255.0.7"), ip("10.0.1.1")))
+        .unwrap();
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(d.decap_counter(decap_counter::DROP_NOT_SERVICE), 6);
+    assert_eq!(d.decap_counter(decap_counter::DECAPPED), 5);
 }
 
 #[test]

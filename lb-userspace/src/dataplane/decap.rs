@@ -16,7 +16,7 @@ pub fn decap_pin_dir(iface: &str) -> PathBuf {
 pub fn attach_decap(
     object: &[u8],
     iface: &str,
-    vips: &[std::net::IpAddr],
+    vips: &[DecapVip],
     sources: &[(std::net::IpAddr, u8)],
     mode: AttachMode,
 ) -> Result<()> {
@@ -88,27 +88,60 @@ pub fn load_decap_unpinned(object: &[u8]) -> Result<Ebpf> {
         .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))
 }
 
-/// Writes the decapsulator's maps: the VIPs it accepts tunnels to, and the
-/// outer sources it accepts them from (none given: any source, so the
+/// A VIP a backend's decapsulator accepts tunnels to: address, port (0:
+/// every port) and protocol (`PROTO_TCP` or `PROTO_UDP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecapVip {
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl std::fmt::Display for DecapVip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = if self.proto == lb_common::PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
+        write!(
+            f,
+            "{}/{proto}",
+            std::net::SocketAddr::new(self.addr, self.port)
+        )
+    }
+}
+
+/// Writes the decapsulator's maps: the VIPs it accepts tunnels to (with
+/// ICMP to their addresses, which carries errors about their flows), and
+/// the outer sources it accepts them from (none given: any source, so the
 /// upstream filter must do it).
 pub fn write_decap_maps(
     ebpf: &mut Ebpf,
-    vips: &[std::net::IpAddr],
+    vips: &[DecapVip],
     sources: &[(std::net::IpAddr, u8)],
 ) -> Result<()> {
     let map = ebpf
         .map_mut(maps::DECAP_VIPS)
         .ok_or_else(|| missing(maps::DECAP_VIPS))?;
-    let mut m: HashMap<&mut MapData, AddrKey, u32> =
+    let mut m: HashMap<&mut MapData, VipKey, u32> =
         HashMap::try_from(map).map_err(map_err(maps::DECAP_VIPS))?;
-    for ip in vips {
-        let (addr, family) = lb_common::addr_words(*ip);
-        let key = AddrKey {
-            addr,
-            family,
-            _pad: [0; 3],
+    for v in vips {
+        let (addr, family) = lb_common::addr_words(v.addr);
+        let icmp = if v.addr.is_ipv4() {
+            lb_common::PROTO_ICMP
+        } else {
+            lb_common::PROTO_ICMPV6
         };
-        m.insert(key, 1, 0).map_err(map_err(maps::DECAP_VIPS))?;
+        for (port, proto) in [(0, 0), (0, icmp), (v.port, v.proto)] {
+            let key = VipKey {
+                addr,
+                port: port.to_be(),
+                proto,
+                family,
+            };
+            m.insert(key, 1, 0).map_err(map_err(maps::DECAP_VIPS))?;
+        }
     }
     let map = ebpf
         .map_mut(maps::DECAP_SOURCES)

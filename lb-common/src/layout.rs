@@ -342,7 +342,11 @@ pub mod counter {
     /// CPU was over its flow-table insert rate (`tables.new_flows_per_cpu`),
     /// as under a SYN flood. Its next packet tries again.
     pub const NEW_FLOW_NOT_STORED: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// The FIB has a route to the backend but its next hop's MAC is not
+    /// resolved yet (the daemon makes every backend's next hop a managed
+    /// neighbour entry, which the kernel resolves): dropped.
+    pub const DROP_NO_NEIGH: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -374,6 +378,7 @@ pub mod counter {
         "flow_insert_failed",
         "drop_icmp_rate",
         "new_flow_not_stored",
+        "drop_no_neigh",
     ];
 }
 

@@ -99,7 +99,7 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     };
     let proto = key.proto;
     key.proto = 0;
-    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+    if unsafe { DECAP_VIPS.get(key) }.is_none() {
         return pass(decap_counter::PASS_NOT_VIP);
     }
     key.proto = proto;
@@ -112,9 +112,9 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     }
     // The exact port, then the VIP that takes every port (port 0); ICMP
     // to a VIP address (errors about its flows) is listed with port 0.
-    if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+    if unsafe { DECAP_VIPS.get(key) }.is_none() {
         key.port = 0;
-        if unsafe { DECAP_VIPS.get(&key) }.is_none() {
+        if unsafe { DECAP_VIPS.get(key) }.is_none() {
             return drop(decap_counter::DROP_NOT_SERVICE);
         }
     }

@@ -37,8 +37,9 @@ pub fn forward(
     };
     let hdr_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
     let outer_len = pkt.ip_len + hdr_len;
-    let Some(nh) = next_hop(ctx, pkt, cfg, backend_id, backend, &src, now) else {
-        return dropped(counter::DROP_NO_ROUTE);
+    let nh = match next_hop(ctx, pkt, cfg, backend_id, backend, &src, now) {
+        Ok(nh) => nh,
+        Err(reason) => return dropped(reason),
     };
     if outer_len > nh.mtu as usize {
         // Tell the client the largest packet that fits once encapsulated;

@@ -2,7 +2,9 @@
 //! kernel's FIB (`bpf_fib_lookup`), cached per CPU for `NEXTHOP_TTL_NS`,
 //! with the configured gateway MAC as the fallback.
 use aya_ebpf::{
-    bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, programs::XdpContext,
+    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_NO_NEIGH},
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
 };
 use core::mem::{size_of, MaybeUninit};
 use lb_common::{counter, defaults, Backend, Config, AF_INET, AF_INET6, CONFIG_F_GATEWAY_MAC};
@@ -13,7 +15,8 @@ use crate::packet::{zeroed, Packet};
 
 /// The cached next hop for `backend` (slot `backend_id`) seen from the
 /// ingress interface, looked up anew when it expired or no longer matches.
-/// `None`: no route and no gateway MAC (the caller counts the drop).
+/// `Err`: the counter of the drop (no route and no gateway MAC, or a next
+/// hop not resolved yet).
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
@@ -23,17 +26,29 @@ pub fn next_hop(
     backend: &Backend,
     src: &[u32; 4],
     now: u64,
-) -> Option<&'static NextHop> {
+) -> Result<&'static NextHop, u32> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let nh = unsafe { &mut *NEXTHOPS.get_ptr_mut(backend_id)? };
+    let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
+        return Err(counter::DROP_NO_ROUTE);
+    };
+    let nh = unsafe { &mut *nh };
     if nh.expires_ns > now && nh.ingress == ingress && nh.addr == backend.addr {
-        return Some(nh);
+        return Ok(nh);
     }
     count(counter::FIB_LOOKUP);
-    if !fib(ctx, cfg, backend, src, ingress, nh) {
+    let rc = fib(ctx, cfg, backend, src, ingress, nh);
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // A route, but the next hop's MAC is not resolved yet (the daemon
+        // makes every backend's next hop a managed neighbour entry, which
+        // the kernel resolves and keeps): the gateway MAC would be wrong
+        // for an on-link backend. Dropped, counted, not cached.
+        nh.expires_ns = 0;
+        return Err(counter::DROP_NO_NEIGH);
+    }
+    if rc != 0 {
         if cfg.flags & CONFIG_F_GATEWAY_MAC == 0 {
             nh.expires_ns = 0;
-            return None;
+            return Err(counter::DROP_NO_ROUTE);
         }
         count(counter::FIB_FALLBACK);
         nh.dmac = cfg.gateway_mac;
@@ -44,11 +59,12 @@ pub fn next_hop(
     nh.addr = backend.addr;
     nh.ingress = ingress;
     nh.expires_ns = now + defaults::NEXTHOP_TTL_NS;
-    Some(nh)
+    Ok(nh)
 }
 
 /// Asks the FIB for the route from `src` to the backend; on success fills
-/// the MACs, egress and MTU of `nh` and returns true.
+/// the MACs, egress and MTU of `nh`. The FIB's answer (`BPF_FIB_LKUP_RET_*`;
+/// 0: success).
 #[inline(always)]
 fn fib(
     ctx: &XdpContext,
@@ -57,9 +73,9 @@ fn fib(
     src: &[u32; 4],
     ingress: u32,
     nh: &mut NextHop,
-) -> bool {
+) -> i64 {
     let Some(f) = FIB_SCRATCH.get_ptr_mut(0) else {
-        return false;
+        return -1;
     };
     let fib: &mut bpf_fib_lookup = zeroed(unsafe { &mut *(f as *mut MaybeUninit<bpf_fib_lookup>) });
     fib.ifindex = ingress;
@@ -83,7 +99,7 @@ fn fib(
         )
     };
     if rc != 0 {
-        return false;
+        return rc;
     }
     nh.dmac = fib.dmac;
     nh.smac = fib.smac;
@@ -92,5 +108,5 @@ fn fib(
     if nh.mtu == 0 {
         nh.mtu = cfg.mtu;
     }
-    true
+    0
 }

@@ -6,4 +6,5 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;
+pub mod neigh;
 pub mod status;

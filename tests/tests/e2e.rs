@@ -722,6 +722,61 @@ fn with_every_probe_failing_a_vip_in_panic_mode_keeps_serving() {
 }
 
 #[test]
+fn backends_next_hops_are_resolved_without_probes_and_released_on_stop() {
+    let Some(mut t) = topo("e2nb", &[1, 1]) else {
+        return;
+    };
+    // One VIP and no health checks: nothing on the balancer's own stack
+    // talks to the backends, so only the daemon can get their MACs into
+    // the neighbour table that the data path's FIB lookups read.
+    let pool = std::fs::read_to_string(t.pool_path()).unwrap();
+    let web_only = pool.split("  - name: hold").next().unwrap().replace(
+        "health_check: { kind: http, path: / }",
+        "health_check: { kind: none }",
+    );
+    t.write_pool(&web_only).unwrap();
+    let neigh = |lb: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", lb, "neigh", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    sh(&format!("ip -n {} neigh flush all", t.lb)).unwrap();
+    t.start_daemon().unwrap();
+    let addrs: Vec<String> = t.backends.iter().map(|b| b.v4.to_string()).collect();
+    let resolved = |shown: &str| {
+        addrs.iter().all(|a| {
+            shown.lines().any(|l| {
+                l.starts_with(&format!("{a} ")) && l.contains("lladdr") && l.contains("managed")
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !resolved(&neigh(&t.lb)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(resolved(&neigh(&t.lb)), "{}\n{}", neigh(&t.lb), t.log());
+    // Every request reaches a backend, from the first.
+    let (seen, failed) = spread_http(&t, web(), 200);
+    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let st = t.status_json().unwrap();
+    assert!(st["counters"]["drop_no_neigh"].is_null(), "{st}");
+    // `lb stop` removes the entries the daemon made.
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["stop", "--instance", &t.tag])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!neigh(&t.lb).contains("managed"), "{}", neigh(&t.lb));
+}
+
+#[test]
 fn all_backends_down_drops_fast_and_status_shows_it() {
     let Some(mut t) = topo("e2dn", &[1, 1]) else {
         return;

@@ -261,9 +261,8 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
     if pool.vips.iter().any(|v| v.port == 0) {
         cfg.flags |= CONFIG_F_ANY_PORT;
     }
-    let rate = u64::from(pool.tables.new_flows_per_cpu);
-    if rate > 0 {
-        cfg.new_flow_interval_ns = 1_000_000_000 / rate;
+    if let Some(interval) = 1_000_000_000u64.checked_div(u64::from(pool.tables.new_flows_per_cpu)) {
+        cfg.new_flow_interval_ns = interval;
         cfg.new_flow_tolerance_ns = crate::config::NEW_FLOW_BURST.as_nanos() as u64;
     }
     cfg

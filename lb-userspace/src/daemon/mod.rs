@@ -66,6 +66,9 @@ pub struct Daemon {
     rates: Rates,
     /// Active flows per backend id, counted by a background task, and when.
     flows: FlowCounts,
+    /// Keeps the backends' next hops resolved in the kernel's neighbour
+    /// table (`None`: no netlink socket, warned at start).
+    neighbours: Option<crate::neigh::NeighbourKeeper>,
 }
 
 type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
@@ -238,8 +241,10 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         retry_at: None,
         flows: Default::default(),
         rates: Rates::new(),
+        neighbours: crate::neigh::NeighbourKeeper::spawn(),
     };
     d.sync_probers();
+    d.sync_neighbours();
     let idle = d.pool.tables.udp_idle_timeout.as_nanos() as u64;
     spawn_flow_counter(
         d.pool.instance.clone(),
@@ -282,6 +287,9 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             Some(c) = ctl_rx.recv() => match c {
                 Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
                 Control::Stop(reply) => {
+                    if let Some(n) = &d.neighbours {
+                        n.stop();
+                    }
                     let removed = dataplane::remove_pins(&d.pool.instance)?;
                     log::info!("stopped: XDP detached, {} pins removed", removed.len());
                     let _ = reply.send("{\"stopped\":true}".into());
@@ -363,6 +371,19 @@ impl Daemon {
 
     /// Starts probes for new or changed checks, stops those no longer
     /// wanted; a backend that several VIPs check the same way is probed once.
+    /// Tells the neighbour keeper the backends of the running pool.
+    fn sync_neighbours(&self) {
+        if let Some(n) = &self.neighbours {
+            let addrs = self
+                .pool
+                .vips
+                .iter()
+                .flat_map(|v| v.backends.iter().map(|b| b.address))
+                .collect();
+            n.backends(addrs);
+        }
+    }
+
     fn sync_probers(&mut self) {
         let mut wanted: HashMap<ProbeSpec, Vec<BackendRef>> = HashMap::new();
         for (k, spec) in self.ctl.probes() {

@@ -89,6 +89,7 @@ impl Daemon {
         }
         self.pool = pool;
         self.sync_probers();
+        self.sync_neighbours();
     }
 
     /// The pool file's text; `None` when it cannot be read, which is logged

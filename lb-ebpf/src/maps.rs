@@ -28,19 +28,22 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACK
 #[map]
 pub static RINGS: Array<u64> =
     Array::with_max_entries(defaults::MAX_VIPS * 2 * defaults::RING_SIZE, BPF_F_MMAPABLE);
-/// One LRU hash shared by all CPUs, with the common LRU list: a flow is found
-/// whichever CPU its next packet lands on (RSS changes, generic XDP, several
-/// queues), the daemon sees one table, and the capacity is not split per
-/// CPU. Each CPU takes free entries from a local list of up to 128 and
-/// touches the shared list (under its lock) once per batch, so up to 128
-/// entries per CPU sit in local lists (the daemon warns when that is a large
-/// part of the table).
-/// Per-CPU lists (BPF_F_NO_COMMON_LRU) were measured slower here: they
-/// rotate the list on every insert, about 60 ns more per new flow, and split
-/// the capacity over all possible CPUs.
+/// One LRU hash shared by all CPUs: a flow is found whichever CPU its next
+/// packet lands on (RSS changes, generic XDP, several queues), the daemon
+/// sees one table, and new flows of any CPU may use any free entry. By
+/// default with the common LRU list: each CPU takes free entries from a
+/// local list of up to 128 and touches the shared list (under its lock) once
+/// per batch. The `per-cpu-lru` build gives each CPU its own list and share
+/// of the entries (`BPF_F_NO_COMMON_LRU`; the hash table stays shared).
+/// BENCHMARKS.md ("Flow table LRU") has the measurements and the reasons
+/// for the default.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(defaults::FLOW_TABLE_SIZE, 0);
+    LruHashMap::with_max_entries(defaults::FLOW_TABLE_SIZE, FLOWS_FLAGS);
+#[cfg(not(feature = "per-cpu-lru"))]
+const FLOWS_FLAGS: u32 = 0;
+#[cfg(feature = "per-cpu-lru")]
+const FLOWS_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// The layout version of the pinned maps, kept by the daemon.

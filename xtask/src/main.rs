@@ -22,7 +22,12 @@ enum Cmd {
     /// Set up, build, and run every test: unit, packet (BPF_PROG_TEST_RUN), end to end.
     Test,
     /// Per-packet cost through BPF_PROG_TEST_RUN, and the Maglev build time.
-    Bench,
+    Bench {
+        /// Instead: the flow table's LRU at 1M entries on every CPU, the
+        /// common list against per-CPU lists, side by side.
+        #[arg(long)]
+        lru: bool,
+    },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
     Fuzz {
@@ -51,7 +56,8 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test => test(),
-        Cmd::Bench => bench(),
+        Cmd::Bench { lru: false } => bench(),
+        Cmd::Bench { lru: true } => bench_lru(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
         Cmd::Lint => lint(),
@@ -186,9 +192,22 @@ fn install_bpf_linker(sysroot: &str) -> Result<()> {
 const EBPF_OBJECT: &str = "target/bpfel-unknown-none/release/lb-ebpf";
 
 fn build_ebpf() -> Result<()> {
+    build_ebpf_with(&[])?;
+    eprintln!("eBPF object: {EBPF_OBJECT}");
+    Ok(())
+}
+
+/// The flow table with per-CPU LRU lists, for `bench --lru`: its own
+/// target directory, so the default object stays as it is.
+const EBPF_OBJECT_PER_CPU_LRU: &str = "target/ebpf-per-cpu-lru/bpfel-unknown-none/release/lb-ebpf";
+
+/// Builds the eBPF object, with extra cargo arguments (features, target
+/// directory).
+fn build_ebpf_with(extra: &[&str]) -> Result<()> {
     run(Command::new("cargo")
         .args(["+nightly", "build", "--release", "-p", "lb-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(extra)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             [
@@ -199,9 +218,7 @@ fn build_ebpf() -> Result<()> {
             .join("\x1f"),
         )
         .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
-    eprintln!("eBPF object: {EBPF_OBJECT}");
-    Ok(())
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))
 }
 
 /// Builds `lb` (with the eBPF object embedded) and the test binaries.
@@ -340,6 +357,23 @@ fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
         .args(seed.map(|s| s.to_string()))
         .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT));
     run(&mut cmd)
+}
+
+/// `bench --lru`: both builds of the object, then `lru-bench`.
+fn bench_lru() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    build_ebpf_with(&[
+        "--features",
+        "per-cpu-lru",
+        "--target-dir",
+        "target/ebpf-per-cpu-lru",
+    ])?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .args(["run", "--release", "-p", "lb-tests", "--bin", "lru-bench"])
+        .env("LB_EBPF_OBJECT", root.join(EBPF_OBJECT))
+        .env("LB_EBPF_OBJECT_B", root.join(EBPF_OBJECT_PER_CPU_LRU)))
 }
 
 fn bench() -> Result<()> {

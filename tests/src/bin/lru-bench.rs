@@ -1,0 +1,315 @@
+//! `cargo xtask bench --lru`: the flow table at the size users run (1M
+//! entries, 100 backends), filled from every CPU, with the common LRU list
+//! (object A, the default) and with per-CPU LRU lists (object B, built with
+//! the `per-cpu-lru` feature), one after the other in one run, three times (the order alternating).
+//!
+//! Per object: fill the table from both CPUs at once (half each), then, on
+//! one CPU alone and on both at once: established packets spread over the
+//! flows that CPU inserted, the same with every flow's packets on the
+//! other CPU (as when RSS moves a flow), and new flows into the full table.
+//! Every run is BPF_PROG_TEST_RUN with repeat = 1, followed by the trivial
+//! `lb_pass` on the same bytes (the floor, subtracted); the counters are
+//! checked, so a miss or a drop cannot pass for a measurement.
+use anyhow::{bail, ensure, Context, Result};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_common::{
+    counter, progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, PROTO_TCP,
+};
+use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
+use lb_tests::{backend, ebpf_object, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+const FLOWS: u32 = 1 << 20;
+const BACKENDS: u32 = 100;
+const SIZES: Sizes = Sizes {
+    max_vips: 2,
+    max_backends: 128,
+    ring_size: 65537,
+    flows: FLOWS,
+};
+/// Packets per CPU in each measured phase.
+const PACKETS: usize = 20_000;
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const CPUS: [usize; 2] = [0, 1];
+
+fn main() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lru-bench needs root; run `cargo xtask bench --lru` as root");
+    }
+    let a = ebpf_object();
+    let b = std::env::var_os("LB_EBPF_OBJECT_B")
+        .map(std::path::PathBuf::from)
+        .context("LB_EBPF_OBJECT_B: the per-cpu-lru build (cargo xtask bench --lru builds it)")?;
+    let ncpu = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    ensure!(ncpu >= 2, "two online CPUs needed, found {ncpu}");
+    private_netns()?;
+    println!("lru-bench: the flow table at {FLOWS} entries, {BACKENDS} backends, CPUs {CPUS:?}");
+    println!("  A {} (common LRU list)", a.display());
+    println!("  B {} (per-CPU LRU lists)", b.display());
+    println!();
+    // Three rounds, the order alternating, so that drift on the host (a
+    // VM) falls on both objects alike.
+    for round in 1..=3 {
+        let mut sides = [("A common", &a), ("B per-CPU", &b)];
+        if round % 2 == 0 {
+            sides.reverse();
+        }
+        for (label, object) in sides {
+            println!("round {round}, {label}:");
+            bench_object(object)?;
+            println!();
+        }
+    }
+    println!("ns: kernel-reported per run, net of lb_pass on the same bytes (median of");
+    println!("the program minus median of the floor; mean: of the middle 80 %).");
+    Ok(())
+}
+
+/// The i-th flow: a distinct client address in 100.64.0.0/10.
+fn flow(i: u32) -> Flow {
+    Flow {
+        src: IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i)),
+        dst: IpAddr::V4(VIP),
+        sport: 10_000 + (i % 50_000) as u16,
+        dport: 80,
+        proto: PROTO_TCP,
+    }
+}
+
+fn configure(lb: &mut Balancer) -> Result<()> {
+    lb.set_config(Config {
+        hash_key: [1, 2],
+        ring_size: SIZES.ring_size,
+        flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4,
+        udp_idle_timeout_ns: 30_000_000_000,
+        src_v4: u32::from_ne_bytes([10, 255, 0, 0]),
+        src_v4_mask: host_mask(8),
+        mtu: 1500,
+        gateway_mac: GATEWAY_MAC,
+        ..Config::default()
+    })?;
+    for id in 1..=BACKENDS {
+        let addr = Ipv4Addr::new(10, 0, (id / 250) as u8, (id % 250) as u8);
+        lb.set_backend(id, backend(IpAddr::V4(addr), 0, 0))?;
+    }
+    let ring: Vec<u32> = (0..SIZES.ring_size).map(|i| 1 + i % BACKENDS).collect();
+    lb.write_ring(0, 0, &ring)?;
+    lb.add_vip(vip_key(IpAddr::V4(VIP), 80, PROTO_TCP), VipInfo::default())?;
+    Ok(())
+}
+
+fn pin(cpu: usize) -> Result<()> {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `packet` once; (action, ns).
+fn run(prog: &Xdp, packet: &[u8]) -> Result<(u32, u64)> {
+    let mut out = vec![0u8; packet.len() + 64];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..TestRunOptions::default()
+    })?;
+    Ok((r.return_value, r.duration.as_nanos() as u64))
+}
+
+/// Program and floor ns of each packet of `flows` on `cpu`, with `flags`.
+fn measure(
+    prog: &Xdp,
+    floor: &Xdp,
+    cpu: usize,
+    flows: &[u32],
+    flags: &str,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    pin(cpu)?;
+    let (mut t, mut f) = (
+        Vec::with_capacity(flows.len()),
+        Vec::with_capacity(flows.len()),
+    );
+    for &i in flows {
+        let p = flow(i).packet(flags, b"");
+        let (action, ns) = run(prog, &p)?;
+        ensure!(action == XDP_TX, "flow {i} ({flags}): action {action}");
+        t.push(ns);
+        let (action, ns) = run(floor, &p)?;
+        ensure!(action == XDP_PASS, "lb_pass: action {action}");
+        f.push(ns);
+    }
+    Ok((t, f))
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn trimmed_mean(v: &mut [u64]) -> f64 {
+    v.sort_unstable();
+    let cut = v.len() / 10;
+    let mid = &v[cut..v.len() - cut];
+    mid.iter().sum::<u64>() as f64 / mid.len() as f64
+}
+
+/// "net median (mean)" of one CPU's samples.
+fn net((mut t, mut f): (Vec<u64>, Vec<u64>)) -> String {
+    let m = median(&mut t) as i64 - median(&mut f) as i64;
+    let mean = trimmed_mean(&mut t) - trimmed_mean(&mut f);
+    format!("{m:>4} ({mean:>5.0})")
+}
+
+/// `phase` on CPU 0 alone, then on both CPUs at once; `flows(cpu)` gives
+/// each CPU's flows.
+fn phase(
+    name: &str,
+    lb: &Balancer,
+    floor: &Xdp,
+    flags: &str,
+    flows: impl Fn(usize) -> Vec<u32> + Sync,
+    check: impl Fn(&[u64]) -> Result<()>,
+) -> Result<()> {
+    let prog: &Xdp = lb
+        .ebpf()
+        .program(progs::BALANCER)
+        .context("lb_xdp")?
+        .try_into()?;
+    let before = (0..counter::COUNT)
+        .map(|i| lb.counter(i))
+        .collect::<Vec<u64>>();
+    let alone = measure(prog, floor, CPUS[0], &flows(CPUS[0]), flags)?;
+    let both: Vec<(Vec<u64>, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = CPUS
+            .iter()
+            .map(|&cpu| {
+                let f = &flows;
+                s.spawn(move || measure(prog, floor, cpu, &f(cpu), flags))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect::<Result<_>>()
+    })?;
+    let after = (0..counter::COUNT)
+        .map(|i| lb.counter(i))
+        .collect::<Vec<u64>>();
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    check(&delta).with_context(|| format!("phase `{name}`"))?;
+    let mut cols = vec![net(alone)];
+    cols.extend(both.into_iter().map(net));
+    println!(
+        "  {name:<34} alone {}   both at once: cpu0 {}  cpu1 {}",
+        cols[0], cols[1], cols[2]
+    );
+    Ok(())
+}
+
+fn bench_object(object: &std::path::Path) -> Result<()> {
+    let mut lb = Balancer::load_object(object, SIZES)?;
+    configure(&mut lb)?;
+    let pass = Balancer::load_pass()?;
+    let floor: &Xdp = pass
+        .ebpf()
+        .program(progs::PASS)
+        .context("lb_pass")?
+        .try_into()?;
+    let prog: &Xdp = lb
+        .ebpf()
+        .program(progs::BALANCER)
+        .context("lb_xdp")?
+        .try_into()?;
+
+    // Fill: CPU c inserts flows c, c+2, c+4, ... (half the table each).
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (k, &cpu) in CPUS.iter().enumerate() {
+            s.spawn(move || -> Result<()> {
+                pin(cpu)?;
+                for i in (k as u32..FLOWS).step_by(CPUS.len()) {
+                    let (action, _) = run(prog, &flow(i).packet("S", b""))?;
+                    ensure!(action == XDP_TX, "fill, flow {i}: action {action}");
+                }
+                Ok(())
+            });
+        }
+    });
+    let fill = start.elapsed();
+    let stored = lb.flow_count();
+    println!(
+        "  fill: {FLOWS} SYNs from 2 CPUs in {:.1} s; {stored} flows stored",
+        fill.as_secs_f64()
+    );
+    // Established traffic over flows that are in the table, spread at
+    // random: each CPU's from the flows it inserted itself.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut present: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+    while present.iter().any(|p| p.len() < PACKETS) {
+        let i = rng.u32(0..FLOWS);
+        let k = (i % 2) as usize;
+        if present[k].len() < PACKETS && lb.flow(&flow(i).key()).is_some() {
+            present[k].push(i);
+        }
+    }
+    let hits = |n: u64| {
+        move |d: &[u64]| -> Result<()> {
+            ensure!(
+                d[counter::FLOW_HIT as usize] == n && d[counter::NEW_FLOW as usize] == 0,
+                "every packet should hit the table: flow_hit {}, new_flow {}",
+                d[counter::FLOW_HIT as usize],
+                d[counter::NEW_FLOW as usize]
+            );
+            Ok(())
+        }
+    };
+    let n = PACKETS as u64;
+    phase(
+        "established, spread over 1M flows",
+        &lb,
+        floor,
+        "A",
+        |cpu| present[cpu].clone(),
+        hits(3 * n),
+    )?;
+    phase(
+        "established, on the other CPU",
+        &lb,
+        floor,
+        "A",
+        |cpu| present[1 - cpu].clone(),
+        hits(3 * n),
+    )?;
+    // New flows into the full table: every insert evicts.
+    let next = std::sync::atomic::AtomicU32::new(FLOWS);
+    phase(
+        "new flows (SYN), full table",
+        &lb,
+        floor,
+        "S",
+        |_| {
+            let first = next.fetch_add(PACKETS as u32, std::sync::atomic::Ordering::Relaxed);
+            (first..first + PACKETS as u32).collect()
+        },
+        |d| {
+            ensure!(
+                d[counter::NEW_FLOW as usize] == 3 * n
+                    && d[counter::FLOW_INSERT_FAILED as usize] == 0,
+                "every SYN should be a stored new flow: new_flow {}, insert failed {}",
+                d[counter::NEW_FLOW as usize],
+                d[counter::FLOW_INSERT_FAILED as usize]
+            );
+            Ok(())
+        },
+    )?;
+    println!("  flows stored at the end: {}", lb.flow_count());
+    Ok(())
+}

@@ -27,6 +27,10 @@ enum Cmd {
         /// common list against per-CPU lists, side by side.
         #[arg(long)]
         lru: bool,
+        /// Instead: the real daemon with a full 1M-entry flow table and no
+        /// traffic: `lb status` time, CPU and memory at rest.
+        #[arg(long, conflicts_with = "lru")]
+        rest: bool,
     },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
@@ -56,8 +60,9 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test => test(),
-        Cmd::Bench { lru: false } => bench(),
-        Cmd::Bench { lru: true } => bench_lru(),
+        Cmd::Bench { lru: true, .. } => bench_lru(),
+        Cmd::Bench { rest: true, .. } => bench_rest(),
+        Cmd::Bench { .. } => bench(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
         Cmd::Lint => lint(),
@@ -374,6 +379,19 @@ fn bench_lru() -> Result<()> {
         .args(["run", "--release", "-p", "lb-tests", "--bin", "lru-bench"])
         .env("LB_EBPF_OBJECT", root.join(EBPF_OBJECT))
         .env("LB_EBPF_OBJECT_B", root.join(EBPF_OBJECT_PER_CPU_LRU)))
+}
+
+/// `bench --rest`: the release `lb` (with the object), then `rest-bench`.
+fn bench_rest() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .args(["build", "--release", "-p", "lb-userspace"])
+        .env("LB_EBPF_OBJECT", root.join(EBPF_OBJECT)))?;
+    run(Command::new("cargo")
+        .args(["run", "--release", "-p", "lb-tests", "--bin", "rest-bench"])
+        .env("LB_BIN", root.join("target/release/lb")))
 }
 
 fn bench() -> Result<()> {

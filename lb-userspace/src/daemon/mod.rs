@@ -75,10 +75,21 @@ type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32,
 
 /// How often, at most, the flow table is walked for `lb status`.
 const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
+/// The share of one CPU the walks may take: a walk of a million flows takes
+/// about 350 ms (BENCHMARKS.md, "Flow table LRU"), so with a full default
+/// table the counts are refreshed every 7 s or so.
+const FLOW_COUNT_CPU_SHARE: u32 = 20;
+
+/// The pause after a walk that took `took`: at least FLOW_COUNT_INTERVAL,
+/// and long enough that walks take at most 1/FLOW_COUNT_CPU_SHARE of a CPU.
+pub fn flow_count_pause(took: Duration) -> Duration {
+    FLOW_COUNT_INTERVAL.max(took * (FLOW_COUNT_CPU_SHARE - 1))
+}
 
 /// Counts active flows on a blocking thread, with its own handle on the
-/// pinned map: walking a million entries takes seconds and must not hold up
-/// the writer. Waits FLOW_COUNT_INTERVAL, or twice as long as a walk took.
+/// pinned map: walking a million entries takes a third of a second and must
+/// not hold up the writer. Paced by `flow_count_pause`; `lb status` says
+/// how old the counts are.
 fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
     tokio::spawn(async move {
         loop {
@@ -94,7 +105,7 @@ fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
                 Ok(Err(e)) => log::debug!("counting flows: {e}"),
                 Err(_) => {}
             }
-            tokio::time::sleep(FLOW_COUNT_INTERVAL.max(took * 2)).await;
+            tokio::time::sleep(flow_count_pause(took)).await;
         }
     });
 }

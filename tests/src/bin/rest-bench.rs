@@ -1,0 +1,233 @@
+//! `cargo xtask bench --rest`: the real daemon with a full flow table and no
+//! traffic. It starts `lb run` as the README says (`nsenter --net`, a pool
+//! file) in a namespace of its own with 100 backends and a 1M-entry flow
+//! table, fills the pinned table with a million live flows, then measures
+//! what an operator sees: how long `lb status` takes, whether it counts
+//! every flow, and the daemon's CPU while nothing happens.
+use anyhow::{bail, ensure, Context, Result};
+use aya::maps::{HashMap as BpfHash, MapData};
+use lb_common::{FlowKey, FlowValue, AF_INET, PROTO_TCP};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NS: &str = "lbrest";
+const INSTANCE: &str = "lbrest";
+const FLOWS: u32 = 1 << 20;
+const BACKENDS: u32 = 100;
+const CPU_WINDOW: Duration = Duration::from_secs(30);
+
+fn sh(cmd: &str) -> Result<()> {
+    let st = Command::new("sh").args(["-c", cmd]).status()?;
+    ensure!(st.success(), "{cmd}: {st}");
+    Ok(())
+}
+
+fn lb_bin() -> PathBuf {
+    std::env::var_os("LB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/lb"))
+}
+
+struct Cleanup(Option<Child>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new(lb_bin())
+            .args(["stop", "--instance", INSTANCE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", NS]).status();
+    }
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
+}
+
+fn status(socket: &Path) -> Result<(Duration, serde_json::Value)> {
+    let start = Instant::now();
+    let out = Command::new(lb_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()?;
+    let took = start.elapsed();
+    ensure!(
+        out.status.success(),
+        "lb status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((took, serde_json::from_slice(&out.stdout)?))
+}
+
+fn main() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("rest-bench needs root; run `cargo xtask bench --rest` as root");
+    }
+    let dir = std::env::temp_dir().join("lb-rest-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let _ = Command::new("ip").args(["netns", "del", NS]).output();
+    let _ = Command::new(lb_bin())
+        .args(["stop", "--instance", INSTANCE])
+        .output();
+    sh(&format!(
+        "ip netns add {NS} && ip -n {NS} link add eth0 type veth peer name eth1 \
+         && ip -n {NS} link set lo up && ip -n {NS} link set eth0 up && ip -n {NS} link set eth1 up \
+         && ip -n {NS} addr add 10.0.0.1/16 dev eth0 \
+         && ip netns exec {NS} sysctl -qw net.ipv4.ip_forward=1"
+    ))?;
+    let mut cleanup = Cleanup(None);
+    let backends: String = (0..BACKENDS)
+        .map(|i| format!("      - address: 10.0.{}.{}\n", 1 + i / 200, 1 + i % 200))
+        .collect();
+    let socket = dir.join("lb.sock");
+    let pool = format!(
+        "instance: {INSTANCE}\ninterfaces: [eth0]\nxdp_mode: generic\n\
+         encapsulation:\n  source_v4: 10.255.0.0/24\n\
+         tables:\n  flow_table_size: {FLOWS}\n  max_backends: 256\n\
+         hash_secret_file: {}/secret\ncontrol_socket: {}\n\
+         vips:\n  - name: web\n    address: 10.100.0.1\n    port: 80\n    protocol: tcp\n\
+         \x20   health_check: {{ kind: none }}\n    backends:\n{backends}",
+        dir.display(),
+        socket.display()
+    );
+    let pool_path = dir.join("pool.yaml");
+    std::fs::write(&pool_path, pool)?;
+    let log = std::fs::File::create(dir.join("lb.log"))?;
+    let started = Instant::now();
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .arg(lb_bin())
+        .args(["run", "--config"])
+        .arg(&pool_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    cleanup.0 = Some(child);
+    while status(&socket).is_err() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "lb run did not answer: {}",
+            std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "rest-bench: lb run serving in {:.2} s (1 VIP, {BACKENDS} backends, flow table {FLOWS})",
+        started.elapsed().as_secs_f64()
+    );
+    // The backends' slots, from the pinned table the daemon wrote.
+    let pins = Path::new("/sys/fs/bpf").join(INSTANCE);
+    let backends_map =
+        aya::maps::Map::from_map_data(MapData::from_pin(pins.join(lb_common::maps::BACKENDS))?)?;
+    let arr: aya::maps::Array<_, lb_common::Backend> = aya::maps::Array::try_from(backends_map)?;
+    let slots: Vec<(u32, lb_common::Backend)> = (0..256u32)
+        .filter_map(|i| arr.get(&i, 0).ok().map(|b| (i, b)))
+        .filter(|(_, b)| b.flags & lb_common::BACKEND_F_USED != 0)
+        .collect();
+    ensure!(
+        slots.len() == BACKENDS as usize,
+        "{} backend slots in use",
+        slots.len()
+    );
+    // A million live flows, as the data path stores them.
+    let flows_map =
+        aya::maps::Map::from_map_data(MapData::from_pin(pins.join(lb_common::maps::FLOWS))?)?;
+    let mut flows: BpfHash<_, FlowKey, FlowValue> = BpfHash::try_from(flows_map)?;
+    let now = lb_common::clock::monotonic_ns();
+    let fill = Instant::now();
+    for i in 0..FLOWS {
+        let (id, b) = &slots[(i % BACKENDS) as usize];
+        let key = FlowKey {
+            src: [u32::from_ne_bytes((0x6440_0000 + i).to_be_bytes()), 0, 0, 0],
+            dst: [u32::from_ne_bytes([10, 100, 0, 1]), 0, 0, 0],
+            sport: (10_000 + (i % 50_000) as u16).to_be(),
+            dport: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: AF_INET,
+            ..FlowKey::default()
+        };
+        let value = FlowValue {
+            backend: *id,
+            vip_id: b.vip_id as u32,
+            last_seen_ns: now,
+            gen: b.gen,
+            ..FlowValue::default()
+        };
+        flows.insert(key, value, 0)?;
+    }
+    println!(
+        "  {FLOWS} flows written into the pinned table in {:.1} s",
+        fill.elapsed().as_secs_f64()
+    );
+    // Wait for the daemon's next count, then time `lb status`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let counted = loop {
+        let (_, st) = status(&socket)?;
+        let n: u64 = st["vips"][0]["backends"]
+            .as_array()
+            .context("backends")?
+            .iter()
+            .map(|b| b["active_flows"].as_u64().unwrap_or(0))
+            .sum();
+        if n >= u64::from(FLOWS) * 99 / 100 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(
+        counted >= u64::from(FLOWS) * 99 / 100,
+        "lb status counted {counted} of {FLOWS} flows"
+    );
+    let mut times: Vec<Duration> = (0..10)
+        .map(|_| status(&socket).map(|s| s.0))
+        .collect::<Result<_>>()?;
+    times.sort();
+    println!(
+        "  lb status --json: {counted} active flows shown; median {:.1} ms, max {:.1} ms (10 calls)",
+        times[5].as_secs_f64() * 1000.0,
+        times[9].as_secs_f64() * 1000.0
+    );
+    let start = Instant::now();
+    let out = Command::new(lb_bin())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()?;
+    ensure!(out.status.success());
+    println!(
+        "  lb status (table): {:.1} ms",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    // The daemon at rest: no traffic, no probes, a full table.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let t0 = cpu_ticks(pid)?;
+    std::thread::sleep(CPU_WINDOW);
+    let t1 = cpu_ticks(pid)?;
+    let share = (t1 - t0) as f64 / hz / CPU_WINDOW.as_secs_f64() * 100.0;
+    println!(
+        "  daemon at rest over {} s: {share:.1} % of one CPU; resident memory {} MiB",
+        CPU_WINDOW.as_secs(),
+        rss_kib(pid)? / 1024
+    );
+    drop(cleanup);
+    Ok(())
+}

@@ -21,7 +21,7 @@ use netlink_packet_route::{
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -94,7 +94,8 @@ impl Rtnl {
         }
     }
 
-    /// The next hops the FIB gives for `dst` (several on a multipath route).
+    /// The next hops the FIB gives for `dst` (several on a multipath route;
+    /// none when it is local, or not routed to a next hop).
     pub fn next_hops(&mut self, dst: IpAddr) -> io::Result<Vec<NextHop>> {
         let mut msg = RouteMessage::default();
         msg.header = RouteHeader {
@@ -109,6 +110,11 @@ impl Rtnl {
             let RouteNetlinkMessage::NewRoute(route) = reply else {
                 continue;
             };
+            // Only a unicast route has a next hop to resolve (a backend on
+            // this host is local; a blackhole or unreachable route has none).
+            if route.header.kind != RouteType::Unicast {
+                return Ok(Vec::new());
+            }
             let mut oif = None;
             let mut gateway = None;
             for a in &route.attributes {
@@ -237,7 +243,8 @@ impl Neighbours {
         let unique: BTreeSet<IpAddr> = backends.iter().copied().collect();
         for b in unique {
             match rtnl.next_hops(b) {
-                Ok(hops) if hops.is_empty() => report.failed.push((b, "no route".into())),
+                // Local, or no unicast route: nothing to resolve (a backend
+                // with no route at all shows up as `drop_no_route`).
                 Ok(hops) => wanted.extend(hops),
                 Err(e) => report.failed.push((b, format!("route lookup: {e}"))),
             }

@@ -31,6 +31,10 @@ enum Cmd {
         /// traffic: `lb status` time, CPU and memory at rest.
         #[arg(long, conflicts_with = "lru")]
         rest: bool,
+        /// Instead: the real daemon probing 5000 backends every 200 ms:
+        /// probes sustained, CPU, sockets, TIME_WAIT.
+        #[arg(long, conflicts_with_all = ["lru", "rest"])]
+        probes: bool,
     },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
@@ -61,7 +65,8 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test => test(),
         Cmd::Bench { lru: true, .. } => bench_lru(),
-        Cmd::Bench { rest: true, .. } => bench_rest(),
+        Cmd::Bench { rest: true, .. } => bench_daemon(&[]),
+        Cmd::Bench { probes: true, .. } => bench_daemon(&["probes"]),
         Cmd::Bench { .. } => bench(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
@@ -381,8 +386,9 @@ fn bench_lru() -> Result<()> {
         .env("LB_EBPF_OBJECT_B", root.join(EBPF_OBJECT_PER_CPU_LRU)))
 }
 
-/// `bench --rest`: the release `lb` (with the object), then `rest-bench`.
-fn bench_rest() -> Result<()> {
+/// `bench --rest` and `--probes`: the release `lb` (with the object), then
+/// `rest-bench` with `args`.
+fn bench_daemon(args: &[&str]) -> Result<()> {
     setup()?;
     build_ebpf()?;
     let root = workspace_root();
@@ -390,7 +396,16 @@ fn bench_rest() -> Result<()> {
         .args(["build", "--release", "-p", "lb-userspace"])
         .env("LB_EBPF_OBJECT", root.join(EBPF_OBJECT)))?;
     run(Command::new("cargo")
-        .args(["run", "--release", "-p", "lb-tests", "--bin", "rest-bench"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "lb-tests",
+            "--bin",
+            "rest-bench",
+            "--",
+        ])
+        .args(args)
         .env("LB_BIN", root.join("target/release/lb")))
 }
 

@@ -4,6 +4,11 @@
 //! table, fills the pinned table with a million live flows, then measures
 //! what an operator sees: how long `lb status` takes, whether it counts
 //! every flow, and the daemon's CPU while nothing happens.
+//!
+//! With the argument `probes` (`cargo xtask bench --probes`): the daemon
+//! with 5000 backends, each probed over TCP every 200 ms (one local
+//! listener answers for all of them), for the probes it sustains, its CPU,
+//! its sockets and what TIME_WAIT it leaves.
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{HashMap as BpfHash, MapData};
 use lb_common::{FlowKey, FlowValue, AF_INET, PROTO_TCP};
@@ -79,7 +84,10 @@ fn status(socket: &Path) -> Result<(Duration, serde_json::Value)> {
 
 fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
-        bail!("rest-bench needs root; run `cargo xtask bench --rest` as root");
+        bail!("rest-bench needs root; run `cargo xtask bench --rest` (or --probes) as root");
+    }
+    if std::env::args().nth(1).as_deref() == Some("probes") {
+        return probes();
     }
     let dir = std::env::temp_dir().join("lb-rest-bench");
     let _ = std::fs::remove_dir_all(&dir);
@@ -227,6 +235,167 @@ fn main() -> Result<()> {
         "  daemon at rest over {} s: {share:.1} % of one CPU; resident memory {} MiB",
         CPU_WINDOW.as_secs(),
         rss_kib(pid)? / 1024
+    );
+    drop(cleanup);
+    Ok(())
+}
+
+const PROBED: u32 = 5000;
+const PROBE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Runs `f` on a thread inside network namespace `NS`.
+fn in_ns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(format!("/run/netns/{NS}")).expect("netns");
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+}
+
+fn sockets_in_ns(state: &str) -> Result<usize> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .args(["ss", "-Htan", "state", state])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+fn probes() -> Result<()> {
+    let dir = std::env::temp_dir().join("lb-probe-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let _ = Command::new("ip").args(["netns", "del", NS]).output();
+    let _ = Command::new(lb_bin())
+        .args(["stop", "--instance", INSTANCE])
+        .output();
+    // The backends are addresses of 10.1.0.0/16, local to the namespace
+    // (one route), so one listener on port 80 answers every probe.
+    sh(&format!(
+        "ip netns add {NS} && ip -n {NS} link add eth0 type veth peer name eth1 \
+         && ip -n {NS} link set lo up && ip -n {NS} link set eth0 up && ip -n {NS} link set eth1 up \
+         && ip -n {NS} addr add 10.0.0.1/16 dev eth0 \
+         && ip -n {NS} route add local 10.1.0.0/16 dev lo \
+         && ip netns exec {NS} sysctl -qw net.ipv4.ip_forward=1 net.core.somaxconn=65535"
+    ))?;
+    let mut cleanup = Cleanup(None);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    in_ns(move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:80").expect("listener");
+        ready_tx.send(()).unwrap();
+        for c in l.incoming() {
+            if c.is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    ready_rx.recv()?;
+    let backends: String = (0..PROBED)
+        .map(|i| format!("      - address: 10.1.{}.{}\n", i / 250, 1 + i % 250))
+        .collect();
+    let socket = dir.join("lb.sock");
+    let pool = format!(
+        "instance: {INSTANCE}\ninterfaces: [eth0]\nxdp_mode: generic\n\
+         encapsulation:\n  source_v4: 10.255.0.0/24\n\
+         tables:\n  flow_table_size: 65536\n  max_backends: 8192\n\
+         hash_secret_file: {}/secret\ncontrol_socket: {}\n\
+         vips:\n  - name: web\n    address: 10.100.0.1\n    port: 80\n    protocol: tcp\n\
+         \x20   health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms }}\n    backends:\n{backends}",
+        dir.display(),
+        socket.display()
+    );
+    let pool_path = dir.join("pool.yaml");
+    std::fs::write(&pool_path, pool)?;
+    let log = std::fs::File::create(dir.join("lb.log"))?;
+    let started = Instant::now();
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NS}"))
+        .arg(lb_bin())
+        .args(["run", "--config"])
+        .arg(&pool_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    cleanup.0 = Some(child);
+    while status(&socket).is_err() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "lb run did not answer: {}",
+            std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "probe-bench: lb run serving in {:.2} s (1 VIP, {PROBED} backends, tcp checks every 200 ms)",
+        started.elapsed().as_secs_f64()
+    );
+    // Every backend up (rise 2 by default).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let up = loop {
+        let (_, st) = status(&socket)?;
+        let up = st["vips"][0]["backends"]
+            .as_array()
+            .context("backends")?
+            .iter()
+            .filter(|b| b["health"] == "up")
+            .count();
+        if up == PROBED as usize || Instant::now() > deadline {
+            break up;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "  {up} of {PROBED} backends up {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(up == PROBED as usize, "not every backend came up");
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (a0, t0, w0) = (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_ticks(pid)?,
+        Instant::now(),
+    );
+    let mut time_wait = Vec::new();
+    while w0.elapsed() < PROBE_WINDOW {
+        std::thread::sleep(Duration::from_secs(5));
+        time_wait.push(sockets_in_ns("time-wait")?);
+    }
+    let (a1, t1, secs) = (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_ticks(pid)?,
+        w0.elapsed().as_secs_f64(),
+    );
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let mut times: Vec<Duration> = (0..5)
+        .map(|_| status(&socket).map(|s| s.0))
+        .collect::<Result<_>>()?;
+    times.sort();
+    let (_, st) = status(&socket)?;
+    let down = st["vips"][0]["backends"]
+        .as_array()
+        .context("backends")?
+        .iter()
+        .filter(|b| b["health"] != "up")
+        .count();
+    println!(
+        "  over {secs:.0} s: {:.0} probes/s answered (of {:.0} due); daemon {:.1} % of one CPU, {} MiB resident, {fds} open fds",
+        (a1 - a0) as f64 / secs,
+        f64::from(PROBED) / 0.2,
+        (t1 - t0) as f64 / hz / secs * 100.0,
+        rss_kib(pid)? / 1024
+    );
+    println!(
+        "  TCP sockets in TIME_WAIT in the namespace, every 5 s: {time_wait:?}; backends not up at the end: {down}"
+    );
+    println!(
+        "  lb status --json with {PROBED} backends: median {:.1} ms",
+        times[2].as_secs_f64() * 1000.0
     );
     drop(cleanup);
     Ok(())

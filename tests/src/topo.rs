@@ -382,6 +382,11 @@ impl Topology {
             .spawn()?)
     }
 
+    /// The running daemon's process id.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILLs the daemon.
     pub fn kill_daemon(&mut self) {
         if let Some(mut c) = self.daemon.take() {

@@ -44,6 +44,13 @@ enum Cmd {
         /// Seed (default: the time, printed).
         seed: Option<u64>,
     },
+    /// The end-to-end topology under churn for SECONDS (default 300, at
+    /// most 600): health flaps, weight changes, reloads, two SIGKILLs of
+    /// the daemon; fails on any failed request or broken connection. Not in CI.
+    Soak {
+        #[arg(default_value_t = 300)]
+        seconds: u64,
+    },
     /// cargo fmt --check and clippy in two passes (userspace, then lb-ebpf for its BPF target).
     Lint,
     /// The load balancer on a built-in topology of network namespaces: real
@@ -70,6 +77,7 @@ fn main() -> Result<()> {
         Cmd::Bench { .. } => bench(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
+        Cmd::Soak { seconds } => soak(seconds),
         Cmd::Lint => lint(),
         Cmd::Run { args } => {
             setup()?;
@@ -263,6 +271,16 @@ fn lint() -> Result<()> {
             "-D",
             "warnings",
         ]))
+}
+
+fn soak(seconds: u64) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let lb = build_lb()?;
+    run(Command::new(workspace_root().join("target/debug/soak"))
+        .arg(seconds.to_string())
+        .env("LB_BIN", &lb)
+        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT)))
 }
 
 fn demo() -> Result<()> {

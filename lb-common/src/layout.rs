@@ -51,7 +51,7 @@ pub mod maps {
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Program names in the object file.
 pub mod progs {
@@ -213,6 +213,13 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 /// twice).
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
+/// A SYN on a flow the table knows, this long or more after the flow's
+/// last packet, counts as a retransmission (`BackendStats::syn_retransmits`):
+/// a client retransmits its SYN after a second with no SYN-ACK; the data
+/// path's clock moves in ticks of up to 10 ms, and the flow's stamp is
+/// refreshed at most once a second.
+pub const SYN_RETRANSMIT_MIN_NS: u64 = 900_000_000;
+
 /// Global settings, entry 0 of `CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -275,7 +282,10 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
-    pub _pad: u64,
+    /// A client's SYN seen again, about a second or more after the first,
+    /// for a flow the table sends to this backend: the client got no
+    /// SYN-ACK (passive health).
+    pub syn_retransmits: u64,
 }
 
 /// Per-CPU copies of a statistics record add up to the total.
@@ -296,7 +306,7 @@ impl<'a> core::iter::Sum<&'a BackendStats> for BackendStats {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,
             new_flows: a.new_flows + s.new_flows,
-            _pad: 0,
+            syn_retransmits: a.syn_retransmits + s.syn_retransmits,
         })
     }
 }

@@ -9,11 +9,14 @@ use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY,
     BACKEND_F_USED, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    SYN_RETRANSMIT_MIN_NS,
 };
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::forward;
-use crate::maps::{account, clock_ns, flow_insert_allowed, vip_drop, BACKENDS, CONFIG, FLOWS};
+use crate::maps::{
+    account, clock_ns, flow_insert_allowed, vip_drop, BACKENDS, BACKEND_STATS, CONFIG, FLOWS,
+};
 use crate::packet::{ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_RST, TCP_SYN};
 use crate::schedule::{drop_no_backend, pick, vip_bits, Pick};
 
@@ -133,8 +136,7 @@ fn new_flow(
             // table knows still keeps its backend.
             count(counter::NEW_FLOW_NOT_STORED);
             if is_syn {
-                if let Some(kept) = lookup(key, PROTO_TCP, cfg, now) {
-                    count(counter::SYN_KEPT_FLOW);
+                if let Some(kept) = keep_for_syn(key, cfg, now) {
                     return Ok((kept, true));
                 }
             }
@@ -208,8 +210,7 @@ fn remember(
     match FLOWS.insert(key, *fv, flags) {
         Ok(()) => None,
         Err(e) if e == -EEXIST => {
-            if let Some(kept) = lookup(key, PROTO_TCP, cfg, now) {
-                count(counter::SYN_KEPT_FLOW);
+            if let Some(kept) = keep_for_syn(key, cfg, now) {
                 return Some(kept);
             }
             if FLOWS.insert(key, *fv, u64::from(BPF_ANY)).is_err() {
@@ -222,6 +223,24 @@ fn remember(
             None
         }
     }
+}
+
+/// A SYN on a 4-tuple the table knows: the entry's backend while it can
+/// still take the connection (counted `syn_kept_flow`). When the entry has
+/// been idle for about a second, the SYN is the client's retransmission (no
+/// SYN-ACK came back): counted for the backend (passive health).
+#[inline(always)]
+fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<Chosen<'static>> {
+    let fv = FLOWS.get_ptr(key)?;
+    let idle = now.saturating_sub(unsafe { (*fv).last_seen_ns });
+    let kept = lookup(key, PROTO_TCP, cfg, now)?;
+    count(counter::SYN_KEPT_FLOW);
+    if idle >= SYN_RETRANSMIT_MIN_NS {
+        if let Some(s) = BACKEND_STATS.get_ptr_mut(kept.backend_id) {
+            unsafe { (*s).syn_retransmits += 1 };
+        }
+    }
+    Some(kept)
 }
 
 /// The ports and, for TCP, the flags. `Err`: the header is cut short.

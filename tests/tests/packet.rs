@@ -349,6 +349,31 @@ fn established_flow_keeps_backend_after_table_replaced_new_syn_follows_new_table
 }
 
 #[test]
+fn a_syn_seen_again_after_a_second_counts_as_a_retransmission_for_its_backend() {
+    // Passive health: the client got no SYN-ACK and sent its SYN again.
+    let Some(lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.21", 41000, "10.100.0.1", 80);
+    let id = pick(&f, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, id);
+    // At once (a duplicate, not a retransmission): kept, not counted.
+    assert_encap(&lb, &f.packet("S", b""), &f, id);
+    assert_eq!(lb.backend_stats(id).syn_retransmits, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_encap(&lb, &f.packet("S", b""), &f, id);
+    assert_eq!(lb.backend_stats(id).syn_retransmits, 1);
+    assert_eq!(lb.counter(counter::SYN_KEPT_FLOW), 2);
+    // A flow that got its answer (an ACK follows) and a later SYN on a new
+    // port are no retransmissions.
+    let g = f.with_sport(41001);
+    assert_encap(&lb, &g.packet("S", b""), &g, pick(&g, &[1, 2, 3]));
+    let total: u64 = [1, 2, 3]
+        .iter()
+        .map(|i| lb.backend_stats(*i).syn_retransmits)
+        .sum();
+    assert_eq!(total, 1);
+}
+
+#[test]
 fn a_new_flow_never_goes_to_a_backend_that_cannot_take_it() {
     // The table still names a backend that is down, failing its checks,
     // or whose slot now serves another VIP (the daemon takes such backends

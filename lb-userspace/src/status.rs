@@ -48,6 +48,9 @@ pub struct BackendStatus {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// SYNs its clients sent again (no SYN-ACK came back): passive health.
+    #[serde(default)]
+    pub syn_retransmits: u64,
     pub new_flows_per_s: f64,
 }
 

@@ -538,9 +538,14 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
 
 /// One HTTP/1.0 GET on a new connection; returns the body (the backend's name).
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    http_get_path(addr, "/", timeout)
+}
+
+/// `GET path` over HTTP/1.0; the body of a 200 answer.
+pub fn http_get_path(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: lb\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: lb\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let body = resp

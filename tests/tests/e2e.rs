@@ -776,6 +776,134 @@ fn backends_next_hops_are_resolved_without_probes_and_released_on_stop() {
     assert!(!neigh(&t.lb).contains("managed"), "{}", neigh(&t.lb));
 }
 
+/// The value of the sample `name{labels}` (labels exactly as exported:
+/// in alphabetical order).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_counts_what_the_clients_sent_and_passes_promtool() {
+    let Some(mut t) = topo("e2mx", &[1, 1]) else {
+        return;
+    };
+    let pool = std::fs::read_to_string(t.pool_path()).unwrap();
+    let with_metrics = pool.replacen(
+        "control_socket:",
+        "metrics:\n  listen: \"127.0.0.1:9477\"\ncontrol_socket:",
+        1,
+    );
+    t.write_pool(&with_metrics).unwrap();
+    t.start_daemon().unwrap();
+    let scrape = |t: &Topology| {
+        in_ns(&t.lb, || {
+            http_get_path("127.0.0.1:9477".parse().unwrap(), "/metrics", T)
+        })
+        .unwrap()
+    };
+    let n = 200;
+    let (seen, failed) = spread_http(&t, web(), n);
+    assert_eq!(failed, 0, "{seen:?}");
+    // A rejected reload is counted too.
+    t.write_pool(&with_metrics.replace("port: 53", "port: 53\n    bogus: 1"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = scrape(&t);
+    let web_new = sample(&text, "lb_vip_new_flows_total", "vip=\"web\"");
+    assert_eq!(web_new, Some(n as f64), "{text}");
+    let pkts = sample(&text, "lb_vip_packets_total", "vip=\"web\"").unwrap();
+    assert!(pkts >= 4.0 * n as f64, "{pkts} packets for {n} connections");
+    // The backends' new flows add up to the VIP's, each as its clients saw.
+    for b in &t.backends {
+        let labels = format!("backend=\"{}\",vip=\"web\"", b.v4);
+        let got = sample(&text, "lb_backend_new_flows_total", &labels).unwrap_or(0.0);
+        assert_eq!(
+            got,
+            *seen.get(&b.name).unwrap_or(&0) as f64,
+            "{labels}\n{text}"
+        );
+        assert_eq!(sample(&text, "lb_backend_up", &labels), Some(1.0));
+        assert_eq!(sample(&text, "lb_backend_weight", &labels), Some(1.0));
+    }
+    assert_eq!(sample(&text, "lb_vip_up", "vip=\"web\""), Some(1.0));
+    assert_eq!(sample(&text, "lb_flow_table_capacity", ""), Some(65536.0));
+    assert_eq!(
+        sample(&text, "lb_reloads_total", "result=\"rejected\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, "lb_datapath_packets_total", "reason=\"new_flow\"").unwrap() >= n as f64);
+    let probes_ok = format!(
+        "backend=\"{}\",check=\"http:80/\",result=\"success\"",
+        t.backends[0].v4
+    );
+    assert!(
+        sample(&text, "lb_probes_total", &probes_ok).unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert!(text.contains("lb_probe_duration_seconds_bucket{"), "{text}");
+    assert!(text.contains("lb_build_info{version="), "{text}");
+    // Every exported name is listed for the dashboard's test, and the
+    // exposition passes promtool's checks.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            lb_userspace::daemon::METRIC_NAMES.contains(&name),
+            "{name} is exported but not in METRIC_NAMES"
+        );
+    }
+    // (`http_get_path` trims the body; the exposition ends with a newline.)
+    promtool(&["check", "metrics"], Some(&format!("{text}\n")));
+}
+
+/// Runs promtool (Debian's `prometheus` package, which `cargo xtask test`
+/// installs); asserts it passes. Skipped with a note without promtool
+/// outside `cargo xtask test`.
+fn promtool(args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("LB_REQUIRE_ROOT_TESTS").is_none(),
+            "promtool is missing (apt-get install prometheus)"
+        );
+        eprintln!("promtool not installed: check skipped");
+        return;
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn all_backends_down_drops_fast_and_status_shows_it() {
     let Some(mut t) = topo("e2dn", &[1, 1]) else {

@@ -153,18 +153,25 @@ fn setup() -> Result<()> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         install_bpf_linker(&sysroot)?;
     }
-    let missing: Vec<&str> = [("ethtool", "ethtool"), ("bpftool", "bpftool")]
-        .into_iter()
-        .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
-        .map(|(_, pkg)| pkg)
-        .collect();
+    // promtool (Debian's `prometheus` package) checks the metrics
+    // exposition and the alert rules in the tests.
+    let missing: Vec<&str> = [
+        ("ethtool", "ethtool"),
+        ("bpftool", "bpftool"),
+        ("promtool", "prometheus"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
+    .map(|(_, pkg)| pkg)
+    .collect();
     if !missing.is_empty() {
         if unsafe { libc_geteuid() } != 0 {
             eprintln!("note: missing {missing:?}; run as root (or apt-get install them) for the network tests");
         } else {
             run(Command::new("apt-get").args(["update", "-q"]))?;
             run(Command::new("apt-get")
-                .args(["install", "-y", "-q"])
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
                 .args(&missing))?;
         }
     }

@@ -79,6 +79,7 @@ impl Check<'_> {
                 let this = match owner.rsplit('.').next().unwrap_or_default() {
                     "" => "the pool file",
                     last if last.starts_with("backends") => "this backend",
+                    "metrics" => "`metrics`",
                     _ => "this VIP",
                 };
                 self.report(&path, format!("{this} has no `{name}`; {hint}"));
@@ -126,7 +127,15 @@ impl Check<'_> {
         let default_file = |dir: &str, ext| Path::new(dir).join(format!("{instance}.{ext}"));
         let secret = f.hash_secret_file.get().map(|p| p.value.0.clone());
         let socket = f.control_socket.get().map(|p| p.value.0.clone());
+        let hint = "give the address and port of the Prometheus endpoint, e.g. \
+                    `listen: \"127.0.0.1:9477\"`";
+        let metrics = f
+            .metrics
+            .get()
+            .and_then(|m| self.req("metrics", "listen", &m.value.listen, hint))
+            .map(|l| l.value.0);
         Pool {
+            metrics,
             hash_secret_file: secret.unwrap_or_else(|| default_file(DEFAULT_SECRET_DIR, "secret")),
             control_socket: socket.unwrap_or_else(|| default_file(DEFAULT_SOCKET_DIR, "sock")),
             instance,

@@ -44,11 +44,36 @@ pub(super) struct PoolFile {
     pub hash_secret_file: Field<AbsPath>,
     /// Default `/run/lb/<instance>.sock` ([`DEFAULT_SOCKET_DIR`]).
     pub control_socket: Field<SocketPath>,
+    /// Default: no metrics endpoint.
+    pub metrics: Field<MetricsFile>,
     /// Health-check settings for every VIP; default: a tcp check on the VIP
     /// port with the defaults of [`HealthFile`].
     pub health_defaults: Field<HealthFile>,
     /// Required (`vips: []` for none). At most `tables.max_vips`.
     pub vips: Field<Vec<Field<VipFile>>>,
+}
+
+/// `metrics`: the Prometheus endpoint.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename = "metrics")]
+pub(super) struct MetricsFile {
+    /// Required: the address and port it listens on.
+    pub listen: Field<ListenAddr>,
+}
+
+/// An address and port to listen on.
+#[derive(Clone, Debug)]
+pub(super) struct ListenAddr(pub SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(t: &str) -> Result<Self, String> {
+        t.parse().map(ListenAddr).map_err(|_| {
+            format!(
+                "`{t}` is not an address and port; write e.g. \"127.0.0.1:9477\" or \"[::1]:9477\""
+            )
+        })
+    }
 }
 
 /// `encapsulation`; see [`Encapsulation`].
@@ -573,3 +598,5 @@ fn usable(addr: IpAddr, role: &str) -> Result<IpAddr, String> {
     };
     Err(format!("`{addr}` is {what} and cannot be {role}"))
 }
+
+from_text!(ListenAddr: "an address and port",);

@@ -172,6 +172,9 @@ pub struct Pool {
     pub hash_secret_file: PathBuf,
     /// The control socket; default `/run/lb/<instance>.sock`. Absolute.
     pub control_socket: PathBuf,
+    /// Where the Prometheus endpoint listens (`metrics.listen`); none by
+    /// default.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The services, in file order (a VIP's index is its position here).
     pub vips: Vec<Vip>,
 }

@@ -86,6 +86,8 @@ pub async fn request(path: &Path, what: &str) -> Result<String> {
 pub(super) enum Control {
     Status(tokio::sync::oneshot::Sender<String>),
     Stop(tokio::sync::oneshot::Sender<String>),
+    /// A scrape of the metrics endpoint.
+    Metrics(tokio::sync::oneshot::Sender<String>),
 }
 
 pub(super) async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {

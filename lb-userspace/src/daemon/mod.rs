@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 
 /// How often the pool file is checked for changes.
 mod control;
+mod metrics;
+pub use metrics::NAMES as METRIC_NAMES;
 mod host;
 mod reload;
 mod secret;
@@ -69,6 +71,7 @@ pub struct Daemon {
     /// Keeps the backends' next hops resolved in the kernel's neighbour
     /// table (`None`: no netlink socket, warned at start).
     neighbours: Option<crate::neigh::NeighbourKeeper>,
+    metrics: metrics::Metrics,
 }
 
 type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
@@ -237,6 +240,13 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     }
     let listener = bind_control_socket(&pool.control_socket)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Control>(16);
+    if let Some(addr) = pool.metrics {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr} (`metrics.listen`)"))?;
+        log::info!("metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve_metrics(l, ctl_tx.clone()));
+    }
     tokio::spawn(serve_control(listener, ctl_tx));
 
     let (health_tx, mut health_rx) = mpsc::channel(1024);
@@ -253,6 +263,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         flows: Default::default(),
         rates: Rates::new(),
         neighbours: crate::neigh::NeighbourKeeper::spawn(),
+        metrics: metrics::Metrics::new(),
     };
     d.sync_probers();
     d.sync_neighbours();
@@ -297,6 +308,10 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             _ = tick.tick() => d.sample_rates(),
             Some(c) = ctl_rx.recv() => match c {
                 Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
+                Control::Metrics(reply) => {
+                    let text = d.metrics.render(&d.status(), d.pool.tables.flow_table_size);
+                    let _ = reply.send(text);
+                }
                 Control::Stop(reply) => {
                     if let Some(n) = &d.neighbours {
                         n.stop();
@@ -327,6 +342,7 @@ impl Daemon {
             Some((refs, _)) => refs.clone(),
             None => return,
         };
+        self.metrics.probe(&ev.backend, &ev.outcome);
         for r in refs {
             self.on_backend_health(r, &ev);
         }
@@ -345,6 +361,8 @@ impl Daemon {
                     Health::Up => (log::Level::Info, "up", "passed"),
                     Health::Down => (log::Level::Warn, "down", "failed"),
                 };
+                self.metrics
+                    .transition(&name, &backend.1.to_string(), ev.health == Health::Up);
                 log::log!(
                     level,
                     "backend {} of VIP `{}` is {} after {} {} probe{} ({}, {:.1} ms)",
@@ -371,7 +389,10 @@ impl Daemon {
     /// Writes the recorded health verdicts; returns when to try again for
     /// VIPs that must first wait out their flip grace.
     fn flush_health(&mut self) -> Option<tokio::time::Instant> {
-        match self.ctl.flush() {
+        let started = Instant::now();
+        let flushed = self.ctl.flush();
+        self.metrics.table_write(started.elapsed());
+        match flushed {
             Ok(wait) => wait.map(|w| tokio::time::Instant::now() + w),
             Err(e) => {
                 log::error!("applying health changes (retrying in 1s): {e}");

@@ -21,6 +21,7 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => {
                 log::error!("reload rejected; keeping the running configuration:\n{e}");
+                self.metrics.reload(false);
                 return;
             }
         };
@@ -32,6 +33,7 @@ impl Daemon {
                 restart.join(", "),
                 if restart.len() == 1 { "it" } else { "them" }
             );
+            self.metrics.reload(false);
             return;
         }
         // All or nothing: an interface that is not there rejects the file
@@ -47,12 +49,14 @@ impl Daemon {
                 "reload rejected; keeping the running configuration: {}",
                 missing.join("; ")
             );
+            self.metrics.reload(false);
             return;
         }
         let hash_key = match load_or_create_secret(&pool.hash_secret_file) {
             Ok(k) => k,
             Err(e) => {
                 log::error!("reload rejected: {e:#}");
+                self.metrics.reload(false);
                 return;
             }
         };
@@ -60,8 +64,14 @@ impl Daemon {
             log::error!("reload: writing the global config: {e}");
             return;
         }
-        match self.ctl.apply(&pool) {
-            Ok(r) => log::info!("reloaded {}: {}", self.config_path.display(), r.describe()),
+        let started = Instant::now();
+        let applied = self.ctl.apply(&pool);
+        self.metrics.table_write(started.elapsed());
+        match applied {
+            Ok(r) => {
+                log::info!("reloaded {}: {}", self.config_path.display(), r.describe());
+                self.metrics.reload(true);
+            }
             Err(e) => {
                 log::error!(
                     "reload failed part-way (retrying in {}s): {e}",
@@ -122,7 +132,7 @@ impl Daemon {
 /// The settings of `new` that differ from `old` and only a restart can
 /// change: the instance (names the pins), the map sizes, the hash secret
 /// (a node with another secret sends flows elsewhere than its ECMP group),
-/// the control socket and the attach mode.
+/// the control socket, the metrics endpoint and the attach mode.
 pub(super) fn restart_only_changes(old: &Pool, new: &Pool) -> Vec<&'static str> {
     let t = (&old.tables, &new.tables);
     [
@@ -142,6 +152,7 @@ pub(super) fn restart_only_changes(old: &Pool, new: &Pool) -> Vec<&'static str> 
             old.hash_secret_file != new.hash_secret_file,
         ),
         ("`control_socket`", old.control_socket != new.control_socket),
+        ("`metrics`", old.metrics != new.metrics),
         ("`xdp_mode`", old.xdp_mode != new.xdp_mode),
     ]
     .into_iter()

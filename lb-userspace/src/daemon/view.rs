@@ -116,6 +116,7 @@ impl Daemon {
                                 packets: bs.packets,
                                 bytes: bs.bytes,
                                 new_flows: bs.new_flows,
+                                syn_retransmits: bs.syn_retransmits,
                                 new_flows_per_s: self.rates.backend.get(b.id),
                             }
                         })
@@ -136,6 +137,7 @@ impl Daemon {
                                         packets: bs.packets,
                                         bytes: bs.bytes,
                                         new_flows: bs.new_flows,
+                                        syn_retransmits: bs.syn_retransmits,
                                         new_flows_per_s: 0.0,
                                     }
                                 }),

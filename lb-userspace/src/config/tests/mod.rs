@@ -742,3 +742,25 @@ fn paths_are_checked() {
         "more than a Unix socket path may be (107)",
     );
 }
+
+#[test]
+fn metrics_listen_is_an_address_and_port() {
+    let base = "instance: lb0\ninterfaces: [eth0]\nvips: []\n";
+    let pool = ok(&format!("{base}metrics:\n  listen: \"127.0.0.1:9477\"\n"));
+    assert_eq!(pool.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+    assert_eq!(ok(base).metrics, None);
+    assert_only(
+        &format!("{base}metrics:\n  listen: 127.0.0.1\n"),
+        5,
+        11,
+        "metrics.listen",
+        "`127.0.0.1` is not an address and port",
+    );
+    assert_only(
+        &format!("{base}metrics: {{}}\n"),
+        4,
+        10,
+        "metrics.listen",
+        "`metrics` has no `listen`",
+    );
+}

@@ -776,6 +776,71 @@ fn backends_next_hops_are_resolved_without_probes_and_released_on_stop() {
     assert!(!neigh(&t.lb).contains("managed"), "{}", neigh(&t.lb));
 }
 
+#[test]
+fn passive_health_takes_out_a_backend_whose_syns_go_unanswered() {
+    let Some(mut t) = topo("e2ph", &[1, 1]) else {
+        return;
+    };
+    // b1's answers to the client go nowhere (a blackhole route on b1), while
+    // its health checks, from the balancer, pass: only the clients' SYN
+    // retransmissions show it.
+    let pool = std::fs::read_to_string(t.pool_path()).unwrap();
+    let with_passive = pool.replacen(
+        "health_check: { kind: http, path: / }",
+        "health_check: { kind: http, path: / }\n    passive_health: { window: 4s, min_samples: 5, failure_ratio: 0.5 }",
+        1,
+    );
+    assert_ne!(pool, with_passive);
+    t.write_pool(&with_passive).unwrap();
+    t.start_daemon().unwrap();
+    let b1 = t.backends[0].ns.clone();
+    sh(&format!("ip -n {b1} route add blackhole 10.10.0.10/32")).unwrap();
+    // 30 connections at once: those Maglev gives b1 see no SYN-ACK, so
+    // their clients retransmit the SYN after a second (and then fail).
+    let failed_to_b1 = in_ns(&t.client, || {
+        let handles: Vec<_> = (0..30)
+            .map(|_| std::thread::spawn(|| http_get(web(), Duration::from_millis(2500))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|r| r.is_err())
+            .count()
+    });
+    assert!(failed_to_b1 > 0, "no connection went to b1");
+    let b1_addr = t.backends[0].v4.to_string();
+    let health_of = |t: &Topology| {
+        let st = t.status_json().unwrap();
+        vip(&st, "web")["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == b1_addr.as_str())
+            .map(|b| b["health"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while health_of(&t) != "down" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health_of(&t), "down", "{}", t.log());
+    assert!(t.log().contains("passive health:"), "{}", t.log());
+    // Out: every new connection goes to b2 and succeeds.
+    let (seen, failed) = spread_http(&t, web(), 50);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["b2"], "{seen:?}");
+    // b1 answers again: after the window and passing probes it is back.
+    sh(&format!("ip -n {b1} route del blackhole 10.10.0.10/32")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while health_of(&t) != "up" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(health_of(&t), "up", "{}", t.log());
+    let (seen, failed) = spread_http(&t, web(), 100);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
 /// The value of the sample `name{labels}` (labels exactly as exported:
 /// in alphabetical order).
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {

@@ -407,8 +407,45 @@ impl Check<'_> {
             scheduler: f.scheduler.or(Scheduler::default()),
             forwarding: f.forwarding.or(Forwarding::default()),
             panic_threshold: f.panic_threshold.or(Int(0)).0,
+            passive_health: self.passive(f),
             backends: backends.collect(),
         }
+    }
+}
+
+impl Check<'_> {
+    /// A VIP's `passive_health`, when given: a window the data path's
+    /// per-second samples can measure, and an active check to bring a
+    /// backend back.
+    fn passive(&self, f: &VipFile) -> Option<PassiveHealth> {
+        let p = f.passive_health.get()?;
+        let window = p.value.window.or(Dur(DEFAULT_PASSIVE_WINDOW)).0;
+        if let Some(w) = p.value.window.get() {
+            if !PASSIVE_WINDOW_RANGE.contains(&w.value.0) {
+                let message = format!(
+                    "passive_health window {} is out of range; use 2s to 10m (the data path's \
+                     counters are read once a second)",
+                    humantime::format_duration(w.value.0)
+                );
+                self.report(&w.path, message);
+            }
+        }
+        if f.health_check.get().is_some_and(|h| {
+            h.value
+                .kind
+                .get()
+                .is_some_and(|k| matches!(k.value, CheckKind::None))
+        }) {
+            let message = "passive_health needs an active health check to bring a backend \
+                           back; set health_check.kind (tcp, http, udp or exec)"
+                .to_string();
+            self.report(&p.path, message);
+        }
+        Some(PassiveHealth {
+            window,
+            min_samples: p.value.min_samples.or(Int(DEFAULT_PASSIVE_MIN_SAMPLES)).0,
+            failure_ratio: p.value.failure_ratio.or(Ratio(DEFAULT_PASSIVE_RATIO)).0,
+        })
     }
 }
 

@@ -127,6 +127,8 @@ pub(super) struct VipFile {
     pub forwarding: Field<Forwarding>,
     /// Percent; default 0 (off).
     pub panic_threshold: Field<Int<0, 100>>,
+    /// Default: off.
+    pub passive_health: Field<PassiveFile>,
     /// Overrides `health_defaults` field by field.
     pub health_check: Field<HealthFile>,
     /// Required: at least one; addresses unique within the VIP.
@@ -246,6 +248,58 @@ impl<'de, const LO: u32, const HI: u32> Deserialize<'de> for Int<LO, HI> {
         }
         d.deserialize_u32(IntVisitor::<LO, HI>)
     }
+}
+
+/// A number greater than 0 and at most 1 (`0.5`, `1`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ratio(pub f64);
+
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RatioVisitor;
+        impl Visitor<'_> for RatioVisitor {
+            type Value = Ratio;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number above 0 and at most 1, e.g. 0.5")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ratio, E> {
+                if v > 0.0 && v <= 1.0 {
+                    Ok(Ratio(v))
+                } else {
+                    Err(E::custom(format!(
+                        "{FIELD} `{v}` is out of range; it must be above 0 and at most 1 (0.5: half)"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ratio, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ratio, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Ratio, E> {
+                match v.trim().parse::<f64>() {
+                    Ok(n) if n.is_finite() => self.visit_f64(n),
+                    _ => Err(E::custom(format!(
+                        "{FIELD} `{v}` is not a number; write a ratio above 0 and at most 1, e.g. 0.5"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_f64(RatioVisitor)
+    }
+}
+
+/// `passive_health` of a VIP; see [`PassiveHealth`].
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename = "passive_health")]
+pub(super) struct PassiveFile {
+    /// Default [`DEFAULT_PASSIVE_WINDOW`].
+    pub window: Field<Dur>,
+    /// Default [`DEFAULT_PASSIVE_MIN_SAMPLES`].
+    pub min_samples: Field<Int<1, 1_000_000>>,
+    /// Default [`DEFAULT_PASSIVE_RATIO`].
+    pub failure_ratio: Field<Ratio>,
 }
 
 /// `tables.maglev_size`: a prime in [`MAGLEV_SIZE_RANGE`].

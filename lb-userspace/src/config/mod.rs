@@ -282,9 +282,34 @@ pub struct Vip {
     /// taken to be wrong (an overloaded network, a probe path that broke)
     /// and new flows go to every active backend, as if all were healthy.
     pub panic_threshold: u32,
+    /// Health from live traffic (`passive_health`); none by default.
+    pub passive_health: Option<PassiveHealth>,
     /// At least one; addresses unique within the VIP.
     pub backends: Vec<BackendConf>,
 }
+
+/// `passive_health`: a backend whose clients retransmit their SYNs (no
+/// SYN-ACK came back) at least `failure_ratio` times per new connection
+/// over `window`, with at least `min_samples` new connections, is taken out
+/// as a failed probe would; after `window`, `rise` passing probes in a row
+/// bring it back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassiveHealth {
+    pub window: Duration,
+    pub min_samples: u32,
+    pub failure_ratio: f64,
+}
+
+/// `passive_health.window` when not given.
+pub const DEFAULT_PASSIVE_WINDOW: Duration = Duration::from_secs(10);
+/// `passive_health.min_samples` when not given.
+pub const DEFAULT_PASSIVE_MIN_SAMPLES: u32 = 20;
+/// `passive_health.failure_ratio` when not given.
+pub const DEFAULT_PASSIVE_RATIO: f64 = 0.5;
+/// Accepted `passive_health.window` values: the data path's counters are
+/// sampled once a second.
+pub const PASSIVE_WINDOW_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(2)..=Duration::from_secs(600);
 
 /// One backend of a VIP.
 #[derive(Clone, Debug, PartialEq)]

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 /// How often the pool file is checked for changes.
 mod control;
 mod metrics;
+mod passive;
 pub use metrics::NAMES as METRIC_NAMES;
 mod host;
 mod reload;
@@ -72,6 +73,7 @@ pub struct Daemon {
     /// table (`None`: no netlink socket, warned at start).
     neighbours: Option<crate::neigh::NeighbourKeeper>,
     metrics: metrics::Metrics,
+    passive: passive::Passive,
 }
 
 type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
@@ -264,6 +266,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         rates: Rates::new(),
         neighbours: crate::neigh::NeighbourKeeper::spawn(),
         metrics: metrics::Metrics::new(),
+        passive: Default::default(),
     };
     d.sync_probers();
     d.sync_neighbours();
@@ -305,7 +308,12 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             _ = flush_due => flush_at = d.flush_health(),
             _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
             _ = watch.tick() => d.reload(false),
-            _ = tick.tick() => d.sample_rates(),
+            _ = tick.tick() => {
+                d.sample_rates();
+                if d.check_passive_tripped() {
+                    flush_at = d.flush_health();
+                }
+            }
             Some(c) = ctl_rx.recv() => match c {
                 Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
                 Control::Metrics(reply) => {
@@ -349,7 +357,9 @@ impl Daemon {
     }
 
     fn on_backend_health(&mut self, backend: BackendRef, ev: &HealthEvent<ProbeSpec>) {
-        match self.ctl.probe_result(&backend, &ev.outcome, ev.health) {
+        // A backend passive health took out stays out until its hold ends.
+        let health = self.held_verdict(&backend, ev).unwrap_or(ev.health);
+        match self.ctl.probe_result(&backend, &ev.outcome, health) {
             Ok(true) => {
                 let name = self
                     .ctl
@@ -357,7 +367,7 @@ impl Daemon {
                     .get(&backend.0)
                     .map(|v| v.conf.name.clone())
                     .unwrap_or_default();
-                let (level, word, probes) = match ev.health {
+                let (level, word, probes) = match health {
                     Health::Up => (log::Level::Info, "up", "passed"),
                     Health::Down => (log::Level::Warn, "down", "failed"),
                 };

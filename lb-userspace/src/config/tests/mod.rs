@@ -764,3 +764,43 @@ fn metrics_listen_is_an_address_and_port() {
         "`metrics` has no `listen`",
     );
 }
+
+#[test]
+fn passive_health_is_read_and_checked() {
+    let vip = |extra: &str| format!("{HEAD}{WEB}    passive_health: {extra}\n");
+    let pool = ok(&vip("{ window: 4s, min_samples: 5, failure_ratio: 0.25 }"));
+    assert_eq!(
+        pool.vips[0].passive_health,
+        Some(PassiveHealth {
+            window: Duration::from_secs(4),
+            min_samples: 5,
+            failure_ratio: 0.25,
+        })
+    );
+    let pool = ok(&vip("{}"));
+    assert_eq!(
+        pool.vips[0].passive_health,
+        Some(PassiveHealth {
+            window: DEFAULT_PASSIVE_WINDOW,
+            min_samples: DEFAULT_PASSIVE_MIN_SAMPLES,
+            failure_ratio: DEFAULT_PASSIVE_RATIO,
+        })
+    );
+    assert_eq!(ok(&format!("{HEAD}{WEB}")).vips[0].passive_health, None);
+    let errs = errors(&vip("{ window: 1s, failure_ratio: 1.5 }"));
+    assert_has(
+        &errs,
+        13,
+        31,
+        "vips[0].passive_health.window",
+        "out of range; use 2s to 10m",
+    );
+    assert_has(
+        &errs,
+        13,
+        50,
+        "vips[0].passive_health.failure_ratio",
+        "out of range",
+    );
+    assert_eq!(errs.len(), 2, "{errs}");
+}

@@ -1,0 +1,152 @@
+//! Passive health (`passive_health` of a VIP): a backend whose clients
+//! send their SYNs again (no SYN-ACK came back, counted by the data path
+//! per backend) for too many of its new connections is taken out as a
+//! failed probe would. It stays out for at least the window; then `rise`
+//! passing probes in a row bring it back.
+use super::*;
+use std::collections::VecDeque;
+
+/// A backend taken out by passive health.
+pub(super) struct Hold {
+    /// Out at least until then.
+    until: Instant,
+    /// Passing probes in a row since it was taken out.
+    passed: u32,
+}
+
+/// Per backend of a VIP with passive health: one sample a second of its
+/// (new flows, SYN retransmissions) counters; and the backends taken out.
+#[derive(Default)]
+pub(super) struct Passive {
+    samples: HashMap<BackendRef, VecDeque<(Instant, u64, u64)>>,
+    holds: HashMap<BackendRef, Hold>,
+}
+
+/// The new connections among `new_flows` over a window: the data path
+/// counts a retransmitted SYN as a new flow again (it starts a connection
+/// on the backend the table keeps).
+pub(super) fn connections(new_flows: u64, retransmits: u64) -> u64 {
+    new_flows.saturating_sub(retransmits)
+}
+
+/// Whether `retransmits` over a window, against the new connections of
+/// that window, trip the check.
+pub(super) fn trips(p: &config::PassiveHealth, new_flows: u64, retransmits: u64) -> bool {
+    let conns = connections(new_flows, retransmits);
+    conns >= u64::from(p.min_samples) && retransmits as f64 >= p.failure_ratio * conns as f64
+}
+
+impl Daemon {
+    /// Once a second: samples the counters of every backend of a VIP with
+    /// passive health and takes out those over their VIP's ratio; true when
+    /// it took one out (its verdict is then to be written).
+    pub(super) fn check_passive_tripped(&mut self) -> bool {
+        let now = Instant::now();
+        let mut tripped = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for v in self.ctl.vips.values() {
+            let Some(p) = &v.conf.passive_health else {
+                continue;
+            };
+            let key = v.key();
+            for b in v.backends.values() {
+                let r: BackendRef = (key, b.address);
+                seen.insert(r);
+                let s = self.ctl.dp.backend_stats(b.id).unwrap_or_default();
+                let q = self.passive.samples.entry(r).or_default();
+                q.push_back((now, s.new_flows, s.syn_retransmits));
+                while q.front().is_some_and(|(t, _, _)| now - *t > p.window) {
+                    q.pop_front();
+                }
+                let (Some(first), Some(last)) = (q.front(), q.back()) else {
+                    continue;
+                };
+                let (new, retx) = (last.1 - first.1, last.2 - first.2);
+                let eligible = b.probe.is_some()
+                    && b.health == HealthView::Up
+                    && !self.passive.holds.contains_key(&r);
+                if eligible && trips(p, new, retx) {
+                    tripped.push((
+                        r,
+                        v.conf.name.clone(),
+                        connections(new, retx),
+                        retx,
+                        p.window,
+                    ));
+                }
+            }
+        }
+        self.passive.samples.retain(|r, _| seen.contains(r));
+        self.passive.holds.retain(|r, _| seen.contains(r));
+        let any = !tripped.is_empty();
+        for (r, vip, new, retx, window) in tripped {
+            let detail = format!(
+                "passive health: {retx} SYN retransmissions for {new} new connections in {}",
+                humantime::format_duration(window)
+            );
+            log::warn!(
+                "backend {} of VIP `{vip}` is down: {detail}; back after {} and passing probes",
+                r.1,
+                humantime::format_duration(window)
+            );
+            self.metrics.passive_trip(&vip, &r.1.to_string());
+            self.metrics.transition(&vip, &r.1.to_string(), false);
+            let outcome = crate::health::ProbeOutcome {
+                ok: false,
+                detail,
+                latency: Duration::ZERO,
+            };
+            if let Err(e) = self.ctl.probe_result(&r, &outcome, Health::Down) {
+                log::error!("applying a passive-health verdict: {e}");
+            }
+            self.passive.holds.insert(
+                r,
+                Hold {
+                    until: now + window,
+                    passed: 0,
+                },
+            );
+            // Its samples start again when it is back.
+            self.passive.samples.remove(&r);
+        }
+        any
+    }
+
+    /// A probe's verdict for a backend passive health took out: kept down
+    /// until the hold is over and `rise` probes in a row passed. `None`:
+    /// not held, the probe's verdict stands.
+    pub(super) fn held_verdict(
+        &mut self,
+        r: &BackendRef,
+        ev: &HealthEvent<ProbeSpec>,
+    ) -> Option<Health> {
+        let hold = self.passive.holds.get_mut(r)?;
+        hold.passed = if ev.outcome.ok { hold.passed + 1 } else { 0 };
+        if Instant::now() >= hold.until && hold.passed >= ev.backend.rise {
+            self.passive.holds.remove(r);
+            return Some(Health::Up);
+        }
+        Some(Health::Down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_on_the_ratio_once_there_are_enough_samples() {
+        let p = config::PassiveHealth {
+            window: Duration::from_secs(10),
+            min_samples: 20,
+            failure_ratio: 0.5,
+        };
+        // new flows count every retransmitted SYN again.
+        assert!(!trips(&p, 38, 19), "19 connections: too few samples");
+        assert!(trips(&p, 40, 20), "20 connections, each retransmitted");
+        assert!(trips(&p, 30, 10), "20 connections, half retransmitted");
+        assert!(!trips(&p, 29, 9), "20 connections, 9 retransmissions");
+        assert!(!trips(&p, 0, 0));
+        assert!(!trips(&p, 1000, 0));
+    }
+}

@@ -8,3 +8,4 @@ pub mod health;
 pub mod maglev;
 pub mod neigh;
 pub mod status;
+pub mod top;

@@ -24,6 +24,10 @@ enum Cmd {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// `text` (default) or `json`: one JSON object a line (ts, level,
+        /// target, msg), for log shippers.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
         /// eBPF object to load instead of the one built into `lb`.
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
@@ -47,6 +51,22 @@ enum Cmd {
         instance: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// A live view of every VIP and backend (rates, flows, health), refreshed
+    /// every second; keys p/b/n/a sort, o file order, q quits.
+    Top {
+        #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
+        config: Option<PathBuf>,
+        /// Control socket (default /run/lb/lb0.sock, or the pool file's).
+        #[arg(long, conflicts_with = "instance")]
+        socket: Option<PathBuf>,
+        /// The instance whose daemon to watch (its socket /run/lb/NAME.sock).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Print this many frames, one a second, as plain text, and exit
+        /// (the default when the output is not a terminal: 1).
+        #[arg(long)]
+        iterations: Option<u32>,
     },
     /// Detach XDP, remove the pinned maps and links, and stop the daemon.
     Stop {
@@ -83,6 +103,13 @@ enum Cmd {
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
     },
+}
+
+/// How `lb run` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A `--from` of `lb decap`: prefixes tunnels are accepted from.
@@ -153,10 +180,28 @@ fn load_pool(path: &Path) -> Result<config::Pool> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    let mut log =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    log.format_timestamp_millis();
+    if let Cmd::Run {
+        log_format: LogFormat::Json,
+        ..
+    } = &cli.cmd
+    {
+        // One JSON object a line, for log shippers.
+        log.format(|buf, r| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": buf.timestamp_millis().to_string(),
+                "level": r.level().as_str(),
+                "target": r.target(),
+                "msg": r.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    log.init();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = rt.block_on(real_main(cli)) {
         eprintln!("error: {e:#}");
@@ -170,6 +215,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             config,
             ebpf_object,
             debug_datapath,
+            ..
         } => daemon::run(config, object(ebpf_object.as_deref())?, debug_datapath).await,
         Cmd::Validate { file } => {
             let pool = load_pool(&file)?;
@@ -188,15 +234,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             instance,
             json,
         } => {
-            let (sock, instance) = match (config, socket, instance) {
-                (Some(c), _, _) => {
-                    let p = load_pool(&c)?;
-                    (p.control_socket, Some(p.instance))
-                }
-                (None, Some(s), _) => (s, None),
-                (None, None, Some(i)) => (PathBuf::from(format!("/run/lb/{i}.sock")), Some(i)),
-                (None, None, None) => (PathBuf::from("/run/lb/lb0.sock"), Some("lb0".into())),
-            };
+            let (sock, instance) = control_socket(config, socket, instance)?;
             let answer = match daemon::request(&sock, "status").await {
                 Ok(a) => a,
                 Err(e) if e.is::<daemon::Denied>() => return Err(e),
@@ -216,6 +254,15 @@ async fn real_main(cli: Cli) -> Result<()> {
                 print!("{}", status::render(&s));
             }
             Ok(())
+        }
+        Cmd::Top {
+            config,
+            socket,
+            instance,
+            iterations,
+        } => {
+            let (sock, _) = control_socket(config, socket, instance)?;
+            top(&sock, iterations).await
         }
         Cmd::Stop { config, instance } => {
             let (instance, socket) = match (config, instance) {
@@ -300,4 +347,102 @@ async fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The control socket `lb status` and `lb top` ask, and the instance when known.
+fn control_socket(
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    instance: Option<String>,
+) -> Result<(PathBuf, Option<String>)> {
+    Ok(match (config, socket, instance) {
+        (Some(c), _, _) => {
+            let p = load_pool(&c)?;
+            (p.control_socket, Some(p.instance))
+        }
+        (None, Some(s), _) => (s, None),
+        (None, None, Some(i)) => (PathBuf::from(format!("/run/lb/{i}.sock")), Some(i)),
+        (None, None, None) => (PathBuf::from("/run/lb/lb0.sock"), Some("lb0".into())),
+    })
+}
+
+async fn snapshot(sock: &Path) -> Result<status::Status> {
+    let answer = daemon::request(sock, "status").await?;
+    serde_json::from_str(&answer).context("reading the daemon's answer")
+}
+
+/// `lb top`: a full-screen view on a terminal (until `q`), else `iterations`
+/// plain frames.
+async fn top(sock: &Path, iterations: Option<u32>) -> Result<()> {
+    use lb_userspace::top::{frame, SortBy};
+    use std::io::{IsTerminal, Write};
+    let mut prev = snapshot(sock).await?;
+    let mut at = std::time::Instant::now();
+    let plain = iterations.is_some() || !std::io::stdout().is_terminal();
+    if plain {
+        let n = iterations.unwrap_or(1).max(1);
+        for i in 0..n {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let cur = snapshot(sock).await?;
+            let secs = at.elapsed().as_secs_f64();
+            at = std::time::Instant::now();
+            if i > 0 {
+                println!();
+            }
+            for l in frame(&cur, Some(&prev), secs, SortBy::File) {
+                println!("{l}");
+            }
+            prev = cur;
+        }
+        return Ok(());
+    }
+    use crossterm::{cursor, event, execute, terminal};
+    let mut out = std::io::stdout();
+    terminal::enable_raw_mode()?;
+    execute!(out, terminal::EnterAlternateScreen, cursor::Hide)?;
+    let result: Result<()> = async {
+        let mut sort = SortBy::File;
+        let mut next = std::time::Instant::now();
+        loop {
+            if std::time::Instant::now() >= next {
+                let cur = snapshot(sock).await?;
+                let secs = at.elapsed().as_secs_f64();
+                at = std::time::Instant::now();
+                execute!(
+                    out,
+                    cursor::MoveTo(0, 0),
+                    terminal::Clear(terminal::ClearType::All)
+                )?;
+                for l in frame(&cur, Some(&prev), secs, sort) {
+                    write!(out, "{l}\r\n")?;
+                }
+                out.flush()?;
+                prev = cur;
+                next = at + std::time::Duration::from_secs(1);
+            }
+            if event::poll(std::time::Duration::from_millis(100))? {
+                if let event::Event::Key(k) = event::read()? {
+                    match k.code {
+                        event::KeyCode::Char('q') | event::KeyCode::Esc => return Ok(()),
+                        event::KeyCode::Char('c')
+                            if k.modifiers.contains(event::KeyModifiers::CONTROL) =>
+                        {
+                            return Ok(())
+                        }
+                        event::KeyCode::Char(c) => {
+                            if let Some(s) = SortBy::from_key(c) {
+                                sort = s;
+                                next = std::time::Instant::now();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    let _ = execute!(out, cursor::Show, terminal::LeaveAlternateScreen);
+    let _ = terminal::disable_raw_mode();
+    result
 }

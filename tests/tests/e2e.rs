@@ -792,7 +792,8 @@ fn passive_health_takes_out_a_backend_whose_syns_go_unanswered() {
     );
     assert_ne!(pool, with_passive);
     t.write_pool(&with_passive).unwrap();
-    t.start_daemon().unwrap();
+    // Logged as JSON lines, for log shippers.
+    t.start_daemon_with(&["--log-format", "json"]).unwrap();
     let b1 = t.backends[0].ns.clone();
     sh(&format!("ip -n {b1} route add blackhole 10.10.0.10/32")).unwrap();
     // 30 connections at once: those Maglev gives b1 see no SYN-ACK, so
@@ -824,7 +825,18 @@ fn passive_health_takes_out_a_backend_whose_syns_go_unanswered() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(health_of(&t), "down", "{}", t.log());
-    assert!(t.log().contains("passive health:"), "{}", t.log());
+    let lines: Vec<serde_json::Value> = t
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["msg"].as_str().unwrap().contains("passive health:")
+            && l["ts"].as_str().is_some()),
+        "{}",
+        t.log()
+    );
     // Out: every new connection goes to b2 and succeeds.
     let (seen, failed) = spread_http(&t, web(), 50);
     assert_eq!(failed, 0, "{seen:?}");
@@ -926,6 +938,67 @@ fn metrics_endpoint_counts_what_the_clients_sent_and_passes_promtool() {
     }
     // (`http_get_path` trims the body; the exposition ends with a newline.)
     promtool(&["check", "metrics"], Some(&format!("{text}\n")));
+
+    // `lb top` over the control socket while a client sends requests: two
+    // plain frames, 80 columns, the VIP's rate seen.
+    let client = t.client.clone();
+    let load = std::thread::spawn(move || {
+        in_ns(&client, || {
+            let until = std::time::Instant::now() + Duration::from_millis(2800);
+            while std::time::Instant::now() < until {
+                let _ = http_get(web(), T);
+            }
+        })
+    });
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["top", "--iterations", "2", "--socket"])
+        .arg(t.socket())
+        .output()
+        .unwrap();
+    load.join().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.lines().all(|l| l.chars().count() <= 80), "{shown}");
+    let frames: Vec<&str> = shown.split("\n\n").collect();
+    assert_eq!(frames.len(), 2, "{shown}");
+    let web_row = frames[1]
+        .lines()
+        .find(|l| l.starts_with("web 10.100.0.1:80/tcp"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let pps: f64 = web_row
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches('k')
+        .parse()
+        .unwrap();
+    assert!(pps > 0.0, "{web_row}");
+    for b in &t.backends {
+        assert!(frames[1].contains(&format!("  {} ", b.v4)), "{shown}");
+    }
+    // On a terminal it is a full-screen view that `q` quits.
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(sleep 1.5; printf p; sleep 0.5; printf q) | script -qec '{} top --socket {}' /dev/null",
+            t.lb_bin.display(),
+            t.socket().display()
+        ))
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(screen.contains("sort: packets/s"), "{screen}");
+    assert!(
+        screen.contains("\x1b[?1049h"),
+        "no alternate screen: {screen}"
+    );
 }
 
 /// Runs promtool (Debian's `prometheus` package, which `cargo xtask test`

@@ -213,8 +213,14 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 /// twice).
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
-/// A SYN on a flow the table knows, this long or more after the flow's
-/// last packet, counts as a retransmission (`BackendStats::syn_retransmits`):
+/// Bit 0 of `FlowValue::last_seen_ns`: the flow was stored from a SYN and
+/// no other packet of it has been seen yet (its handshake is pending). A
+/// nanosecond of the stamp is worth nothing (it is refreshed once a second).
+pub const FLOW_PENDING: u64 = 1;
+
+/// A SYN on a flow the table knows whose handshake is pending
+/// (`FLOW_PENDING`), this long or more after its last packet, counts as a
+/// retransmission (`BackendStats::syn_retransmits`):
 /// a client retransmits its SYN after a second with no SYN-ACK; the data
 /// path's clock moves in ticks of up to 10 ms, and the flow's stamp is
 /// refreshed at most once a second.

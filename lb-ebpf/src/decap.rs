@@ -102,6 +102,11 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     if unsafe { DECAP_VIPS.get(key) }.is_none() {
         return pass(decap_counter::PASS_NOT_VIP);
     }
+    // Protocol 0 (IPv6 hop-by-hop options) would match the address's own
+    // entry, and the stack would then deliver what follows it to any port.
+    if proto == 0 {
+        return drop(decap_counter::DROP_NOT_SERVICE);
+    }
     key.proto = proto;
     if proto == PROTO_TCP || proto == PROTO_UDP {
         // Both protocols start with the source and destination ports.

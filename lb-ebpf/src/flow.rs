@@ -8,7 +8,7 @@ use aya_log_ebpf::info;
 use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY,
-    BACKEND_F_USED, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    BACKEND_F_USED, FLOW_PENDING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
     SYN_RETRANSMIT_MIN_NS,
 };
 
@@ -74,7 +74,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let known = if is_syn {
         None
     } else {
-        lookup(key, pkt.proto, cfg, now)
+        lookup(key, pkt.proto, cfg, now, false)
     };
     let (c, is_new) = match known {
         Some(c) => (c, false),
@@ -203,7 +203,11 @@ fn remember(
     let fv: &mut FlowValue = zeroed(&mut v);
     fv.backend = c.backend_id;
     fv.vip_id = c.vip_id;
-    fv.last_seen_ns = now;
+    fv.last_seen_ns = if is_syn {
+        now | FLOW_PENDING
+    } else {
+        now & !FLOW_PENDING
+    };
     fv.hash = c.hash;
     fv.gen = c.backend.gen;
     let flags = u64::from(if is_syn { BPF_NOEXIST } else { BPF_ANY });
@@ -232,10 +236,13 @@ fn remember(
 #[inline(always)]
 fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<Chosen<'static>> {
     let fv = FLOWS.get_ptr(key)?;
-    let idle = now.saturating_sub(unsafe { (*fv).last_seen_ns });
-    let kept = lookup(key, PROTO_TCP, cfg, now)?;
+    let stamp = unsafe { (*fv).last_seen_ns };
+    let idle = now.saturating_sub(stamp);
+    let kept = lookup(key, PROTO_TCP, cfg, now, true)?;
     count(counter::SYN_KEPT_FLOW);
-    if idle >= SYN_RETRANSMIT_MIN_NS {
+    // Only a connection whose handshake never completed: a 4-tuple reused
+    // after its connection ended (NAT, busy clients) is no retransmission.
+    if stamp & FLOW_PENDING != 0 && idle >= SYN_RETRANSMIT_MIN_NS {
         if let Some(s) = BACKEND_STATS.get_ptr_mut(kept.backend_id) {
             unsafe { (*s).syn_retransmits += 1 };
         }
@@ -265,16 +272,19 @@ fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
     }
 }
 
-/// The flow table's backend for `key`, when it may still take the packet.
-/// A UDP flow idle past the timeout, a backend that is down (disabled,
-/// released), a slot given to another backend since (a new generation) or
-/// to another VIP, and an unhealthy backend's UDP flow: scheduled anew.
+/// The flow table's backend for `key`, when it may still take the packet
+/// (`syn`: a SYN, which starts the connection again). A UDP flow idle past
+/// the timeout, a backend that is down (disabled, released), a slot given
+/// to another backend since (a new generation) or to another VIP, and an
+/// unhealthy backend's UDP flow or unfinished handshake: scheduled anew.
+/// The first packet after a SYN that is not one ends the handshake.
 #[inline(always)]
-fn lookup(key: &FlowKey, proto: u8, cfg: &Config, now: u64) -> Option<Chosen<'static>> {
+fn lookup(key: &FlowKey, proto: u8, cfg: &Config, now: u64, syn: bool) -> Option<Chosen<'static>> {
     let fv = FLOWS.get_ptr_mut(key)?;
     let fv = unsafe { &mut *fv };
     // Another CPU may have stored a slightly newer time.
     let idle = now.saturating_sub(fv.last_seen_ns);
+    let pending = fv.last_seen_ns & FLOW_PENDING;
     if proto == PROTO_UDP && idle > cfg.udp_idle_timeout_ns {
         count(counter::UDP_FLOW_EXPIRED);
         return None;
@@ -283,13 +293,15 @@ fn lookup(key: &FlowKey, proto: u8, cfg: &Config, now: u64) -> Option<Chosen<'st
     if be.flags & (BACKEND_F_DOWN | BACKEND_F_USED) != BACKEND_F_USED
         || be.gen != fv.gen
         || be.vip_id as u32 != fv.vip_id
-        || (proto == PROTO_UDP && be.flags & BACKEND_F_UNHEALTHY != 0)
+        || ((proto == PROTO_UDP || (syn && pending != 0)) && be.flags & BACKEND_F_UNHEALTHY != 0)
     {
         count(counter::RESCHEDULED_DOWN);
         return None;
     }
-    if idle > LAST_SEEN_GRANULARITY_NS {
-        fv.last_seen_ns = now;
+    if !syn && pending != 0 {
+        fv.last_seen_ns = now & !FLOW_PENDING;
+    } else if idle > LAST_SEEN_GRANULARITY_NS {
+        fv.last_seen_ns = (now & !FLOW_PENDING) | pending;
     }
     count(counter::FLOW_HIT);
     Some(Chosen {

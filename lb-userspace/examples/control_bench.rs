@@ -87,6 +87,9 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn backend_stats(&self, id: u32) -> DpResult<BackendStats> {
         self.inner.backend_stats(id)
     }
+    fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> DpResult<()> {
+        self.inner.clear_stats(vip_id, backend_id)
+    }
     fn counters(&self) -> DpResult<Vec<u64>> {
         self.inner.counters()
     }

@@ -21,7 +21,7 @@ use netlink_packet_route::{
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -98,9 +98,12 @@ impl Rtnl {
     /// none when it is local, or not routed to a next hop).
     pub fn next_hops(&mut self, dst: IpAddr) -> io::Result<Vec<NextHop>> {
         let mut msg = RouteMessage::default();
+        // FIB_MATCH: the whole route that matches, every path of a
+        // multipath route, not only the path this one lookup would take.
         msg.header = RouteHeader {
             address_family: family(dst),
             destination_prefix_length: if dst.is_ipv4() { 32 } else { 128 },
+            flags: RouteFlags::FibMatch,
             ..RouteHeader::default()
         };
         msg.attributes
@@ -232,11 +235,12 @@ pub struct Neighbours {
 }
 
 impl Neighbours {
-    /// Makes the next hop of every backend in `backends` managed.
-    /// Permanent and no-ARP entries (an operator's) are left alone; an
-    /// entry already managed (by an earlier daemon, or another tool) is
-    /// kept and not removed later. Entries made for backends since removed
-    /// stay until `forget_all`: their connections may still flow.
+    /// Makes the next hop of every backend in `backends` managed, again
+    /// where an entry went missing. Permanent and no-ARP entries (an
+    /// operator's) are left alone; an entry already managed (by an earlier
+    /// daemon after a restart) is taken as this daemon's. Entries made for
+    /// backends since removed stay until `forget_all`: their connections
+    /// may still flow.
     pub fn sync(&mut self, rtnl: &mut Rtnl, backends: &[IpAddr]) -> NeighbourReport {
         let mut report = NeighbourReport::default();
         let mut wanted = BTreeSet::new();
@@ -250,12 +254,16 @@ impl Neighbours {
             }
         }
         for nh in &wanted {
-            if self.ours.contains(nh) {
-                continue;
-            }
+            // Every pass looks again: an entry may have been flushed (the
+            // link went down and up, `ip neigh flush`) since it was made.
             match rtnl.neighbour(nh) {
                 Ok(Some((NeighbourState::Permanent | NeighbourState::Noarp, _))) => continue,
-                Ok(Some((_, true))) => continue,
+                Ok(Some((_, true))) => {
+                    // Managed already: by this daemon, or by an earlier one
+                    // of this instance (after a restart); `lb stop` removes it.
+                    self.ours.insert(*nh);
+                    continue;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     report
@@ -360,11 +368,12 @@ impl NeighbourKeeper {
         let _ = self.tx.send(Keep::Backends(backends));
     }
 
-    /// Removes the entries this daemon made (waits up to a second).
+    /// Removes the entries this daemon made (waits up to five seconds,
+    /// for a pass under way to end; the daemon is stopping).
     pub fn stop(&self) {
         let (done, wait) = std::sync::mpsc::channel();
         if self.tx.send(Keep::Stop(done)).is_ok() {
-            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(5));
         }
     }
 }

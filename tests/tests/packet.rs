@@ -362,15 +362,53 @@ fn a_syn_seen_again_after_a_second_counts_as_a_retransmission_for_its_backend() 
     assert_encap(&lb, &f.packet("S", b""), &f, id);
     assert_eq!(lb.backend_stats(id).syn_retransmits, 1);
     assert_eq!(lb.counter(counter::SYN_KEPT_FLOW), 2);
-    // A flow that got its answer (an ACK follows) and a later SYN on a new
-    // port are no retransmissions.
+    // A connection that completed (its ACK came) and whose 4-tuple is used
+    // again later (NAT, a busy client): its SYN is no retransmission.
     let g = f.with_sport(41001);
-    assert_encap(&lb, &g.packet("S", b""), &g, pick(&g, &[1, 2, 3]));
+    let gid = pick(&g, &[1, 2, 3]);
+    assert_encap(&lb, &g.packet("S", b""), &g, gid);
+    assert_encap(&lb, &g.packet("A", b""), &g, gid);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_encap(&lb, &g.packet("S", b""), &g, gid);
     let total: u64 = [1, 2, 3]
         .iter()
         .map(|i| lb.backend_stats(*i).syn_retransmits)
         .sum();
     assert_eq!(total, 1);
+}
+
+#[test]
+fn a_syn_whose_handshake_never_completed_leaves_a_backend_that_fails_its_checks() {
+    // The client retransmits its SYN to a backend that was taken out (its
+    // probes, or passive health): scheduled anew. A completed connection
+    // stays where it is whatever SYN arrives.
+    let Some(mut lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.22", 41000, "10.100.0.1", 80);
+    let old = pick(&f, &[1, 2, 3]);
+    let other = if old == 1 { 2 } else { 1 };
+    let g = f.with_sport(41001);
+    let gold = pick(&g, &[1, 2, 3]);
+    assert_encap(&lb, &f.packet("S", b""), &f, old);
+    assert_encap(&lb, &g.packet("S", b""), &g, gold);
+    assert_encap(&lb, &g.packet("A", b""), &g, gold);
+    // Both backends fail their checks; the table now names `other` only.
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    replace_table(&mut lb, key, WEB, &[other]);
+    for id in [old, gold] {
+        if id != other {
+            lb.set_backend(
+                id,
+                backend(addr_of(id), lb_common::BACKEND_F_UNHEALTHY, vip_of(id)),
+            )
+            .unwrap();
+        }
+    }
+    assert_encap(&lb, &f.packet("S", b""), &f, other);
+    assert_eq!(lb.flow(&f.key()).unwrap().backend, other);
+    if gold != other {
+        assert_encap(&lb, &g.packet("S", b""), &g, gold);
+        assert_encap(&lb, &g.packet("A", b""), &g, gold);
+    }
 }
 
 #[test]
@@ -659,10 +697,11 @@ fn data_path_clock_tracks_clock_monotonic() {
             let after = lb_common::monotonic_ns();
             let coarse_after = lb_common::monotonic_coarse_ns();
             let seen = lb.flow(&f.key()).unwrap().last_seen_ns;
+            // Bit 0 of the stamp is the handshake-pending flag, not time.
             let (low, high) = if calibrated {
                 (coarse_before.saturating_sub(jiffy + SLACK), after)
             } else {
-                (coarse_before, coarse_after)
+                (coarse_before & !lb_common::FLOW_PENDING, coarse_after)
             };
             assert!(
                 (low..=high).contains(&seen),
@@ -1755,7 +1794,14 @@ fn decap_takes_only_the_vips_ports_and_protocols() {
         let out = d.run(frame).unwrap();
         assert_eq!(out.action, XDP_DROP, "{:?}", d.decap_counters());
     }
-    assert_eq!(d.decap_counter(decap_counter::DROP_NOT_SERVICE), 5);
+    // IPv6 hop-by-hop options (protocol 0) ahead of any port: dropped.
+    let mut hbh = Flow::udp("2001:db8::1", 5, "fd00:100::1", 53).packet("", b"x");
+    hbh[14 + 6] = 0;
+    let out = d
+        .run(&tunnel(&hbh, ip("fd00:255::7"), ip("fd00:1::1")))
+        .unwrap();
+    assert_eq!(out.action, XDP_DROP);
+    assert_eq!(d.decap_counter(decap_counter::DROP_NOT_SERVICE), 6);
     // An ICMP error to the VIP's address, quoting one of its flows.
     let quoted = Flow::tcp("10.100.0.1", 80, "192.0.2.1", 5).packet("SA", b"");
     let icmp = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
@@ -1782,7 +1828,7 @@ fn decap_takes_only_the_vips_ports_and_protocols() {
         .run(&tunnel(&frag, ip("10.255.0.7"), ip("10.0.1.1")))
         .unwrap();
     assert_eq!(out.action, XDP_DROP);
-    assert_eq!(d.decap_counter(decap_counter::DROP_NOT_SERVICE), 6);
+    assert_eq!(d.decap_counter(decap_counter::DROP_NOT_SERVICE), 7);
     assert_eq!(d.decap_counter(decap_counter::DECAPPED), 5);
 }
 

@@ -336,6 +336,7 @@ impl<D: DataPlane> Controller<D> {
             self.free_backend_ids = Some(free);
         }
         if let Some(id) = self.free_backend_ids.as_mut().and_then(|f| f.pop_first()) {
+            self.dp.clear_stats(None, Some(id))?;
             return Ok(id);
         }
         let oldest = self
@@ -350,6 +351,7 @@ impl<D: DataPlane> Controller<D> {
                 if let Some(free) = self.free_backend_ids.as_mut() {
                     free.remove(&id);
                 }
+                self.dp.clear_stats(None, Some(id))?;
                 Ok(id)
             }
             None => Err(ControlError::Full {
@@ -469,6 +471,7 @@ impl<D: DataPlane> Controller<D> {
                             },
                         )?;
                         report.vips_added.push(conf.name.clone());
+                        self.dp.clear_stats(Some(id), None)?;
                         (id, 0)
                     }
                 };

@@ -59,6 +59,8 @@ struct FakeDataPlane {
     backends: BTreeMap<u32, Backend>,
     rings: BTreeMap<(u32, u8), Vec<u32>>,
     log: Vec<Op>,
+    /// `clear_stats` calls: (VIP id, backend id).
+    cleared: Vec<(Option<u32>, Option<u32>)>,
 }
 
 impl FakeDataPlane {
@@ -72,6 +74,7 @@ impl FakeDataPlane {
             backends: BTreeMap::new(),
             rings: BTreeMap::new(),
             log: Vec::new(),
+            cleared: Vec::new(),
         }
     }
 
@@ -213,6 +216,11 @@ impl DataPlane for FakeDataPlane {
 
     fn backend_stats(&self, _id: u32) -> DpResult<BackendStats> {
         Ok(BackendStats::default())
+    }
+
+    fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> DpResult<()> {
+        self.cleared.push((vip_id, backend_id));
+        Ok(())
     }
 
     fn counters(&self) -> DpResult<Vec<u64>> {
@@ -1222,4 +1230,26 @@ fn more_backend_slots_than_the_maps_hold_is_a_full_error() {
         "{err:?}"
     );
     assert!(c.dp.backends.keys().all(|id| *id < 3));
+}
+
+#[test]
+fn slots_given_to_a_new_vip_or_backend_start_with_zeroed_statistics() {
+    // A slot may have served a removed backend (or VIP): its counters must
+    // not carry over, or a metric would jump, or fall, for the new one.
+    let mut c = controller(FakeDataPlane::new(8, 64));
+    c.apply(&pool(&[web(&["address: 10.0.1.1", "address: 10.0.1.2"])]))
+        .unwrap();
+    let vip = c.vips.values().next().unwrap();
+    let ids: Vec<u32> = vip.backends.values().map(|b| b.id).collect();
+    let mut want = vec![(Some(vip.id), None)];
+    want.extend(ids.iter().map(|id| (None, Some(*id))));
+    let mut got = c.dp.cleared.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    // A weight change allocates nothing.
+    c.dp.cleared.clear();
+    c.apply(&pool(&[web(&["address: 10.0.1.1", "address: 10.0.1.2"])]))
+        .unwrap();
+    assert!(c.dp.cleared.is_empty());
 }

@@ -304,6 +304,25 @@ impl Metrics {
         self.passive_trips.with_label_values(&[vip, backend]).inc();
     }
 
+    /// Drops the series of a prober that is gone, so label sets do not
+    /// pile up as backends come and go.
+    pub(super) fn forget_probe(&self, spec: &ProbeSpec) {
+        let backend = spec.target.ip().to_string();
+        let check = check_label(spec);
+        for result in ["success", "failure"] {
+            let _ = self.probes.remove_label_values(&[&backend, &check, result]);
+        }
+        let _ = self.probe_seconds.remove_label_values(&[&backend, &check]);
+    }
+
+    /// Drops the event series of a backend no longer in its VIP.
+    pub(super) fn forget_backend(&self, vip: &str, backend: &str) {
+        for to in ["up", "down"] {
+            let _ = self.transitions.remove_label_values(&[vip, backend, to]);
+        }
+        let _ = self.passive_trips.remove_label_values(&[vip, backend]);
+    }
+
     pub(super) fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.reloads.with_label_values(&[result]).inc();
@@ -334,6 +353,8 @@ pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::S
     use hyper::{Request, Response, StatusCode};
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, most often: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let tx = tx.clone();

@@ -372,7 +372,7 @@ impl Daemon {
                     Health::Down => (log::Level::Warn, "down", "failed"),
                 };
                 self.metrics
-                    .transition(&name, &backend.1.to_string(), ev.health == Health::Up);
+                    .transition(&name, &backend.1.to_string(), health == Health::Up);
                 log::log!(
                     level,
                     "backend {} of VIP `{}` is {} after {} {} probe{} ({}, {:.1} ms)",
@@ -431,7 +431,16 @@ impl Daemon {
         for (k, spec) in self.ctl.probes() {
             wanted.entry(spec).or_default().push(k);
         }
-        self.probers.retain(|spec, _| wanted.contains_key(spec));
+        let gone: Vec<ProbeSpec> = self
+            .probers
+            .keys()
+            .filter(|spec| !wanted.contains_key(*spec))
+            .cloned()
+            .collect();
+        for spec in gone {
+            self.probers.remove(&spec);
+            self.metrics.forget_probe(&spec);
+        }
         for (spec, refs) in wanted {
             if let Some((served, _)) = self.probers.get_mut(&spec) {
                 *served = refs;

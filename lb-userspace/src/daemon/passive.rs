@@ -52,8 +52,16 @@ impl Daemon {
             for b in v.backends.values() {
                 let r: BackendRef = (key, b.address);
                 seen.insert(r);
-                let s = self.ctl.dp.backend_stats(b.id).unwrap_or_default();
+                let Ok(s) = self.ctl.dp.backend_stats(b.id) else {
+                    continue;
+                };
                 let q = self.passive.samples.entry(r).or_default();
+                // Counters that went down (a slot given anew): start over.
+                if q.back()
+                    .is_some_and(|l| s.new_flows < l.1 || s.syn_retransmits < l.2)
+                {
+                    q.clear();
+                }
                 q.push_back((now, s.new_flows, s.syn_retransmits));
                 while q.front().is_some_and(|(t, _, _)| now - *t > p.window) {
                     q.pop_front();
@@ -61,7 +69,10 @@ impl Daemon {
                 let (Some(first), Some(last)) = (q.front(), q.back()) else {
                     continue;
                 };
-                let (new, retx) = (last.1 - first.1, last.2 - first.2);
+                let (new, retx) = (
+                    last.1.saturating_sub(first.1),
+                    last.2.saturating_sub(first.2),
+                );
                 let eligible = b.probe.is_some()
                     && b.health == HealthView::Up
                     && !self.passive.holds.contains_key(&r);

@@ -62,6 +62,7 @@ impl Daemon {
         };
         if let Err(e) = self.ctl.dp.set_config(&kernel_config(&pool, hash_key)) {
             log::error!("reload: writing the global config: {e}");
+            self.metrics.reload(false);
             return;
         }
         let started = Instant::now();
@@ -78,8 +79,11 @@ impl Daemon {
                     RELOAD_RETRY.as_secs()
                 );
                 self.retry_at = Some(Instant::now() + RELOAD_RETRY);
-                // Backends already added must be probed all the same.
+                self.metrics.reload(false);
+                // Backends already added must be probed and resolved all
+                // the same.
                 self.sync_probers();
+                self.sync_neighbours();
                 return;
             }
         }
@@ -94,6 +98,14 @@ impl Daemon {
             if !pool.interfaces.contains(iface) {
                 if let Err(e) = self.ctl.dp.detach(iface) {
                     log::error!("{e}");
+                }
+            }
+        }
+        for v in &self.pool.vips {
+            let now = pool.vips.iter().find(|n| n.name == v.name);
+            for b in &v.backends {
+                if !now.is_some_and(|n| n.backends.iter().any(|x| x.address == b.address)) {
+                    self.metrics.forget_backend(&v.name, &b.address.to_string());
                 }
             }
         }

@@ -67,6 +67,9 @@ pub trait DataPlane {
     fn backends(&self) -> Result<Vec<(u32, Backend)>>;
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
     fn backend_stats(&self, id: u32) -> Result<BackendStats>;
+    /// Zeroes the statistics of a slot given to a new VIP or backend, so
+    /// its counters start from 0 (and never go down for the one it serves).
+    fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> Result<()>;
     fn counters(&self) -> Result<Vec<u64>>;
 }
 
@@ -465,6 +468,28 @@ impl DataPlane for BpfDataPlane {
                 .map_err(map_err(maps::BACKEND_STATS))?;
         let v = a.get(&id, 0).map_err(map_err(maps::BACKEND_STATS))?;
         Ok(v.iter().sum())
+    }
+
+    fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DataPlaneError::Setup(format!("counting CPUs: {e}")))?;
+        if let Some(id) = vip_id {
+            let mut a: PerCpuArray<&mut MapData, VipStats> =
+                PerCpuArray::try_from(self.map_mut(maps::VIP_STATS))
+                    .map_err(map_err(maps::VIP_STATS))?;
+            let zero = aya::maps::PerCpuValues::try_from(vec![VipStats::default(); cpus])
+                .map_err(|e| DataPlaneError::Setup(e.to_string()))?;
+            a.set(id, zero, 0).map_err(map_err(maps::VIP_STATS))?;
+        }
+        if let Some(id) = backend_id {
+            let mut a: PerCpuArray<&mut MapData, BackendStats> =
+                PerCpuArray::try_from(self.map_mut(maps::BACKEND_STATS))
+                    .map_err(map_err(maps::BACKEND_STATS))?;
+            let zero = aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); cpus])
+                .map_err(|e| DataPlaneError::Setup(e.to_string()))?;
+            a.set(id, zero, 0).map_err(map_err(maps::BACKEND_STATS))?;
+        }
+        Ok(())
     }
 
     fn counters(&self) -> Result<Vec<u64>> {

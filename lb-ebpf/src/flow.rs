@@ -137,15 +137,13 @@ fn new_flow(
             count(counter::NEW_FLOW_NOT_STORED);
             if is_syn {
                 if let Some(kept) = keep_for_syn(key, cfg, now) {
-                    return Ok((kept, true));
+                    return Ok(kept);
                 }
             }
             return Ok((c, is_syn || pkt.proto == PROTO_UDP));
         }
         if let Some(kept) = remember(key, &c, now, is_syn, cfg) {
-            // A new connection all the same (a reused port, most often):
-            // counted as one, on the backend it keeps.
-            return Ok((kept, true));
+            return Ok(kept);
         }
     }
     // The opt-in decision log (`lb run --debug-datapath`): with it off,
@@ -198,7 +196,7 @@ fn remember(
     now: u64,
     is_syn: bool,
     cfg: &Config,
-) -> Option<Chosen<'static>> {
+) -> Option<(Chosen<'static>, bool)> {
     let mut v = MaybeUninit::uninit();
     let fv: &mut FlowValue = zeroed(&mut v);
     fv.backend = c.backend_id;
@@ -230,11 +228,13 @@ fn remember(
 }
 
 /// A SYN on a 4-tuple the table knows: the entry's backend while it can
-/// still take the connection (counted `syn_kept_flow`). When the entry has
-/// been idle for about a second, the SYN is the client's retransmission (no
-/// SYN-ACK came back): counted for the backend (passive health).
+/// still take the connection (counted `syn_kept_flow`), and whether the SYN
+/// starts a new connection (the 4-tuple reused after its connection
+/// completed) or repeats one whose handshake is pending (not a new flow;
+/// about a second or more after the last, the client's retransmission: no
+/// SYN-ACK came back, counted for the backend, passive health).
 #[inline(always)]
-fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<Chosen<'static>> {
+fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
     let fv = FLOWS.get_ptr(key)?;
     let stamp = unsafe { (*fv).last_seen_ns };
     let idle = now.saturating_sub(stamp);
@@ -242,12 +242,13 @@ fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<Chosen<'static>
     count(counter::SYN_KEPT_FLOW);
     // Only a connection whose handshake never completed: a 4-tuple reused
     // after its connection ended (NAT, busy clients) is no retransmission.
-    if stamp & FLOW_PENDING != 0 && idle >= SYN_RETRANSMIT_MIN_NS {
+    let pending = stamp & FLOW_PENDING != 0;
+    if pending && idle >= SYN_RETRANSMIT_MIN_NS {
         if let Some(s) = BACKEND_STATS.get_ptr_mut(kept.backend_id) {
             unsafe { (*s).syn_retransmits += 1 };
         }
     }
-    Some(kept)
+    Some((kept, !pending))
 }
 
 /// The ports and, for TCP, the flags. `Err`: the header is cut short.

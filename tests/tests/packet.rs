@@ -362,14 +362,19 @@ fn a_syn_seen_again_after_a_second_counts_as_a_retransmission_for_its_backend() 
     assert_encap(&lb, &f.packet("S", b""), &f, id);
     assert_eq!(lb.backend_stats(id).syn_retransmits, 1);
     assert_eq!(lb.counter(counter::SYN_KEPT_FLOW), 2);
+    // Repeats of a pending handshake are no new flows.
+    assert_eq!(lb.backend_stats(id).new_flows, 1);
     // A connection that completed (its ACK came) and whose 4-tuple is used
     // again later (NAT, a busy client): its SYN is no retransmission.
     let g = f.with_sport(41001);
     let gid = pick(&g, &[1, 2, 3]);
     assert_encap(&lb, &g.packet("S", b""), &g, gid);
     assert_encap(&lb, &g.packet("A", b""), &g, gid);
+    let before = lb.vip_stats(WEB).new_flows;
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_encap(&lb, &g.packet("S", b""), &g, gid);
+    // ... but a new connection.
+    assert_eq!(lb.vip_stats(WEB).new_flows, before + 1);
     let total: u64 = [1, 2, 3]
         .iter()
         .map(|i| lb.backend_stats(*i).syn_retransmits)

@@ -22,18 +22,11 @@ pub(super) struct Passive {
     holds: HashMap<BackendRef, Hold>,
 }
 
-/// The new connections among `new_flows` over a window: the data path
-/// counts a retransmitted SYN as a new flow again (it starts a connection
-/// on the backend the table keeps).
-pub(super) fn connections(new_flows: u64, retransmits: u64) -> u64 {
-    new_flows.saturating_sub(retransmits)
-}
-
 /// Whether `retransmits` over a window, against the new connections of
-/// that window, trip the check.
+/// that window (a retransmitted SYN is no new flow), trip the check.
 pub(super) fn trips(p: &config::PassiveHealth, new_flows: u64, retransmits: u64) -> bool {
-    let conns = connections(new_flows, retransmits);
-    conns >= u64::from(p.min_samples) && retransmits as f64 >= p.failure_ratio * conns as f64
+    new_flows >= u64::from(p.min_samples)
+        && retransmits as f64 >= p.failure_ratio * new_flows as f64
 }
 
 impl Daemon {
@@ -77,13 +70,7 @@ impl Daemon {
                     && b.health == HealthView::Up
                     && !self.passive.holds.contains_key(&r);
                 if eligible && trips(p, new, retx) {
-                    tripped.push((
-                        r,
-                        v.conf.name.clone(),
-                        connections(new, retx),
-                        retx,
-                        p.window,
-                    ));
+                    tripped.push((r, v.conf.name.clone(), new, retx, p.window));
                 }
             }
         }
@@ -152,11 +139,10 @@ mod tests {
             min_samples: 20,
             failure_ratio: 0.5,
         };
-        // new flows count every retransmitted SYN again.
-        assert!(!trips(&p, 38, 19), "19 connections: too few samples");
-        assert!(trips(&p, 40, 20), "20 connections, each retransmitted");
-        assert!(trips(&p, 30, 10), "20 connections, half retransmitted");
-        assert!(!trips(&p, 29, 9), "20 connections, 9 retransmissions");
+        assert!(!trips(&p, 19, 19), "19 connections: too few samples");
+        assert!(trips(&p, 20, 20), "20 connections, each retransmitted");
+        assert!(trips(&p, 20, 10), "20 connections, half retransmitted");
+        assert!(!trips(&p, 20, 9), "20 connections, 9 retransmissions");
         assert!(!trips(&p, 0, 0));
         assert!(!trips(&p, 1000, 0));
     }

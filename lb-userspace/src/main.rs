@@ -68,6 +68,21 @@ enum Cmd {
         #[arg(long)]
         iterations: Option<u32>,
     },
+    /// Withdraw every VIP announcement (`announce` in the pool file) while
+    /// the node keeps forwarding what still arrives, until `--undo` or a
+    /// restart (`announce.drain: true` in the pool file lasts).
+    DrainNode {
+        #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
+        config: Option<PathBuf>,
+        /// Control socket (default /run/lb/lb0.sock, or the pool file's).
+        #[arg(long, conflicts_with = "instance")]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        instance: Option<String>,
+        /// Announce again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Detach XDP, remove the pinned maps and links, and stop the daemon.
     Stop {
         #[arg(long, short, required_unless_present = "instance")]
@@ -263,6 +278,24 @@ async fn real_main(cli: Cli) -> Result<()> {
         } => {
             let (sock, _) = control_socket(config, socket, instance)?;
             top(&sock, iterations).await
+        }
+        Cmd::DrainNode {
+            config,
+            socket,
+            instance,
+            undo,
+        } => {
+            let (sock, _) = control_socket(config, socket, instance)?;
+            daemon::request(&sock, if undo { "undrain" } else { "drain" }).await?;
+            println!(
+                "{}",
+                if undo {
+                    "announcing again: VIPs that take new flows are announced"
+                } else {
+                    "draining: every VIP withdrawn from BIRD; the node keeps forwarding what arrives"
+                }
+            );
+            Ok(())
         }
         Cmd::Stop { config, instance } => {
             let (instance, socket) = match (config, instance) {

@@ -54,6 +54,8 @@ pub struct Topology {
     _peer_xdp2: Option<aya::Ebpf>,
     /// The test's time budget, disarmed when the topology is gone.
     pub budget: Option<crate::Budget>,
+    /// BIRD daemons, by namespace.
+    birds: Vec<(String, Child)>,
 }
 
 pub fn sh(cmd: &str) -> Result<()> {
@@ -127,6 +129,7 @@ impl Topology {
             daemon2: None,
             _peer_xdp2: None,
             budget: None,
+            birds: Vec::new(),
         };
         t.cleanup_namespaces();
         // Pins of an earlier run of the same tag that was killed before it
@@ -382,6 +385,74 @@ impl Topology {
             .spawn()?)
     }
 
+    /// The control socket of BIRD in namespace `ns`.
+    pub fn bird_socket(&self, ns: &str) -> PathBuf {
+        self.dir.join(format!("bird-{ns}.ctl"))
+    }
+
+    /// Starts BIRD in namespace `ns` with configuration `conf`, and waits
+    /// until it answers on its control socket.
+    pub fn start_bird(&mut self, ns: &str, conf: &str) -> Result<()> {
+        let path = self.dir.join(format!("bird-{ns}.conf"));
+        std::fs::write(&path, conf)?;
+        let sock = self.bird_socket(ns);
+        let log = std::fs::File::create(self.dir.join(format!("bird-{ns}.log")))?;
+        let c = child("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["bird", "-f", "-c"])
+            .arg(&path)
+            .arg("-s")
+            .arg(&sock)
+            .arg("-P")
+            .arg(self.dir.join(format!("bird-{ns}.pid")))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting bird (apt-get install bird2)")?;
+        self.birds.push((ns.to_string(), c));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.birdc(ns, "show status").contains("Daemon is up") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "bird in {ns} did not start: {}",
+            std::fs::read_to_string(self.dir.join(format!("bird-{ns}.log"))).unwrap_or_default()
+        )
+    }
+
+    /// SIGKILLs BIRD in namespace `ns`.
+    pub fn kill_bird(&mut self, ns: &str) {
+        for (_, c) in self.birds.iter_mut().filter(|(n, _)| n == ns) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.birds.retain(|(n, _)| n != ns);
+    }
+
+    /// What `birdc CMD` says in namespace `ns` (its output, or the error).
+    pub fn birdc(&self, _ns: &str, cmd: &str) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.bird_socket(_ns))
+            .args(cmd.split_whitespace())
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// SIGKILLs the second balancer's daemon.
+    pub fn kill_second_daemon(&mut self) {
+        if let Some(mut c) = self.daemon2.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// The running daemon's process id.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|c| c.id())
@@ -468,7 +539,7 @@ impl Drop for Topology {
             let _ = d.kill();
             let _ = d.wait();
         }
-        for (_, c) in self.servers.iter_mut() {
+        for (_, c) in self.servers.iter_mut().chain(self.birds.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -1145,3 +1145,239 @@ fn two_balancers_sharing_pool_and_secret_send_a_flow_to_the_same_backend() {
         "{st2}"
     );
 }
+
+/// The client's route to `VIP4`, as `ip route` shows it.
+fn vip_route(t: &Topology) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &t.client, "route", "show", VIP4])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the client's route to `VIP4` goes via exactly `nodes`;
+/// returns how long that took.
+fn wait_route(t: &Topology, nodes: &[&str]) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let r = vip_route(t);
+        let via: Vec<&str> = [LB4, LB4_2]
+            .into_iter()
+            .filter(|a| r.contains(&format!("via {a} ")))
+            .collect();
+        if via == nodes {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "route to {VIP4} is {r:?}, waiting for via {nodes:?}\nrouter: {}",
+            t.birdc(&t.client, "show protocols")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
+    // The client's namespace is the router: BIRD (deploy/bird/router.conf)
+    // learns the VIP from both balancer nodes over BGP (with BFD) and
+    // installs one ECMP route hashed on ports. Each node runs BIRD
+    // (deploy/bird/bird.conf) and `lb` with the same pool and secret.
+    if std::process::Command::new("bird")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("LB_REQUIRE_ROOT_TESTS").is_none(),
+            "bird is missing (apt-get install bird2)"
+        );
+        return;
+    }
+    let Some(mut t) = topo("e2bg", &[1, 1, 1]) else {
+        return;
+    };
+    t.add_second_balancer().unwrap();
+    let lb2 = t.lb2.clone().unwrap();
+    let (lb1, client) = (t.lb.clone(), t.client.clone());
+    sh(&format!(
+        "ip -n {client} route del 10.100.0.0/24 && ip netns exec {client} sysctl -qw net.ipv4.fib_multipath_hash_policy=1"
+    ))
+    .unwrap();
+    let node_conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/bird/bird.conf"
+    ))
+    .unwrap();
+    let router_conf = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/bird/router.conf"
+    ))
+    .unwrap();
+    let announce = |t: &Topology, node: &str| {
+        format!(
+            "announce:\n  bird_include: {}/{node}-vips.conf\n  bird_socket: {}\ncontrol_socket:",
+            t.dir.display(),
+            t.bird_socket(node).display()
+        )
+    };
+    let pool1 = std::fs::read_to_string(t.pool_path()).unwrap().replacen(
+        "control_socket:",
+        &announce(&t, &lb1),
+        1,
+    );
+    t.write_pool(&pool1).unwrap();
+    let hosts: Vec<_> = t.backends.iter().map(|h| (h, 1, "active")).collect();
+    let tag2 = format!("{}2", t.tag);
+    let pool2 =
+        pool_yaml(&tag2, &t.dir, &hosts).replacen("control_socket:", &announce(&t, &lb2), 1);
+    let sock2 = std::path::PathBuf::from(format!("/run/lb/{tag2}.sock"));
+    // Each node's BIRD reads the file its daemon writes; the daemon writes
+    // it at start, so it must exist before BIRD parses its configuration.
+    for (node, id) in [(&lb1, LB4), (&lb2, LB4_2)] {
+        let include = t.dir.join(format!("{node}-vips.conf"));
+        std::fs::write(
+            &include,
+            lb_userspace::daemon::bird_include(node, &Default::default()),
+        )
+        .unwrap();
+        let conf = node_conf
+            .replace("/run/lb/lb0-bird.conf", include.to_str().unwrap())
+            .replace("router id 10.10.0.2;", &format!("router id {id};"));
+        t.start_bird(node, &conf).unwrap();
+    }
+    t.start_bird(&client, &router_conf).unwrap();
+    t.start_daemon().unwrap();
+    t.start_second_daemon(&pool2, &sock2).unwrap();
+    let took = wait_route(&t, &[LB4, LB4_2]);
+    eprintln!("ECMP route through both nodes after {took:?}");
+
+    // Long-lived connections, spread over both nodes by the router.
+    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel::<Vec<usize>>();
+    let c2 = client.clone();
+    let worker = std::thread::spawn(move || {
+        in_ns(&c2, move || {
+            use std::io::{BufRead, BufReader, Write};
+            let mut conns = Vec::new();
+            for _ in 0..40 {
+                let s = std::net::TcpStream::connect_timeout(&hold, T).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                writeln!(w, "hi").unwrap();
+                let mut name = String::new();
+                r.read_line(&mut name).unwrap();
+                conns.push((w, r, name.trim().to_string()));
+            }
+            rtx.send(vec![]).unwrap();
+            // Each round: the indices of connections that broke or moved.
+            while rx.recv().is_ok() {
+                let mut broken = Vec::new();
+                for (i, (w, r, first)) in conns.iter_mut().enumerate() {
+                    let mut name = String::new();
+                    if writeln!(w, "again").is_err()
+                        || r.read_line(&mut name).is_err()
+                        || name.trim() != first
+                    {
+                        broken.push(i);
+                    }
+                }
+                rtx.send(broken).unwrap();
+            }
+        })
+    });
+    rrx.recv().unwrap();
+    let round = |what: &str| {
+        tx.send(()).unwrap();
+        let broken = rrx.recv().unwrap();
+        assert!(
+            broken.is_empty(),
+            "{what}: held connections broken or moved: {broken:?}"
+        );
+    };
+    round("both nodes up");
+    let new_flows = |sock: &std::path::Path| {
+        let out = std::process::Command::new(&t.lb_bin)
+            .args(["status", "--json", "--socket"])
+            .arg(sock)
+            .output()
+            .unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        vip(&st, "hold")["new_flows"].as_u64().unwrap()
+    };
+    let (on1, on2) = (new_flows(&t.socket()), new_flows(&sock2));
+    assert!(
+        on1 > 0 && on2 > 0,
+        "ECMP sends connections to both nodes: {on1} and {on2}"
+    );
+
+    // (1) Node 1 dies: its link first (so no FIN from its dying BIRD tells
+    // the router: BFD must notice), then its daemon and BIRD.
+    let died = std::time::Instant::now();
+    sh(&format!("ip -n {lb1} link set eth0 down")).unwrap();
+    t.kill_daemon();
+    t.kill_bird(&lb1);
+    wait_route(&t, &[LB4_2]);
+    let converged = died.elapsed();
+    eprintln!("node 1 lost: the router sends everything to node 2 after {converged:?}");
+    round("after node 1 died");
+    let (seen, failed) = spread_http(&t, web(), 50);
+    assert_eq!(failed, 0, "new connections after convergence: {seen:?}");
+
+    // (2) Node 1 comes back (its daemon adopts the pinned state).
+    sh(&format!("ip -n {lb1} link set eth0 up")).unwrap();
+    let include = t.dir.join(format!("{lb1}-vips.conf"));
+    let conf = node_conf.replace("/run/lb/lb0-bird.conf", include.to_str().unwrap());
+    t.start_bird(&lb1, &conf).unwrap();
+    t.start_daemon().unwrap();
+    let back = wait_route(&t, &[LB4, LB4_2]);
+    eprintln!("node 1 back in the ECMP route after {back:?}");
+    round("after node 1 came back");
+
+    // (3) Node 2 drains: withdrawn, still forwarding what arrives.
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["drain-node", "--socket"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_route(&t, &[LB4]);
+    round("after node 2 drained");
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["drain-node", "--undo", "--socket"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_route(&t, &[LB4, LB4_2]);
+    round("after node 2 announced again");
+
+    // (4) Every backend fails node 1's checks (their answers to node 1 go
+    // nowhere): node 1 withdraws the VIP address; node 2 still serves it.
+    for b in &t.backends {
+        sh(&format!("ip -n {} route add blackhole {LB4}/32", b.ns)).unwrap();
+    }
+    wait_route(&t, &[LB4_2]);
+    round("after node 1 lost its backends");
+    let (seen, failed) = spread_http(&t, web(), 30);
+    assert_eq!(failed, 0, "{seen:?}");
+    drop(tx);
+    worker.join().unwrap();
+    // `lb stop` on node 2 withdraws it too: no route is left.
+    let out = std::process::Command::new(&t.lb_bin)
+        .args(["stop", "--instance", &tag2])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_route(&t, &[]);
+}

@@ -154,11 +154,13 @@ fn setup() -> Result<()> {
         install_bpf_linker(&sysroot)?;
     }
     // promtool (Debian's `prometheus` package) checks the metrics
-    // exposition and the alert rules in the tests.
+    // exposition and the alert rules in the tests; BIRD (`bird2`) runs the
+    // scale-out test's BGP.
     let missing: Vec<&str> = [
         ("ethtool", "ethtool"),
         ("bpftool", "bpftool"),
         ("promtool", "prometheus"),
+        ("bird", "bird2"),
     ]
     .into_iter()
     .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))

@@ -134,8 +134,26 @@ impl Check<'_> {
             .get()
             .and_then(|m| self.req("metrics", "listen", &m.value.listen, hint))
             .map(|l| l.value.0);
+        let announce = f.announce.get().map(|a| Announce {
+            bird_include: a
+                .value
+                .bird_include
+                .get()
+                .map(|p| p.value.0.clone())
+                .unwrap_or_else(|| {
+                    Path::new(DEFAULT_SOCKET_DIR).join(format!("{instance}-bird.conf"))
+                }),
+            bird_socket: a
+                .value
+                .bird_socket
+                .get()
+                .map(|p| p.value.0.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BIRD_SOCKET)),
+            drain: a.value.drain.or(false),
+        });
         Pool {
             metrics,
+            announce,
             hash_secret_file: secret.unwrap_or_else(|| default_file(DEFAULT_SECRET_DIR, "secret")),
             control_socket: socket.unwrap_or_else(|| default_file(DEFAULT_SOCKET_DIR, "sock")),
             instance,

@@ -294,6 +294,24 @@ impl<'de> Deserializer<'de> for De<'_> {
     integers!(deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
               deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64);
 
+    /// `true` or `false`, unquoted (YAML 1.2: `yes` is a string).
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let result = match &self.node.kind {
+            Kind::Scalar { text, int: false } if text == "true" => visitor.visit_bool(true),
+            Kind::Scalar { text, int: false } if text == "false" => visitor.visit_bool(false),
+            Kind::Scalar { text, .. } => {
+                return self.fail(format!("expected true or false, found `{text}`"))
+            }
+            _ => {
+                return self.fail(format!(
+                    "expected true or false, found {}",
+                    self.node.describe()
+                ))
+            }
+        };
+        self.check(result)
+    }
+
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
@@ -357,7 +375,7 @@ impl<'de> Deserializer<'de> for De<'_> {
     }
 
     forward_to_deserialize_any! {
-        bool f32 f64 char str string bytes byte_buf option unit unit_struct tuple
+        f32 f64 char str string bytes byte_buf option unit unit_struct tuple
         tuple_struct map identifier ignored_any i128 u128
     }
 }

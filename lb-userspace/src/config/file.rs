@@ -46,6 +46,8 @@ pub(super) struct PoolFile {
     pub control_socket: Field<SocketPath>,
     /// Default: no metrics endpoint.
     pub metrics: Field<MetricsFile>,
+    /// Default: the daemon announces nothing.
+    pub announce: Field<AnnounceFile>,
     /// Health-check settings for every VIP; default: a tcp check on the VIP
     /// port with the defaults of [`HealthFile`].
     pub health_defaults: Field<HealthFile>,
@@ -59,6 +61,18 @@ pub(super) struct PoolFile {
 pub(super) struct MetricsFile {
     /// Required: the address and port it listens on.
     pub listen: Field<ListenAddr>,
+}
+
+/// `announce`: the VIP addresses this node announces, through BIRD.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename = "announce")]
+pub(super) struct AnnounceFile {
+    /// Default `/run/lb/<instance>-bird.conf`.
+    pub bird_include: Field<AbsPath>,
+    /// Default [`DEFAULT_BIRD_SOCKET`].
+    pub bird_socket: Field<AbsPath>,
+    /// Default false.
+    pub drain: Field<bool>,
 }
 
 /// An address and port to listen on.

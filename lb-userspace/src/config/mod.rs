@@ -175,6 +175,8 @@ pub struct Pool {
     /// Where the Prometheus endpoint listens (`metrics.listen`); none by
     /// default.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Announcing the VIPs through BIRD (`announce`); none by default.
+    pub announce: Option<Announce>,
     /// The services, in file order (a VIP's index is its position here).
     pub vips: Vec<Vip>,
 }
@@ -287,6 +289,22 @@ pub struct Vip {
     /// At least one; addresses unique within the VIP.
     pub backends: Vec<BackendConf>,
 }
+
+/// `announce`: the daemon writes the VIP addresses this node should
+/// announce (those with a VIP taking new flows; none while draining) as
+/// BIRD static routes into `bird_include`, and has BIRD read it again
+/// (`birdc -s bird_socket configure`). BIRD announces them over BGP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Announce {
+    pub bird_include: PathBuf,
+    pub bird_socket: PathBuf,
+    /// Withdraw every VIP while still forwarding what arrives (take the
+    /// node out of its ECMP group without breaking connections).
+    pub drain: bool,
+}
+
+/// `announce.bird_socket` when not given: Debian's bird2.
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
 
 /// `passive_health`: a backend whose clients retransmit their SYNs (no
 /// SYN-ACK came back) at least `failure_ratio` times per new connection

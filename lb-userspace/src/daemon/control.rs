@@ -88,6 +88,8 @@ pub(super) enum Control {
     Stop(tokio::sync::oneshot::Sender<String>),
     /// A scrape of the metrics endpoint.
     Metrics(tokio::sync::oneshot::Sender<String>),
+    /// `lb drain-node` (true: `--undo`).
+    Drain(bool, tokio::sync::oneshot::Sender<String>),
 }
 
 pub(super) async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Control>) {
@@ -115,6 +117,8 @@ pub(super) async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Contr
             let msg = match line.trim() {
                 "status" => Control::Status(otx),
                 "stop" => Control::Stop(otx),
+                "drain" => Control::Drain(false, otx),
+                "undrain" => Control::Drain(true, otx),
                 other => {
                     let _ = w
                         .write_all(

@@ -16,10 +16,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+mod announce;
 /// How often the pool file is checked for changes.
 mod control;
 mod metrics;
 mod passive;
+pub use announce::bird_include;
 pub use metrics::NAMES as METRIC_NAMES;
 mod host;
 mod reload;
@@ -74,6 +76,7 @@ pub struct Daemon {
     neighbours: Option<crate::neigh::NeighbourKeeper>,
     metrics: metrics::Metrics,
     passive: passive::Passive,
+    announcer: announce::Announcer,
 }
 
 type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
@@ -267,9 +270,11 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         neighbours: crate::neigh::NeighbourKeeper::spawn(),
         metrics: metrics::Metrics::new(),
         passive: Default::default(),
+        announcer: Default::default(),
     };
     d.sync_probers();
     d.sync_neighbours();
+    d.sync_announce(true);
     let idle = d.pool.tables.udp_idle_timeout.as_nanos() as u64;
     spawn_flow_counter(
         d.pool.instance.clone(),
@@ -304,8 +309,12 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                     d.on_health(ev);
                 }
                 flush_at = d.flush_health();
+                d.sync_announce(false);
             }
-            _ = flush_due => flush_at = d.flush_health(),
+            _ = flush_due => {
+                flush_at = d.flush_health();
+                d.sync_announce(false);
+            }
             _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
             _ = watch.tick() => d.reload(false),
             _ = tick.tick() => {
@@ -313,6 +322,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 if d.check_passive_tripped() {
                     flush_at = d.flush_health();
                 }
+                d.sync_announce(false);
             }
             Some(c) = ctl_rx.recv() => match c {
                 Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
@@ -320,7 +330,13 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                     let text = d.metrics.render(&d.status(), d.pool.tables.flow_table_size);
                     let _ = reply.send(text);
                 }
+                Control::Drain(undo, reply) => {
+                    d.announcer.drained = !undo;
+                    d.sync_announce(false);
+                    let _ = reply.send(format!("{{\"drained\":{}}}", !undo));
+                }
                 Control::Stop(reply) => {
+                    d.withdraw_all();
                     if let Some(n) = &d.neighbours {
                         n.stop();
                     }

@@ -112,6 +112,7 @@ impl Daemon {
         self.pool = pool;
         self.sync_probers();
         self.sync_neighbours();
+        self.sync_announce(true);
     }
 
     /// The pool file's text; `None` when it cannot be read, which is logged

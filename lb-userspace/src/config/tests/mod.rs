@@ -804,3 +804,40 @@ fn passive_health_is_read_and_checked() {
     );
     assert_eq!(errs.len(), 2, "{errs}");
 }
+
+#[test]
+fn announce_has_defaults_and_reads_drain() {
+    let base = "instance: lb0\ninterfaces: [eth0]\nvips: []\n";
+    assert_eq!(ok(base).announce, None);
+    let a = ok(&format!("{base}announce: {{}}\n")).announce.unwrap();
+    assert_eq!(a.bird_include, PathBuf::from("/run/lb/lb0-bird.conf"));
+    assert_eq!(a.bird_socket, PathBuf::from(DEFAULT_BIRD_SOCKET));
+    assert!(!a.drain);
+    let a = ok(&format!(
+        "{base}announce:\n  bird_include: /etc/bird/lb.conf\n  bird_socket: /tmp/b.ctl\n  drain: true\n"
+    ))
+    .announce
+    .unwrap();
+    assert_eq!(
+        (a.bird_include, a.bird_socket, a.drain),
+        (
+            PathBuf::from("/etc/bird/lb.conf"),
+            PathBuf::from("/tmp/b.ctl"),
+            true
+        )
+    );
+    assert_only(
+        &format!("{base}announce:\n  drain: yes\n"),
+        5,
+        10,
+        "announce.drain",
+        "expected true or false, found `yes`",
+    );
+    assert_only(
+        &format!("{base}announce:\n  bird_include: relative.conf\n"),
+        5,
+        17,
+        "announce.bird_include",
+        "absolute",
+    );
+}

@@ -1289,6 +1289,21 @@ fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
         })
     });
     rrx.recv().unwrap();
+    // Short requests all along; when each failure happened.
+    let stop_requests = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, c3) = (stop_requests.clone(), client.clone());
+    let requests = std::thread::spawn(move || {
+        in_ns(&c3, move || {
+            let (mut ok, mut failed_at) = (0usize, Vec::new());
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(web(), T) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed_at.push(std::time::Instant::now()),
+                }
+            }
+            (ok, failed_at)
+        })
+    });
     let round = |what: &str| {
         tx.send(()).unwrap();
         let broken = rrx.recv().unwrap();
@@ -1365,11 +1380,33 @@ fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
     }
     wait_route(&t, &[LB4_2]);
     round("after node 1 lost its backends");
-    let (seen, failed) = spread_http(&t, web(), 30);
-    assert_eq!(failed, 0, "{seen:?}");
+    // Healthy again: announced again.
+    for b in &t.backends {
+        sh(&format!("ip -n {} route del blackhole {LB4}/32", b.ns)).unwrap();
+    }
+    wait_route(&t, &[LB4, LB4_2]);
+    round("after node 1's backends came back");
+    stop_requests.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed_at) = requests.join().unwrap();
+    // New connections failed only while the router had not yet noticed the
+    // dead node (and their client's timeout ran out).
+    let late: Vec<Duration> = failed_at
+        .iter()
+        .map(|f| f.saturating_duration_since(died))
+        .filter(|d| *d > converged + T + Duration::from_millis(500))
+        .collect();
+    eprintln!(
+        "{ok} short requests succeeded, {} failed around the node's loss",
+        failed_at.len()
+    );
+    assert!(ok > 50, "{ok} requests");
+    assert!(
+        late.is_empty() && failed_at.iter().all(|f| *f >= died),
+        "failures outside the convergence: {late:?}"
+    );
     drop(tx);
     worker.join().unwrap();
-    // `lb stop` on node 2 withdraws it too: no route is left.
+    // `lb stop` on node 2 withdraws its announcement: node 1 is left.
     let out = std::process::Command::new(&t.lb_bin)
         .args(["stop", "--instance", &tag2])
         .output()
@@ -1379,5 +1416,5 @@ fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_route(&t, &[]);
+    wait_route(&t, &[LB4]);
 }

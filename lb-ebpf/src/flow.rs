@@ -235,18 +235,23 @@ fn remember(
 /// SYN-ACK came back, counted for the backend, passive health).
 #[inline(always)]
 fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
-    let fv = FLOWS.get_ptr(key)?;
+    let fv = FLOWS.get_ptr_mut(key)?;
     let stamp = unsafe { (*fv).last_seen_ns };
     let idle = now.saturating_sub(stamp);
     let kept = lookup(key, PROTO_TCP, cfg, now, true)?;
     count(counter::SYN_KEPT_FLOW);
     // Only a connection whose handshake never completed: a 4-tuple reused
-    // after its connection ended (NAT, busy clients) is no retransmission.
+    // after its connection ended (NAT, busy clients) is no retransmission,
+    // but its new handshake is now the pending one.
     let pending = stamp & FLOW_PENDING != 0;
-    if pending && idle >= SYN_RETRANSMIT_MIN_NS {
-        if let Some(s) = BACKEND_STATS.get_ptr_mut(kept.backend_id) {
-            unsafe { (*s).syn_retransmits += 1 };
+    if pending {
+        if idle >= SYN_RETRANSMIT_MIN_NS {
+            if let Some(s) = BACKEND_STATS.get_ptr_mut(kept.backend_id) {
+                unsafe { (*s).syn_retransmits += 1 };
+            }
         }
+    } else {
+        unsafe { (*fv).last_seen_ns |= FLOW_PENDING };
     }
     Some((kept, !pending))
 }

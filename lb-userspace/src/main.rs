@@ -286,28 +286,40 @@ async fn real_main(cli: Cli) -> Result<()> {
             undo,
         } => {
             let (sock, _) = control_socket(config, socket, instance)?;
-            daemon::request(&sock, if undo { "undrain" } else { "drain" }).await?;
-            println!(
-                "{}",
-                if undo {
-                    "announcing again: VIPs that take new flows are announced"
-                } else {
-                    "draining: every VIP withdrawn from BIRD; the node keeps forwarding what arrives"
-                }
-            );
+            let answer = daemon::request(&sock, if undo { "undrain" } else { "drain" }).await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&answer).context("reading the daemon's answer")?;
+            if let Some(e) = v["error"].as_str() {
+                bail!("{e}");
+            }
+            if v["draining"].as_bool() == Some(true) {
+                println!(
+                    "draining: every VIP withdrawn from BIRD; the node keeps forwarding what arrives{}",
+                    if undo { " (`announce.drain: true` in the pool file holds)" } else { "" }
+                );
+            } else {
+                println!("announcing again: VIPs that take new flows are announced");
+            }
             Ok(())
         }
         Cmd::Stop { config, instance } => {
-            let (instance, socket) = match (config, instance) {
+            let (instance, socket, announce) = match (config, instance) {
                 (Some(c), _) => {
                     let pool = load_pool(&c).map_err(|e| {
                         e.context("the pool file does not load; `lb stop --instance NAME` stops an instance without it")
                     })?;
-                    (pool.instance, pool.control_socket)
+                    (pool.instance, pool.control_socket, pool.announce)
                 }
                 (None, Some(i)) => {
                     let sock = PathBuf::from(format!("/run/lb/{i}.sock"));
-                    (i, sock)
+                    // The default include, if this instance wrote one.
+                    let include = PathBuf::from(format!("/run/bird/lb-{i}.conf"));
+                    let announce = include.exists().then(|| config::Announce {
+                        bird_include: include,
+                        bird_socket: PathBuf::from(config::DEFAULT_BIRD_SOCKET),
+                        drain: false,
+                    });
+                    (i, sock, announce)
                 }
                 (None, None) => unreachable!("clap requires one"),
             };
@@ -315,6 +327,15 @@ async fn real_main(cli: Cli) -> Result<()> {
                 daemon::request(&socket, "stop").await?;
                 println!("stopped instance `{instance}`");
             } else {
+                // A daemon that exited left BIRD announcing: withdraw
+                // before XDP goes.
+                if let Some(a) = &announce {
+                    match daemon::withdraw_stopped(a) {
+                        Ok(()) => println!("withdrew every VIP from BIRD"),
+                        Err(e) => eprintln!("warning: withdrawing the VIPs from BIRD: {e:#}"),
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
                 let removed = dataplane::remove_pins(&instance)?;
                 println!(
                     "the daemon was not running; removed {} pins of instance `{instance}` (XDP detached)",

@@ -1232,19 +1232,18 @@ fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
     let pool2 =
         pool_yaml(&tag2, &t.dir, &hosts).replacen("control_socket:", &announce(&t, &lb2), 1);
     let sock2 = std::path::PathBuf::from(format!("/run/lb/{tag2}.sock"));
-    // Each node's BIRD reads the file its daemon writes; the daemon writes
-    // it at start, so it must exist before BIRD parses its configuration.
-    for (node, id) in [(&lb1, LB4), (&lb2, LB4_2)] {
-        let include = t.dir.join(format!("{node}-vips.conf"));
-        std::fs::write(
-            &include,
-            lb_userspace::daemon::bird_include(node, &Default::default()),
-        )
-        .unwrap();
-        let conf = node_conf
-            .replace("/run/lb/lb0-bird.conf", include.to_str().unwrap())
-            .replace("router id 10.10.0.2;", &format!("router id {id};"));
-        t.start_bird(node, &conf).unwrap();
+    // Each node's BIRD includes the file its daemon writes (a pattern, so
+    // BIRD starts before the daemon has written it).
+    let dir = t.dir.clone();
+    let node_bird = |node: &str, id: &str| {
+        let pattern = dir.join(format!("{node}-vips.con[f]"));
+        node_conf
+            .replace("/run/bird/lb-lb0.con[f]", pattern.to_str().unwrap())
+            .replace("router id 10.10.0.2;", &format!("router id {id};"))
+    };
+    for (node, id) in [(lb1.clone(), LB4), (lb2.clone(), LB4_2)] {
+        let conf = node_bird(&node, id);
+        t.start_bird(&node, &conf).unwrap();
     }
     t.start_bird(&client, &router_conf).unwrap();
     t.start_daemon().unwrap();
@@ -1343,9 +1342,17 @@ fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
 
     // (2) Node 1 comes back (its daemon adopts the pinned state).
     sh(&format!("ip -n {lb1} link set eth0 up")).unwrap();
-    let include = t.dir.join(format!("{lb1}-vips.conf"));
-    let conf = node_conf.replace("/run/lb/lb0-bird.conf", include.to_str().unwrap());
+    // As after a reboot: nothing to announce until the daemon says so.
+    std::fs::remove_file(t.dir.join(format!("{lb1}-vips.conf"))).unwrap();
+    let conf = node_bird(&lb1, LB4);
     t.start_bird(&lb1, &conf).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        vip_route(&t).matches("via").count(),
+        1,
+        "node 1's BIRD announced before its daemon ran: {}",
+        vip_route(&t)
+    );
     t.start_daemon().unwrap();
     let back = wait_route(&t, &[LB4, LB4_2]);
     eprintln!("node 1 back in the ECMP route after {back:?}");

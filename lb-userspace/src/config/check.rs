@@ -140,9 +140,7 @@ impl Check<'_> {
                 .bird_include
                 .get()
                 .map(|p| p.value.0.clone())
-                .unwrap_or_else(|| {
-                    Path::new(DEFAULT_SOCKET_DIR).join(format!("{instance}-bird.conf"))
-                }),
+                .unwrap_or_else(|| PathBuf::from(format!("/run/bird/lb-{instance}.conf"))),
             bird_socket: a
                 .value
                 .bird_socket

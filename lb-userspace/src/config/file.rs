@@ -67,7 +67,7 @@ pub(super) struct MetricsFile {
 #[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename = "announce")]
 pub(super) struct AnnounceFile {
-    /// Default `/run/lb/<instance>-bird.conf`.
+    /// Default `/run/bird/lb-<instance>.conf`.
     pub bird_include: Field<AbsPath>,
     /// Default [`DEFAULT_BIRD_SOCKET`].
     pub bird_socket: Field<AbsPath>,

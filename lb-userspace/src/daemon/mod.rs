@@ -21,7 +21,7 @@ mod announce;
 mod control;
 mod metrics;
 mod passive;
-pub use announce::bird_include;
+pub use announce::{bird_include, withdraw_stopped};
 pub use metrics::NAMES as METRIC_NAMES;
 mod host;
 mod reload;
@@ -331,12 +331,22 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                     let _ = reply.send(text);
                 }
                 Control::Drain(undo, reply) => {
-                    d.announcer.drained = !undo;
-                    d.sync_announce(false);
-                    let _ = reply.send(format!("{{\"drained\":{}}}", !undo));
+                    let answer = if d.pool.announce.is_none() {
+                        "{\"error\":\"this instance announces nothing: its pool file has no `announce` section\"}".to_string()
+                    } else {
+                        d.announcer.drained = !undo;
+                        d.sync_announce(false);
+                        format!("{{\"draining\":{}}}", d.draining())
+                    };
+                    let _ = reply.send(answer);
                 }
                 Control::Stop(reply) => {
-                    d.withdraw_all();
+                    if let Some(a) = d.pool.announce.clone() {
+                        // Withdrawn first; then a moment for the routers
+                        // to move the traffic before XDP goes.
+                        d.withdraw(&a);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                     if let Some(n) = &d.neighbours {
                         n.stop();
                     }

@@ -109,6 +109,16 @@ impl Daemon {
                 }
             }
         }
+        // `announce` removed or moved: the old include must not keep
+        // announcing.
+        if let Some(old) = self.pool.announce.clone() {
+            let same_place = pool.announce.as_ref().is_some_and(|n| {
+                n.bird_include == old.bird_include && n.bird_socket == old.bird_socket
+            });
+            if !same_place {
+                self.withdraw(&old);
+            }
+        }
         self.pool = pool;
         self.sync_probers();
         self.sync_neighbours();

@@ -810,7 +810,7 @@ fn announce_has_defaults_and_reads_drain() {
     let base = "instance: lb0\ninterfaces: [eth0]\nvips: []\n";
     assert_eq!(ok(base).announce, None);
     let a = ok(&format!("{base}announce: {{}}\n")).announce.unwrap();
-    assert_eq!(a.bird_include, PathBuf::from("/run/lb/lb0-bird.conf"));
+    assert_eq!(a.bird_include, PathBuf::from("/run/bird/lb-lb0.conf"));
     assert_eq!(a.bird_socket, PathBuf::from(DEFAULT_BIRD_SOCKET));
     assert!(!a.drain);
     let a = ok(&format!(

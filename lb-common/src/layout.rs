@@ -99,7 +99,14 @@ pub mod mode {
 
 /// Schedulers (`VipInfo::scheduler`).
 pub mod scheduler {
+    /// The VIP's Maglev table at the flow hash (weighted consistent hashing).
     pub const MAGLEV: u8 = 0;
+    /// The VIP's Maglev table at a random slot (weighted random).
+    pub const RANDOM: u8 = 1;
+    /// The VIP's Maglev table at the hash of the client's address prefix
+    /// (`VipInfo::src_prefix_v4` / `_v6` bits): every connection of a client
+    /// reaches the same backend, on every node, while the pool is stable.
+    pub const SOURCE_HASH: u8 = 2;
 }
 
 /// `AddrKey` value flags (`VIP_ADDRS`).
@@ -142,8 +149,11 @@ pub struct VipInfo {
     pub scheduler: u8,
     /// Which of the VIP's two Maglev buffers packets read (0 or 1).
     pub active_ring: u8,
-    pub _pad: u8,
-    pub flags: u32,
+    /// `scheduler::SOURCE_HASH`: the bits of an IPv4 / IPv6 client address
+    /// that choose the backend.
+    pub src_prefix_v4: u8,
+    pub src_prefix_v6: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<VipInfo>() == 12);
 

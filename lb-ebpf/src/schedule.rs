@@ -1,10 +1,11 @@
 //! Which VIP a packet is for, and which backend a new flow goes to: the VIP
-//! filter, the VIP lookup, and the schedulers (Maglev today; new schedulers
-//! go here).
+//! filter, the VIP lookup, and the schedulers (Maglev, weighted random and
+//! source hash, all reading the VIP's Maglev table).
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use core::mem::MaybeUninit;
 use lb_common::{
-    counter, flow_hash, ring_base, ring_elem, ring_slot, vip_filter_bit, AddrKey, Config, FlowKey,
-    VipInfo, VipKey, CONFIG_F_ANY_PORT, NO_BACKEND,
+    counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, vip_filter_bit, AddrKey,
+    Config, FlowKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT, NO_BACKEND,
 };
 
 use crate::action::{verdict, XDP_DROP};
@@ -99,11 +100,47 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits) -> Option<Pick> {
         }
     };
     let hash = flow_hash(key, &cfg.hash_key) as u32;
+    // The slot of the VIP's Maglev table: the flow hash (Maglev), a random
+    // one (weighted random: the table holds each backend in proportion to
+    // its weight), or the hash of the client's address prefix.
+    let at = match vip.scheduler {
+        scheduler::RANDOM => unsafe { bpf_get_prandom_u32() },
+        scheduler::SOURCE_HASH => source_hash(key, &vip, cfg),
+        _ => hash,
+    };
     Some(Pick {
         vip_id: vip.vip_id,
         hash,
-        backend: maglev(&vip, hash, cfg.ring_size),
+        backend: maglev(&vip, at, cfg.ring_size),
     })
+}
+
+/// The hash of the client's address cut to the VIP's prefix (the bits of
+/// `src_prefix_v4` or `src_prefix_v6`), with the flow hash's secret: the
+/// same on every node that shares the secret.
+#[inline(always)]
+fn source_hash(key: &FlowKey, vip: &VipInfo, cfg: &Config) -> u32 {
+    let mut k = MaybeUninit::uninit();
+    let src: &mut FlowKey = zeroed(&mut k);
+    src.family = key.family;
+    let bits = if key.family == AF_INET6 {
+        vip.src_prefix_v6 as u32
+    } else {
+        vip.src_prefix_v4 as u32
+    };
+    let mut i = 0;
+    while i < 4 {
+        // Network byte order: the first `bits` bits of the address.
+        let keep = bits.saturating_sub(i as u32 * 32).min(32);
+        let mask = if keep == 0 {
+            0
+        } else {
+            (u32::MAX << (32 - keep)).to_be()
+        };
+        src.src[i] = key.src[i] & mask;
+        i += 1;
+    }
+    flow_hash(src, &cfg.hash_key) as u32
 }
 
 /// The backend in the VIP's active Maglev table at the flow's hash.

@@ -424,6 +424,129 @@ fn a_syn_whose_handshake_never_completed_leaves_a_backend_that_fails_its_checks(
     }
 }
 
+/// Backend shares of `flows` new TCP flows to 10.100.0.1:80 with the WEB
+/// VIP scheduled by `info` over a table holding 1, 2, 3, 3 (weights 1, 1, 2).
+fn shares_under(info: VipInfo, flows: &[Flow]) -> (Balancer, [f64; 3]) {
+    let mut lb = setup_sized(Sizes {
+        flows: 65536,
+        ..test_sizes()
+    })
+    .expect("root");
+    let n = test_sizes().ring_size;
+    let table: Vec<u32> = (0..n).map(|i| [1, 2, 3, 3][i as usize % 4]).collect();
+    lb.write_ring(WEB, 1, &table).unwrap();
+    lb.add_vip(
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        VipInfo {
+            active_ring: 1,
+            ..info
+        },
+    )
+    .unwrap();
+    let mut count = [0u32; 3];
+    for f in flows {
+        assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
+        count[lb.flow(&f.key()).unwrap().backend as usize - 1] += 1;
+    }
+    let total = flows.len() as f64;
+    (lb, count.map(|c| c as f64 / total))
+}
+
+fn assert_shares_near(got: [f64; 3], want: [f64; 3]) {
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 0.02,
+            "shares {got:?}, weights say {want:?}"
+        );
+    }
+}
+
+#[test]
+fn random_scheduler_follows_the_weights_and_keeps_established_flows() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let flows: Vec<Flow> = (0..10_000u32)
+        .map(|i| {
+            Flow::tcp(
+                &Ipv4Addr::from(0xc633_0000 + i).to_string(),
+                40000,
+                "10.100.0.1",
+                80,
+            )
+        })
+        .collect();
+    let info = VipInfo {
+        vip_id: WEB,
+        scheduler: lb_common::scheduler::RANDOM,
+        ..VipInfo::default()
+    };
+    let (lb, shares) = shares_under(info, &flows);
+    assert_shares_near(shares, [0.25, 0.25, 0.5]);
+    // Not the flow hash: the same flows land elsewhere than Maglev puts them.
+    let moved = flows[..1000]
+        .iter()
+        .filter(|f| {
+            let slot = (hash(f) % test_sizes().ring_size) as usize;
+            lb.flow(&f.key()).unwrap().backend != [1, 2, 3, 3][slot % 4]
+        })
+        .count();
+    assert!(moved > 300, "{moved} of 1000 differ from the hash's choice");
+    // Established flows keep the backend they were given.
+    for f in &flows[..200] {
+        let id = lb.flow(&f.key()).unwrap().backend;
+        assert_encap(&lb, &f.packet("A", b"more"), f, id);
+    }
+}
+
+#[test]
+fn source_hash_sends_every_connection_of_a_client_prefix_to_one_backend() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // A /24 per client: 10 000 client networks, three ports each.
+    let flows: Vec<Flow> = (0..10_000u32)
+        .flat_map(|i| {
+            let net = Ipv4Addr::from(0x6440_0000 + (i << 8));
+            (0..3u16).map(move |p| {
+                let host = Ipv4Addr::from(u32::from(net) + 1 + u32::from(p) * 7);
+                Flow::tcp(&host.to_string(), 30000 + p, "10.100.0.1", 80)
+            })
+        })
+        .collect();
+    let info = VipInfo {
+        vip_id: WEB,
+        scheduler: lb_common::scheduler::SOURCE_HASH,
+        src_prefix_v4: 24,
+        src_prefix_v6: 64,
+        ..VipInfo::default()
+    };
+    let (lb, shares) = shares_under(info, &flows);
+    assert_shares_near(shares, [0.25, 0.25, 0.5]);
+    for chunk in flows.chunks(3) {
+        let ids: Vec<u32> = chunk
+            .iter()
+            .map(|f| lb.flow(&f.key()).unwrap().backend)
+            .collect();
+        assert!(
+            ids.iter().all(|i| *i == ids[0]),
+            "one client network, several backends: {ids:?}"
+        );
+        // Exactly the table at the keyed hash of the network's /24, as on
+        // every node that shares the secret.
+        let mut k = lb_common::FlowKey {
+            family: lb_common::AF_INET,
+            ..Default::default()
+        };
+        let IpAddr::V4(src) = chunk[0].src else {
+            unreachable!()
+        };
+        k.src[0] = u32::from_ne_bytes((u32::from(src) & 0xffff_ff00).to_be_bytes());
+        let slot = (flow_hash(&k, &KEY) as u32 % test_sizes().ring_size) as usize;
+        assert_eq!(ids[0], [1, 2, 3, 3][slot % 4]);
+    }
+}
+
 #[test]
 fn a_new_flow_never_goes_to_a_backend_that_cannot_take_it() {
     // The table still names a backend that is down, failing its checks,

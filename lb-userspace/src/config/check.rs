@@ -421,6 +421,8 @@ impl Check<'_> {
             port: port.map_or(0, |p| p.value.0 as u16),
             protocol: protocol.map_or(Protocol::Tcp, |p| p.value),
             scheduler: f.scheduler.or(Scheduler::default()),
+            source_prefix_v4: f.source_prefix_v4.or(Int(32)).0 as u8,
+            source_prefix_v6: f.source_prefix_v6.or(Int(128)).0 as u8,
             forwarding: f.forwarding.or(Forwarding::default()),
             panic_threshold: f.panic_threshold.or(Int(0)).0,
             passive_health: self.passive(f),

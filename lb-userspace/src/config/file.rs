@@ -137,6 +137,10 @@ pub(super) struct VipFile {
     pub protocol: Field<Protocol>,
     /// Default `maglev`.
     pub scheduler: Field<Scheduler>,
+    /// Default 32.
+    pub source_prefix_v4: Field<Int<1, 32>>,
+    /// Default 128.
+    pub source_prefix_v6: Field<Int<1, 128>>,
     /// Default `encap`.
     pub forwarding: Field<Forwarding>,
     /// Percent; default 0 (off).

@@ -277,6 +277,11 @@ pub struct Vip {
     pub protocol: Protocol,
     /// How new flows pick a backend. Default [`Scheduler::Maglev`].
     pub scheduler: Scheduler,
+    /// `source_hash`: the bits of an IPv4 client address that pick the
+    /// backend, 1..=32 (default 32; 24: a client's /24 goes to one backend).
+    pub source_prefix_v4: u8,
+    /// The same for IPv6 clients, 1..=128 (default 128; 64 is usual).
+    pub source_prefix_v6: u8,
     /// How packets reach the backend. Default [`Forwarding::Encap`].
     pub forwarding: Forwarding,
     /// Percent, 0..=100; default 0 (off). When fewer than this share of
@@ -374,9 +379,15 @@ impl Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
-    /// Weighted Maglev consistent hashing.
+    /// Weighted Maglev consistent hashing of the flow.
     #[default]
     Maglev,
+    /// Weighted random (a random slot of the Maglev table).
+    Random,
+    /// The client's address (prefix) hashed into the Maglev table: every
+    /// connection of a client reaches the same backend.
+    #[serde(rename = "source_hash")]
+    SourceHash,
 }
 
 impl Scheduler {
@@ -384,6 +395,8 @@ impl Scheduler {
     pub fn number(self) -> u8 {
         match self {
             Scheduler::Maglev => lb_common::scheduler::MAGLEV,
+            Scheduler::Random => lb_common::scheduler::RANDOM,
+            Scheduler::SourceHash => lb_common::scheduler::SOURCE_HASH,
         }
     }
 }

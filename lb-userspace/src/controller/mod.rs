@@ -68,6 +68,8 @@ pub struct RunningVip {
     /// Too few backends pass their checks: every active one takes new
     /// flows (see `Vip::panic_threshold`).
     pub panic: bool,
+    /// What `VIPS` holds for this VIP, as last written by this daemon.
+    info_written: Option<VipInfo>,
     pub last_flip: Option<Instant>,
     pub backends: BTreeMap<IpAddr, RunningBackend>,
 }
@@ -484,6 +486,7 @@ impl<D: DataPlane> Controller<D> {
                         table: None,
                         table_input: Vec::new(),
                         panic: false,
+                        info_written: None,
                         last_flip: None,
                         backends: BTreeMap::new(),
                     },

@@ -61,18 +61,25 @@ impl<D: DataPlane> Controller<D> {
                 weight: b.weight,
             })
             .collect();
-        if v.table.is_some() && v.table_input == input {
-            return Ok(false);
-        }
-        let table = maglev::build(&input, ring_size);
-        v.table_input = input;
         let info_now = VipInfo {
             vip_id: v.id,
             mode: v.conf.forwarding.number(),
             scheduler: v.conf.scheduler.number(),
             active_ring: v.active_ring,
+            src_prefix_v4: v.conf.source_prefix_v4,
+            src_prefix_v6: v.conf.source_prefix_v6,
             ..VipInfo::default()
         };
+        // The scheduler and its settings apply at once, table or not.
+        if v.table.is_some() && v.info_written != Some(info_now) {
+            self.dp.set_vip(key, &info_now)?;
+            v.info_written = Some(info_now);
+        }
+        if v.table.is_some() && v.table_input == input {
+            return Ok(false);
+        }
+        let table = maglev::build(&input, ring_size);
+        v.table_input = input;
         if v.table.as_ref() == Some(&table) {
             return Ok(false);
         }
@@ -92,6 +99,7 @@ impl<D: DataPlane> Controller<D> {
             ..info_now
         };
         self.dp.set_vip(key, &info)?;
+        v.info_written = Some(info);
         v.active_ring = idle;
         v.table = Some(table);
         v.last_flip = Some(Instant::now());

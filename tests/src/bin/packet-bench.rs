@@ -43,8 +43,8 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 2,
-    max_backends: 8,
+    max_vips: 4,
+    max_backends: 16,
     ring_size: 65537,
     flows: 65536,
 };
@@ -56,6 +56,8 @@ const VIP: &str = "10.100.0.1";
 const NOT_VIP: &str = "10.200.0.1";
 const WEB: u32 = 0; // VIP:80/tcp
 const DNS: u32 = 1; // VIP:53/udp
+const RANDOM: u32 = 2; // VIP:81/tcp, scheduler random
+const SOURCE: u32 = 3; // VIP:82/tcp, scheduler source_hash (/32: every client its own slot)
 const BACKENDS: [(u32, Ipv4Addr); 3] = [
     (1, Ipv4Addr::new(10, 0, 1, 1)),
     (2, Ipv4Addr::new(10, 0, 1, 2)),
@@ -108,7 +110,7 @@ fn main() -> Result<()> {
         println!("  object {}    {}", side.label, o.display());
     }
     println!(
-        "  sizes       ring {}, flows {}, 1 TCP VIP + 1 UDP VIP, {} backends, gateway MAC set (FIB fallback)",
+        "  sizes       ring {}, flows {}, 3 TCP VIPs (maglev, random, source_hash) + 1 UDP VIP, {} backends, gateway MAC set (FIB fallback)",
         SIZES.ring_size,
         SIZES.flows,
         BACKENDS.len()
@@ -244,9 +246,18 @@ impl Side {
     /// What each case must have done, from the counters.
     fn check(&self) -> Result<()> {
         let n = PACKETS as u64;
-        let [syn, est, udp, udp_est, other] = &self.cases[..] else {
-            bail!("five cases expected");
+        let [syn, est, udp, udp_est, other, random, source] = &self.cases[..] else {
+            bail!("seven cases expected");
         };
+        for c in [random, source] {
+            let d = &c.delta;
+            ensure!(
+                d.get(counter::NEW_FLOW) == n && d.get(counter::TX) == n,
+                "the case `{}` should create {n} flows; counters {:?}",
+                c.name,
+                d.nonzero()
+            );
+        }
         let d = &syn.delta;
         ensure!(
             d.get(counter::NEW_FLOW) == n
@@ -283,9 +294,9 @@ impl Side {
             d.nonzero()
         );
         ensure!(
-            self.lb.flow_count() == 2 * PACKETS,
-            "expected {} flows in the table ({n} TCP + {n} UDP), found {}",
-            2 * PACKETS,
+            self.lb.flow_count() == 4 * PACKETS,
+            "expected {} flows in the table (3 × {n} TCP + {n} UDP), found {}",
+            4 * PACKETS,
             self.lb.flow_count()
         );
         Ok(())
@@ -413,6 +424,19 @@ fn cases() -> Vec<Case> {
             Expect::PassUnchanged,
             (0..PACKETS).map(not_vip),
         ),
+        // The other schedulers' new flows, beside Maglev's SYN above.
+        Case::new(
+            "tcp syn, random scheduler",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 81).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp syn, source_hash /32",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 82).packet("S", b"")),
+        ),
     ]
 }
 
@@ -434,9 +458,32 @@ fn configure(lb: &mut Balancer) -> Result<()> {
     let vip: IpAddr = VIP.parse().unwrap();
     // Each VIP has its own slots for the three backends, as the daemon
     // gives them: the TCP VIP ids 1-3, the UDP VIP ids 4-6.
-    for (key, id, first) in [
-        (vip_key(vip, 80, PROTO_TCP), WEB, 0),
-        (vip_key(vip, 53, PROTO_UDP), DNS, BACKENDS.len() as u32),
+    let n = BACKENDS.len() as u32;
+    for (key, id, first, scheduler) in [
+        (
+            vip_key(vip, 80, PROTO_TCP),
+            WEB,
+            0,
+            lb_common::scheduler::MAGLEV,
+        ),
+        (
+            vip_key(vip, 53, PROTO_UDP),
+            DNS,
+            n,
+            lb_common::scheduler::MAGLEV,
+        ),
+        (
+            vip_key(vip, 81, PROTO_TCP),
+            RANDOM,
+            2 * n,
+            lb_common::scheduler::RANDOM,
+        ),
+        (
+            vip_key(vip, 82, PROTO_TCP),
+            SOURCE,
+            3 * n,
+            lb_common::scheduler::SOURCE_HASH,
+        ),
     ] {
         for (slot, addr) in BACKENDS {
             lb.set_backend(first + slot, backend(IpAddr::V4(addr), 0, id))?;
@@ -449,6 +496,9 @@ fn configure(lb: &mut Balancer) -> Result<()> {
             key,
             VipInfo {
                 vip_id: id,
+                scheduler,
+                src_prefix_v4: 32,
+                src_prefix_v6: 128,
                 ..VipInfo::default()
             },
         )?;

@@ -700,7 +700,7 @@ xdp_mode: offload
         11,
         16,
         "vips[0].scheduler",
-        "`round_robin` is not a valid scheduler; only `maglev` is supported for now",
+        "`round_robin` is not a valid scheduler; expected one of `maglev`, `random`, `source_hash`",
     );
     assert_has(
         &errs,

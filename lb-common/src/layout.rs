@@ -25,6 +25,9 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<u64>` indexed by `counter::*`.
     pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<u32>` indexed by VIP id: each CPU's position in its
+    /// round-robin VIPs' sequences (not pinned: a restart starts them over).
+    pub const RR_POS: &str = "RR_POS";
     /// `Array<u32>`, one entry: the `LAYOUT_VERSION` the pinned maps were
     /// made for (the data path does not read it).
     pub const LAYOUT: &str = "LAYOUT";
@@ -107,6 +110,9 @@ pub mod scheduler {
     /// (`VipInfo::src_prefix_v4` / `_v6` bits): every connection of a client
     /// reaches the same backend, on every node, while the pool is stable.
     pub const SOURCE_HASH: u8 = 2;
+    /// The daemon's smooth weighted round-robin sequence, written into the
+    /// VIP's table (`VipInfo::seq_len` slots), walked by a per-CPU position.
+    pub const ROUND_ROBIN: u8 = 3;
 }
 
 /// `AddrKey` value flags (`VIP_ADDRS`).
@@ -154,8 +160,11 @@ pub struct VipInfo {
     pub src_prefix_v4: u8,
     pub src_prefix_v6: u8,
     pub _pad: [u8; 3],
+    /// `scheduler::ROUND_ROBIN`: how many slots of the active table the
+    /// sequence fills (0: no backend).
+    pub seq_len: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 12);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
 
 /// An address alone (for ICMP and fragment policy, and the decapsulator).
 #[repr(C)]
@@ -518,7 +527,7 @@ pub struct VipEntry {
     pub key: VipKey,
     pub info: VipInfo,
 }
-const _: () = assert!(core::mem::size_of::<VipEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 36);
 
 /// Map sizes chosen at load time (from the pool file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -540,7 +549,8 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
         .map_max_entries(maps::BACKEND_STATS, s.max_backends)
         .map_max_entries(maps::NEXTHOPS, s.max_backends)
         .map_max_entries(maps::RINGS, rings_entries(s.max_vips, s.ring_size))
-        .map_max_entries(maps::FLOWS, s.flows);
+        .map_max_entries(maps::FLOWS, s.flows)
+        .map_max_entries(maps::RR_POS, s.max_vips);
 }
 
 #[cfg(feature = "user")]

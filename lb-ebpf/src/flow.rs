@@ -18,7 +18,7 @@ use crate::maps::{
     account, clock_ns, flow_insert_allowed, vip_drop, BACKENDS, BACKEND_STATS, CONFIG, FLOWS,
 };
 use crate::packet::{ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_RST, TCP_SYN};
-use crate::schedule::{drop_no_backend, pick, vip_bits, Pick};
+use crate::schedule::{drop_no_backend, pick, vip_bits, Pick, DEFERRED};
 
 /// The kernel's "exists" error, as map helpers return it (negated).
 const EEXIST: i32 = 17;
@@ -64,7 +64,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // overlap instead of following each other. A packet of a known UDP flow
     // pays the VIP lookup and the hash for nothing (about 25 ns).
     let early = if pkt.proto == PROTO_UDP {
-        match pick(key, cfg, bits) {
+        match pick(key, cfg, bits, false) {
             Some(p) => Some(p),
             None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
         }
@@ -79,7 +79,10 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let (c, is_new) = match known {
         Some(c) => (c, false),
         None => {
-            let p = early.or_else(|| pick(key, cfg, bits));
+            let p = match early {
+                Some(p) if p.backend != DEFERRED => Some(p),
+                _ => pick(key, cfg, bits, true),
+            };
             match new_flow(ctx, pkt, &ports, key, p, cfg, now, tcp_flags) {
                 Ok(c) => c,
                 Err(action) => return action,

@@ -46,6 +46,9 @@ const FLOWS_FLAGS: u32 = 0;
 const FLOWS_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Per CPU, per VIP: the next position in a round-robin VIP's sequence.
+#[map]
+pub static RR_POS: PerCpuArray<u32> = PerCpuArray::with_max_entries(defaults::MAX_VIPS, 0);
 /// The layout version of the pinned maps, kept by the daemon.
 #[map]
 pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::action::{verdict, XDP_DROP};
-use crate::maps::{vip_drop, RINGS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_INDEX};
+use crate::maps::{vip_drop, RINGS, RR_POS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_INDEX};
 use crate::packet::{zeroed, Packet};
 
 /// The VIP filter bits of a TCP/UDP packet: that of its port when set, and
@@ -79,10 +79,16 @@ pub struct Pick {
     pub backend: u32,
 }
 
+/// `Pick::backend` of a round-robin VIP picked with `advance` false: its
+/// sequence must not move for a packet that may be of a known flow.
+pub const DEFERRED: u32 = NO_BACKEND - 1;
+
 /// Finds the VIP of the flow `key` (exact port first: it takes precedence
-/// over an any-port VIP) and picks its backend. `None`: no VIP.
+/// over an any-port VIP) and picks its backend. `None`: no VIP. With
+/// `advance` false (UDP's pick ahead of the flow-table lookup), a
+/// round-robin VIP answers `DEFERRED`.
 #[inline(always)]
-pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits) -> Option<Pick> {
+pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool) -> Option<Pick> {
     let mut vkey = VipKey {
         addr: key.dst,
         port: key.dport,
@@ -106,6 +112,18 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits) -> Option<Pick> {
     let at = match vip.scheduler {
         scheduler::RANDOM => unsafe { bpf_get_prandom_u32() },
         scheduler::SOURCE_HASH => source_hash(key, &vip, cfg),
+        scheduler::ROUND_ROBIN => {
+            let backend = if advance {
+                round_robin(&vip, cfg.ring_size)
+            } else {
+                DEFERRED
+            };
+            return Some(Pick {
+                vip_id: vip.vip_id,
+                hash,
+                backend,
+            });
+        }
         _ => hash,
     };
     Some(Pick {
@@ -113,6 +131,26 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits) -> Option<Pick> {
         hash,
         backend: maglev(&vip, at, cfg.ring_size),
     })
+}
+
+/// The next backend of a round-robin VIP's sequence on this CPU.
+#[inline(always)]
+fn round_robin(vip: &VipInfo, size: u32) -> u32 {
+    let len = vip.seq_len;
+    if len == 0 || len > size {
+        return NO_BACKEND;
+    }
+    let Some(pos) = RR_POS.get_ptr_mut(vip.vip_id) else {
+        return NO_BACKEND;
+    };
+    let pos = unsafe { &mut *pos };
+    let slot = *pos % len;
+    *pos = slot + 1;
+    let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
+    match RINGS.get(idx) {
+        Some(e) => ring_slot(*e, slot),
+        None => NO_BACKEND,
+    }
 }
 
 /// The hash of the client's address cut to the VIP's prefix (the bits of

@@ -299,8 +299,87 @@ fn pow_mod(mut base: u64, mut exp: u64, n: u64) -> u64 {
     acc
 }
 
+/// A smooth weighted round-robin sequence (nginx's): each step adds every
+/// backend's weight to its credit and picks the highest credit (the first
+/// of equals), which then pays the total. Over one cycle every backend
+/// appears in proportion to its weight, spread out, never in a burst. The
+/// weights are first reduced by their common divisor, then halved (keeping
+/// at least 1) until the cycle fits `max_len` slots. Returns the slots in
+/// order (empty: no backend).
+pub fn smooth_wrr(backends: &[MaglevBackend], max_len: usize) -> Vec<u32> {
+    let live: Vec<&MaglevBackend> = backends.iter().filter(|b| b.weight > 0).collect();
+    if live.is_empty() || max_len == 0 {
+        return Vec::new();
+    }
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let g = live.iter().fold(0, |g, b| gcd(g, u64::from(b.weight)));
+    let mut w: Vec<u64> = live.iter().map(|b| u64::from(b.weight) / g).collect();
+    while w.iter().sum::<u64>() as usize > max_len && w.iter().any(|x| *x > 1) {
+        w.iter_mut().for_each(|x| *x = (*x / 2).max(1));
+    }
+    let total: u64 = w.iter().sum();
+    let len = (total as usize).min(max_len);
+    let mut credit = vec![0i64; w.len()];
+    let mut seq = Vec::with_capacity(len);
+    for _ in 0..len {
+        let mut best = 0;
+        for i in 0..w.len() {
+            credit[i] += w[i] as i64;
+            if credit[i] > credit[best] {
+                best = i;
+            }
+        }
+        credit[best] -= total as i64;
+        seq.push(live[best].slot);
+    }
+    seq
+}
+
 #[cfg(test)]
 mod tests {
+
+    fn wrr(weights: &[u32]) -> Vec<u32> {
+        let b: Vec<MaglevBackend> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| MaglevBackend {
+                key: i as u64,
+                slot: i as u32,
+                weight: *w,
+            })
+            .collect();
+        smooth_wrr(&b, 65537)
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_spreads_the_heaviest() {
+        // nginx's example: weights 5, 1, 1 give a a b a c a a, not a burst.
+        assert_eq!(wrr(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        // Equal weights: plain round robin, reduced to one cycle.
+        assert_eq!(wrr(&[100, 100, 100]), [0, 1, 2]);
+        assert_eq!(wrr(&[2, 4]), [1, 0, 1]);
+        assert!(wrr(&[]).is_empty());
+        assert_eq!(wrr(&[0, 3]), [1]);
+        // A cycle longer than the table is scaled down, keeping every backend.
+        let b: Vec<MaglevBackend> = [65535u32, 65534, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| MaglevBackend {
+                key: i as u64,
+                slot: i as u32,
+                weight: *w,
+            })
+            .collect();
+        let seq = smooth_wrr(&b, 1009);
+        assert!(seq.len() <= 1009 && seq.contains(&2), "{}", seq.len());
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;

@@ -500,6 +500,61 @@ fn random_scheduler_follows_the_weights_and_keeps_established_flows() {
 }
 
 #[test]
+fn round_robin_walks_the_sequence_on_each_cpu_and_known_flows_do_not_advance_it() {
+    let Some(mut lb) = setup() else { return };
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    // The daemon's smooth sequence for weights 5, 1, 1 (backends 1, 2, 3):
+    // the first seven slots; the rest of the table empty.
+    let seq = [1, 1, 2, 1, 3, 1, 1];
+    let n = test_sizes().ring_size;
+    let mut table = vec![NO_BACKEND; n as usize];
+    table[..seq.len()].copy_from_slice(&seq);
+    lb.write_ring(WEB, 1, &table).unwrap();
+    let rr = |id| VipInfo {
+        vip_id: id,
+        active_ring: 1,
+        scheduler: lb_common::scheduler::ROUND_ROBIN,
+        seq_len: seq.len() as u32,
+        ..VipInfo::default()
+    };
+    lb.add_vip(vip_key(ip("10.100.0.1"), 80, PROTO_TCP), rr(WEB))
+        .unwrap();
+    for i in 0..21u16 {
+        let f = Flow::tcp("192.0.2.50", 20000 + i, "10.100.0.1", 80);
+        assert_encap(&lb, &f.packet("S", b""), &f, seq[i as usize % seq.len()]);
+        // Its next packets keep the backend and leave the sequence alone.
+        assert_encap(&lb, &f.packet("A", b""), &f, seq[i as usize % seq.len()]);
+    }
+    // UDP: the pick made ahead of the flow-table lookup does not move the
+    // sequence for a packet of a known flow.
+    let dns_seq = [4, 5];
+    let mut table = vec![NO_BACKEND; n as usize];
+    table[..2].copy_from_slice(&dns_seq);
+    lb.write_ring(DNS, 1, &table).unwrap();
+    lb.add_vip(
+        vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
+        VipInfo {
+            seq_len: 2,
+            ..rr(DNS)
+        },
+    )
+    .unwrap();
+    let a = Flow::udp("192.0.2.51", 5000, "10.100.0.1", 53);
+    let b = a.with_sport(5001);
+    assert_encap(&lb, &a.packet("", b"q"), &a, 4);
+    // Were the sequence moved by this known packet, `b` would get 4 again.
+    assert_encap(&lb, &a.packet("", b"q"), &a, 4);
+    assert_encap(&lb, &b.packet("", b"q"), &b, 5);
+}
+
+#[test]
 fn source_hash_sends_every_connection_of_a_client_prefix_to_one_backend() {
     if root_env("packet tests").is_none() {
         return;

@@ -388,6 +388,10 @@ pub enum Scheduler {
     /// connection of a client reaches the same backend.
     #[serde(rename = "source_hash")]
     SourceHash,
+    /// Smooth weighted round robin (equal weights: plain round robin), in
+    /// a sequence the daemon writes and each CPU walks.
+    #[serde(rename = "round_robin", alias = "weighted_round_robin")]
+    RoundRobin,
 }
 
 impl Scheduler {
@@ -397,6 +401,7 @@ impl Scheduler {
             Scheduler::Maglev => lb_common::scheduler::MAGLEV,
             Scheduler::Random => lb_common::scheduler::RANDOM,
             Scheduler::SourceHash => lb_common::scheduler::SOURCE_HASH,
+            Scheduler::RoundRobin => lb_common::scheduler::ROUND_ROBIN,
         }
     }
 }

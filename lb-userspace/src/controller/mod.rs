@@ -70,6 +70,9 @@ pub struct RunningVip {
     pub panic: bool,
     /// What `VIPS` holds for this VIP, as last written by this daemon.
     info_written: Option<VipInfo>,
+    /// The table is a round-robin sequence of this many slots.
+    table_rr: bool,
+    seq_len: u32,
     pub last_flip: Option<Instant>,
     pub backends: BTreeMap<IpAddr, RunningBackend>,
 }
@@ -487,6 +490,8 @@ impl<D: DataPlane> Controller<D> {
                         table_input: Vec::new(),
                         panic: false,
                         info_written: None,
+                        table_rr: false,
+                        seq_len: 0,
                         last_flip: None,
                         backends: BTreeMap::new(),
                     },

@@ -61,6 +61,7 @@ impl<D: DataPlane> Controller<D> {
                 weight: b.weight,
             })
             .collect();
+        let rr = v.conf.scheduler == crate::config::Scheduler::RoundRobin;
         let info_now = VipInfo {
             vip_id: v.id,
             mode: v.conf.forwarding.number(),
@@ -68,19 +69,31 @@ impl<D: DataPlane> Controller<D> {
             active_ring: v.active_ring,
             src_prefix_v4: v.conf.source_prefix_v4,
             src_prefix_v6: v.conf.source_prefix_v6,
+            seq_len: v.seq_len,
             ..VipInfo::default()
         };
-        // The scheduler and its settings apply at once, table or not.
-        if v.table.is_some() && v.info_written != Some(info_now) {
+        // The scheduler and its settings apply at once when the table stays
+        // (a round-robin table is a sequence: switching to or from it
+        // rebuilds the table below).
+        if v.table.is_some() && v.table_rr == rr && v.info_written != Some(info_now) {
             self.dp.set_vip(key, &info_now)?;
             v.info_written = Some(info_now);
         }
-        if v.table.is_some() && v.table_input == input {
+        if v.table.is_some() && v.table_input == input && v.table_rr == rr {
             return Ok(false);
         }
-        let table = maglev::build(&input, ring_size);
+        // Round robin: the sequence in the first slots, the rest empty.
+        let (table, seq_len) = if rr {
+            let mut seq = maglev::smooth_wrr(&input, ring_size as usize);
+            let len = seq.len() as u32;
+            seq.resize(ring_size as usize, lb_common::NO_BACKEND);
+            (seq, len)
+        } else {
+            (maglev::build(&input, ring_size), 0)
+        };
         v.table_input = input;
-        if v.table.as_ref() == Some(&table) {
+        v.table_rr = rr;
+        if v.table.as_ref() == Some(&table) && v.seq_len == seq_len {
             return Ok(false);
         }
         // Rewrite the buffer packets are not reading, then flip to it.
@@ -96,10 +109,12 @@ impl<D: DataPlane> Controller<D> {
         self.dp.write_ring(v.id, idle, &table)?;
         let info = VipInfo {
             active_ring: idle,
+            seq_len,
             ..info_now
         };
         self.dp.set_vip(key, &info)?;
         v.info_written = Some(info);
+        v.seq_len = seq_len;
         v.active_ring = idle;
         v.table = Some(table);
         v.last_flip = Some(Instant::now());

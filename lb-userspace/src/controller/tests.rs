@@ -1253,3 +1253,53 @@ fn slots_given_to_a_new_vip_or_backend_start_with_zeroed_statistics() {
         .unwrap();
     assert!(c.dp.cleared.is_empty());
 }
+
+#[test]
+fn a_round_robin_vip_gets_the_smooth_sequence_and_its_length() {
+    let rr = |backends: &[&str]| {
+        vip("web", "10.100.0.1", 80, "tcp", backends).replace(
+            "    protocol: tcp\n",
+            "    protocol: tcp\n    scheduler: round_robin\n",
+        )
+    };
+    let mut c = controller(FakeDataPlane::new(8, 64));
+    c.apply(&pool(&[rr(&[
+        "address: 10.0.1.1, weight: 5",
+        "address: 10.0.1.2, weight: 1",
+        "address: 10.0.1.3, weight: 1",
+    ])]))
+    .unwrap();
+    let p = pool(&[rr(&[
+        "address: 10.0.1.1, weight: 5",
+        "address: 10.0.1.2, weight: 1",
+        "address: 10.0.1.3, weight: 1",
+    ])]);
+    let k = key(&p, "web");
+    let v = &c.vips[&k];
+    let id = |a: &str| v.backends[&ip(a)].id;
+    let info = c.dp.vips[&k];
+    assert_eq!(info.scheduler, lb_common::scheduler::ROUND_ROBIN);
+    assert_eq!(info.seq_len, 7);
+    let (a, b, d) = (id("10.0.1.1"), id("10.0.1.2"), id("10.0.1.3"));
+    assert_eq!(&c.dp.active_table(&k)[..7], &[a, a, b, a, d, a, a]);
+    assert!(c.dp.active_table(&k)[7..].iter().all(|s| *s == NO_BACKEND));
+    // Back to Maglev: a full table, no sequence.
+    c.apply(&pool(&[vip(
+        "web",
+        "10.100.0.1",
+        80,
+        "tcp",
+        &[
+            "address: 10.0.1.1, weight: 5",
+            "address: 10.0.1.2, weight: 1",
+            "address: 10.0.1.3, weight: 1",
+        ],
+    )]))
+    .unwrap();
+    let info = c.dp.vips[&k];
+    assert_eq!(
+        (info.scheduler, info.seq_len),
+        (lb_common::scheduler::MAGLEV, 0)
+    );
+    assert!(c.dp.active_table(&k).iter().all(|s| *s != NO_BACKEND));
+}

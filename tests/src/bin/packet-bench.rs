@@ -43,7 +43,7 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 4,
+    max_vips: 5,
     max_backends: 16,
     ring_size: 65537,
     flows: 65536,
@@ -58,6 +58,7 @@ const WEB: u32 = 0; // VIP:80/tcp
 const DNS: u32 = 1; // VIP:53/udp
 const RANDOM: u32 = 2; // VIP:81/tcp, scheduler random
 const SOURCE: u32 = 3; // VIP:82/tcp, scheduler source_hash (/32: every client its own slot)
+const ROUND: u32 = 4; // VIP:83/tcp, scheduler round_robin
 const BACKENDS: [(u32, Ipv4Addr); 3] = [
     (1, Ipv4Addr::new(10, 0, 1, 1)),
     (2, Ipv4Addr::new(10, 0, 1, 2)),
@@ -110,7 +111,7 @@ fn main() -> Result<()> {
         println!("  object {}    {}", side.label, o.display());
     }
     println!(
-        "  sizes       ring {}, flows {}, 3 TCP VIPs (maglev, random, source_hash) + 1 UDP VIP, {} backends, gateway MAC set (FIB fallback)",
+        "  sizes       ring {}, flows {}, 4 TCP VIPs (maglev, random, source_hash, round_robin) + 1 UDP VIP, {} backends, gateway MAC set (FIB fallback)",
         SIZES.ring_size,
         SIZES.flows,
         BACKENDS.len()
@@ -246,10 +247,10 @@ impl Side {
     /// What each case must have done, from the counters.
     fn check(&self) -> Result<()> {
         let n = PACKETS as u64;
-        let [syn, est, udp, udp_est, other, random, source] = &self.cases[..] else {
-            bail!("seven cases expected");
+        let [syn, est, udp, udp_est, other, random, source, round] = &self.cases[..] else {
+            bail!("eight cases expected");
         };
-        for c in [random, source] {
+        for c in [random, source, round] {
             let d = &c.delta;
             ensure!(
                 d.get(counter::NEW_FLOW) == n && d.get(counter::TX) == n,
@@ -294,9 +295,9 @@ impl Side {
             d.nonzero()
         );
         ensure!(
-            self.lb.flow_count() == 4 * PACKETS,
-            "expected {} flows in the table (3 × {n} TCP + {n} UDP), found {}",
-            4 * PACKETS,
+            self.lb.flow_count() == 5 * PACKETS,
+            "expected {} flows in the table (4 × {n} TCP + {n} UDP), found {}",
+            5 * PACKETS,
             self.lb.flow_count()
         );
         Ok(())
@@ -437,6 +438,12 @@ fn cases() -> Vec<Case> {
             Expect::Encap,
             (0..PACKETS).map(|i| client(i, PROTO_TCP, 82).packet("S", b"")),
         ),
+        Case::new(
+            "tcp syn, round_robin",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 83).packet("S", b"")),
+        ),
     ]
 }
 
@@ -484,6 +491,12 @@ fn configure(lb: &mut Balancer) -> Result<()> {
             3 * n,
             lb_common::scheduler::SOURCE_HASH,
         ),
+        (
+            vip_key(vip, 83, PROTO_TCP),
+            ROUND,
+            4 * n,
+            lb_common::scheduler::ROUND_ROBIN,
+        ),
     ] {
         for (slot, addr) in BACKENDS {
             lb.set_backend(first + slot, backend(IpAddr::V4(addr), 0, id))?;
@@ -499,6 +512,12 @@ fn configure(lb: &mut Balancer) -> Result<()> {
                 scheduler,
                 src_prefix_v4: 32,
                 src_prefix_v6: 128,
+                // Round robin walks the first slots: one per backend.
+                seq_len: if scheduler == lb_common::scheduler::ROUND_ROBIN {
+                    n
+                } else {
+                    0
+                },
                 ..VipInfo::default()
             },
         )?;

@@ -678,7 +678,7 @@ fn enum_fields_are_checked() {
     address: 10.100.0.1
     port: 80
     protocol: sctp
-    scheduler: round_robin
+    scheduler: fastest
     forwarding: nat
     backends:
       - address: 10.0.1.1
@@ -700,7 +700,7 @@ xdp_mode: offload
         11,
         16,
         "vips[0].scheduler",
-        "`round_robin` is not a valid scheduler; expected one of `maglev`, `random`, `source_hash`",
+        "`fastest` is not a valid scheduler; expected one of `maglev`, `random`, `source_hash`, `round_robin`",
     );
     assert_has(
         &errs,
@@ -840,4 +840,20 @@ fn announce_has_defaults_and_reads_drain() {
         "announce.bird_include",
         "absolute",
     );
+}
+
+#[test]
+fn schedulers_are_read_by_name() {
+    for (name, want) in [
+        ("maglev", Scheduler::Maglev),
+        ("random", Scheduler::Random),
+        ("source_hash", Scheduler::SourceHash),
+        ("round_robin", Scheduler::RoundRobin),
+        ("weighted_round_robin", Scheduler::RoundRobin),
+    ] {
+        let text = format!("{HEAD}{WEB}    scheduler: {name}\n    source_prefix_v4: 24\n");
+        let v = &ok(&text).vips[0];
+        assert_eq!(v.scheduler, want, "{name}");
+        assert_eq!((v.source_prefix_v4, v.source_prefix_v6), (24, 128));
+    }
 }

@@ -426,12 +426,26 @@ impl Check<'_> {
             forwarding: f.forwarding.or(Forwarding::default()),
             panic_threshold: f.panic_threshold.or(Int(0)).0,
             passive_health: self.passive(f),
+            slow_start: self.slow_start(f),
             backends: backends.collect(),
         }
     }
 }
 
 impl Check<'_> {
+    /// A VIP's `slow_start`: 1s to 1h.
+    fn slow_start(&self, f: &VipFile) -> Option<Duration> {
+        let s = f.slow_start.get()?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.value.0) {
+            let message = format!(
+                "slow_start {} is out of range; use 1s to 1h",
+                humantime::format_duration(s.value.0)
+            );
+            self.report(&s.path, message);
+        }
+        Some(s.value.0)
+    }
+
     /// A VIP's `passive_health`, when given: a window the data path's
     /// per-second samples can measure, and an active check to bring a
     /// backend back.

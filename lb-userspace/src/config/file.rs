@@ -147,6 +147,8 @@ pub(super) struct VipFile {
     pub panic_threshold: Field<Int<0, 100>>,
     /// Default: off.
     pub passive_health: Field<PassiveFile>,
+    /// Default: none.
+    pub slow_start: Field<Dur>,
     /// Overrides `health_defaults` field by field.
     pub health_check: Field<HealthFile>,
     /// Required: at least one; addresses unique within the VIP.

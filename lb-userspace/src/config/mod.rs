@@ -289,6 +289,10 @@ pub struct Vip {
     /// taken to be wrong (an overloaded network, a probe path that broke)
     /// and new flows go to every active backend, as if all were healthy.
     pub panic_threshold: u32,
+    /// `slow_start`: a backend that comes up (added, or recovered) ramps
+    /// its weight from near zero to its weight over this time; none by
+    /// default.
+    pub slow_start: Option<Duration>,
     /// Health from live traffic (`passive_health`); none by default.
     pub passive_health: Option<PassiveHealth>,
     /// At least one; addresses unique within the VIP.

@@ -37,6 +37,22 @@ pub struct RunningBackend {
     pub probe: Option<ProbeSpec>,
     /// The flags last written to its slot (`kernel_flags` then).
     flags_written: u8,
+    /// When it came up (added to a running VIP, or recovered), while its
+    /// VIP's `slow_start` ramps its weight.
+    pub up_since: Option<Instant>,
+}
+
+/// The weight a backend has in its VIP's table now: during its VIP's
+/// `slow_start` after it came up, a share of its weight growing linearly
+/// from 1 (near zero) to all of it.
+pub fn effective_weight(b: &RunningBackend, slow_start: Option<Duration>, now: Instant) -> u32 {
+    match (b.up_since, slow_start) {
+        (Some(t), Some(ss)) if now.duration_since(t) < ss && !ss.is_zero() => {
+            let part = now.duration_since(t).as_secs_f64() / ss.as_secs_f64();
+            ((f64::from(b.weight) * part) as u32).clamp(1, b.weight.max(1))
+        }
+        _ => b.weight,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -513,6 +529,9 @@ impl<D: DataPlane> Controller<D> {
     /// once the table without it is live.
     fn sync_backends(&mut self, key: &VipKey, conf: &Vip) -> Result<(), ControlError> {
         let vip_id = self.vips[key].id;
+        // The VIP's first backends (no table yet) do not ramp: they share
+        // the traffic from the start.
+        let first = self.vips[key].table.is_none();
         let wanted: BTreeMap<IpAddr, _> = conf.backends.iter().map(|b| (b.address, b)).collect();
         let existing: Vec<IpAddr> = self.vips[key].backends.keys().copied().collect();
         for addr in existing {
@@ -565,6 +584,10 @@ impl<D: DataPlane> Controller<D> {
                         last_probe: None,
                         probe: bc.health.clone(),
                         flags_written: 0,
+                        // A new backend of a serving VIP ramps up (not one
+                        // adopted after a restart, nor a new VIP's first).
+                        up_since: (adopted.is_none() && !first && health != HealthView::Down)
+                            .then(Instant::now),
                     },
                 );
                 self.write_backend(key, addr)?;
@@ -597,6 +620,30 @@ impl<D: DataPlane> Controller<D> {
         }
         self.vips.get_mut(key).unwrap().conf = conf.clone();
         Ok(())
+    }
+
+    /// Once a second: VIPs with a backend ramping up (`slow_start`) get
+    /// their tables rebuilt with the weights of now; a ramp that is over
+    /// ends. True when some table is due (then `flush`).
+    pub fn ramp(&mut self, now: Instant) -> bool {
+        let mut due = false;
+        for (key, v) in self.vips.iter_mut() {
+            let ss = v.conf.slow_start;
+            let mut ramping = false;
+            for b in v.backends.values_mut() {
+                if let Some(t) = b.up_since {
+                    ramping = true;
+                    if ss.is_none_or(|ss| now.duration_since(t) >= ss) {
+                        b.up_since = None;
+                    }
+                }
+            }
+            if ramping && ss.is_some() {
+                self.dirty.insert(*key);
+                due = true;
+            }
+        }
+        due
     }
 
     /// Backends removed from VIP `vip_id` whose slots are kept for their

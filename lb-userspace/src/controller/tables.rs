@@ -51,6 +51,7 @@ impl<D: DataPlane> Controller<D> {
         let ring_size = self.ring_size;
         let v = self.vips.get_mut(key).expect("known VIP");
         let panic = v.panic;
+        let (slow_start, now) = (v.conf.slow_start, Instant::now());
         let input: Vec<MaglevBackend> = v
             .backends
             .values()
@@ -58,7 +59,7 @@ impl<D: DataPlane> Controller<D> {
             .map(|b| MaglevBackend {
                 key: maglev_key(b.address),
                 slot: b.id,
-                weight: b.weight,
+                weight: effective_weight(b, slow_start, now),
             })
             .collect();
         let rr = v.conf.scheduler == crate::config::Scheduler::RoundRobin;

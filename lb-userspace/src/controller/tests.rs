@@ -1303,3 +1303,64 @@ fn a_round_robin_vip_gets_the_smooth_sequence_and_its_length() {
     );
     assert!(c.dp.active_table(&k).iter().all(|s| *s != NO_BACKEND));
 }
+
+#[test]
+fn slow_start_ramps_a_new_backend_from_near_zero_to_its_weight() {
+    let web_ss = |backends: &[&str]| {
+        vip("web", "10.100.0.1", 80, "tcp", backends).replace(
+            "    protocol: tcp\n",
+            "    protocol: tcp\n    slow_start: 30s\n",
+        )
+    };
+    let two = ["address: 10.0.1.1", "address: 10.0.1.2"];
+    let three = [
+        "address: 10.0.1.1",
+        "address: 10.0.1.2",
+        "address: 10.0.1.3",
+    ];
+    let mut c = controller(FakeDataPlane::new(8, 64));
+    // A new VIP's first backends share the traffic from the start.
+    c.apply(&pool(&[web_ss(&two)])).unwrap();
+    let p = pool(&[web_ss(&three)]);
+    let k = key(&p, "web");
+    assert!(c.vips[&k].backends.values().all(|b| b.up_since.is_none()));
+    // A backend added later starts near zero: weight 1 of 100.
+    c.apply(&p).unwrap();
+    let id = c.vips[&k].backends[&ip("10.0.1.3")].id;
+    let share = |c: &Controller<FakeDataPlane>| {
+        let t = c.dp.active_table(&k);
+        t.iter().filter(|s| **s == id).count() as f64 / t.len() as f64
+    };
+    assert!(share(&c) < 0.01, "share {}", share(&c));
+    // Half way (15 s of 30): weight 50 of 100, 50 of 250 of the table.
+    let now = Instant::now();
+    c.vips
+        .get_mut(&k)
+        .unwrap()
+        .backends
+        .get_mut(&ip("10.0.1.3"))
+        .unwrap()
+        .up_since = Some(now - Duration::from_secs(15));
+    assert!(c.ramp(now));
+    // (A VIP's tables flip at most once per FLIP_GRACE.)
+    while let Some(wait) = c.flush().unwrap() {
+        std::thread::sleep(wait);
+    }
+    assert!((share(&c) - 0.2).abs() < 0.02, "share {}", share(&c));
+    // Over: its whole weight, and the ramp ends.
+    c.vips
+        .get_mut(&k)
+        .unwrap()
+        .backends
+        .get_mut(&ip("10.0.1.3"))
+        .unwrap()
+        .up_since = Some(now - Duration::from_secs(31));
+    assert!(c.ramp(now));
+    // (A VIP's tables flip at most once per FLIP_GRACE.)
+    while let Some(wait) = c.flush().unwrap() {
+        std::thread::sleep(wait);
+    }
+    assert!((share(&c) - 1.0 / 3.0).abs() < 0.02, "share {}", share(&c));
+    assert!(c.vips[&k].backends[&ip("10.0.1.3")].up_since.is_none());
+    assert!(!c.ramp(now), "nothing ramps any more");
+}

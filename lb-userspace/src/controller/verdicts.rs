@@ -35,6 +35,10 @@ impl<D: DataPlane> Controller<D> {
         if b.health == new {
             return Ok(false);
         }
+        // Recovered: ramps up again under `slow_start`.
+        if b.health == HealthView::Down && new == HealthView::Up {
+            b.up_since = Some(Instant::now());
+        }
         b.health = new;
         self.dirty.insert(*key);
         Ok(true)

@@ -319,7 +319,10 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             _ = watch.tick() => d.reload(false),
             _ = tick.tick() => {
                 d.sample_rates();
-                if d.check_passive_tripped() {
+                // Passive-health verdicts, and tables of backends ramping
+                // up under slow_start.
+                let ramping = d.ctl.ramp(Instant::now());
+                if d.check_passive_tripped() || ramping {
                     flush_at = d.flush_health();
                 }
                 d.sync_announce(false);

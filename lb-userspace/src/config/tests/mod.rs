@@ -857,3 +857,20 @@ fn schedulers_are_read_by_name() {
         assert_eq!((v.source_prefix_v4, v.source_prefix_v6), (24, 128));
     }
 }
+
+#[test]
+fn slow_start_is_read_and_bounded() {
+    let v = |extra: &str| format!("{HEAD}{WEB}    slow_start: {extra}\n");
+    assert_eq!(
+        ok(&v("30s")).vips[0].slow_start,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(ok(&format!("{HEAD}{WEB}")).vips[0].slow_start, None);
+    assert_only(
+        &v("2h"),
+        13,
+        17,
+        "vips[0].slow_start",
+        "out of range; use 1s to 1h",
+    );
+}

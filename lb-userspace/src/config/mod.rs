@@ -396,6 +396,10 @@ pub enum Scheduler {
     /// a sequence the daemon writes and each CPU walks.
     #[serde(rename = "round_robin", alias = "weighted_round_robin")]
     RoundRobin,
+    /// Maglev over effective weights that fall as a backend's smoothed
+    /// probe round-trip time rises above the fastest one's.
+    #[serde(rename = "least_response_time")]
+    LeastResponseTime,
 }
 
 impl Scheduler {
@@ -406,6 +410,8 @@ impl Scheduler {
             Scheduler::Random => lb_common::scheduler::RANDOM,
             Scheduler::SourceHash => lb_common::scheduler::SOURCE_HASH,
             Scheduler::RoundRobin => lb_common::scheduler::ROUND_ROBIN,
+            // The data path reads a Maglev table; the daemon sets its weights.
+            Scheduler::LeastResponseTime => lb_common::scheduler::MAGLEV,
         }
     }
 }

@@ -40,6 +40,19 @@ pub struct RunningBackend {
     /// When it came up (added to a running VIP, or recovered), while its
     /// VIP's `slow_start` ramps its weight.
     pub up_since: Option<Instant>,
+    /// Smoothed round-trip time of its passing probes, in ms (EWMA, 1/4
+    /// for each new one), for `least_response_time`.
+    pub rtt_ms: Option<f64>,
+}
+
+/// `least_response_time`: a backend's weight is multiplied by the fastest
+/// backend's smoothed probe time over its own, in sixteenths (so jitter
+/// rarely changes the table), at least 1/16.
+pub fn response_time_factor(rtt_ms: Option<f64>, fastest_ms: Option<f64>) -> u32 {
+    match (rtt_ms, fastest_ms) {
+        (Some(r), Some(f)) if r > 0.0 => ((16.0 * f / r).round() as u32).clamp(1, 16),
+        _ => 16,
+    }
 }
 
 /// The weight a backend has in its VIP's table now: during its VIP's
@@ -588,6 +601,7 @@ impl<D: DataPlane> Controller<D> {
                         // adopted after a restart, nor a new VIP's first).
                         up_since: (adopted.is_none() && !first && health != HealthView::Down)
                             .then(Instant::now),
+                        rtt_ms: None,
                     },
                 );
                 self.write_backend(key, addr)?;
@@ -638,7 +652,11 @@ impl<D: DataPlane> Controller<D> {
                     }
                 }
             }
-            if ramping && ss.is_some() {
+            // Ramping, or weighted by response times (a table is written
+            // only when the weights of now differ from the table's).
+            if (ramping && ss.is_some())
+                || v.conf.scheduler == crate::config::Scheduler::LeastResponseTime
+            {
                 self.dirty.insert(*key);
                 due = true;
             }

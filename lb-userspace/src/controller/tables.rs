@@ -52,6 +52,13 @@ impl<D: DataPlane> Controller<D> {
         let v = self.vips.get_mut(key).expect("known VIP");
         let panic = v.panic;
         let (slow_start, now) = (v.conf.slow_start, Instant::now());
+        let lrt = v.conf.scheduler == crate::config::Scheduler::LeastResponseTime;
+        let fastest = v
+            .backends
+            .values()
+            .filter(|b| takes_new_flows(b, panic))
+            .filter_map(|b| b.rtt_ms)
+            .reduce(f64::min);
         let input: Vec<MaglevBackend> = v
             .backends
             .values()
@@ -59,7 +66,14 @@ impl<D: DataPlane> Controller<D> {
             .map(|b| MaglevBackend {
                 key: maglev_key(b.address),
                 slot: b.id,
-                weight: effective_weight(b, slow_start, now),
+                weight: if lrt {
+                    // In sixteenths: the factor times the weight, at least 1.
+                    (effective_weight(b, slow_start, now) * response_time_factor(b.rtt_ms, fastest))
+                        .div_ceil(16)
+                        .max(1)
+                } else {
+                    effective_weight(b, slow_start, now)
+                },
             })
             .collect();
         let rr = v.conf.scheduler == crate::config::Scheduler::RoundRobin;

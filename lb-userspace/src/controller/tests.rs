@@ -1364,3 +1364,56 @@ fn slow_start_ramps_a_new_backend_from_near_zero_to_its_weight() {
     assert!(c.vips[&k].backends[&ip("10.0.1.3")].up_since.is_none());
     assert!(!c.ramp(now), "nothing ramps any more");
 }
+
+#[test]
+fn least_response_time_weights_backends_by_their_probe_times() {
+    let lrt = vip(
+        "web",
+        "10.100.0.1",
+        80,
+        "tcp",
+        &["address: 10.0.1.1", "address: 10.0.1.2"],
+    )
+    .replace(
+        "    protocol: tcp\n",
+        "    protocol: tcp\n    scheduler: least_response_time\n",
+    );
+    let p = pool(&[lrt]);
+    let mut c = controller(FakeDataPlane::new(8, 64));
+    c.apply(&p).unwrap();
+    let k = key(&p, "web");
+    // The data path reads a Maglev table.
+    assert_eq!(c.dp.vips[&k].scheduler, lb_common::scheduler::MAGLEV);
+    let probe = |ms: u64| ProbeOutcome {
+        ok: true,
+        detail: "connected".into(),
+        latency: Duration::from_millis(ms),
+    };
+    for _ in 0..3 {
+        c.probe_result(&(k, ip("10.0.1.1")), &probe(1), Health::Up)
+            .unwrap();
+        c.probe_result(&(k, ip("10.0.1.2")), &probe(4), Health::Up)
+            .unwrap();
+    }
+    assert!(c.ramp(Instant::now()));
+    while let Some(wait) = c.flush().unwrap() {
+        std::thread::sleep(wait);
+    }
+    // Four times slower: a quarter of the weight, 20 % of the table.
+    let slow = c.vips[&k].backends[&ip("10.0.1.2")].id;
+    let t = c.dp.active_table(&k);
+    let share = t.iter().filter(|s| **s == slow).count() as f64 / t.len() as f64;
+    assert!((share - 0.2).abs() < 0.02, "share {share}");
+    // Equally fast again (smoothed over a few probes): equal shares.
+    for _ in 0..20 {
+        c.probe_result(&(k, ip("10.0.1.2")), &probe(1), Health::Up)
+            .unwrap();
+    }
+    c.ramp(Instant::now());
+    while let Some(wait) = c.flush().unwrap() {
+        std::thread::sleep(wait);
+    }
+    let t = c.dp.active_table(&k);
+    let share = t.iter().filter(|s| **s == slow).count() as f64 / t.len() as f64;
+    assert!((share - 0.5).abs() < 0.02, "share {share}");
+}

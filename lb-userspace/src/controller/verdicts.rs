@@ -25,6 +25,10 @@ impl<D: DataPlane> Controller<D> {
             detail: outcome.detail.clone(),
             latency_ms: outcome.latency.as_secs_f64() * 1000.0,
         });
+        if outcome.ok {
+            let ms = outcome.latency.as_secs_f64() * 1000.0;
+            b.rtt_ms = Some(b.rtt_ms.map_or(ms, |old| old + (ms - old) / 4.0));
+        }
         if b.probe.is_none() {
             return Ok(false);
         }

@@ -700,7 +700,7 @@ xdp_mode: offload
         11,
         16,
         "vips[0].scheduler",
-        "`fastest` is not a valid scheduler; expected one of `maglev`, `random`, `source_hash`, `round_robin`",
+        "`fastest` is not a valid scheduler; expected one of `maglev`, `random`, `source_hash`, `round_robin`, `weighted_round_robin`, `least_response_time`",
     );
     assert_has(
         &errs,
@@ -850,6 +850,7 @@ fn schedulers_are_read_by_name() {
         ("source_hash", Scheduler::SourceHash),
         ("round_robin", Scheduler::RoundRobin),
         ("weighted_round_robin", Scheduler::RoundRobin),
+        ("least_response_time", Scheduler::LeastResponseTime),
     ] {
         let text = format!("{HEAD}{WEB}    scheduler: {name}\n    source_prefix_v4: 24\n");
         let v = &ok(&text).vips[0];

@@ -1081,6 +1081,43 @@ fn all_backends_down_drops_fast_and_status_shows_it() {
 }
 
 #[test]
+fn source_hash_sends_a_client_to_one_backend_through_either_node() {
+    let Some(mut t) = topo("e2sh", &[1, 1, 1]) else {
+        return;
+    };
+    let with_source_hash = |yaml: String| {
+        yaml.replacen(
+            "    port: 80\n    protocol: tcp\n",
+            "    port: 80\n    protocol: tcp\n    scheduler: source_hash\n",
+            1,
+        )
+    };
+    let pool = with_source_hash(std::fs::read_to_string(t.pool_path()).unwrap());
+    assert!(pool.contains("scheduler: source_hash"));
+    t.write_pool(&pool).unwrap();
+    t.start_daemon().unwrap();
+    t.add_second_balancer().unwrap();
+    let hosts: Vec<_> = t.backends.iter().map(|h| (h, 1, "active")).collect();
+    let tag2 = format!("{}2", t.tag);
+    let yaml2 = with_source_hash(pool_yaml(&tag2, &t.dir, &hosts));
+    let sock2 = std::path::PathBuf::from(format!("/run/lb/{tag2}.sock"));
+    t.start_second_daemon(&yaml2, &sock2).unwrap();
+    // Every connection of the one client (its own source ports) reaches
+    // one backend, through node 1 and then through node 2.
+    let (via1, failed) = spread_http(&t, web(), 60);
+    assert_eq!(failed, 0, "{via1:?}");
+    t.route_via(LB4_2, LB6_2).unwrap();
+    let (via2, failed) = spread_http(&t, web(), 60);
+    assert_eq!(failed, 0, "{via2:?}");
+    assert_eq!(via1.len(), 1, "one client, one backend: {via1:?}");
+    assert_eq!(
+        via1.keys().collect::<Vec<_>>(),
+        via2.keys().collect::<Vec<_>>(),
+        "{via1:?} {via2:?}"
+    );
+}
+
+#[test]
 fn two_balancers_sharing_pool_and_secret_send_a_flow_to_the_same_backend() {
     // Scale-out behind ECMP: whichever node a flow reaches, it must reach the
     // same backend. The second node has never seen these flows.

@@ -92,9 +92,14 @@ fn main() -> Result<()> {
     let cpu = pin_to_last_cpu().context("pinning the bench to one CPU")?;
     private_netns().context("entering a private network namespace")?;
 
-    let mut sides = vec![Side::load("A", &object)?];
+    let mut sides = vec![Side::load("A", &object, false)?];
     if let Some(b) = &object_b {
-        sides.push(Side::load("B", b)?);
+        sides.push(Side::load("B", b, false)?);
+    } else if std::env::var_os("LB_BENCH_CAP_B").is_some() {
+        // The same object as B, with the flow-table insert cap on (at a
+        // rate the bench never reaches, so every flow is still stored):
+        // what the cap's check costs a new flow.
+        sides.push(Side::load("B", &object, true)?);
     }
     let pass = Balancer::load_pass().context("loading lb_pass")?;
     let floor = program(&pass, progs::PASS)?;
@@ -195,10 +200,10 @@ struct Side {
 }
 
 impl Side {
-    fn load(label: &'static str, object: &std::path::Path) -> Result<Side> {
+    fn load(label: &'static str, object: &std::path::Path, cap: bool) -> Result<Side> {
         let mut lb = Balancer::load_object(object, SIZES)
             .with_context(|| format!("loading lb_xdp from {}", object.display()))?;
-        configure(&mut lb).context("filling the balancer's maps")?;
+        configure(&mut lb, cap).context("filling the balancer's maps")?;
         Ok(Side {
             label,
             lb,
@@ -448,8 +453,12 @@ fn cases() -> Vec<Case> {
 }
 
 /// Maps as the packet tests fill them, at the bench's sizes.
-fn configure(lb: &mut Balancer) -> Result<()> {
+/// `cap`: the flow-table insert cap on, at 100 million a second per CPU.
+fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
+    let (interval, tolerance) = if cap { (10, 100_000_000) } else { (0, 0) };
     lb.set_config(Config {
+        new_flow_interval_ns: interval,
+        new_flow_tolerance_ns: tolerance,
         hash_key: KEY,
         ring_size: SIZES.ring_size,
         flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6,

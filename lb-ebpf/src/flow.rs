@@ -238,10 +238,10 @@ fn remember(
 /// SYN-ACK came back, counted for the backend, passive health).
 #[inline(always)]
 fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
-    let fv = FLOWS.get_ptr_mut(key)?;
-    let stamp = unsafe { (*fv).last_seen_ns };
+    let fv = unsafe { &mut *FLOWS.get_ptr_mut(key)? };
+    let stamp = fv.last_seen_ns;
     let idle = now.saturating_sub(stamp);
-    let kept = lookup(key, PROTO_TCP, cfg, now, true)?;
+    let kept = usable_entry(fv, PROTO_TCP, cfg, now, true)?;
     count(counter::SYN_KEPT_FLOW);
     // Only a connection whose handshake never completed: a 4-tuple reused
     // after its connection ended (NAT, busy clients) is no retransmission,
@@ -254,7 +254,7 @@ fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static
             }
         }
     } else {
-        unsafe { (*fv).last_seen_ns |= FLOW_PENDING };
+        fv.last_seen_ns |= FLOW_PENDING;
     }
     Some((kept, !pending))
 }
@@ -290,7 +290,18 @@ fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
 #[inline(always)]
 fn lookup(key: &FlowKey, proto: u8, cfg: &Config, now: u64, syn: bool) -> Option<Chosen<'static>> {
     let fv = FLOWS.get_ptr_mut(key)?;
-    let fv = unsafe { &mut *fv };
+    usable_entry(unsafe { &mut *fv }, proto, cfg, now, syn)
+}
+
+/// `lookup` for an entry already found.
+#[inline(always)]
+fn usable_entry(
+    fv: &mut FlowValue,
+    proto: u8,
+    cfg: &Config,
+    now: u64,
+    syn: bool,
+) -> Option<Chosen<'static>> {
     // Another CPU may have stored a slightly newer time.
     let idle = now.saturating_sub(fv.last_seen_ns);
     let pending = fv.last_seen_ns & FLOW_PENDING;

@@ -23,8 +23,13 @@ pub const FLIP_GRACE: Duration = Duration::from_millis(5);
 /// Identifies a backend of a VIP: (VIP, backend address).
 pub type BackendRef = (VipKey, IpAddr);
 
+mod kernel_config;
 mod tables;
 mod verdicts;
+mod weights;
+pub use kernel_config::kernel_config;
+pub use tables::maglev_key;
+pub use weights::{effective_weight, response_time_factor};
 
 #[derive(Clone, Debug)]
 pub struct RunningBackend {
@@ -43,29 +48,6 @@ pub struct RunningBackend {
     /// Smoothed round-trip time of its passing probes, in ms (EWMA, 1/4
     /// for each new one), for `least_response_time`.
     pub rtt_ms: Option<f64>,
-}
-
-/// `least_response_time`: a backend's weight is multiplied by the fastest
-/// backend's smoothed probe time over its own, in sixteenths (so jitter
-/// rarely changes the table), at least 1/16.
-pub fn response_time_factor(rtt_ms: Option<f64>, fastest_ms: Option<f64>) -> u32 {
-    match (rtt_ms, fastest_ms) {
-        (Some(r), Some(f)) if r > 0.0 => ((16.0 * f / r).round() as u32).clamp(1, 16),
-        _ => 16,
-    }
-}
-
-/// The weight a backend has in its VIP's table now: during its VIP's
-/// `slow_start` after it came up, a share of its weight growing linearly
-/// from 1 (near zero) to all of it.
-pub fn effective_weight(b: &RunningBackend, slow_start: Option<Duration>, now: Instant) -> u32 {
-    match (b.up_since, slow_start) {
-        (Some(t), Some(ss)) if now.duration_since(t) < ss && !ss.is_zero() => {
-            let part = now.duration_since(t).as_secs_f64() / ss.as_secs_f64();
-            ((f64::from(b.weight) * part) as u32).clamp(1, b.weight.max(1))
-        }
-        _ => b.weight,
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -243,63 +225,6 @@ fn addr_key(v: &VipKey) -> AddrKey {
         family: v.family,
         _pad: [0; 3],
     }
-}
-
-/// The backend's stable identity for Maglev: from its address alone, so
-/// every node that shares the pool file builds the same table.
-pub fn maglev_key(addr: IpAddr) -> u64 {
-    let bytes: Vec<u8> = match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    // FNV-1a 64: fixed forever (tables must match across nodes and versions).
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The kernel's global settings from the pool file and the hash secret.
-pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
-    let e = &pool.encapsulation;
-    let mut cfg = Config {
-        hash_key,
-        ring_size: pool.tables.maglev_size,
-        udp_idle_timeout_ns: pool.tables.udp_idle_timeout.as_nanos() as u64,
-        mtu: e.mtu,
-        ..Config::default()
-    };
-    if let Some((addr, prefix)) = e.source_v4 {
-        cfg.flags |= CONFIG_F_SRC_V4;
-        cfg.src_v4 = u32::from_ne_bytes(addr.octets());
-        let host: u32 = if prefix >= 32 { 0 } else { u32::MAX >> prefix };
-        cfg.src_v4_mask = u32::from_ne_bytes(host.to_be_bytes());
-    }
-    if let Some((addr, prefix)) = e.source_v6 {
-        cfg.flags |= CONFIG_F_SRC_V6;
-        cfg.src_v6 = addr_words(IpAddr::V6(addr)).0;
-        let bits = 128u32.saturating_sub(prefix as u32).min(32);
-        let host: u32 = if bits == 0 {
-            0
-        } else {
-            u32::MAX >> (32 - bits)
-        };
-        cfg.src_v6_mask = u32::from_ne_bytes(host.to_be_bytes());
-    }
-    if let Some(mac) = e.gateway_mac {
-        cfg.flags |= CONFIG_F_GATEWAY_MAC;
-        cfg.gateway_mac = mac;
-    }
-    if pool.vips.iter().any(|v| v.port == 0) {
-        cfg.flags |= CONFIG_F_ANY_PORT;
-    }
-    if let Some(interval) = 1_000_000_000u64.checked_div(u64::from(pool.tables.new_flows_per_cpu)) {
-        cfg.new_flow_interval_ns = interval;
-        cfg.new_flow_tolerance_ns = crate::config::NEW_FLOW_BURST.as_nanos() as u64;
-    }
-    cfg
 }
 
 impl<D: DataPlane> Controller<D> {
@@ -636,34 +561,6 @@ impl<D: DataPlane> Controller<D> {
         Ok(())
     }
 
-    /// Once a second: VIPs with a backend ramping up (`slow_start`) get
-    /// their tables rebuilt with the weights of now; a ramp that is over
-    /// ends. True when some table is due (then `flush`).
-    pub fn ramp(&mut self, now: Instant) -> bool {
-        let mut due = false;
-        for (key, v) in self.vips.iter_mut() {
-            let ss = v.conf.slow_start;
-            let mut ramping = false;
-            for b in v.backends.values_mut() {
-                if let Some(t) = b.up_since {
-                    ramping = true;
-                    if ss.is_none_or(|ss| now.duration_since(t) >= ss) {
-                        b.up_since = None;
-                    }
-                }
-            }
-            // Ramping, or weighted by response times (a table is written
-            // only when the weights of now differ from the table's).
-            if (ramping && ss.is_some())
-                || v.conf.scheduler == crate::config::Scheduler::LeastResponseTime
-            {
-                self.dirty.insert(*key);
-                due = true;
-            }
-        }
-        due
-    }
-
     /// Backends removed from VIP `vip_id` whose slots are kept for their
     /// established connections: (address, slot id).
     pub fn removed_backends(&self, vip_id: u32) -> Vec<(IpAddr, u32)> {
@@ -689,64 +586,3 @@ impl<D: DataPlane> Controller<D> {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod kernel_config_tests {
-    use super::*;
-
-    fn pool(encap: &str) -> Pool {
-        let text = format!(
-            "instance: t\ninterfaces: [eth0]\n{encap}vips:\n  - name: w\n    address: 10.100.0.1\n    port: 0\n    protocol: tcp\n    health_check: {{kind: none}}\n    backends:\n      - address: 10.0.1.1\n"
-        );
-        crate::config::parse(&text, "t.yaml").unwrap()
-    }
-
-    #[test]
-    fn outer_sources_keep_the_prefix_and_vary_the_host_bits() {
-        let p = pool("encapsulation:\n  source_v4: 10.255.0.0/24\n  source_v6: \"fd00:255::/112\"\n  gateway_mac: \"02:00:00:00:00:fe\"\n");
-        let c = kernel_config(&p, [1, 2]);
-        assert_eq!(
-            c.flags,
-            CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6 | CONFIG_F_GATEWAY_MAC | CONFIG_F_ANY_PORT
-        );
-        // The mask selects exactly the last octet, in the packet's byte order.
-        assert_eq!(c.src_v4.to_ne_bytes(), [10, 255, 0, 0]);
-        assert_eq!(c.src_v4_mask.to_ne_bytes(), [0, 0, 0, 0xff]);
-        assert_eq!(c.src_v6_mask.to_ne_bytes(), [0, 0, 0xff, 0xff]);
-        assert_eq!(c.gateway_mac, [2, 0, 0, 0, 0, 0xfe]);
-        assert_eq!(c.hash_key, [1, 2]);
-        assert_eq!(c.ring_size, 65537);
-        // A data-path source for any hash stays inside 10.255.0.0/24.
-        for h in [0u32, 0xdead_beef, u32::MAX] {
-            let src = (c.src_v4 & !c.src_v4_mask) | (h & c.src_v4_mask);
-            assert_eq!(&src.to_ne_bytes()[..3], &[10, 255, 0]);
-        }
-    }
-
-    #[test]
-    fn a_host_route_source_does_not_vary() {
-        let p = pool("encapsulation:\n  source_v4: 10.255.0.7/32\n");
-        let c = kernel_config(&p, [0, 0]);
-        assert_eq!(c.src_v4_mask, 0);
-        assert_eq!(c.flags & CONFIG_F_SRC_V6, 0);
-    }
-
-    #[test]
-    fn the_new_flow_rate_becomes_an_interval_and_a_burst() {
-        let src = "encapsulation:\n  source_v4: 10.255.0.7/32\n";
-        let c = kernel_config(&pool(src), [0, 0]);
-        // 125 000 a second: one per 8 µs, a tenth of a second at once.
-        assert_eq!(c.new_flow_interval_ns, 8_000);
-        assert_eq!(c.new_flow_tolerance_ns, 100_000_000);
-        let c = kernel_config(
-            &pool(&format!("{src}tables:\n  new_flows_per_cpu: 0\n")),
-            [0, 0],
-        );
-        assert_eq!((c.new_flow_interval_ns, c.new_flow_tolerance_ns), (0, 0));
-        let c = kernel_config(
-            &pool(&format!("{src}tables:\n  new_flows_per_cpu: 1000\n")),
-            [0, 0],
-        );
-        assert_eq!(c.new_flow_interval_ns, 1_000_000);
-    }
-}

@@ -51,8 +51,7 @@ impl<D: DataPlane> Controller<D> {
         let ring_size = self.ring_size;
         let v = self.vips.get_mut(key).expect("known VIP");
         let panic = v.panic;
-        let (slow_start, now) = (v.conf.slow_start, Instant::now());
-        let lrt = v.conf.scheduler == crate::config::Scheduler::LeastResponseTime;
+        let now = Instant::now();
         let fastest = v
             .backends
             .values()
@@ -66,14 +65,7 @@ impl<D: DataPlane> Controller<D> {
             .map(|b| MaglevBackend {
                 key: maglev_key(b.address),
                 slot: b.id,
-                weight: if lrt {
-                    // In sixteenths: the factor times the weight, at least 1.
-                    (effective_weight(b, slow_start, now) * response_time_factor(b.rtt_ms, fastest))
-                        .div_ceil(16)
-                        .max(1)
-                } else {
-                    effective_weight(b, slow_start, now)
-                },
+                weight: weights::table_weight(b, &v.conf, fastest, now),
             })
             .collect();
         let rr = v.conf.scheduler == crate::config::Scheduler::RoundRobin;
@@ -172,4 +164,20 @@ impl<D: DataPlane> Controller<D> {
         }
         Ok(())
     }
+}
+
+/// The backend's stable identity for Maglev: from its address alone, so
+/// every node that shares the pool file builds the same table.
+pub fn maglev_key(addr: IpAddr) -> u64 {
+    let bytes: Vec<u8> = match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    // FNV-1a 64: fixed forever (tables must match across nodes and versions).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }

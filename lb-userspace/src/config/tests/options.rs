@@ -1,0 +1,136 @@
+//! The optional sections and per-VIP options: metrics, announce,
+//! passive health, schedulers, slow start.
+use super::*;
+
+#[test]
+fn metrics_listen_is_an_address_and_port() {
+    let base = "instance: lb0\ninterfaces: [eth0]\nvips: []\n";
+    let pool = ok(&format!("{base}metrics:\n  listen: \"127.0.0.1:9477\"\n"));
+    assert_eq!(pool.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+    assert_eq!(ok(base).metrics, None);
+    assert_only(
+        &format!("{base}metrics:\n  listen: 127.0.0.1\n"),
+        5,
+        11,
+        "metrics.listen",
+        "`127.0.0.1` is not an address and port",
+    );
+    assert_only(
+        &format!("{base}metrics: {{}}\n"),
+        4,
+        10,
+        "metrics.listen",
+        "`metrics` has no `listen`",
+    );
+}
+
+#[test]
+fn passive_health_is_read_and_checked() {
+    let vip = |extra: &str| format!("{HEAD}{WEB}    passive_health: {extra}\n");
+    let pool = ok(&vip("{ window: 4s, min_samples: 5, failure_ratio: 0.25 }"));
+    assert_eq!(
+        pool.vips[0].passive_health,
+        Some(PassiveHealth {
+            window: Duration::from_secs(4),
+            min_samples: 5,
+            failure_ratio: 0.25,
+        })
+    );
+    let pool = ok(&vip("{}"));
+    assert_eq!(
+        pool.vips[0].passive_health,
+        Some(PassiveHealth {
+            window: DEFAULT_PASSIVE_WINDOW,
+            min_samples: DEFAULT_PASSIVE_MIN_SAMPLES,
+            failure_ratio: DEFAULT_PASSIVE_RATIO,
+        })
+    );
+    assert_eq!(ok(&format!("{HEAD}{WEB}")).vips[0].passive_health, None);
+    let errs = errors(&vip("{ window: 1s, failure_ratio: 1.5 }"));
+    assert_has(
+        &errs,
+        13,
+        31,
+        "vips[0].passive_health.window",
+        "out of range; use 2s to 10m",
+    );
+    assert_has(
+        &errs,
+        13,
+        50,
+        "vips[0].passive_health.failure_ratio",
+        "out of range",
+    );
+    assert_eq!(errs.len(), 2, "{errs}");
+}
+
+#[test]
+fn announce_has_defaults_and_reads_drain() {
+    let base = "instance: lb0\ninterfaces: [eth0]\nvips: []\n";
+    assert_eq!(ok(base).announce, None);
+    let a = ok(&format!("{base}announce: {{}}\n")).announce.unwrap();
+    assert_eq!(a.bird_include, PathBuf::from("/run/bird/lb-lb0.conf"));
+    assert_eq!(a.bird_socket, PathBuf::from(DEFAULT_BIRD_SOCKET));
+    assert!(!a.drain);
+    let a = ok(&format!(
+        "{base}announce:\n  bird_include: /etc/bird/lb.conf\n  bird_socket: /tmp/b.ctl\n  drain: true\n"
+    ))
+    .announce
+    .unwrap();
+    assert_eq!(
+        (a.bird_include, a.bird_socket, a.drain),
+        (
+            PathBuf::from("/etc/bird/lb.conf"),
+            PathBuf::from("/tmp/b.ctl"),
+            true
+        )
+    );
+    assert_only(
+        &format!("{base}announce:\n  drain: yes\n"),
+        5,
+        10,
+        "announce.drain",
+        "expected true or false, found `yes`",
+    );
+    assert_only(
+        &format!("{base}announce:\n  bird_include: relative.conf\n"),
+        5,
+        17,
+        "announce.bird_include",
+        "absolute",
+    );
+}
+
+#[test]
+fn schedulers_are_read_by_name() {
+    for (name, want) in [
+        ("maglev", Scheduler::Maglev),
+        ("random", Scheduler::Random),
+        ("source_hash", Scheduler::SourceHash),
+        ("round_robin", Scheduler::RoundRobin),
+        ("weighted_round_robin", Scheduler::RoundRobin),
+        ("least_response_time", Scheduler::LeastResponseTime),
+    ] {
+        let text = format!("{HEAD}{WEB}    scheduler: {name}\n    source_prefix_v4: 24\n");
+        let v = &ok(&text).vips[0];
+        assert_eq!(v.scheduler, want, "{name}");
+        assert_eq!((v.source_prefix_v4, v.source_prefix_v6), (24, 128));
+    }
+}
+
+#[test]
+fn slow_start_is_read_and_bounded() {
+    let v = |extra: &str| format!("{HEAD}{WEB}    slow_start: {extra}\n");
+    assert_eq!(
+        ok(&v("30s")).vips[0].slow_start,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(ok(&format!("{HEAD}{WEB}")).vips[0].slow_start, None);
+    assert_only(
+        &v("2h"),
+        13,
+        17,
+        "vips[0].slow_start",
+        "out of range; use 1s to 1h",
+    );
+}

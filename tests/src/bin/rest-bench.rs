@@ -82,14 +82,11 @@ fn status(socket: &Path) -> Result<(Duration, serde_json::Value)> {
     Ok((took, serde_json::from_slice(&out.stdout)?))
 }
 
-fn main() -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("rest-bench needs root; run `cargo xtask bench --rest` (or --probes) as root");
-    }
-    if std::env::args().nth(1).as_deref() == Some("probes") {
-        return probes();
-    }
-    let dir = std::env::temp_dir().join("lb-rest-bench");
+/// An empty temporary directory `name`, and a fresh namespace `NS` with a
+/// veth `eth0` (then the shell commands `extra`); an earlier run's
+/// namespace and instance are removed first.
+fn fresh(name: &str, extra: &str) -> Result<(PathBuf, Cleanup)> {
+    let dir = std::env::temp_dir().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let _ = Command::new("ip").args(["netns", "del", NS]).output();
@@ -100,20 +97,29 @@ fn main() -> Result<()> {
         "ip netns add {NS} && ip -n {NS} link add eth0 type veth peer name eth1 \
          && ip -n {NS} link set lo up && ip -n {NS} link set eth0 up && ip -n {NS} link set eth1 up \
          && ip -n {NS} addr add 10.0.0.1/16 dev eth0 \
-         && ip netns exec {NS} sysctl -qw net.ipv4.ip_forward=1"
+         && ip netns exec {NS} sysctl -qw net.ipv4.ip_forward=1{extra}"
     ))?;
-    let mut cleanup = Cleanup(None);
-    let backends: String = (0..BACKENDS)
-        .map(|i| format!("      - address: 10.0.{}.{}\n", 1 + i / 200, 1 + i % 200))
-        .collect();
+    Ok((dir, Cleanup(None)))
+}
+
+/// `lb run` as the README says (`nsenter --net`, a pool file) with one VIP
+/// checked by `health` over `backends` (pool-file lines) and `tables`;
+/// waits until it answers. Its pid, control socket and start.
+fn run_daemon(
+    dir: &Path,
+    cleanup: &mut Cleanup,
+    tables: &str,
+    health: &str,
+    backends: &str,
+) -> Result<(u32, PathBuf, Instant)> {
     let socket = dir.join("lb.sock");
     let pool = format!(
         "instance: {INSTANCE}\ninterfaces: [eth0]\nxdp_mode: generic\n\
          encapsulation:\n  source_v4: 10.255.0.0/24\n\
-         tables:\n  flow_table_size: {FLOWS}\n  max_backends: 256\n\
+         tables:\n  {tables}\n\
          hash_secret_file: {}/secret\ncontrol_socket: {}\n\
          vips:\n  - name: web\n    address: 10.100.0.1\n    port: 80\n    protocol: tcp\n\
-         \x20   health_check: {{ kind: none }}\n    backends:\n{backends}",
+         \x20   health_check: {health}\n    backends:\n{backends}",
         dir.display(),
         socket.display()
     );
@@ -133,12 +139,29 @@ fn main() -> Result<()> {
     cleanup.0 = Some(child);
     while status(&socket).is_err() {
         ensure!(
-            started.elapsed() < Duration::from_secs(20),
+            started.elapsed() < Duration::from_secs(30),
             "lb run did not answer: {}",
             std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok((pid, socket, started))
+}
+
+fn main() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("rest-bench needs root; run `cargo xtask bench --rest` (or --probes) as root");
+    }
+    if std::env::args().nth(1).as_deref() == Some("probes") {
+        return probes();
+    }
+    let (dir, mut cleanup) = fresh("lb-rest-bench", "")?;
+    let backends: String = (0..BACKENDS)
+        .map(|i| format!("      - address: 10.0.{}.{}\n", 1 + i / 200, 1 + i % 200))
+        .collect();
+    let tables = format!("flow_table_size: {FLOWS}\n  max_backends: 256");
+    let (pid, socket, started) =
+        run_daemon(&dir, &mut cleanup, &tables, "{ kind: none }", &backends)?;
     println!(
         "rest-bench: lb run serving in {:.2} s (1 VIP, {BACKENDS} backends, flow table {FLOWS})",
         started.elapsed().as_secs_f64()
@@ -265,23 +288,15 @@ fn sockets_in_ns(state: &str) -> Result<usize> {
 }
 
 fn probes() -> Result<()> {
-    let dir = std::env::temp_dir().join("lb-probe-bench");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let _ = Command::new("ip").args(["netns", "del", NS]).output();
-    let _ = Command::new(lb_bin())
-        .args(["stop", "--instance", INSTANCE])
-        .output();
     // The backends are addresses of 10.1.0.0/16, local to the namespace
     // (one route), so one listener on port 80 answers every probe.
-    sh(&format!(
-        "ip netns add {NS} && ip -n {NS} link add eth0 type veth peer name eth1 \
-         && ip -n {NS} link set lo up && ip -n {NS} link set eth0 up && ip -n {NS} link set eth1 up \
-         && ip -n {NS} addr add 10.0.0.1/16 dev eth0 \
-         && ip -n {NS} route add local 10.1.0.0/16 dev lo \
-         && ip netns exec {NS} sysctl -qw net.ipv4.ip_forward=1 net.core.somaxconn=65535"
-    ))?;
-    let mut cleanup = Cleanup(None);
+    let (dir, mut cleanup) = fresh(
+        "lb-probe-bench",
+        &format!(
+            " && ip -n {NS} route add local 10.1.0.0/16 dev lo \
+             && ip netns exec {NS} sysctl -qw net.core.somaxconn=65535"
+        ),
+    )?;
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = accepted.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -298,39 +313,13 @@ fn probes() -> Result<()> {
     let backends: String = (0..PROBED)
         .map(|i| format!("      - address: 10.1.{}.{}\n", i / 250, 1 + i % 250))
         .collect();
-    let socket = dir.join("lb.sock");
-    let pool = format!(
-        "instance: {INSTANCE}\ninterfaces: [eth0]\nxdp_mode: generic\n\
-         encapsulation:\n  source_v4: 10.255.0.0/24\n\
-         tables:\n  flow_table_size: 65536\n  max_backends: 8192\n\
-         hash_secret_file: {}/secret\ncontrol_socket: {}\n\
-         vips:\n  - name: web\n    address: 10.100.0.1\n    port: 80\n    protocol: tcp\n\
-         \x20   health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms }}\n    backends:\n{backends}",
-        dir.display(),
-        socket.display()
-    );
-    let pool_path = dir.join("pool.yaml");
-    std::fs::write(&pool_path, pool)?;
-    let log = std::fs::File::create(dir.join("lb.log"))?;
-    let started = Instant::now();
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{NS}"))
-        .arg(lb_bin())
-        .args(["run", "--config"])
-        .arg(&pool_path)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let pid = child.id();
-    cleanup.0 = Some(child);
-    while status(&socket).is_err() {
-        ensure!(
-            started.elapsed() < Duration::from_secs(30),
-            "lb run did not answer: {}",
-            std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (pid, socket, started) = run_daemon(
+        &dir,
+        &mut cleanup,
+        "flow_table_size: 65536\n  max_backends: 8192",
+        "{ kind: tcp, interval: 200ms, timeout: 200ms }",
+        &backends,
+    )?;
     println!(
         "probe-bench: lb run serving in {:.2} s (1 VIP, {PROBED} backends, tcp checks every 200 ms)",
         started.elapsed().as_secs_f64()

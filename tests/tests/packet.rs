@@ -24,6 +24,15 @@ const ANY: u32 = 4; // 10.100.0.3:0/tcp (every port)
 const EMPTY: u32 = 5; // 10.100.0.4:80/tcp, no backend
 const EXTRA: u32 = 7; // not set up: for tests that add a VIP (backend 20)
 
+/// Runs `c` with `sh -c` in this test's namespace; it must succeed.
+fn shell(c: &str) {
+    let st = std::process::Command::new("sh")
+        .args(["-c", c])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{c}");
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -1641,14 +1650,7 @@ fn next_hop_from_the_kernel_fib_and_redirect_to_the_egress_interface() {
     // permanent neighbour entry for the backend. The kernel answers FIB
     // lookups for forwarded traffic only where IP forwarding is on, as on
     // any balancer host.
-    let sh = |c: &str| {
-        let st = std::process::Command::new("sh")
-            .args(["-c", c])
-            .status()
-            .unwrap();
-        assert!(st.success(), "{c}");
-    };
-    sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add fibt0 address 02:00:00:00:aa:01 type veth peer name fibt1 \
+    shell("sysctl -qw net.ipv4.ip_forward=1 && ip link add fibt0 address 02:00:00:00:aa:01 type veth peer name fibt1 \
         && ip link set fibt0 up && ip link set fibt1 up && ip link set lo up \
         && ip addr add 10.0.1.254/24 dev fibt0 \
         && ip neigh replace 10.0.1.1 lladdr 02:00:00:00:bb:01 dev fibt0 nud permanent \
@@ -1684,14 +1686,7 @@ fn an_unresolved_next_hop_drops_until_the_daemon_makes_it_a_managed_neighbour() 
     // neighbour entry yet. The gateway MAC is configured: it must not be
     // used for a backend the FIB knows is on-link.
     let ns = format!("lbnb{}", std::process::id());
-    let sh = |c: &str| {
-        let st = std::process::Command::new("sh")
-            .args(["-c", c])
-            .status()
-            .unwrap();
-        assert!(st.success(), "{c}");
-    };
-    sh(&format!(
+    shell(&format!(
         "sysctl -qw net.ipv4.ip_forward=1 && ip netns add {ns} \
          && ip link add nbt0 address 02:00:00:00:aa:01 type veth peer name nbt1 netns {ns} \
          && ip link set nbt0 up && ip link set lo up && ip addr add 10.0.1.254/24 dev nbt0 \

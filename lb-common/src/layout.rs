@@ -41,6 +41,9 @@ pub mod maps {
     /// one VIP sets, that VIP (key and info), so a new flow finds its VIP
     /// with no hash-map lookup; elsewhere empty. Derived like `VIP_FILTER`.
     pub const VIP_INDEX: &str = "VIP_INDEX";
+    /// `HashMap<AddrKey, u32>`: on backends, the VIP addresses (a tunnel
+    /// to another address is not the decapsulator's).
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     /// `HashMap<VipKey, u32>`: on backends, the VIPs (address, port,
     /// protocol) the decapsulation program accepts tunnels to.
     pub const DECAP_VIPS: &str = "DECAP_VIPS";

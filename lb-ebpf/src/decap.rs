@@ -1,7 +1,8 @@
 //! `lb_decap`, for backends: strips the IPIP / IP6IP6 / 4in6 header of packets
 //! whose inner destination is a configured VIP (address, port, protocol) and
 //! passes the inner packet to the stack, so backends need no tunnel kernel
-//! module. A tunnel to a VIP address but another port or protocol, or from an
+//! module. A tunnel to a VIP address but another port or protocol (IPv6
+//! extension headers included), or from an
 //! outer source outside `DECAP_SOURCES` (the balancers' prefixes), is dropped
 //! and counted. Everything else passes untouched.
 
@@ -15,8 +16,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    decap_counter, DecapSource, VipKey, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-    PROTO_UDP,
+    decap_counter, AddrKey, DecapSource, VipKey, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::packet::{
@@ -24,9 +25,11 @@ use crate::packet::{
     ETH_P_IPV6, IPV4_LEN, VLAN_LEN,
 };
 
+/// The addresses of the VIPs: a tunnel to another address is not ours.
+#[map]
+static DECAP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(1024, 0);
 /// The VIPs tunnels are accepted to, as (address, port, protocol); port 0:
-/// every port. Each address also has an entry with protocol 0 (the address
-/// is a VIP's) and one for ICMP (errors about its flows, port 0).
+/// every port. Each address also takes ICMP (errors about its flows, port 0).
 #[map]
 static DECAP_VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(4096, 0);
 /// Where tunnels may come from: without this check anyone could reach a
@@ -97,17 +100,15 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         }
         _ => return pass(decap_counter::PASS_NOT_TUNNEL),
     };
-    let proto = key.proto;
-    key.proto = 0;
-    if unsafe { DECAP_VIPS.get(key) }.is_none() {
+    let addr = AddrKey {
+        addr: key.addr,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    if unsafe { DECAP_ADDRS.get(addr) }.is_none() {
         return pass(decap_counter::PASS_NOT_VIP);
     }
-    // Protocol 0 (IPv6 hop-by-hop options) would match the address's own
-    // entry, and the stack would then deliver what follows it to any port.
-    if proto == 0 {
-        return drop(decap_counter::DROP_NOT_SERVICE);
-    }
-    key.proto = proto;
+    let proto = key.proto;
     if proto == PROTO_TCP || proto == PROTO_UDP {
         // Both protocols start with the source and destination ports.
         let Some(ports) = ptr_at::<[u16; 2]>(&ctx, l4_off) else {

@@ -30,7 +30,12 @@ pub fn attach_decap(
     })?;
     let mut ebpf = load_decap_unpinned(object)?;
     write_decap_maps(&mut ebpf, vips, sources)?;
-    for name in [maps::DECAP_VIPS, maps::DECAP_COUNTERS, maps::DECAP_SOURCES] {
+    for name in [
+        maps::DECAP_ADDRS,
+        maps::DECAP_VIPS,
+        maps::DECAP_COUNTERS,
+        maps::DECAP_SOURCES,
+    ] {
         ebpf.map_mut(name)
             .expect("decap map")
             .pin(dir.join(name))
@@ -133,7 +138,7 @@ pub fn write_decap_maps(
         } else {
             lb_common::PROTO_ICMPV6
         };
-        for (port, proto) in [(0, 0), (0, icmp), (v.port, v.proto)] {
+        for (port, proto) in [(0, icmp), (v.port, v.proto)] {
             let key = VipKey {
                 addr,
                 port: port.to_be(),
@@ -142,6 +147,20 @@ pub fn write_decap_maps(
             };
             m.insert(key, 1, 0).map_err(map_err(maps::DECAP_VIPS))?;
         }
+    }
+    let map = ebpf
+        .map_mut(maps::DECAP_ADDRS)
+        .ok_or_else(|| missing(maps::DECAP_ADDRS))?;
+    let mut m: HashMap<&mut MapData, AddrKey, u32> =
+        HashMap::try_from(map).map_err(map_err(maps::DECAP_ADDRS))?;
+    for v in vips {
+        let (addr, family) = lb_common::addr_words(v.addr);
+        let key = AddrKey {
+            addr,
+            family,
+            _pad: [0; 3],
+        };
+        m.insert(key, 1, 0).map_err(map_err(maps::DECAP_ADDRS))?;
     }
     let map = ebpf
         .map_mut(maps::DECAP_SOURCES)

@@ -114,6 +114,7 @@ fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
     lb_common::size_maps(&mut loader, sizes);
     loader
         .map_max_entries(maps::DECAP_VIPS, 1)
+        .map_max_entries(maps::DECAP_ADDRS, 1)
         .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
     let level = if log_decisions { &LOG_INFO } else { &LOG_OFF };
     // An object without the log (an older build) loads as well, unless the

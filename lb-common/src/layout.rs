@@ -52,12 +52,23 @@ pub mod maps {
     /// `LpmTrie<DecapSource, u32>`: on backends, the outer sources (the
     /// balancers' encapsulation prefixes) tunnels are accepted from.
     pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
+    /// `Array<u64>` (mmapable), indexed by backend id: the backend's active
+    /// connections, of VIPs that count them (`VIP_F_COUNT`). The data path
+    /// adds and subtracts atomically; the daemon takes off what it finds
+    /// lost (flows the LRU evicted, flows it ended).
+    pub const LOADS: &str = "LOADS";
+    /// `Array<BackendLimit>` indexed by backend id: weight and connection
+    /// limit, for the VIPs that count connections.
+    pub const LIMITS: &str = "LIMITS";
+    /// `LruHashMap<PersistKey, PersistValue>`: each client's backend, on
+    /// VIPs with persistence.
+    pub const PERSIST: &str = "PERSIST";
 }
 
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Program names in the object file.
 pub mod progs {
@@ -116,7 +127,19 @@ pub mod scheduler {
     /// The daemon's smooth weighted round-robin sequence, written into the
     /// VIP's table (`VipInfo::seq_len` slots), walked by a per-CPU position.
     pub const ROUND_ROBIN: u8 = 3;
+    /// Two backends drawn from the VIP's Maglev table (so in proportion to
+    /// their weights); the one with fewer active connections per weight
+    /// (`LOADS`, `LIMITS`) takes the flow.
+    pub const LEAST_CONN: u8 = 4;
+    /// Every backend of the VIP (the daemon writes each once into the
+    /// table, `VipInfo::seq_len` slots, at most `MAX_EXACT_BACKENDS`); the
+    /// one with the fewest active connections per weight.
+    pub const LEAST_CONN_EXACT: u8 = 5;
 }
+
+/// The most backends a `scheduler::LEAST_CONN_EXACT` VIP may have: the
+/// data path looks at each of them for every new flow.
+pub const MAX_EXACT_BACKENDS: u32 = 128;
 
 /// `AddrKey` value flags (`VIP_ADDRS`).
 pub const ADDR_F_VIP: u32 = 1;
@@ -162,12 +185,22 @@ pub struct VipInfo {
     /// that choose the backend.
     pub src_prefix_v4: u8,
     pub src_prefix_v6: u8,
-    pub _pad: [u8; 3],
-    /// `scheduler::ROUND_ROBIN`: how many slots of the active table the
-    /// sequence fills (0: no backend).
+    /// `VIP_F_*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// `scheduler::ROUND_ROBIN` and `LEAST_CONN_EXACT`: how many slots of
+    /// the active table the sequence fills (0: no backend).
     pub seq_len: u32,
+    /// Persistence: a client (the `src_prefix_*` bits of its address) keeps
+    /// its backend for this many seconds after its last new connection
+    /// (`PERSIST`); 0: none.
+    pub persist_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 20);
+
+/// `VipInfo::flags`: the VIP's flows are counted per backend (`LOADS`),
+/// for least connections or a connection limit.
+pub const VIP_F_COUNT: u8 = 1;
 
 /// An address alone (for ICMP and fragment policy, and the decapsulator).
 #[repr(C)]
@@ -239,6 +272,15 @@ pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 /// no other packet of it has been seen yet (its handshake is pending). A
 /// nanosecond of the stamp is worth nothing (it is refreshed once a second).
 pub const FLOW_PENDING: u64 = 1;
+/// Bit 1 of `FlowValue::last_seen_ns`: the flow's VIP counts connections
+/// (`VIP_F_COUNT`).
+pub const FLOW_COUNTS: u64 = 2;
+/// Bit 2 of `FlowValue::last_seen_ns`: the flow is counted in its
+/// backend's `LOADS` (set when it is stored or its 4-tuple starts again,
+/// cleared when it ends: the client's FIN or RST, UDP idle, rescheduled).
+pub const FLOW_OPEN: u64 = 4;
+/// The flag bits of `FlowValue::last_seen_ns`.
+pub const FLOW_FLAGS: u64 = 7;
 
 /// A SYN on a flow the table knows whose handshake is pending
 /// (`FLOW_PENDING`), this long or more after its last packet, counts as a
@@ -384,7 +426,12 @@ pub mod counter {
     /// resolved yet (the daemon makes every backend's next hop a managed
     /// neighbour entry, which the kernel resolves): dropped.
     pub const DROP_NO_NEIGH: u32 = 28;
-    pub const COUNT: u32 = 29;
+    /// A new flow dropped: every backend it could go to is at its
+    /// `max_connections` (also counted in the VIP's drops).
+    pub const DROP_BACKENDS_FULL: u32 = 29;
+    /// A new flow sent to the backend its client had (persistence).
+    pub const PERSIST_HIT: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -417,6 +464,8 @@ pub mod counter {
         "drop_icmp_rate",
         "new_flow_not_stored",
         "drop_no_neigh",
+        "drop_backends_full",
+        "persist_hit",
     ];
 }
 
@@ -530,7 +579,7 @@ pub struct VipEntry {
     pub key: VipKey,
     pub info: VipInfo,
 }
-const _: () = assert!(core::mem::size_of::<VipEntry>() == 36);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 40);
 
 /// Map sizes chosen at load time (from the pool file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -539,6 +588,8 @@ pub struct MapSizes {
     pub max_backends: u32,
     pub ring_size: u32,
     pub flows: u32,
+    /// Entries of `PERSIST`.
+    pub persist: u32,
 }
 
 /// Sets the balancer's map sizes on a loader.
@@ -553,7 +604,10 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
         .map_max_entries(maps::NEXTHOPS, s.max_backends)
         .map_max_entries(maps::RINGS, rings_entries(s.max_vips, s.ring_size))
         .map_max_entries(maps::FLOWS, s.flows)
-        .map_max_entries(maps::RR_POS, s.max_vips);
+        .map_max_entries(maps::RR_POS, s.max_vips)
+        .map_max_entries(maps::LOADS, s.max_backends)
+        .map_max_entries(maps::LIMITS, s.max_backends)
+        .map_max_entries(maps::PERSIST, s.persist);
 }
 
 #[cfg(feature = "user")]
@@ -571,6 +625,9 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for crate::BackendLimit {}
+    unsafe impl aya::Pod for crate::PersistKey {}
+    unsafe impl aya::Pod for crate::PersistValue {}
 }
 
 #[cfg(test)]

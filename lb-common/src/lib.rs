@@ -7,6 +7,7 @@
 //! exactly as the data path reads them, so no byte swapping happens per packet.
 //!
 //! - [`layout`]: map names, constants, the shared types, counters, map sizes.
+//! - [`load`]: connection counts, limits and persistence.
 //! - [`ring`]: how Maglev tables are packed into `RINGS`.
 //! - [`hash`]: the keyed flow hash.
 //! - [`filter`]: the VIP filter and index.
@@ -22,10 +23,12 @@ pub mod clock;
 pub mod filter;
 pub mod hash;
 pub mod layout;
+pub mod load;
 pub mod ring;
 
 pub use clock::*;
 pub use filter::*;
 pub use hash::*;
 pub use layout::*;
+pub use load::*;
 pub use ring::*;

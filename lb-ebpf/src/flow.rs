@@ -8,17 +8,20 @@ use aya_log_ebpf::info;
 use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY,
-    BACKEND_F_USED, FLOW_PENDING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    SYN_RETRANSMIT_MIN_NS,
+    BACKEND_F_USED, FLOW_COUNTS, FLOW_FLAGS, FLOW_OPEN, FLOW_PENDING, LAST_SEEN_GRANULARITY_NS,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, SYN_RETRANSMIT_MIN_NS,
 };
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::forward;
+use crate::load::{open, release};
 use crate::maps::{
     account, clock_ns, flow_insert_allowed, vip_drop, BACKENDS, BACKEND_STATS, CONFIG, FLOWS,
 };
-use crate::packet::{ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_RST, TCP_SYN};
-use crate::schedule::{drop_no_backend, pick, vip_bits, Pick, DEFERRED};
+use crate::packet::{
+    ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+use crate::schedule::{drop_no_backend, pick, vip_bits, Pick, DEFERRED, FULL};
 
 /// The kernel's "exists" error, as map helpers return it (negated).
 const EEXIST: i32 = 17;
@@ -64,7 +67,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // overlap instead of following each other. A packet of a known UDP flow
     // pays the VIP lookup and the hash for nothing (about 25 ns).
     let early = if pkt.proto == PROTO_UDP {
-        match pick(key, cfg, bits, false) {
+        match pick(key, cfg, bits, false, now) {
             Some(p) => Some(p),
             None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
         }
@@ -74,14 +77,14 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let known = if is_syn {
         None
     } else {
-        lookup(key, pkt.proto, cfg, now, false)
+        lookup(key, pkt.proto, cfg, now, tcp_flags)
     };
     let (c, is_new) = match known {
         Some(c) => (c, false),
         None => {
             let p = match early {
                 Some(p) if p.backend != DEFERRED => Some(p),
-                _ => pick(key, cfg, bits, true),
+                _ => pick(key, cfg, bits, true, now),
             };
             match new_flow(ctx, pkt, &ports, key, p, cfg, now, tcp_flags) {
                 Ok(c) => c,
@@ -128,7 +131,7 @@ fn new_flow(
     count(counter::FLOW_MISS);
     let Some(c) = schedule(&p) else {
         info!(ctx, "new flow dropped: vip {} has no backend", p.vip_id);
-        return Err(drop_no_backend(p.vip_id));
+        return Err(drop_no_backend(p.vip_id, p.backend == FULL));
     };
     if tcp_flags & TCP_RST == 0 {
         let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -145,7 +148,7 @@ fn new_flow(
             }
             return Ok((c, is_syn || pkt.proto == PROTO_UDP));
         }
-        if let Some(kept) = remember(key, &c, now, is_syn, cfg) {
+        if let Some(kept) = remember(key, &c, now, is_syn, p.counts, cfg) {
             return Ok(kept);
         }
     }
@@ -187,39 +190,50 @@ fn schedule(p: &Pick) -> Option<Chosen<'static>> {
     })
 }
 
-/// Stores a new flow. A SYN only adds an entry where none is: when the
-/// table already knows the 4-tuple and its backend can still take the
-/// connection, that entry stands and is returned (a SYN retransmitted after
-/// a table change, or a spoofed or reused SYN, must not move a running
-/// connection); otherwise it is replaced. A refused insert is counted.
+/// Stores a new flow (`counts`: counted on its backend, `LOADS`). A SYN
+/// only adds an entry where none is: when the table already knows the
+/// 4-tuple and its backend can still take the connection, that entry
+/// stands and is returned (a SYN retransmitted after a table change, or a
+/// spoofed or reused SYN, must not move a running connection); otherwise
+/// it is replaced. A refused insert is counted.
 #[inline(always)]
 fn remember(
     key: &FlowKey,
     c: &Chosen,
     now: u64,
     is_syn: bool,
+    counts: bool,
     cfg: &Config,
 ) -> Option<(Chosen<'static>, bool)> {
     let mut v = MaybeUninit::uninit();
     let fv: &mut FlowValue = zeroed(&mut v);
     fv.backend = c.backend_id;
     fv.vip_id = c.vip_id;
-    fv.last_seen_ns = if is_syn {
-        now | FLOW_PENDING
-    } else {
-        now & !FLOW_PENDING
-    };
+    fv.last_seen_ns = now & !FLOW_FLAGS;
+    if is_syn {
+        fv.last_seen_ns |= FLOW_PENDING;
+    }
+    if counts {
+        fv.last_seen_ns |= FLOW_COUNTS | FLOW_OPEN;
+    }
     fv.hash = c.hash;
     fv.gen = c.backend.gen;
     let flags = u64::from(if is_syn { BPF_NOEXIST } else { BPF_ANY });
     match FLOWS.insert(key, *fv, flags) {
-        Ok(()) => None,
+        Ok(()) => {
+            if counts {
+                open(c.backend_id);
+            }
+            None
+        }
         Err(e) if e == -EEXIST => {
             if let Some(kept) = keep_for_syn(key, cfg, now) {
                 return Some(kept);
             }
             if FLOWS.insert(key, *fv, u64::from(BPF_ANY)).is_err() {
                 count(counter::FLOW_INSERT_FAILED);
+            } else if counts {
+                open(c.backend_id);
             }
             None
         }
@@ -241,7 +255,7 @@ fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static
     let fv = unsafe { &mut *FLOWS.get_ptr_mut(key)? };
     let stamp = fv.last_seen_ns;
     let idle = now.saturating_sub(stamp);
-    let kept = usable_entry(fv, PROTO_TCP, cfg, now, true)?;
+    let kept = usable_entry(fv, PROTO_TCP, cfg, now, TCP_SYN)?;
     count(counter::SYN_KEPT_FLOW);
     // Only a connection whose handshake never completed: a 4-tuple reused
     // after its connection ended (NAT, busy clients) is no retransmission,
@@ -255,6 +269,11 @@ fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static
         }
     } else {
         fv.last_seen_ns |= FLOW_PENDING;
+        // A new connection on the 4-tuple: counted again.
+        if fv.last_seen_ns & (FLOW_COUNTS | FLOW_OPEN) == FLOW_COUNTS {
+            fv.last_seen_ns |= FLOW_OPEN;
+            open(kept.backend_id);
+        }
     }
     Some((kept, !pending))
 }
@@ -282,15 +301,22 @@ fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
 }
 
 /// The flow table's backend for `key`, when it may still take the packet
-/// (`syn`: a SYN, which starts the connection again). A UDP flow idle past
-/// the timeout, a backend that is down (disabled, released), a slot given
-/// to another backend since (a new generation) or to another VIP, and an
-/// unhealthy backend's UDP flow or unfinished handshake: scheduled anew.
-/// The first packet after a SYN that is not one ends the handshake.
+/// (`tcp_flags`: a SYN starts the connection again; a FIN or RST ends its
+/// count). A UDP flow idle past the timeout, a backend that is down
+/// (disabled, released), a slot given to another backend since (a new
+/// generation) or to another VIP, and an unhealthy backend's UDP flow or
+/// unfinished handshake: scheduled anew, off its backend's count. The
+/// first packet after a SYN that is not one ends the handshake.
 #[inline(always)]
-fn lookup(key: &FlowKey, proto: u8, cfg: &Config, now: u64, syn: bool) -> Option<Chosen<'static>> {
+fn lookup(
+    key: &FlowKey,
+    proto: u8,
+    cfg: &Config,
+    now: u64,
+    tcp_flags: u8,
+) -> Option<Chosen<'static>> {
     let fv = FLOWS.get_ptr_mut(key)?;
-    usable_entry(unsafe { &mut *fv }, proto, cfg, now, syn)
+    usable_entry(unsafe { &mut *fv }, proto, cfg, now, tcp_flags)
 }
 
 /// `lookup` for an entry already found.
@@ -300,13 +326,15 @@ fn usable_entry(
     proto: u8,
     cfg: &Config,
     now: u64,
-    syn: bool,
+    tcp_flags: u8,
 ) -> Option<Chosen<'static>> {
+    let syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // Another CPU may have stored a slightly newer time.
     let idle = now.saturating_sub(fv.last_seen_ns);
     let pending = fv.last_seen_ns & FLOW_PENDING;
     if proto == PROTO_UDP && idle > cfg.udp_idle_timeout_ns {
         count(counter::UDP_FLOW_EXPIRED);
+        release(fv);
         return None;
     }
     let be = BACKENDS.get(fv.backend)?;
@@ -316,12 +344,17 @@ fn usable_entry(
         || ((proto == PROTO_UDP || (syn && pending != 0)) && be.flags & BACKEND_F_UNHEALTHY != 0)
     {
         count(counter::RESCHEDULED_DOWN);
+        release(fv);
         return None;
     }
+    let kept = fv.last_seen_ns & (FLOW_COUNTS | FLOW_OPEN);
     if !syn && pending != 0 {
-        fv.last_seen_ns = now & !FLOW_PENDING;
+        fv.last_seen_ns = (now & !FLOW_FLAGS) | kept;
     } else if idle > LAST_SEEN_GRANULARITY_NS {
-        fv.last_seen_ns = (now & !FLOW_PENDING) | pending;
+        fv.last_seen_ns = (now & !FLOW_FLAGS) | pending | kept;
+    }
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        release(fv);
     }
     count(counter::FLOW_HIT);
     Some(Chosen {

@@ -21,6 +21,11 @@
 //! `action` the verdicts and counters. This file only wires them.
 #![no_std]
 #![no_main]
+// Atomic adds on the shared connection counts: the BPF target has no
+// compare-and-swap, so `core::sync::atomic`'s read-modify-write methods are
+// missing there, while LLVM lowers the intrinsic to one BPF atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod action;
 mod csum;
@@ -28,6 +33,7 @@ mod decap;
 mod encap;
 mod flow;
 mod icmp;
+mod load;
 mod maps;
 mod nexthop;
 mod packet;

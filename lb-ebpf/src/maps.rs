@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    counter, defaults, AddrKey, Backend, BackendStats, Config, FlowKey, FlowValue, VipEntry,
-    VipInfo, VipKey, VipStats,
+    counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue,
+    PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats, PERSIST_TABLE_SIZE,
 };
 
 #[map]
@@ -49,6 +49,22 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Per CPU, per VIP: the next position in a round-robin VIP's sequence.
 #[map]
 pub static RR_POS: PerCpuArray<u32> = PerCpuArray::with_max_entries(defaults::MAX_VIPS, 0);
+/// Per backend: active connections of the VIPs that count them, added to
+/// and taken from atomically by every CPU (and by the daemon, through
+/// mmap, for the flows it finds lost).
+#[map]
+pub static LOADS: Array<u64> = Array::with_max_entries(defaults::MAX_BACKENDS, BPF_F_MMAPABLE);
+/// Per backend: weight and connection limit, kept by the daemon.
+#[map]
+pub static LIMITS: Array<BackendLimit> = Array::with_max_entries(defaults::MAX_BACKENDS, 0);
+/// Each client's backend, on VIPs with persistence.
+#[map]
+pub static PERSIST: LruHashMap<PersistKey, PersistValue> =
+    LruHashMap::with_max_entries(PERSIST_TABLE_SIZE, 0);
+/// Room for a `PERSIST` key: the BPF stack has no 24 bytes to spare on
+/// the new-flow path.
+#[map]
+pub static PERSIST_SCRATCH: PerCpuArray<PersistKey> = PerCpuArray::with_max_entries(1, 0);
 /// The layout version of the pinned maps, kept by the daemon.
 #[map]
 pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);

@@ -19,6 +19,7 @@ pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const VLAN_LEN: usize = size_of::<VlanHdr>();
 pub const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
 pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;

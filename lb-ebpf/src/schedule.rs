@@ -1,15 +1,21 @@
 //! Which VIP a packet is for, and which backend a new flow goes to: the VIP
-//! filter, the VIP lookup, and the schedulers (Maglev, weighted random and
-//! source hash, all reading the VIP's Maglev table).
+//! filter, the VIP lookup, and the schedulers (Maglev, weighted random,
+//! source hash and least connections read the VIP's Maglev table; round
+//! robin and exact least connections the sequence the daemon wrote there),
+//! then persistence and connection limits.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use core::mem::MaybeUninit;
 use lb_common::{
     counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, vip_filter_bit, AddrKey,
-    Config, FlowKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT, NO_BACKEND,
+    Config, FlowKey, PersistKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT, MAX_EXACT_BACKENDS,
+    NO_BACKEND, VIP_F_COUNT,
 };
 
 use crate::action::{verdict, XDP_DROP};
-use crate::maps::{vip_drop, RINGS, RR_POS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_INDEX};
+use crate::load::{has_room, less_loaded, persist, persisted, scan_step};
+use crate::maps::{
+    vip_drop, PERSIST_SCRATCH, RINGS, RR_POS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_INDEX,
+};
 use crate::packet::{zeroed, Packet};
 
 /// The VIP filter bits of a TCP/UDP packet: that of its port when set, and
@@ -77,18 +83,28 @@ pub struct Pick {
     pub vip_id: u32,
     pub hash: u32,
     pub backend: u32,
+    /// The VIP counts active connections (`VIP_F_COUNT`).
+    pub counts: bool,
 }
 
-/// `Pick::backend` of a round-robin VIP picked with `advance` false: its
-/// sequence must not move for a packet that may be of a known flow.
+/// `Pick::backend` of a VIP whose scheduler has effects or reads shared
+/// state (round robin, least connections, persistence, limits), picked
+/// with `advance` false: nothing may move for a packet that may be of a
+/// known flow.
 pub const DEFERRED: u32 = NO_BACKEND - 1;
+/// `Pick::backend` when every backend the new flow could go to is at its
+/// `max_connections`.
+pub const FULL: u32 = NO_BACKEND - 2;
+/// Backends tried, beyond the scheduler's, for a new flow whose backend is
+/// at its `max_connections`.
+const FULL_RETRIES: u32 = 8;
 
 /// Finds the VIP of the flow `key` (exact port first: it takes precedence
 /// over an any-port VIP) and picks its backend. `None`: no VIP. With
-/// `advance` false (UDP's pick ahead of the flow-table lookup), a
-/// round-robin VIP answers `DEFERRED`.
+/// `advance` false (UDP's pick ahead of the flow-table lookup), a VIP
+/// whose scheduler has effects answers `DEFERRED`.
 #[inline(always)]
-pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool) -> Option<Pick> {
+pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64) -> Option<Pick> {
     let mut vkey = VipKey {
         addr: key.dst,
         port: key.dport,
@@ -106,31 +122,108 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool) -> Option
         }
     };
     let hash = flow_hash(key, &cfg.hash_key) as u32;
+    let counts = vip.flags & VIP_F_COUNT != 0;
+    let mut p = Pick {
+        vip_id: vip.vip_id,
+        hash,
+        backend: DEFERRED,
+        counts,
+    };
+    let stateful = vip.scheduler >= scheduler::ROUND_ROBIN || counts || vip.persist_s != 0;
+    if !advance && stateful {
+        return Some(p);
+    }
+    if vip.persist_s == 0 {
+        p.backend = schedule(key, &vip, cfg, hash, counts);
+        return Some(p);
+    }
+    let client: &mut PersistKey = unsafe { &mut *PERSIST_SCRATCH.get_ptr_mut(0)? };
+    client.addr = client_prefix(key, &vip);
+    client.vip_id = vip.vip_id;
+    client.family = key.family;
+    client._pad = [0; 3];
+    p.backend = match persisted(client, &vip, now) {
+        Some(b) => b,
+        None => {
+            let b = schedule(key, &vip, cfg, hash, counts);
+            if b < FULL {
+                persist(client, b, now);
+            }
+            b
+        }
+    };
+    Some(p)
+}
+
+/// The scheduler's backend for a new flow of `vip`; with connections
+/// counted, one below its limit (`FULL` when none is found).
+#[inline(always)]
+fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool) -> u32 {
+    let size = cfg.ring_size;
     // The slot of the VIP's Maglev table: the flow hash (Maglev), a random
     // one (weighted random: the table holds each backend in proportion to
     // its weight), or the hash of the client's address prefix.
-    let at = match vip.scheduler {
-        scheduler::RANDOM => unsafe { bpf_get_prandom_u32() },
-        scheduler::SOURCE_HASH => source_hash(key, &vip, cfg),
-        scheduler::ROUND_ROBIN => {
-            let backend = if advance {
-                round_robin(&vip, cfg.ring_size)
-            } else {
-                DEFERRED
-            };
-            return Some(Pick {
-                vip_id: vip.vip_id,
-                hash,
-                backend,
-            });
+    let b = match vip.scheduler {
+        scheduler::RANDOM => maglev(vip, unsafe { bpf_get_prandom_u32() }, size),
+        scheduler::SOURCE_HASH => maglev(vip, source_hash(key, vip, cfg), size),
+        scheduler::ROUND_ROBIN => round_robin(vip, size),
+        scheduler::LEAST_CONN => {
+            let a = maglev(vip, unsafe { bpf_get_prandom_u32() }, size);
+            let b = maglev(vip, unsafe { bpf_get_prandom_u32() }, size);
+            less_loaded(a, b).unwrap_or(FULL)
         }
-        _ => hash,
+        scheduler::LEAST_CONN_EXACT => return least_exact(vip, size),
+        _ => maglev(vip, hash, size),
     };
-    Some(Pick {
-        vip_id: vip.vip_id,
-        hash,
-        backend: maglev(&vip, at, cfg.ring_size),
-    })
+    if !counts || b == NO_BACKEND || has_room(b) {
+        return b;
+    }
+    // At its limit: other backends, by weight (the table's random slots, or
+    // the sequence's next ones).
+    let mut i = 0;
+    while i < FULL_RETRIES {
+        let c = if vip.scheduler == scheduler::ROUND_ROBIN {
+            round_robin(vip, size)
+        } else {
+            maglev(vip, unsafe { bpf_get_prandom_u32() }, size)
+        };
+        if c != NO_BACKEND && has_room(c) {
+            return c;
+        }
+        i += 1;
+    }
+    FULL
+}
+
+/// Of every backend in the VIP's sequence, the one with the fewest active
+/// connections per weight, below its limit: `FULL` when all are at it,
+/// `NO_BACKEND` when there is none.
+#[inline(always)]
+fn least_exact(vip: &VipInfo, size: u32) -> u32 {
+    let len = vip.seq_len;
+    if len == 0 || len > size || len > MAX_EXACT_BACKENDS {
+        return NO_BACKEND;
+    }
+    let base = ring_base(vip.vip_id, vip.active_ring, size);
+    let mut best = (NO_BACKEND, 0u64, 1u64);
+    let mut slot = 0;
+    while slot < MAX_EXACT_BACKENDS {
+        if slot >= len {
+            break;
+        }
+        if let Some(e) = RINGS.get(base + ring_elem(slot)) {
+            let b = ring_slot(*e, slot);
+            if b != NO_BACKEND {
+                scan_step(&mut best, b);
+            }
+        }
+        slot += 1;
+    }
+    if best.0 == NO_BACKEND {
+        FULL
+    } else {
+        best.0
+    }
 }
 
 /// The next backend of a round-robin VIP's sequence on this CPU.
@@ -153,19 +246,27 @@ fn round_robin(vip: &VipInfo, size: u32) -> u32 {
     }
 }
 
-/// The hash of the client's address cut to the VIP's prefix (the bits of
-/// `src_prefix_v4` or `src_prefix_v6`), with the flow hash's secret: the
-/// same on every node that shares the secret.
+/// The hash of the client's address cut to the VIP's prefix, with the
+/// flow hash's secret: the same on every node that shares the secret.
 #[inline(always)]
 fn source_hash(key: &FlowKey, vip: &VipInfo, cfg: &Config) -> u32 {
     let mut k = MaybeUninit::uninit();
     let src: &mut FlowKey = zeroed(&mut k);
     src.family = key.family;
+    src.src = client_prefix(key, vip);
+    flow_hash(src, &cfg.hash_key) as u32
+}
+
+/// The client's address cut to the VIP's prefix (the bits of
+/// `src_prefix_v4` or `src_prefix_v6`).
+#[inline(always)]
+fn client_prefix(key: &FlowKey, vip: &VipInfo) -> [u32; 4] {
     let bits = if key.family == AF_INET6 {
         vip.src_prefix_v6 as u32
     } else {
         vip.src_prefix_v4 as u32
     };
+    let mut out = [0u32; 4];
     let mut i = 0;
     while i < 4 {
         // Network byte order: the first `bits` bits of the address.
@@ -175,10 +276,10 @@ fn source_hash(key: &FlowKey, vip: &VipInfo, cfg: &Config) -> u32 {
         } else {
             (u32::MAX << (32 - keep)).to_be()
         };
-        src.src[i] = key.src[i] & mask;
+        out[i] = key.src[i] & mask;
         i += 1;
     }
-    flow_hash(src, &cfg.hash_key) as u32
+    out
 }
 
 /// The backend in the VIP's active Maglev table at the flow's hash.
@@ -195,9 +296,14 @@ fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
     }
 }
 
-/// Drops a new flow of a VIP that has no backend to take it, counted.
+/// Drops a new flow of a VIP that has no backend to take it (`full`:
+/// every one it could go to is at its limit), counted.
 #[inline(always)]
-pub fn drop_no_backend(vip_id: u32) -> u32 {
+pub fn drop_no_backend(vip_id: u32, full: bool) -> u32 {
     vip_drop(vip_id);
-    verdict(counter::DROP_NO_BACKEND, XDP_DROP)
+    if full {
+        verdict(counter::DROP_BACKENDS_FULL, XDP_DROP)
+    } else {
+        verdict(counter::DROP_NO_BACKEND, XDP_DROP)
+    }
 }

@@ -93,6 +93,15 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn counters(&self) -> DpResult<Vec<u64>> {
         self.inner.counters()
     }
+    fn set_limit(&mut self, id: u32, limit: &lb_common::BackendLimit) -> DpResult<()> {
+        let t = Instant::now();
+        let r = self.inner.set_limit(id, limit);
+        self.backend += t.elapsed();
+        r
+    }
+    fn load(&self, id: u32) -> DpResult<u64> {
+        self.inner.load(id)
+    }
 }
 
 /// Removes the instance's pins however `main` ends.
@@ -201,6 +210,7 @@ fn main() -> Result<()> {
         max_backends: pool.tables.max_backends,
         ring_size: pool.tables.maglev_size,
         flows: pool.tables.flow_table_size,
+        persist: pool.tables.persistence_table_size,
     };
     let _pins = Pins(instance.clone());
     let mut dp = BpfDataPlane::load(&object, &instance, sizes, false)
@@ -460,6 +470,7 @@ fn scale(object: &[u8]) -> Result<()> {
             max_backends: 65535,
             ring_size: RING,
             flows: 1024,
+            persist: 1024,
         };
         let dp = BpfDataPlane::load(object, instance, sizes, false)?;
         Ok(Controller::adopt(

@@ -77,6 +77,7 @@ pub fn test_sizes() -> Sizes {
         max_backends: 64,
         ring_size: 1009,
         flows: 4096,
+        persist: 1024,
     }
 }
 

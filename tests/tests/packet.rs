@@ -897,11 +897,11 @@ fn data_path_clock_tracks_clock_monotonic() {
             let after = lb_common::monotonic_ns();
             let coarse_after = lb_common::monotonic_coarse_ns();
             let seen = lb.flow(&f.key()).unwrap().last_seen_ns;
-            // Bit 0 of the stamp is the handshake-pending flag, not time.
+            // The low bits of the stamp are the flow's flags, not time.
             let (low, high) = if calibrated {
                 (coarse_before.saturating_sub(jiffy + SLACK), after)
             } else {
-                (coarse_before & !lb_common::FLOW_PENDING, coarse_after)
+                (coarse_before & !lb_common::FLOW_FLAGS, coarse_after)
             };
             assert!(
                 (low..=high).contains(&seen),

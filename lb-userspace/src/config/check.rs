@@ -17,6 +17,8 @@ use super::tree::{Kind, Node};
 use super::*;
 use crate::health::ProbeKind;
 
+mod options;
+
 mod health;
 use health::over;
 
@@ -249,6 +251,7 @@ impl Check<'_> {
             new_flows_per_cpu: t.new_flows_per_cpu.or(Int(d.new_flows_per_cpu)).0,
             max_vips: t.max_vips.or(Int(d.max_vips)).0,
             max_backends: t.max_backends.or(Int(d.max_backends)).0,
+            persistence_table_size: t.persistence_table_size.or(Int(d.persistence_table_size)).0,
         };
         (tables, (max_vips, max_backends))
     }
@@ -398,6 +401,7 @@ impl Check<'_> {
             let message = format!("VIP{name} has no backends; list at least one under `backends`");
             self.report(&list.path, message);
         }
+        self.exact_backends(f);
         let vip_layer = self.layer(&f.health_check);
         let at_vip = over(defaults, vip_layer);
         self.fits(vip_layer, &self.health(&at_vip));
@@ -412,6 +416,12 @@ impl Check<'_> {
                 address: address.unwrap_or(IpAddr::from([0; 4])),
                 weight: b.value.weight.or(Int(DEFAULT_WEIGHT)).0,
                 state: b.value.state.or(BackendState::default()),
+                max_connections: b
+                    .value
+                    .max_connections
+                    .get()
+                    .or(f.max_connections.get())
+                    .map(|m| m.value.0),
                 health: address.and_then(|a| self.probe(&health, f, [layer, vip_layer], a)),
             }
         });
@@ -427,57 +437,10 @@ impl Check<'_> {
             panic_threshold: f.panic_threshold.or(Int(0)).0,
             passive_health: self.passive(f),
             slow_start: self.slow_start(f),
+            persistence: self.persistence(f),
+            max_connections: f.max_connections.get().map(|m| m.value.0),
             backends: backends.collect(),
         }
-    }
-}
-
-impl Check<'_> {
-    /// A VIP's `slow_start`: 1s to 1h.
-    fn slow_start(&self, f: &VipFile) -> Option<Duration> {
-        let s = f.slow_start.get()?;
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&s.value.0) {
-            let message = format!(
-                "slow_start {} is out of range; use 1s to 1h",
-                humantime::format_duration(s.value.0)
-            );
-            self.report(&s.path, message);
-        }
-        Some(s.value.0)
-    }
-
-    /// A VIP's `passive_health`, when given: a window the data path's
-    /// per-second samples can measure, and an active check to bring a
-    /// backend back.
-    fn passive(&self, f: &VipFile) -> Option<PassiveHealth> {
-        let p = f.passive_health.get()?;
-        let window = p.value.window.or(Dur(DEFAULT_PASSIVE_WINDOW)).0;
-        if let Some(w) = p.value.window.get() {
-            if !PASSIVE_WINDOW_RANGE.contains(&w.value.0) {
-                let message = format!(
-                    "passive_health window {} is out of range; use 2s to 10m (the data path's \
-                     counters are read once a second)",
-                    humantime::format_duration(w.value.0)
-                );
-                self.report(&w.path, message);
-            }
-        }
-        if f.health_check.get().is_some_and(|h| {
-            h.value
-                .kind
-                .get()
-                .is_some_and(|k| matches!(k.value, CheckKind::None))
-        }) {
-            let message = "passive_health needs an active health check to bring a backend \
-                           back; set health_check.kind (tcp, http, udp or exec)"
-                .to_string();
-            self.report(&p.path, message);
-        }
-        Some(PassiveHealth {
-            window,
-            min_samples: p.value.min_samples.or(Int(DEFAULT_PASSIVE_MIN_SAMPLES)).0,
-            failure_ratio: p.value.failure_ratio.or(Ratio(DEFAULT_PASSIVE_RATIO)).0,
-        })
     }
 }
 

@@ -99,6 +99,8 @@ pub(super) struct TablesFile {
     pub max_vips: Field<ranged!(MAX_VIPS_RANGE)>,
     /// Default [`DEFAULT_MAX_BACKENDS`]: backend slots, one per VIP and backend.
     pub max_backends: Field<ranged!(MAX_BACKENDS_RANGE)>,
+    /// Default [`DEFAULT_PERSISTENCE_TABLE_SIZE`].
+    pub persistence_table_size: Field<ranged!(PERSISTENCE_TABLE_SIZE_RANGE)>,
 }
 
 /// One entry of `vips`; see [`Vip`].
@@ -127,6 +129,10 @@ pub(super) struct VipFile {
     pub passive_health: Field<PassiveFile>,
     /// Default: none.
     pub slow_start: Field<Dur>,
+    /// Default: none.
+    pub persistence: Field<PersistFile>,
+    /// Default: no limit. Each backend's, unless the backend sets its own.
+    pub max_connections: Field<ranged!(MAX_CONNECTIONS_RANGE)>,
     /// Overrides `health_defaults` field by field.
     pub health_check: Field<HealthFile>,
     /// Required: at least one; addresses unique within the VIP.
@@ -143,6 +149,8 @@ pub(super) struct BackendFile {
     pub weight: Field<ranged!(WEIGHT_RANGE)>,
     /// Default `active`.
     pub state: Field<BackendState>,
+    /// Default: the VIP's `max_connections`.
+    pub max_connections: Field<ranged!(MAX_CONNECTIONS_RANGE)>,
     /// Overrides the VIP's health check field by field.
     pub health_check: Field<HealthFile>,
 }
@@ -225,6 +233,18 @@ pub(super) struct PassiveFile {
     pub min_samples: Field<Int<1, 1_000_000>>,
     /// Default [`DEFAULT_PASSIVE_RATIO`].
     pub failure_ratio: Field<Ratio>,
+}
+
+/// `persistence` of a VIP; see [`Persistence`].
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename = "persistence")]
+pub(super) struct PersistFile {
+    /// Default [`DEFAULT_PERSISTENCE_TIMEOUT`].
+    pub timeout: Field<Dur>,
+    /// Default 32.
+    pub prefix_v4: Field<Int<1, 32>>,
+    /// Default 128.
+    pub prefix_v6: Field<Int<1, 128>>,
 }
 
 mod values;

@@ -6,9 +6,9 @@ use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::health::{Health, ProbeOutcome, ProbeSpec};
 use crate::maglev::{self, MaglevBackend};
 use lb_common::{
-    AddrKey, Backend, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP, BACKEND_F_DOWN,
-    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
-    CONFIG_F_SRC_V6,
+    AddrKey, Backend, BackendLimit, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP,
+    BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC,
+    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, VIP_F_COUNT,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +29,7 @@ mod verdicts;
 mod weights;
 pub use kernel_config::kernel_config;
 pub use tables::maglev_key;
+use tables::TableKind;
 pub use weights::{effective_weight, response_time_factor};
 
 #[derive(Clone, Debug)]
@@ -48,6 +49,10 @@ pub struct RunningBackend {
     /// Smoothed round-trip time of its passing probes, in ms (EWMA, 1/4
     /// for each new one), for `least_response_time`.
     pub rtt_ms: Option<f64>,
+    /// Its `max_connections` (its own, or its VIP's).
+    pub max_connections: Option<u32>,
+    /// What its `LIMITS` entry holds, as last written by this daemon.
+    limit_written: Option<BackendLimit>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -81,8 +86,10 @@ pub struct RunningVip {
     pub panic: bool,
     /// What `VIPS` holds for this VIP, as last written by this daemon.
     info_written: Option<VipInfo>,
-    /// The table is a round-robin sequence of this many slots.
-    table_rr: bool,
+    /// What the table holds: a Maglev table, or a sequence of `seq_len`
+    /// slots (round robin's, or every backend once for exact least
+    /// connections).
+    table_kind: TableKind,
     seq_len: u32,
     pub last_flip: Option<Instant>,
     pub backends: BTreeMap<IpAddr, RunningBackend>,
@@ -444,7 +451,7 @@ impl<D: DataPlane> Controller<D> {
                         table_input: Vec::new(),
                         panic: false,
                         info_written: None,
-                        table_rr: false,
+                        table_kind: TableKind::Maglev,
                         seq_len: 0,
                         last_flip: None,
                         backends: BTreeMap::new(),
@@ -527,6 +534,8 @@ impl<D: DataPlane> Controller<D> {
                         up_since: (adopted.is_none() && !first && health != HealthView::Down)
                             .then(Instant::now),
                         rtt_ms: None,
+                        max_connections: bc.max_connections,
+                        limit_written: None,
                     },
                 );
                 self.write_backend(key, addr)?;
@@ -541,6 +550,7 @@ impl<D: DataPlane> Controller<D> {
                 let flags_before = kernel_flags(e, false);
                 e.weight = bc.weight;
                 e.state = bc.state;
+                e.max_connections = bc.max_connections;
                 if e.probe != bc.health {
                     e.probe = bc.health.clone();
                     if e.probe.is_none() {

@@ -1,6 +1,19 @@
 //! What the controller writes for a VIP: backend slots, the Maglev table
 //! (into the idle buffer, then the flip) and the VIP addresses.
 use super::*;
+use crate::config::Scheduler;
+
+/// What a VIP's table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TableKind {
+    /// A Maglev table of `ring_size` slots.
+    Maglev,
+    /// Round robin's smooth weighted sequence, `seq_len` slots.
+    RoundRobin,
+    /// Every backend taking new flows once, `seq_len` slots (exact least
+    /// connections).
+    EveryBackend,
+}
 
 impl<D: DataPlane> Controller<D> {
     pub(super) fn write_backend(&mut self, key: &VipKey, addr: IpAddr) -> Result<(), ControlError> {
@@ -68,38 +81,69 @@ impl<D: DataPlane> Controller<D> {
                 weight: weights::table_weight(b, &v.conf, fastest, now),
             })
             .collect();
-        let rr = v.conf.scheduler == crate::config::Scheduler::RoundRobin;
+        // Weight and limit of every backend, for least connections, limits
+        // and persistence (weight 0: takes no new flow).
+        for b in v.backends.values_mut() {
+            let limit = BackendLimit {
+                weight: input
+                    .iter()
+                    .find(|m| m.slot == b.id)
+                    .map_or(0, |m| m.weight),
+                max_conns: b.max_connections.unwrap_or(0),
+            };
+            if b.limit_written != Some(limit) {
+                self.dp.set_limit(b.id, &limit)?;
+                b.limit_written = Some(limit);
+            }
+        }
+        let kind = match v.conf.scheduler {
+            Scheduler::RoundRobin => TableKind::RoundRobin,
+            Scheduler::LeastConnectionsExact => TableKind::EveryBackend,
+            _ => TableKind::Maglev,
+        };
+        let counts =
+            v.conf.scheduler.counts() || v.backends.values().any(|b| b.max_connections.is_some());
+        // Persistence and source hash share the client prefix (the pool
+        // file makes them agree when both are set).
+        let (prefix_v4, prefix_v6, persist_s) = match v.conf.persistence {
+            Some(p) => (p.prefix_v4, p.prefix_v6, p.timeout.as_secs() as u32),
+            None => (v.conf.source_prefix_v4, v.conf.source_prefix_v6, 0),
+        };
         let info_now = VipInfo {
             vip_id: v.id,
             mode: v.conf.forwarding.number(),
             scheduler: v.conf.scheduler.number(),
             active_ring: v.active_ring,
-            src_prefix_v4: v.conf.source_prefix_v4,
-            src_prefix_v6: v.conf.source_prefix_v6,
+            src_prefix_v4: prefix_v4,
+            src_prefix_v6: prefix_v6,
+            flags: if counts { VIP_F_COUNT } else { 0 },
             seq_len: v.seq_len,
+            persist_s,
             ..VipInfo::default()
         };
         // The scheduler and its settings apply at once when the table stays
-        // (a round-robin table is a sequence: switching to or from it
-        // rebuilds the table below).
-        if v.table.is_some() && v.table_rr == rr && v.info_written != Some(info_now) {
+        // (a sequence is another table: switching to or from one rebuilds
+        // the table below).
+        if v.table.is_some() && v.table_kind == kind && v.info_written != Some(info_now) {
             self.dp.set_vip(key, &info_now)?;
             v.info_written = Some(info_now);
         }
-        if v.table.is_some() && v.table_input == input && v.table_rr == rr {
+        if v.table.is_some() && v.table_input == input && v.table_kind == kind {
             return Ok(false);
         }
-        // Round robin: the sequence in the first slots, the rest empty.
-        let (table, seq_len) = if rr {
-            let mut seq = maglev::smooth_wrr(&input, ring_size as usize);
+        // A sequence in the first slots, the rest empty.
+        let sequence = |mut seq: Vec<u32>| {
             let len = seq.len() as u32;
             seq.resize(ring_size as usize, lb_common::NO_BACKEND);
             (seq, len)
-        } else {
-            (maglev::build(&input, ring_size), 0)
+        };
+        let (table, seq_len) = match kind {
+            TableKind::RoundRobin => sequence(maglev::smooth_wrr(&input, ring_size as usize)),
+            TableKind::EveryBackend => sequence(input.iter().map(|m| m.slot).collect()),
+            TableKind::Maglev => (maglev::build(&input, ring_size), 0),
         };
         v.table_input = input;
-        v.table_rr = rr;
+        v.table_kind = kind;
         if v.table.as_ref() == Some(&table) && v.seq_len == seq_len {
             return Ok(false);
         }

@@ -43,6 +43,7 @@ fn sizes(pool: &Pool) -> Sizes {
         max_backends: pool.tables.max_backends,
         ring_size: pool.tables.maglev_size,
         flows: pool.tables.flow_table_size,
+        persist: pool.tables.persistence_table_size,
     }
 }
 
@@ -94,22 +95,33 @@ pub fn flow_count_pause(took: Duration) -> Duration {
     FLOW_COUNT_INTERVAL.max(took * (FLOW_COUNT_CPU_SHARE - 1))
 }
 
-/// Counts active flows on a blocking thread, with its own handle on the
-/// pinned map: walking a million entries takes a third of a second and must
-/// not hold up the writer. Paced by `flow_count_pause`; `lb status` says
+/// Counts active flows on a blocking thread, with its own handles on the
+/// pinned maps: walking a million entries takes a third of a second and
+/// must not hold up the writer. The same pass keeps the connection counts
+/// of least connections and `max_connections` true (idle flows ended,
+/// evicted ones taken off). Paced by `flow_count_pause`; `lb status` says
 /// how old the counts are.
-fn spawn_flow_counter(instance: String, max_idle_ns: u64, out: FlowCounts) {
+fn spawn_flow_counter(instance: String, max_idle_ns: u64, udp_idle_ns: u64, out: FlowCounts) {
     tokio::spawn(async move {
         loop {
             let i = instance.clone();
             let started = Instant::now();
             let counted = tokio::task::spawn_blocking(move || {
-                dataplane::count_flows(&i, max_idle_ns, 1 << 22)
+                dataplane::flow_census(&i, max_idle_ns, udp_idle_ns, 1 << 22)
             })
             .await;
             let took = started.elapsed();
             match counted {
-                Ok(Ok(c)) => *out.lock().expect("flow counts") = (Some(Instant::now()), c),
+                Ok(Ok(c)) => {
+                    if c.ended + c.lost > 0 {
+                        log::debug!(
+                            "connection counts: {} idle flows ended, {} evicted ones taken off",
+                            c.ended,
+                            c.lost
+                        );
+                    }
+                    *out.lock().expect("flow counts") = (Some(Instant::now()), c.flows)
+                }
                 Ok(Err(e)) => log::debug!("counting flows: {e}"),
                 Err(_) => {}
             }
@@ -279,6 +291,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     spawn_flow_counter(
         d.pool.instance.clone(),
         idle.max(60_000_000_000),
+        idle,
         d.flows.clone(),
     );
     log::info!(

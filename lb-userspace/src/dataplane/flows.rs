@@ -1,23 +1,11 @@
-//! Active flows per backend for `lb status`: the flow table read in
-//! batches (`BPF_MAP_LOOKUP_BATCH`).
+//! Active flows per backend: the flow table read in batches
+//! (`BPF_MAP_LOOKUP_BATCH`).
 use super::*;
 
 pub use lb_common::monotonic_ns;
 
-/// Flows per backend id seen within `max_idle_ns`, scanning at most `limit`
-/// entries of instance `instance`'s pinned flow table. Opens its own handle:
-/// the daemon runs this off its writer task, since a full table takes seconds.
-pub fn count_flows(
-    instance: &str,
-    max_idle_ns: u64,
-    limit: usize,
-) -> Result<std::collections::HashMap<u32, u64>> {
-    let path = pin_dir(instance).join(maps::FLOWS);
-    let data = MapData::from_pin(&path).map_err(map_err(maps::FLOWS))?;
-    count_flows_in(&data, max_idle_ns, limit)
-}
-
-/// Flows per backend id in the flow table `flows`, as `count_flows`.
+/// Flows per backend id seen within `max_idle_ns` in the flow table
+/// `flows`, scanning at most `limit` entries.
 /// Reads the table in batches (`BPF_MAP_LOOKUP_BATCH`, 4096 entries a
 /// call): a million flows take a few hundred calls, where a key-by-key walk
 /// takes two million and starts over whenever its key is evicted.
@@ -29,7 +17,7 @@ pub fn count_flows_in(
     let now = monotonic_ns();
     let mut out = std::collections::HashMap::new();
     let mut seen = 0;
-    lookup_batches(flows, |values| {
+    lookup_batches(flows, |_, values| {
         for v in values {
             // last_seen is refreshed at most once a second by the data path.
             if now.saturating_sub(v.last_seen_ns) <= max_idle_ns + 1_000_000_000 {
@@ -46,11 +34,11 @@ pub fn count_flows_in(
     Ok(out)
 }
 
-/// Hands every value of the flow table to `each`, a batch at a time, until
+/// Hands every entry of the flow table to `each`, a batch at a time, until
 /// the table ends or `each` says stop.
-fn lookup_batches(
+pub(super) fn lookup_batches(
     flows: &MapData,
-    mut each: impl FnMut(&[FlowValue]) -> bool,
+    mut each: impl FnMut(&[FlowKey], &[FlowValue]) -> bool,
 ) -> std::io::Result<()> {
     /// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
     #[repr(C)]
@@ -96,10 +84,10 @@ fn lookup_batches(
             // ENOENT: the table ended (with the last `n` entries read).
             Some(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
             Some(_) => {
-                each(&values[..n]);
+                each(&keys[..n], &values[..n]);
                 return Ok(());
             }
-            None if !each(&values[..n]) => return Ok(()),
+            None if !each(&keys[..n], &values[..n]) => return Ok(()),
             None => {}
         }
         from = next;

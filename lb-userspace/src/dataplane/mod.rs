@@ -6,8 +6,8 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
-    maps, progs, AddrKey, Backend, BackendStats, Config, FlowKey, FlowValue, VipInfo, VipKey,
-    VipStats,
+    maps, progs, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue, VipInfo,
+    VipKey, VipStats,
 };
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd};
@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 mod attach;
 mod decap;
 mod flows;
+mod loads;
 mod pins;
 mod ring;
 pub use decap::*;
 pub use flows::*;
+pub use loads::*;
 pub use pins::*;
 use ring::RingMmap;
 
@@ -68,9 +70,15 @@ pub trait DataPlane {
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
     fn backend_stats(&self, id: u32) -> Result<BackendStats>;
     /// Zeroes the statistics of a slot given to a new VIP or backend, so
-    /// its counters start from 0 (and never go down for the one it serves).
+    /// its counters start from 0 (and never go down for the one it
+    /// serves); a backend slot's connection count starts from 0 too.
     fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> Result<()>;
     fn counters(&self) -> Result<Vec<u64>>;
+    /// Writes a backend slot's weight and connection limit (`LIMITS`).
+    fn set_limit(&mut self, id: u32, limit: &BackendLimit) -> Result<()>;
+    /// A backend slot's active connections (`LOADS`; counted on VIPs
+    /// that count them).
+    fn load(&self, id: u32) -> Result<u64>;
 }
 
 /// The reader of the data path's aya-log records.
@@ -87,7 +95,7 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 10] = [
+const ALL_MAPS: [&str; 13] = [
     maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
@@ -98,6 +106,9 @@ const ALL_MAPS: [&str; 10] = [
     maps::VIP_STATS,
     maps::BACKEND_STATS,
     maps::COUNTERS,
+    maps::LOADS,
+    maps::LIMITS,
+    maps::PERSIST,
 ];
 
 /// The aya-log level the data path logs at: its decision log is off (0)
@@ -234,7 +245,7 @@ impl BpfDataPlane {
         // the kernel would otherwise take writes past its end, or packets
         // would read values of another layout.
         let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
-        let expected: [(&'static str, u32, usize); 9] = [
+        let expected: [(&'static str, u32, usize); 12] = [
             (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
             (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
             (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
@@ -248,6 +259,17 @@ impl BpfDataPlane {
             (maps::FLOWS, sizes.flows, size_of::<FlowValue>()),
             (maps::CONFIG, 1, size_of::<Config>()),
             (maps::COUNTERS, lb_common::counter::COUNT, size_of::<u64>()),
+            (maps::LOADS, sizes.max_backends, size_of::<u64>()),
+            (
+                maps::LIMITS,
+                sizes.max_backends,
+                size_of::<lb_common::BackendLimit>(),
+            ),
+            (
+                maps::PERSIST,
+                sizes.persist,
+                size_of::<lb_common::PersistValue>(),
+            ),
         ];
         // (An unpinned load made its maps just now, from this object.)
         for (name, max, value) in expected.into_iter().filter(|_| dir.is_some()) {
@@ -489,8 +511,23 @@ impl DataPlane for BpfDataPlane {
             let zero = aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); cpus])
                 .map_err(|e| DataPlaneError::Setup(e.to_string()))?;
             a.set(id, zero, 0).map_err(map_err(maps::BACKEND_STATS))?;
+            let mut a: Array<&mut MapData, u64> =
+                Array::try_from(self.map_mut(maps::LOADS)).map_err(map_err(maps::LOADS))?;
+            a.set(id, 0, 0).map_err(map_err(maps::LOADS))?;
         }
         Ok(())
+    }
+
+    fn set_limit(&mut self, id: u32, limit: &BackendLimit) -> Result<()> {
+        let mut a: Array<&mut MapData, BackendLimit> =
+            Array::try_from(self.map_mut(maps::LIMITS)).map_err(map_err(maps::LIMITS))?;
+        a.set(id, *limit, 0).map_err(map_err(maps::LIMITS))
+    }
+
+    fn load(&self, id: u32) -> Result<u64> {
+        let a: Array<&MapData, u64> =
+            Array::try_from(self.map(maps::LOADS)).map_err(map_err(maps::LOADS))?;
+        a.get(&id, 0).map_err(map_err(maps::LOADS))
     }
 
     fn counters(&self) -> Result<Vec<u64>> {

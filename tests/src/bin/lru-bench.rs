@@ -27,6 +27,7 @@ const SIZES: Sizes = Sizes {
     max_backends: 128,
     ring_size: 65537,
     flows: FLOWS,
+    persist: 1024,
 };
 /// Packets per CPU in each measured phase.
 const PACKETS: usize = 20_000;

@@ -47,6 +47,7 @@ const SIZES: Sizes = Sizes {
     max_backends: 16,
     ring_size: 65537,
     flows: 65536,
+    persist: 1 << 18,
 };
 
 const KEY: [u64; 2] = [0x5eed_0123_4567_89ab, 0x0ddb_a11c_afe0_f00d];

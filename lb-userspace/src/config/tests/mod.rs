@@ -2,6 +2,7 @@
 //! problem with its line and column.
 use super::*;
 use crate::health::ProbeKind;
+use std::net::IpAddr;
 
 mod health;
 mod options;
@@ -231,6 +232,7 @@ vips:
             new_flows_per_cpu: 125_000,
             max_vips: 64,
             max_backends: 4096,
+            persistence_table_size: 1 << 18,
         }
     );
     assert_eq!(
@@ -251,6 +253,7 @@ vips:
             address: IpAddr::from([10, 0, 1, 1]),
             weight: 100,
             state: BackendState::Active,
+            max_connections: None,
             health: Some(ProbeSpec {
                 kind: ProbeKind::Tcp,
                 target: "10.0.1.1:80".parse().unwrap(),
@@ -274,6 +277,7 @@ tables:
   new_flows_per_cpu: 0
   max_vips: 2
   max_backends: 10
+  persistence_table_size: 2048
 hash_secret_file: /etc/lb/secret
 control_socket: /tmp/lb.sock
 "
@@ -288,6 +292,7 @@ control_socket: /tmp/lb.sock
             new_flows_per_cpu: 0,
             max_vips: 2,
             max_backends: 10,
+            persistence_table_size: 2048,
         }
     );
     assert_eq!(pool.hash_secret_file, PathBuf::from("/etc/lb/secret"));

@@ -59,6 +59,7 @@ struct FakeDataPlane {
     log: Vec<Op>,
     /// `clear_stats` calls: (VIP id, backend id).
     cleared: Vec<(Option<u32>, Option<u32>)>,
+    limits: BTreeMap<u32, BackendLimit>,
 }
 
 impl FakeDataPlane {
@@ -73,6 +74,7 @@ impl FakeDataPlane {
             rings: BTreeMap::new(),
             log: Vec::new(),
             cleared: Vec::new(),
+            limits: BTreeMap::new(),
         }
     }
 
@@ -223,6 +225,16 @@ impl DataPlane for FakeDataPlane {
 
     fn counters(&self) -> DpResult<Vec<u64>> {
         Ok(vec![0; lb_common::counter::COUNT as usize])
+    }
+
+    fn set_limit(&mut self, id: u32, limit: &BackendLimit) -> DpResult<()> {
+        assert!(id < self.max_backends, "backend id {id} past LIMITS");
+        self.limits.insert(id, *limit);
+        Ok(())
+    }
+
+    fn load(&self, _id: u32) -> DpResult<u64> {
+        Ok(0)
     }
 }
 

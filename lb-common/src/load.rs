@@ -1,0 +1,48 @@
+//! Connection counting, limits and persistence: the records of the `LIMITS`
+//! and `PERSIST` maps (`LOADS` is plain `u64`s).
+
+/// A backend's weight and connection limit, as the VIPs that count
+/// connections read them (`LIMITS`, by backend id). Written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendLimit {
+    /// The backend's effective weight (slow start included); 0 takes no
+    /// new flow from least connections.
+    pub weight: u32,
+    /// Active connections at which the backend takes no new flow; 0: no
+    /// limit.
+    pub max_conns: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendLimit>() == 8);
+
+/// A client of a VIP with persistence: its address cut to the VIP's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKey {
+    pub addr: [u32; 4],
+    pub vip_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PersistKey>() == 24);
+
+/// Where a persistent client goes, and when it last started a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistValue {
+    pub backend: u32,
+    /// `Backend::gen` of the slot when the entry was made.
+    pub gen: u32,
+    /// The data path's clock at the client's last new connection.
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PersistValue>() == 16);
+
+/// Default entries of `PERSIST`: one per client (prefix) seen within the
+/// timeout, over all VIPs with persistence.
+pub const PERSIST_TABLE_SIZE: u32 = 1 << 18;
+
+/// A counted TCP flow with no packet for this long is taken off its
+/// backend's count by the daemon (as IPVS's established timeout): its
+/// client went away without a FIN the balancer saw.
+pub const TCP_COUNT_IDLE_NS: u64 = 900_000_000_000;

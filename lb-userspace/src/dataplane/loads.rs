@@ -1,0 +1,242 @@
+//! Keeping the data path's connection counts (`LOADS`) true: the flows it
+//! cannot see end (a client gone without a FIN, a UDP flow left idle) are
+//! ended here, and what the LRU evicted unseen is taken off.
+use super::*;
+use lb_common::{BACKEND_F_USED, FLOW_OPEN, LAST_SEEN_GRANULARITY_NS, PROTO_UDP};
+use std::collections::HashMap as Map;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What one pass over the flow table found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowCensus {
+    /// Flows per backend id seen within the idle limit (for `lb status`).
+    pub flows: Map<u32, u64>,
+    /// Counted flows ended for being idle (UDP past its timeout, TCP past
+    /// `TCP_COUNT_IDLE_NS`).
+    pub ended: u64,
+    /// Counted flows no longer in the table (evicted), taken off.
+    pub lost: u64,
+}
+
+/// The pinned maps of instance `instance`, walked as [`census_of`] does.
+pub fn flow_census(
+    instance: &str,
+    max_idle_ns: u64,
+    udp_idle_ns: u64,
+    limit: usize,
+) -> Result<FlowCensus> {
+    let dir = pin_dir(instance);
+    use aya::maps::Map;
+    let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
+    let maps = CensusMaps {
+        flows: &Map::LruHashMap(open(maps::FLOWS)?),
+        backends: &Map::Array(open(maps::BACKENDS)?),
+        stats: &Map::PerCpuArray(open(maps::BACKEND_STATS)?),
+        loads: &Map::Array(open(maps::LOADS)?),
+    };
+    census_of(&maps, max_idle_ns, udp_idle_ns, limit)
+}
+
+impl BpfDataPlane {
+    /// [`census_of`] over this program's maps (the packet tests').
+    pub fn flow_census(&self, max_idle_ns: u64, udp_idle_ns: u64) -> Result<FlowCensus> {
+        let maps = CensusMaps {
+            flows: self.map(maps::FLOWS),
+            backends: self.map(maps::BACKENDS),
+            stats: self.map(maps::BACKEND_STATS),
+            loads: self.map(maps::LOADS),
+        };
+        census_of(&maps, max_idle_ns, udp_idle_ns, usize::MAX)
+    }
+}
+
+/// The maps a census reads.
+struct CensusMaps<'a> {
+    flows: &'a aya::maps::Map,
+    backends: &'a aya::maps::Map,
+    stats: &'a aya::maps::Map,
+    loads: &'a aya::maps::Map,
+}
+
+/// `BPF_EXIST`: update an entry only if it is there.
+const BPF_EXIST: u64 = 2;
+
+/// One pass over the flow table (at most `limit` entries): flows per
+/// backend, and the connection counts made true.
+///
+/// A counted flow (`FLOW_OPEN`) idle past its limit is ended here: its
+/// mark cleared (only if the entry is as it was read) and its backend's
+/// count lowered by one, exactly. Then each backend's count is set against
+/// the counted flows found: what it holds beyond them and beyond every
+/// new flow of the backend during the pass (which the pass may have missed)
+/// is flows the LRU evicted; that much is taken off. The bound makes the
+/// correction safe under traffic (never below the truth), and it catches up
+/// over passes.
+fn census_of(
+    m: &CensusMaps,
+    max_idle_ns: u64,
+    udp_idle_ns: u64,
+    limit: usize,
+) -> Result<FlowCensus> {
+    let backends: Array<&MapData, Backend> =
+        Array::try_from(m.backends).map_err(map_err(maps::BACKENDS))?;
+    let slots = backends.len();
+    let gens: Vec<Option<u32>> = (0..slots)
+        .map(|i| {
+            backends
+                .get(&i, 0)
+                .ok()
+                .filter(|b| b.flags & BACKEND_F_USED != 0)
+                .map(|b| b.gen)
+        })
+        .collect();
+    let new_flows = |m: &CensusMaps| -> Result<Vec<u64>> {
+        let a: PerCpuArray<&MapData, BackendStats> =
+            PerCpuArray::try_from(m.stats).map_err(map_err(maps::BACKEND_STATS))?;
+        Ok((0..slots)
+            .map(|i| match gens[i as usize] {
+                Some(_) => a
+                    .get(&i, 0)
+                    .map_or(0, |v| v.iter().map(|s| s.new_flows).sum()),
+                None => 0,
+            })
+            .collect())
+    };
+    let data = |m| map_data(m).expect("an array or hash map");
+    let loads = LoadsMmap::new(data(m.loads), slots as usize)?;
+    // The typed map writes through a handle of its own.
+    let mut own = aya::maps::Map::LruHashMap(clone_fd(data(m.flows))?);
+    let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> =
+        HashMap::try_from(&mut own).map_err(map_err(maps::FLOWS))?;
+    let opened_before = new_flows(m)?;
+    let now = monotonic_ns();
+    let mut out = FlowCensus::default();
+    let mut counted = vec![0u64; slots as usize];
+    let mut to_end: Vec<(FlowKey, FlowValue)> = Vec::new();
+    let mut seen = 0;
+    lookup_batches(data(m.flows), |keys, values| {
+        for (k, v) in keys.iter().zip(values) {
+            let idle = now.saturating_sub(v.last_seen_ns);
+            // last_seen is refreshed at most once a second by the data path.
+            if idle <= max_idle_ns + LAST_SEEN_GRANULARITY_NS {
+                *out.flows.entry(v.backend).or_insert(0) += 1;
+            }
+            let b = v.backend as usize;
+            if v.last_seen_ns & FLOW_OPEN == 0 || gens.get(b).copied().flatten() != Some(v.gen) {
+                continue;
+            }
+            let limit = if k.proto == PROTO_UDP {
+                udp_idle_ns
+            } else {
+                lb_common::TCP_COUNT_IDLE_NS
+            };
+            if idle > limit + LAST_SEEN_GRANULARITY_NS {
+                to_end.push((*k, *v));
+            } else {
+                counted[b] += 1;
+            }
+        }
+        seen += values.len();
+        seen < limit
+    })
+    .map_err(|source| DataPlaneError::Io {
+        what: format!("reading `{}` in batches", maps::FLOWS),
+        source,
+    })?;
+    for (k, v) in to_end {
+        // Only the entry as it was read: a packet since may have renewed it.
+        if flows.get(&k, 0).ok() != Some(v) {
+            continue;
+        }
+        let ended = FlowValue {
+            last_seen_ns: v.last_seen_ns & !FLOW_OPEN,
+            ..v
+        };
+        if flows.insert(k, ended, BPF_EXIST).is_ok() {
+            loads.sub(v.backend as usize, 1);
+            out.ended += 1;
+        }
+    }
+    let opened_after = new_flows(m)?;
+    for b in 0..slots as usize {
+        if gens[b].is_none() {
+            continue;
+        }
+        let now_counted = loads.get(b);
+        let during = opened_after[b].saturating_sub(opened_before[b]);
+        // A count below 0 (taken off twice in a race) is left to the next pass.
+        if now_counted > u64::MAX / 2 {
+            continue;
+        }
+        let extra = now_counted.saturating_sub(counted[b] + during);
+        if extra > 0 {
+            loads.sub(b, extra);
+            out.lost += extra;
+        }
+    }
+    Ok(out)
+}
+
+/// A second handle on a map.
+fn clone_fd(m: &MapData) -> Result<MapData> {
+    let fd = m
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataPlaneError::Io {
+            what: "duplicating a map descriptor".into(),
+            source,
+        })?;
+    MapData::from_fd(fd).map_err(map_err(maps::FLOWS))
+}
+
+/// `LOADS` mapped into our memory: its counts are changed with atomic
+/// operations, as the data path's are.
+struct LoadsMmap {
+    ptr: *mut AtomicU64,
+    len: usize,
+}
+
+impl LoadsMmap {
+    fn new(map: &MapData, len: usize) -> Result<Self> {
+        let bytes = (len * 8).div_ceil(4096) * 4096;
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataPlaneError::Io {
+                what: format!("mmap of the {} map", maps::LOADS),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(LoadsMmap {
+            ptr: ptr as *mut AtomicU64,
+            len,
+        })
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        assert!(i < self.len);
+        // SAFETY: in bounds of the mapping, which lives as long as self.
+        unsafe { &*self.ptr.add(i) }.load(Ordering::Relaxed)
+    }
+
+    fn sub(&self, i: usize, n: u64) {
+        assert!(i < self.len);
+        // SAFETY: as in `get`.
+        unsafe { &*self.ptr.add(i) }.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LoadsMmap {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr as *mut _, (self.len * 8).div_ceil(4096) * 4096) };
+    }
+}

@@ -97,7 +97,7 @@ pub const DEFERRED: u32 = NO_BACKEND - 1;
 pub const FULL: u32 = NO_BACKEND - 2;
 /// Backends tried, beyond the scheduler's, for a new flow whose backend is
 /// at its `max_connections`.
-const FULL_RETRIES: u32 = 8;
+const FULL_RETRIES: u32 = 16;
 
 /// Finds the VIP of the flow `key` (exact port first: it takes precedence
 /// over an any-port VIP) and picks its backend. `None`: no VIP. With
@@ -178,14 +178,16 @@ fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool)
     if !counts || b == NO_BACKEND || has_room(b) {
         return b;
     }
-    // At its limit: other backends, by weight (the table's random slots, or
-    // the sequence's next ones).
+    // At its limit: other backends, by weight: the sequence's next ones,
+    // or the table's slots on from a random one (a Maglev table interleaves
+    // its backends, so a few slots in a row reach several).
+    let start = unsafe { bpf_get_prandom_u32() };
     let mut i = 0;
     while i < FULL_RETRIES {
         let c = if vip.scheduler == scheduler::ROUND_ROBIN {
             round_robin(vip, size)
         } else {
-            maglev(vip, unsafe { bpf_get_prandom_u32() }, size)
+            maglev(vip, start.wrapping_add(i), size)
         };
         if c != NO_BACKEND && has_room(c) {
             return c;

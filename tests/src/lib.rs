@@ -304,6 +304,26 @@ impl Balancer {
         f.get(key, 0).ok()
     }
 
+    /// Removes a flow from the table, as an LRU eviction would.
+    pub fn forget_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let map = self.ebpf_mut().map_mut(maps::FLOWS).context("no FLOWS")?;
+        let mut f: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
+        Ok(f.remove(key)?)
+    }
+
+    /// Active connections counted on backend `id` (`LOADS`).
+    pub fn load_of(&mut self, id: u32) -> u64 {
+        use lb_userspace::dataplane::DataPlane;
+        self.dp().load(id).unwrap()
+    }
+
+    /// Writes backend `id`'s weight and connection limit (0: none).
+    pub fn set_limit(&mut self, id: u32, weight: u32, max_conns: u32) {
+        use lb_userspace::dataplane::DataPlane;
+        let l = lb_common::BackendLimit { weight, max_conns };
+        self.dp().set_limit(id, &l).unwrap();
+    }
+
     pub fn flow_count(&self) -> usize {
         let f: HashMap<&MapData, FlowKey, FlowValue> =
             HashMap::try_from(self.map(maps::FLOWS)).unwrap();

@@ -97,6 +97,9 @@ impl Flow {
             if tcp_flags.contains('R') {
                 t = t.rst();
             }
+            if tcp_flags.contains('F') {
+                t = t.fin();
+            }
             t.write(&mut out, payload).unwrap();
         }
         out

@@ -2033,3 +2033,315 @@ fn decap_leaves_other_traffic_alone() {
     assert_eq!(d.decap_counter(decap_counter::PASS_NOT_VIP), 1);
     assert_eq!(d.decap_counter(decap_counter::DECAPPED), 0);
 }
+
+/// The WEB VIP (backends 1, 2, 3, each weight 1 in `LIMITS`) scheduled by
+/// `scheduler` with its connections counted; `table` in its active buffer
+/// (with `seq_len` for a sequence).
+fn counted_web(scheduler: u8, table: &[u32], seq_len: u32, persist_s: u32) -> Balancer {
+    let mut lb = setup_sized(Sizes {
+        flows: 65536,
+        ..test_sizes()
+    })
+    .expect("root");
+    let n = test_sizes().ring_size;
+    let ring: Vec<u32> = if seq_len > 0 {
+        let mut t = vec![NO_BACKEND; n as usize];
+        t[..table.len()].copy_from_slice(table);
+        t
+    } else {
+        ring(table, n)
+    };
+    lb.write_ring(WEB, 1, &ring).unwrap();
+    for id in 1..=3 {
+        lb.set_limit(id, 1, 0);
+    }
+    lb.add_vip(
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        VipInfo {
+            vip_id: WEB,
+            active_ring: 1,
+            scheduler,
+            flags: lb_common::VIP_F_COUNT,
+            seq_len,
+            persist_s,
+            src_prefix_v4: 32,
+            src_prefix_v6: 128,
+            ..VipInfo::default()
+        },
+    )
+    .unwrap();
+    lb
+}
+
+/// Opens a TCP connection to WEB from a client of its own (SYN, then ACK);
+/// returns it and its backend.
+fn connect(lb: &Balancer, i: u32) -> (Flow, u32) {
+    let client = Ipv4Addr::from(0xc633_0000 + i).to_string();
+    let f = Flow::tcp(&client, 40000, "10.100.0.1", 80);
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
+    assert_eq!(lb.run(&f.packet("A", b"")).unwrap().action, XDP_TX);
+    let id = lb.flow(&f.key()).unwrap().backend;
+    (f, id)
+}
+
+fn loads(lb: &mut Balancer) -> [u64; 3] {
+    [lb.load_of(1), lb.load_of(2), lb.load_of(3)]
+}
+
+#[test]
+fn connections_are_counted_per_backend_and_each_ends_once() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let mut lb = counted_web(lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
+    let conns: Vec<(Flow, u32)> = (0..300).map(|i| connect(&lb, i)).collect();
+    let mut want = [0u64; 3];
+    for (_, id) in &conns {
+        want[*id as usize - 1] += 1;
+    }
+    assert_eq!(loads(&mut lb), want, "one count per connection");
+    // The client's FIN ends the count, once: its retransmission, the last
+    // ACK and a RST after it do not count again.
+    let (f, id) = &conns[0];
+    for flags in ["FA", "FA", "A", "RA"] {
+        assert_eq!(lb.run(&f.packet(flags, b"")).unwrap().action, XDP_TX);
+    }
+    want[*id as usize - 1] -= 1;
+    assert_eq!(loads(&mut lb), want);
+    // The 4-tuple used again by a new connection: counted again.
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
+    want[*id as usize - 1] += 1;
+    assert_eq!(loads(&mut lb), want);
+    // A RST ends one.
+    let (g, gid) = &conns[1];
+    assert_eq!(lb.run(&g.packet("R", b"")).unwrap().action, XDP_TX);
+    want[*gid as usize - 1] -= 1;
+    assert_eq!(loads(&mut lb), want);
+    // A backend that goes down: its flows are scheduled anew and counted
+    // on their new backends, off the old one.
+    let (h, hid) = conns.iter().find(|(_, id)| *id == 3).unwrap();
+    lb.set_backend(3, backend(addr_of(3), BACKEND_F_DOWN, WEB))
+        .unwrap();
+    replace_table(
+        &mut lb,
+        vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+        WEB,
+        &[1, 2],
+    );
+    let before = loads(&mut lb);
+    assert_eq!(lb.run(&h.packet("A", b"")).unwrap().action, XDP_TX);
+    let now_at = lb.flow(&h.key()).unwrap().backend;
+    assert_ne!(now_at, *hid);
+    let after = loads(&mut lb);
+    assert_eq!(after[2], before[2] - 1, "off the backend that went down");
+    // The VIP info was replaced without VIP_F_COUNT: the moved flow is not
+    // counted on its new backend.
+    assert_eq!(after[now_at as usize - 1], before[now_at as usize - 1]);
+}
+
+#[test]
+fn least_connections_steers_new_flows_away_from_a_backend_holding_many() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    for (scheduler, seq_len) in [
+        (lb_common::scheduler::LEAST_CONN, 0),
+        (lb_common::scheduler::LEAST_CONN_EXACT, 3),
+    ] {
+        let mut lb = counted_web(scheduler, &[1, 2, 3], seq_len, 0);
+        // 300 connections spread evenly, then those of backends 2 and 3
+        // end: backend 1 holds about 100, the others none.
+        let conns: Vec<(Flow, u32)> = (0..300).map(|i| connect(&lb, i)).collect();
+        let l = loads(&mut lb);
+        assert!(
+            l.iter().all(|n| (90..=110).contains(n)),
+            "{scheduler}: 300 connections spread as {l:?}"
+        );
+        for (f, id) in &conns {
+            if *id != 1 {
+                assert_eq!(lb.run(&f.packet("FA", b"")).unwrap().action, XDP_TX);
+            }
+        }
+        let held = lb.load_of(1);
+        assert_eq!(loads(&mut lb), [held, 0, 0]);
+        // 200 new connections: the idle backends take (almost) all.
+        let mut got = [0u32; 3];
+        for i in 1000..1200 {
+            got[connect(&lb, i).1 as usize - 1] += 1;
+        }
+        if seq_len > 0 {
+            // Exact: always the least loaded, so the counts end level
+            // (backend 1 only once the others caught up with it).
+            let l = loads(&mut lb);
+            assert!(l[1].abs_diff(l[2]) <= 1, "exact: {got:?}, loads {l:?}");
+            if got[0] > 0 {
+                assert!(l[0].abs_diff(l[1]) <= 1, "exact: {got:?}, loads {l:?}");
+            } else {
+                assert!(l[1] <= held + 1, "exact: {got:?}, loads {l:?}");
+            }
+        } else {
+            // Backend 1 only when both choices are it: about 1/9.
+            assert!(got[0] <= 40, "two choices: {got:?}");
+            assert!(got[1].abs_diff(got[2]) <= 40, "two choices: {got:?}");
+        }
+        // Established flows stay where they are.
+        for (f, id) in conns.iter().filter(|(_, id)| *id == 1).take(20) {
+            assert_encap(&lb, &f.packet("A", b"more"), f, *id);
+        }
+    }
+}
+
+#[test]
+fn least_connections_follows_the_weights() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // 10 000 connections held open, weights 1, 1, 2: the table holds
+    // backend 3 twice, LIMITS says weight 2.
+    for (scheduler, table, seq_len) in [
+        (lb_common::scheduler::LEAST_CONN, vec![1, 2, 3, 3], 0),
+        (lb_common::scheduler::LEAST_CONN_EXACT, vec![1, 2, 3], 3),
+    ] {
+        let mut lb = counted_web(scheduler, &table, seq_len, 0);
+        lb.set_limit(3, 2, 0);
+        let mut got = [0u32; 3];
+        for i in 0..10_000 {
+            got[connect(&lb, i).1 as usize - 1] += 1;
+        }
+        assert_shares_near(got.map(|c| c as f64 / 10_000.0), [0.25, 0.25, 0.5]);
+        assert_eq!(loads(&mut lb), got.map(u64::from));
+    }
+}
+
+#[test]
+fn max_connections_stops_new_flows_at_the_limit_and_resumes_below_it() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let mut lb = counted_web(lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
+    for id in 1..=3 {
+        lb.set_limit(id, 1, 5);
+    }
+    // 15 connections fill the three backends, whatever Maglev says.
+    let conns: Vec<(Flow, u32)> = (0..15).map(|i| connect(&lb, i)).collect();
+    assert_eq!(loads(&mut lb), [5, 5, 5]);
+    // The 16th is dropped and counted, for the VIP too.
+    let drops = lb.vip_stats(WEB).drops;
+    let f = Flow::tcp("192.0.2.99", 40000, "10.100.0.1", 80);
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_BACKENDS_FULL), 1);
+    assert_eq!(lb.vip_stats(WEB).drops, drops + 1);
+    assert!(lb.flow(&f.key()).is_none());
+    // Established connections carry on at the limit.
+    for (c, id) in &conns {
+        assert_encap(&lb, &c.packet("A", b"data"), c, *id);
+    }
+    // One ends on backend 2: the next new flow goes there.
+    let (c, _) = conns.iter().find(|(_, id)| *id == 2).unwrap();
+    assert_eq!(lb.run(&c.packet("FA", b"")).unwrap().action, XDP_TX);
+    assert_encap(&lb, &f.packet("S", b""), &f, 2);
+    assert_eq!(loads(&mut lb), [5, 5, 5]);
+}
+
+#[test]
+fn persistence_keeps_a_client_on_its_backend_through_a_table_change_until_it_goes_down() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    let mut lb = counted_web(lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 300);
+    // 100 connections of one client: one backend.
+    let conn = |lb: &Balancer, port: u16| {
+        let f = Flow::tcp("198.51.100.7", port, "10.100.0.1", 80);
+        assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
+        lb.flow(&f.key()).unwrap().backend
+    };
+    let first = conn(&lb, 30000);
+    for p in 1..100 {
+        assert_eq!(conn(&lb, 30000 + p), first, "connection {p}");
+    }
+    assert_eq!(lb.counter(counter::PERSIST_HIT), 99);
+    // Without persistence the same ports spread.
+    let spread: std::collections::BTreeSet<u32> = (0..100)
+        .map(|p| {
+            let f = Flow::tcp("198.51.100.8", 30000 + p, "10.100.0.1", 80);
+            (hash(&f) % test_sizes().ring_size) % 3 + 1
+        })
+        .collect();
+    assert_eq!(spread.len(), 3, "the flow hash alone would spread them");
+    // The Maglev table changes (every slot now names another backend):
+    // the client stays.
+    let rotated: Vec<u32> = [1, 2, 3].iter().map(|b| b % 3 + 1).collect();
+    lb.write_ring(WEB, 0, &ring(&rotated, test_sizes().ring_size))
+        .unwrap();
+    let mut info = lb.vip_info(&key).unwrap();
+    info.active_ring = 0;
+    lb.add_vip(key, info).unwrap();
+    assert_eq!(conn(&lb, 31000), first);
+    // Its backend stops taking new flows (drained: weight 0, out of the
+    // table, as the daemon does it): the client moves, and stays there.
+    let others: Vec<u32> = [1, 2, 3].into_iter().filter(|b| *b != first).collect();
+    let retable = |lb: &mut Balancer, ids: &[u32]| {
+        let mut info = lb.vip_info(&key).unwrap();
+        info.active_ring ^= 1;
+        lb.write_ring(WEB, info.active_ring, &ring(ids, test_sizes().ring_size))
+            .unwrap();
+        lb.add_vip(key, info).unwrap();
+    };
+    lb.set_limit(first, 0, 0);
+    retable(&mut lb, &others);
+    let second = conn(&lb, 32000);
+    assert_ne!(second, first);
+    assert_eq!(conn(&lb, 32001), second);
+    // And when that one goes down, again.
+    lb.set_backend(second, backend(addr_of(second), BACKEND_F_DOWN, WEB))
+        .unwrap();
+    let last: Vec<u32> = others.into_iter().filter(|b| *b != second).collect();
+    retable(&mut lb, &last);
+    let third = conn(&lb, 33000);
+    assert!(
+        third != second && third != first,
+        "{first} {second} {third}"
+    );
+}
+
+#[test]
+fn the_flow_walk_takes_evicted_and_idle_flows_off_the_counts() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let mut lb = counted_web(lb_common::scheduler::LEAST_CONN, &[1, 2, 3], 0, 0);
+    let conns: Vec<(Flow, u32)> = (0..60).map(|i| connect(&lb, i)).collect();
+    let before = loads(&mut lb);
+    // 20 entries vanish as LRU evictions would: the walk takes them off.
+    let mut want = before;
+    for (f, id) in &conns[..20] {
+        lb.forget_flow(&f.key()).unwrap();
+        want[*id as usize - 1] -= 1;
+    }
+    let c = lb.dp().flow_census(60_000_000_000, 30_000_000_000).unwrap();
+    assert_eq!((c.lost, c.ended), (20, 0));
+    assert_eq!(loads(&mut lb), want);
+    // A second walk finds nothing more to correct.
+    let c = lb.dp().flow_census(60_000_000_000, 30_000_000_000).unwrap();
+    assert_eq!((c.lost, c.ended), (0, 0));
+    // UDP flows idle past the timeout are ended (their mark cleared).
+    let mut dns = lb
+        .vip_info(&vip_key(ip("10.100.0.1"), 53, PROTO_UDP))
+        .unwrap();
+    dns.flags = lb_common::VIP_F_COUNT;
+    lb.add_vip(vip_key(ip("10.100.0.1"), 53, PROTO_UDP), dns)
+        .unwrap();
+    lb.set_limit(4, 1, 0);
+    lb.set_limit(5, 1, 0);
+    for p in 0..10 {
+        let f = Flow::udp("192.0.2.77", 7000 + p, "10.100.0.1", 53);
+        assert_eq!(lb.run(&f.packet("", b"q")).unwrap().action, XDP_TX);
+    }
+    assert_eq!(lb.load_of(4) + lb.load_of(5), 10);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let c = lb.dp().flow_census(60_000_000_000, 0).unwrap();
+    assert_eq!((c.lost, c.ended), (0, 10));
+    assert_eq!(lb.load_of(4) + lb.load_of(5), 0);
+    assert_eq!(loads(&mut lb), want, "TCP counts untouched");
+}

@@ -45,6 +45,10 @@ pub struct BackendStatus {
     pub last_probe: Option<String>,
     pub latency_ms: Option<f64>,
     pub active_flows: u64,
+    /// Active connections as the data path counts them, on VIPs that count
+    /// them (least connections, `max_connections`).
+    #[serde(default)]
+    pub connections: Option<u64>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -112,7 +116,10 @@ pub fn render(s: &Status) -> String {
                 b.state.clone(),
                 b.health.clone(),
                 probe,
-                b.active_flows.to_string(),
+                match b.connections {
+                    Some(c) => format!("{} ({c} conns)", b.active_flows),
+                    None => b.active_flows.to_string(),
+                },
                 b.packets.to_string(),
                 b.bytes.to_string(),
                 format!("{:.1}", b.new_flows_per_s),

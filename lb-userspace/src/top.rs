@@ -206,6 +206,7 @@ mod tests {
             last_probe: None,
             latency_ms: None,
             active_flows: new_flows,
+            connections: None,
             packets,
             bytes,
             new_flows,

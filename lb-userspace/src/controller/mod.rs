@@ -96,6 +96,12 @@ pub struct RunningVip {
 }
 
 impl RunningVip {
+    /// Whether the data path counts this VIP's active connections (least
+    /// connections, or a backend with `max_connections`).
+    pub fn counts_connections(&self) -> bool {
+        self.conf.scheduler.counts() || self.backends.values().any(|b| b.max_connections.is_some())
+    }
+
     pub fn key(&self) -> VipKey {
         vip_key(&self.conf)
     }

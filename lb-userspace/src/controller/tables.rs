@@ -101,8 +101,7 @@ impl<D: DataPlane> Controller<D> {
             Scheduler::LeastConnectionsExact => TableKind::EveryBackend,
             _ => TableKind::Maglev,
         };
-        let counts =
-            v.conf.scheduler.counts() || v.backends.values().any(|b| b.max_connections.is_some());
+        let counts = v.counts_connections();
         // Persistence and source hash share the client prefix (the pool
         // file makes them agree when both are set).
         let (prefix_v4, prefix_v6, persist_s) = match v.conf.persistence {

@@ -25,6 +25,7 @@ pub const NAMES: &[&str] = &[
     "lb_backend_new_flows_total",
     "lb_backend_syn_retransmits_total",
     "lb_backend_active_flows",
+    "lb_backend_active_connections",
     "lb_backend_up",
     "lb_backend_weight",
     "lb_backend_state",
@@ -55,6 +56,7 @@ pub(super) struct Metrics {
     be_new_flows: IntCounterVec,
     be_syn_retransmits: IntCounterVec,
     be_active_flows: IntGaugeVec,
+    be_connections: IntGaugeVec,
     be_up: IntGaugeVec,
     be_weight: IntGaugeVec,
     be_state: IntGaugeVec,
@@ -162,6 +164,11 @@ impl Metrics {
                 "Flows to the backend active within the UDP idle timeout (at least 60 s), as last counted.",
                 VB,
             ),
+            be_connections: gauge(
+                "lb_backend_active_connections",
+                "Active connections as the data path counts them (VIPs with least connections or max_connections).",
+                VB,
+            ),
             be_up: gauge("lb_backend_up", "1 while the backend passes its health checks (or has none).", VB),
             be_weight: gauge("lb_backend_weight", "The backend's weight in the pool file.", VB),
             be_state: gauge(
@@ -229,6 +236,7 @@ impl Metrics {
             &self.vip_up,
             &self.vip_panic,
             &self.be_active_flows,
+            &self.be_connections,
             &self.be_up,
             &self.be_weight,
             &self.be_state,
@@ -260,6 +268,9 @@ impl Metrics {
                     .with_label_values(l)
                     .set(b.active_flows as i64);
                 active += b.active_flows;
+                if let Some(c) = b.connections {
+                    self.be_connections.with_label_values(l).set(c as i64);
+                }
                 self.be_up
                     .with_label_values(l)
                     .set(i64::from(b.health != "down"));

@@ -74,6 +74,7 @@ impl Daemon {
             .values()
             .map(|v| {
                 let s = self.ctl.dp.vip_stats(v.id).unwrap_or_default();
+                let counts = v.counts_connections();
                 VipStatus {
                     name: v.conf.name.clone(),
                     address: v.conf.address.to_string(),
@@ -113,6 +114,8 @@ impl Daemon {
                                 last_probe: b.last_probe.as_ref().map(|p| p.detail.clone()),
                                 latency_ms: b.last_probe.as_ref().map(|p| p.latency_ms),
                                 active_flows: *flows.get(&b.id).unwrap_or(&0),
+                                connections: counts
+                                    .then(|| self.ctl.dp.load(b.id).unwrap_or_default()),
                                 packets: bs.packets,
                                 bytes: bs.bytes,
                                 new_flows: bs.new_flows,
@@ -134,6 +137,8 @@ impl Daemon {
                                         last_probe: None,
                                         latency_ms: None,
                                         active_flows: *flows.get(&id).unwrap_or(&0),
+                                        connections: counts
+                                            .then(|| self.ctl.dp.load(id).unwrap_or_default()),
                                         packets: bs.packets,
                                         bytes: bs.bytes,
                                         new_flows: bs.new_flows,

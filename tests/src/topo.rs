@@ -25,6 +25,7 @@ pub const LB6: &str = "fd10::2";
 pub const LB4_2: &str = "10.10.0.3";
 pub const LB6_2: &str = "fd10::3";
 
+#[derive(Clone, Debug)]
 pub struct Host {
     pub name: String,
     pub ns: String,

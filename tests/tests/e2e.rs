@@ -1462,3 +1462,169 @@ fn behind_ecmp_and_bgp_losing_a_node_breaks_no_connection() {
     );
     wait_route(&t, &[LB4]);
 }
+
+/// The pool file of `t` with `setting` (YAML lines, indented as a VIP's
+/// fields) added to the VIP on `port`/tcp.
+fn with_vip_setting(yaml: &str, port: u16, setting: &str) -> String {
+    let at = format!("    port: {port}\n    protocol: tcp\n");
+    assert!(yaml.contains(&at), "no VIP on port {port}");
+    yaml.replacen(&at, &format!("{at}{setting}"), 1)
+}
+
+/// One short conversation with the `hold` VIP: the backend's name.
+fn hold_once(addr: SocketAddr) -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::net::TcpStream::connect_timeout(&addr, T)?;
+    s.set_read_timeout(Some(T))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    writeln!(w, "hi")?;
+    let mut name = String::new();
+    r.read_line(&mut name)?;
+    Ok(name.trim().to_string())
+}
+
+/// The `connections` `lb status` shows for each backend of VIP `name`.
+fn connections(t: &Topology, name: &str) -> BTreeMap<String, u64> {
+    let st = t.status_json().unwrap();
+    vip(&st, name)["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let c = b["connections"].as_u64();
+            (
+                b["address"].as_str().unwrap().to_string(),
+                c.unwrap_or_else(|| panic!("{b}")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn least_connections_sends_short_connections_around_a_backend_holding_long_ones() {
+    let Some(mut t) = topo("e2lc", &[1, 1, 1]) else {
+        return;
+    };
+    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+    let lc = "    scheduler: least_connections\n";
+    let only_b1 = pool_yaml(&t.tag, &t.dir, &[(&t.backends[0], 1, "active")]);
+    t.write_pool(&with_vip_setting(&only_b1, 9000, lc)).unwrap();
+    t.start_daemon().unwrap();
+    // 20 long-lived connections, all on b1 (the only backend yet).
+    let client = t.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            use std::io::{BufRead, BufReader, Write};
+            let mut conns = Vec::new();
+            for _ in 0..20 {
+                let s = std::net::TcpStream::connect_timeout(&hold, T).unwrap();
+                s.set_read_timeout(Some(T)).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                writeln!(w, "hi").unwrap();
+                let mut name = String::new();
+                r.read_line(&mut name).unwrap();
+                conns.push((w, r, name.trim().to_string()));
+            }
+            rtx.send(conns.iter().map(|c| c.2.clone()).collect::<Vec<_>>())
+                .unwrap();
+            rx.recv().unwrap();
+            let mut broken = 0;
+            for (w, r, first) in conns.iter_mut() {
+                let mut name = String::new();
+                if writeln!(w, "again").is_err()
+                    || r.read_line(&mut name).is_err()
+                    || name.trim() != first
+                {
+                    broken += 1;
+                }
+            }
+            broken
+        })
+    });
+    let names = rrx.recv().unwrap();
+    assert!(names.iter().all(|n| n == "b1"), "{names:?}");
+    let all = pool_yaml(
+        &t.tag,
+        &t.dir,
+        &t.backends
+            .iter()
+            .map(|h| (h, 1, "active"))
+            .collect::<Vec<_>>(),
+    );
+    t.write_pool(&with_vip_setting(&all, 9000, lc)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let b1 = t.backends[0].v4.to_string();
+    let held = connections(&t, "hold");
+    assert_eq!(held[&b1], 20, "{held:?}");
+    // 90 short connections, one after another: b1, holding 20, gets one
+    // only when both choices fall on it (about 1 in 9).
+    let (seen, failed) = in_ns(&t.client, move || tally(90, |_| hold_once(hold)));
+    assert_eq!(failed, 0, "{seen:?}");
+    let on_b1 = *seen.get("b1").unwrap_or(&0);
+    assert!(on_b1 <= 20, "b1 got {on_b1} of 90: {seen:?}");
+    assert!(
+        seen.get("b2").is_some_and(|n| *n >= 25) && seen.get("b3").is_some_and(|n| *n >= 25),
+        "{seen:?}"
+    );
+    // The short ones ended (the clients' FINs): only the long ones count.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = connections(&t, "hold");
+    assert_eq!(after[&b1], 20, "{after:?}");
+    assert_eq!(after.values().sum::<u64>(), 20, "{after:?}");
+    tx.send(()).unwrap();
+    assert_eq!(
+        worker.join().unwrap(),
+        0,
+        "long connections broken or moved"
+    );
+    // Closed: nothing counted.
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = connections(&t, "hold");
+    assert_eq!(closed.values().sum::<u64>(), 0, "{closed:?}");
+}
+
+#[test]
+fn persistence_keeps_a_client_on_one_backend_across_connections_and_pool_changes() {
+    let Some(mut t) = topo("e2ps", &[1, 1, 1]) else {
+        return;
+    };
+    let sticky = "    persistence: { timeout: 300s }\n";
+    let (tag, dir, backends) = (t.tag.clone(), t.dir.clone(), t.backends.clone());
+    let pool = |w: &[(u32, &'static str)]| {
+        let hosts: Vec<_> = backends
+            .iter()
+            .zip(w)
+            .map(|(h, (w, s))| (h, *w, *s))
+            .collect();
+        with_vip_setting(&pool_yaml(&tag, &dir, &hosts), 80, sticky)
+    };
+    let first_pool = pool(&[(1, "active"), (1, "active"), (1, "active")]);
+    t.write_pool(&first_pool).unwrap();
+    t.start_daemon().unwrap();
+    // 100 connections of the one client: one backend.
+    let (seen, failed) = spread_http(&t, web(), 100);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
+    let home = seen.keys().next().unwrap().clone();
+    // The Maglev table changes (new weights): the client stays.
+    t.write_pool(&pool(&[(1, "active"), (3, "active"), (2, "active")]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (seen, failed) = spread_http(&t, web(), 50);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec![&home], "{seen:?}");
+    // Its backend is drained: the client moves, to one other backend.
+    let mut w = [(1, "active"), (3, "active"), (2, "active")];
+    let i: usize = home[1..].parse::<usize>().unwrap() - 1;
+    w[i].1 = "drain";
+    t.write_pool(&pool(&w)).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (seen, failed) = spread_http(&t, web(), 50);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(!seen.contains_key(&home), "{seen:?}");
+}

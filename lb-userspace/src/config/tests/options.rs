@@ -134,3 +134,133 @@ fn slow_start_is_read_and_bounded() {
         "out of range; use 1s to 1h",
     );
 }
+
+#[test]
+fn persistence_is_read_and_checked() {
+    let vip = |extra: &str| format!("{HEAD}{WEB}    persistence: {extra}\n");
+    let pool = ok(&vip("{ timeout: 10m, prefix_v4: 24 }"));
+    assert_eq!(
+        pool.vips[0].persistence,
+        Some(Persistence {
+            timeout: Duration::from_secs(600),
+            prefix_v4: 24,
+            prefix_v6: 128,
+        })
+    );
+    let pool = ok(&vip("{}"));
+    assert_eq!(
+        pool.vips[0].persistence,
+        Some(Persistence {
+            timeout: DEFAULT_PERSISTENCE_TIMEOUT,
+            prefix_v4: 32,
+            prefix_v6: 128,
+        })
+    );
+    assert_eq!(ok(&format!("{HEAD}{WEB}")).vips[0].persistence, None);
+    let errs = errors(&vip("{ timeout: 2d, prefix_v6: 129 }"));
+    assert_has(
+        &errs,
+        13,
+        29,
+        "vips[0].persistence.timeout",
+        "persistence timeout 2days is out of range; use 1s to 24h",
+    );
+    assert_has(
+        &errs,
+        13,
+        44,
+        "vips[0].persistence.prefix_v6",
+        "out of range",
+    );
+    assert_eq!(errs.len(), 2, "{errs}");
+    // With source_hash, one client prefix for both.
+    let text = format!(
+        "{HEAD}{WEB}    scheduler: source_hash\n    source_prefix_v4: 24\n    persistence: {{}}\n"
+    );
+    assert_only(
+        &text,
+        15,
+        18,
+        "vips[0].persistence",
+        "persistence prefixes /32 and /128 differ from source_prefix_v4 /24",
+    );
+    let text = format!(
+        "{HEAD}{WEB}    scheduler: source_hash\n    source_prefix_v4: 24\n    persistence: {{ prefix_v4: 24 }}\n"
+    );
+    assert_eq!(ok(&text).vips[0].persistence.unwrap().prefix_v4, 24);
+}
+
+#[test]
+fn max_connections_is_per_vip_with_a_backend_override() {
+    let text = format!(
+        "{HEAD}  - name: web
+    address: 10.100.0.1
+    port: 80
+    protocol: tcp
+    max_connections: 1000
+    backends:
+      - address: 10.0.1.1
+      - {{ address: 10.0.1.2, max_connections: 50 }}
+"
+    );
+    let v = &ok(&text).vips[0];
+    assert_eq!(v.max_connections, Some(1000));
+    let limits: Vec<_> = v.backends.iter().map(|b| b.max_connections).collect();
+    assert_eq!(limits, [Some(1000), Some(50)]);
+    let v = &ok(&format!("{HEAD}{WEB}")).vips[0];
+    assert_eq!(
+        (v.max_connections, v.backends[0].max_connections),
+        (None, None)
+    );
+    assert_only(
+        &text.replace("max_connections: 50", "max_connections: 0"),
+        14,
+        47,
+        "vips[0].backends[1].max_connections",
+        "out of range",
+    );
+}
+
+#[test]
+fn least_connections_schedulers_are_named_and_exact_is_bounded() {
+    for (name, s, number) in [
+        (
+            "least_connections",
+            Scheduler::LeastConnections,
+            lb_common::scheduler::LEAST_CONN,
+        ),
+        (
+            "weighted_least_connections",
+            Scheduler::LeastConnections,
+            lb_common::scheduler::LEAST_CONN,
+        ),
+        (
+            "least_connections_exact",
+            Scheduler::LeastConnectionsExact,
+            lb_common::scheduler::LEAST_CONN_EXACT,
+        ),
+    ] {
+        let v = &ok(&format!("{HEAD}{WEB}    scheduler: {name}\n")).vips[0];
+        assert_eq!((v.scheduler, v.scheduler.number()), (s, number));
+        assert!(v.scheduler.counts());
+    }
+    let many: String = (1..=129)
+        .map(|i| format!("      - address: 10.0.{}.{}\n", i / 200, i % 200 + 1))
+        .collect();
+    let text = format!(
+        "{HEAD}  - name: web
+    address: 10.100.0.1
+    port: 80
+    protocol: tcp
+    scheduler: least_connections_exact
+    backends:
+{many}"
+    );
+    assert_only(
+        &text,
+        11,
+        16,
+        "vips[0].scheduler",
+        "least_connections_exact takes at most 128 backends (129 given)",
+    );
+}

@@ -154,3 +154,106 @@ fn least_response_time_weights_backends_by_their_probe_times() {
     let share = t.iter().filter(|s| **s == slow).count() as f64 / t.len() as f64;
     assert!((share - 0.5).abs() < 0.02, "share {share}");
 }
+
+#[test]
+fn least_connections_vips_count_and_get_weights_limits_and_their_table() {
+    let with = |setting: &str, backends: &[&str]| {
+        vip("web", "10.100.0.1", 80, "tcp", backends).replace(
+            "    protocol: tcp\n",
+            &format!("    protocol: tcp\n{setting}"),
+        )
+    };
+    let backends = [
+        "address: 10.0.1.1, weight: 5, health_check: { kind: tcp }",
+        "address: 10.0.1.2, weight: 1, max_connections: 7",
+        "address: 10.0.1.3, weight: 2, state: drain",
+    ];
+    // Exact: every backend taking new flows once, in the sequence.
+    let p = pool(&[with("    scheduler: least_connections_exact\n", &backends)]);
+    let mut c = controller(FakeDataPlane::new(8, 64));
+    c.apply(&p).unwrap();
+    let k = key(&p, "web");
+    let id = |c: &Controller<FakeDataPlane>, a: &str| c.vips[&k].backends[&ip(a)].id;
+    let (a, b, d) = (id(&c, "10.0.1.1"), id(&c, "10.0.1.2"), id(&c, "10.0.1.3"));
+    let info = c.dp.vips[&k];
+    assert_eq!(
+        (info.scheduler, info.flags, info.seq_len),
+        (lb_common::scheduler::LEAST_CONN_EXACT, VIP_F_COUNT, 2)
+    );
+    let mut seq = c.dp.active_table(&k)[..2].to_vec();
+    seq.sort();
+    assert_eq!(seq, [a.min(b), a.max(b)]);
+    assert!(c.dp.active_table(&k)[2..].iter().all(|s| *s == NO_BACKEND));
+    // Weights and limits; the draining backend takes no new flow.
+    let limit = |c: &Controller<FakeDataPlane>, id| c.dp.limits[&id];
+    assert_eq!(
+        limit(&c, a),
+        BackendLimit {
+            weight: 5,
+            max_conns: 0
+        }
+    );
+    assert_eq!(
+        limit(&c, b),
+        BackendLimit {
+            weight: 1,
+            max_conns: 7
+        }
+    );
+    assert_eq!(
+        limit(&c, d),
+        BackendLimit {
+            weight: 0,
+            max_conns: 0
+        }
+    );
+    // A backend failing its checks: weight 0, out of the sequence.
+    verdict(&mut c, &(k, ip("10.0.1.1")), &outcome(false), Health::Down);
+    assert_eq!(limit(&c, a).weight, 0);
+    assert_eq!(c.dp.vips[&k].seq_len, 1);
+    assert_eq!(c.dp.active_table(&k)[0], b);
+    // Two random choices read the Maglev table.
+    let p = pool(&[with("    scheduler: least_connections\n", &backends)]);
+    c.apply(&p).unwrap();
+    let info = c.dp.vips[&k];
+    assert_eq!(
+        (info.scheduler, info.flags, info.seq_len),
+        (lb_common::scheduler::LEAST_CONN, VIP_F_COUNT, 0)
+    );
+    assert!(c.dp.active_table(&k).iter().all(|s| *s == b));
+    // Maglev with a backend limit still counts; without, it does not.
+    let p = pool(&[with("", &backends)]);
+    c.apply(&p).unwrap();
+    assert_eq!(c.dp.vips[&k].flags, VIP_F_COUNT);
+    let p = pool(&[with("", &["address: 10.0.1.1", "address: 10.0.1.2"])]);
+    c.apply(&p).unwrap();
+    assert_eq!(c.dp.vips[&k].flags, 0);
+    assert_eq!(
+        limit(&c, b),
+        BackendLimit {
+            weight: 100,
+            max_conns: 0
+        }
+    );
+}
+
+#[test]
+fn persistence_sets_the_timeout_and_the_client_prefix() {
+    let p = pool(&[
+        vip("web", "10.100.0.1", 80, "tcp", &["address: 10.0.1.1"]).replace(
+            "    protocol: tcp\n",
+            "    protocol: tcp\n    persistence: { timeout: 90s, prefix_v4: 24, prefix_v6: 64 }\n",
+        ),
+    ]);
+    let c = applied(&p);
+    let info = c.dp.vips[&key(&p, "web")];
+    assert_eq!(
+        (
+            info.persist_s,
+            info.src_prefix_v4,
+            info.src_prefix_v6,
+            info.flags
+        ),
+        (90, 24, 64, 0)
+    );
+}

@@ -46,3 +46,21 @@ pub const PERSIST_TABLE_SIZE: u32 = 1 << 18;
 /// backend's count by the daemon (as IPVS's established timeout): its
 /// client went away without a FIN the balancer saw.
 pub const TCP_COUNT_IDLE_NS: u64 = 900_000_000_000;
+
+/// Least connections' second choice for a flow whose Maglev slot is
+/// `slot` (of a table of `size` slots), from the flow hash's top bits:
+/// another slot of the same 32 (one 64-byte line of `RINGS`, so no second
+/// cache miss). A Maglev table interleaves its backends by weight, so a
+/// neighbouring slot is as good a weighted draw as a far one (the daemon's
+/// tests check that on its tables).
+#[inline(always)]
+pub fn second_choice(slot: u32, hash: u32, size: u32) -> u32 {
+    let b = (slot & !31) | ((slot + 1 + (hash >> 27) % 31) & 31);
+    if b < size {
+        b
+    } else if slot ^ 1 < size {
+        slot ^ 1
+    } else {
+        slot.saturating_sub(1)
+    }
+}

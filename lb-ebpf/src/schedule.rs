@@ -6,7 +6,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use core::mem::MaybeUninit;
 use lb_common::{
-    counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, vip_filter_bit, AddrKey,
+    counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, second_choice, vip_filter_bit, AddrKey,
     Config, FlowKey, PersistKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT, MAX_EXACT_BACKENDS,
     NO_BACKEND, VIP_F_COUNT,
 };
@@ -168,9 +168,14 @@ fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool)
         scheduler::SOURCE_HASH => maglev(vip, source_hash(key, vip, cfg), size),
         scheduler::ROUND_ROBIN => round_robin(vip, size),
         scheduler::LEAST_CONN => {
-            let a = maglev(vip, unsafe { bpf_get_prandom_u32() }, size);
-            let b = maglev(vip, unsafe { bpf_get_prandom_u32() }, size);
-            less_loaded(a, b).unwrap_or(FULL)
+            // Two choices by weight: Maglev's slot for the flow hash, and
+            // a neighbour of it (`second_choice`).
+            if size == 0 {
+                return NO_BACKEND;
+            }
+            let sa = hash % size;
+            let sb = second_choice(sa, hash, size);
+            less_loaded(slot_at(vip, sa, size), slot_at(vip, sb, size)).unwrap_or(FULL)
         }
         scheduler::LEAST_CONN_EXACT => return least_exact(vip, size),
         _ => maglev(vip, hash, size),
@@ -290,7 +295,12 @@ fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
     if size == 0 {
         return NO_BACKEND;
     }
-    let slot = hash % size;
+    slot_at(vip, hash % size, size)
+}
+
+/// The backend at `slot` of the VIP's active table.
+#[inline(always)]
+fn slot_at(vip: &VipInfo, slot: u32, size: u32) -> u32 {
     let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
     match RINGS.get(idx) {
         Some(e) => ring_slot(*e, slot),

@@ -526,6 +526,40 @@ mod tests {
     }
 
     #[test]
+    fn least_connections_second_choice_is_a_draw_independent_of_the_first() {
+        // Over every slot and every choice of neighbour, the second
+        // choice names the first's backend about as often as two
+        // independent weighted draws would (the sum of squared shares).
+        for (name, backends) in [
+            ("100 equal", pool(100, |_| 1)),
+            ("weights 1..=10", pool(100, |i| 1 + i % 10)),
+            ("3 backends 1, 1, 2", pool(3, |i| if i == 2 { 2 } else { 1 })),
+        ] {
+            let table = build(&backends, M);
+            let total: f64 = backends.iter().map(|b| f64::from(b.weight)).sum();
+            let independent: f64 = backends
+                .iter()
+                .map(|b| (f64::from(b.weight) / total).powi(2))
+                .sum();
+            let (mut same, mut n) = (0u64, 0u64);
+            for a in 0..M {
+                for top in 0..31u32 {
+                    let b = lb_common::second_choice(a, top << 27, M);
+                    assert!(b < M && b != a, "{name}: slot {a} -> {b}");
+                    same += u64::from(table[a as usize] == table[b as usize]);
+                    n += 1;
+                }
+            }
+            let rate = same as f64 / n as f64;
+            println!("{name}: same backend {rate:.4}, independent draws {independent:.4}");
+            assert!(
+                (rate - independent).abs() <= 0.1 * independent + 0.002,
+                "{name}: same backend {rate:.4}, independent draws {independent:.4}"
+            );
+        }
+    }
+
+    #[test]
     fn weights_are_honoured_within_one_percent() {
         let cases: [(&str, Vec<MaglevBackend>); 3] = [
             ("weights 1..=10", pool(100, |i| 1 + i % 10)),

@@ -23,7 +23,7 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{
     counter, progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
-    PROTO_TCP, PROTO_UDP,
+    PROTO_TCP, PROTO_UDP, VIP_F_COUNT,
 };
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
 use lb_tests::{
@@ -43,8 +43,8 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 5,
-    max_backends: 16,
+    max_vips: 9,
+    max_backends: 512,
     ring_size: 65537,
     flows: 65536,
     persist: 1 << 18,
@@ -60,6 +60,14 @@ const DNS: u32 = 1; // VIP:53/udp
 const RANDOM: u32 = 2; // VIP:81/tcp, scheduler random
 const SOURCE: u32 = 3; // VIP:82/tcp, scheduler source_hash (/32: every client its own slot)
 const ROUND: u32 = 4; // VIP:83/tcp, scheduler round_robin
+const LEAST: u32 = 5; // VIP:84/tcp, least_connections over BIG_POOL backends
+const EXACT: u32 = 6; // VIP:85/tcp, least_connections_exact over BIG_POOL backends
+const STICKY: u32 = 7; // VIP:86/tcp, maglev with persistence (/32)
+const LIMITED: u32 = 8; // VIP:87/tcp, maglev, connections counted against max_connections
+/// Backends of the least-connections VIPs: 10.0.2.1 and on, slots from
+/// `BIG_FIRST` (LEAST) and `BIG_FIRST + BIG_POOL` (EXACT).
+const BIG_POOL: u32 = 100;
+const BIG_FIRST: u32 = 100;
 const BACKENDS: [(u32, Ipv4Addr); 3] = [
     (1, Ipv4Addr::new(10, 0, 1, 1)),
     (2, Ipv4Addr::new(10, 0, 1, 2)),
@@ -117,7 +125,7 @@ fn main() -> Result<()> {
         println!("  object {}    {}", side.label, o.display());
     }
     println!(
-        "  sizes       ring {}, flows {}, 4 TCP VIPs (maglev, random, source_hash, round_robin) + 1 UDP VIP, {} backends, gateway MAC set (FIB fallback)",
+        "  sizes       ring {}, flows {}, 6 TCP VIPs (maglev, random, source_hash, round_robin, persistence, max_connections) with {} backends, least connections (2 choices, exact) with 100, 1 UDP VIP; gateway MAC set (FIB fallback)",
         SIZES.ring_size,
         SIZES.flows,
         BACKENDS.len()
@@ -184,6 +192,15 @@ fn main() -> Result<()> {
         }
         println!();
     }
+    for side in &mut sides {
+        println!("object {} least connections evenness:", side.label);
+        println!("  2 choices {}", evenness(&mut side.lb, BIG_FIRST));
+        println!(
+            "  exact     {}",
+            evenness(&mut side.lb, BIG_FIRST + BIG_POOL)
+        );
+    }
+    println!();
     println!(
         "median/p90: kernel-reported ns per run; floor: lb_pass on the same bytes, interleaved"
     );
@@ -253,10 +270,11 @@ impl Side {
     /// What each case must have done, from the counters.
     fn check(&self) -> Result<()> {
         let n = PACKETS as u64;
-        let [syn, est, udp, udp_est, other, random, source, round] = &self.cases[..] else {
-            bail!("eight cases expected");
+        let [syn, est, udp, udp_est, other, schedulers @ ..] = &self.cases[..] else {
+            bail!("the five first cases expected");
         };
-        for c in [random, source, round] {
+        ensure!(schedulers.len() == 8, "eight scheduler cases expected");
+        for c in schedulers {
             let d = &c.delta;
             ensure!(
                 d.get(counter::NEW_FLOW) == n && d.get(counter::TX) == n,
@@ -300,10 +318,11 @@ impl Side {
             "the non-VIP case should only count {n} pass_not_vip; counters {:?}",
             d.nonzero()
         );
+        let tcp = 1 + schedulers.len();
         ensure!(
-            self.lb.flow_count() == 5 * PACKETS,
-            "expected {} flows in the table (4 × {n} TCP + {n} UDP), found {}",
-            5 * PACKETS,
+            self.lb.flow_count() == (tcp + 1) * PACKETS,
+            "expected {} flows in the table ({tcp} × {n} TCP + {n} UDP), found {}",
+            (tcp + 1) * PACKETS,
             self.lb.flow_count()
         );
         Ok(())
@@ -450,6 +469,41 @@ fn cases() -> Vec<Case> {
             Expect::Encap,
             (0..PACKETS).map(|i| client(i, PROTO_TCP, 83).packet("S", b"")),
         ),
+        Case::new(
+            "tcp syn, least_conn (2 choices)",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 84).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp syn, least_conn exact",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 85).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp syn, persistence, new client",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 86).packet("S", b"")),
+        ),
+        // 50 clients, each back with new connections: persistence hits.
+        Case::new(
+            "tcp syn, persistence, known client",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| {
+                let mut f = client(i % 50, PROTO_TCP, 86);
+                f.sport = 20000 + i as u16;
+                f.packet("S", b"")
+            }),
+        ),
+        Case::new(
+            "tcp syn, max_connections",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 87).packet("S", b"")),
+        ),
     ]
 }
 
@@ -507,9 +561,24 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
             4 * n,
             lb_common::scheduler::ROUND_ROBIN,
         ),
+        (
+            vip_key(vip, 86, PROTO_TCP),
+            STICKY,
+            5 * n,
+            lb_common::scheduler::MAGLEV,
+        ),
+        (
+            vip_key(vip, 87, PROTO_TCP),
+            LIMITED,
+            6 * n,
+            lb_common::scheduler::MAGLEV,
+        ),
     ] {
         for (slot, addr) in BACKENDS {
             lb.set_backend(first + slot, backend(IpAddr::V4(addr), 0, id))?;
+            // A limit no bench reaches: the cost is the count and its check.
+            let max = if id == LIMITED { 1 << 30 } else { 0 };
+            lb.set_limit(first + slot, 1, max);
         }
         let ring: Vec<u32> = (0..SIZES.ring_size)
             .map(|i| first + BACKENDS[i as usize % BACKENDS.len()].0)
@@ -528,11 +597,59 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
                 } else {
                     0
                 },
+                flags: if id == LIMITED { VIP_F_COUNT } else { 0 },
+                persist_s: if id == STICKY { 300 } else { 0 },
+                ..VipInfo::default()
+            },
+        )?;
+    }
+    // Least connections over BIG_POOL backends: two choices from a table
+    // that holds each backend in turn, exact over the list of them.
+    for (port, id, first, scheduler, seq_len) in [
+        (84, LEAST, BIG_FIRST, lb_common::scheduler::LEAST_CONN, 0),
+        (
+            85,
+            EXACT,
+            BIG_FIRST + BIG_POOL,
+            lb_common::scheduler::LEAST_CONN_EXACT,
+            BIG_POOL,
+        ),
+    ] {
+        for i in 0..BIG_POOL {
+            let addr = Ipv4Addr::new(10, 0, 2, i as u8 + 1);
+            lb.set_backend(first + i, backend(IpAddr::V4(addr), 0, id))?;
+            lb.set_limit(first + i, 1, 0);
+        }
+        let ring: Vec<u32> = (0..SIZES.ring_size).map(|i| first + i % BIG_POOL).collect();
+        lb.write_ring(id, 0, &ring)?;
+        lb.add_vip(
+            vip_key(vip, port, PROTO_TCP),
+            VipInfo {
+                vip_id: id,
+                scheduler,
+                flags: VIP_F_COUNT,
+                seq_len,
                 ..VipInfo::default()
             },
         )?;
     }
     Ok(())
+}
+
+/// How evenly a least-connections VIP spread the flows it counted: the
+/// most and fewest on one backend, against the mean.
+fn evenness(lb: &mut Balancer, first: u32) -> String {
+    let loads: Vec<u64> = (first..first + BIG_POOL).map(|id| lb.load_of(id)).collect();
+    let total: u64 = loads.iter().sum();
+    let mean = total as f64 / BIG_POOL as f64;
+    let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+    let sd = (loads
+        .iter()
+        .map(|l| (*l as f64 - mean).powi(2))
+        .sum::<f64>()
+        / BIG_POOL as f64)
+        .sqrt();
+    format!("{total} flows counted on {BIG_POOL} backends: {min}..{max} per backend, mean {mean:.1}, sd {sd:.2}")
 }
 
 /// The i-th distinct client: addresses in 198.18.0.0/15, ports from 10000.
@@ -618,8 +735,9 @@ fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
                 input.len()
             );
             let dst = Ipv4Addr::new(d[30], d[31], d[32], d[33]);
+            let big = |a: Ipv4Addr| a.octets()[..3] == [10, 0, 2];
             ensure!(
-                BACKENDS.iter().any(|(_, a)| *a == dst),
+                BACKENDS.iter().any(|(_, a)| *a == dst) || big(dst),
                 "outer destination {dst} is not a backend"
             );
         }

@@ -139,7 +139,7 @@ pub mod scheduler {
 
 /// The most backends a `scheduler::LEAST_CONN_EXACT` VIP may have: the
 /// data path looks at each of them for every new flow.
-pub const MAX_EXACT_BACKENDS: u32 = 128;
+pub const MAX_EXACT_BACKENDS: u32 = 16;
 
 /// `AddrKey` value flags (`VIP_ADDRS`).
 pub const ADDR_F_VIP: u32 = 1;

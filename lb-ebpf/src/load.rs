@@ -52,16 +52,20 @@ pub fn release(fv: &mut FlowValue) {
 #[inline(always)]
 fn weight_and_load(backend: u32) -> Option<(u64, u64)> {
     let lim = LIMITS.get(backend)?;
-    if lim.weight == 0 {
+    // Read as plain numbers: the verifier must never see arithmetic on a
+    // value the compiler kept as a pointer select.
+    let weight = unsafe { core::ptr::read_volatile(&lim.weight) } as u64;
+    let max = unsafe { core::ptr::read_volatile(&lim.max_conns) } as u64;
+    if weight == 0 {
         return None;
     }
     let l = load(backend);
     // A count below 0 (taken off twice in a race) reads as huge: treat it as 0.
     let l = if l > u64::MAX / 2 { 0 } else { l };
-    if lim.max_conns != 0 && l >= lim.max_conns as u64 {
+    if max != 0 && l >= max {
         return None;
     }
-    Some((lim.weight as u64, l))
+    Some((weight, l))
 }
 
 /// Whether `backend` takes one more connection: it takes new flows and is

@@ -4,11 +4,12 @@
 //! robin and exact least connections the sequence the daemon wrote there),
 //! then persistence and connection limits.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
+use core::intrinsics::unlikely;
 use core::mem::MaybeUninit;
 use lb_common::{
-    counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, second_choice, vip_filter_bit, AddrKey,
-    Config, FlowKey, PersistKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT, MAX_EXACT_BACKENDS,
-    NO_BACKEND, VIP_F_COUNT,
+    counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, second_choice, vip_filter_bit,
+    AddrKey, Config, FlowKey, PersistKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT,
+    MAX_EXACT_BACKENDS, NO_BACKEND, VIP_F_COUNT,
 };
 
 use crate::action::{verdict, XDP_DROP};
@@ -133,7 +134,9 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64)
     if !advance && stateful {
         return Some(p);
     }
-    if vip.persist_s == 0 {
+    // The stateful options' code is laid out away from the common path
+    // (`unlikely`): where it sits in the program costs every packet.
+    if !unlikely(vip.persist_s != 0) {
         p.backend = schedule(key, &vip, cfg, hash, counts);
         return Some(p);
     }
@@ -160,6 +163,9 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64)
 #[inline(always)]
 fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool) -> u32 {
     let size = cfg.ring_size;
+    if unlikely(vip.scheduler == scheduler::LEAST_CONN_EXACT) {
+        return least_exact(vip, size);
+    }
     // The slot of the VIP's Maglev table: the flow hash (Maglev), a random
     // one (weighted random: the table holds each backend in proportion to
     // its weight), or the hash of the client's address prefix.
@@ -177,10 +183,9 @@ fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool)
             let sb = second_choice(sa, hash, size);
             less_loaded(slot_at(vip, sa, size), slot_at(vip, sb, size)).unwrap_or(FULL)
         }
-        scheduler::LEAST_CONN_EXACT => return least_exact(vip, size),
         _ => maglev(vip, hash, size),
     };
-    if !counts || b == NO_BACKEND || has_room(b) {
+    if !unlikely(counts && b != NO_BACKEND && !has_room(b)) {
         return b;
     }
     // At its limit: other backends, by weight: the sequence's next ones,

@@ -533,7 +533,10 @@ mod tests {
         for (name, backends) in [
             ("100 equal", pool(100, |_| 1)),
             ("weights 1..=10", pool(100, |i| 1 + i % 10)),
-            ("3 backends 1, 1, 2", pool(3, |i| if i == 2 { 2 } else { 1 })),
+            (
+                "3 backends 1, 1, 2",
+                pool(3, |i| if i == 2 { 2 } else { 1 }),
+            ),
         ] {
             let table = build(&backends, M);
             let total: f64 = backends.iter().map(|b| f64::from(b.weight)).sum();

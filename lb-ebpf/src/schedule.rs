@@ -180,12 +180,18 @@ fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool)
                 return NO_BACKEND;
             }
             let sa = hash % size;
-            let sb = second_choice(sa, hash, size);
-            less_loaded(slot_at(vip, sa, size), slot_at(vip, sb, size)).unwrap_or(FULL)
+            let a = slot_at(vip, sa, size);
+            if a == NO_BACKEND {
+                return NO_BACKEND;
+            }
+            // Both are checked for room here (`FULL`: neither has).
+            let b = slot_at(vip, second_choice(sa, hash, size), size);
+            less_loaded(a, b).unwrap_or(FULL)
         }
         _ => maglev(vip, hash, size),
     };
-    if !unlikely(counts && b != NO_BACKEND && !has_room(b)) {
+    let checked = vip.scheduler == scheduler::LEAST_CONN;
+    if !unlikely(b == FULL || (counts && !checked && b != NO_BACKEND && !has_room(b))) {
         return b;
     }
     // At its limit: other backends, by weight: the sequence's next ones,

@@ -133,5 +133,5 @@ pub fn persist(key: &PersistKey, backend: u32, now: u64) {
         gen: be.gen,
         last_ns: now,
     };
-    let _ = PERSIST.insert(key, &v, 0);
+    let _ = PERSIST.insert(key, v, 0);
 }

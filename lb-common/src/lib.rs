@@ -6,7 +6,8 @@
 //! (`[u32; 4]`, IPv4 in word 0, the rest zero) and ports in network byte order,
 //! exactly as the data path reads them, so no byte swapping happens per packet.
 //!
-//! - [`layout`]: map names, constants, the shared types, counters, map sizes.
+//! - [`layout`]: map names, constants, the shared types, map sizes.
+//! - [`counters`]: the data path's counters and their names.
 //! - [`load`]: connection counts, limits and persistence.
 //! - [`ring`]: how Maglev tables are packed into `RINGS`.
 //! - [`hash`]: the keyed flow hash.
@@ -20,6 +21,7 @@
 extern crate std;
 
 pub mod clock;
+pub mod counters;
 pub mod filter;
 pub mod hash;
 pub mod layout;
@@ -27,6 +29,7 @@ pub mod load;
 pub mod ring;
 
 pub use clock::*;
+pub use counters::*;
 pub use filter::*;
 pub use hash::*;
 pub use layout::*;

@@ -24,10 +24,12 @@ pub const FLIP_GRACE: Duration = Duration::from_millis(5);
 pub type BackendRef = (VipKey, IpAddr);
 
 mod kernel_config;
+mod report;
 mod tables;
 mod verdicts;
 mod weights;
 pub use kernel_config::kernel_config;
+pub use report::ApplyReport;
 pub use tables::maglev_key;
 use tables::TableKind;
 pub use weights::{effective_weight, response_time_factor};
@@ -158,37 +160,6 @@ pub enum ControlError {
         field: &'static str,
         max: u32,
     },
-}
-
-/// What one `apply` changed, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub vips_added: Vec<String>,
-    pub vips_removed: Vec<String>,
-    pub tables_written: Vec<String>,
-}
-
-impl ApplyReport {
-    /// What changed, for the log ("no change" when nothing did).
-    pub fn describe(&self) -> String {
-        let parts: Vec<String> = [
-            ("VIPs added", &self.vips_added),
-            ("VIPs removed", &self.vips_removed),
-            (
-                "tables rewritten (backends, weights or states changed)",
-                &self.tables_written,
-            ),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(what, v)| format!("{what}: {}", v.join(", ")))
-        .collect();
-        if parts.is_empty() {
-            "no change to VIPs or tables".into()
-        } else {
-            parts.join("; ")
-        }
-    }
 }
 
 pub struct Controller<D: DataPlane> {

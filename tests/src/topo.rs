@@ -709,3 +709,40 @@ vips:
         dir = dir.display()
     )
 }
+
+/// A connection to the `hold` VIP (port 9000): the backend server answers
+/// each line with its name, so the connection shows where it is served.
+pub struct Held {
+    w: TcpStream,
+    r: std::io::BufReader<TcpStream>,
+    /// The backend that answered first.
+    pub backend: String,
+}
+
+impl Held {
+    /// Connects and asks once.
+    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Held> {
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut h = Held {
+            r: std::io::BufReader::new(s.try_clone()?),
+            w: s,
+            backend: String::new(),
+        };
+        h.backend = h.ask("hi")?;
+        Ok(h)
+    }
+
+    fn ask(&mut self, line: &str) -> Result<String> {
+        use std::io::BufRead;
+        writeln!(self.w, "{line}")?;
+        let mut name = String::new();
+        self.r.read_line(&mut name)?;
+        Ok(name.trim().to_string())
+    }
+
+    /// Whether the connection still answers, from the same backend.
+    pub fn still_served(&mut self) -> bool {
+        self.ask("again").is_ok_and(|n| n == self.backend)
+    }
+}

@@ -617,33 +617,18 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
     let (rtx, rrx) = std::sync::mpsc::channel();
     let worker = std::thread::spawn(move || {
         in_ns(&client, move || {
-            use std::io::{BufRead, BufReader, Write};
-            let mut conns = Vec::new();
-            for _ in 0..40 {
-                let s = std::net::TcpStream::connect_timeout(&hold, T).unwrap();
-                s.set_read_timeout(Some(T)).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut w = s;
-                writeln!(w, "hi").unwrap();
-                let mut name = String::new();
-                r.read_line(&mut name).unwrap();
-                conns.push((w, r, name.trim().to_string()));
-            }
+            let mut conns: Vec<Held> = (0..40).map(|_| Held::open(hold, T).unwrap()).collect();
             let first: BTreeMap<String, usize> = conns.iter().fold(BTreeMap::new(), |mut m, c| {
-                *m.entry(c.2.clone()).or_insert(0) += 1;
+                *m.entry(c.backend.clone()).or_insert(0) += 1;
                 m
             });
             rtx.send(Some(first)).unwrap();
             let mut broken = Vec::new();
             // Each round: every connection must still answer, from the same backend.
             while rx.recv().is_ok() {
-                for (i, (w, r, first)) in conns.iter_mut().enumerate() {
-                    let mut name = String::new();
-                    if writeln!(w, "again").is_err()
-                        || r.read_line(&mut name).is_err()
-                        || name.trim() != first
-                    {
-                        broken.push((i, first.clone(), name.trim().to_string()));
+                for (i, c) in conns.iter_mut().enumerate() {
+                    if !c.still_served() {
+                        broken.push((i, c.backend.clone()));
                     }
                 }
                 rtx.send(None).unwrap();
@@ -1473,15 +1458,7 @@ fn with_vip_setting(yaml: &str, port: u16, setting: &str) -> String {
 
 /// One short conversation with the `hold` VIP: the backend's name.
 fn hold_once(addr: SocketAddr) -> anyhow::Result<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let s = std::net::TcpStream::connect_timeout(&addr, T)?;
-    s.set_read_timeout(Some(T))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut w = s;
-    writeln!(w, "hi")?;
-    let mut name = String::new();
-    r.read_line(&mut name)?;
-    Ok(name.trim().to_string())
+    Held::open(addr, T).map(|h| h.backend)
 }
 
 /// The `connections` `lb status` shows for each backend of VIP `name`.
@@ -1517,32 +1494,15 @@ fn least_connections_sends_short_connections_around_a_backend_holding_long_ones(
     let (rtx, rrx) = std::sync::mpsc::channel();
     let worker = std::thread::spawn(move || {
         in_ns(&client, move || {
-            use std::io::{BufRead, BufReader, Write};
-            let mut conns = Vec::new();
-            for _ in 0..20 {
-                let s = std::net::TcpStream::connect_timeout(&hold, T).unwrap();
-                s.set_read_timeout(Some(T)).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut w = s;
-                writeln!(w, "hi").unwrap();
-                let mut name = String::new();
-                r.read_line(&mut name).unwrap();
-                conns.push((w, r, name.trim().to_string()));
-            }
-            rtx.send(conns.iter().map(|c| c.2.clone()).collect::<Vec<_>>())
+            let mut conns: Vec<Held> = (0..20).map(|_| Held::open(hold, T).unwrap()).collect();
+            rtx.send(conns.iter().map(|c| c.backend.clone()).collect::<Vec<_>>())
                 .unwrap();
             rx.recv().unwrap();
-            let mut broken = 0;
-            for (w, r, first) in conns.iter_mut() {
-                let mut name = String::new();
-                if writeln!(w, "again").is_err()
-                    || r.read_line(&mut name).is_err()
-                    || name.trim() != first
-                {
-                    broken += 1;
-                }
-            }
-            broken
+            conns
+                .iter_mut()
+                .map(|c| c.still_served())
+                .filter(|ok| !ok)
+                .count()
         })
     });
     let names = rrx.recv().unwrap();

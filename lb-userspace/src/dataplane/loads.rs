@@ -113,35 +113,24 @@ fn census_of(
     let mut out = FlowCensus::default();
     let mut counted = vec![0u64; slots as usize];
     let mut to_end: Vec<(FlowKey, FlowValue)> = Vec::new();
-    let mut seen = 0;
-    lookup_batches(data(m.flows), |keys, values| {
-        for (k, v) in keys.iter().zip(values) {
-            let idle = now.saturating_sub(v.last_seen_ns);
-            // last_seen is refreshed at most once a second by the data path.
-            if idle <= max_idle_ns + LAST_SEEN_GRANULARITY_NS {
-                *out.flows.entry(v.backend).or_insert(0) += 1;
-            }
-            let b = v.backend as usize;
-            if v.last_seen_ns & FLOW_OPEN == 0 || gens.get(b).copied().flatten() != Some(v.gen) {
-                continue;
-            }
-            let limit = if k.proto == PROTO_UDP {
-                udp_idle_ns
-            } else {
-                lb_common::TCP_COUNT_IDLE_NS
-            };
-            if idle > limit + LAST_SEEN_GRANULARITY_NS {
-                to_end.push((*k, *v));
-            } else {
-                counted[b] += 1;
-            }
+    walk_flows(data(m.flows), limit, |k, v| {
+        if seen_within(now, v, max_idle_ns) {
+            *out.flows.entry(v.backend).or_insert(0) += 1;
         }
-        seen += values.len();
-        seen < limit
-    })
-    .map_err(|source| DataPlaneError::Io {
-        what: format!("reading `{}` in batches", maps::FLOWS),
-        source,
+        let b = v.backend as usize;
+        if v.last_seen_ns & FLOW_OPEN == 0 || gens.get(b).copied().flatten() != Some(v.gen) {
+            return;
+        }
+        let idle_limit = if k.proto == PROTO_UDP {
+            udp_idle_ns
+        } else {
+            lb_common::TCP_COUNT_IDLE_NS
+        };
+        if now.saturating_sub(v.last_seen_ns) > idle_limit + LAST_SEEN_GRANULARITY_NS {
+            to_end.push((*k, *v));
+        } else {
+            counted[b] += 1;
+        }
     })?;
     for (k, v) in to_end {
         // Only the entry as it was read: a packet since may have renewed it.

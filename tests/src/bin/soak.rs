@@ -13,7 +13,6 @@
 use anyhow::{ensure, Context, Result};
 use lb_tests::topo::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -148,27 +147,16 @@ fn main() -> Result<()> {
             in_ns(&client, move || -> Result<BTreeMap<String, usize>> {
                 let mut conns = Vec::new();
                 for _ in 0..HELD {
-                    let s = std::net::TcpStream::connect_timeout(&hold, T)?;
-                    s.set_read_timeout(Some(T))?;
-                    let mut r = BufReader::new(s.try_clone()?);
-                    let mut w = s;
-                    writeln!(w, "hi")?;
-                    let mut name = String::new();
-                    r.read_line(&mut name)?;
-                    conns.push((w, r, name.trim().to_string(), true));
+                    conns.push((Held::open(hold, T)?, true));
                 }
                 let spread = conns.iter().fold(BTreeMap::new(), |mut m, c| {
-                    *m.entry(c.2.clone()).or_insert(0) += 1;
+                    *m.entry(c.0.backend.clone()).or_insert(0) += 1;
                     m
                 });
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_secs(2));
-                    for (w, r, first, alive) in conns.iter_mut().filter(|c| c.3) {
-                        let mut name = String::new();
-                        if writeln!(w, "again").is_err()
-                            || r.read_line(&mut name).is_err()
-                            || name.trim() != first
-                        {
+                    for (c, alive) in conns.iter_mut().filter(|c| c.1) {
+                        if !c.still_served() {
                             *alive = false;
                             broken.fetch_add(1, Ordering::Relaxed);
                         }

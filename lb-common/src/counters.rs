@@ -51,7 +51,11 @@ pub mod counter {
     pub const DROP_BACKENDS_FULL: u32 = 29;
     /// A new flow sent to the backend its client had (persistence).
     pub const PERSIST_HIT: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// A backend of an L2 direct-return VIP that the FIB reaches through a
+    /// gateway, not on a directly connected network: dropped (the frame
+    /// would go to the router with the VIP as its destination).
+    pub const DROP_NOT_ON_LINK: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -86,6 +90,7 @@ pub mod counter {
         "drop_no_neigh",
         "drop_backends_full",
         "persist_hit",
+        "drop_not_on_link",
     ];
 }
 

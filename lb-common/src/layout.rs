@@ -49,6 +49,9 @@ pub mod maps {
     pub const DECAP_VIPS: &str = "DECAP_VIPS";
     /// `PerCpuArray<u64>` indexed by `decap_counter::*`.
     pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
+    /// `Array<u32>`, one entry: on backends, the UDP port GUE tunnels come
+    /// to (network byte order; 0: GUE not accepted).
+    pub const DECAP_GUE: &str = "DECAP_GUE";
     /// `LpmTrie<DecapSource, u32>`: on backends, the outer sources (the
     /// balancers' encapsulation prefixes) tunnels are accepted from.
     pub const DECAP_SOURCES: &str = "DECAP_SOURCES";
@@ -108,11 +111,19 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_IPV6: u8 = 41;
 pub const PROTO_ICMPV6: u8 = 58;
 
-/// Forwarding modes (`VipInfo::mode`).
+/// Forwarding modes (`VipInfo::mode`; the data path reads them from the
+/// backend slot's `BACKEND_F_DSR_L2` / `BACKEND_F_GUE`).
 pub mod mode {
     /// IPIP / IP6IP6 / 4in6 encapsulation, direct server return.
     pub const ENCAP: u8 = 0;
+    /// The frame to the backend's MAC, unchanged otherwise (IPVS "DR").
+    pub const DSR_L2: u8 = 1;
+    /// The IPIP / IP6IP6 / 4in6 packet inside UDP (GUE variant 1).
+    pub const GUE: u8 = 2;
 }
+
+/// The UDP port GUE packets go to when the pool file names none (IANA's).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
 
 /// Schedulers (`VipInfo::scheduler`).
 pub mod scheduler {
@@ -157,6 +168,10 @@ pub const BACKEND_F_USED: u8 = 2;
 /// reset them; if the backend is really gone they are lost either way, and a
 /// false alarm costs nothing).
 pub const BACKEND_F_UNHEALTHY: u8 = 4;
+/// `Backend::flags`: its VIP forwards by L2 direct return (`mode::DSR_L2`).
+pub const BACKEND_F_DSR_L2: u8 = 8;
+/// `Backend::flags`: its VIP forwards by GUE (`mode::GUE`).
+pub const BACKEND_F_GUE: u8 = 16;
 
 /// A service address: (address, port, protocol). Port 0 means every port.
 #[repr(C)]
@@ -311,7 +326,8 @@ pub struct Config {
     pub mtu: u32,
     /// Next-hop MAC used when `bpf_fib_lookup` cannot resolve the backend.
     pub gateway_mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// UDP destination port of GUE packets, network byte order.
+    pub gue_port: u16,
     /// The data path's clock is `jiffies * jiffy_ns - clock_offset_ns`
     /// (jiffies are one load; a clock helper call costs about 30 ns a
     /// packet), which tracks CLOCK_MONOTONIC to within a tick. Set by

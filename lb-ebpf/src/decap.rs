@@ -1,4 +1,5 @@
-//! `lb_decap`, for backends: strips the IPIP / IP6IP6 / 4in6 header of packets
+//! `lb_decap`, for backends: strips the IPIP / IP6IP6 / 4in6 header (and
+//! the UDP header of GUE, variant 1, on the configured port) of packets
 //! whose inner destination is a configured VIP (address, port, protocol) and
 //! passes the inner packet to the stack, so backends need no tunnel kernel
 //! module. A tunnel to a VIP address but another port or protocol (IPv6
@@ -12,7 +13,7 @@ use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
@@ -38,6 +39,9 @@ static DECAP_VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(4096, 0);
 static DECAP_SOURCES: LpmTrie<DecapSource, u32> = LpmTrie::with_max_entries(64, 0);
 #[map]
 static DECAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_counter::COUNT, 0);
+/// The UDP port of GUE tunnels, network byte order; 0: none taken.
+#[map]
+static DECAP_GUE: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn pass(idx: u32) -> u32 {
@@ -67,6 +71,16 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     if outer_len == 0 {
         return pass(decap_counter::PASS_NOT_TUNNEL);
     }
+    // GUE: UDP to the configured port, the IP packet right after the UDP
+    // header (variant 1: its version nibble says which).
+    let (outer_len, inner_proto) = if inner_proto == PROTO_UDP {
+        match gue_inner(&ctx, l2_len + outer_len) {
+            Some(p) => (outer_len + size_of::<[u16; 4]>(), p),
+            None => return pass(decap_counter::PASS_NOT_TUNNEL),
+        }
+    } else {
+        (outer_len, inner_proto)
+    };
     // Inner destination must be one of our VIPs: its address (else the
     // tunnel is not ours: passed), then its port and protocol (else it
     // would reach another service past the balancer: dropped).
@@ -129,6 +143,23 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         return drop(decap_counter::DROP_SOURCE);
     }
     strip(&ctx, l2_len, outer_len, inner_ethertype, outer_ecn)
+}
+
+/// The protocol of a GUE packet's inner IP packet, when the UDP header at
+/// `off` goes to the GUE port and the payload starts with IPv4 or IPv6.
+#[inline(always)]
+fn gue_inner(ctx: &XdpContext, off: usize) -> Option<u8> {
+    let port = *DECAP_GUE.get(0)?;
+    // Source port, destination port, length, checksum; then the first byte.
+    let udp = unsafe { &*ptr_at::<[u16; 5]>(ctx, off)? };
+    if port == 0 || u32::from(udp[1]) != port {
+        return None;
+    }
+    match (u16::from_be(udp[4]) >> 12) as u8 {
+        4 => Some(PROTO_IPIP),
+        6 => Some(PROTO_IPV6),
+        _ => None,
+    }
 }
 
 /// A tunnel's outer header: source key, length, inner protocol, ECN bits.

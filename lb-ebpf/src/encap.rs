@@ -1,26 +1,28 @@
-//! Forwarding by encapsulation (IPIP, IP6IP6, IPv4-in-IPv6): the outer
-//! source, the MTU check, the new headers in front of the packet, and the
-//! way out (XDP_TX or a redirect).
+//! Forwarding: by encapsulation (IPIP, IP6IP6, IPv4-in-IPv6, each also
+//! inside UDP for GUE): the outer source, the MTU check, the new headers in
+//! front of the packet; or by L2 direct return (the frame to the backend's
+//! MAC). Then the way out (XDP_TX or a redirect).
 use aya_ebpf::{
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use lb_common::{
-    counter, Backend, Config, AF_INET, AF_INET6, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, PROTO_IPIP,
-    PROTO_IPV6,
+    counter, Backend, Config, AF_INET, AF_INET6, BACKEND_F_DSR_L2, BACKEND_F_GUE, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 
 use crate::action::{count, dropped, verdict, Sent, XDP_TX};
 use crate::csum;
 use crate::maps::icmp_allowed;
-use crate::nexthop::next_hop;
+use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
-    ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, ETH_P_IP, ETH_P_IPV6, IPV4_LEN, IPV6_LEN,
-    OUTER_TTL,
+    ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports, UdpHdr, ETH_P_IP, ETH_P_IPV6, IPV4_LEN,
+    IPV6_LEN, OUTER_TTL,
 };
 use crate::too_big;
 
-/// Encapsulates the packet towards `backend` (slot `backend_id`).
+/// Sends the packet to `backend` (slot `backend_id`) as its VIP's
+/// forwarding mode says (the slot's flags).
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -31,13 +33,19 @@ pub fn forward(
     hash: u32,
     now: u64,
 ) -> Sent {
+    if backend.flags & BACKEND_F_DSR_L2 != 0 {
+        return forward_l2(ctx, pkt, cfg, backend_id, backend, now);
+    }
     let outer_v6 = backend.family == AF_INET6;
     let Some(src) = outer_source(pkt, cfg, outer_v6, hash) else {
         return dropped(counter::DROP_NO_SOURCE);
     };
-    let hdr_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
+    let gue = backend.flags & BACKEND_F_GUE != 0;
+    let ip_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
+    let hdr_len = ip_len + if gue { UDP_LEN } else { 0 };
     let outer_len = pkt.ip_len + hdr_len;
-    let nh = match next_hop(ctx, pkt, cfg, backend_id, backend, &src, now) {
+    let need = NextHopNeed::Routed;
+    let nh = match next_hop(ctx, pkt, cfg, backend_id, backend, &src, now, need) {
         Ok(nh) => nh,
         Err(reason) => return dropped(reason),
     };
@@ -65,20 +73,84 @@ pub fn forward(
     if write_eth(ctx, pkt, &dmac, &smac, ethertype).is_none() {
         return dropped(counter::DROP_ADJUST_HEAD);
     }
+    let proto = if gue { PROTO_UDP } else { inner_proto(pkt) };
     let written = if outer_v6 {
-        write_outer_v6(ctx, pkt, &src, backend, hash)
+        write_outer_v6(ctx, pkt, &src, backend, hash, proto, outer_len - IPV6_LEN)
     } else {
-        write_outer_v4(ctx, pkt, src[0], backend, hash, outer_len)
+        write_outer_v4(ctx, pkt, src[0], backend, hash, proto, outer_len)
     };
-    if written.is_none() {
+    if written.is_none() || (gue && write_gue(ctx, pkt, ip_len, cfg, hash).is_none()) {
         return dropped(counter::DROP_ADJUST_HEAD);
     }
+    way_out(egress, ingress)
+}
+
+/// XDP_TX when the packet leaves where it came in, else a redirect.
+#[inline(always)]
+fn way_out(egress: u32, ingress: u32) -> Sent {
     if egress == ingress {
         Sent::Forwarded(verdict(counter::TX, XDP_TX))
     } else {
         count(counter::REDIRECT);
         Sent::Forwarded(unsafe { bpf_redirect(egress, 0) as u32 })
     }
+}
+
+/// L2 direct return: the frame, unchanged but for its MACs, to the
+/// backend's on its directly connected network (the FIB's next hop must
+/// be the backend itself; the daemon refuses other backends, and the data
+/// path drops what it finds routed, counted).
+#[inline(always)]
+fn forward_l2(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &Config,
+    backend_id: u32,
+    backend: &Backend,
+    now: u64,
+) -> Sent {
+    let nh = match next_hop(
+        ctx,
+        pkt,
+        cfg,
+        backend_id,
+        backend,
+        &pkt.dst,
+        now,
+        NextHopNeed::OnLink,
+    ) {
+        Ok(nh) => nh,
+        Err(reason) => return dropped(reason),
+    };
+    let (dmac, smac, egress, ingress) = (nh.dmac, nh.smac, nh.egress, nh.ingress);
+    let ethertype = if pkt.family == AF_INET6 {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IP
+    };
+    if write_eth(ctx, pkt, &dmac, &smac, ethertype).is_none() {
+        return dropped(counter::DROP_ADJUST_HEAD);
+    }
+    way_out(egress, ingress)
+}
+
+/// Bytes of the UDP header GUE adds.
+const UDP_LEN: usize = core::mem::size_of::<UdpHdr>();
+
+/// The UDP header of a GUE packet (variant 1: the tunnelled IP packet
+/// right after it), after the outer IP header of `ip_len` bytes: the source
+/// port from the flow hash (in 49152..=65535), so that backends' receive-side
+/// scaling spreads the flows; checksum 0 (the inner packet has its own).
+#[inline(always)]
+fn write_gue(ctx: &XdpContext, pkt: &Packet, ip_len: usize, cfg: &Config, hash: u32) -> Option<()> {
+    let udp = unsafe { &mut *ptr_at::<UdpHdr>(ctx, pkt.l2_len + ip_len)? };
+    udp.ports = Ports {
+        src: (0xc000 | (hash ^ (hash >> 16)) as u16 & 0x3fff).to_be(),
+        dst: cfg.gue_port,
+    };
+    udp.len = ((pkt.ip_len + UDP_LEN) as u16).to_be();
+    udp.check = 0;
+    Some(())
 }
 
 /// The outer source: the configured address with its host bits from the
@@ -129,12 +201,14 @@ fn write_outer_v6(
     src: &[u32; 4],
     backend: &Backend,
     hash: u32,
+    proto: u8,
+    payload_len: usize,
 ) -> Option<()> {
     let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, pkt.l2_len)? };
     let first: u32 = (6 << 28) | ((pkt.tos as u32) << 20) | (hash & 0x000f_ffff);
     ip.vtc_flow = first.to_be();
-    ip.payload_len = (pkt.ip_len as u16).to_be();
-    ip.next_hdr = inner_proto(pkt);
+    ip.payload_len = (payload_len as u16).to_be();
+    ip.next_hdr = proto;
     ip.hop_limit = OUTER_TTL;
     ip.src = *src;
     ip.dst = backend.addr;
@@ -148,6 +222,7 @@ fn write_outer_v4(
     src: u32,
     backend: &Backend,
     hash: u32,
+    proto: u8,
     outer_len: usize,
 ) -> Option<()> {
     let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, pkt.l2_len)? };
@@ -166,7 +241,7 @@ fn write_outer_v4(
     ip.id = id;
     ip.frag_off = frag_off;
     ip.ttl = OUTER_TTL;
-    ip.proto = inner_proto(pkt);
+    ip.proto = proto;
     ip.check = 0;
     ip.src = src;
     ip.dst = backend.addr[0];

@@ -147,6 +147,8 @@ pub struct NextHop {
     pub egress: u32,
     /// Largest outer packet the egress link takes.
     pub mtu: u32,
+    /// The FIB's next hop is the backend itself (no gateway).
+    pub on_link: u32,
     pub expires_ns: u64,
 }
 

@@ -13,11 +13,21 @@ use crate::action::count;
 use crate::maps::{NextHop, FIB_SCRATCH, NEXTHOPS};
 use crate::packet::{zeroed, Packet};
 
+/// What a forwarding mode needs of the way to a backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NextHopNeed {
+    /// Any route; without one, the configured gateway MAC.
+    Routed,
+    /// The backend on a directly connected network: its own MAC.
+    OnLink,
+}
+
 /// The cached next hop for `backend` (slot `backend_id`) seen from the
 /// ingress interface, looked up anew when it expired or no longer matches.
-/// `Err`: the counter of the drop (no route and no gateway MAC, or a next
-/// hop not resolved yet).
+/// `Err`: the counter of the drop (no route and no gateway MAC, a next hop
+/// not resolved yet, or a gateway where the backend must be on-link).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn next_hop(
     ctx: &XdpContext,
     pkt: &Packet,
@@ -26,6 +36,7 @@ pub fn next_hop(
     backend: &Backend,
     src: &[u32; 4],
     now: u64,
+    need: NextHopNeed,
 ) -> Result<&'static NextHop, u32> {
     let ingress = ctx.ingress_ifindex() as u32;
     let Some(nh) = NEXTHOPS.get_ptr_mut(backend_id) else {
@@ -33,7 +44,7 @@ pub fn next_hop(
     };
     let nh = unsafe { &mut *nh };
     if nh.expires_ns > now && nh.ingress == ingress && nh.addr == backend.addr {
-        return Ok(nh);
+        return usable(nh, need);
     }
     count(counter::FIB_LOOKUP);
     let rc = fib(ctx, cfg, backend, src, ingress, nh);
@@ -46,7 +57,7 @@ pub fn next_hop(
         return Err(counter::DROP_NO_NEIGH);
     }
     if rc != 0 {
-        if cfg.flags & CONFIG_F_GATEWAY_MAC == 0 {
+        if cfg.flags & CONFIG_F_GATEWAY_MAC == 0 || need == NextHopNeed::OnLink {
             nh.expires_ns = 0;
             return Err(counter::DROP_NO_ROUTE);
         }
@@ -55,10 +66,20 @@ pub fn next_hop(
         nh.smac = pkt.our_mac;
         nh.egress = ingress;
         nh.mtu = cfg.mtu;
+        nh.on_link = 0;
     }
     nh.addr = backend.addr;
     nh.ingress = ingress;
     nh.expires_ns = now + defaults::NEXTHOP_TTL_NS;
+    usable(nh, need)
+}
+
+/// `nh`, if it is what `need` asks for.
+#[inline(always)]
+fn usable(nh: &'static NextHop, need: NextHopNeed) -> Result<&'static NextHop, u32> {
+    if need == NextHopNeed::OnLink && nh.on_link == 0 {
+        return Err(counter::DROP_NOT_ON_LINK);
+    }
     Ok(nh)
 }
 
@@ -104,6 +125,14 @@ fn fib(
     nh.dmac = fib.dmac;
     nh.smac = fib.smac;
     nh.egress = fib.ifindex;
+    // On success the FIB writes the gateway's address over the
+    // destination when the route has one.
+    let direct = if backend.family == AF_INET6 {
+        (unsafe { fib.__bindgen_anon_4.ipv6_dst }) == backend.addr
+    } else {
+        (unsafe { fib.__bindgen_anon_4.ipv4_dst }) == backend.addr[0]
+    };
+    nh.on_link = u32::from(direct);
     nh.mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
     if nh.mtu == 0 {
         nh.mtu = cfg.mtu;

@@ -110,6 +110,10 @@ enum Cmd {
         /// balancer.
         #[arg(long = "from", value_parser = parse_source)]
         sources: Vec<DecapFrom>,
+        /// The UDP port GUE tunnels come to (the balancers'
+        /// `encapsulation.gue_port`); 0: take no GUE.
+        #[arg(long, default_value_t = lb_common::DEFAULT_GUE_PORT)]
+        gue_port: u16,
         #[arg(long, value_enum, default_value = "auto")]
         mode: Mode,
         /// Detach and remove instead.
@@ -348,6 +352,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             interface,
             vips,
             sources,
+            gue_port,
             mode,
             remove,
             ebpf_object,
@@ -388,6 +393,7 @@ async fn real_main(cli: Cli) -> Result<()> {
                 &interface,
                 &vips,
                 &sources,
+                gue_port,
                 mode,
             )?;
             let list: Vec<String> = vips.iter().map(|v| v.to_string()).collect();

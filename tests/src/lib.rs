@@ -384,7 +384,8 @@ impl Balancer {
         vips: &[lb_userspace::dataplane::DecapVip],
         sources: &[(IpAddr, u8)],
     ) -> Result<()> {
-        lb_userspace::dataplane::write_decap_maps(self.ebpf_mut(), vips, sources)?;
+        let gue = lb_common::DEFAULT_GUE_PORT;
+        lb_userspace::dataplane::write_decap_maps(self.ebpf_mut(), vips, sources, gue)?;
         Ok(())
     }
 

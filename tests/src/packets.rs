@@ -129,12 +129,17 @@ pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
 
 /// The IP packet inside a frame (after the Ethernet header and optional VLAN tag).
 pub fn ip_part(frame: &[u8]) -> &[u8] {
-    let l2 = if frame[12..14] == [0x81, 0x00] {
+    &frame[ip_offset(frame)..]
+}
+
+/// Where a frame's IP header starts: after the Ethernet header and the
+/// VLAN tag, if any.
+pub fn ip_offset(frame: &[u8]) -> usize {
+    if frame[12..14] == [0x81, 0x00] {
         18
     } else {
         14
-    };
-    &frame[l2..]
+    }
 }
 
 /// What the balancer should send for `frame`: Ethernet (with the VLAN tag
@@ -258,4 +263,36 @@ pub fn family(ip: IpAddr) -> u8 {
     } else {
         AF_INET6
     }
+}
+
+/// The frame the balancer sends for `frame` by GUE (variant 1) to UDP port
+/// `port`: as `expected_encap`, with a UDP header between the outer IP
+/// header (protocol 17, lengths grown by 8) and the tunnelled packet. The
+/// UDP source port comes from the flow hash (49152..=65535), the checksum
+/// is 0.
+pub fn expected_gue(frame: &[u8], e: &Encap, port: u16) -> Vec<u8> {
+    let mut out = expected_encap(frame, e);
+    let ip = ip_offset(&out);
+    let v6 = out[ip] >> 4 == 6;
+    let ip_len = if v6 { 40 } else { 20 };
+    let inner_len = out.len() - ip - ip_len;
+    let sport = 0xc000 | ((e.hash ^ (e.hash >> 16)) as u16 & 0x3fff);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&port.to_be_bytes());
+    udp.extend_from_slice(&((inner_len + 8) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    out.splice(ip + ip_len..ip + ip_len, udp);
+    if v6 {
+        out[ip + 6] = 17;
+        let len = (inner_len + 8) as u16;
+        out[ip + 4..ip + 6].copy_from_slice(&len.to_be_bytes());
+    } else {
+        let mut h = Ipv4Header::from_slice(&out[ip..ip + 20]).unwrap().0;
+        h.protocol = IpNumber(17);
+        h.total_len += 8;
+        h.header_checksum = h.calc_header_checksum();
+        out[ip..ip + 20].copy_from_slice(&h.to_bytes());
+    }
+    out
 }

@@ -49,6 +49,7 @@ fn config(ring_size: u32) -> Config {
         src_v6_mask: host_mask(SRC_V6_BITS),
         mtu: 1500,
         gateway_mac: GATEWAY_MAC,
+        gue_port: lb_common::DEFAULT_GUE_PORT.to_be(),
         ..Config::default()
     }
 }
@@ -198,14 +199,6 @@ fn assert_outer_checksum(frame: &[u8]) {
             h.calc_header_checksum(),
             "outer IPv4 checksum"
         );
-    }
-}
-
-fn ip_offset(frame: &[u8]) -> usize {
-    if frame[12..14] == [0x81, 0x00] {
-        18
-    } else {
-        14
     }
 }
 
@@ -2344,4 +2337,137 @@ fn the_flow_walk_takes_evicted_and_idle_flows_off_the_counts() {
     assert_eq!((c.lost, c.ended), (0, 10));
     assert_eq!(lb.load_of(4) + lb.load_of(5), 0);
     assert_eq!(loads(&mut lb), want, "TCP counts untouched");
+}
+
+/// The WEB VIP's backends (1, 2, 3) set to forward with `mode_flag`.
+fn web_forwarding(lb: &mut Balancer, mode_flag: u8) {
+    for id in 1..=3 {
+        lb.set_backend(id, backend(addr_of(id), mode_flag, WEB))
+            .unwrap();
+    }
+}
+
+#[test]
+fn l2_direct_return_rewrites_only_the_macs_to_an_on_link_backend() {
+    let Some(mut lb) = setup() else { return };
+    // The backends' segment on a veth, with their neighbour entries; a
+    // fourth backend behind a gateway on it.
+    shell(
+        "sysctl -qw net.ipv4.ip_forward=1 && ip link add l2t0 address 02:00:00:00:aa:01 type veth peer name l2t1 \
+        && ip link set l2t0 up && ip link set l2t1 up && ip link set lo up \
+        && ip addr add 10.0.1.254/24 dev l2t0 \
+        && ip neigh replace 10.0.1.1 lladdr 02:00:00:00:bb:01 dev l2t0 nud permanent \
+        && ip neigh replace 10.0.1.2 lladdr 02:00:00:00:bb:02 dev l2t0 nud permanent \
+        && ip neigh replace 10.0.1.3 lladdr 02:00:00:00:bb:03 dev l2t0 nud permanent \
+        && ip route add 10.0.9.0/24 via 10.0.1.3 dev l2t0",
+    );
+    web_forwarding(&mut lb, lb_common::BACKEND_F_DSR_L2);
+    for (i, vlan) in [(0u16, None), (1, Some(7))] {
+        let f = Flow::tcp("192.0.2.1", 100 + i, "10.100.0.1", 80);
+        let want = pick(&f, &[1, 2, 3]);
+        let frame = f.packet_vlan("S", b"hello", vlan);
+        let out = lb.run(&frame).unwrap();
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", lb.counters());
+        // The very frame, to the backend's MAC from the egress interface's.
+        let mut expected = frame.clone();
+        expected[..6].copy_from_slice(&[0x02, 0, 0, 0, 0xbb, want as u8]);
+        expected[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0xaa, 0x01]);
+        assert_eq!(out.data, expected);
+        assert_eq!(lb.flow(&f.key()).unwrap().backend, want);
+    }
+    // A backend the FIB reaches through a gateway: dropped, counted (the
+    // frame would reach the router with the VIP as its destination).
+    lb.set_backend(1, backend(ip("10.0.9.5"), lb_common::BACKEND_F_DSR_L2, WEB))
+        .unwrap();
+    replace_table(&mut lb, vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, &[1]);
+    let f = Flow::tcp("192.0.2.1", 200, "10.100.0.1", 80);
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_NOT_ON_LINK), 1);
+    // No route at all: dropped, the gateway MAC is no way to an L2 backend.
+    lb.set_backend(1, backend(ip("10.7.7.7"), lb_common::BACKEND_F_DSR_L2, WEB))
+        .unwrap();
+    let f = Flow::tcp("192.0.2.1", 201, "10.100.0.1", 80);
+    assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_NO_ROUTE), 1);
+    assert_eq!(lb.counter(counter::FIB_FALLBACK), 0);
+}
+
+#[test]
+fn gue_puts_the_tunnel_in_udp_and_the_decapsulator_takes_it_out() {
+    let Some(mut lb) = setup() else { return };
+    web_forwarding(&mut lb, lb_common::BACKEND_F_GUE);
+    for (id, _, vip) in backends() {
+        if vip == WEB6 {
+            lb.set_backend(id, backend(addr_of(id), lb_common::BACKEND_F_GUE, vip))
+                .unwrap();
+        }
+    }
+    let mut d = Balancer::load_decap().unwrap();
+    d.set_decap(&decap_vips_with_web6(), &[]).unwrap();
+    for (i, f) in [
+        Flow::tcp("192.0.2.1", 300, "10.100.0.1", 80),
+        Flow::tcp("2001:db8::1", 301, "fd00:100::1", 80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ids: &[u32] = if i == 0 { &[1, 2, 3] } else { &[10, 11] };
+        let want = pick(&f, ids);
+        let frame = f.packet("S", b"payload");
+        let out = lb.run(&frame).unwrap();
+        assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+        let h = hash(&f);
+        let dst = addr_of(want);
+        let e = Encap {
+            dmac: GATEWAY_MAC,
+            smac: LB_MAC,
+            src: outer_src(dst, h),
+            dst,
+            hash: h,
+        };
+        assert_eq!(
+            out.data,
+            expected_gue(&frame, &e, lb_common::DEFAULT_GUE_PORT)
+        );
+        // A reference parser reads it as UDP to the GUE port.
+        let p = SlicedPacket::from_ethernet(&out.data).unwrap();
+        let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+            panic!("no UDP in {:?}", out.data)
+        };
+        assert_eq!(u.destination_port(), lb_common::DEFAULT_GUE_PORT);
+        assert_eq!(u.length() as usize, ip_part(&frame).len() + 8);
+        // The backend's decapsulator gives the stack the client's packet.
+        let back = d.run(&out.data).unwrap();
+        assert_eq!(back.action, XDP_PASS, "{:?}", d.decap_counters());
+        assert_eq!(ip_part(&back.data), ip_part(&frame));
+    }
+    assert_eq!(d.decap_counter(decap_counter::DECAPPED), 2);
+    // UDP to another port, or GUE with something else than IP inside: not
+    // a tunnel of ours.
+    let f = Flow::tcp("192.0.2.1", 302, "10.100.0.1", 80);
+    let frame = f.packet("S", b"");
+    let e = Encap {
+        dmac: GATEWAY_MAC,
+        smac: LB_MAC,
+        src: ip("10.255.0.7"),
+        dst: ip("10.0.1.1"),
+        hash: 5,
+    };
+    let other_port = expected_gue(&frame, &e, 4789);
+    assert_eq!(d.run(&other_port).unwrap().data, other_port);
+    let mut not_ip = expected_gue(&frame, &e, lb_common::DEFAULT_GUE_PORT);
+    not_ip[14 + 20 + 8] = 0x30;
+    assert_eq!(d.run(&not_ip).unwrap().data, not_ip);
+    assert_eq!(d.decap_counter(decap_counter::PASS_NOT_TUNNEL), 2);
+}
+
+/// `decap_vips` and the IPv6 web VIP.
+fn decap_vips_with_web6() -> Vec<DecapVip> {
+    let mut v = decap_vips();
+    v.push(DecapVip {
+        addr: ip("fd00:100::1"),
+        port: 80,
+        proto: PROTO_TCP,
+    });
+    v
 }

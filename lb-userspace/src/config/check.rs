@@ -204,6 +204,7 @@ impl Check<'_> {
             source_v6: e.source_v6.get().map(|p| (p.value.0, p.value.1)),
             gateway_mac: e.gateway_mac.get().map(|m| m.value.0),
             mtu: e.mtu.or(Int(DEFAULT_MTU)).0,
+            gue_port: e.gue_port.or(Int(u32::from(lb_common::DEFAULT_GUE_PORT))).0 as u16,
         }
     }
 
@@ -445,9 +446,19 @@ impl Check<'_> {
 }
 
 /// The problem with a backend's address family: against the VIP's, and
-/// the outer source it needs.
+/// the outer source it needs (none for L2 direct return, which needs the
+/// VIP's family).
 fn family(vip: &VipFile, addr: IpAddr, encap: &EncapFile) -> Option<String> {
     let vip_addr = vip.address.get().map(|a| a.value.0);
+    if vip.forwarding.get().map(|f| f.value) == Some(Forwarding::DsrL2) {
+        return match vip_addr {
+            Some(v) if v.is_ipv4() != addr.is_ipv4() => Some(format!(
+                "backend {addr} and VIP {v} are of different families: with forwarding: dsr_l2 \
+                 the packet reaches the backend unchanged, so give the VIP backends of its family"
+            )),
+            _ => None,
+        };
+    }
     Some(match (addr, vip_addr) {
         (IpAddr::V4(_), Some(v @ IpAddr::V6(_))) => format!(
             "IPv4 backend {addr} behind IPv6 VIP {v}: 6in4 is not supported (an IPv6 packet \

@@ -80,6 +80,8 @@ pub(super) struct EncapFile {
     pub gateway_mac: Field<Mac>,
     /// Default [`DEFAULT_MTU`]; at least [`IPV6_MIN_MTU`] with `source_v6`.
     pub mtu: Field<ranged!(MTU_RANGE)>,
+    /// Default [`lb_common::DEFAULT_GUE_PORT`].
+    pub gue_port: Field<Int<1, 65_535>>,
 }
 
 /// `tables`; see [`Tables`].

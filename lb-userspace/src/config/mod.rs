@@ -223,6 +223,8 @@ pub struct Encapsulation {
     /// MTU of the path to the backends, 576..=9216 (at least 1280 when
     /// `source_v6` is set); default 1500.
     pub mtu: u32,
+    /// UDP port GUE packets (`forwarding: gue`) go to; default 6080.
+    pub gue_port: u16,
 }
 
 impl Default for Encapsulation {
@@ -232,6 +234,7 @@ impl Default for Encapsulation {
             source_v6: None,
             gateway_mac: None,
             mtu: DEFAULT_MTU,
+            gue_port: lb_common::DEFAULT_GUE_PORT,
         }
     }
 }

@@ -178,6 +178,13 @@ pub enum Forwarding {
     /// IPIP / IP6IP6 / IPv4-in-IPv6 encapsulation, direct server return.
     #[default]
     Encap,
+    /// Direct server return on one L2 segment: the frame to the backend's
+    /// MAC, unchanged otherwise (IPVS "DR").
+    #[serde(rename = "dsr_l2")]
+    DsrL2,
+    /// The encapsulated packet inside UDP (GUE variant 1), to
+    /// `encapsulation.gue_port`; direct server return.
+    Gue,
 }
 
 impl Forwarding {
@@ -185,6 +192,8 @@ impl Forwarding {
     pub fn number(self) -> u8 {
         match self {
             Forwarding::Encap => lb_common::mode::ENCAP,
+            Forwarding::DsrL2 => lb_common::mode::DSR_L2,
+            Forwarding::Gue => lb_common::mode::GUE,
         }
     }
 }

@@ -9,6 +9,7 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
         ring_size: pool.tables.maglev_size,
         udp_idle_timeout_ns: pool.tables.udp_idle_timeout.as_nanos() as u64,
         mtu: e.mtu,
+        gue_port: e.gue_port.to_be(),
         ..Config::default()
     };
     if let Some((addr, prefix)) = e.source_v4 {

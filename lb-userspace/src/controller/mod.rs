@@ -1,14 +1,14 @@
 //! The one writer of the maps: turns the pool file, health verdicts and
 //! drains into VIPs, backend slots and Maglev tables, and writes only what
 //! changed. Pure logic over the [`DataPlane`] trait.
-use crate::config::{BackendState, Pool, Protocol, Vip};
+use crate::config::{BackendState, Forwarding, Pool, Protocol, Vip};
 use crate::dataplane::{DataPlane, DataPlaneError};
 use crate::health::{Health, ProbeOutcome, ProbeSpec};
 use crate::maglev::{self, MaglevBackend};
 use lb_common::{
     AddrKey, Backend, BackendLimit, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP,
-    BACKEND_F_DOWN, BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC,
-    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, VIP_F_COUNT,
+    BACKEND_F_DOWN, BACKEND_F_DSR_L2, BACKEND_F_GUE, BACKEND_F_UNHEALTHY, BACKEND_F_USED,
+    CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, VIP_F_COUNT,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +53,9 @@ pub struct RunningBackend {
     pub rtt_ms: Option<f64>,
     /// Its `max_connections` (its own, or its VIP's).
     pub max_connections: Option<u32>,
+    /// Its VIP's forwarding mode, as slot flags (`BACKEND_F_DSR_L2`,
+    /// `BACKEND_F_GUE`).
+    mode_flags: u8,
     /// What its `LIMITS` entry holds, as last written by this daemon.
     limit_written: Option<BackendLimit>,
 }
@@ -136,11 +139,20 @@ fn takes_new_flows(b: &RunningBackend, panic: bool) -> bool {
     b.state == BackendState::Active && (panic || b.health != HealthView::Down)
 }
 
+/// The slot flags of a forwarding mode.
+fn mode_flags(f: Forwarding) -> u8 {
+    match f {
+        Forwarding::Encap => 0,
+        Forwarding::DsrL2 => BACKEND_F_DSR_L2,
+        Forwarding::Gue => BACKEND_F_GUE,
+    }
+}
+
 /// `Backend::flags` of a slot in use. In panic mode no backend is marked
 /// unhealthy: the data path sends new flows (and keeps UDP flows) as if
 /// every check passed.
 fn kernel_flags(b: &RunningBackend, panic: bool) -> u8 {
-    let mut f = BACKEND_F_USED;
+    let mut f = BACKEND_F_USED | b.mode_flags;
     if b.state == BackendState::Disabled {
         f |= BACKEND_F_DOWN;
     }
@@ -513,6 +525,7 @@ impl<D: DataPlane> Controller<D> {
                         rtt_ms: None,
                         max_connections: bc.max_connections,
                         limit_written: None,
+                        mode_flags: mode_flags(conf.forwarding),
                     },
                 );
                 self.write_backend(key, addr)?;
@@ -528,6 +541,7 @@ impl<D: DataPlane> Controller<D> {
                 e.weight = bc.weight;
                 e.state = bc.state;
                 e.max_connections = bc.max_connections;
+                e.mode_flags = mode_flags(conf.forwarding);
                 if e.probe != bc.health {
                     e.probe = bc.health.clone();
                     if e.probe.is_none() {

@@ -1,5 +1,6 @@
 //! Warnings about the host the balancer runs on: VIP routes, IP
-//! forwarding, the flow table's per-CPU share.
+//! forwarding, the flow table's per-CPU share; and the one host check that
+//! refuses a pool file: L2 direct-return backends off the local segment.
 use super::*;
 
 /// Packets to a VIP address on a port no VIP serves go to the kernel. If the
@@ -75,4 +76,47 @@ pub(super) fn warn_forwarding(iface: &str) {
             "IP forwarding is off on `{iface}`: the kernel will not resolve next hops for the balancer, which then uses `encapsulation.gateway_mac` (or drops, counted as drop_no_route); enable it with `sysctl -w net.ipv4.conf.{iface}.forwarding=1` (and net.ipv6.conf.{iface}.forwarding=1)"
         );
     }
+}
+
+/// The backends of `forwarding: dsr_l2` VIPs that the FIB does not reach
+/// on a directly connected network, each as a message. Such a frame would
+/// go to a router with the VIP as its destination, and come back.
+pub(super) fn l2_backends_off_link(pool: &Pool) -> Vec<String> {
+    let l2: Vec<(&str, std::net::IpAddr)> = pool
+        .vips
+        .iter()
+        .filter(|v| v.forwarding == crate::config::Forwarding::DsrL2)
+        .flat_map(|v| v.backends.iter().map(move |b| (v.name.as_str(), b.address)))
+        .collect();
+    if l2.is_empty() {
+        return Vec::new();
+    }
+    let mut rtnl = match crate::neigh::Rtnl::new() {
+        Ok(r) => r,
+        Err(e) => return vec![format!("checking the dsr_l2 backends' routes: {e}")],
+    };
+    l2.into_iter()
+        .filter_map(|(vip, addr)| {
+            let why = match rtnl.next_hops(addr) {
+                Ok(hops) if hops.is_empty() => "the FIB has no route to it here".to_string(),
+                Ok(hops) => {
+                    let via: Vec<String> = hops
+                        .iter()
+                        .filter(|h| h.addr != addr)
+                        .map(|h| h.addr.to_string())
+                        .collect();
+                    if via.is_empty() {
+                        return None;
+                    }
+                    format!("it is reached through {}", via.join(", "))
+                }
+                Err(e) => format!("its route could not be read: {e}"),
+            };
+            Some(format!(
+                "backend {addr} of VIP `{vip}` (forwarding: dsr_l2) is not on a network this \
+                 host is directly connected to ({why}); L2 direct return sends the frame to the \
+                 backend's own MAC; put it on this host's segment or use forwarding: encap or gue"
+            ))
+        })
+        .collect()
 }

@@ -233,6 +233,10 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     for iface in &pool.interfaces {
         dataplane::ifindex(iface)?;
     }
+    let off_link = l2_backends_off_link(&pool);
+    if !off_link.is_empty() {
+        bail!("{}", off_link.join("\n"));
+    }
     let hash_key = load_or_create_secret(&pool.hash_secret_file)?;
     // A start that fails leaves nothing behind of an instance it created.
     let fresh = !dataplane::has_pins(&pool.instance);

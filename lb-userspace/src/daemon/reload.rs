@@ -44,6 +44,8 @@ impl Daemon {
             .filter(|i| !self.pool.interfaces.contains(i))
             .filter_map(|i| dataplane::ifindex(i).err().map(|e| e.to_string()))
             .collect();
+        let mut missing = missing;
+        missing.extend(l2_backends_off_link(&pool));
         if !missing.is_empty() {
             log::error!(
                 "reload rejected; keeping the running configuration: {}",

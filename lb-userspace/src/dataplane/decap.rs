@@ -18,6 +18,7 @@ pub fn attach_decap(
     iface: &str,
     vips: &[DecapVip],
     sources: &[(std::net::IpAddr, u8)],
+    gue_port: u16,
     mode: AttachMode,
 ) -> Result<()> {
     ensure_bpffs()?;
@@ -29,12 +30,13 @@ pub fn attach_decap(
         source,
     })?;
     let mut ebpf = load_decap_unpinned(object)?;
-    write_decap_maps(&mut ebpf, vips, sources)?;
+    write_decap_maps(&mut ebpf, vips, sources, gue_port)?;
     for name in [
         maps::DECAP_ADDRS,
         maps::DECAP_VIPS,
         maps::DECAP_COUNTERS,
         maps::DECAP_SOURCES,
+        maps::DECAP_GUE,
     ] {
         ebpf.map_mut(name)
             .expect("decap map")
@@ -118,14 +120,21 @@ impl std::fmt::Display for DecapVip {
 }
 
 /// Writes the decapsulator's maps: the VIPs it accepts tunnels to (with
-/// ICMP to their addresses, which carries errors about their flows), and
-/// the outer sources it accepts them from (none given: any source, so the
-/// upstream filter must do it).
+/// ICMP to their addresses, which carries errors about their flows), the
+/// outer sources it accepts them from (none given: any source, so the
+/// upstream filter must do it), and the UDP port of GUE tunnels (0: none).
 pub fn write_decap_maps(
     ebpf: &mut Ebpf,
     vips: &[DecapVip],
     sources: &[(std::net::IpAddr, u8)],
+    gue_port: u16,
 ) -> Result<()> {
+    let map = ebpf
+        .map_mut(maps::DECAP_GUE)
+        .ok_or_else(|| missing(maps::DECAP_GUE))?;
+    let mut a: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err(maps::DECAP_GUE))?;
+    a.set(0, u32::from(gue_port.to_be()), 0)
+        .map_err(map_err(maps::DECAP_GUE))?;
     let map = ebpf
         .map_mut(maps::DECAP_VIPS)
         .ok_or_else(|| missing(maps::DECAP_VIPS))?;

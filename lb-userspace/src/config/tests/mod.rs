@@ -77,6 +77,7 @@ fn example_file_parses_and_resolves() {
             source_v6: Some(("fd00:255::".parse().unwrap(), 112)),
             gateway_mac: Some([2, 0, 0, 0, 0, 1]),
             mtu: 1500,
+            gue_port: 6080,
         }
     );
     assert_eq!(pool.tables, Tables::default());
@@ -221,6 +222,7 @@ vips:
             source_v6: None,
             gateway_mac: None,
             mtu: 1500,
+            gue_port: 6080,
         }
     );
     assert_eq!(
@@ -491,7 +493,7 @@ xdp_mode: offload
         12,
         17,
         "vips[0].forwarding",
-        "only `encap` is supported for now",
+        "`nat` is not a valid forwarding; expected one of `encap`, `dsr_l2`, `gue`",
     );
     assert_has(
         &errs,

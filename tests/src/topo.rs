@@ -273,6 +273,23 @@ impl Topology {
         Ok(())
     }
 
+    /// Removes the backends' decapsulators (`lb decap --remove`), as a
+    /// backend that takes no tunnel.
+    pub fn remove_decap(&self) -> Result<()> {
+        for b in &self.backends {
+            let st = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", b.ns))
+                .arg(&self.lb_bin)
+                .args(["decap", "--interface", "eth0", "--remove"])
+                .stdout(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("lb decap --remove in {}", b.ns);
+            }
+        }
+        Ok(())
+    }
+
     fn backend(&self, name: &str) -> &Host {
         self.backends
             .iter()

@@ -1588,3 +1588,64 @@ fn persistence_keeps_a_client_on_one_backend_across_connections_and_pool_changes
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(!seen.contains_key(&home), "{seen:?}");
 }
+
+#[test]
+fn l2_direct_return_and_gue_spread_by_weight_and_an_off_link_backend_is_refused() {
+    let weights = [1, 1, 2];
+    let Some(mut t) = topo("e2fm", &weights) else {
+        return;
+    };
+    // web by L2 direct return, dns by GUE (the backends' `lb decap` takes
+    // GUE on its default port, as the balancer's default gue_port).
+    let pool = with_vip_setting(
+        &std::fs::read_to_string(t.pool_path()).unwrap(),
+        80,
+        "    forwarding: dsr_l2\n",
+    )
+    .replacen(
+        "    port: 53\n    protocol: udp\n",
+        "    port: 53\n    protocol: udp\n    forwarding: gue\n",
+        1,
+    );
+    assert!(pool.contains("forwarding: gue"));
+    t.write_pool(&pool).unwrap();
+    t.start_daemon().unwrap();
+    let n = 1200;
+    let (seen, failed) = spread_http(&t, web(), n);
+    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
+    assert_shares(&seen, &weights, n);
+    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
+    let (useen, ufailed) = in_ns(&t.client, move || {
+        tally(n, |i| udp_query(dns, 20000 + i as u16, T))
+    });
+    assert_eq!(ufailed, 0, "{useen:?}");
+    assert_shares(&useen, &weights, n);
+    // Without the backends' decapsulators, L2 direct return still serves
+    // (nothing is tunnelled), and GUE does not (it is).
+    t.remove_decap().unwrap();
+    let (seen, failed) = spread_http(&t, web(), 100);
+    assert_eq!(failed, 0, "{seen:?}");
+    let short = Duration::from_millis(300);
+    let lost = in_ns(&t.client, move || udp_query(dns, 31000, short).is_err());
+    assert!(lost, "a GUE packet was answered without a decapsulator");
+    // A dsr_l2 backend off this segment: the reload is refused, with why.
+    let off = pool.replacen(
+        &format!("      - {{ address: {}, weight: 1, state: active }}\n", t.backends[0].v4),
+        &format!(
+            "      - {{ address: {}, weight: 1, state: active }}\n      - {{ address: 10.99.0.1 }}\n",
+            t.backends[0].v4
+        ),
+        1,
+    );
+    assert_ne!(off, pool);
+    t.write_pool(&off).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = t.log();
+    assert!(
+        log.contains("backend 10.99.0.1 of VIP `web` (forwarding: dsr_l2) is not on a network"),
+        "{log}"
+    );
+    let (seen, failed) = spread_http(&t, web(), 100);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}

@@ -264,3 +264,49 @@ fn least_connections_schedulers_are_named_and_exact_is_bounded() {
         "least_connections_exact takes at most 16 backends (17 given)",
     );
 }
+
+#[test]
+fn forwarding_modes_are_read_with_their_needs() {
+    let v = |forwarding: &str, backend: &str| {
+        format!(
+            "instance: lb0
+interfaces: [eth0]
+vips:
+  - name: web
+    address: 10.100.0.1
+    port: 80
+    protocol: tcp
+    forwarding: {forwarding}
+    backends:
+      - address: {backend}
+"
+        )
+    };
+    // L2 direct return needs no outer source; it needs the VIP's family.
+    let p = ok(&v("dsr_l2", "10.0.1.1"));
+    assert_eq!(p.vips[0].forwarding, Forwarding::DsrL2);
+    assert_eq!(p.vips[0].forwarding.number(), lb_common::mode::DSR_L2);
+    assert_only(
+        &v("dsr_l2", "\"fd00:1::1\""),
+        10,
+        18,
+        "vips[0].backends[0].address",
+        "backend fd00:1::1 and VIP 10.100.0.1 are of different families",
+    );
+    // GUE encapsulates: it needs the outer source, and takes the port.
+    assert_only(
+        &v("gue", "10.0.1.1"),
+        10,
+        18,
+        "vips[0].backends[0].address",
+        "encapsulation.source_v4 is not set",
+    );
+    let text = format!(
+        "{}encapsulation:\n  source_v4: 10.255.0.0/24\n  gue_port: 5555\n",
+        v("gue", "10.0.1.1")
+    );
+    let p = ok(&text);
+    assert_eq!(p.vips[0].forwarding.number(), lb_common::mode::GUE);
+    assert_eq!(p.encapsulation.gue_port, 5555);
+    assert_eq!(ok(&v("dsr_l2", "10.0.1.1")).encapsulation.gue_port, 6080);
+}

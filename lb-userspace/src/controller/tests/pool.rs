@@ -369,3 +369,34 @@ fn slots_given_to_a_new_vip_or_backend_start_with_zeroed_statistics() {
         .unwrap();
     assert!(c.dp.cleared.is_empty());
 }
+
+#[test]
+fn the_forwarding_mode_is_in_every_backend_slot_and_follows_a_reload() {
+    let with = |mode: &str| {
+        pool(&[web(&WEB).replace(
+            "    protocol: tcp\n",
+            &format!("    protocol: tcp\n    forwarding: {mode}\n"),
+        )])
+    };
+    let mut c = controller(FakeDataPlane::new(8, 64));
+    for (mode, flag) in [
+        ("dsr_l2", BACKEND_F_DSR_L2),
+        ("gue", BACKEND_F_GUE),
+        ("encap", 0),
+    ] {
+        let p = with(mode);
+        c.apply(&p).unwrap();
+        let k = key(&p, "web");
+        assert_eq!(c.dp.vips[&k].mode, p.vips[0].forwarding.number());
+        for b in c.vips[&k].backends.values() {
+            let flags = c.dp.backend(b.id).flags;
+            assert_eq!(
+                flags & (BACKEND_F_DSR_L2 | BACKEND_F_GUE),
+                flag,
+                "{mode}: slot {} flags {flags:#x}",
+                b.id
+            );
+            assert_eq!(flags & BACKEND_F_USED, BACKEND_F_USED);
+        }
+    }
+}

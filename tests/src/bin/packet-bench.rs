@@ -43,7 +43,7 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 9,
+    max_vips: 11,
     max_backends: 512,
     ring_size: 65537,
     flows: 65536,
@@ -64,6 +64,17 @@ const LEAST: u32 = 5; // VIP:84/tcp, least_connections over BIG_POOL backends
 const EXACT: u32 = 6; // VIP:85/tcp, least_connections_exact over EXACT_POOL backends
 const STICKY: u32 = 7; // VIP:86/tcp, maglev with persistence (/32)
 const LIMITED: u32 = 8; // VIP:87/tcp, maglev, connections counted against max_connections
+const L2: u32 = 9; // VIP:88/tcp, forwarding dsr_l2 to L2_BACKENDS (on-link, FIB)
+const GUE: u32 = 10; // VIP:89/tcp, forwarding gue (gateway MAC, as the IPIP cases)
+/// The dsr_l2 VIP's backends: on a veth of the bench's namespace, with
+/// permanent neighbour entries, so the FIB resolves them.
+const L2_BACKENDS: [(u32, Ipv4Addr); 3] = [
+    (300, Ipv4Addr::new(10, 0, 3, 1)),
+    (301, Ipv4Addr::new(10, 0, 3, 2)),
+    (302, Ipv4Addr::new(10, 0, 3, 3)),
+];
+/// The GUE VIP's backend slots (the addresses of `BACKENDS`).
+const GUE_FIRST: u32 = 310;
 /// Backends of the least-connections VIPs: 10.0.2.1 and on, slots from
 /// `BIG_FIRST` (LEAST) and `BIG_FIRST + BIG_POOL` (EXACT).
 const BIG_POOL: u32 = 100;
@@ -102,6 +113,17 @@ fn main() -> Result<()> {
     let machine = Machine::read();
     let cpu = pin_to_last_cpu().context("pinning the bench to one CPU")?;
     private_netns().context("entering a private network namespace")?;
+    // The dsr_l2 VIP's backends on a veth, resolved by the FIB.
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(
+            "sysctl -qw net.ipv4.ip_forward=1 && ip link set lo up \
+             && ip link add bl2a address 02:00:00:00:aa:01 type veth peer name bl2b \
+             && ip link set bl2a up && ip link set bl2b up && ip addr add 10.0.3.254/24 dev bl2a \
+             && for i in 1 2 3; do ip neigh replace 10.0.3.$i lladdr 02:00:00:00:bb:0$i dev bl2a nud permanent; done",
+        )
+        .status()?;
+    ensure!(st.success(), "setting up the dsr_l2 backends' veth");
 
     let mut sides = vec![Side::load("A", &object, false)?];
     if let Some(b) = &object_b {
@@ -137,7 +159,7 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "  sizes       ring {}, flows {}, 6 TCP VIPs (maglev, random, source_hash, round_robin, persistence, max_connections) with {} backends, least connections with 100 (2 choices) and 16 (exact), 1 UDP VIP; gateway MAC set (FIB fallback)",
+        "  sizes       ring {}, flows {}, 6 TCP VIPs (maglev, random, source_hash, round_robin, persistence, max_connections) with {} backends, least connections with 100 (2 choices) and 16 (exact), dsr_l2 and gue VIPs with 3, 1 UDP VIP; gateway MAC set (FIB fallback)",
         SIZES.ring_size,
         SIZES.flows,
         BACKENDS.len()
@@ -293,13 +315,32 @@ impl Side {
     /// What each case must have done, from the counters.
     fn check(&self) -> Result<()> {
         let n = PACKETS as u64;
-        let [syn, est, udp, udp_est, other, schedulers @ ..] = &self.cases[..] else {
+        let [syn, est, udp, udp_est, other, rest @ ..] = &self.cases[..] else {
             bail!("the five first cases expected");
         };
+        let (schedulers, modes) = rest.split_at(rest.len().min(8));
         ensure!(
-            matches!(schedulers.len(), 3 | 8),
-            "three or eight scheduler cases expected"
+            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 4)),
+            "three scheduler cases, or eight and four forwarding modes expected"
         );
+        for (c, (new, out)) in modes.iter().zip([
+            (true, counter::REDIRECT),
+            (false, counter::REDIRECT),
+            (true, counter::TX),
+            (false, counter::TX),
+        ]) {
+            let d = &c.delta;
+            let (made, hit) = if new { (n, 0) } else { (0, n) };
+            ensure!(
+                d.get(counter::NEW_FLOW) == made
+                    && d.get(counter::FLOW_HIT) == hit
+                    && d.get(out) == n,
+                "the case `{}`: {made} new flows, {hit} flow hits, {n} {} expected; counters {:?}",
+                c.name,
+                counter::NAMES[out as usize],
+                d.nonzero()
+            );
+        }
         for c in schedulers {
             let d = &c.delta;
             ensure!(
@@ -344,7 +385,7 @@ impl Side {
             "the non-VIP case should only count {n} pass_not_vip; counters {:?}",
             d.nonzero()
         );
-        let tcp = 1 + schedulers.len();
+        let tcp = 1 + schedulers.len() + modes.len() / 2;
         ensure!(
             self.lb.flow_count() == (tcp + 1) * PACKETS,
             "expected {} flows in the table ({tcp} × {n} TCP + {n} UDP), found {}",
@@ -530,6 +571,31 @@ fn cases() -> Vec<Case> {
             Expect::Encap,
             (0..PACKETS).map(|i| client(i, PROTO_TCP, 87).packet("S", b"")),
         ),
+        // The forwarding modes beside IPIP's SYN and ACK above.
+        Case::new(
+            "tcp syn, dsr_l2",
+            None,
+            Expect::L2,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 88).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp established, dsr_l2",
+            None,
+            Expect::L2,
+            (0..PACKETS).map(|_| client(0, PROTO_TCP, 88).packet("A", b"")),
+        ),
+        Case::new(
+            "tcp syn, gue",
+            None,
+            Expect::Gue,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 89).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp established, gue",
+            None,
+            Expect::Gue,
+            (0..PACKETS).map(|_| client(0, PROTO_TCP, 89).packet("A", b"")),
+        ),
     ]
 }
 
@@ -550,6 +616,7 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
         src_v6_mask: host_mask(16),
         mtu: 1500,
         gateway_mac: GATEWAY_MAC,
+        gue_port: lb_common::DEFAULT_GUE_PORT.to_be(),
         ..Config::default()
     })?;
     let vip: IpAddr = VIP.parse().unwrap();
@@ -625,6 +692,37 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
                 },
                 flags: if id == LIMITED { VIP_F_COUNT } else { 0 },
                 persist_s: if id == STICKY { 300 } else { 0 },
+                ..VipInfo::default()
+            },
+        )?;
+    }
+    // The forwarding modes: L2 direct return to backends on a veth, GUE to
+    // the IPIP cases' addresses.
+    for (port, id, slots, flag) in [
+        (88, L2, L2_BACKENDS, lb_common::BACKEND_F_DSR_L2),
+        (
+            89,
+            GUE,
+            BACKENDS.map(|(s, a)| (GUE_FIRST + s, a)),
+            lb_common::BACKEND_F_GUE,
+        ),
+    ] {
+        for (slot, addr) in slots {
+            lb.set_backend(slot, backend(IpAddr::V4(addr), flag, id))?;
+        }
+        let ring: Vec<u32> = (0..SIZES.ring_size)
+            .map(|i| slots[i as usize % slots.len()].0)
+            .collect();
+        lb.write_ring(id, 0, &ring)?;
+        lb.add_vip(
+            vip_key(vip, port, PROTO_TCP),
+            VipInfo {
+                vip_id: id,
+                mode: if id == L2 {
+                    lb_common::mode::DSR_L2
+                } else {
+                    lb_common::mode::GUE
+                },
                 ..VipInfo::default()
             },
         )?;
@@ -746,6 +844,10 @@ enum Expect {
     Encap,
     /// XDP_PASS with the bytes untouched.
     PassUnchanged,
+    /// A redirect of the very frame to an L2 backend's MAC.
+    L2,
+    /// XDP_TX, the IPIP packet inside UDP to the GUE port.
+    Gue,
 }
 
 fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
@@ -772,6 +874,29 @@ fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
             ensure!(
                 BACKENDS.iter().any(|(_, a)| *a == dst) || big(dst),
                 "outer destination {dst} is not a backend"
+            );
+        }
+        Expect::L2 => {
+            let d = &r.data;
+            ensure!(
+                r.action == lb_tests::XDP_REDIRECT
+                    && d.len() == input.len()
+                    && d[12..] == input[12..]
+                    && d[..5] == [0x02, 0, 0, 0, 0xbb],
+                "expected the frame redirected to an L2 backend's MAC, got {}",
+                action_name(r.action)
+            );
+        }
+        Expect::Gue => {
+            let d = &r.data;
+            ensure!(
+                r.action == XDP_TX
+                    && d.len() == input.len() + 28
+                    && d[14 + 9] == 17
+                    && d[36..38] == lb_common::DEFAULT_GUE_PORT.to_be_bytes()
+                    && d[42..] == input[14..],
+                "expected the input in IPIP in UDP to the GUE port, got {}",
+                action_name(r.action)
             );
         }
         Expect::PassUnchanged => {

@@ -136,9 +136,8 @@ fn census_of(
         // Only the entry as it was read: a packet since may have renewed it.
         // A packet between this read and the update below can still end
         // the same flow (a FIN, or its UDP expiry): then the count is taken
-        // off twice. Rare; the data path reads a count below 0 as 0, and
-        // the next pass finds the backend's count low only until it
-        // closes more.
+        // off twice, and stays one low (passes only lower counts). Rare;
+        // the data path reads a count below 0 as 0.
         if flows.get(&k, 0).ok() != Some(v) {
             continue;
         }

@@ -55,7 +55,15 @@ pub mod counter {
     /// gateway, not on a directly connected network: dropped (the frame
     /// would go to the router with the VIP as its destination).
     pub const DROP_NOT_ON_LINK: u32 = 31;
-    pub const COUNT: u32 = 32;
+    /// A backend's reply to a NAT flow, sent back to its client.
+    pub const NAT_REPLY: u32 = 32;
+    /// A new NAT flow dropped: no free source port found (every address
+    /// and port tried is taken by a live flow to that backend).
+    pub const DROP_NAT_NO_PORT: u32 = 33;
+    /// A NAT flow's port taken over from an earlier flow that had ended
+    /// (closed or idle past its timeout).
+    pub const NAT_PORT_REUSED: u32 = 34;
+    pub const COUNT: u32 = 35;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -91,6 +99,9 @@ pub mod counter {
         "drop_backends_full",
         "persist_hit",
         "drop_not_on_link",
+        "nat_reply",
+        "drop_nat_no_port",
+        "nat_port_reused",
     ];
 }
 

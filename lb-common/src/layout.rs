@@ -66,12 +66,18 @@ pub mod maps {
     /// `LruHashMap<PersistKey, PersistValue>`: each client's backend, on
     /// VIPs with persistence.
     pub const PERSIST: &str = "PERSIST";
+    /// `LruHashMap<NatKey, NatValue>`: NAT flows as their replies carry
+    /// them; an entry holds its allocated source port.
+    pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    /// `Array<[u32; 4]>`: each VIP's NAT source addresses
+    /// (`NAT_ADDRS_PER_FAMILY` per family).
+    pub const NAT_ADDRS: &str = "NAT_ADDRS";
 }
 
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Program names in the object file.
 pub mod progs {
@@ -120,6 +126,9 @@ pub mod mode {
     pub const DSR_L2: u8 = 1;
     /// The IPIP / IP6IP6 / 4in6 packet inside UDP (GUE variant 1).
     pub const GUE: u8 = 2;
+    /// Full NAT: to the backend from one of the VIP's source addresses
+    /// and an allocated port; its replies back to the client.
+    pub const NAT: u8 = 3;
 }
 
 /// The UDP port GUE packets go to when the pool file names none (IANA's).
@@ -150,7 +159,7 @@ pub mod scheduler {
 
 /// The most backends a `scheduler::LEAST_CONN_EXACT` VIP may have: the
 /// data path looks at each of them for every new flow.
-pub const MAX_EXACT_BACKENDS: u32 = 16;
+pub const MAX_EXACT_BACKENDS: u32 = 8;
 
 /// `AddrKey` value flags (`VIP_ADDRS`).
 pub const ADDR_F_VIP: u32 = 1;
@@ -172,6 +181,8 @@ pub const BACKEND_F_UNHEALTHY: u8 = 4;
 pub const BACKEND_F_DSR_L2: u8 = 8;
 /// `Backend::flags`: its VIP forwards by GUE (`mode::GUE`).
 pub const BACKEND_F_GUE: u8 = 16;
+/// `Backend::flags`: its VIP forwards by full NAT (`mode::NAT`).
+pub const BACKEND_F_NAT: u8 = 32;
 
 /// A service address: (address, port, protocol). Port 0 means every port.
 #[repr(C)]
@@ -202,7 +213,10 @@ pub struct VipInfo {
     pub src_prefix_v6: u8,
     /// `VIP_F_*`.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// NAT: how many source addresses the VIP has in `NAT_ADDRS`, IPv4 in
+    /// the low nibble, IPv6 in the high one.
+    pub nat_addrs: u8,
+    pub _pad: u8,
     /// `scheduler::ROUND_ROBIN` and `LEAST_CONN_EXACT`: how many slots of
     /// the active table the sequence fills (0: no backend).
     pub seq_len: u32,
@@ -210,8 +224,11 @@ pub struct VipInfo {
     /// its backend for this many seconds after its last new connection
     /// (`PERSIST`); 0: none.
     pub persist_s: u32,
+    /// NAT: the source ports allocated, first and last (host byte order).
+    pub nat_port_lo: u16,
+    pub nat_port_hi: u16,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 20);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 24);
 
 /// `VipInfo::flags`: the VIP's flows are counted per backend (`LOADS`),
 /// for least connections or a connection limit.
@@ -340,8 +357,12 @@ pub struct Config {
     /// (`counter::NEW_FLOW_NOT_STORED`). 0: no limit.
     pub new_flow_interval_ns: u64,
     pub new_flow_tolerance_ns: u64,
+    /// NAT: a TCP flow's allocated port may be taken again after this long
+    /// idle, or `nat_closed_timeout_ns` after it closed (`nat_closed`).
+    pub nat_tcp_timeout_ns: u64,
+    pub nat_closed_timeout_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 104);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 
 /// `Config::flags`: `gateway_mac` is set.
 pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
@@ -352,6 +373,9 @@ pub const CONFIG_F_SRC_V6: u32 = 4;
 /// `Config::flags`: some VIP listens on every port (port 0), so a VIP miss
 /// on the exact port must try port 0 too.
 pub const CONFIG_F_ANY_PORT: u32 = 8;
+/// `Config::flags`: some VIP forwards by NAT, so TCP and UDP to no VIP may
+/// be a backend's reply (`NAT_REPLIES`).
+pub const CONFIG_F_NAT: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -473,7 +497,7 @@ pub struct VipEntry {
     pub key: VipKey,
     pub info: VipInfo,
 }
-const _: () = assert!(core::mem::size_of::<VipEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 44);
 
 /// Map sizes chosen at load time (from the pool file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -501,7 +525,12 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
         .map_max_entries(maps::RR_POS, s.max_vips)
         .map_max_entries(maps::LOADS, s.max_backends)
         .map_max_entries(maps::LIMITS, s.max_backends)
-        .map_max_entries(maps::PERSIST, s.persist);
+        .map_max_entries(maps::PERSIST, s.persist)
+        .map_max_entries(maps::NAT_REPLIES, s.flows)
+        .map_max_entries(
+            maps::NAT_ADDRS,
+            s.max_vips * 2 * crate::NAT_ADDRS_PER_FAMILY,
+        );
 }
 
 #[cfg(feature = "user")]
@@ -522,6 +551,8 @@ mod pod {
     unsafe impl aya::Pod for crate::BackendLimit {}
     unsafe impl aya::Pod for crate::PersistKey {}
     unsafe impl aya::Pod for crate::PersistValue {}
+    unsafe impl aya::Pod for crate::NatKey {}
+    unsafe impl aya::Pod for crate::NatValue {}
 }
 
 #[cfg(test)]

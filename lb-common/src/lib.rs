@@ -9,6 +9,7 @@
 //! - [`layout`]: map names, constants, the shared types, map sizes.
 //! - [`counters`]: the data path's counters and their names.
 //! - [`load`]: connection counts, limits and persistence.
+//! - [`nat`]: full NAT's reply table and flow encoding.
 //! - [`ring`]: how Maglev tables are packed into `RINGS`.
 //! - [`hash`]: the keyed flow hash.
 //! - [`filter`]: the VIP filter and index.
@@ -26,6 +27,7 @@ pub mod filter;
 pub mod hash;
 pub mod layout;
 pub mod load;
+pub mod nat;
 pub mod ring;
 
 pub use clock::*;
@@ -34,4 +36,5 @@ pub use filter::*;
 pub use hash::*;
 pub use layout::*;
 pub use load::*;
+pub use nat::*;
 pub use ring::*;

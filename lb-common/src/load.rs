@@ -12,8 +12,11 @@ pub struct BackendLimit {
     /// Active connections at which the backend takes no new flow; 0: no
     /// limit.
     pub max_conns: u32,
+    /// NAT: the backend's port, network byte order; 0: the VIP's.
+    pub port: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<BackendLimit>() == 8);
+const _: () = assert!(core::mem::size_of::<BackendLimit>() == 12);
 
 /// A client of a VIP with persistence: its address cut to the VIP's prefix.
 #[repr(C)]

@@ -51,3 +51,10 @@ pub fn halves(w: u32) -> u32 {
 pub fn finish(sum: u32) -> u16 {
     !fold(sum)
 }
+
+/// Incremental update (RFC 1624, eqn. 3) of checksum `check` by `diff`, the
+/// unfolded sum of the changed words' complements and their new values.
+#[inline(always)]
+pub fn update(check: u16, diff: u32) -> u16 {
+    !fold((!check as u32 & 0xffff) + diff)
+}

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    counter, Backend, Config, AF_INET, AF_INET6, BACKEND_F_DSR_L2, BACKEND_F_GUE, CONFIG_F_SRC_V4,
-    CONFIG_F_SRC_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    counter, Backend, Config, AF_INET, AF_INET6, BACKEND_F_DSR_L2, BACKEND_F_GUE, BACKEND_F_NAT,
+    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 
 use crate::action::{count, dropped, verdict, Sent, XDP_TX};
@@ -21,20 +21,26 @@ use crate::packet::{
 };
 use crate::too_big;
 
-/// Sends the packet to `backend` (slot `backend_id`) as its VIP's
-/// forwarding mode says (the slot's flags).
+/// Sends the packet to `backend` (slot `backend_id`, of VIP `vip_id`) as
+/// its VIP's forwarding mode says (the slot's flags). `hash`: the flow
+/// hash, or a NAT flow's `nat_info`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     ctx: &XdpContext,
     pkt: &Packet,
     cfg: &Config,
     backend_id: u32,
     backend: &Backend,
+    vip_id: u32,
     hash: u32,
     now: u64,
 ) -> Sent {
     if backend.flags & BACKEND_F_DSR_L2 != 0 {
         return forward_l2(ctx, pkt, cfg, backend_id, backend, now);
+    }
+    if backend.flags & BACKEND_F_NAT != 0 {
+        return crate::nat::forward_nat(ctx, pkt, cfg, backend_id, backend, vip_id, hash, now);
     }
     let outer_v6 = backend.family == AF_INET6;
     let Some(src) = outer_source(pkt, cfg, outer_v6, hash) else {
@@ -87,7 +93,7 @@ pub fn forward(
 
 /// XDP_TX when the packet leaves where it came in, else a redirect.
 #[inline(always)]
-fn way_out(egress: u32, ingress: u32) -> Sent {
+pub fn way_out(egress: u32, ingress: u32) -> Sent {
     if egress == ingress {
         Sent::Forwarded(verdict(counter::TX, XDP_TX))
     } else {

@@ -7,16 +7,18 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use core::mem::MaybeUninit;
 use lb_common::{
-    counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_UNHEALTHY,
-    BACKEND_F_USED, FLOW_COUNTS, FLOW_FLAGS, FLOW_OPEN, FLOW_PENDING, LAST_SEEN_GRANULARITY_NS,
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, SYN_RETRANSMIT_MIN_NS,
+    counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_NAT,
+    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_NAT, FLOW_COUNTS, FLOW_FLAGS, FLOW_OPEN,
+    FLOW_PENDING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    SYN_RETRANSMIT_MIN_NS,
 };
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::forward;
 use crate::load::{open, release};
 use crate::maps::{
-    account, clock_ns, flow_insert_allowed, vip_drop, BACKENDS, BACKEND_STATS, CONFIG, FLOWS,
+    account, clock_ns, flow_insert_allowed, scratch_key, vip_drop, BACKENDS, BACKEND_STATS, CONFIG,
+    FLOWS, KEY_PACKET,
 };
 use crate::packet::{
     ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -42,12 +44,19 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     };
-    // No VIP on this (address, port, protocol): pass, with no map lookup.
+    // No VIP on this (address, port, protocol): pass, with no map lookup
+    // (unless NAT is on: it may be a backend's reply).
     let Some(bits) = vip_bits(pkt, ports.dst, cfg) else {
+        if cfg.flags & CONFIG_F_NAT != 0 {
+            if let Some(action) = crate::nat::reply(ctx, pkt, &ports, cfg, clock_ns(cfg)) {
+                return action;
+            }
+        }
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     };
-    let mut k = MaybeUninit::uninit();
-    let key: &mut FlowKey = zeroed(&mut k);
+    let Some(key) = scratch_key(KEY_PACKET) else {
+        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+    };
     key.src = pkt.src;
     key.dst = pkt.dst;
     key.sport = ports.src;
@@ -92,7 +101,16 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
             }
         }
     };
-    let action = match forward(ctx, pkt, cfg, c.backend_id, c.backend, c.hash, now) {
+    let action = match forward(
+        ctx,
+        pkt,
+        cfg,
+        c.backend_id,
+        c.backend,
+        c.vip_id,
+        c.hash,
+        now,
+    ) {
         Sent::Forwarded(action) => action,
         Sent::Answered => return XDP_TX,
         Sent::Dropped => {
@@ -133,6 +151,9 @@ fn new_flow(
         info!(ctx, "new flow dropped: vip {} has no backend", p.vip_id);
         return Err(drop_no_backend(p.vip_id, p.backend == FULL));
     };
+    if c.backend.flags & BACKEND_F_NAT != 0 {
+        return nat_flow(ctx, pkt, key, &p, c, cfg, now, tcp_flags);
+    }
     if tcp_flags & TCP_RST == 0 {
         let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if !flow_insert_allowed(cfg, now) {
@@ -164,6 +185,59 @@ fn new_flow(
         c.vip_id,
         c.backend_id
     );
+    Ok((c, true))
+}
+
+/// A new NAT flow: a SYN on a 4-tuple the table knows keeps its entry (and
+/// port); otherwise a source port is reserved and the flow stored, always
+/// (a NAT flow not stored would get another port with its next packet):
+/// over this CPU's insert rate, or when no port is free, it is dropped.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn nat_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    key: &FlowKey,
+    p: &Pick,
+    mut c: Chosen<'static>,
+    cfg: &Config,
+    now: u64,
+    tcp_flags: u8,
+) -> Result<(Chosen<'static>, bool), u32> {
+    let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if is_syn {
+        if let Some(kept) = keep_for_syn(key, cfg, now) {
+            return Ok(kept);
+        }
+    }
+    if tcp_flags & TCP_RST != 0 {
+        // A RST of a flow nobody knows: nothing to reset behind it.
+        return Err(verdict(counter::PASS_NOT_VIP, XDP_DROP));
+    }
+    if !flow_insert_allowed(cfg, now) {
+        count(counter::NEW_FLOW_NOT_STORED);
+        return Err(XDP_DROP);
+    }
+    match crate::nat::allocate(
+        ctx,
+        pkt,
+        key,
+        p.vip_id,
+        p.nat,
+        c.backend_id,
+        c.backend,
+        cfg,
+        now,
+    ) {
+        Ok(info) => c.hash = info,
+        Err(reason) => {
+            vip_drop(p.vip_id);
+            return Err(verdict(reason, XDP_DROP));
+        }
+    }
+    if let Some(kept) = remember(key, &c, now, is_syn, p.counts, cfg) {
+        return Ok(kept);
+    }
     Ok((c, true))
 }
 

@@ -93,7 +93,11 @@ fn steer(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
     let now = clock_ns(cfg);
-    match forward(ctx, pkt, cfg, fv.backend, backend, fv.hash, now) {
+    // A NAT flow's backend knows the flow by other addresses: not steered.
+    if backend.flags & lb_common::BACKEND_F_NAT != 0 {
+        return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
+    }
+    match forward(ctx, pkt, cfg, fv.backend, backend, fv.vip_id, fv.hash, now) {
         Sent::Forwarded(action) => verdict(counter::ICMP_STEERED, action),
         Sent::Answered => XDP_TX,
         Sent::Dropped => XDP_DROP,

@@ -35,6 +35,7 @@ mod flow;
 mod icmp;
 mod load;
 mod maps;
+mod nat;
 mod nexthop;
 mod packet;
 mod parse;

@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue,
-    PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats, PERSIST_TABLE_SIZE,
+    NatKey, NatValue, PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats,
+    NAT_ADDRS_PER_FAMILY, PERSIST_TABLE_SIZE,
 };
 
 #[map]
@@ -65,6 +66,42 @@ pub static PERSIST: LruHashMap<PersistKey, PersistValue> =
 /// the new-flow path.
 #[map]
 pub static PERSIST_SCRATCH: PerCpuArray<PersistKey> = PerCpuArray::with_max_entries(1, 0);
+/// NAT flows as their backends' replies carry them; an entry holds the
+/// flow's source port (see `nat.rs`).
+#[map]
+pub static NAT_REPLIES: LruHashMap<NatKey, NatValue> =
+    LruHashMap::with_max_entries(defaults::FLOW_TABLE_SIZE, 0);
+/// Each VIP's NAT source addresses, kept by the daemon.
+#[map]
+pub static NAT_ADDRS: Array<[u32; 4]> =
+    Array::with_max_entries(defaults::MAX_VIPS * 2 * NAT_ADDRS_PER_FAMILY, 0);
+/// Room for a `NAT_REPLIES` key and value: the BPF stack has none to spare.
+#[map]
+pub static NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room for the flow keys a packet builds (the packet's own, and the
+/// masked one `source_hash` hashes): stack the BPF limit has none of.
+#[map]
+pub static KEY_SCRATCH: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(2, 0);
+/// `KEY_SCRATCH` slots.
+pub const KEY_PACKET: u32 = 0;
+pub const KEY_SOURCE: u32 = 1;
+
+/// A zeroed flow key in `KEY_SCRATCH` slot `slot`.
+#[inline(always)]
+pub fn scratch_key(slot: u32) -> Option<&'static mut FlowKey> {
+    let p = KEY_SCRATCH.get_ptr_mut(slot)?;
+    Some(crate::packet::zeroed(unsafe {
+        &mut *(p as *mut core::mem::MaybeUninit<FlowKey>)
+    }))
+}
+
+/// A `NAT_REPLIES` key and value being built.
+#[repr(C)]
+pub struct NatScratch {
+    pub key: NatKey,
+    pub value: NatValue,
+}
 /// The layout version of the pinned maps, kept by the daemon.
 #[map]
 pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);

@@ -15,8 +15,10 @@ use lb_common::{
 use crate::action::{verdict, XDP_DROP};
 use crate::load::{has_room, less_loaded, persist, persisted, scan_step};
 use crate::maps::{
-    vip_drop, PERSIST_SCRATCH, RINGS, RR_POS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_INDEX,
+    scratch_key, vip_drop, KEY_SOURCE, PERSIST_SCRATCH, RINGS, RR_POS, VIPS, VIP_ADDRS, VIP_FILTER,
+    VIP_INDEX,
 };
+use crate::nat::NatRange;
 use crate::packet::{zeroed, Packet};
 
 /// The VIP filter bits of a TCP/UDP packet: that of its port when set, and
@@ -54,17 +56,17 @@ fn vip_filter_has(bit: u32) -> bool {
 /// The VIP of exactly `key`, whose filter bit is `bit`: from `VIP_INDEX`
 /// when that bit is the VIP's alone (two array reads), else from `VIPS`.
 #[inline(always)]
-fn find_vip(key: &VipKey, bit: u32) -> Option<VipInfo> {
+fn find_vip(key: &VipKey, bit: u32) -> Option<&'static VipInfo> {
     if let Some(e) = VIP_INDEX.get(bit) {
         if e.key.addr == key.addr
             && e.key.port == key.port
             && e.key.proto == key.proto
             && e.key.family == key.family
         {
-            return Some(e.info);
+            return Some(&e.info);
         }
     }
-    unsafe { VIPS.get(key) }.copied()
+    unsafe { VIPS.get(key) }
 }
 
 /// Whether some VIP uses this address (for traffic without ports).
@@ -86,6 +88,8 @@ pub struct Pick {
     pub backend: u32,
     /// The VIP counts active connections (`VIP_F_COUNT`).
     pub counts: bool,
+    /// The VIP's NAT source addresses and ports.
+    pub nat: NatRange,
 }
 
 /// `Pick::backend` of a VIP whose scheduler has effects or reads shared
@@ -98,7 +102,7 @@ pub const DEFERRED: u32 = NO_BACKEND - 1;
 pub const FULL: u32 = NO_BACKEND - 2;
 /// Backends tried, beyond the scheduler's, for a new flow whose backend is
 /// at its `max_connections`.
-const FULL_RETRIES: u32 = 16;
+const FULL_RETRIES: u32 = 4;
 
 /// Finds the VIP of the flow `key` (exact port first: it takes precedence
 /// over an any-port VIP) and picks its backend. `None`: no VIP. With
@@ -129,6 +133,11 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64)
         hash,
         backend: DEFERRED,
         counts,
+        nat: NatRange {
+            addrs: vip.nat_addrs,
+            lo: vip.nat_port_lo,
+            hi: vip.nat_port_hi,
+        },
     };
     let stateful = vip.scheduler >= scheduler::ROUND_ROBIN || counts || vip.persist_s != 0;
     if !advance && stateful {
@@ -137,18 +146,18 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64)
     // The stateful options' code is laid out away from the common path
     // (`unlikely`): where it sits in the program costs every packet.
     if !unlikely(vip.persist_s != 0) {
-        p.backend = schedule(key, &vip, cfg, hash, counts);
+        p.backend = schedule(key, vip, cfg, hash, counts);
         return Some(p);
     }
     let client: &mut PersistKey = unsafe { &mut *PERSIST_SCRATCH.get_ptr_mut(0)? };
-    client.addr = client_prefix(key, &vip);
+    client.addr = client_prefix(key, vip);
     client.vip_id = vip.vip_id;
     client.family = key.family;
     client._pad = [0; 3];
-    p.backend = match persisted(client, &vip, now) {
+    p.backend = match persisted(client, vip, now) {
         Some(b) => b,
         None => {
-            let b = schedule(key, &vip, cfg, hash, counts);
+            let b = schedule(key, vip, cfg, hash, counts);
             if b < FULL {
                 persist(client, b, now);
             }
@@ -268,8 +277,9 @@ fn round_robin(vip: &VipInfo, size: u32) -> u32 {
 /// flow hash's secret: the same on every node that shares the secret.
 #[inline(always)]
 fn source_hash(key: &FlowKey, vip: &VipInfo, cfg: &Config) -> u32 {
-    let mut k = MaybeUninit::uninit();
-    let src: &mut FlowKey = zeroed(&mut k);
+    let Some(src) = scratch_key(KEY_SOURCE) else {
+        return 0;
+    };
     src.family = key.family;
     src.src = client_prefix(key, vip);
     flow_hash(src, &cfg.hash_key) as u32

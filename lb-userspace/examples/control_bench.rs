@@ -102,6 +102,9 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn load(&self, id: u32) -> DpResult<u64> {
         self.inner.load(id)
     }
+    fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> DpResult<()> {
+        self.inner.set_nat_addrs(vip_id, addrs)
+    }
 }
 
 /// Removes the instance's pins however `main` ends.

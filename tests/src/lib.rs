@@ -320,7 +320,11 @@ impl Balancer {
     /// Writes backend `id`'s weight and connection limit (0: none).
     pub fn set_limit(&mut self, id: u32, weight: u32, max_conns: u32) {
         use lb_userspace::dataplane::DataPlane;
-        let l = lb_common::BackendLimit { weight, max_conns };
+        let l = lb_common::BackendLimit {
+            weight,
+            max_conns,
+            ..Default::default()
+        };
         self.dp().set_limit(id, &l).unwrap();
     }
 

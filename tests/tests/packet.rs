@@ -2471,3 +2471,225 @@ fn decap_vips_with_web6() -> Vec<DecapVip> {
     });
     v
 }
+
+const SNAT4: &str = "10.10.0.2";
+const SNAT6: &str = "fd10::2";
+
+/// WEB and WEB6 by NAT from SNAT4 / SNAT6, ports `lo..=hi`; WEB's backends
+/// listen on 8080, WEB6's on the VIP's port. Closed flows give up their
+/// port at once (after the data path's one-second grace).
+fn nat_setup(lo: u16, hi: u16) -> Balancer {
+    let mut lb = setup().expect("root");
+    let mut cfg = config(test_sizes().ring_size);
+    cfg.flags |= lb_common::CONFIG_F_NAT;
+    cfg.nat_tcp_timeout_ns = 900_000_000_000;
+    cfg.nat_closed_timeout_ns = 1;
+    lb.set_config(cfg).unwrap();
+    {
+        use lb_userspace::dataplane::DataPlane;
+        let dp = lb.dp();
+        dp.set_nat_addrs(WEB, &[ip(SNAT4)]).unwrap();
+        dp.set_nat_addrs(WEB6, &[ip(SNAT6)]).unwrap();
+        for (id, port) in [(1, 8080u16), (2, 8080), (3, 8080), (10, 0), (11, 0)] {
+            let l = lb_common::BackendLimit {
+                weight: 1,
+                port: port.to_be(),
+                ..Default::default()
+            };
+            dp.set_limit(id, &l).unwrap();
+        }
+    }
+    for (id, addr, vip) in backends() {
+        if vip == WEB || vip == WEB6 {
+            lb.set_backend(id, backend(addr, lb_common::BACKEND_F_NAT, vip))
+                .unwrap();
+        }
+    }
+    for (key, id) in [
+        (vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB),
+        (vip_key(ip("fd00:100::1"), 80, PROTO_TCP), WEB6),
+    ] {
+        let mut info = lb.vip_info(&key).unwrap();
+        info.mode = lb_common::mode::NAT;
+        info.nat_addrs = 1 | (1 << 4);
+        info.nat_port_lo = lo;
+        info.nat_port_hi = hi;
+        assert_eq!(info.vip_id, id);
+        lb.add_vip(key, info).unwrap();
+    }
+    lb
+}
+
+/// `f`'s packet as the balancer should send it on: from `src` to `dst`,
+/// between `smac` and `dmac`, built afresh (its checksums computed whole).
+fn renat(
+    f: &Flow,
+    src: Flow,
+    flags: &str,
+    payload: &[u8],
+    dmac: [u8; 6],
+    smac: [u8; 6],
+) -> Vec<u8> {
+    let _ = f;
+    let mut p = src.packet(flags, payload);
+    p[..6].copy_from_slice(&dmac);
+    p[6..12].copy_from_slice(&smac);
+    p
+}
+
+/// The source port the balancer gave a NAT flow (from its output).
+fn nat_port(out: &[u8]) -> u16 {
+    let p = SlicedPacket::from_ethernet(out).unwrap();
+    match p.transport {
+        Some(etherparse::TransportSlice::Tcp(t)) => t.source_port(),
+        Some(etherparse::TransportSlice::Udp(u)) => u.source_port(),
+        _ => panic!("no TCP or UDP in {out:?}"),
+    }
+}
+
+#[test]
+fn nat_rewrites_both_ways_with_checksums_a_fresh_packet_would_have() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let lb = nat_setup(20000, 20999);
+    for (client, vip, snat, ids, bport) in [
+        ("192.0.2.1", "10.100.0.1", SNAT4, &[1u32, 2, 3][..], 8080u16),
+        ("2001:db8::1", "fd00:100::1", SNAT6, &[10, 11][..], 80),
+    ] {
+        let f = Flow::tcp(client, 40000, vip, 80);
+        let want = pick(&f, ids);
+        let be = addr_of(want);
+        let out = lb.run(&f.packet("S", b"hello")).unwrap();
+        assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+        let port = nat_port(&out.data);
+        assert!((20000..=20999).contains(&port), "port {port}");
+        let to_backend = Flow {
+            src: ip(snat),
+            dst: be,
+            sport: port,
+            dport: bport,
+            proto: PROTO_TCP,
+        };
+        let expected = renat(&f, to_backend.clone(), "S", b"hello", GATEWAY_MAC, LB_MAC);
+        assert_eq!(out.data, expected, "to the backend");
+        // The next packets keep the port.
+        let out = lb.run(&f.packet("A", b"more")).unwrap();
+        assert_eq!(nat_port(&out.data), port);
+        // The backend's reply, back to the client from the VIP, to the
+        // MAC the client's packets came from.
+        let from_backend = Flow {
+            src: be,
+            dst: ip(snat),
+            sport: bport,
+            dport: port,
+            proto: PROTO_TCP,
+        };
+        let reply = from_backend.packet("SA", b"world");
+        let out = lb.run(&reply).unwrap();
+        assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+        let to_client = Flow {
+            src: ip(vip),
+            dst: ip(client),
+            sport: 80,
+            dport: 40000,
+            proto: PROTO_TCP,
+        };
+        let expected = renat(&f, to_client, "SA", b"world", CLIENT_MAC, LB_MAC);
+        assert_eq!(out.data, expected, "to the client");
+    }
+    assert_eq!(lb.counter(counter::NAT_REPLY), 2);
+    // A packet to the source address that is no flow's reply: the host's.
+    let stray = Flow::tcp("10.0.1.1", 8080, SNAT4, 20500).packet("SA", b"");
+    assert_eq!(lb.run(&stray).unwrap().action, XDP_PASS);
+}
+
+#[test]
+fn nat_keeps_a_udp_checksum_of_zero_and_fixes_a_set_one() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let mut lb = nat_setup(20000, 20999);
+    // The DNS VIP by NAT too, to backends 4 and 5 on port 5353.
+    {
+        use lb_userspace::dataplane::DataPlane;
+        let dp = lb.dp();
+        dp.set_nat_addrs(DNS, &[ip(SNAT4)]).unwrap();
+        for id in [4, 5] {
+            let l = lb_common::BackendLimit {
+                weight: 1,
+                port: 5353u16.to_be(),
+                ..Default::default()
+            };
+            dp.set_limit(id, &l).unwrap();
+        }
+    }
+    for id in [4, 5] {
+        lb.set_backend(id, backend(addr_of(id), lb_common::BACKEND_F_NAT, DNS))
+            .unwrap();
+    }
+    let key = vip_key(ip("10.100.0.1"), 53, PROTO_UDP);
+    let mut info = lb.vip_info(&key).unwrap();
+    info.mode = lb_common::mode::NAT;
+    info.nat_addrs = 1;
+    info.nat_port_lo = 20000;
+    info.nat_port_hi = 20999;
+    lb.add_vip(key, info).unwrap();
+    for zero in [false, true] {
+        let f = Flow::udp("192.0.2.9", 5000 + zero as u16, "10.100.0.1", 53);
+        let mut frame = f.packet("", b"query");
+        let ck = 14 + 20 + 6;
+        if zero {
+            frame[ck..ck + 2].copy_from_slice(&[0, 0]);
+        }
+        let out = lb.run(&frame).unwrap();
+        assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+        let port = nat_port(&out.data);
+        let be = addr_of(pick(&f, &[4, 5]));
+        let mut expected = Flow::udp(SNAT4, port, &be.to_string(), 5353).packet("", b"query");
+        expected[..6].copy_from_slice(&GATEWAY_MAC);
+        expected[6..12].copy_from_slice(&LB_MAC);
+        if zero {
+            expected[ck..ck + 2].copy_from_slice(&[0, 0]);
+        }
+        assert_eq!(out.data, expected, "zero checksum {zero}");
+    }
+}
+
+#[test]
+fn nat_ports_run_out_and_a_closed_flows_port_is_taken_again() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // One port, one backend.
+    let mut lb = nat_setup(20000, 20000);
+    replace_table(&mut lb, vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, &[1]);
+    let mut info = lb
+        .vip_info(&vip_key(ip("10.100.0.1"), 80, PROTO_TCP))
+        .unwrap();
+    info.mode = lb_common::mode::NAT;
+    info.nat_addrs = 1;
+    info.nat_port_lo = 20000;
+    info.nat_port_hi = 20000;
+    lb.add_vip(vip_key(ip("10.100.0.1"), 80, PROTO_TCP), info)
+        .unwrap();
+    let a = Flow::tcp("192.0.2.1", 1000, "10.100.0.1", 80);
+    let b = Flow::tcp("192.0.2.1", 1001, "10.100.0.1", 80);
+    assert_eq!(lb.run(&a.packet("S", b"")).unwrap().action, XDP_TX);
+    // A retransmitted SYN keeps its port; another flow finds none.
+    assert_eq!(lb.run(&a.packet("S", b"")).unwrap().action, XDP_TX);
+    assert_eq!(lb.run(&b.packet("S", b"")).unwrap().action, XDP_DROP);
+    assert_eq!(lb.counter(counter::DROP_NAT_NO_PORT), 1);
+    assert!(lb.flow(&b.key()).is_none());
+    // `a` ends (the client's RST); after the grace its port is free.
+    assert_eq!(lb.run(&a.packet("R", b"")).unwrap().action, XDP_TX);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = lb.run(&b.packet("S", b"")).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    assert_eq!(nat_port(&out.data), 20000);
+    assert_eq!(lb.counter(counter::NAT_PORT_REUSED), 1);
+    // The ended flow's entry went with its port: its next packet is a new
+    // flow, which finds no port (b holds it).
+    assert!(lb.flow(&a.key()).is_none());
+    assert_eq!(lb.run(&a.packet("A", b"")).unwrap().action, XDP_DROP);
+}

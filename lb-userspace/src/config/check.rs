@@ -253,6 +253,8 @@ impl Check<'_> {
             max_vips: t.max_vips.or(Int(d.max_vips)).0,
             max_backends: t.max_backends.or(Int(d.max_backends)).0,
             persistence_table_size: t.persistence_table_size.or(Int(d.persistence_table_size)).0,
+            nat_tcp_timeout: t.nat_tcp_timeout.or(Dur(d.nat_tcp_timeout)).0,
+            nat_closed_timeout: t.nat_closed_timeout.or(Dur(d.nat_closed_timeout)).0,
         };
         (tables, (max_vips, max_backends))
     }
@@ -423,7 +425,11 @@ impl Check<'_> {
                     .get()
                     .or(f.max_connections.get())
                     .map(|m| m.value.0),
-                health: address.and_then(|a| self.probe(&health, f, [layer, vip_layer], a)),
+                port: self.backend_port(f, &b.value.port),
+                health: address.and_then(|a| {
+                    let port = b.value.port.get().map(|p| p.value.0);
+                    self.probe(&health, f, [layer, vip_layer], a, port)
+                }),
             }
         });
         Vip {
@@ -440,6 +446,7 @@ impl Check<'_> {
             slow_start: self.slow_start(f),
             persistence: self.persistence(f),
             max_connections: f.max_connections.get().map(|m| m.value.0),
+            nat: self.nat(f),
             backends: backends.collect(),
         }
     }
@@ -450,7 +457,17 @@ impl Check<'_> {
 /// VIP's family).
 fn family(vip: &VipFile, addr: IpAddr, encap: &EncapFile) -> Option<String> {
     let vip_addr = vip.address.get().map(|a| a.value.0);
-    if vip.forwarding.get().map(|f| f.value) == Some(Forwarding::DsrL2) {
+    let mode = vip.forwarding.get().map(|f| f.value);
+    if mode == Some(Forwarding::Nat) {
+        return match vip_addr {
+            Some(v) if v.is_ipv4() != addr.is_ipv4() => Some(format!(
+                "backend {addr} and VIP {v} are of different families: NAT between IPv4 and \
+                 IPv6 is not offered; give the VIP backends of its family"
+            )),
+            _ => None,
+        };
+    }
+    if mode == Some(Forwarding::DsrL2) {
         return match vip_addr {
             Some(v) if v.is_ipv4() != addr.is_ipv4() => Some(format!(
                 "backend {addr} and VIP {v} are of different families: with forwarding: dsr_l2 \

@@ -103,6 +103,10 @@ pub(super) struct TablesFile {
     pub max_backends: Field<ranged!(MAX_BACKENDS_RANGE)>,
     /// Default [`DEFAULT_PERSISTENCE_TABLE_SIZE`].
     pub persistence_table_size: Field<ranged!(PERSISTENCE_TABLE_SIZE_RANGE)>,
+    /// Default [`DEFAULT_NAT_TCP_TIMEOUT`].
+    pub nat_tcp_timeout: Field<Dur>,
+    /// Default [`DEFAULT_NAT_CLOSED_TIMEOUT`].
+    pub nat_closed_timeout: Field<Dur>,
 }
 
 /// One entry of `vips`; see [`Vip`].
@@ -135,6 +139,10 @@ pub(super) struct VipFile {
     pub persistence: Field<PersistFile>,
     /// Default: no limit. Each backend's, unless the backend sets its own.
     pub max_connections: Field<ranged!(MAX_CONNECTIONS_RANGE)>,
+    /// `forwarding: nat` only, and required there.
+    pub snat_addresses: Field<Vec<Field<BackendAddr>>>,
+    /// `forwarding: nat` only; default `lb_common::DEFAULT_NAT_PORTS`.
+    pub snat_ports: Field<PortRange>,
     /// Overrides `health_defaults` field by field.
     pub health_check: Field<HealthFile>,
     /// Required: at least one; addresses unique within the VIP.
@@ -153,6 +161,8 @@ pub(super) struct BackendFile {
     pub state: Field<BackendState>,
     /// Default: the VIP's `max_connections`.
     pub max_connections: Field<ranged!(MAX_CONNECTIONS_RANGE)>,
+    /// `forwarding: nat` only; default: the VIP's port.
+    pub port: Field<Int<1, 65_535>>,
     /// Overrides the VIP's health check field by field.
     pub health_check: Field<HealthFile>,
 }

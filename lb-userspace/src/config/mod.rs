@@ -110,6 +110,10 @@ pub const NEW_FLOW_BURST: Duration = Duration::from_millis(100);
 pub const DEFAULT_PERSISTENCE_TABLE_SIZE: u32 = lb_common::PERSIST_TABLE_SIZE;
 /// Accepted `tables.persistence_table_size` values.
 pub const PERSISTENCE_TABLE_SIZE_RANGE: RangeInclusive<u32> = 1024..=64 * 1024 * 1024;
+/// `tables.nat_tcp_timeout` when not given (IPVS's established timeout).
+pub const DEFAULT_NAT_TCP_TIMEOUT: Duration = Duration::from_secs(900);
+/// `tables.nat_closed_timeout` when not given.
+pub const DEFAULT_NAT_CLOSED_TIMEOUT: Duration = Duration::from_secs(60);
 /// `tables.max_vips` when not given.
 pub const DEFAULT_MAX_VIPS: u32 = lb_common::defaults::MAX_VIPS;
 /// Accepted `tables.max_vips` values.
@@ -261,6 +265,11 @@ pub struct Tables {
     /// Clients remembered by the VIPs with persistence, 1024..=67108864;
     /// default 262144.
     pub persistence_table_size: u32,
+    /// NAT: a TCP flow idle this long gives up its source port; default 15m.
+    pub nat_tcp_timeout: Duration,
+    /// NAT: a closed flow (FIN each way, or a RST) gives up its port after
+    /// this long; default 60s.
+    pub nat_closed_timeout: Duration,
 }
 
 impl Default for Tables {
@@ -273,6 +282,8 @@ impl Default for Tables {
             max_vips: DEFAULT_MAX_VIPS,
             max_backends: DEFAULT_MAX_BACKENDS,
             persistence_table_size: DEFAULT_PERSISTENCE_TABLE_SIZE,
+            nat_tcp_timeout: DEFAULT_NAT_TCP_TIMEOUT,
+            nat_closed_timeout: DEFAULT_NAT_CLOSED_TIMEOUT,
         }
     }
 }

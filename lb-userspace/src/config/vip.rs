@@ -43,6 +43,8 @@ pub struct Vip {
     /// Active connections at which a backend takes no new flow, for
     /// backends that do not set their own; none by default.
     pub max_connections: Option<u32>,
+    /// `forwarding: nat`: the source addresses and ports of its flows.
+    pub nat: Option<Nat>,
     /// Health from live traffic (`passive_health`); none by default.
     pub passive_health: Option<PassiveHealth>,
     /// At least one; addresses unique within the VIP.
@@ -84,6 +86,8 @@ pub struct BackendConf {
     /// Active connections at which it takes no new flow (its own, or the
     /// VIP's); none by default.
     pub max_connections: Option<u32>,
+    /// `forwarding: nat`: the port it listens on, when not the VIP's.
+    pub port: Option<u16>,
     /// The fully resolved health check (built-in defaults, then
     /// `health_defaults`, then the VIP's `health_check`, then the backend's);
     /// `None` when the resolved kind is `none`.
@@ -182,6 +186,10 @@ pub enum Forwarding {
     /// MAC, unchanged otherwise (IPVS "DR").
     #[serde(rename = "dsr_l2")]
     DsrL2,
+    /// Full NAT: from one of `snat_addresses` and a port of `snat_ports`
+    /// to the backend (and its `port`); the replies come back through the
+    /// balancer. Backends need nothing.
+    Nat,
     /// The encapsulated packet inside UDP (GUE variant 1), to
     /// `encapsulation.gue_port`; direct server return.
     Gue,
@@ -194,6 +202,7 @@ impl Forwarding {
             Forwarding::Encap => lb_common::mode::ENCAP,
             Forwarding::DsrL2 => lb_common::mode::DSR_L2,
             Forwarding::Gue => lb_common::mode::GUE,
+            Forwarding::Nat => lb_common::mode::NAT,
         }
     }
 }
@@ -229,3 +238,12 @@ pub const PERSISTENCE_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(86_400);
 /// Accepted `max_connections` values.
 pub const MAX_CONNECTIONS_RANGE: RangeInclusive<u32> = 1..=100_000_000;
+
+/// `forwarding: nat`: the balancer's addresses its flows come from (at
+/// most `lb_common::NAT_ADDRS_PER_FAMILY` of each family) and the ports
+/// allocated on them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nat {
+    pub addresses: Vec<IpAddr>,
+    pub ports: (u16, u16),
+}

@@ -36,6 +36,11 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
     if pool.vips.iter().any(|v| v.port == 0) {
         cfg.flags |= CONFIG_F_ANY_PORT;
     }
+    if pool.vips.iter().any(|v| v.nat.is_some()) {
+        cfg.flags |= lb_common::CONFIG_F_NAT;
+    }
+    cfg.nat_tcp_timeout_ns = pool.tables.nat_tcp_timeout.as_nanos() as u64;
+    cfg.nat_closed_timeout_ns = pool.tables.nat_closed_timeout.as_nanos() as u64;
     if let Some(interval) = 1_000_000_000u64.checked_div(u64::from(pool.tables.new_flows_per_cpu)) {
         cfg.new_flow_interval_ns = interval;
         cfg.new_flow_tolerance_ns = crate::config::NEW_FLOW_BURST.as_nanos() as u64;

@@ -7,8 +7,9 @@ use crate::health::{Health, ProbeOutcome, ProbeSpec};
 use crate::maglev::{self, MaglevBackend};
 use lb_common::{
     AddrKey, Backend, BackendLimit, Config, VipInfo, VipKey, ADDR_F_ANY_PORT, ADDR_F_VIP,
-    BACKEND_F_DOWN, BACKEND_F_DSR_L2, BACKEND_F_GUE, BACKEND_F_UNHEALTHY, BACKEND_F_USED,
-    CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, VIP_F_COUNT,
+    BACKEND_F_DOWN, BACKEND_F_DSR_L2, BACKEND_F_GUE, BACKEND_F_NAT, BACKEND_F_UNHEALTHY,
+    BACKEND_F_USED, CONFIG_F_ANY_PORT, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
+    VIP_F_COUNT,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,8 +55,10 @@ pub struct RunningBackend {
     /// Its `max_connections` (its own, or its VIP's).
     pub max_connections: Option<u32>,
     /// Its VIP's forwarding mode, as slot flags (`BACKEND_F_DSR_L2`,
-    /// `BACKEND_F_GUE`).
+    /// `BACKEND_F_GUE`, `BACKEND_F_NAT`).
     mode_flags: u8,
+    /// NAT: its port, when not the VIP's.
+    pub port: Option<u16>,
     /// What its `LIMITS` entry holds, as last written by this daemon.
     limit_written: Option<BackendLimit>,
 }
@@ -91,6 +94,8 @@ pub struct RunningVip {
     pub panic: bool,
     /// What `VIPS` holds for this VIP, as last written by this daemon.
     info_written: Option<VipInfo>,
+    /// The NAT source addresses last written (`NAT_ADDRS`).
+    nat_written: Option<Vec<IpAddr>>,
     /// What the table holds: a Maglev table, or a sequence of `seq_len`
     /// slots (round robin's, or every backend once for exact least
     /// connections).
@@ -145,6 +150,7 @@ fn mode_flags(f: Forwarding) -> u8 {
         Forwarding::Encap => 0,
         Forwarding::DsrL2 => BACKEND_F_DSR_L2,
         Forwarding::Gue => BACKEND_F_GUE,
+        Forwarding::Nat => BACKEND_F_NAT,
     }
 }
 
@@ -441,6 +447,7 @@ impl<D: DataPlane> Controller<D> {
                         panic: false,
                         info_written: None,
                         table_kind: TableKind::Maglev,
+                        nat_written: None,
                         seq_len: 0,
                         last_flip: None,
                         backends: BTreeMap::new(),
@@ -526,6 +533,7 @@ impl<D: DataPlane> Controller<D> {
                         max_connections: bc.max_connections,
                         limit_written: None,
                         mode_flags: mode_flags(conf.forwarding),
+                        port: bc.port,
                     },
                 );
                 self.write_backend(key, addr)?;
@@ -542,6 +550,7 @@ impl<D: DataPlane> Controller<D> {
                 e.state = bc.state;
                 e.max_connections = bc.max_connections;
                 e.mode_flags = mode_flags(conf.forwarding);
+                e.port = bc.port;
                 if e.probe != bc.health {
                     e.probe = bc.health.clone();
                     if e.probe.is_none() {

@@ -90,6 +90,8 @@ impl<D: DataPlane> Controller<D> {
                     .find(|m| m.slot == b.id)
                     .map_or(0, |m| m.weight),
                 max_conns: b.max_connections.unwrap_or(0),
+                port: b.port.unwrap_or(0).to_be(),
+                _pad: 0,
             };
             if b.limit_written != Some(limit) {
                 self.dp.set_limit(b.id, &limit)?;
@@ -102,6 +104,21 @@ impl<D: DataPlane> Controller<D> {
             _ => TableKind::Maglev,
         };
         let counts = v.counts_connections();
+        // NAT: the source addresses, before the VIP names them.
+        let nat_addrs = v.conf.nat.as_ref().map(|n| n.addresses.clone());
+        if nat_addrs.is_some() && v.nat_written != nat_addrs {
+            self.dp
+                .set_nat_addrs(v.id, nat_addrs.as_deref().unwrap_or(&[]))?;
+            v.nat_written = nat_addrs;
+        }
+        let (nat_count, (nat_port_lo, nat_port_hi)) = match &v.conf.nat {
+            Some(n) => {
+                let v4 = n.addresses.iter().filter(|a| a.is_ipv4()).count() as u8;
+                let v6 = n.addresses.iter().filter(|a| a.is_ipv6()).count() as u8;
+                (v4 | (v6 << 4), n.ports)
+            }
+            None => (0, (0, 0)),
+        };
         // Persistence and source hash share the client prefix (the pool
         // file makes them agree when both are set).
         let (prefix_v4, prefix_v6, persist_s) = match v.conf.persistence {
@@ -118,6 +135,9 @@ impl<D: DataPlane> Controller<D> {
             flags: if counts { VIP_F_COUNT } else { 0 },
             seq_len: v.seq_len,
             persist_s,
+            nat_addrs: nat_count,
+            nat_port_lo,
+            nat_port_hi,
             ..VipInfo::default()
         };
         // The scheduler and its settings apply at once when the table stays

@@ -1,6 +1,7 @@
 //! Warnings about the host the balancer runs on: VIP routes, IP
-//! forwarding, the flow table's per-CPU share; and the one host check that
-//! refuses a pool file: L2 direct-return backends off the local segment.
+//! forwarding, the flow table's per-CPU share; and the host checks that
+//! refuse a pool file: L2 direct-return backends off the local segment,
+//! NAT source addresses that are not this host's.
 use super::*;
 
 /// Packets to a VIP address on a port no VIP serves go to the kernel. If the
@@ -78,10 +79,68 @@ pub(super) fn warn_forwarding(iface: &str) {
     }
 }
 
+/// What this host cannot do of `pool`, each as a message: the start or
+/// reload is refused with them.
+pub(super) fn host_problems(pool: &Pool) -> Vec<String> {
+    let mut out = l2_backends_off_link(pool);
+    out.extend(nat_addresses_not_local(pool));
+    warn_nat_ports(pool);
+    out
+}
+
+/// The NAT source addresses that are not addresses of this host: the
+/// backends' replies to them would never come here.
+fn nat_addresses_not_local(pool: &Pool) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &pool.vips {
+        for a in v.nat.iter().flat_map(|n| &n.addresses) {
+            // Binding succeeds only to an address of this host.
+            if std::net::UdpSocket::bind((*a, 0)).is_err() {
+                out.push(format!(
+                    "snat address {a} of VIP `{}` is not an address of this host: the backends' \
+                     replies to it would not come back here; add it (`ip addr add`) or list \
+                     one this host has",
+                    v.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Warns when a VIP's NAT ports meet the kernel's ephemeral ports: a
+/// connection of this host (a health probe) from such a port to a backend
+/// could be taken for a NAT flow's reply.
+fn warn_nat_ports(pool: &Pool) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u16>().ok());
+    let (Some(lo), Some(hi)) = (it.next(), it.next()) else {
+        return;
+    };
+    for v in &pool.vips {
+        if let Some(n) = &v.nat {
+            if n.ports.0 <= hi && lo <= n.ports.1 {
+                log::warn!(
+                    "VIP `{}`: snat_ports {}-{} meet this host's ephemeral ports {lo}-{hi} \
+                     (net.ipv4.ip_local_port_range); keep them apart, or the host's own \
+                     connections to a backend may collide with NAT flows",
+                    v.name,
+                    n.ports.0,
+                    n.ports.1
+                );
+            }
+        }
+    }
+}
+
 /// The backends of `forwarding: dsr_l2` VIPs that the FIB does not reach
 /// on a directly connected network, each as a message. Such a frame would
 /// go to a router with the VIP as its destination, and come back.
-pub(super) fn l2_backends_off_link(pool: &Pool) -> Vec<String> {
+fn l2_backends_off_link(pool: &Pool) -> Vec<String> {
     let l2: Vec<(&str, std::net::IpAddr)> = pool
         .vips
         .iter()

@@ -233,7 +233,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     for iface in &pool.interfaces {
         dataplane::ifindex(iface)?;
     }
-    let off_link = l2_backends_off_link(&pool);
+    let off_link = host_problems(&pool);
     if !off_link.is_empty() {
         bail!("{}", off_link.join("\n"));
     }

@@ -45,7 +45,7 @@ impl Daemon {
             .filter_map(|i| dataplane::ifindex(i).err().map(|e| e.to_string()))
             .collect();
         let mut missing = missing;
-        missing.extend(l2_backends_off_link(&pool));
+        missing.extend(host_problems(&pool));
         if !missing.is_empty() {
             log::error!(
                 "reload rejected; keeping the running configuration: {}",

@@ -79,6 +79,9 @@ pub trait DataPlane {
     /// A backend slot's active connections (`LOADS`; counted on VIPs
     /// that count them).
     fn load(&self, id: u32) -> Result<u64>;
+    /// Writes VIP `vip_id`'s NAT source addresses (`NAT_ADDRS`: IPv4 ones
+    /// first, then IPv6, at most `NAT_ADDRS_PER_FAMILY` of each).
+    fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> Result<()>;
 }
 
 /// The reader of the data path's aya-log records.
@@ -95,7 +98,7 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 13] = [
+const ALL_MAPS: [&str; 15] = [
     maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
@@ -109,6 +112,8 @@ const ALL_MAPS: [&str; 13] = [
     maps::LOADS,
     maps::LIMITS,
     maps::PERSIST,
+    maps::NAT_REPLIES,
+    maps::NAT_ADDRS,
 ];
 
 /// The aya-log level the data path logs at: its decision log is off (0)
@@ -245,7 +250,7 @@ impl BpfDataPlane {
         // the kernel would otherwise take writes past its end, or packets
         // would read values of another layout.
         let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
-        let expected: [(&'static str, u32, usize); 12] = [
+        let expected: [(&'static str, u32, usize); 14] = [
             (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
             (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
             (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
@@ -269,6 +274,16 @@ impl BpfDataPlane {
                 maps::PERSIST,
                 sizes.persist,
                 size_of::<lb_common::PersistValue>(),
+            ),
+            (
+                maps::NAT_REPLIES,
+                sizes.flows,
+                size_of::<lb_common::NatValue>(),
+            ),
+            (
+                maps::NAT_ADDRS,
+                sizes.max_vips * 2 * lb_common::NAT_ADDRS_PER_FAMILY,
+                16,
             ),
         ];
         // (An unpinned load made its maps just now, from this object.)
@@ -522,6 +537,25 @@ impl DataPlane for BpfDataPlane {
         let mut a: Array<&mut MapData, BackendLimit> =
             Array::try_from(self.map_mut(maps::LIMITS)).map_err(map_err(maps::LIMITS))?;
         a.set(id, *limit, 0).map_err(map_err(maps::LIMITS))
+    }
+
+    fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> Result<()> {
+        let per = lb_common::NAT_ADDRS_PER_FAMILY;
+        let mut a: Array<&mut MapData, [u32; 4]> =
+            Array::try_from(self.map_mut(maps::NAT_ADDRS)).map_err(map_err(maps::NAT_ADDRS))?;
+        for (fam, v6) in [(0, false), (per, true)] {
+            for (i, addr) in addrs
+                .iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .take(per as usize)
+                .enumerate()
+            {
+                let idx = vip_id * 2 * per + fam + i as u32;
+                a.set(idx, lb_common::addr_words(*addr).0, 0)
+                    .map_err(map_err(maps::NAT_ADDRS))?;
+            }
+        }
+        Ok(())
     }
 
     fn load(&self, id: u32) -> Result<u64> {

@@ -67,12 +67,16 @@ impl Check<'_> {
         vip: &VipFile,
         layers: [Option<&Node>; 2],
         address: IpAddr,
+        backend_port: Option<u32>,
     ) -> Option<ProbeSpec> {
         let kind = h
             .kind
             .known_or(CheckKind::Tcp)
             .filter(|k| *k != CheckKind::None)?;
-        let port = self.probe_port(h, kind, vip, layers)?;
+        let port = match (&h.port, backend_port) {
+            (Field::Absent | Field::Null(_), Some(p)) => p,
+            _ => self.probe_port(h, kind, vip, layers)?,
+        };
         self.udp_vip_probe(h, kind, vip)?;
         let (interval, timeout) = (&h.interval, &h.timeout);
         let (i, t) = (

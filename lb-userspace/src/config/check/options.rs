@@ -104,4 +104,87 @@ impl Check<'_> {
             self.report(&s.path, message);
         }
     }
+
+    /// A backend's `port`: only with `forwarding: nat` (otherwise the
+    /// packet reaches the backend on the VIP's port).
+    pub(super) fn backend_port(&self, f: &VipFile, port: &Field<Int<1, 65_535>>) -> Option<u16> {
+        let p = port.get()?;
+        if f.forwarding.get().map(|m| m.value) != Some(Forwarding::Nat) {
+            let message = "a backend `port` needs `forwarding: nat`: in the other modes the \
+                           packet reaches the backend unchanged, on the VIP's port"
+                .to_string();
+            self.report(&p.path, message);
+        }
+        Some(p.value.0 as u16)
+    }
+
+    /// A VIP's NAT settings: with `forwarding: nat`, its source addresses
+    /// (one at least for each family of its backends, at most
+    /// `NAT_ADDRS_PER_FAMILY` of each) and ports; without, neither.
+    pub(super) fn nat(&self, f: &VipFile) -> Option<Nat> {
+        let nat = f.forwarding.get().map(|m| m.value) == Some(Forwarding::Nat);
+        if !nat {
+            for (given, what) in [
+                (
+                    f.snat_addresses.get().map(|a| a.path.clone()),
+                    "snat_addresses",
+                ),
+                (f.snat_ports.get().map(|a| a.path.clone()), "snat_ports"),
+            ] {
+                if let Some(path) = given {
+                    self.report(&path, format!("`{what}` needs `forwarding: nat`"));
+                }
+            }
+            return None;
+        }
+        let hint = "list the balancer's addresses NAT flows come from, e.g. \
+                    `snat_addresses: [10.10.0.2]` (an address of this host the backends reach)";
+        let list = self.req(
+            f.forwarding
+                .get()
+                .map_or("", |m| m.path.as_str())
+                .rsplit_once('.')
+                .map_or("", |p| p.0),
+            "snat_addresses",
+            &f.snat_addresses,
+            hint,
+        );
+        let addresses: Vec<IpAddr> = self.items(list).into_iter().map(|a| a.value.0).collect();
+        let max = lb_common::NAT_ADDRS_PER_FAMILY as usize;
+        for v6 in [false, true] {
+            let n = addresses.iter().filter(|a| a.is_ipv6() == v6).count();
+            if n > max {
+                let message = format!(
+                    "{n} IPv{} snat_addresses; at most {max} of each family",
+                    if v6 { 6 } else { 4 }
+                );
+                self.report(list.map_or("", |l| l.path.as_str()), message);
+            }
+        }
+        if let Some(list) = list.filter(|_| !addresses.is_empty()) {
+            let backends = f
+                .backends
+                .get()
+                .map(|b| self.items(Some(b)))
+                .unwrap_or_default();
+            for b in backends {
+                let Some(a) = b.value.address.get() else {
+                    continue;
+                };
+                if !addresses.iter().any(|s| s.is_ipv6() == a.value.0.is_ipv6()) {
+                    let message = format!(
+                        "backend {} is IPv{}, and snat_addresses has no address of that family",
+                        a.value.0,
+                        if a.value.0.is_ipv6() { 6 } else { 4 }
+                    );
+                    self.report(&list.path, message);
+                }
+            }
+        }
+        let ports = f
+            .snat_ports
+            .get()
+            .map_or(lb_common::DEFAULT_NAT_PORTS, |p| (p.value.0, p.value.1));
+        Some(Nat { addresses, ports })
+    }
 }

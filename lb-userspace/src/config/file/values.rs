@@ -233,7 +233,33 @@ fn not_absolute(text: &str) -> Option<String> {
     (!text.starts_with('/')).then_some(message)
 }
 
+/// A range of ports, `LOW-HIGH` (1..=65535, LOW at most HIGH).
+#[derive(Clone, Copy, Debug)]
+pub(in crate::config) struct PortRange(pub u16, pub u16);
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{text}` is not a port range; write {FIELD} as `LOW-HIGH`, e.g. `10000-32767`")
+        };
+        let (lo, hi) = text.split_once('-').ok_or_else(bad)?;
+        let (lo, hi): (u16, u16) = (
+            lo.trim().parse().map_err(|_| bad())?,
+            hi.trim().parse().map_err(|_| bad())?,
+        );
+        if lo == 0 || lo > hi {
+            return Err(format!(
+                "{FIELD} `{text}` is empty or starts at 0; give ports from 1, the low one first"
+            ));
+        }
+        Ok(PortRange(lo, hi))
+    }
+}
+
 from_text! {
+    PortRange: "a port range such as `10000-32767`",
     Dur: "a duration such as `200ms` or `2s`",
     Prefix4: "an IPv4 prefix such as `10.255.0.0/24`",
     Prefix6: "an IPv6 prefix such as `fd00:255::/112`",

@@ -235,6 +235,8 @@ vips:
             max_vips: 64,
             max_backends: 4096,
             persistence_table_size: 1 << 18,
+            nat_tcp_timeout: Duration::from_secs(900),
+            nat_closed_timeout: Duration::from_secs(60),
         }
     );
     assert_eq!(
@@ -256,6 +258,7 @@ vips:
             weight: 100,
             state: BackendState::Active,
             max_connections: None,
+            port: None,
             health: Some(ProbeSpec {
                 kind: ProbeKind::Tcp,
                 target: "10.0.1.1:80".parse().unwrap(),
@@ -295,6 +298,8 @@ control_socket: /tmp/lb.sock
             max_vips: 2,
             max_backends: 10,
             persistence_table_size: 2048,
+            nat_tcp_timeout: Duration::from_secs(900),
+            nat_closed_timeout: Duration::from_secs(60),
         }
     );
     assert_eq!(pool.hash_secret_file, PathBuf::from("/etc/lb/secret"));
@@ -465,7 +470,7 @@ fn enum_fields_are_checked() {
     port: 80
     protocol: sctp
     scheduler: fastest
-    forwarding: nat
+    forwarding: tproxy
     backends:
       - address: 10.0.1.1
         state: gone
@@ -493,7 +498,7 @@ xdp_mode: offload
         12,
         17,
         "vips[0].forwarding",
-        "`nat` is not a valid forwarding; expected one of `encap`, `dsr_l2`, `gue`",
+        "`tproxy` is not a valid forwarding; expected one of `encap`, `dsr_l2`, `nat`, `gue`",
     );
     assert_has(
         &errs,

@@ -60,6 +60,7 @@ struct FakeDataPlane {
     /// `clear_stats` calls: (VIP id, backend id).
     cleared: Vec<(Option<u32>, Option<u32>)>,
     limits: BTreeMap<u32, BackendLimit>,
+    nat_addrs: BTreeMap<u32, Vec<IpAddr>>,
 }
 
 impl FakeDataPlane {
@@ -75,6 +76,7 @@ impl FakeDataPlane {
             log: Vec::new(),
             cleared: Vec::new(),
             limits: BTreeMap::new(),
+            nat_addrs: BTreeMap::new(),
         }
     }
 
@@ -235,6 +237,11 @@ impl DataPlane for FakeDataPlane {
 
     fn load(&self, _id: u32) -> DpResult<u64> {
         Ok(0)
+    }
+
+    fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[IpAddr]) -> DpResult<()> {
+        self.nat_addrs.insert(vip_id, addrs.to_vec());
+        Ok(())
     }
 }
 

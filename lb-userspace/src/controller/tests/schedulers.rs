@@ -190,21 +190,24 @@ fn least_connections_vips_count_and_get_weights_limits_and_their_table() {
         limit(&c, a),
         BackendLimit {
             weight: 5,
-            max_conns: 0
+            max_conns: 0,
+            ..Default::default()
         }
     );
     assert_eq!(
         limit(&c, b),
         BackendLimit {
             weight: 1,
-            max_conns: 7
+            max_conns: 7,
+            ..Default::default()
         }
     );
     assert_eq!(
         limit(&c, d),
         BackendLimit {
             weight: 0,
-            max_conns: 0
+            max_conns: 0,
+            ..Default::default()
         }
     );
     // A backend failing its checks: weight 0, out of the sequence.
@@ -232,7 +235,8 @@ fn least_connections_vips_count_and_get_weights_limits_and_their_table() {
         limit(&c, b),
         BackendLimit {
             weight: 100,
-            max_conns: 0
+            max_conns: 0,
+            ..Default::default()
         }
     );
 }

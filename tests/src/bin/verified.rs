@@ -1,0 +1,23 @@
+//! Loads the balancer object and prints how many instructions the verifier
+//! walked to accept `lb_xdp` (its limit is 1 000 000): the margin left for
+//! new data-path code. Exits non-zero when the program is refused.
+use anyhow::{Context, Result};
+use aya::programs::Xdp;
+use lb_tests::{ebpf_object, private_netns, test_sizes, Balancer};
+
+fn main() -> Result<()> {
+    private_netns().context("entering a private network namespace")?;
+    let lb = Balancer::load(test_sizes())
+        .with_context(|| format!("loading {}", ebpf_object().display()))?;
+    let prog: &Xdp = lb
+        .ebpf()
+        .program(lb_common::progs::BALANCER)
+        .context("no lb_xdp")?
+        .try_into()?;
+    let n = prog.info()?.verified_instruction_count();
+    println!(
+        "lb_xdp: {} instructions verified (limit 1000000)",
+        n.map_or("unknown".to_string(), |n| n.to_string())
+    );
+    Ok(())
+}

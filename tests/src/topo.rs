@@ -290,6 +290,20 @@ impl Topology {
         Ok(())
     }
 
+    /// Leaves the backends with nothing of the balancer's: no decapsulator,
+    /// no VIP addresses on loopback (what NAT's backends have).
+    pub fn strip_backends(&self) -> Result<()> {
+        self.remove_decap()?;
+        for b in &self.backends {
+            let ns = &b.ns;
+            sh(&format!(
+                "ip -n {ns} addr del {VIP4}/32 dev lo && ip -n {ns} addr del {VIP4_MIXED}/32 dev lo \
+                 && ip -n {ns} addr del {VIP6}/128 dev lo"
+            ))?;
+        }
+        Ok(())
+    }
+
     fn backend(&self, name: &str) -> &Host {
         self.backends
             .iter()

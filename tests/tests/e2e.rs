@@ -1649,3 +1649,119 @@ fn l2_direct_return_and_gue_spread_by_weight_and_an_off_link_backend_is_refused(
     assert_eq!(failed, 0, "{seen:?}");
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+/// `yaml` with VIP `name` forwarded by NAT from `snat`, its port `vport`
+/// and its backends' `bport`.
+fn natted(yaml: &str, name: &str, snat: &str, vport: u16, bport: u16) -> String {
+    let start = yaml.find(&format!("  - name: {name}\n")).expect("the VIP");
+    let end = yaml[start + 4..]
+        .find("  - name: ")
+        .map_or(yaml.len(), |i| start + 4 + i);
+    let block = &yaml[start..end];
+    let proto_line = block
+        .lines()
+        .find(|l| l.starts_with("    protocol: "))
+        .unwrap();
+    let port_line = block.lines().find(|l| l.starts_with("    port: ")).unwrap();
+    let new = block
+        .replacen(port_line, &format!("    port: {vport}"), 1)
+        .replacen(
+            proto_line,
+            &format!("{proto_line}\n    forwarding: nat\n    snat_addresses: [\"{snat}\"]"),
+            1,
+        )
+        .replace(
+            " state: active }",
+            &format!(" state: active, port: {bport} }}"),
+        );
+    format!("{}{new}{}", &yaml[..start], &yaml[end..])
+}
+
+#[test]
+fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
+    let weights = [1, 1, 2];
+    let Some(mut t) = topo("e2nt", &weights) else {
+        return;
+    };
+    t.strip_backends().unwrap();
+    // web on 8080 to the backends' 80, web6 likewise; dns and hold on
+    // their own ports; all from the balancer's own addresses.
+    let nat = |yaml: &str| {
+        let y = natted(yaml, "web", LB4, 8080, 80);
+        let y = natted(&y, "web6", LB6, 8080, 80);
+        let y = natted(&y, "dns", LB4, 53, 53);
+        natted(&y, "hold", LB4, 9000, 9000)
+    };
+    let pool = nat(&std::fs::read_to_string(t.pool_path()).unwrap());
+    t.write_pool(&pool).unwrap();
+    t.start_daemon().unwrap();
+    let web8080: SocketAddr = format!("{VIP4}:8080").parse().unwrap();
+    let n = 900;
+    let (seen, failed) = spread_http(&t, web8080, n);
+    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
+    assert_shares(&seen, &weights, n);
+    let web6: SocketAddr = format!("[{VIP6}]:8080").parse().unwrap();
+    let (seen6, failed) = spread_http(&t, web6, 300);
+    assert_eq!(failed, 0, "{seen6:?}");
+    assert_eq!(seen6.len(), 3, "{seen6:?}");
+    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
+    let (useen, ufailed) = in_ns(&t.client, move || {
+        tally(n, |i| udp_query(dns, 20000 + i as u16, T))
+    });
+    assert_eq!(ufailed, 0, "{useen:?}");
+    assert_shares(&useen, &weights, n);
+    // 20 long-lived connections through NAT, through a pool change and a
+    // daemon SIGKILL and restart: the NAT state lives in pinned maps.
+    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+    let client = t.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let mut conns: Vec<Held> = (0..20).map(|_| Held::open(hold, T).unwrap()).collect();
+            rtx.send(()).unwrap();
+            let mut broken = 0;
+            while rx.recv().is_ok() {
+                broken += conns
+                    .iter_mut()
+                    .map(|c| c.still_served())
+                    .filter(|ok| !ok)
+                    .count();
+                rtx.send(()).unwrap();
+            }
+            broken
+        })
+    });
+    rrx.recv().unwrap();
+    let hosts: Vec<_> = t
+        .backends
+        .iter()
+        .zip([3, 1, 1])
+        .map(|(h, w)| (h, w, "active"))
+        .collect();
+    t.write_pool(&nat(&pool_yaml(&t.tag, &t.dir, &hosts)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    tx.send(()).unwrap();
+    rrx.recv().unwrap();
+    t.kill_daemon();
+    std::thread::sleep(Duration::from_millis(500));
+    tx.send(()).unwrap();
+    rrx.recv().unwrap();
+    t.start_daemon().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    tx.send(()).unwrap();
+    rrx.recv().unwrap();
+    drop(tx);
+    assert_eq!(
+        worker.join().unwrap(),
+        0,
+        "held connections broken\n{}",
+        t.log()
+    );
+    let (seen, failed) = spread_http(&t, web8080, 200);
+    assert_eq!(failed, 0, "{seen:?}");
+    let st = t.status_json().unwrap();
+    let replies = st["counters"]["nat_reply"].as_u64().unwrap_or(0);
+    assert!(replies > 2 * n as u64, "{st}");
+}

@@ -72,6 +72,10 @@ pub mod maps {
     /// `Array<[u32; 4]>`: each VIP's NAT source addresses
     /// (`NAT_ADDRS_PER_FAMILY` per family).
     pub const NAT_ADDRS: &str = "NAT_ADDRS";
+    /// `Array<u64>` of `VIP_FILTER_WORDS`: the bit `vip_filter_bit(addr,
+    /// 0, proto, family)` of every NAT source address, for TCP and UDP: a
+    /// packet to no VIP is looked up in `NAT_REPLIES` only if its bit is set.
+    pub const NAT_FILTER: &str = "NAT_FILTER";
 }
 
 /// The layout of the pinned maps' keys and values. Bump it with any change

@@ -75,6 +75,9 @@ pub static NAT_REPLIES: LruHashMap<NatKey, NatValue> =
 #[map]
 pub static NAT_ADDRS: Array<[u32; 4]> =
     Array::with_max_entries(defaults::MAX_VIPS * 2 * NAT_ADDRS_PER_FAMILY, 0);
+/// The filter bits of the NAT source addresses, kept by the daemon.
+#[map]
+pub static NAT_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);
 /// Room for a `NAT_REPLIES` key and value: the BPF stack has none to spare.
 #[map]
 pub static NAT_SCRATCH: PerCpuArray<NatScratch> = PerCpuArray::with_max_entries(1, 0);

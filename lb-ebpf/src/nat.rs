@@ -12,15 +12,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    counter, nat_closed, nat_info, nat_parts, Backend, Config, FlowKey, NatKey, NatValue, AF_INET6,
-    LAST_SEEN_GRANULARITY_NS, NAT_ADDRS_PER_FAMILY, NAT_F_FIN_BACKEND, NAT_F_FIN_CLIENT, NAT_F_RST,
-    PROTO_TCP, PROTO_UDP,
+    counter, nat_closed, nat_info, nat_parts, vip_filter_bit, Backend, Config, FlowKey, NatKey,
+    NatValue, AF_INET6, LAST_SEEN_GRANULARITY_NS, NAT_ADDRS_PER_FAMILY, NAT_F_FIN_BACKEND,
+    NAT_F_FIN_CLIENT, NAT_F_RST, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::action::{count, dropped, Sent};
 use crate::csum;
 use crate::encap::way_out;
-use crate::maps::{NatScratch, FLOWS, LIMITS, NAT_ADDRS, NAT_REPLIES, NAT_SCRATCH};
+use crate::maps::{NatScratch, FLOWS, LIMITS, NAT_ADDRS, NAT_FILTER, NAT_REPLIES, NAT_SCRATCH};
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
     ptr_at, write_eth, EthHdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6, TCP_FIN, TCP_RST,
@@ -244,6 +244,12 @@ fn note_end(
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config, now: u64) -> Option<u32> {
     if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
+        return None;
+    }
+    // Only to a NAT source address (one load and a bit, for the host's
+    // other traffic).
+    let bit = vip_filter_bit(pkt.dst, 0, pkt.proto, pkt.family);
+    if *NAT_FILTER.get(bit / 64)? & (1u64 << (bit % 64)) == 0 {
         return None;
     }
     let s = unsafe { &mut *NAT_SCRATCH.get_ptr_mut(0)? };

@@ -17,6 +17,7 @@ mod attach;
 mod decap;
 mod flows;
 mod loads;
+mod nat;
 mod pins;
 mod ring;
 pub use decap::*;
@@ -98,7 +99,7 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 15] = [
+const ALL_MAPS: [&str; 16] = [
     maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
@@ -114,6 +115,7 @@ const ALL_MAPS: [&str; 15] = [
     maps::PERSIST,
     maps::NAT_REPLIES,
     maps::NAT_ADDRS,
+    maps::NAT_FILTER,
 ];
 
 /// The aya-log level the data path logs at: its decision log is off (0)
@@ -540,22 +542,7 @@ impl DataPlane for BpfDataPlane {
     }
 
     fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> Result<()> {
-        let per = lb_common::NAT_ADDRS_PER_FAMILY;
-        let mut a: Array<&mut MapData, [u32; 4]> =
-            Array::try_from(self.map_mut(maps::NAT_ADDRS)).map_err(map_err(maps::NAT_ADDRS))?;
-        for (fam, v6) in [(0, false), (per, true)] {
-            for (i, addr) in addrs
-                .iter()
-                .filter(|a| a.is_ipv6() == v6)
-                .take(per as usize)
-                .enumerate()
-            {
-                let idx = vip_id * 2 * per + fam + i as u32;
-                a.set(idx, lb_common::addr_words(*addr).0, 0)
-                    .map_err(map_err(maps::NAT_ADDRS))?;
-            }
-        }
-        Ok(())
+        self.write_nat_addrs(vip_id, addrs)
     }
 
     fn load(&self, id: u32) -> Result<u64> {

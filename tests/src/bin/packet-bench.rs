@@ -43,7 +43,7 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 11,
+    max_vips: 12,
     max_backends: 512,
     ring_size: 65537,
     flows: 65536,
@@ -66,6 +66,13 @@ const STICKY: u32 = 7; // VIP:86/tcp, maglev with persistence (/32)
 const LIMITED: u32 = 8; // VIP:87/tcp, maglev, connections counted against max_connections
 const L2: u32 = 9; // VIP:88/tcp, forwarding dsr_l2 to L2_BACKENDS (on-link, FIB)
 const GUE: u32 = 10; // VIP:89/tcp, forwarding gue (gateway MAC, as the IPIP cases)
+const NAT: u32 = 11; // VIP:90/tcp, forwarding nat from SNAT to the BACKENDS' port 8080
+/// The NAT VIP's source address, and its backend slots and port.
+const SNAT: &str = "10.10.0.2";
+const NAT_FIRST: u32 = 320;
+const NAT_BACKEND_PORT: u16 = 8080;
+/// The client of the NAT flow the established and reply cases use.
+const NAT_CLIENT: usize = 60000;
 /// The dsr_l2 VIP's backends: on a veth of the bench's namespace, with
 /// permanent neighbour entries, so the FIB resolves them.
 const L2_BACKENDS: [(u32, Ipv4Addr); 3] = [
@@ -166,8 +173,9 @@ fn main() -> Result<()> {
     );
     println!();
 
-    for side in &sides {
+    for side in &mut sides {
         side.warm_up(floor)?;
+        side.prepare_cases()?;
     }
     // The cases run in ROUNDS interleaved rounds of PACKETS / ROUNDS
     // packets each, so a noisy spell on the host (this is a VM) hits every
@@ -262,16 +270,39 @@ impl Side {
         Ok(Side {
             label,
             lb,
-            cases: {
-                let mut c = cases();
-                // The cases older objects had (an A/B run of a change
-                // outside the newer schedulers, at the older sizes).
-                if std::env::var_os("LB_BENCH_BASE_CASES").is_some() {
-                    c.truncate(8);
-                }
-                c
-            },
+            cases: Vec::new(),
         })
+    }
+
+    /// Opens the NAT flow the established and reply cases use (its port
+    /// is the data path's choice), then builds the cases.
+    fn prepare_cases(&mut self) -> Result<()> {
+        let f = client(NAT_CLIENT, PROTO_TCP, 90);
+        let r = run(self.xdp()?, &f.packet("S", b""), 1)?;
+        ensure!(
+            r.action == XDP_TX,
+            "the NAT flow's SYN: {}",
+            action_name(r.action)
+        );
+        let d = &r.data;
+        let backend = Ipv4Addr::new(d[30], d[31], d[32], d[33]);
+        let port = u16::from_be_bytes([d[34], d[35]]);
+        let reply = Flow {
+            src: IpAddr::V4(backend),
+            dst: SNAT.parse().unwrap(),
+            sport: NAT_BACKEND_PORT,
+            dport: port,
+            proto: PROTO_TCP,
+        }
+        .packet("A", b"");
+        let mut c = cases(&f.packet("A", b""), &reply);
+        // The cases older objects had (an A/B run of a change outside the
+        // newer schedulers, at the older sizes).
+        if std::env::var_os("LB_BENCH_BASE_CASES").is_some() {
+            c.truncate(8);
+        }
+        self.cases = c;
+        Ok(())
     }
 
     fn xdp(&self) -> Result<&Xdp> {
@@ -320,17 +351,20 @@ impl Side {
         };
         let (schedulers, modes) = rest.split_at(rest.len().min(8));
         ensure!(
-            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 4)),
-            "three scheduler cases, or eight and four forwarding modes expected"
+            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 7)),
+            "three scheduler cases, or eight and seven of forwarding modes expected"
         );
-        for (c, (new, out)) in modes.iter().zip([
-            (true, counter::REDIRECT),
-            (false, counter::REDIRECT),
-            (true, counter::TX),
-            (false, counter::TX),
+        // (new flows, flow hits, the way out) of each forwarding-mode case.
+        for (c, (made, hit, out)) in modes.iter().zip([
+            (n, 0, counter::REDIRECT),
+            (0, n, counter::REDIRECT),
+            (n, 0, counter::TX),
+            (0, n, counter::TX),
+            (n, 0, counter::TX),
+            (0, n, counter::TX),
+            (0, 0, counter::NAT_REPLY),
         ]) {
             let d = &c.delta;
-            let (made, hit) = if new { (n, 0) } else { (0, n) };
             ensure!(
                 d.get(counter::NEW_FLOW) == made
                     && d.get(counter::FLOW_HIT) == hit
@@ -385,11 +419,12 @@ impl Side {
             "the non-VIP case should only count {n} pass_not_vip; counters {:?}",
             d.nonzero()
         );
-        let tcp = 1 + schedulers.len() + modes.len() / 2;
+        // The TCP cases' new flows (and the NAT flow the cases share).
+        let tcp = 1 + schedulers.len() + if modes.is_empty() { 0 } else { 3 };
         ensure!(
-            self.lb.flow_count() == (tcp + 1) * PACKETS,
+            self.lb.flow_count() == (tcp + 1) * PACKETS + 1,
             "expected {} flows in the table ({tcp} × {n} TCP + {n} UDP), found {}",
-            (tcp + 1) * PACKETS,
+            (tcp + 1) * PACKETS + 1,
             self.lb.flow_count()
         );
         Ok(())
@@ -474,7 +509,7 @@ impl Side {
 }
 
 /// The measured cases, each with its packets.
-fn cases() -> Vec<Case> {
+fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
     let not_vip = |i: usize| {
         let mut f = client(i, PROTO_TCP, 80);
         f.dst = NOT_VIP.parse().unwrap();
@@ -596,6 +631,24 @@ fn cases() -> Vec<Case> {
             Expect::Gue,
             (0..PACKETS).map(|_| client(0, PROTO_TCP, 89).packet("A", b"")),
         ),
+        Case::new(
+            "tcp syn, nat",
+            None,
+            Expect::Nat,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 90).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp established, nat",
+            None,
+            Expect::Nat,
+            (0..PACKETS).map(|_| nat_ack.to_vec()),
+        ),
+        Case::new(
+            "tcp reply, nat (to the client)",
+            None,
+            Expect::NatReply,
+            (0..PACKETS).map(|_| nat_reply.to_vec()),
+        ),
     ]
 }
 
@@ -608,7 +661,7 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
         new_flow_tolerance_ns: tolerance,
         hash_key: KEY,
         ring_size: SIZES.ring_size,
-        flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6,
+        flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6 | lb_common::CONFIG_F_NAT,
         udp_idle_timeout_ns: 30_000_000_000,
         src_v4: u32::from_ne_bytes(SRC_V4.octets()),
         src_v4_mask: host_mask(8),
@@ -617,6 +670,8 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
         mtu: 1500,
         gateway_mac: GATEWAY_MAC,
         gue_port: lb_common::DEFAULT_GUE_PORT.to_be(),
+        nat_tcp_timeout_ns: 900_000_000_000,
+        nat_closed_timeout_ns: 60_000_000_000,
         ..Config::default()
     })?;
     let vip: IpAddr = VIP.parse().unwrap();
@@ -727,6 +782,36 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
             },
         )?;
     }
+    // NAT: the BACKENDS' addresses on port 8080, from SNAT.
+    {
+        use lb_userspace::dataplane::DataPlane;
+        lb.dp().set_nat_addrs(NAT, &[SNAT.parse().unwrap()])?;
+        for (slot, addr) in BACKENDS {
+            let l = lb_common::BackendLimit {
+                weight: 1,
+                port: NAT_BACKEND_PORT.to_be(),
+                ..Default::default()
+            };
+            lb.dp().set_limit(NAT_FIRST + slot, &l)?;
+            let b = backend(IpAddr::V4(addr), lb_common::BACKEND_F_NAT, NAT);
+            lb.set_backend(NAT_FIRST + slot, b)?;
+        }
+    }
+    let ring: Vec<u32> = (0..SIZES.ring_size)
+        .map(|i| NAT_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
+        .collect();
+    lb.write_ring(NAT, 0, &ring)?;
+    lb.add_vip(
+        vip_key(vip, 90, PROTO_TCP),
+        VipInfo {
+            vip_id: NAT,
+            mode: lb_common::mode::NAT,
+            nat_addrs: 1,
+            nat_port_lo: 10000,
+            nat_port_hi: 60000,
+            ..VipInfo::default()
+        },
+    )?;
     // Least connections over BIG_POOL backends: two choices from a table
     // that holds each backend in turn, exact over the list of them.
     for (port, id, first, scheduler, pool) in [
@@ -848,6 +933,10 @@ enum Expect {
     L2,
     /// XDP_TX, the IPIP packet inside UDP to the GUE port.
     Gue,
+    /// XDP_TX, the same length, from SNAT to a backend's port 8080.
+    Nat,
+    /// XDP_TX, the same length, from the VIP's port 90 to the NAT client.
+    NatReply,
 }
 
 fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
@@ -896,6 +985,22 @@ fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
                     && d[36..38] == lb_common::DEFAULT_GUE_PORT.to_be_bytes()
                     && d[42..] == input[14..],
                 "expected the input in IPIP in UDP to the GUE port, got {}",
+                action_name(r.action)
+            );
+        }
+        Expect::Nat | Expect::NatReply => {
+            let d = &r.data;
+            let (src, port) = if matches!(e, Expect::Nat) {
+                (
+                    SNAT.parse::<Ipv4Addr>().unwrap(),
+                    d[36..38] == NAT_BACKEND_PORT.to_be_bytes(),
+                )
+            } else {
+                (VIP.parse().unwrap(), d[34..36] == 90u16.to_be_bytes())
+            };
+            ensure!(
+                r.action == XDP_TX && d.len() == input.len() && d[26..30] == src.octets() && port,
+                "expected the packet rewritten by NAT, got {}",
                 action_name(r.action)
             );
         }

@@ -310,3 +310,75 @@ vips:
     assert_eq!(p.encapsulation.gue_port, 5555);
     assert_eq!(ok(&v("dsr_l2", "10.0.1.1")).encapsulation.gue_port, 6080);
 }
+
+#[test]
+fn nat_needs_its_source_addresses_and_only_it_takes_ports() {
+    let v = |extra: &str, backend: &str| {
+        format!(
+            "instance: lb0
+interfaces: [eth0]
+vips:
+  - name: web
+    address: 10.100.0.1
+    port: 80
+    protocol: tcp
+{extra}    backends:
+      - {backend}
+"
+        )
+    };
+    let p = ok(&v(
+        "    forwarding: nat\n    snat_addresses: [10.10.0.2, \"fd10::2\"]\n    snat_ports: 20000-29999\n",
+        "{ address: 10.0.1.1, port: 8080 }",
+    ));
+    let vip = &p.vips[0];
+    assert_eq!(vip.forwarding.number(), lb_common::mode::NAT);
+    assert_eq!(
+        vip.nat,
+        Some(Nat {
+            addresses: vec!["10.10.0.2".parse().unwrap(), "fd10::2".parse().unwrap()],
+            ports: (20000, 29999),
+        })
+    );
+    assert_eq!(vip.backends[0].port, Some(8080));
+    // The health check probes the backend's port.
+    assert_eq!(vip.backends[0].health.as_ref().unwrap().target.port(), 8080);
+    let p = ok(&v(
+        "    forwarding: nat\n    snat_addresses: [10.10.0.2]\n",
+        "{ address: 10.0.1.1 }",
+    ));
+    assert_eq!(
+        p.vips[0].nat.as_ref().unwrap().ports,
+        lb_common::DEFAULT_NAT_PORTS
+    );
+    // Without source addresses; with none of the backend's family.
+    let errs = errors(&v("    forwarding: nat\n", "{ address: 10.0.1.1 }"));
+    assert!(errs.to_string().contains("snat_addresses"), "{errs}");
+    let errs = errors(&v(
+        "    forwarding: nat\n    snat_addresses: [\"fd10::2\"]\n",
+        "{ address: 10.0.1.1 }",
+    ));
+    assert!(
+        errs.to_string()
+            .contains("backend 10.0.1.1 is IPv4, and snat_addresses has no address of that family"),
+        "{errs}"
+    );
+    // A port, or source addresses, without NAT.
+    let errs = errors(&v("", "{ address: 10.0.1.1, port: 8080 }"));
+    assert!(
+        errs.to_string()
+            .contains("a backend `port` needs `forwarding: nat`"),
+        "{errs}"
+    );
+    let errs = errors(&v("    snat_ports: 1-2\n", "{ address: 10.0.1.1 }"));
+    assert!(
+        errs.to_string()
+            .contains("`snat_ports` needs `forwarding: nat`"),
+        "{errs}"
+    );
+    let errs = errors(&v(
+        "    forwarding: nat\n    snat_addresses: [10.10.0.2]\n    snat_ports: 30000-20000\n",
+        "{ address: 10.0.1.1 }",
+    ));
+    assert!(errs.to_string().contains("snat_ports"), "{errs}");
+}

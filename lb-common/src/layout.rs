@@ -400,6 +400,12 @@ pub struct BackendStats {
     /// for a flow the table sends to this backend: the client got no
     /// SYN-ACK (passive health).
     pub syn_retransmits: u64,
+    /// NAT: handshakes seen (the backend's SYN-ACK to a SYN), and their
+    /// time from SYN to SYN-ACK, summed.
+    pub handshakes: u64,
+    pub handshake_ns: u64,
+    /// NAT: new connections the backend refused (a RST to the SYN).
+    pub refused: u64,
 }
 
 /// Per-CPU copies of a statistics record add up to the total.
@@ -421,6 +427,9 @@ impl<'a> core::iter::Sum<&'a BackendStats> for BackendStats {
             bytes: a.bytes + s.bytes,
             new_flows: a.new_flows + s.new_flows,
             syn_retransmits: a.syn_retransmits + s.syn_retransmits,
+            handshakes: a.handshakes + s.handshakes,
+            handshake_ns: a.handshake_ns + s.handshake_ns,
+            refused: a.refused + s.refused,
         })
     }
 }

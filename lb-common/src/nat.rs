@@ -37,8 +37,14 @@ pub struct NatValue {
     /// The data path's clock at the flow's last packet (either way), at
     /// most a second stale.
     pub last_seen_ns: u64,
+    /// The backend slot the flow goes to.
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` at the client's SYN, until the backend answers
+    /// it (SYN-ACK or RST); 0 otherwise.
+    pub syn_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<NatValue>() == 72);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 88);
 
 /// `NatValue::flags`: the client sent a FIN.
 pub const NAT_F_FIN_CLIENT: u32 = 1;

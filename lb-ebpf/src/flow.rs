@@ -207,6 +207,12 @@ fn nat_flow(
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if is_syn {
         if let Some(kept) = keep_for_syn(key, cfg, now) {
+            if kept.1 {
+                // A new connection on the 4-tuple of one that ended: its
+                // port's record starts again (not ended, timed anew).
+                let k = &kept.0;
+                crate::nat::reopen(ctx, pkt, k.backend_id, k.backend, k.vip_id, k.hash, now);
+            }
             return Ok(kept);
         }
     }
@@ -228,6 +234,7 @@ fn nat_flow(
         c.backend,
         cfg,
         now,
+        is_syn,
     ) {
         Ok(info) => c.hash = info,
         Err(reason) => {

@@ -8,7 +8,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 use lb_common::{
@@ -20,10 +20,13 @@ use lb_common::{
 use crate::action::{count, dropped, Sent};
 use crate::csum;
 use crate::encap::way_out;
-use crate::maps::{NatScratch, FLOWS, LIMITS, NAT_ADDRS, NAT_FILTER, NAT_REPLIES, NAT_SCRATCH};
+use crate::maps::{
+    NatScratch, BACKEND_STATS, FLOWS, LIMITS, NAT_ADDRS, NAT_FILTER, NAT_REPLIES, NAT_SCRATCH,
+};
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
-    ptr_at, write_eth, EthHdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6, TCP_FIN, TCP_RST,
+    ptr_at, write_eth, EthHdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
 /// Source ports tried for a new flow before it is dropped.
@@ -75,6 +78,7 @@ pub fn allocate(
     backend: &Backend,
     cfg: &Config,
     now: u64,
+    syn: bool,
 ) -> Result<u32, u32> {
     let count_here = if key.family == AF_INET6 {
         (range.addrs >> 4) as u32
@@ -98,6 +102,13 @@ pub fn allocate(
     s.value.ifindex = ctx.ingress_ifindex() as u32;
     s.value.flags = 0;
     s.value.last_seen_ns = now;
+    s.value.backend_id = backend_id;
+    s.value._pad = 0;
+    s.value.syn_ns = if syn {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     let span = (range.hi - range.lo) as u32 + 1;
     let mut i = 0;
     while i < PORT_TRIES {
@@ -218,10 +229,52 @@ fn note_end(
     tcp_flags: u8,
     fin: u32,
 ) {
-    let Some(s) = NAT_SCRATCH.get_ptr_mut(0) else {
+    if let Some(v) = record(snat, port, backend, bport, pkt) {
+        v.flags |= if tcp_flags & TCP_RST != 0 {
+            NAT_F_RST
+        } else {
+            fin
+        };
+    }
+}
+
+/// A NAT flow's record (`NAT_REPLIES`) for a new connection on its
+/// 4-tuple: no longer ended, its handshake timed from now.
+#[inline(always)]
+pub fn reopen(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    vip_id: u32,
+    info: u32,
+    now: u64,
+) {
+    let (idx, port) = nat_parts(info);
+    let Some(snat) = source_addr(vip_id, pkt.family, idx) else {
         return;
     };
-    let s = unsafe { &mut *s };
+    let Some(ports) = ptr_at::<Ports>(ctx, pkt.l4_off) else {
+        return;
+    };
+    let bport = backend_port(backend_id, unsafe { (*ports).dst });
+    if let Some(v) = record(&snat, port.to_be(), backend, bport, pkt) {
+        v.flags = 0;
+        v.last_seen_ns = now;
+        v.syn_ns = unsafe { bpf_ktime_get_ns() };
+    }
+}
+
+/// The `NAT_REPLIES` record of a NAT flow, found by its addresses and ports.
+#[inline(always)]
+fn record(
+    snat: &[u32; 4],
+    port: u16,
+    backend: &Backend,
+    bport: u16,
+    pkt: &Packet,
+) -> Option<&'static mut NatValue> {
+    let s = unsafe { &mut *NAT_SCRATCH.get_ptr_mut(0)? };
     s.key.backend = backend.addr;
     s.key.snat = *snat;
     s.key.bport = bport;
@@ -229,14 +282,7 @@ fn note_end(
     s.key.proto = pkt.proto;
     s.key.family = pkt.family;
     s.key._pad = [0; 2];
-    if let Some(v) = NAT_REPLIES.get_ptr_mut(&s.key) {
-        let v = unsafe { &mut *v };
-        v.flags |= if tcp_flags & TCP_RST != 0 {
-            NAT_F_RST
-        } else {
-            fin
-        };
-    }
+    NAT_REPLIES.get_ptr_mut(&s.key).map(|v| unsafe { &mut *v })
 }
 
 /// A backend's reply to a NAT flow: back to the client, from the VIP.
@@ -266,6 +312,20 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config, now: u
         v.flags |= NAT_F_RST;
     } else if flags & TCP_FIN != 0 {
         v.flags |= NAT_F_FIN_BACKEND;
+    }
+    // The backend's answer to the client's SYN: the handshake's time, or
+    // a refusal, for its statistics (least response time, passive health).
+    if v.syn_ns != 0 && flags & (TCP_SYN | TCP_RST) != 0 {
+        if let Some(st) = BACKEND_STATS.get_ptr_mut(v.backend_id) {
+            let st = unsafe { &mut *st };
+            if flags & TCP_RST != 0 {
+                st.refused += 1;
+            } else if flags & TCP_ACK != 0 {
+                st.handshakes += 1;
+                st.handshake_ns += unsafe { bpf_ktime_get_ns() }.saturating_sub(v.syn_ns);
+            }
+        }
+        v.syn_ns = 0;
     }
     if now.saturating_sub(v.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         v.last_seen_ns = now;

@@ -55,6 +55,12 @@ pub struct BackendStatus {
     /// SYNs its clients sent again (no SYN-ACK came back): passive health.
     #[serde(default)]
     pub syn_retransmits: u64,
+    /// NAT: smoothed time from a client's SYN to its SYN-ACK, in ms.
+    #[serde(default)]
+    pub handshake_ms: Option<f64>,
+    /// NAT: SYNs it answered with a RST.
+    #[serde(default)]
+    pub refused: u64,
     pub new_flows_per_s: f64,
 }
 
@@ -104,11 +110,17 @@ pub fn render(s: &Status) -> String {
             v.drops.to_string(),
         ]);
         for b in &v.backends {
-            let probe = match (&b.last_probe, b.latency_ms) {
+            let mut probe = match (&b.last_probe, b.latency_ms) {
                 (Some(d), Some(ms)) => format!("{d} ({ms:.1} ms)"),
                 (Some(d), None) => d.clone(),
                 _ => "-".into(),
             };
+            if let Some(ms) = b.handshake_ms {
+                probe.push_str(&format!("; handshake {ms:.2} ms"));
+            }
+            if b.refused > 0 {
+                probe.push_str(&format!("; {} refused", b.refused));
+            }
             t.add_row(vec![
                 String::new(),
                 b.address.clone(),

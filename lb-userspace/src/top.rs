@@ -207,6 +207,8 @@ mod tests {
             latency_ms: None,
             active_flows: new_flows,
             connections: None,
+            handshake_ms: None,
+            refused: 0,
             packets,
             bytes,
             new_flows,

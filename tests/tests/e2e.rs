@@ -1702,7 +1702,12 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
     assert_shares(&seen, &weights, n);
     let web6: SocketAddr = format!("[{VIP6}]:8080").parse().unwrap();
     let (seen6, failed) = spread_http(&t, web6, 300);
-    assert_eq!(failed, 0, "{seen6:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{seen6:?}\n{}",
+        t.status_json().unwrap()["counters"]
+    );
     assert_eq!(seen6.len(), 3, "{seen6:?}");
     let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
     let (useen, ufailed) = in_ns(&t.client, move || {
@@ -1764,4 +1769,15 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
     let st = t.status_json().unwrap();
     let replies = st["counters"]["nat_reply"].as_u64().unwrap_or(0);
     assert!(replies > 2 * n as u64, "{st}");
+    // The handshakes the data path timed, per backend (sampled each second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, failed) = spread_http(&t, web8080, 100);
+    assert_eq!(failed, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = t.status_json().unwrap();
+    for b in vip(&st, "web")["backends"].as_array().unwrap() {
+        let ms = b["handshake_ms"].as_f64().unwrap_or_else(|| panic!("{b}"));
+        assert!(ms > 0.0 && ms < 100.0, "{b}");
+        assert_eq!(b["refused"], 0, "{b}");
+    }
 }

@@ -2693,3 +2693,57 @@ fn nat_ports_run_out_and_a_closed_flows_port_is_taken_again() {
     assert!(lb.flow(&a.key()).is_none());
     assert_eq!(lb.run(&a.packet("A", b"")).unwrap().action, XDP_DROP);
 }
+
+#[test]
+fn nat_times_each_handshake_and_counts_refusals_per_backend() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let lb = nat_setup(20000, 20999);
+    let answer = |lb: &Balancer, f: &Flow, flags: &str| -> u32 {
+        let out = lb.run(&f.packet("S", b"")).unwrap();
+        assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+        let id = pick(f, &[1, 2, 3]);
+        let reply = Flow {
+            src: addr_of(id),
+            dst: ip(SNAT4),
+            sport: 8080,
+            dport: nat_port(&out.data),
+            proto: PROTO_TCP,
+        };
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(lb.run(&reply.packet(flags, b"")).unwrap().action, XDP_TX);
+        // Only the first answer counts.
+        assert_eq!(lb.run(&reply.packet(flags, b"")).unwrap().action, XDP_TX);
+        id
+    };
+    let f = Flow::tcp("192.0.2.1", 41000, "10.100.0.1", 80);
+    let id = answer(&lb, &f, "SA");
+    let s = lb.backend_stats(id);
+    assert_eq!((s.handshakes, s.refused), (1, 0));
+    assert!(
+        (2_000_000..1_000_000_000).contains(&s.handshake_ns),
+        "{} ns",
+        s.handshake_ns
+    );
+    // The connection ends both ways; its 4-tuple starts a new one, which
+    // keeps the port and is timed again (its record no longer ended).
+    assert_eq!(lb.run(&f.packet("FA", b"")).unwrap().action, XDP_TX);
+    let back = Flow {
+        src: addr_of(id),
+        dst: ip(SNAT4),
+        sport: 8080,
+        dport: nat_port(&lb.run(&f.packet("A", b"")).unwrap().data),
+        proto: PROTO_TCP,
+    };
+    assert_eq!(lb.run(&back.packet("FA", b"")).unwrap().action, XDP_TX);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(answer(&lb, &f, "SA"), id);
+    assert_eq!(lb.backend_stats(id).handshakes, 2);
+    assert_eq!(lb.counter(counter::NAT_PORT_REUSED), 0);
+    let g = Flow::tcp("192.0.2.1", 41001, "10.100.0.1", 80);
+    let gid = answer(&lb, &g, "RA");
+    let s = lb.backend_stats(gid);
+    assert_eq!(s.refused, 1);
+    assert_eq!(s.handshakes, if gid == id { 2 } else { 0 });
+}

@@ -59,6 +59,9 @@ pub struct RunningBackend {
     mode_flags: u8,
     /// NAT: its port, when not the VIP's.
     pub port: Option<u16>,
+    /// NAT: smoothed time from a client's SYN to the backend's SYN-ACK,
+    /// in ms (EWMA, 1/4 for each second's average).
+    pub handshake_ms: Option<f64>,
     /// What its `LIMITS` entry holds, as last written by this daemon.
     limit_written: Option<BackendLimit>,
 }
@@ -534,6 +537,7 @@ impl<D: DataPlane> Controller<D> {
                         limit_written: None,
                         mode_flags: mode_flags(conf.forwarding),
                         port: bc.port,
+                        handshake_ms: None,
                     },
                 );
                 self.write_backend(key, addr)?;

@@ -27,7 +27,7 @@ impl<D: DataPlane> Controller<D> {
         });
         if outcome.ok {
             let ms = outcome.latency.as_secs_f64() * 1000.0;
-            b.rtt_ms = Some(b.rtt_ms.map_or(ms, |old| old + (ms - old) / 4.0));
+            b.rtt_ms = Some(smooth(b.rtt_ms, ms));
         }
         if b.probe.is_none() {
             return Ok(false);
@@ -133,6 +133,29 @@ impl<D: DataPlane> Controller<D> {
                  panic mode over",
                 v.conf.name
             );
+        }
+    }
+}
+
+/// An EWMA step: `old` moved a quarter of the way to `sample`.
+fn smooth(old: Option<f64>, sample: f64) -> f64 {
+    old.map_or(sample, |old| old + (sample - old) / 4.0)
+}
+
+impl<D: DataPlane> Controller<D> {
+    /// A second's average handshake time of a NAT backend (from its
+    /// clients' SYNs to its SYN-ACKs, as the data path saw them): smoothed
+    /// into its handshake time, and into the response time that
+    /// `least_response_time` weighs, with its probes'.
+    pub fn handshake_sample(&mut self, backend: &BackendRef, ms: f64) {
+        let (key, addr) = backend;
+        if let Some(b) = self
+            .vips
+            .get_mut(key)
+            .and_then(|v| v.backends.get_mut(addr))
+        {
+            b.handshake_ms = Some(smooth(b.handshake_ms, ms));
+            b.rtt_ms = Some(smooth(b.rtt_ms, ms));
         }
     }
 }

@@ -24,6 +24,8 @@ pub const NAMES: &[&str] = &[
     "lb_backend_bytes_total",
     "lb_backend_new_flows_total",
     "lb_backend_syn_retransmits_total",
+    "lb_backend_refused_total",
+    "lb_backend_handshake_seconds",
     "lb_backend_active_flows",
     "lb_backend_active_connections",
     "lb_backend_up",
@@ -55,6 +57,8 @@ pub(super) struct Metrics {
     be_bytes: IntCounterVec,
     be_new_flows: IntCounterVec,
     be_syn_retransmits: IntCounterVec,
+    be_refused: IntCounterVec,
+    be_handshake: prometheus::GaugeVec,
     be_active_flows: IntGaugeVec,
     be_connections: IntGaugeVec,
     be_up: IntGaugeVec,
@@ -159,6 +163,23 @@ impl Metrics {
                 "Client SYNs seen again for a flow to the backend (no SYN-ACK came back).",
                 VB,
             ),
+            be_refused: counter(
+                "lb_backend_refused_total",
+                "NAT: client SYNs the backend answered with a RST.",
+                VB,
+            ),
+            be_handshake: {
+                let g = prometheus::GaugeVec::new(
+                    prometheus::Opts::new(
+                        "lb_backend_handshake_seconds",
+                        "NAT: smoothed time from a client's SYN to the backend's SYN-ACK.",
+                    ),
+                    VB,
+                )
+                .expect("metric");
+                registry.register(Box::new(g.clone())).expect("register");
+                g
+            },
             be_active_flows: gauge(
                 "lb_backend_active_flows",
                 "Flows to the backend active within the UDP idle timeout (at least 60 s), as last counted.",
@@ -228,10 +249,12 @@ impl Metrics {
             &self.be_bytes,
             &self.be_new_flows,
             &self.be_syn_retransmits,
+            &self.be_refused,
             &self.datapath,
         ] {
             c.reset();
         }
+        self.be_handshake.reset();
         for g in [
             &self.vip_up,
             &self.vip_panic,
@@ -264,6 +287,10 @@ impl Metrics {
                 self.be_syn_retransmits
                     .with_label_values(l)
                     .inc_by(b.syn_retransmits);
+                self.be_refused.with_label_values(l).inc_by(b.refused);
+                if let Some(ms) = b.handshake_ms {
+                    self.be_handshake.with_label_values(l).set(ms / 1000.0);
+                }
                 self.be_active_flows
                     .with_label_values(l)
                     .set(b.active_flows as i64);

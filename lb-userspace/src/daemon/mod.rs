@@ -77,6 +77,9 @@ pub struct Daemon {
     neighbours: Option<crate::neigh::NeighbourKeeper>,
     metrics: metrics::Metrics,
     passive: passive::Passive,
+    /// NAT backends' handshake counters (count, summed ns) at the last
+    /// sample (`sample_handshakes`).
+    handshakes: HashMap<BackendRef, (u64, u64)>,
     announcer: announce::Announcer,
 }
 
@@ -286,6 +289,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         neighbours: crate::neigh::NeighbourKeeper::spawn(),
         metrics: metrics::Metrics::new(),
         passive: Default::default(),
+        handshakes: Default::default(),
         announcer: Default::default(),
     };
     d.sync_probers();
@@ -336,6 +340,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             _ = watch.tick() => d.reload(false),
             _ = tick.tick() => {
                 d.sample_rates();
+                d.sample_handshakes();
                 // Passive-health verdicts, and tables of backends ramping
                 // up under slow_start.
                 let ramping = d.ctl.ramp(Instant::now());

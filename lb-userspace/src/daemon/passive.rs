@@ -51,11 +51,12 @@ impl Daemon {
                 let q = self.passive.samples.entry(r).or_default();
                 // Counters that went down (a slot given anew): start over.
                 if q.back()
-                    .is_some_and(|l| s.new_flows < l.1 || s.syn_retransmits < l.2)
+                    .is_some_and(|l| s.new_flows < l.1 || s.syn_retransmits + s.refused < l.2)
                 {
                     q.clear();
                 }
-                q.push_back((now, s.new_flows, s.syn_retransmits));
+                // Failures: SYNs sent again, and (NAT) SYNs refused.
+                q.push_back((now, s.new_flows, s.syn_retransmits + s.refused));
                 while q.front().is_some_and(|(t, _, _)| now - *t > p.window) {
                     q.pop_front();
                 }
@@ -145,5 +146,39 @@ mod tests {
         assert!(!trips(&p, 20, 9), "20 connections, 9 retransmissions");
         assert!(!trips(&p, 0, 0));
         assert!(!trips(&p, 1000, 0));
+    }
+}
+
+impl Daemon {
+    /// Once a second: each NAT backend's handshakes since the last sample
+    /// (count and summed time, from the data path), their average handed
+    /// to the controller (`handshake_sample`).
+    pub(super) fn sample_handshakes(&mut self) {
+        let mut samples = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for v in self.ctl.vips.values() {
+            if v.conf.nat.is_none() {
+                continue;
+            }
+            for b in v.backends.values() {
+                let r: BackendRef = (v.key(), b.address);
+                let Ok(s) = self.ctl.dp.backend_stats(b.id) else {
+                    continue;
+                };
+                seen.insert(r);
+                let now = (s.handshakes, s.handshake_ns);
+                let last = self.handshakes.insert(r, now);
+                if let Some((n0, ns0)) = last.filter(|l| l.0 <= now.0 && l.1 <= now.1) {
+                    if now.0 > n0 {
+                        let ms = (now.1 - ns0) as f64 / (now.0 - n0) as f64 / 1e6;
+                        samples.push((r, ms));
+                    }
+                }
+            }
+        }
+        self.handshakes.retain(|r, _| seen.contains(r));
+        for (r, ms) in samples {
+            self.ctl.handshake_sample(&r, ms);
+        }
     }
 }

@@ -120,6 +120,8 @@ impl Daemon {
                                 bytes: bs.bytes,
                                 new_flows: bs.new_flows,
                                 syn_retransmits: bs.syn_retransmits,
+                                handshake_ms: b.handshake_ms,
+                                refused: bs.refused,
                                 new_flows_per_s: self.rates.backend.get(b.id),
                             }
                         })
@@ -143,6 +145,8 @@ impl Daemon {
                                         bytes: bs.bytes,
                                         new_flows: bs.new_flows,
                                         syn_retransmits: bs.syn_retransmits,
+                                        handshake_ms: None,
+                                        refused: bs.refused,
                                         new_flows_per_s: 0.0,
                                     }
                                 }),

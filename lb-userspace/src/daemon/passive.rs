@@ -129,26 +129,6 @@ impl Daemon {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trips_on_the_ratio_once_there_are_enough_samples() {
-        let p = config::PassiveHealth {
-            window: Duration::from_secs(10),
-            min_samples: 20,
-            failure_ratio: 0.5,
-        };
-        assert!(!trips(&p, 19, 19), "19 connections: too few samples");
-        assert!(trips(&p, 20, 20), "20 connections, each retransmitted");
-        assert!(trips(&p, 20, 10), "20 connections, half retransmitted");
-        assert!(!trips(&p, 20, 9), "20 connections, 9 retransmissions");
-        assert!(!trips(&p, 0, 0));
-        assert!(!trips(&p, 1000, 0));
-    }
-}
-
 impl Daemon {
     /// Once a second: each NAT backend's handshakes since the last sample
     /// (count and summed time, from the data path), their average handed
@@ -180,5 +160,25 @@ impl Daemon {
         for (r, ms) in samples {
             self.ctl.handshake_sample(&r, ms);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_on_the_ratio_once_there_are_enough_samples() {
+        let p = config::PassiveHealth {
+            window: Duration::from_secs(10),
+            min_samples: 20,
+            failure_ratio: 0.5,
+        };
+        assert!(!trips(&p, 19, 19), "19 connections: too few samples");
+        assert!(trips(&p, 20, 20), "20 connections, each retransmitted");
+        assert!(trips(&p, 20, 10), "20 connections, half retransmitted");
+        assert!(!trips(&p, 20, 9), "20 connections, 9 retransmissions");
+        assert!(!trips(&p, 0, 0));
+        assert!(!trips(&p, 1000, 0));
     }
 }

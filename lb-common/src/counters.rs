@@ -63,7 +63,10 @@ pub mod counter {
     /// A NAT flow's port taken over from an earlier flow that had ended
     /// (closed or idle past its timeout).
     pub const NAT_PORT_REUSED: u32 = 34;
-    pub const COUNT: u32 = 35;
+    /// An ICMP error about a NAT flow, translated and sent on (to the
+    /// client, or to the backend).
+    pub const NAT_ICMP: u32 = 35;
+    pub const COUNT: u32 = 36;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -102,6 +105,7 @@ pub mod counter {
         "nat_reply",
         "drop_nat_no_port",
         "nat_port_reused",
+        "nat_icmp",
     ];
 }
 

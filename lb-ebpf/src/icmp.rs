@@ -93,9 +93,9 @@ fn steer(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
     let now = clock_ns(cfg);
-    // A NAT flow's backend knows the flow by other addresses: not steered.
+    // A NAT flow's backend knows the flow by other addresses.
     if backend.flags & lb_common::BACKEND_F_NAT != 0 {
-        return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
+        return crate::nat_icmp::to_backend(ctx, pkt, cfg, fv, backend, now);
     }
     match forward(ctx, pkt, cfg, fv.backend, backend, fv.vip_id, fv.hash, now) {
         Sent::Forwarded(action) => verdict(counter::ICMP_STEERED, action),

@@ -36,6 +36,7 @@ mod icmp;
 mod load;
 mod maps;
 mod nat;
+mod nat_icmp;
 mod nexthop;
 mod packet;
 mod parse;
@@ -48,10 +49,12 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::{counter, AF_INET, AF_INET6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    counter, AF_INET, AF_INET6, CONFIG_F_NAT, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 
 use crate::action::{verdict, XDP_PASS};
-use crate::packet::ptr_at;
+use crate::packet::{ptr_at, Packet};
 use crate::schedule::is_vip_addr;
 
 #[xdp]
@@ -94,12 +97,37 @@ fn balance(ctx: &XdpContext) -> u32 {
         return flow::balance_l4(ctx, &pkt);
     }
     if !is_vip_addr(pkt.dst, pkt.family) {
+        if let Some(action) = nat_icmp_error(ctx, &pkt) {
+            return action;
+        }
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     }
     match (pkt.family, pkt.proto) {
         (AF_INET, PROTO_ICMP) | (AF_INET6, PROTO_ICMPV6) => icmp::icmp(ctx, &pkt),
         _ => verdict(counter::PASS_VIP_OTHER_PROTO, XDP_PASS),
     }
+}
+
+/// An ICMP error to no VIP address: one about a NAT flow (from the
+/// backend's side) when NAT is on, translated to its client.
+#[inline(always)]
+fn nat_icmp_error(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    let cfg = maps::CONFIG.get(0)?;
+    if cfg.flags & CONFIG_F_NAT == 0 {
+        return None;
+    }
+    let icmp = ptr_at::<packet::IcmpHdr>(ctx, pkt.l4_off)?;
+    let ty = unsafe { (*icmp).ty };
+    // Destination unreachable (and "too big"), time exceeded.
+    let error = match (pkt.family, pkt.proto) {
+        (AF_INET, PROTO_ICMP) => ty == 3 || ty == 11,
+        (AF_INET6, PROTO_ICMPV6) => (1..=3).contains(&ty),
+        _ => false,
+    };
+    if !error {
+        return None;
+    }
+    nat_icmp::from_backend(ctx, pkt)
 }
 
 #[cfg(not(test))]

@@ -42,7 +42,7 @@ pub struct NatRange {
 
 /// The backend's port: its own, or the VIP's (`vport`, network order).
 #[inline(always)]
-fn backend_port(backend_id: u32, vport: u16) -> u16 {
+pub fn backend_port(backend_id: u32, vport: u16) -> u16 {
     match LIMITS.get(backend_id) {
         Some(l) if l.port != 0 => l.port,
         _ => vport,
@@ -51,7 +51,7 @@ fn backend_port(backend_id: u32, vport: u16) -> u16 {
 
 /// Source address `idx` of VIP `vip_id` for `family`.
 #[inline(always)]
-fn source_addr(vip_id: u32, family: u8, idx: u32) -> Option<[u32; 4]> {
+pub fn source_addr(vip_id: u32, family: u8, idx: u32) -> Option<[u32; 4]> {
     let fam = if family == AF_INET6 {
         NAT_ADDRS_PER_FAMILY
     } else {

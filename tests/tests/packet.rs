@@ -2747,3 +2747,126 @@ fn nat_times_each_handshake_and_counts_refusals_per_backend() {
     assert_eq!(s.refused, 1);
     assert_eq!(s.handshakes, if gid == id { 2 } else { 0 });
 }
+
+/// An ICMPv4 "fragmentation needed" (MTU 1400) from `src` to `dst`,
+/// between `smac` and `dmac`, quoting `quoted` (an IP header and 8 bytes).
+fn frag_needed(src: &str, dst: &str, smac: [u8; 6], dmac: [u8; 6], quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(ip4(src).octets(), ip4(dst).octets(), 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut out, quoted)
+        .unwrap();
+    out
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn nat_translates_icmp_errors_both_ways() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let lb = nat_setup(20000, 20999);
+    let f = Flow::tcp("192.0.2.1", 42000, "10.100.0.1", 80);
+    let syn = f.packet("S", b"");
+    let to_backend = lb.run(&syn).unwrap();
+    assert_eq!(to_backend.action, XDP_TX);
+    let be = addr_of(pick(&f, &[1, 2, 3])).to_string();
+    // A router on the backend's side: the SYN it got is too big. The
+    // client gets the error from the VIP, quoting its own SYN.
+    let err = frag_needed(&be, SNAT4, GATEWAY_MAC, LB_MAC, &to_backend.data[14..42]);
+    let out = lb.run(&err).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let want = frag_needed("10.100.0.1", "192.0.2.1", LB_MAC, CLIENT_MAC, &syn[14..42]);
+    assert_eq!(out.data, want, "to the client");
+    // The client's side: a reply it got (from the VIP) is too big. The
+    // backend gets the error from the source address, quoting its reply.
+    let reply = Flow {
+        src: ip(&be),
+        dst: ip(SNAT4),
+        sport: 8080,
+        dport: nat_port(&to_backend.data),
+        proto: PROTO_TCP,
+    }
+    .packet("SA", b"");
+    let to_client = lb.run(&reply).unwrap();
+    assert_eq!(to_client.action, XDP_TX);
+    let err = frag_needed(
+        "192.0.2.1",
+        "10.100.0.1",
+        CLIENT_MAC,
+        LB_MAC,
+        &to_client.data[14..42],
+    );
+    let out = lb.run(&err).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let want = frag_needed(SNAT4, &be, LB_MAC, GATEWAY_MAC, &reply[14..42]);
+    assert_eq!(out.data, want, "to the backend");
+    assert_eq!(lb.counter(counter::NAT_ICMP), 2);
+    // An error about no NAT flow: the host's.
+    let stray = frag_needed(&be, SNAT4, GATEWAY_MAC, LB_MAC, &reply[14..42]);
+    assert_eq!(lb.run(&stray).unwrap().action, XDP_PASS);
+}
+
+/// An ICMPv6 "packet too big" (MTU 1400) from `src` to `dst`, between
+/// `smac` and `dmac`, quoting `quoted` (an IPv6 header and 8 bytes).
+fn too_big6(src: &str, dst: &str, smac: [u8; 6], dmac: [u8; 6], quoted: &[u8]) -> Vec<u8> {
+    let (s, d): (Ipv6Addr, Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv6(s.octets(), d.octets(), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1400 })
+        .write(&mut out, quoted)
+        .unwrap();
+    out
+}
+
+#[test]
+fn nat_translates_icmpv6_errors_both_ways() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    let lb = nat_setup(20000, 20999);
+    let f = Flow::tcp("2001:db8::7", 42001, "fd00:100::1", 80);
+    let syn = f.packet("S", b"");
+    let to_backend = lb.run(&syn).unwrap();
+    assert_eq!(to_backend.action, XDP_TX, "{:?}", lb.counters());
+    let be = addr_of(pick(&f, &[10, 11])).to_string();
+    let err = too_big6(&be, SNAT6, GATEWAY_MAC, LB_MAC, &to_backend.data[14..62]);
+    let out = lb.run(&err).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let want = too_big6(
+        "fd00:100::1",
+        "2001:db8::7",
+        LB_MAC,
+        CLIENT_MAC,
+        &syn[14..62],
+    );
+    assert_eq!(out.data, want, "to the client");
+    let reply = Flow {
+        src: ip(&be),
+        dst: ip(SNAT6),
+        sport: 80,
+        dport: nat_port(&to_backend.data),
+        proto: PROTO_TCP,
+    }
+    .packet("SA", b"");
+    let to_client = lb.run(&reply).unwrap();
+    let err = too_big6(
+        "2001:db8::7",
+        "fd00:100::1",
+        CLIENT_MAC,
+        LB_MAC,
+        &to_client.data[14..62],
+    );
+    let out = lb.run(&err).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    let want = too_big6(SNAT6, &be, LB_MAC, GATEWAY_MAC, &reply[14..62]);
+    assert_eq!(out.data, want, "to the backend");
+    assert_eq!(lb.counter(counter::NAT_ICMP), 2);
+}

@@ -47,12 +47,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // No VIP on this (address, port, protocol): pass, with no map lookup
     // (unless NAT is on: it may be a backend's reply).
     let Some(bits) = vip_bits(pkt, ports.dst, cfg) else {
-        if cfg.flags & CONFIG_F_NAT != 0 {
-            if let Some(action) = crate::nat::reply(ctx, pkt, &ports, cfg, clock_ns(cfg)) {
-                return action;
-            }
-        }
-        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+        return not_vip(ctx, pkt, &ports, cfg);
     };
     let Some(key) = scratch_key(KEY_PACKET) else {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
@@ -78,7 +73,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let early = if pkt.proto == PROTO_UDP {
         match pick(key, cfg, bits, false, now) {
             Some(p) => Some(p),
-            None => return verdict(counter::PASS_NOT_VIP, XDP_PASS),
+            None => return not_vip(ctx, pkt, &ports, cfg),
         }
     } else {
         None
@@ -125,6 +120,20 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     action
 }
 
+/// A TCP or UDP packet to no VIP: passed, counted; with NAT on, first
+/// looked up as a backend's reply. Also where the VIP filter's bit was set
+/// by another (address, port, protocol): a reply's port may share a VIP's
+/// bit, and must still be found.
+#[inline(always)]
+fn not_vip(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config) -> u32 {
+    if cfg.flags & CONFIG_F_NAT != 0 {
+        if let Some(action) = crate::nat::reply(ctx, pkt, ports, cfg, clock_ns(cfg)) {
+            return action;
+        }
+    }
+    verdict(counter::PASS_NOT_VIP, XDP_PASS)
+}
+
 /// A new flow goes where the scheduler's pick (`None`: no VIP) says,
 /// remembered in the flow table unless the packet is a RST or this CPU is
 /// over its insert rate; a SYN on a 4-tuple the table knows keeps its
@@ -144,7 +153,7 @@ fn new_flow(
     tcp_flags: u8,
 ) -> Result<(Chosen<'static>, bool), u32> {
     let Some(p) = pick else {
-        return Err(verdict(counter::PASS_NOT_VIP, XDP_PASS));
+        return Err(not_vip(ctx, pkt, ports, cfg));
     };
     count(counter::FLOW_MISS);
     let Some(c) = schedule(&p) else {

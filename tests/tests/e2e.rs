@@ -1698,7 +1698,13 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
     let web8080: SocketAddr = format!("{VIP4}:8080").parse().unwrap();
     let n = 900;
     let (seen, failed) = spread_http(&t, web8080, n);
-    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
+    assert_eq!(
+        failed,
+        0,
+        "{seen:?}\n{}\n{}",
+        t.status_json().unwrap()["counters"],
+        t.log()
+    );
     assert_shares(&seen, &weights, n);
     let web6: SocketAddr = format!("[{VIP6}]:8080").parse().unwrap();
     let (seen6, failed) = spread_http(&t, web6, 300);
@@ -1765,7 +1771,12 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
         t.log()
     );
     let (seen, failed) = spread_http(&t, web8080, 200);
-    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{seen:?}\n{}",
+        t.status_json().unwrap()["counters"]
+    );
     let st = t.status_json().unwrap();
     let replies = st["counters"]["nat_reply"].as_u64().unwrap_or(0);
     assert!(replies > 2 * n as u64, "{st}");

@@ -2870,3 +2870,33 @@ fn nat_translates_icmpv6_errors_both_ways() {
     assert_eq!(out.data, want, "to the backend");
     assert_eq!(lb.counter(counter::NAT_ICMP), 2);
 }
+
+#[test]
+fn a_nat_reply_whose_port_shares_a_vips_filter_bit_is_still_translated() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // A source port whose (address, port, protocol) lands on the filter
+    // bit of the VIP 10.100.0.1:80/tcp: the reply passes the VIP filter,
+    // finds no VIP, and must still be taken for a reply.
+    let (snat, _) = addr_words(ip(SNAT4));
+    let vip_bit = vip_filter_bit(addr_words(ip("10.100.0.1")).0, 80u16.to_be(), PROTO_TCP, 2);
+    let port = (1..=u16::MAX)
+        .find(|p| vip_filter_bit(snat, p.to_be(), PROTO_TCP, 2) == vip_bit)
+        .expect("a port on the VIP's bit");
+    let lb = nat_setup(port, port);
+    let f = Flow::tcp("192.0.2.1", 43000, "10.100.0.1", 80);
+    let out = lb.run(&f.packet("S", b"")).unwrap();
+    assert_eq!(nat_port(&out.data), port);
+    let reply = Flow {
+        src: addr_of(pick(&f, &[1, 2, 3])),
+        dst: ip(SNAT4),
+        sport: 8080,
+        dport: port,
+        proto: PROTO_TCP,
+    }
+    .packet("SA", b"");
+    let out = lb.run(&reply).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    assert_eq!(lb.counter(counter::NAT_REPLY), 1);
+}

@@ -16,8 +16,8 @@ use crate::csum;
 use crate::maps::icmp_allowed;
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
-    ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports, UdpHdr, ETH_P_IP, ETH_P_IPV6, IPV4_LEN,
-    IPV6_LEN, OUTER_TTL,
+    ethertype, ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports, UdpHdr, ETH_P_IP, ETH_P_IPV6,
+    IPV4_LEN, IPV6_LEN, OUTER_TTL,
 };
 use crate::too_big;
 
@@ -129,12 +129,7 @@ fn forward_l2(
         Err(reason) => return dropped(reason),
     };
     let (dmac, smac, egress, ingress) = (nh.dmac, nh.smac, nh.egress, nh.ingress);
-    let ethertype = if pkt.family == AF_INET6 {
-        ETH_P_IPV6
-    } else {
-        ETH_P_IP
-    };
-    if write_eth(ctx, pkt, &dmac, &smac, ethertype).is_none() {
+    if write_eth(ctx, pkt, &dmac, &smac, ethertype(pkt)).is_none() {
         return dropped(counter::DROP_ADJUST_HEAD);
     }
     way_out(egress, ingress)

@@ -25,8 +25,7 @@ use crate::maps::{
 };
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
-    ptr_at, write_eth, EthHdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6, TCP_ACK, TCP_FIN, TCP_RST,
-    TCP_SYN,
+    ethertype, ptr_at, write_eth, EthHdr, Packet, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 /// Source ports tried for a new flow before it is dropped.
@@ -354,15 +353,6 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config, now: u
         Sent::Forwarded(action) => action,
         _ => crate::action::XDP_DROP,
     })
-}
-
-#[inline(always)]
-fn ethertype(pkt: &Packet) -> u16 {
-    if pkt.family == AF_INET6 {
-        ETH_P_IPV6
-    } else {
-        ETH_P_IP
-    }
 }
 
 /// The TCP flags of the packet (0 for UDP).

@@ -17,7 +17,7 @@ use crate::encap::way_out;
 use crate::maps::{NAT_FILTER, NAT_REPLIES, NAT_SCRATCH};
 use crate::nat::{backend_port, source_addr};
 use crate::nexthop::{next_hop, NextHopNeed};
-use crate::packet::{ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports, ETH_P_IP, ETH_P_IPV6};
+use crate::packet::{ethertype, ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports};
 
 /// Where the quoted packet is: its IP header, its ports, its protocol, and
 /// its addresses and ports as quoted.
@@ -160,15 +160,6 @@ pub fn to_backend(
     match way_out(egress, ingress) {
         Sent::Forwarded(action) => action,
         _ => XDP_DROP,
-    }
-}
-
-#[inline(always)]
-fn ethertype(pkt: &Packet) -> u16 {
-    if pkt.family == AF_INET6 {
-        ETH_P_IPV6
-    } else {
-        ETH_P_IP
     }
 }
 

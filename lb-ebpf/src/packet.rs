@@ -163,6 +163,16 @@ pub fn zeroed<T>(v: &mut core::mem::MaybeUninit<T>) -> &mut T {
     unsafe { v.assume_init_mut() }
 }
 
+/// The ethertype of the packet's family.
+#[inline(always)]
+pub fn ethertype(pkt: &Packet) -> u16 {
+    if pkt.family == lb_common::AF_INET6 {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IP
+    }
+}
+
 /// Rewrites the Ethernet header in front of the (new) IP header: MACs, the
 /// VLAN tag of `pkt` when it had one, and `ethertype`. `None` when the
 /// packet is shorter than that (only after a failed head adjustment).

@@ -97,6 +97,26 @@ fn assert_shares(seen: &BTreeMap<String, usize>, weights: &[u32], n: usize) {
     }
 }
 
+/// `n` short HTTP connections to `web` and `n` DNS queries (each from a
+/// source port of its own) to the `dns` VIP: every one answered, each
+/// spread by `weights`.
+fn assert_web_and_dns_spread(t: &Topology, web: SocketAddr, weights: &[u32], n: usize) {
+    let (seen, failed) = spread_http(t, web, n);
+    let counters = || {
+        t.status_json()
+            .map(|s| s["counters"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(failed, 0, "{seen:?}\n{}\n{}", counters(), t.log());
+    assert_shares(&seen, weights, n);
+    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
+    let (useen, ufailed) = in_ns(&t.client, move || {
+        tally(n, |i| udp_query(dns, 20000 + i as u16, T))
+    });
+    assert_eq!(ufailed, 0, "{useen:?}");
+    assert_shares(&useen, weights, n);
+}
+
 #[test]
 fn tcp_and_udp_spread_by_weight() {
     let weights = [1, 1, 2];
@@ -104,17 +124,7 @@ fn tcp_and_udp_spread_by_weight() {
         return;
     };
     t.start_daemon().unwrap();
-    let n = 3000;
-    let (seen, failed) = spread_http(&t, web(), n);
-    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
-    assert_shares(&seen, &weights, n);
-    // UDP over distinct source ports.
-    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
-    let (useen, ufailed) = in_ns(&t.client, move || {
-        tally(3000, |i| udp_query(dns, 20000 + i as u16, T))
-    });
-    assert_eq!(ufailed, 0, "{useen:?}");
-    assert_shares(&useen, &weights, 3000);
+    assert_web_and_dns_spread(&t, web(), &weights, 3000);
     let st = t.status_json().unwrap();
     let web = vip(&st, "web");
     assert!(web["new_flows"].as_u64().unwrap() >= 3000, "{web}");
@@ -1610,16 +1620,8 @@ fn l2_direct_return_and_gue_spread_by_weight_and_an_off_link_backend_is_refused(
     assert!(pool.contains("forwarding: gue"));
     t.write_pool(&pool).unwrap();
     t.start_daemon().unwrap();
-    let n = 1200;
-    let (seen, failed) = spread_http(&t, web(), n);
-    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
-    assert_shares(&seen, &weights, n);
+    assert_web_and_dns_spread(&t, web(), &weights, 1200);
     let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
-    let (useen, ufailed) = in_ns(&t.client, move || {
-        tally(n, |i| udp_query(dns, 20000 + i as u16, T))
-    });
-    assert_eq!(ufailed, 0, "{useen:?}");
-    assert_shares(&useen, &weights, n);
     // Without the backends' decapsulators, L2 direct return still serves
     // (nothing is tunnelled), and GUE does not (it is).
     t.remove_decap().unwrap();
@@ -1697,15 +1699,7 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
     t.start_daemon().unwrap();
     let web8080: SocketAddr = format!("{VIP4}:8080").parse().unwrap();
     let n = 900;
-    let (seen, failed) = spread_http(&t, web8080, n);
-    assert_eq!(
-        failed,
-        0,
-        "{seen:?}\n{}\n{}",
-        t.status_json().unwrap()["counters"],
-        t.log()
-    );
-    assert_shares(&seen, &weights, n);
+    assert_web_and_dns_spread(&t, web8080, &weights, n);
     let web6: SocketAddr = format!("[{VIP6}]:8080").parse().unwrap();
     let (seen6, failed) = spread_http(&t, web6, 300);
     assert_eq!(
@@ -1715,12 +1709,6 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
         t.status_json().unwrap()["counters"]
     );
     assert_eq!(seen6.len(), 3, "{seen6:?}");
-    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
-    let (useen, ufailed) = in_ns(&t.client, move || {
-        tally(n, |i| udp_query(dns, 20000 + i as u16, T))
-    });
-    assert_eq!(ufailed, 0, "{useen:?}");
-    assert_shares(&useen, &weights, n);
     // 20 long-lived connections through NAT, through a pool change and a
     // daemon SIGKILL and restart: the NAT state lives in pinned maps.
     let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();

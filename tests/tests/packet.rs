@@ -2786,14 +2786,7 @@ fn nat_translates_icmp_errors_both_ways() {
     assert_eq!(out.data, want, "to the client");
     // The client's side: a reply it got (from the VIP) is too big. The
     // backend gets the error from the source address, quoting its reply.
-    let reply = Flow {
-        src: ip(&be),
-        dst: ip(SNAT4),
-        sport: 8080,
-        dport: nat_port(&to_backend.data),
-        proto: PROTO_TCP,
-    }
-    .packet("SA", b"");
+    let reply = backend_reply(&be, SNAT4, 8080, nat_port(&to_backend.data));
     let to_client = lb.run(&reply).unwrap();
     assert_eq!(to_client.action, XDP_TX);
     let err = frag_needed(
@@ -2848,14 +2841,7 @@ fn nat_translates_icmpv6_errors_both_ways() {
         &syn[14..62],
     );
     assert_eq!(out.data, want, "to the client");
-    let reply = Flow {
-        src: ip(&be),
-        dst: ip(SNAT6),
-        sport: 80,
-        dport: nat_port(&to_backend.data),
-        proto: PROTO_TCP,
-    }
-    .packet("SA", b"");
+    let reply = backend_reply(&be, SNAT6, 80, nat_port(&to_backend.data));
     let to_client = lb.run(&reply).unwrap();
     let err = too_big6(
         "2001:db8::7",
@@ -2899,4 +2885,16 @@ fn a_nat_reply_whose_port_shares_a_vips_filter_bit_is_still_translated() {
     let out = lb.run(&reply).unwrap();
     assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
     assert_eq!(lb.counter(counter::NAT_REPLY), 1);
+}
+
+/// A backend's SYN-ACK from `be`:`bport` to a NAT source address and port.
+fn backend_reply(be: &str, snat: &str, bport: u16, port: u16) -> Vec<u8> {
+    Flow {
+        src: ip(be),
+        dst: ip(snat),
+        sport: bport,
+        dport: port,
+        proto: PROTO_TCP,
+    }
+    .packet("SA", b"")
 }

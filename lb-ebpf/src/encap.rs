@@ -23,7 +23,8 @@ use crate::too_big;
 
 /// Sends the packet to `backend` (slot `backend_id`, of VIP `vip_id`) as
 /// its VIP's forwarding mode says (the slot's flags). `hash`: the flow
-/// hash, or a NAT flow's `nat_info`.
+/// hash, or a NAT flow's `nat_info`; `tcp_flags` (0 for UDP and ICMP)
+/// mark a NAT flow's end.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
@@ -35,12 +36,15 @@ pub fn forward(
     vip_id: u32,
     hash: u32,
     now: u64,
+    tcp_flags: u8,
 ) -> Sent {
     if backend.flags & BACKEND_F_DSR_L2 != 0 {
         return forward_l2(ctx, pkt, cfg, backend_id, backend, now);
     }
     if backend.flags & BACKEND_F_NAT != 0 {
-        return crate::nat::forward_nat(ctx, pkt, cfg, backend_id, backend, vip_id, hash, now);
+        return crate::nat::forward_nat(
+            ctx, pkt, cfg, backend_id, backend, vip_id, hash, now, tcp_flags,
+        );
     }
     let outer_v6 = backend.family == AF_INET6;
     let Some(src) = outer_source(pkt, cfg, outer_v6, hash) else {

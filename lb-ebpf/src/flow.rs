@@ -47,7 +47,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // No VIP on this (address, port, protocol): pass, with no map lookup
     // (unless NAT is on: it may be a backend's reply).
     let Some(bits) = vip_bits(pkt, ports.dst, cfg) else {
-        return not_vip(ctx, pkt, &ports, cfg);
+        return not_vip(ctx, pkt, &ports, tcp_flags, cfg);
     };
     let Some(key) = scratch_key(KEY_PACKET) else {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
@@ -73,7 +73,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let early = if pkt.proto == PROTO_UDP {
         match pick(key, cfg, bits, false, now) {
             Some(p) => Some(p),
-            None => return not_vip(ctx, pkt, &ports, cfg),
+            None => return not_vip(ctx, pkt, &ports, tcp_flags, cfg),
         }
     } else {
         None
@@ -105,6 +105,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         c.vip_id,
         c.hash,
         now,
+        tcp_flags,
     ) {
         Sent::Forwarded(action) => action,
         Sent::Answered => return XDP_TX,
@@ -125,9 +126,9 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
 /// by another (address, port, protocol): a reply's port may share a VIP's
 /// bit, and must still be found.
 #[inline(always)]
-fn not_vip(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config) -> u32 {
+fn not_vip(ctx: &XdpContext, pkt: &Packet, ports: &Ports, tcp_flags: u8, cfg: &Config) -> u32 {
     if cfg.flags & CONFIG_F_NAT != 0 {
-        if let Some(action) = crate::nat::reply(ctx, pkt, ports, cfg, clock_ns(cfg)) {
+        if let Some(action) = crate::nat::reply(ctx, pkt, ports, tcp_flags, clock_ns(cfg)) {
             return action;
         }
     }
@@ -153,7 +154,7 @@ fn new_flow(
     tcp_flags: u8,
 ) -> Result<(Chosen<'static>, bool), u32> {
     let Some(p) = pick else {
-        return Err(not_vip(ctx, pkt, ports, cfg));
+        return Err(not_vip(ctx, pkt, ports, tcp_flags, cfg));
     };
     count(counter::FLOW_MISS);
     let Some(c) = schedule(&p) else {

@@ -97,7 +97,9 @@ fn steer(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     if backend.flags & lb_common::BACKEND_F_NAT != 0 {
         return crate::nat_icmp::to_backend(ctx, pkt, cfg, fv, backend, now);
     }
-    match forward(ctx, pkt, cfg, fv.backend, backend, fv.vip_id, fv.hash, now) {
+    match forward(
+        ctx, pkt, cfg, fv.backend, backend, fv.vip_id, fv.hash, now, 0,
+    ) {
         Sent::Forwarded(action) => verdict(counter::ICMP_STEERED, action),
         Sent::Answered => XDP_TX,
         Sent::Dropped => XDP_DROP,

@@ -174,6 +174,7 @@ pub fn forward_nat(
     vip_id: u32,
     info: u32,
     now: u64,
+    flags: u8,
 ) -> Sent {
     let (idx, port) = nat_parts(info);
     let Some(snat) = source_addr(vip_id, pkt.family, idx) else {
@@ -183,17 +184,21 @@ pub fn forward_nat(
         return dropped(counter::DROP_ADJUST_HEAD);
     };
     let bport = backend_port(backend_id, unsafe { (*ports).dst });
-    let flags = tcp_flags(ctx, pkt);
     if flags & (TCP_FIN | TCP_RST) != 0 {
-        note_end(
+        if let Some(v) = record(
+            &backend.addr,
             &snat,
-            port.to_be(),
-            backend,
             bport,
-            pkt,
-            flags,
-            NAT_F_FIN_CLIENT,
-        );
+            port.to_be(),
+            pkt.proto,
+            pkt.family,
+        ) {
+            v.flags |= if flags & TCP_RST != 0 {
+                NAT_F_RST
+            } else {
+                NAT_F_FIN_CLIENT
+            };
+        }
     }
     let nh = match next_hop(
         ctx,
@@ -217,26 +222,6 @@ pub fn forward_nat(
     way_out(egress, ingress)
 }
 
-/// Marks the end of a NAT flow (a FIN or RST) in its `NAT_REPLIES` entry.
-#[inline(always)]
-fn note_end(
-    snat: &[u32; 4],
-    port: u16,
-    backend: &Backend,
-    bport: u16,
-    pkt: &Packet,
-    tcp_flags: u8,
-    fin: u32,
-) {
-    if let Some(v) = record(snat, port, backend, bport, pkt) {
-        v.flags |= if tcp_flags & TCP_RST != 0 {
-            NAT_F_RST
-        } else {
-            fin
-        };
-    }
-}
-
 /// A NAT flow's record (`NAT_REPLIES`) for a new connection on its
 /// 4-tuple: no longer ended, its handshake timed from now.
 #[inline(always)]
@@ -257,56 +242,67 @@ pub fn reopen(
         return;
     };
     let bport = backend_port(backend_id, unsafe { (*ports).dst });
-    if let Some(v) = record(&snat, port.to_be(), backend, bport, pkt) {
+    if let Some(v) = record(
+        &backend.addr,
+        &snat,
+        bport,
+        port.to_be(),
+        pkt.proto,
+        pkt.family,
+    ) {
         v.flags = 0;
         v.last_seen_ns = now;
         v.syn_ns = unsafe { bpf_ktime_get_ns() };
     }
 }
 
-/// The `NAT_REPLIES` record of a NAT flow, found by its addresses and ports.
+/// The `NAT_REPLIES` record of a NAT flow, found by its reply's addresses,
+/// ports (network order), protocol and family.
 #[inline(always)]
-fn record(
+pub fn record(
+    backend: &[u32; 4],
     snat: &[u32; 4],
-    port: u16,
-    backend: &Backend,
     bport: u16,
-    pkt: &Packet,
+    port: u16,
+    proto: u8,
+    family: u8,
 ) -> Option<&'static mut NatValue> {
     let s = unsafe { &mut *NAT_SCRATCH.get_ptr_mut(0)? };
-    s.key.backend = backend.addr;
-    s.key.snat = *snat;
-    s.key.bport = bport;
-    s.key.port = port;
-    s.key.proto = pkt.proto;
-    s.key.family = pkt.family;
-    s.key._pad = [0; 2];
+    s.key = NatKey {
+        backend: *backend,
+        snat: *snat,
+        bport,
+        port,
+        proto,
+        family,
+        _pad: [0; 2],
+    };
     NAT_REPLIES.get_ptr_mut(&s.key).map(|v| unsafe { &mut *v })
+}
+
+/// Whether `addr` is a NAT source address for `proto` (`NAT_FILTER`: one
+/// load and a bit, for the host's other traffic).
+#[inline(always)]
+pub fn is_source(addr: [u32; 4], proto: u8, family: u8) -> bool {
+    let bit = vip_filter_bit(addr, 0, proto, family);
+    NAT_FILTER
+        .get(bit / 64)
+        .is_some_and(|w| *w & (1u64 << (bit % 64)) != 0)
 }
 
 /// A backend's reply to a NAT flow: back to the client, from the VIP.
 /// `None`: no NAT flow has these addresses and ports (not ours: passed).
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config, now: u64) -> Option<u32> {
+pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, flags: u8, now: u64) -> Option<u32> {
     if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
         return None;
     }
-    // Only to a NAT source address (one load and a bit, for the host's
-    // other traffic).
-    let bit = vip_filter_bit(pkt.dst, 0, pkt.proto, pkt.family);
-    if *NAT_FILTER.get(bit / 64)? & (1u64 << (bit % 64)) == 0 {
+    if !is_source(pkt.dst, pkt.proto, pkt.family) {
         return None;
     }
-    let s = unsafe { &mut *NAT_SCRATCH.get_ptr_mut(0)? };
-    s.key.backend = pkt.src;
-    s.key.snat = pkt.dst;
-    s.key.bport = ports.src;
-    s.key.port = ports.dst;
-    s.key.proto = pkt.proto;
-    s.key.family = pkt.family;
-    s.key._pad = [0; 2];
-    let v: &mut NatValue = unsafe { &mut *NAT_REPLIES.get_ptr_mut(&s.key)? };
-    let flags = tcp_flags(ctx, pkt);
+    let v = record(
+        &pkt.src, &pkt.dst, ports.src, ports.dst, pkt.proto, pkt.family,
+    )?;
     if flags & TCP_RST != 0 {
         v.flags |= NAT_F_RST;
     } else if flags & TCP_FIN != 0 {
@@ -329,18 +325,9 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config, now: u
     if now.saturating_sub(v.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
         v.last_seen_ns = now;
     }
-    let _ = cfg;
-    let client = v.client;
+    let c = &v.client;
     let (dmac, smac, egress) = (v.client_mac, v.our_mac, v.ifindex);
-    if rewrite(
-        ctx,
-        pkt,
-        &client.dst,
-        &client.src,
-        client.dport,
-        client.sport,
-    )
-    .is_none()
+    if rewrite(ctx, pkt, &c.dst, &c.src, c.dport, c.sport).is_none()
         || write_eth(ctx, pkt, &dmac, &smac, ethertype(pkt)).is_none()
     {
         return Some(crate::action::verdict(
@@ -353,18 +340,6 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, ports: &Ports, cfg: &Config, now: u
         Sent::Forwarded(action) => action,
         _ => crate::action::XDP_DROP,
     })
-}
-
-/// The TCP flags of the packet (0 for UDP).
-#[inline(always)]
-fn tcp_flags(ctx: &XdpContext, pkt: &Packet) -> u8 {
-    if pkt.proto != PROTO_TCP {
-        return 0;
-    }
-    match ptr_at::<[u8; 14]>(ctx, pkt.l4_off) {
-        Some(h) => unsafe { (*h)[13] },
-        None => 0,
-    }
 }
 
 /// Rewrites the packet's addresses and ports (network order) to these,

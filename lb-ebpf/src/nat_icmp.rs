@@ -7,15 +7,12 @@
 // scratch space, and a copy would not fit the stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    counter, nat_parts, vip_filter_bit, Backend, Config, FlowValue, NatKey, AF_INET6, PROTO_UDP,
-};
+use lb_common::{counter, nat_parts, Backend, Config, FlowValue, AF_INET6, PROTO_UDP};
 
 use crate::action::{count, dropped, verdict, Sent, XDP_DROP, XDP_PASS};
 use crate::csum;
 use crate::encap::way_out;
-use crate::maps::{NAT_FILTER, NAT_REPLIES, NAT_SCRATCH};
-use crate::nat::{backend_port, source_addr};
+use crate::nat::{backend_port, is_source, record, source_addr};
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{ethertype, ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports};
 
@@ -66,21 +63,10 @@ fn quoted(ctx: &XdpContext, pkt: &Packet) -> Option<Quoted> {
 pub fn from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
     let q = quoted(ctx, pkt)?;
     // Quoted: from the source address and port to the backend.
-    let bit = vip_filter_bit(q.src, 0, q.proto, pkt.family);
-    if *NAT_FILTER.get(bit / 64)? & (1u64 << (bit % 64)) == 0 {
+    if !is_source(q.src, q.proto, pkt.family) {
         return None;
     }
-    let s = unsafe { &mut *NAT_SCRATCH.get_ptr_mut(0)? };
-    s.key = NatKey {
-        backend: q.dst,
-        snat: q.src,
-        bport: q.dport,
-        port: q.sport,
-        proto: q.proto,
-        family: pkt.family,
-        _pad: [0; 2],
-    };
-    let v = unsafe { &*NAT_REPLIES.get_ptr_mut(&s.key)? };
+    let v = record(&q.dst, &q.src, q.dport, q.sport, q.proto, pkt.family)?;
     let c = v.client;
     let (dmac, smac, egress) = (v.client_mac, v.our_mac, v.ifindex);
     // Outer: from the VIP to the client; quoted: from the client to the VIP.

@@ -41,28 +41,16 @@ enum Cmd {
     Validate { file: PathBuf },
     /// Show every VIP and backend: health, weight, traffic, connections.
     Status {
-        #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
-        config: Option<PathBuf>,
-        /// Control socket (default /run/lb/lb0.sock, or the pool file's).
-        #[arg(long, conflicts_with = "instance")]
-        socket: Option<PathBuf>,
-        /// The instance whose daemon to ask (its socket /run/lb/NAME.sock).
-        #[arg(long)]
-        instance: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         #[arg(long)]
         json: bool,
     },
     /// A live view of every VIP and backend (rates, flows, health), refreshed
     /// every second; keys p/b/n/a sort, o file order, q quits.
     Top {
-        #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
-        config: Option<PathBuf>,
-        /// Control socket (default /run/lb/lb0.sock, or the pool file's).
-        #[arg(long, conflicts_with = "instance")]
-        socket: Option<PathBuf>,
-        /// The instance whose daemon to watch (its socket /run/lb/NAME.sock).
-        #[arg(long)]
-        instance: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Print this many frames, one a second, as plain text, and exit
         /// (the default when the output is not a terminal: 1).
         #[arg(long)]
@@ -72,13 +60,8 @@ enum Cmd {
     /// the node keeps forwarding what still arrives, until `--undo` or a
     /// restart (`announce.drain: true` in the pool file lasts).
     DrainNode {
-        #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
-        config: Option<PathBuf>,
-        /// Control socket (default /run/lb/lb0.sock, or the pool file's).
-        #[arg(long, conflicts_with = "instance")]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        instance: Option<String>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Announce again.
         #[arg(long)]
         undo: bool,
@@ -122,6 +105,21 @@ enum Cmd {
         #[arg(long)]
         ebpf_object: Option<PathBuf>,
     },
+}
+
+/// Which running daemon a command talks to: by pool file, control socket
+/// or instance name.
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The daemon's pool file (its control socket).
+    #[arg(long, short, conflicts_with_all = ["socket", "instance"])]
+    config: Option<PathBuf>,
+    /// Control socket (default /run/lb/lb0.sock, or the pool file's).
+    #[arg(long, conflicts_with = "instance")]
+    socket: Option<PathBuf>,
+    /// The instance whose daemon to ask (its socket /run/lb/NAME.sock).
+    #[arg(long)]
+    instance: Option<String>,
 }
 
 /// How `lb run` writes its log.
@@ -247,13 +245,8 @@ async fn real_main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Status {
-            config,
-            socket,
-            instance,
-            json,
-        } => {
-            let (sock, instance) = control_socket(config, socket, instance)?;
+        Cmd::Status { daemon: d, json } => {
+            let (sock, instance) = control_socket(d.config, d.socket, d.instance)?;
             let answer = match daemon::request(&sock, "status").await {
                 Ok(a) => a,
                 Err(e) if e.is::<daemon::Denied>() => return Err(e),
@@ -275,21 +268,14 @@ async fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Top {
-            config,
-            socket,
-            instance,
+            daemon: d,
             iterations,
         } => {
-            let (sock, _) = control_socket(config, socket, instance)?;
+            let (sock, _) = control_socket(d.config, d.socket, d.instance)?;
             top(&sock, iterations).await
         }
-        Cmd::DrainNode {
-            config,
-            socket,
-            instance,
-            undo,
-        } => {
-            let (sock, _) = control_socket(config, socket, instance)?;
+        Cmd::DrainNode { daemon: d, undo } => {
+            let (sock, _) = control_socket(d.config, d.socket, d.instance)?;
             let answer = daemon::request(&sock, if undo { "undrain" } else { "drain" }).await?;
             let v: serde_json::Value =
                 serde_json::from_str(&answer).context("reading the daemon's answer")?;

@@ -50,6 +50,17 @@ const SIZES: Sizes = Sizes {
     persist: 1 << 18,
 };
 
+/// `SIZES`, with the flow table (and NAT's reply table, the same size) of
+/// `LB_BENCH_FLOWS` entries when set: `LB_BENCH_FLOWS=1048576` measures
+/// at the default production size, where the tables no longer sit in cache.
+fn sizes() -> Sizes {
+    let flows = std::env::var("LB_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SIZES.flows);
+    Sizes { flows, ..SIZES }
+}
+
 const KEY: [u64; 2] = [0x5eed_0123_4567_89ab, 0x0ddb_a11c_afe0_f00d];
 const SRC_V4: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 0);
 const SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x255, 0, 0, 0, 0, 0, 0);
@@ -166,9 +177,9 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "  sizes       ring {}, flows {}, 6 TCP VIPs (maglev, random, source_hash, round_robin, persistence, max_connections) with {} backends, least connections with 100 (2 choices) and 16 (exact), dsr_l2 and gue VIPs with 3, 1 UDP VIP; gateway MAC set (FIB fallback)",
+        "  sizes       ring {}, flows {}, 6 TCP VIPs (maglev, random, source_hash, round_robin, persistence, max_connections) with {} backends, least connections with 100 (2 choices) and {EXACT_POOL} (exact), dsr_l2 and gue VIPs with 3, 1 UDP VIP; gateway MAC set (FIB fallback)",
         SIZES.ring_size,
-        SIZES.flows,
+        sizes().flows,
         BACKENDS.len()
     );
     println!();
@@ -264,7 +275,7 @@ struct Side {
 
 impl Side {
     fn load(label: &'static str, object: &std::path::Path, cap: bool) -> Result<Side> {
-        let mut lb = Balancer::load_object(object, SIZES)
+        let mut lb = Balancer::load_object(object, sizes())
             .with_context(|| format!("loading lb_xdp from {}", object.display()))?;
         configure(&mut lb, cap).context("filling the balancer's maps")?;
         Ok(Side {

@@ -24,6 +24,9 @@ pub const LB4: &str = "10.10.0.2";
 pub const LB6: &str = "fd10::2";
 pub const LB4_2: &str = "10.10.0.3";
 pub const LB6_2: &str = "fd10::3";
+/// The balancer's addresses on the backends' network of `two_armed`.
+pub const LB4_BACK: &str = "10.20.0.2";
+pub const LB6_BACK: &str = "fd20::2";
 
 #[derive(Clone, Debug)]
 pub struct Host {
@@ -49,6 +52,9 @@ pub struct Topology {
     /// when the peer veth runs XDP too (with GRO alone, the peer's NAPI is
     /// woken late and frames wait up to ~200 ms).
     _peer_xdp: Option<aya::Ebpf>,
+    /// `lb_pass` on the switch side of the balancer's second interface,
+    /// when `two_armed` made one.
+    _peer_xdp_back: Option<aya::Ebpf>,
     /// The second balancer, when a test adds one.
     pub lb2: Option<String>,
     daemon2: Option<Child>,
@@ -126,6 +132,7 @@ impl Topology {
             servers: Vec::new(),
             daemon: None,
             _peer_xdp: None,
+            _peer_xdp_back: None,
             lb2: None,
             daemon2: None,
             _peer_xdp2: None,
@@ -158,11 +165,6 @@ impl Topology {
 
     /// Makes namespace `ns`, joined to the switch as host `i` of the tag.
     fn add_host(&self, i: usize, ns: &str, v4: &str, v6: &str) -> Result<()> {
-        let (a, b, sw) = (
-            format!("{}{}a", self.tag, i),
-            format!("{}{}b", self.tag, i),
-            &self.sw,
-        );
         // No duplicate address detection: a fresh link-local address is
         // tentative for a second or two, and a backend answering from a
         // VIP on lo solicits its client's MAC from that link-local, so
@@ -170,16 +172,64 @@ impl Topology {
         sh(&format!(
             "ip netns add {ns} \
              && ip netns exec {ns} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-             && ip link add {a} type veth peer name {b} \
-             && ip link set {a} netns {ns} && ip -n {ns} link set {a} name eth0 \
-             && ip netns exec {ns} sysctl -qw net.ipv6.conf.eth0.accept_dad=0 \
-             && ip link set {b} netns {sw} && ip -n {sw} link set {b} master br0 && ip -n {sw} link set {b} up \
-             && ip -n {ns} link set lo up && ip -n {ns} link set eth0 up \
-             && ip -n {ns} addr add {v4}/24 dev eth0 && ip -n {ns} addr add {v6}/64 dev eth0 nodad \
-             && ip netns exec {ns} ethtool -K eth0 rx off tx off >/dev/null \
+             && ip -n {ns} link set lo up"
+        ))
+        .with_context(|| format!("setting up namespace {ns}"))?;
+        self.plug(&format!("{}{}", self.tag, i), ns, "eth0", "br0", v4, v6)
+    }
+
+    /// Joins namespace `ns` to bridge `br` of the switch: interface
+    /// `iface` (a veth whose switch side is `{veth}b`) with `v4`/24 and `v6`/64.
+    fn plug(&self, veth: &str, ns: &str, iface: &str, br: &str, v4: &str, v6: &str) -> Result<()> {
+        let (a, b, sw) = (format!("{veth}a"), format!("{veth}b"), &self.sw);
+        sh(&format!(
+            "ip link add {a} type veth peer name {b} \
+             && ip link set {a} netns {ns} && ip -n {ns} link set {a} name {iface} \
+             && ip netns exec {ns} sysctl -qw net.ipv6.conf.{iface}.accept_dad=0 \
+             && ip link set {b} netns {sw} && ip -n {sw} link set {b} master {br} && ip -n {sw} link set {b} up \
+             && ip -n {ns} link set {iface} up \
+             && ip -n {ns} addr add {v4}/24 dev {iface} && ip -n {ns} addr add {v6}/64 dev {iface} nodad \
+             && ip netns exec {ns} ethtool -K {iface} rx off tx off >/dev/null \
              && ip netns exec {sw} ethtool -K {b} gro on >/dev/null"
         ))
-        .with_context(|| format!("setting up namespace {ns}"))
+        .with_context(|| format!("joining {ns} to {br}"))
+    }
+
+    /// Makes the topology two-armed: the backends move to a network of
+    /// their own, 10.20.0.0/24 and fd20::/64 on bridge br1, that the
+    /// balancer reaches through a second interface, eth1 (`LB4_BACK`,
+    /// `LB6_BACK`). The backends lose eth0, and with it every way to the
+    /// client: each reply must pass the balancer. Call before starting
+    /// the daemon, after `strip_backends` (this is NAT's topology).
+    pub fn two_armed(&mut self) -> Result<()> {
+        let (sw, lb, tag) = (self.sw.clone(), self.lb.clone(), self.tag.clone());
+        sh(&format!(
+            "ip -n {sw} link add br1 type bridge && ip -n {sw} link set br1 up"
+        ))?;
+        self.plug(&format!("{tag}L"), &lb, "eth1", "br1", LB4_BACK, LB6_BACK)?;
+        let peer = format!("{tag}Lb");
+        self._peer_xdp_back = Some(
+            in_ns(&sw, move || attach_pass(&peer))
+                .context("attaching lb_pass to the balancer's second veth peer")?,
+        );
+        for i in 0..self.backends.len() {
+            let (v4, v6) = (
+                Ipv4Addr::new(10, 20, 0, 11 + i as u8),
+                format!("fd20::{}", 11 + i).parse::<Ipv6Addr>()?,
+            );
+            let ns = self.backends[i].ns.clone();
+            sh(&format!("ip -n {ns} link del eth0"))?;
+            self.plug(
+                &format!("{tag}B{i}"),
+                &ns,
+                "eth1",
+                "br1",
+                &v4.to_string(),
+                &v6.to_string(),
+            )?;
+            (self.backends[i].v4, self.backends[i].v6) = (v4, v6);
+        }
+        Ok(())
     }
 
     /// Makes a balancer host `ns` (forwarding on, XDP on its switch port)

@@ -1780,3 +1780,49 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
         assert_eq!(b["refused"], 0, "{b}");
     }
 }
+
+#[test]
+fn nat_two_armed_clients_and_backends_on_separate_interfaces() {
+    // Clients on eth0, backends on a network of their own behind eth1:
+    // a new flow leaves by the other interface (a redirect), and each
+    // reply is sent back out of the interface its flow came in on.
+    let weights = [1, 1, 2];
+    let Some(mut t) = topo("e2n2", &weights) else {
+        return;
+    };
+    t.strip_backends().unwrap();
+    t.two_armed().unwrap();
+    let hosts: Vec<_> = t
+        .backends
+        .iter()
+        .zip(weights)
+        .map(|(h, w)| (h, w, "active"))
+        .collect();
+    let pool =
+        pool_yaml(&t.tag, &t.dir, &hosts).replace("interfaces: [eth0]", "interfaces: [eth0, eth1]");
+    let pool = natted(&pool, "web", LB4_BACK, 8080, 80);
+    let pool = natted(&pool, "web6", LB6_BACK, 8080, 80);
+    let pool = natted(&pool, "dns", LB4_BACK, 53, 53);
+    t.write_pool(&pool).unwrap();
+    t.start_daemon().unwrap();
+    let web8080: SocketAddr = format!("{VIP4}:8080").parse().unwrap();
+    let n = 600;
+    assert_web_and_dns_spread(&t, web8080, &weights, n);
+    let web6: SocketAddr = format!("[{VIP6}]:8080").parse().unwrap();
+    let (seen6, failed) = spread_http(&t, web6, 300);
+    assert_eq!(failed, 0, "{seen6:?}");
+    assert_eq!(seen6.len(), 3, "{seen6:?}");
+    let st = t.status_json().unwrap();
+    let c = &st["counters"];
+    // Every forwarded packet and every reply changed interface: each was
+    // redirected, none left by the one it came in on (zero counters are
+    // left out of the report).
+    let n_of = |name: &str| c[name].as_u64().unwrap_or(0);
+    assert_eq!(n_of("tx"), 0, "{c}");
+    assert!(n_of("nat_reply") > 2 * n as u64, "{c}");
+    assert_eq!(
+        n_of("redirect"),
+        n_of("new_flow") + n_of("flow_hit") + n_of("nat_reply"),
+        "{c}"
+    );
+}

@@ -66,7 +66,11 @@ pub mod counter {
     /// An ICMP error about a NAT flow, translated and sent on (to the
     /// client, or to the backend).
     pub const NAT_ICMP: u32 = 35;
-    pub const COUNT: u32 = 36;
+    /// A packet of a stateless VIP, forwarded with no flow-table lookup.
+    pub const STATELESS: u32 = 36;
+    /// ... of those, sent with the slot's previous backend named.
+    pub const STATELESS_PREV: u32 = 37;
+    pub const COUNT: u32 = 38;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -106,6 +110,8 @@ pub mod counter {
         "drop_nat_no_port",
         "nat_port_reused",
         "nat_icmp",
+        "stateless",
+        "stateless_prev",
     ];
 }
 
@@ -129,7 +135,16 @@ pub mod decap_counter {
     /// has (or a fragment): it would reach another service past the
     /// balancer.
     pub const DROP_NOT_SERVICE: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Stateless VIPs: a TCP packet (not a SYN) of no connection of this
+    /// host, passed on to the previous backend its GUE header names.
+    pub const CHAIN_PASSED: u32 = 9;
+    /// Stateless VIPs: delivered here because this host has the connection
+    /// (with a previous backend named, so it was looked up).
+    pub const CHAIN_LOCAL: u32 = 10;
+    /// Stateless VIPs: passed on, but the previous backend's MAC is not
+    /// known here: the rewritten packet went to the kernel to forward.
+    pub const CHAIN_TO_KERNEL: u32 = 11;
+    pub const COUNT: u32 = 12;
     pub const NAMES: [&str; COUNT as usize] = [
         "decapsulated",
         "pass_not_tunnel",
@@ -140,5 +155,8 @@ pub mod decap_counter {
         "ecn_ce_copied",
         "drop_ecn",
         "drop_not_service",
+        "chain_passed",
+        "chain_local",
+        "chain_to_kernel",
     ];
 }

@@ -146,6 +146,16 @@ impl VipFilter {
         (self.words.clone(), entries)
     }
 
+    /// Word `w` of `STATELESS_FILTER`: the bits of the stateless VIPs.
+    pub fn stateless_word(&self, w: u32) -> u64 {
+        self.vips
+            .iter()
+            .filter(|(_, i)| i.flags & crate::VIP_F_STATELESS != 0)
+            .map(|(k, _)| Self::bit(k))
+            .filter(|b| b / 64 == w)
+            .fold(0, |acc, b| acc | 1 << (b % 64))
+    }
+
     /// The filter as it should be, word by word.
     pub fn words(&self) -> &[u64] {
         &self.words

@@ -76,18 +76,38 @@ pub mod maps {
     /// 0, proto, family)` of every NAT source address, for TCP and UDP: a
     /// packet to no VIP is looked up in `NAT_REPLIES` only if its bit is set.
     pub const NAT_FILTER: &str = "NAT_FILTER";
+    /// `Array<u64>` (mmapable) of `ring_size` entries per stateless VIP
+    /// (`VipInfo::chain_idx`): each slot's previous backend and the
+    /// second it changed (`chain_entry`).
+    pub const CHAINS: &str = "CHAINS";
+    /// `Array<u64>` of `VIP_FILTER_WORDS`: the `vip_filter_bit` of every
+    /// stateless VIP, so `lb_xdp` hands their packets to `lb_stateless`.
+    /// Derived from `VIPS` like `VIP_FILTER`, not pinned.
+    pub const STATELESS_FILTER: &str = "STATELESS_FILTER";
+    /// `ProgramArray`: `lb_stateless` at `PROG_STATELESS`, `lb_xdp` at
+    /// `PROG_BALANCER` (filled at load, not pinned).
+    pub const PROGS: &str = "PROGS";
 }
+
+/// `PROGS` index of `lb_stateless`.
+pub const PROG_STATELESS: u32 = 0;
+/// `PROGS` index of `lb_xdp` (for a packet `lb_stateless` finds is not
+/// for a stateless VIP: another VIP shares its filter bit).
+pub const PROG_BALANCER: u32 = 1;
 
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Program names in the object file.
 pub mod progs {
     pub const BALANCER: &str = "lb_xdp";
     pub const DECAP: &str = "lb_decap";
     pub const PASS: &str = "lb_pass";
+    /// Stateless VIPs' packets, tail-called from `lb_xdp` (its own
+    /// verifier budget).
+    pub const STATELESS: &str = "lb_stateless";
     /// Writes `bpf_jiffies64()` and `bpf_ktime_get_ns()` (little-endian
     /// `u64`s) into the first 16 bytes of its input: run by `calibrate_clock`.
     pub const CLOCK: &str = "lb_clock";
@@ -220,7 +240,9 @@ pub struct VipInfo {
     /// NAT: how many source addresses the VIP has in `NAT_ADDRS`, IPv4 in
     /// the low nibble, IPv6 in the high one.
     pub nat_addrs: u8,
-    pub _pad: u8,
+    /// Stateless VIPs (`VIP_F_STATELESS`): which `ring_size` entries of
+    /// `CHAINS` are the VIP's (index).
+    pub chain_idx: u8,
     /// `scheduler::ROUND_ROBIN` and `LEAST_CONN_EXACT`: how many slots of
     /// the active table the sequence fills (0: no backend).
     pub seq_len: u32,
@@ -237,6 +259,9 @@ const _: () = assert!(core::mem::size_of::<VipInfo>() == 24);
 /// `VipInfo::flags`: the VIP's flows are counted per backend (`LOADS`),
 /// for least connections or a connection limit.
 pub const VIP_F_COUNT: u8 = 1;
+/// `VipInfo::flags`: no flow table; every packet is hashed to its slot and
+/// sent with the slot's previous backend (`CHAINS`) in a GUE header.
+pub const VIP_F_STATELESS: u8 = 2;
 
 /// An address alone (for ICMP and fragment policy, and the decapsulator).
 #[repr(C)]
@@ -365,8 +390,12 @@ pub struct Config {
     /// idle, or `nat_closed_timeout_ns` after it closed (`nat_closed`).
     pub nat_tcp_timeout_ns: u64,
     pub nat_closed_timeout_ns: u64,
+    /// Stateless VIPs: a slot's previous backend is sent along for this
+    /// many seconds after the slot changed.
+    pub chain_window_s: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<Config>() == 128);
 
 /// `Config::flags`: `gateway_mac` is set.
 pub const CONFIG_F_GATEWAY_MAC: u32 = 1;
@@ -380,6 +409,9 @@ pub const CONFIG_F_ANY_PORT: u32 = 8;
 /// `Config::flags`: some VIP forwards by NAT, so TCP and UDP to no VIP may
 /// be a backend's reply (`NAT_REPLIES`).
 pub const CONFIG_F_NAT: u32 = 16;
+/// `Config::flags`: some VIP is stateless (`VIP_F_STATELESS`), so a TCP
+/// packet's VIP is looked up before the flow table.
+pub const CONFIG_F_STATELESS: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -521,6 +553,8 @@ pub struct MapSizes {
     pub flows: u32,
     /// Entries of `PERSIST`.
     pub persist: u32,
+    /// Stateless VIPs `CHAINS` has room for.
+    pub stateless_vips: u32,
 }
 
 /// Sets the balancer's map sizes on a loader.
@@ -540,6 +574,7 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
         .map_max_entries(maps::LIMITS, s.max_backends)
         .map_max_entries(maps::PERSIST, s.persist)
         .map_max_entries(maps::NAT_REPLIES, s.flows)
+        .map_max_entries(maps::CHAINS, s.stateless_vips.max(1) * s.ring_size)
         .map_max_entries(
             maps::NAT_ADDRS,
             s.max_vips * 2 * crate::NAT_ADDRS_PER_FAMILY,

@@ -11,6 +11,7 @@
 //! - [`load`]: connection counts, limits and persistence.
 //! - [`nat`]: full NAT's reply table and flow encoding.
 //! - [`ring`]: how Maglev tables are packed into `RINGS`.
+//! - [`chain`]: stateless VIPs' previous backends and their GUE header.
 //! - [`hash`]: the keyed flow hash.
 //! - [`filter`]: the VIP filter and index.
 //! - [`clock`]: the data path's clock and its calibration.
@@ -21,6 +22,7 @@
 #[cfg(any(feature = "user", test))]
 extern crate std;
 
+pub mod chain;
 pub mod clock;
 pub mod counters;
 pub mod filter;
@@ -30,6 +32,7 @@ pub mod load;
 pub mod nat;
 pub mod ring;
 
+pub use chain::*;
 pub use clock::*;
 pub use counters::*;
 pub use filter::*;

@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    decap_counter, AddrKey, DecapSource, VipKey, AF_INET, AF_INET6, PROTO_IPIP, PROTO_IPV6,
-    PROTO_TCP, PROTO_UDP,
+    chain_hlen, chain_len, decap_counter, AddrKey, DecapSource, GueChain, VipKey, AF_INET,
+    AF_INET6, CHAIN_KIND, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::packet::{
@@ -44,7 +44,7 @@ static DECAP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(decap_co
 static DECAP_GUE: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn pass(idx: u32) -> u32 {
+pub fn pass(idx: u32) -> u32 {
     if let Some(p) = DECAP_COUNTERS.get_ptr_mut(idx) {
         unsafe { *p += 1 };
     }
@@ -72,14 +72,17 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
         return pass(decap_counter::PASS_NOT_TUNNEL);
     }
     // GUE: UDP to the configured port, the IP packet right after the UDP
-    // header (variant 1: its version nibble says which).
-    let (outer_len, inner_proto) = if inner_proto == PROTO_UDP {
-        match gue_inner(&ctx, l2_len + outer_len) {
-            Some(p) => (outer_len + size_of::<[u16; 4]>(), p),
+    // header (variant 1: its version nibble says which), or after a GUE
+    // header (variant 0: a stateless VIP's, naming the previous backend).
+    let ip_len = outer_len;
+    let (outer_len, inner_proto, chained) = if inner_proto == PROTO_UDP {
+        let outer_v6 = ethertype == ETH_P_IPV6;
+        match gue_inner(&ctx, l2_len + outer_len, outer_v6) {
+            Some((p, gue_len)) => (outer_len + size_of::<[u16; 4]>() + gue_len, p, gue_len != 0),
             None => return pass(decap_counter::PASS_NOT_TUNNEL),
         }
     } else {
-        (outer_len, inner_proto)
+        (outer_len, inner_proto, false)
     };
     // Inner destination must be one of our VIPs: its address (else the
     // tunnel is not ours: passed), then its port and protocol (else it
@@ -142,13 +145,28 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     if DECAP_SOURCES.get(&src).is_none() {
         return drop(decap_counter::DROP_SOURCE);
     }
+    // A stateless VIP's packet of a connection this host does not have:
+    // on to the previous backend.
+    if chained && proto == PROTO_TCP {
+        let at = crate::decap_chain::At {
+            l2_len,
+            ip_len,
+            inner,
+            l4_off,
+        };
+        if let Some(action) = crate::decap_chain::pass_on(&ctx, &at, key.family) {
+            return action;
+        }
+    }
     strip(&ctx, l2_len, outer_len, inner_ethertype, outer_ecn)
 }
 
-/// The protocol of a GUE packet's inner IP packet, when the UDP header at
-/// `off` goes to the GUE port and the payload starts with IPv4 or IPv6.
+/// The protocol of a GUE packet's inner IP packet and the length of its
+/// GUE header, when the UDP header at `off` goes to the GUE port: variant
+/// 1 (no GUE header: the payload starts with IPv4 or IPv6), or variant 0
+/// with a stateless VIP's header (`GueChain`) sized for the outer family.
 #[inline(always)]
-fn gue_inner(ctx: &XdpContext, off: usize) -> Option<u8> {
+fn gue_inner(ctx: &XdpContext, off: usize, outer_v6: bool) -> Option<(u8, usize)> {
     let port = *DECAP_GUE.get(0)?;
     // Source port, destination port, length, checksum; then the first byte.
     let udp = unsafe { &*ptr_at::<[u16; 5]>(ctx, off)? };
@@ -156,8 +174,16 @@ fn gue_inner(ctx: &XdpContext, off: usize) -> Option<u8> {
         return None;
     }
     match (u16::from_be(udp[4]) >> 12) as u8 {
-        4 => Some(PROTO_IPIP),
-        6 => Some(PROTO_IPV6),
+        4 => return Some((PROTO_IPIP, 0)),
+        6 => return Some((PROTO_IPV6, 0)),
+        _ => {}
+    }
+    let h = unsafe { &*ptr_at::<GueChain>(ctx, off + size_of::<[u16; 4]>())? };
+    if h.ver_hlen != chain_hlen(outer_v6) || h.kind != CHAIN_KIND || h.flags != 0 {
+        return None;
+    }
+    match h.proto {
+        PROTO_IPIP | PROTO_IPV6 => Some((h.proto, chain_len(outer_v6))),
         _ => None,
     }
 }

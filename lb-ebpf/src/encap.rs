@@ -7,13 +7,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    counter, Backend, Config, AF_INET, AF_INET6, BACKEND_F_DSR_L2, BACKEND_F_GUE, BACKEND_F_NAT,
-    CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    chain_hlen, chain_len, counter, Backend, Config, GueChain, AF_INET, AF_INET6, BACKEND_F_DSR_L2,
+    BACKEND_F_GUE, BACKEND_F_NAT, CHAIN_F_PREV, CHAIN_KIND, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
+    NO_BACKEND, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 
 use crate::action::{count, dropped, verdict, Sent, XDP_TX};
 use crate::csum;
-use crate::maps::icmp_allowed;
+use crate::maps::{icmp_allowed, BACKENDS};
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
     ethertype, ptr_at, write_eth, Ipv4Hdr, Ipv6Hdr, Packet, Ports, UdpHdr, ETH_P_IP, ETH_P_IPV6,
@@ -46,13 +47,43 @@ pub fn forward(
             ctx, pkt, cfg, backend_id, backend, vip_id, hash, now, tcp_flags,
         );
     }
+    encapsulate(ctx, pkt, cfg, backend_id, backend, hash, now, None)
+}
+
+/// A stateless VIP's previous backend for the GUE header: its slot
+/// (`NO_BACKEND`: none) and the seconds since its slot changed.
+#[derive(Clone, Copy)]
+pub struct Chain {
+    pub prev: u32,
+    pub age_s: u16,
+}
+
+/// Encapsulates the packet to `backend`: IPIP / IP6IP6 / 4in6, inside UDP
+/// for GUE; with `chain` (a stateless VIP), always GUE, its header
+/// naming the previous backend.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &Config,
+    backend_id: u32,
+    backend: &Backend,
+    hash: u32,
+    now: u64,
+    chain: Option<Chain>,
+) -> Sent {
     let outer_v6 = backend.family == AF_INET6;
     let Some(src) = outer_source(pkt, cfg, outer_v6, hash) else {
         return dropped(counter::DROP_NO_SOURCE);
     };
-    let gue = backend.flags & BACKEND_F_GUE != 0;
+    let gue = chain.is_some() || backend.flags & BACKEND_F_GUE != 0;
     let ip_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
-    let hdr_len = ip_len + if gue { UDP_LEN } else { 0 };
+    let gue_len = match chain {
+        Some(_) => chain_len(outer_v6),
+        None => 0,
+    };
+    let hdr_len = ip_len + if gue { UDP_LEN + gue_len } else { 0 };
     let outer_len = pkt.ip_len + hdr_len;
     let need = NextHopNeed::Routed;
     let nh = match next_hop(ctx, pkt, cfg, backend_id, backend, &src, now, need) {
@@ -89,8 +120,13 @@ pub fn forward(
     } else {
         write_outer_v4(ctx, pkt, src[0], backend, hash, proto, outer_len)
     };
-    if written.is_none() || (gue && write_gue(ctx, pkt, ip_len, cfg, hash).is_none()) {
+    if written.is_none() || (gue && write_gue(ctx, pkt, ip_len, cfg, hash, gue_len).is_none()) {
         return dropped(counter::DROP_ADJUST_HEAD);
+    }
+    if let Some(c) = chain {
+        if write_chain(ctx, pkt, ip_len + UDP_LEN, outer_v6, c).is_none() {
+            return dropped(counter::DROP_ADJUST_HEAD);
+        }
     }
     way_out(egress, ingress)
 }
@@ -147,14 +183,49 @@ const UDP_LEN: usize = core::mem::size_of::<UdpHdr>();
 /// port from the flow hash (in 49152..=65535), so that backends' receive-side
 /// scaling spreads the flows; checksum 0 (the inner packet has its own).
 #[inline(always)]
-fn write_gue(ctx: &XdpContext, pkt: &Packet, ip_len: usize, cfg: &Config, hash: u32) -> Option<()> {
+fn write_gue(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    ip_len: usize,
+    cfg: &Config,
+    hash: u32,
+    gue_len: usize,
+) -> Option<()> {
     let udp = unsafe { &mut *ptr_at::<UdpHdr>(ctx, pkt.l2_len + ip_len)? };
     udp.ports = Ports {
         src: (0xc000 | (hash ^ (hash >> 16)) as u16 & 0x3fff).to_be(),
         dst: cfg.gue_port,
     };
-    udp.len = ((pkt.ip_len + UDP_LEN) as u16).to_be();
+    udp.len = ((pkt.ip_len + UDP_LEN + gue_len) as u16).to_be();
     udp.check = 0;
+    Some(())
+}
+
+/// A stateless VIP's GUE header (`GueChain`, then the previous backend's
+/// address in the outer family, zero for none), `off` bytes after the
+/// Ethernet header.
+#[inline(always)]
+fn write_chain(ctx: &XdpContext, pkt: &Packet, off: usize, outer_v6: bool, c: Chain) -> Option<()> {
+    let off = pkt.l2_len + off;
+    let h = unsafe { &mut *ptr_at::<GueChain>(ctx, off)? };
+    h.ver_hlen = chain_hlen(outer_v6);
+    h.proto = inner_proto(pkt);
+    h.flags = 0;
+    h.kind = CHAIN_KIND;
+    let prev = if c.prev == NO_BACKEND {
+        None
+    } else {
+        BACKENDS.get(c.prev)
+    };
+    h.chain_flags = if prev.is_some() { CHAIN_F_PREV } else { 0 };
+    h.age_s = c.age_s.to_be();
+    let addr = prev.map_or([0u32; 4], |b| b.addr);
+    let off = off + core::mem::size_of::<GueChain>();
+    if outer_v6 {
+        unsafe { *ptr_at::<[u32; 4]>(ctx, off)? = addr };
+    } else {
+        unsafe { *ptr_at::<u32>(ctx, off)? = addr[0] };
+    }
     Some(())
 }
 

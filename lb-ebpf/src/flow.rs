@@ -5,11 +5,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
+use core::intrinsics::unlikely;
 use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_NAT,
-    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_NAT, FLOW_COUNTS, FLOW_FLAGS, FLOW_OPEN,
-    FLOW_PENDING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_NAT, CONFIG_F_STATELESS, FLOW_COUNTS, FLOW_FLAGS,
+    FLOW_OPEN, FLOW_PENDING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
     SYN_RETRANSMIT_MIN_NS,
 };
 
@@ -49,18 +50,18 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let Some(bits) = vip_bits(pkt, ports.dst, cfg) else {
         return not_vip(ctx, pkt, &ports, tcp_flags, cfg);
     };
-    let Some(key) = scratch_key(KEY_PACKET) else {
+    let Some(key) = packet_key(pkt, &ports) else {
         return verdict(counter::PASS_NOT_VIP, XDP_PASS);
     };
-    key.src = pkt.src;
-    key.dst = pkt.dst;
-    key.sport = ports.src;
-    key.dport = ports.dst;
-    key.proto = pkt.proto;
-    key.family = pkt.family;
-    let key: &FlowKey = key;
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let now = clock_ns(cfg);
+    // A stateless VIP's packets never touch the flow table: they go to
+    // `lb_stateless`.
+    if unlikely(cfg.flags & CONFIG_F_STATELESS != 0) {
+        if let Some(action) = crate::stateless::hand_over(ctx, bits) {
+            return action;
+        }
+    }
 
     // Flow table first: an established connection keeps its backend
     // whatever happened to the Maglev table since, and needs no VIP lookup:
@@ -119,6 +120,19 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
         count(counter::NEW_FLOW);
     }
     action
+}
+
+/// The packet's flow key (in per-CPU scratch: the stack has no room).
+#[inline(always)]
+pub fn packet_key(pkt: &Packet, ports: &Ports) -> Option<&'static FlowKey> {
+    let key = scratch_key(KEY_PACKET)?;
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    key.sport = ports.src;
+    key.dport = ports.dst;
+    key.proto = pkt.proto;
+    key.family = pkt.family;
+    Some(key)
 }
 
 /// A TCP or UDP packet to no VIP: passed, counted; with NAT on, first
@@ -371,7 +385,7 @@ fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static
 
 /// The ports and, for TCP, the flags. `Err`: the header is cut short.
 #[inline(always)]
-fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
+pub fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
     if pkt.proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, pkt.l4_off).ok_or(())?;
         let tcp = unsafe { &*tcp };

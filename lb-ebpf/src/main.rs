@@ -30,6 +30,7 @@
 mod action;
 mod csum;
 mod decap;
+mod decap_chain;
 mod encap;
 mod flow;
 mod icmp;
@@ -41,6 +42,7 @@ mod nexthop;
 mod packet;
 mod parse;
 mod schedule;
+mod stateless;
 mod too_big;
 
 use aya_ebpf::{
@@ -60,6 +62,12 @@ use crate::schedule::is_vip_addr;
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     balance(&ctx)
+}
+
+/// A stateless VIP's packets, tail-called from `lb_xdp` (`stateless`).
+#[xdp]
+pub fn lb_stateless(ctx: XdpContext) -> u32 {
+    stateless::entry(&ctx)
 }
 
 /// XDP_PASS and nothing else: the benchmark floor, and what a veth peer needs

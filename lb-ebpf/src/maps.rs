@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_F_MMAPABLE},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue,
@@ -75,6 +75,20 @@ pub static NAT_REPLIES: LruHashMap<NatKey, NatValue> =
 #[map]
 pub static NAT_ADDRS: Array<[u32; 4]> =
     Array::with_max_entries(defaults::MAX_VIPS * 2 * NAT_ADDRS_PER_FAMILY, 0);
+/// Stateless VIPs: each slot's previous backend and when it changed
+/// (`chain_entry`), `ring_size` entries per VIP (`VipInfo::chain_idx`).
+#[map]
+pub static CHAINS: Array<u64> = Array::with_max_entries(defaults::RING_SIZE, BPF_F_MMAPABLE);
+/// The filter bits of the stateless VIPs, kept by the daemon.
+#[map]
+pub static STATELESS_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);
+/// `lb_stateless` and `lb_xdp`, for tail calls (`PROG_*`).
+#[map]
+pub static PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+/// Per CPU: set by `lb_stateless` before it hands a packet back to
+/// `lb_xdp` (its VIP is not stateless), so that `lb_xdp` takes it.
+#[map]
+pub static STATELESS_SKIP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// The filter bits of the NAT source addresses, kept by the daemon.
 #[map]
 pub static NAT_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);

@@ -104,28 +104,35 @@ pub const FULL: u32 = NO_BACKEND - 2;
 /// at its `max_connections`.
 const FULL_RETRIES: u32 = 4;
 
-/// Finds the VIP of the flow `key` (exact port first: it takes precedence
-/// over an any-port VIP) and picks its backend. `None`: no VIP. With
-/// `advance` false (UDP's pick ahead of the flow-table lookup), a VIP
-/// whose scheduler has effects answers `DEFERRED`.
+/// The VIP of the flow `key`: the exact port first (it takes precedence
+/// over an any-port VIP), then port 0. `None`: no VIP.
 #[inline(always)]
-pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64) -> Option<Pick> {
+pub fn vip_of(key: &FlowKey, cfg: &Config, bits: VipBits) -> Option<&'static VipInfo> {
     let mut vkey = VipKey {
         addr: key.dst,
         port: key.dport,
         proto: key.proto,
         family: key.family,
     };
-    let vip = match bits.exact.and_then(|b| find_vip(&vkey, b)) {
-        Some(v) => v,
+    match bits.exact.and_then(|b| find_vip(&vkey, b)) {
+        Some(v) => Some(v),
         None => {
             if cfg.flags & CONFIG_F_ANY_PORT == 0 {
                 return None;
             }
             vkey.port = 0;
-            find_vip(&vkey, bits.any)?
+            find_vip(&vkey, bits.any)
         }
-    };
+    }
+}
+
+/// Finds the VIP of the flow `key` (exact port first: it takes precedence
+/// over an any-port VIP) and picks its backend. `None`: no VIP. With
+/// `advance` false (UDP's pick ahead of the flow-table lookup), a VIP
+/// whose scheduler has effects answers `DEFERRED`.
+#[inline(always)]
+pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64) -> Option<Pick> {
+    let vip = vip_of(key, cfg, bits)?;
     let hash = flow_hash(key, &cfg.hash_key) as u32;
     let counts = vip.flags & VIP_F_COUNT != 0;
     let mut p = Pick {
@@ -321,7 +328,7 @@ fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
 
 /// The backend at `slot` of the VIP's active table.
 #[inline(always)]
-fn slot_at(vip: &VipInfo, slot: u32, size: u32) -> u32 {
+pub fn slot_at(vip: &VipInfo, slot: u32, size: u32) -> u32 {
     let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
     match RINGS.get(idx) {
         Some(e) => ring_slot(*e, slot),

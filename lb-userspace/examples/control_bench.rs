@@ -105,6 +105,15 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> DpResult<()> {
         self.inner.set_nat_addrs(vip_id, addrs)
     }
+    fn read_ring(&self, vip_id: u32, ring: u8) -> DpResult<Vec<u32>> {
+        self.inner.read_ring(vip_id, ring)
+    }
+    fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> DpResult<()> {
+        self.inner.write_chains(idx, entries)
+    }
+    fn read_chains(&self, idx: u8) -> DpResult<Vec<u64>> {
+        self.inner.read_chains(idx)
+    }
 }
 
 /// Removes the instance's pins however `main` ends.
@@ -214,6 +223,7 @@ fn main() -> Result<()> {
         ring_size: pool.tables.maglev_size,
         flows: pool.tables.flow_table_size,
         persist: pool.tables.persistence_table_size,
+        stateless_vips: pool.tables.max_stateless_vips,
     };
     let _pins = Pins(instance.clone());
     let mut dp = BpfDataPlane::load(&object, &instance, sizes, false)
@@ -474,6 +484,7 @@ fn scale(object: &[u8]) -> Result<()> {
             ring_size: RING,
             flows: 1024,
             persist: 1024,
+            stateless_vips: 1,
         };
         let dp = BpfDataPlane::load(object, instance, sizes, false)?;
         Ok(Controller::adopt(

@@ -78,6 +78,7 @@ pub fn test_sizes() -> Sizes {
         ring_size: 1009,
         flows: 4096,
         persist: 1024,
+        stateless_vips: 2,
     }
 }
 
@@ -193,6 +194,11 @@ impl Balancer {
             prog,
             clock,
         };
+        if let Loaded::Balancer(dp) = &mut b.loaded {
+            // `lb_xdp` and `lb_stateless`, linked for their tail calls.
+            dp.load_programs()?;
+            return Ok(b);
+        }
         let p: &mut Xdp = b
             .ebpf_mut()
             .program_mut(prog)

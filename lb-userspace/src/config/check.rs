@@ -124,6 +124,7 @@ impl Check<'_> {
             "list the services under `vips` (`vips: []` for none); see deploy/pool.example.yaml";
         let vips = self.items(self.req("", "vips", &f.vips, hint));
         self.across_vips(&vips, limits, encap.as_ref());
+        self.stateless_count(&vips, tables.max_stateless_vips);
 
         let instance = instance.map_or_else(String::new, |i| i.value.0.clone());
         let default_file = |dir: &str, ext| Path::new(dir).join(format!("{instance}.{ext}"));
@@ -244,6 +245,17 @@ impl Check<'_> {
             );
             self.report(&t.path, message);
         }
+        if let Some(w) = t
+            .stateless_window
+            .get()
+            .filter(|w| !STATELESS_WINDOW_RANGE.contains(&w.value.0))
+        {
+            let message = format!(
+                "stateless_window {} is out of range; use 1s to 7d",
+                humantime::format_duration(w.value.0)
+            );
+            self.report(&w.path, message);
+        }
         let max_backends = t.max_backends.known_or(Int(d.max_backends)).map(|v| v.0);
         let tables = Tables {
             maglev_size: t.maglev_size.or(MaglevSize(d.maglev_size)).0,
@@ -255,6 +267,8 @@ impl Check<'_> {
             persistence_table_size: t.persistence_table_size.or(Int(d.persistence_table_size)).0,
             nat_tcp_timeout: t.nat_tcp_timeout.or(Dur(d.nat_tcp_timeout)).0,
             nat_closed_timeout: t.nat_closed_timeout.or(Dur(d.nat_closed_timeout)).0,
+            stateless_window: t.stateless_window.or(Dur(d.stateless_window)).0,
+            max_stateless_vips: t.max_stateless_vips.or(Int(d.max_stateless_vips)).0,
         };
         (tables, (max_vips, max_backends))
     }
@@ -441,6 +455,7 @@ impl Check<'_> {
             source_prefix_v4: f.source_prefix_v4.or(Int(32)).0 as u8,
             source_prefix_v6: f.source_prefix_v6.or(Int(128)).0 as u8,
             forwarding: f.forwarding.or(Forwarding::default()),
+            stateless: self.stateless(f),
             panic_threshold: f.panic_threshold.or(Int(0)).0,
             passive_health: self.passive(f),
             slow_start: self.slow_start(f),

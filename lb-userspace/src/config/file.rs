@@ -107,6 +107,10 @@ pub(super) struct TablesFile {
     pub nat_tcp_timeout: Field<Dur>,
     /// Default [`DEFAULT_NAT_CLOSED_TIMEOUT`].
     pub nat_closed_timeout: Field<Dur>,
+    /// Default [`DEFAULT_STATELESS_WINDOW`].
+    pub stateless_window: Field<Dur>,
+    /// Default [`DEFAULT_MAX_STATELESS_VIPS`].
+    pub max_stateless_vips: Field<ranged!(MAX_STATELESS_VIPS_RANGE)>,
 }
 
 /// One entry of `vips`; see [`Vip`].
@@ -129,6 +133,8 @@ pub(super) struct VipFile {
     pub source_prefix_v6: Field<Int<1, 128>>,
     /// Default `encap`.
     pub forwarding: Field<Forwarding>,
+    /// Default `stateful`.
+    pub state: Field<VipState>,
     /// Percent; default 0 (off).
     pub panic_threshold: Field<Int<0, 100>>,
     /// Default: off.

@@ -114,6 +114,16 @@ pub const PERSISTENCE_TABLE_SIZE_RANGE: RangeInclusive<u32> = 1024..=64 * 1024 *
 pub const DEFAULT_NAT_TCP_TIMEOUT: Duration = Duration::from_secs(900);
 /// `tables.nat_closed_timeout` when not given.
 pub const DEFAULT_NAT_CLOSED_TIMEOUT: Duration = Duration::from_secs(60);
+/// `tables.stateless_window` when not given: how long after a slot of a
+/// stateless VIP changed its previous backend is still sent along.
+pub const DEFAULT_STATELESS_WINDOW: Duration = Duration::from_secs(3600);
+/// Accepted `tables.stateless_window` values.
+pub const STATELESS_WINDOW_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+/// `tables.max_stateless_vips` when not given.
+pub const DEFAULT_MAX_STATELESS_VIPS: u32 = 4;
+/// Accepted `tables.max_stateless_vips` values (`VipInfo::chain_idx` is a byte).
+pub const MAX_STATELESS_VIPS_RANGE: RangeInclusive<u32> = 1..=256;
 /// `tables.max_vips` when not given.
 pub const DEFAULT_MAX_VIPS: u32 = lb_common::defaults::MAX_VIPS;
 /// Accepted `tables.max_vips` values.
@@ -270,6 +280,12 @@ pub struct Tables {
     /// NAT: a closed flow (FIN each way, or a RST) gives up its port after
     /// this long; default 60s.
     pub nat_closed_timeout: Duration,
+    /// Stateless VIPs: how long after a table slot changed its previous
+    /// backend is sent along (1s..=7d); default 1h.
+    pub stateless_window: Duration,
+    /// Stateless VIPs the tables have room for (each takes 8 bytes per
+    /// Maglev slot), 1..=256; default 4.
+    pub max_stateless_vips: u32,
 }
 
 impl Default for Tables {
@@ -284,6 +300,8 @@ impl Default for Tables {
             persistence_table_size: DEFAULT_PERSISTENCE_TABLE_SIZE,
             nat_tcp_timeout: DEFAULT_NAT_TCP_TIMEOUT,
             nat_closed_timeout: DEFAULT_NAT_CLOSED_TIMEOUT,
+            stateless_window: DEFAULT_STATELESS_WINDOW,
+            max_stateless_vips: DEFAULT_MAX_STATELESS_VIPS,
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct Vip {
     pub source_prefix_v6: u8,
     /// How packets reach the backend. Default [`Forwarding::Encap`].
     pub forwarding: Forwarding,
+    /// `state: stateless`: no flow table; connections kept by the
+    /// backends (`lb decap` passes a packet of a connection it does not
+    /// have on to the slot's previous backend). Default: stateful.
+    pub stateless: bool,
     /// Percent, 0..=100; default 0 (off). When fewer than this share of
     /// the VIP's active backends pass their health checks, the checks are
     /// taken to be wrong (an overloaded network, a probe path that broke)
@@ -205,6 +209,18 @@ impl Forwarding {
             Forwarding::Nat => lb_common::mode::NAT,
         }
     }
+}
+
+/// `state` of a VIP: whether the balancer keeps its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipState {
+    /// The flow table keeps each connection's backend.
+    #[default]
+    Stateful,
+    /// No flow table: every packet is hashed to its Maglev slot, and the
+    /// backends keep the connections (see `Vip::stateless`).
+    Stateless,
 }
 
 /// `state` of a backend.

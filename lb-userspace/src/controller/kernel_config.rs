@@ -39,6 +39,10 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
     if pool.vips.iter().any(|v| v.nat.is_some()) {
         cfg.flags |= lb_common::CONFIG_F_NAT;
     }
+    if pool.vips.iter().any(|v| v.stateless) {
+        cfg.flags |= lb_common::CONFIG_F_STATELESS;
+    }
+    cfg.chain_window_s = pool.tables.stateless_window.as_secs() as u32;
     cfg.nat_tcp_timeout_ns = pool.tables.nat_tcp_timeout.as_nanos() as u64;
     cfg.nat_closed_timeout_ns = pool.tables.nat_closed_timeout.as_nanos() as u64;
     if let Some(interval) = 1_000_000_000u64.checked_div(u64::from(pool.tables.new_flows_per_cpu)) {

@@ -24,6 +24,7 @@ pub const FLIP_GRACE: Duration = Duration::from_millis(5);
 /// Identifies a backend of a VIP: (VIP, backend address).
 pub type BackendRef = (VipKey, IpAddr);
 
+mod chains;
 mod kernel_config;
 mod report;
 mod tables;
@@ -104,6 +105,8 @@ pub struct RunningVip {
     /// connections).
     table_kind: TableKind,
     seq_len: u32,
+    /// A stateless VIP's table of previous backends (`CHAINS`).
+    chain: Option<chains::Chains>,
     pub last_flip: Option<Instant>,
     pub backends: BTreeMap<IpAddr, RunningBackend>,
 }
@@ -188,6 +191,8 @@ pub struct Controller<D: DataPlane> {
     ring_size: u32,
     max_vips: u32,
     max_backends: u32,
+    /// Stateless VIPs `CHAINS` has room for.
+    stateless_vips: u32,
     pub vips: BTreeMap<VipKey, RunningVip>,
     /// Ids found in the kernel at start (adopted), not yet claimed by the pool.
     adopted_vips: BTreeMap<VipKey, (u32, u8)>,
@@ -259,6 +264,7 @@ impl<D: DataPlane> Controller<D> {
             ring_size,
             max_vips,
             max_backends,
+            stateless_vips: 1,
             vips: BTreeMap::new(),
             adopted_vips,
             adopted_backends,
@@ -268,6 +274,12 @@ impl<D: DataPlane> Controller<D> {
             known_addrs,
             slot_gen,
         })
+    }
+
+    /// The stateless VIPs the data plane has room for (`CHAINS`; 1 unless set).
+    pub fn with_stateless_vips(mut self, n: u32) -> Self {
+        self.stateless_vips = n.max(1);
+        self
     }
 
     fn used_vip_ids(&self) -> BTreeSet<u32> {
@@ -452,6 +464,7 @@ impl<D: DataPlane> Controller<D> {
                         table_kind: TableKind::Maglev,
                         nat_written: None,
                         seq_len: 0,
+                        chain: None,
                         last_flip: None,
                         backends: BTreeMap::new(),
                     },

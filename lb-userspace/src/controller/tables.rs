@@ -61,6 +61,7 @@ impl<D: DataPlane> Controller<D> {
     /// if it differs from the one in place, writes the idle buffer and flips.
     /// Returns whether a table was written.
     pub fn rebuild(&mut self, key: &VipKey) -> Result<bool, ControlError> {
+        self.prepare_chain(key)?;
         let ring_size = self.ring_size;
         let v = self.vips.get_mut(key).expect("known VIP");
         let panic = v.panic;
@@ -125,14 +126,19 @@ impl<D: DataPlane> Controller<D> {
             Some(p) => (p.prefix_v4, p.prefix_v6, p.timeout.as_secs() as u32),
             None => (v.conf.source_prefix_v4, v.conf.source_prefix_v6, 0),
         };
+        let mut flags = if counts { VIP_F_COUNT } else { 0 };
+        if v.chain.is_some() {
+            flags |= lb_common::VIP_F_STATELESS;
+        }
         let info_now = VipInfo {
             vip_id: v.id,
+            chain_idx: v.chain.as_ref().map_or(0, |c| c.idx),
             mode: v.conf.forwarding.number(),
             scheduler: v.conf.scheduler.number(),
             active_ring: v.active_ring,
             src_prefix_v4: prefix_v4,
             src_prefix_v6: prefix_v6,
-            flags: if counts { VIP_F_COUNT } else { 0 },
+            flags,
             seq_len: v.seq_len,
             persist_s,
             nat_addrs: nat_count,
@@ -176,6 +182,15 @@ impl<D: DataPlane> Controller<D> {
         // A new VIP is not in the VIP map yet, and an adopted one's idle
         // buffer is as idle as ever: the same rule serves all three cases.
         let idle = v.active_ring ^ 1;
+        // A stateless VIP's slots name their previous backends before the
+        // flip (a slot still read from the old table then names its own
+        // backend as the previous one, which the data path ignores).
+        if let Some(chain) = v.chain.as_mut() {
+            let ids: BTreeSet<u32> = v.backends.values().map(|b| b.id).collect();
+            let now_s = (lb_common::monotonic_coarse_ns() / 1_000_000_000) as u32;
+            let writes = chain.update(v.table.as_deref(), &table, &ids, now_s);
+            self.dp.write_chains(chain.idx, &writes)?;
+        }
         self.dp.write_ring(v.id, idle, &table)?;
         let info = VipInfo {
             active_ring: idle,

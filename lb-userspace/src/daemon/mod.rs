@@ -44,6 +44,7 @@ fn sizes(pool: &Pool) -> Sizes {
         ring_size: pool.tables.maglev_size,
         flows: pool.tables.flow_table_size,
         persist: pool.tables.persistence_table_size,
+        stateless_vips: pool.tables.max_stateless_vips,
     }
 }
 
@@ -182,7 +183,8 @@ fn start_data_path(
         log::info!("logging the data path's decisions (--debug-datapath); this costs per new flow");
     }
     dp.set_config(&kernel_config(pool, hash_key))?;
-    let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?;
+    let mut ctl = Controller::adopt(dp, s.ring_size, s.max_vips, s.max_backends)?
+        .with_stateless_vips(s.stateless_vips);
     // After a restart the previous program is still attached: it reads the
     // pinned maps, but its own VIP filter and index (derived, not pinned),
     // which nothing keeps any more. Put this program, whose filter and index

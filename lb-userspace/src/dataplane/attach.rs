@@ -8,18 +8,8 @@ impl BpfDataPlane {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
         let ifindex = ifindex(iface)?;
         let pin = link_pin(self.pins()?, iface);
+        self.load_programs()?;
         let prog = self.balancer()?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| match e {
-                aya::programs::ProgramError::LoadError {
-                    io_error,
-                    verifier_log,
-                } => DataPlaneError::Setup(format!(
-                    "the kernel rejected the XDP program: {io_error}\n{verifier_log}"
-                )),
-                e => DataPlaneError::Setup(format!("loading lb_xdp: {e}")),
-            })?;
-        }
         if pin.exists() {
             match adopt_link(prog, &pin) {
                 Ok(id) => {

@@ -6,9 +6,10 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
-    maps, progs, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue, VipInfo,
-    VipKey, VipStats,
+    maps, progs, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue,
+    VipFilter, VipInfo, VipKey, VipStats,
 };
+use std::collections::BTreeSet;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,13 @@ pub trait DataPlane {
     /// Writes VIP `vip_id`'s NAT source addresses (`NAT_ADDRS`: IPv4 ones
     /// first, then IPv6, at most `NAT_ADDRS_PER_FAMILY` of each).
     fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> Result<()>;
+    /// Reads buffer `ring` of VIP `vip_id` (what an adopted stateless VIP's
+    /// slots held).
+    fn read_ring(&self, vip_id: u32, ring: u8) -> Result<Vec<u32>>;
+    /// Writes entries (slot, `chain_entry`) of stateless table `idx` (`CHAINS`).
+    fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> Result<()>;
+    /// Stateless table `idx`, whole.
+    fn read_chains(&self, idx: u8) -> Result<Vec<u64>>;
 }
 
 /// The reader of the data path's aya-log records.
@@ -99,7 +107,7 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 17] = [
     maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
@@ -116,6 +124,7 @@ const ALL_MAPS: [&str; 16] = [
     maps::NAT_REPLIES,
     maps::NAT_ADDRS,
     maps::NAT_FILTER,
+    maps::CHAINS,
 ];
 
 /// The aya-log level the data path logs at: its decision log is off (0)
@@ -146,6 +155,7 @@ fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
 pub struct BpfDataPlane {
     ebpf: Ebpf,
     ring: RingMmap,
+    chains: RingMmap,
     sizes: Sizes,
     /// Where maps and links are pinned; `None` for an unpinned load (the
     /// packet tests and benches), which cannot attach.
@@ -252,7 +262,9 @@ impl BpfDataPlane {
         // the kernel would otherwise take writes past its end, or packets
         // would read values of another layout.
         let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
-        let expected: [(&'static str, u32, usize); 14] = [
+        let chains = sizes.stateless_vips.max(1) * sizes.ring_size;
+        let expected: [(&'static str, u32, usize); 15] = [
+            (maps::CHAINS, chains, size_of::<u64>()),
             (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
             (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
             (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
@@ -307,7 +319,12 @@ impl BpfDataPlane {
             .map(maps::RINGS)
             .and_then(map_data)
             .expect("checked above");
-        let ring = RingMmap::new(data, entries)?;
+        let ring = RingMmap::new(data, entries, maps::RINGS)?;
+        let data = ebpf
+            .map(maps::CHAINS)
+            .and_then(map_data)
+            .expect("checked above");
+        let chains = RingMmap::new(data, chains as usize, maps::CHAINS)?;
         let mut ebpf = ebpf;
         let clock = match clock.map(Ok).unwrap_or_else(|| data_path_clock(&mut ebpf)) {
             Ok(c) => {
@@ -322,6 +339,7 @@ impl BpfDataPlane {
         let mut dp = BpfDataPlane {
             ebpf,
             ring,
+            chains,
             sizes,
             dir,
             adopted: std::collections::HashMap::new(),
@@ -339,6 +357,10 @@ impl BpfDataPlane {
         if !vips.is_empty() {
             lb_common::write_vip_filter_all(&mut dp.ebpf, &dp.filter)
                 .map_err(DataPlaneError::Setup)?;
+        }
+        let words: BTreeSet<u32> = vips.iter().map(|(k, _)| VipFilter::bit(k) / 64).collect();
+        for w in words {
+            dp.write_stateless_word(w)?;
         }
         Ok(dp)
     }
@@ -409,6 +431,63 @@ impl BpfDataPlane {
 
 impl BpfDataPlane {
     /// Writes a filter change, or all of the filter after a failed write.
+    /// Writes word `w` of `STATELESS_FILTER` as the VIPs make it.
+    fn write_stateless_word(&mut self, w: u32) -> Result<()> {
+        let word = self.filter.stateless_word(w);
+        let mut a: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::STATELESS_FILTER))
+            .map_err(map_err(maps::STATELESS_FILTER))?;
+        a.set(w, word, 0).map_err(map_err(maps::STATELESS_FILTER))
+    }
+
+    /// Loads `lb_xdp` and `lb_stateless` (each once) and puts both in
+    /// `PROGS`, for the tail calls between them.
+    pub fn load_programs(&mut self) -> Result<()> {
+        for name in [progs::BALANCER, progs::STATELESS] {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the object")))?
+                .try_into()
+                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| match e {
+                    aya::programs::ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    } => DataPlaneError::Setup(format!(
+                        "the kernel rejected the XDP program {name}: {io_error}\n{verifier_log}"
+                    )),
+                    e => DataPlaneError::Setup(format!("loading {name}: {e}")),
+                })?;
+            }
+        }
+        let fd = |ebpf: &Ebpf, name: &str| -> Result<aya::programs::ProgramFd> {
+            let prog: &Xdp = ebpf
+                .program(name)
+                .expect("loaded above")
+                .try_into()
+                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
+            let fd = prog
+                .fd()
+                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
+            fd.try_clone()
+                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))
+        };
+        let (balancer, stateless) = (
+            fd(&self.ebpf, progs::BALANCER)?,
+            fd(&self.ebpf, progs::STATELESS)?,
+        );
+        let mut table: aya::maps::ProgramArray<&mut MapData> =
+            aya::maps::ProgramArray::try_from(self.map_mut(maps::PROGS))
+                .map_err(map_err(maps::PROGS))?;
+        table
+            .set(lb_common::PROG_STATELESS, &stateless, 0)
+            .map_err(map_err(maps::PROGS))?;
+        table
+            .set(lb_common::PROG_BALANCER, &balancer, 0)
+            .map_err(map_err(maps::PROGS))
+    }
+
     fn write_filter(&mut self, w: lb_common::FilterWrites) -> Result<()> {
         let r = if self.filter_stale {
             lb_common::write_vip_filter_all(&mut self.ebpf, &self.filter)
@@ -451,13 +530,33 @@ impl DataPlane for BpfDataPlane {
         self.ring.write(base, slots)
     }
 
+    fn read_ring(&self, vip_id: u32, ring: u8) -> Result<Vec<u32>> {
+        let size = self.sizes.ring_size;
+        let base = lb_common::ring_base(vip_id, ring, size) as usize;
+        self.ring.read_slots(base, size)
+    }
+
+    fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> Result<()> {
+        let base = idx as usize * self.sizes.ring_size as usize;
+        for &(slot, e) in entries {
+            self.chains.set(base + slot as usize, e)?;
+        }
+        Ok(())
+    }
+
+    fn read_chains(&self, idx: u8) -> Result<Vec<u64>> {
+        let size = self.sizes.ring_size as usize;
+        self.chains.read(idx as usize * size, size)
+    }
+
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
         let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
             HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
         m.insert(key, info, 0).map_err(map_err(maps::VIPS))?;
         // After the VIP: a set bit without a VIP only costs a lookup.
         let w = self.filter.set(*key, *info);
-        self.write_filter(w)
+        self.write_filter(w)?;
+        self.write_stateless_word(VipFilter::bit(key) / 64)
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
@@ -465,7 +564,8 @@ impl DataPlane for BpfDataPlane {
             HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
         m.remove(key).map_err(map_err(maps::VIPS))?;
         let w = self.filter.remove(key);
-        self.write_filter(w)
+        self.write_filter(w)?;
+        self.write_stateless_word(VipFilter::bit(key) / 64)
     }
 
     fn set_vip_addr(&mut self, key: &AddrKey, flags: u32) -> Result<()> {

@@ -1,10 +1,11 @@
-//! The Maglev tables written through a shared mapping of the mmapable
-//! `RINGS` array: no syscall per slot.
+//! The Maglev tables (`RINGS`) and stateless VIPs' previous backends
+//! (`CHAINS`), written through a shared mapping of the mmapable arrays:
+//! no syscall per slot.
 use super::*;
 
-/// The RINGS array, mapped into our memory (BPF_F_MMAPABLE): a table is
-/// written with plain stores rather than one syscall per slot. Elements are
-/// `u64`, packed slots (`lb_common::pack_ring`).
+/// An array of `u64` (`RINGS`, `CHAINS`), mapped into our memory
+/// (BPF_F_MMAPABLE): a table is written with plain stores rather than one
+/// syscall per slot. `RINGS` elements are packed slots (`lb_common::pack_ring`).
 pub(super) struct RingMmap {
     ptr: *mut u64,
     len: usize,
@@ -17,7 +18,7 @@ const RING_STRIDE: usize = 8;
 unsafe impl Send for RingMmap {}
 
 impl RingMmap {
-    pub(super) fn new(map: &MapData, entries: usize) -> Result<Self> {
+    pub(super) fn new(map: &MapData, entries: usize, name: &str) -> Result<Self> {
         let fd = map.fd().as_fd().as_raw_fd();
         let bytes = entries * RING_STRIDE;
         let page = 4096;
@@ -34,7 +35,7 @@ impl RingMmap {
         };
         if ptr == libc::MAP_FAILED {
             return Err(DataPlaneError::Io {
-                what: "mmap of the RINGS map".into(),
+                what: format!("mmap of the {name} map"),
                 source: std::io::Error::last_os_error(),
             });
         }
@@ -57,6 +58,41 @@ impl RingMmap {
         // that is active, and the controller writes the other one.
         for (i, e) in lb_common::pack_ring(slots).enumerate() {
             unsafe { self.ptr.add(start + i).write_volatile(e) };
+        }
+        Ok(())
+    }
+
+    /// Reads the packed slots of a table of `slots` slots from element `start` on.
+    pub(super) fn read_slots(&self, start: usize, slots: u32) -> Result<Vec<u32>> {
+        let raw = self.read(start, lb_common::ring_elems(slots) as usize)?;
+        Ok((0..slots)
+            .map(|i| lb_common::ring_slot(raw[lb_common::ring_elem(i) as usize], i))
+            .collect())
+    }
+
+    /// Writes `value` at element `i`.
+    pub(super) fn set(&mut self, i: usize, value: u64) -> Result<()> {
+        self.check(i, 1)?;
+        // SAFETY: in bounds.
+        unsafe { self.ptr.add(i).write_volatile(value) };
+        Ok(())
+    }
+
+    /// `n` elements from `start` on.
+    pub(super) fn read(&self, start: usize, n: usize) -> Result<Vec<u64>> {
+        self.check(start, n)?;
+        // SAFETY: in bounds.
+        Ok((0..n)
+            .map(|i| unsafe { self.ptr.add(start + i).read_volatile() })
+            .collect())
+    }
+
+    fn check(&self, start: usize, n: usize) -> Result<()> {
+        if start + n > self.len {
+            return Err(DataPlaneError::Setup(format!(
+                "access past the end of a mapped array ({start} + {n} > {})",
+                self.len
+            )));
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ const SIZES: Sizes = Sizes {
     ring_size: 65537,
     flows: FLOWS,
     persist: 1024,
+    stateless_vips: 2,
 };
 /// Packets per CPU in each measured phase.
 const PACKETS: usize = 20_000;

@@ -48,6 +48,7 @@ const SIZES: Sizes = Sizes {
     ring_size: 65537,
     flows: 65536,
     persist: 1 << 18,
+    stateless_vips: 2,
 };
 
 /// `SIZES`, with the flow table (and NAT's reply table, the same size) of

@@ -187,4 +187,64 @@ impl Check<'_> {
             .map_or(lb_common::DEFAULT_NAT_PORTS, |p| (p.value.0, p.value.1));
         Some(Nat { addresses, ports })
     }
+
+    /// No more stateless VIPs than `tables.max_stateless_vips`.
+    pub(super) fn stateless_count(&self, vips: &[&At<VipFile>], max: u32) {
+        let stateless: Vec<_> = vips
+            .iter()
+            .filter_map(|v| v.value.state.get())
+            .filter(|s| s.value == VipState::Stateless)
+            .collect();
+        if let Some(s) = stateless.get(max as usize) {
+            let message = format!(
+                "{} VIPs are stateless, more than tables.max_stateless_vips ({max}); raise it \
+                 (each takes 8 bytes per Maglev slot)",
+                stateless.len()
+            );
+            self.report(&s.path, message);
+        }
+    }
+
+    /// A VIP's `state`: stateless needs GUE (its header carries the
+    /// previous backend), the Maglev scheduler (the same slot for every
+    /// packet of a connection) and nothing that counts or remembers
+    /// connections on the balancer.
+    pub(super) fn stateless(&self, f: &VipFile) -> bool {
+        let Some(s) = f.state.get().filter(|s| s.value == VipState::Stateless) else {
+            return false;
+        };
+        let mode = f.forwarding.get().map(|m| m.value);
+        if mode != Some(Forwarding::Gue) {
+            let message = "state: stateless needs `forwarding: gue`: its GUE header carries the \
+                           previous backend to the backend's `lb decap`"
+                .to_string();
+            self.report(&s.path, message);
+        }
+        let scheduler = f.scheduler.get().map(|m| m.value);
+        if scheduler.is_some_and(|s| s != Scheduler::Maglev) {
+            let message = "state: stateless takes only `scheduler: maglev`: every packet of a \
+                           connection must hash to the same backend"
+                .to_string();
+            self.report(&s.path, message);
+        }
+        for (given, what) in [
+            (f.persistence.get().map(|p| p.path.clone()), "persistence"),
+            (
+                f.max_connections.get().map(|p| p.path.clone()),
+                "max_connections",
+            ),
+            (
+                f.passive_health.get().map(|p| p.path.clone()),
+                "passive_health",
+            ),
+        ] {
+            if let Some(path) = given {
+                let message = format!(
+                    "`{what}` needs the balancer to keep connections; a stateless VIP keeps none"
+                );
+                self.report(&path, message);
+            }
+        }
+        true
+    }
 }

@@ -237,6 +237,8 @@ vips:
             persistence_table_size: 1 << 18,
             nat_tcp_timeout: Duration::from_secs(900),
             nat_closed_timeout: Duration::from_secs(60),
+            stateless_window: Duration::from_secs(3600),
+            max_stateless_vips: 4,
         }
     );
     assert_eq!(
@@ -300,6 +302,8 @@ control_socket: /tmp/lb.sock
             persistence_table_size: 2048,
             nat_tcp_timeout: Duration::from_secs(900),
             nat_closed_timeout: Duration::from_secs(60),
+            stateless_window: Duration::from_secs(3600),
+            max_stateless_vips: 4,
         }
     );
     assert_eq!(pool.hash_secret_file, PathBuf::from("/etc/lb/secret"));

@@ -61,6 +61,8 @@ struct FakeDataPlane {
     cleared: Vec<(Option<u32>, Option<u32>)>,
     limits: BTreeMap<u32, BackendLimit>,
     nat_addrs: BTreeMap<u32, Vec<IpAddr>>,
+    /// `CHAINS`, by stateless index.
+    chains: BTreeMap<u8, Vec<u64>>,
 }
 
 impl FakeDataPlane {
@@ -77,6 +79,7 @@ impl FakeDataPlane {
             cleared: Vec::new(),
             limits: BTreeMap::new(),
             nat_addrs: BTreeMap::new(),
+            chains: BTreeMap::new(),
         }
     }
 
@@ -138,6 +141,33 @@ fn not_found(map: &'static str) -> DataPlaneError {
 }
 
 impl DataPlane for FakeDataPlane {
+    fn read_ring(&self, vip_id: u32, ring: u8) -> DpResult<Vec<u32>> {
+        Ok(self
+            .rings
+            .get(&(vip_id, ring))
+            .cloned()
+            .unwrap_or_else(|| vec![lb_common::NO_BACKEND; RING as usize]))
+    }
+
+    fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> DpResult<()> {
+        let t = self
+            .chains
+            .entry(idx)
+            .or_insert_with(|| vec![0; RING as usize]);
+        for &(slot, e) in entries {
+            t[slot as usize] = e;
+        }
+        Ok(())
+    }
+
+    fn read_chains(&self, idx: u8) -> DpResult<Vec<u64>> {
+        Ok(self
+            .chains
+            .get(&idx)
+            .cloned()
+            .unwrap_or_else(|| vec![0; RING as usize]))
+    }
+
     fn set_config(&mut self, cfg: &Config) -> DpResult<()> {
         self.log.push(Op::SetConfig);
         self.config = Some(*cfg);

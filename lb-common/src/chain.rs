@@ -1,0 +1,93 @@
+//! Stateless VIPs (`state: stateless`, after Beamer, NSDI 2018): no flow
+//! table on the balancer. Each slot of such a VIP's Maglev table also
+//! remembers the backend that held it before its last change, and when it
+//! changed (`CHAINS`); the balancer sends both to the backend inside the
+//! GUE header, and a backend that gets a packet of a connection it does
+//! not have passes it on to that previous backend (`lb decap`).
+
+/// `CHAINS` entry: the previous backend's id plus one in the low 16 bits
+/// (0: none), the data path clock's second of the change in the high 32.
+#[inline(always)]
+pub fn chain_entry(prev: u32, changed_s: u32) -> u64 {
+    ((changed_s as u64) << 32) | ((prev as u64 + 1) & 0xffff)
+}
+
+/// The previous backend of a `CHAINS` entry (`NO_BACKEND`: none).
+#[inline(always)]
+pub fn chain_prev(e: u64) -> u32 {
+    match e & 0xffff {
+        0 => crate::NO_BACKEND,
+        v => v as u32 - 1,
+    }
+}
+
+/// The second (data path clock) of a `CHAINS` entry's change.
+#[inline(always)]
+pub fn chain_changed_s(e: u64) -> u32 {
+    (e >> 32) as u32
+}
+
+/// The first byte of the private data of our GUE header (variant 0):
+/// "L", the kind of private data that carries a previous backend.
+pub const CHAIN_KIND: u8 = 0x4c;
+/// `GueChain::flags`: the header names a previous backend.
+pub const CHAIN_F_PREV: u8 = 1;
+/// `GueChain::flags`: a backend already passed the packet on; the next one
+/// delivers it whatever it finds (no loops).
+pub const CHAIN_F_PASSED: u8 = 2;
+
+/// The GUE header of a stateless VIP's packet (variant 0, RFC draft
+/// "Generic UDP Encapsulation" section 3), after the UDP header: four
+/// bytes of GUE (version 0, no control, `hlen` words of optional data,
+/// the inner protocol, no flags), then our private data: kind, flags, the
+/// previous backend's age, then its address (4 or 16 bytes, the outer
+/// family's; zero when there is none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GueChain {
+    /// Version (2 bits, 0), control (1 bit, 0), `hlen` (5 bits): words
+    /// of optional data after these four bytes (`chain_hlen`).
+    pub ver_hlen: u8,
+    /// The inner protocol: `PROTO_IPIP` or `PROTO_IPV6`.
+    pub proto: u8,
+    pub flags: u16,
+    /// `CHAIN_KIND`.
+    pub kind: u8,
+    /// `CHAIN_F_*`.
+    pub chain_flags: u8,
+    /// Seconds since the slot changed, network byte order, saturating.
+    pub age_s: u16,
+}
+const _: () = assert!(core::mem::size_of::<GueChain>() == 8);
+
+/// `hlen` of a stateless GUE header: one word of kind, flags and age,
+/// then the previous backend's address.
+#[inline(always)]
+pub const fn chain_hlen(outer_v6: bool) -> u8 {
+    if outer_v6 {
+        5
+    } else {
+        2
+    }
+}
+
+/// Bytes of a stateless GUE header, address included (after UDP).
+#[inline(always)]
+pub const fn chain_len(outer_v6: bool) -> usize {
+    4 + 4 * chain_hlen(outer_v6) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_entries_round_trip() {
+        let e = chain_entry(41, 123_456);
+        assert_eq!(chain_prev(e), 41);
+        assert_eq!(chain_changed_s(e), 123_456);
+        assert_eq!(chain_prev(0), crate::NO_BACKEND);
+        assert_eq!(chain_len(false), 12);
+        assert_eq!(chain_len(true), 24);
+    }
+}

@@ -1,0 +1,151 @@
+//! Stateless VIPs (`VIP_F_STATELESS`): no flow table. Every packet is
+//! hashed to its slot of the VIP's Maglev table and encapsulated in GUE to
+//! the slot's backend, naming the backend that held the slot before its
+//! last change while that is recent (`Config::chain_window_s`); the
+//! backend's `lb_decap` passes a packet of a connection it does not have
+//! on to that previous backend (`decap_chain.rs`).
+//!
+//! Stateless packets run in a program of their own, `lb_stateless`,
+//! tail-called from `lb_xdp` when the packet's VIP filter bit is a
+//! stateless VIP's (`STATELESS_FILTER`): the verifier walks it on its own
+//! budget, and `lb_xdp` carries no second path through the flow table. A
+//! packet whose bit a stateless VIP shares with another VIP goes back to
+//! `lb_xdp` (`STATELESS_SKIP`).
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    chain_changed_s, chain_prev, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
+    BACKEND_F_USED, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, PROTO_TCP, PROTO_UDP,
+    VIP_F_STATELESS,
+};
+
+use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
+use crate::encap::{encapsulate, Chain};
+use crate::flow::{packet_key, read_ports};
+use crate::maps::{
+    account, clock_ns, vip_drop, BACKENDS, CHAINS, CONFIG, PROGS, STATELESS_FILTER, STATELESS_SKIP,
+};
+use crate::packet::{Packet, TCP_ACK, TCP_SYN};
+use crate::schedule::{drop_no_backend, slot_at, vip_bits, vip_of, VipBits};
+
+/// In `lb_xdp`: a packet whose VIP filter bit is a stateless VIP's goes to
+/// `lb_stateless` (unless that program just handed it back). `None`: not
+/// one; `Some`: the tail call failed (no `lb_stateless` loaded), dropped.
+#[inline(always)]
+pub fn hand_over(ctx: &XdpContext, bits: VipBits) -> Option<u32> {
+    let bit = bits.exact?;
+    let word = STATELESS_FILTER.get(bit / 64)?;
+    if *word & (1u64 << (bit % 64)) == 0 {
+        return None;
+    }
+    let skip = STATELESS_SKIP.get_ptr_mut(0)?;
+    if unsafe { *skip } != 0 {
+        unsafe { *skip = 0 };
+        return None;
+    }
+    unsafe { PROGS.tail_call(ctx, PROG_STATELESS) };
+    Some(verdict(counter::DROP_NO_BACKEND, XDP_DROP))
+}
+
+/// `lb_stateless`: a packet `lb_xdp` handed over.
+#[inline(always)]
+pub fn entry(ctx: &XdpContext) -> u32 {
+    let pkt = match crate::parse::parse(ctx) {
+        Ok(p) => p,
+        Err(action) => return action,
+    };
+    if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
+        return back(ctx);
+    }
+    let Ok((ports, tcp_flags)) = read_ports(ctx, &pkt) else {
+        return malformed();
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return back(ctx);
+    };
+    let (Some(bits), Some(key)) = (vip_bits(&pkt, ports.dst, cfg), packet_key(&pkt, &ports)) else {
+        return back(ctx);
+    };
+    let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    match balance(ctx, &pkt, key, bits, cfg, clock_ns(cfg), is_syn) {
+        Some(action) => action,
+        None => back(ctx),
+    }
+}
+
+/// Back to `lb_xdp`, which takes the packet this time.
+#[inline(always)]
+fn back(ctx: &XdpContext) -> u32 {
+    if let Some(skip) = STATELESS_SKIP.get_ptr_mut(0) {
+        unsafe { *skip = 1 };
+    }
+    unsafe { PROGS.tail_call(ctx, PROG_BALANCER) };
+    verdict(counter::PASS_NOT_VIP, XDP_PASS)
+}
+
+/// The action for a packet of a stateless VIP; `None`: the packet's VIP
+/// is not stateless (or it has none).
+#[inline(always)]
+fn balance(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    key: &FlowKey,
+    bits: VipBits,
+    cfg: &Config,
+    now: u64,
+    is_syn: bool,
+) -> Option<u32> {
+    let vip = vip_of(key, cfg, bits)?;
+    if vip.flags & VIP_F_STATELESS == 0 {
+        return None;
+    }
+    let size = cfg.ring_size;
+    if size == 0 {
+        return Some(drop_no_backend(vip.vip_id, false));
+    }
+    let hash = flow_hash(key, &cfg.hash_key) as u32;
+    let slot = hash % size;
+    let id = slot_at(vip, slot, size);
+    let Some(backend) = BACKENDS.get(id) else {
+        return Some(drop_no_backend(vip.vip_id, false));
+    };
+    if backend.flags & (BACKEND_F_USED | BACKEND_F_DOWN) != BACKEND_F_USED {
+        return Some(drop_no_backend(vip.vip_id, false));
+    }
+    count(counter::STATELESS);
+    let mut chain = Chain {
+        prev: NO_BACKEND,
+        age_s: 0,
+    };
+    if let Some(e) = CHAINS.get(vip.chain_idx as u32 * size + slot) {
+        let prev = chain_prev(*e);
+        let age = ((now / 1_000_000_000) as u32).wrapping_sub(chain_changed_s(*e));
+        if prev != id && prev != NO_BACKEND && age < cfg.chain_window_s {
+            if let Some(p) = BACKENDS.get(prev) {
+                if p.flags & (BACKEND_F_USED | BACKEND_F_DOWN) == BACKEND_F_USED
+                    && p.family == backend.family
+                    && p.vip_id as u32 == vip.vip_id
+                {
+                    chain.prev = prev;
+                    chain.age_s = age.min(u16::MAX as u32) as u16;
+                    count(counter::STATELESS_PREV);
+                }
+            }
+        }
+    }
+    Some(
+        match encapsulate(ctx, pkt, cfg, id, backend, hash, now, Some(chain)) {
+            Sent::Forwarded(action) => {
+                account(vip.vip_id, id, pkt.ip_len as u64, is_syn);
+                if is_syn {
+                    count(counter::NEW_FLOW);
+                }
+                action
+            }
+            Sent::Answered => XDP_TX,
+            Sent::Dropped => {
+                vip_drop(vip.vip_id);
+                XDP_DROP
+            }
+        },
+    )
+}

@@ -1,0 +1,121 @@
+//! Stateless VIPs: each slot's previous backend (`CHAINS`), kept as the
+//! VIP's table changes. A slot that changes backend names the one it had,
+//! from the second it changed; a slot that keeps its backend keeps what it
+//! named. So a previous backend is remembered until the slot changes again
+//! (and sent along for `tables.stateless_window` after the change): after
+//! two changes of one slot within the window, only the connections of the
+//! backend just before the last change are passed on.
+use super::*;
+use lb_common::{chain_entry, chain_prev, NO_BACKEND, VIP_F_STATELESS};
+
+/// The VIP's index in `CHAINS` and what this daemon knows is there.
+#[derive(Clone, Debug)]
+pub(super) struct Chains {
+    pub idx: u8,
+    entries: Vec<u64>,
+    /// What the active table held when this daemon took the VIP over from
+    /// an earlier run (its slots' current backends), until the first table
+    /// this daemon writes.
+    adopted_table: Option<Vec<u32>>,
+}
+
+impl<D: DataPlane> Controller<D> {
+    /// Gives a stateless VIP its table of previous backends (the one an
+    /// earlier run left, or a free index cleared), or takes it from a VIP
+    /// no longer stateless.
+    pub(super) fn prepare_chain(&mut self, key: &VipKey) -> Result<(), ControlError> {
+        let v = &self.vips[key];
+        if !v.conf.stateless {
+            self.vips.get_mut(key).expect("known").chain = None;
+            return Ok(());
+        }
+        if v.chain.is_some() {
+            return Ok(());
+        }
+        let (vip_id, active_ring) = (v.id, v.active_ring);
+        let kernel = self.dp.vips()?;
+        let earlier = kernel
+            .iter()
+            .find(|(k, i)| k == key && i.vip_id == vip_id && i.flags & VIP_F_STATELESS != 0);
+        let chain = match earlier {
+            Some((_, info)) => Chains {
+                idx: info.chain_idx,
+                entries: self.dp.read_chains(info.chain_idx)?,
+                adopted_table: Some(self.dp.read_ring(vip_id, active_ring)?),
+            },
+            None => {
+                // Indices of the other stateless VIPs: running, or in the
+                // kernel and not yet taken over.
+                let mut used: BTreeSet<u8> = self
+                    .vips
+                    .values()
+                    .filter_map(|v| v.chain.as_ref().map(|c| c.idx))
+                    .collect();
+                used.extend(
+                    kernel
+                        .iter()
+                        .filter(|(k, i)| {
+                            i.flags & VIP_F_STATELESS != 0 && self.adopted_vips.contains_key(k)
+                        })
+                        .map(|(_, i)| i.chain_idx),
+                );
+                let max = self.stateless_vips;
+                let idx =
+                    (0..max)
+                        .find(|i| !used.contains(&(*i as u8)))
+                        .ok_or(ControlError::Full {
+                            what: "stateless VIP",
+                            field: "max_stateless_vips",
+                            max,
+                        })? as u8;
+                let entries = vec![0; self.ring_size as usize];
+                let all: Vec<(u32, u64)> = (0..self.ring_size).map(|s| (s, 0)).collect();
+                self.dp.write_chains(idx, &all)?;
+                Chains {
+                    idx,
+                    entries,
+                    adopted_table: None,
+                }
+            }
+        };
+        self.vips.get_mut(key).expect("known").chain = Some(chain);
+        Ok(())
+    }
+}
+
+impl Chains {
+    /// The entries to write before `new` replaces `old` (the table in
+    /// place; `None` for a new VIP): each slot that changes backend names
+    /// its old one from `now_s`; a slot naming a backend the VIP no longer
+    /// has (`ids`) is cleared.
+    pub(super) fn update(
+        &mut self,
+        old: Option<&[u32]>,
+        new: &[u32],
+        ids: &BTreeSet<u32>,
+        now_s: u32,
+    ) -> Vec<(u32, u64)> {
+        let old = old.or(self.adopted_table.as_deref());
+        let mut writes = Vec::new();
+        for (slot, &n) in new.iter().enumerate() {
+            let Some(e) = self.entries.get_mut(slot) else {
+                break;
+            };
+            let mut want = *e;
+            match old.and_then(|o| o.get(slot)) {
+                Some(&o) if o != n && o != NO_BACKEND => want = chain_entry(o, now_s),
+                _ => {}
+            }
+            let prev = chain_prev(want);
+            if prev != NO_BACKEND && !ids.contains(&prev) {
+                want = 0;
+            }
+            if want != *e {
+                *e = want;
+                writes.push((slot as u32, want));
+            }
+        }
+        self.adopted_table = None;
+        writes
+    }
+}

@@ -296,3 +296,58 @@ pub fn expected_gue(frame: &[u8], e: &Encap, port: u16) -> Vec<u8> {
     }
     out
 }
+
+/// The frame the balancer sends for a stateless VIP's `frame`: as
+/// `expected_gue`, with the GUE header (variant 0, `lb_common::GueChain`)
+/// between UDP and the tunnelled packet, naming `prev` (`age_s` seconds
+/// after its slot changed) or no previous backend.
+pub fn expected_stateless(
+    frame: &[u8],
+    e: &Encap,
+    port: u16,
+    prev: Option<IpAddr>,
+    age_s: u16,
+) -> Vec<u8> {
+    let mut out = expected_gue(frame, e, port);
+    let ip = ip_offset(&out);
+    let v6 = out[ip] >> 4 == 6;
+    let ip_len = if v6 { 40 } else { 20 };
+    let inner_v6 = out[ip + ip_len + 8] >> 4 == 6;
+    let mut g = vec![
+        lb_common::chain_hlen(v6),
+        if inner_v6 { 41 } else { 4 },
+        0,
+        0,
+        lb_common::CHAIN_KIND,
+        if prev.is_some() {
+            lb_common::CHAIN_F_PREV
+        } else {
+            0
+        },
+    ];
+    g.extend_from_slice(&age_s.to_be_bytes());
+    match (prev, v6) {
+        (Some(IpAddr::V4(a)), false) => g.extend_from_slice(&a.octets()),
+        (Some(IpAddr::V6(a)), true) => g.extend_from_slice(&a.octets()),
+        (None, false) => g.extend_from_slice(&[0; 4]),
+        (None, true) => g.extend_from_slice(&[0; 16]),
+        _ => panic!("previous backend of another family than the outer header"),
+    }
+    let n = g.len();
+    assert_eq!(n, lb_common::chain_len(v6));
+    out.splice(ip + ip_len + 8..ip + ip_len + 8, g);
+    let grow = |b: &mut [u8]| {
+        let v = u16::from_be_bytes([b[0], b[1]]) + n as u16;
+        b.copy_from_slice(&v.to_be_bytes());
+    };
+    grow(&mut out[ip + ip_len + 4..ip + ip_len + 6]);
+    if v6 {
+        grow(&mut out[ip + 4..ip + 6]);
+    } else {
+        let mut h = Ipv4Header::from_slice(&out[ip..ip + 20]).unwrap().0;
+        h.total_len += n as u16;
+        h.header_checksum = h.calc_header_checksum();
+        out[ip..ip + 20].copy_from_slice(&h.to_bytes());
+    }
+    out
+}

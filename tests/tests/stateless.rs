@@ -1,0 +1,305 @@
+//! Stateless VIPs in packet tests (the real object, BPF_PROG_TEST_RUN): the
+//! balancer's bytes (no flow entry; the slot's previous backend named while
+//! recent) and the backend's three outcomes (deliver a SYN, deliver a
+//! packet of a connection it has, pass a packet of one it lacks on to the
+//! previous backend, once).
+use lb_common::{
+    chain_entry, counter, decap_counter, flow_hash, Config, VipInfo, BACKEND_F_DOWN, BACKEND_F_GUE,
+    CHAIN_F_PASSED, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, CONFIG_F_STATELESS,
+    PROTO_TCP, PROTO_UDP, VIP_F_STATELESS,
+};
+use lb_tests::packets::*;
+use lb_tests::*;
+use lb_userspace::dataplane::{DataPlane, DecapVip};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+const KEY: [u64; 2] = [7, 11];
+const SRC_V4: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 0);
+const SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x255, 0, 0, 0, 0, 0, 0);
+const WINDOW_S: u32 = 600;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Backend slots: (id, address, VIP id). VIP 0: 10.100.0.1:80/tcp and
+/// VIP 1: 10.100.0.1:53/udp over IPv4 backends; VIP 2: [fd00:100::1]:80/tcp.
+fn slots() -> Vec<(u32, IpAddr, u32)> {
+    vec![
+        (1, ip("10.0.1.1"), 0),
+        (2, ip("10.0.1.2"), 0),
+        (3, ip("10.0.1.3"), 0),
+        (4, ip("10.0.1.1"), 1),
+        (5, ip("10.0.1.2"), 1),
+        (10, ip("fd00:1::1"), 2),
+        (11, ip("fd00:1::2"), 2),
+    ]
+}
+
+fn addr(id: u32) -> IpAddr {
+    slots().into_iter().find(|s| s.0 == id).unwrap().1
+}
+
+/// The three VIPs, stateless (chain tables 0, 1 and 0 again: the test
+/// sizes have room for two; VIP 2's slots are its own by the ring size).
+fn setup() -> Option<Balancer> {
+    root_env("stateless packet tests")?;
+    private_netns().unwrap();
+    let sizes = test_sizes();
+    let mut lb = Balancer::load(sizes).unwrap();
+    lb.set_config(Config {
+        hash_key: KEY,
+        ring_size: sizes.ring_size,
+        flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6 | CONFIG_F_STATELESS,
+        src_v4: u32::from_ne_bytes(SRC_V4.octets()),
+        src_v4_mask: host_mask(8),
+        src_v6: lb_common::addr_words(IpAddr::V6(SRC_V6)).0,
+        src_v6_mask: host_mask(16),
+        mtu: 1500,
+        gateway_mac: GATEWAY_MAC,
+        gue_port: lb_common::DEFAULT_GUE_PORT.to_be(),
+        chain_window_s: WINDOW_S,
+        ..Config::default()
+    })
+    .unwrap();
+    for (id, a, vip) in slots() {
+        lb.set_backend(id, backend(a, BACKEND_F_GUE, vip)).unwrap();
+    }
+    for (key, vip_id, chain_idx, ids) in [
+        (
+            vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
+            0,
+            0,
+            vec![1, 2, 3],
+        ),
+        (vip_key(ip("10.100.0.1"), 53, PROTO_UDP), 1, 1, vec![4, 5]),
+    ] {
+        let n = sizes.ring_size;
+        let ring: Vec<u32> = (0..n).map(|i| ids[i as usize % ids.len()]).collect();
+        lb.write_ring(vip_id, 0, &ring).unwrap();
+        let info = VipInfo {
+            vip_id,
+            flags: VIP_F_STATELESS,
+            chain_idx,
+            ..VipInfo::default()
+        };
+        lb.add_vip(key, info).unwrap();
+    }
+    Some(lb)
+}
+
+fn hash(f: &Flow) -> u32 {
+    flow_hash(&f.key(), &KEY) as u32
+}
+
+fn slot(f: &Flow) -> u32 {
+    hash(f) % test_sizes().ring_size
+}
+
+fn now_s() -> u32 {
+    (lb_common::monotonic_coarse_ns() / 1_000_000_000) as u32
+}
+
+/// What the balancer sends for `frame` of flow `f` to backend `id`.
+fn expected(frame: &[u8], f: &Flow, id: u32, prev: Option<IpAddr>, age_s: u16) -> Vec<u8> {
+    let h = hash(f);
+    let dst = addr(id);
+    let src = match dst {
+        IpAddr::V4(_) => IpAddr::V4(outer_src_v4(SRC_V4, 8, h)),
+        IpAddr::V6(_) => IpAddr::V6(outer_src_v6(SRC_V6, 16, h)),
+    };
+    let e = Encap {
+        dmac: GATEWAY_MAC,
+        smac: LB_MAC,
+        src,
+        dst,
+        hash: h,
+    };
+    expected_stateless(frame, &e, lb_common::DEFAULT_GUE_PORT, prev, age_s)
+}
+
+#[test]
+fn a_stateless_vip_hashes_every_packet_to_its_slot_and_stores_no_flow() {
+    let Some(lb) = setup() else { return };
+    let mut syns = 0;
+    for i in 0..40u16 {
+        let f = Flow::tcp("192.0.2.1", 1000 + i, "10.100.0.1", 80);
+        let want = [1, 2, 3][slot(&f) as usize % 3];
+        for flags in ["S", "A", "PA", "FA"] {
+            let frame = f.packet(flags, b"data");
+            let out = lb.run(&frame).unwrap();
+            assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+            assert_eq!(out.data, expected(&frame, &f, want, None, 0), "{flags}");
+        }
+        syns += 1;
+        let u = Flow::udp("192.0.2.1", 2000 + i, "10.100.0.1", 53);
+        let frame = u.packet("", b"q");
+        let want = [4, 5][slot(&u) as usize % 2];
+        assert_eq!(
+            lb.run(&frame).unwrap().data,
+            expected(&frame, &u, want, None, 0)
+        );
+    }
+    assert_eq!(lb.flow_count(), 0, "no flow stored");
+    assert_eq!(lb.counter(counter::STATELESS), 40 * 5);
+    assert_eq!(lb.counter(counter::FLOW_MISS), 0);
+    assert_eq!(lb.counter(counter::NEW_FLOW), syns);
+    assert_eq!(lb.vip_stats(0).new_flows, syns);
+    assert_eq!(lb.vip_stats(0).packets, 40 * 4);
+}
+
+#[test]
+fn a_changed_slot_names_its_previous_backend_while_recent() {
+    let Some(mut lb) = setup() else { return };
+    let f = Flow::tcp("192.0.2.1", 3000, "10.100.0.1", 80);
+    let s = slot(&f);
+    let cur = [1, 2, 3][s as usize % 3];
+    let prev = if cur == 1 { 2 } else { 1 };
+    let frame = f.packet("A", b"x");
+    // Changed 5 s ago: named, with its age.
+    lb.dp()
+        .write_chains(0, &[(s, chain_entry(prev, now_s() - 5))])
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    let age = u16::from_be_bytes([out.data[14 + 20 + 8 + 6], out.data[14 + 20 + 8 + 7]]);
+    assert!((5..=6).contains(&age), "age {age}");
+    assert_eq!(out.data, expected(&frame, &f, cur, Some(addr(prev)), age));
+    assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
+    // Past the window, the slot's own backend, a backend that is down or
+    // of another VIP: not named.
+    for (entry, down) in [
+        (chain_entry(prev, now_s() - WINDOW_S - 1), false),
+        (chain_entry(cur, now_s()), false),
+        (chain_entry(prev, now_s()), true),
+        (chain_entry(4, now_s()), false),
+    ] {
+        lb.dp().write_chains(0, &[(s, entry)]).unwrap();
+        let flags = if down { BACKEND_F_DOWN } else { 0 };
+        lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE | flags, 0))
+            .unwrap();
+        let out = lb.run(&frame).unwrap();
+        assert_eq!(out.data, expected(&frame, &f, cur, None, 0));
+    }
+    assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
+    // The GUE header a reference parser sees: UDP to the GUE port.
+    lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE, 0))
+        .unwrap();
+    lb.dp()
+        .write_chains(0, &[(s, chain_entry(prev, now_s()))])
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    let p = etherparse::SlicedPacket::from_ethernet(&out.data).unwrap();
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        panic!("no UDP");
+    };
+    assert_eq!(u.destination_port(), lb_common::DEFAULT_GUE_PORT);
+    assert_eq!(u.length() as usize, 8 + 12 + ip_part(&frame).len());
+}
+
+/// A backend's decapsulator taking the VIPs above, with a route and a
+/// neighbour for the previous backend 10.0.1.2 / fd00:1::2 on a veth (the
+/// balancer, in the same namespace, still finds no route to the others).
+fn backend_side() -> Balancer {
+    let sh = |c: &str| {
+        let st = std::process::Command::new("sh")
+            .args(["-c", c])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{c}");
+    };
+    // Forwarding on: only then does the FIB answer XDP (or the kernel forward).
+    sh(
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+        && ip link set lo up && ip link add sl0 address 02:00:00:00:aa:01 type veth peer name sl1 \
+        && ip link set sl0 up && ip link set sl1 up \
+        && ip route add 10.0.1.2/32 dev sl0 && ip route add fd00:1::2/128 dev sl0 \
+        && ip neigh replace 10.0.1.2 lladdr 02:00:00:00:bb:02 dev sl0 nud permanent \
+        && ip neigh replace fd00:1::2 lladdr 02:00:00:00:bb:02 dev sl0 nud permanent \
+        && ip addr add 10.100.0.1/32 dev lo",
+    );
+    let mut d = Balancer::load_decap().unwrap();
+    let vips = [
+        DecapVip {
+            addr: ip("10.100.0.1"),
+            port: 80,
+            proto: PROTO_TCP,
+        },
+        DecapVip {
+            addr: ip("fd00:100::1"),
+            port: 80,
+            proto: PROTO_TCP,
+        },
+    ];
+    d.set_decap(&vips, &[]).unwrap();
+    d
+}
+
+#[test]
+fn the_backend_delivers_a_syn_and_its_connections_and_passes_the_rest_on_once() {
+    let Some(mut lb) = setup() else { return };
+    let d = backend_side();
+    // A listener on the VIP and one connection to it, from 10.100.0.9.
+    let listener = std::net::TcpListener::bind("10.100.0.1:80").unwrap();
+    let client = std::net::TcpStream::connect("10.100.0.1:80").unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let local = client.local_addr().unwrap();
+    assert_eq!(
+        local.ip(),
+        ip("10.100.0.1"),
+        "the kernel's choice of source"
+    );
+    // Every slot is backend 1's now, and names backend 2 as the one before.
+    let n = test_sizes().ring_size;
+    lb.write_ring(0, 0, &vec![1; n as usize]).unwrap();
+    let all: Vec<(u32, u64)> = (0..n).map(|s| (s, chain_entry(2, now_s()))).collect();
+    lb.dp().write_chains(0, &all).unwrap();
+    let connected = Flow::tcp("10.100.0.1", local.port(), "10.100.0.1", 80);
+    let other = Flow::tcp("10.100.0.1", local.port() ^ 0x4000, "10.100.0.1", 80);
+    let run = |f: &Flow, flags: &str| {
+        let frame = f.packet(flags, b"x");
+        let out = lb.run(&frame).unwrap();
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(out.data, expected(&frame, f, 1, Some(addr(2)), 0));
+        (frame, out.data)
+    };
+    let deliver = |frame: &[u8], tunnel: &[u8]| {
+        let back = d.run(tunnel).unwrap();
+        assert_eq!(back.action, XDP_PASS, "{:?}", d.decap_counters());
+        assert_eq!(ip_part(&back.data), ip_part(frame));
+    };
+    // The connection this host has: delivered.
+    let (frame, tunnel) = run(&connected, "A");
+    deliver(&frame, &tunnel);
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_LOCAL), 1);
+    // A SYN of another flow: delivered, whatever the previous backend.
+    let (frame, tunnel) = run(&other, "S");
+    deliver(&frame, &tunnel);
+    // Its ACK, with no connection here (only the listener): passed on to
+    // 10.0.1.2, the outer destination rewritten, the header marked.
+    let (frame, tunnel) = run(&other, "A");
+    let out = d.run(&tunnel).unwrap();
+    assert_eq!(out.action, XDP_REDIRECT, "{:?}", d.decap_counters());
+    let mut want = tunnel.clone();
+    want[0..6].copy_from_slice(&[2, 0, 0, 0, 0xbb, 2]);
+    want[6..12].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1]);
+    want[14 + 16..14 + 20].copy_from_slice(&[10, 0, 1, 2]);
+    want[14 + 20 + 8 + 5] |= CHAIN_F_PASSED;
+    let mut h = etherparse::Ipv4Header::from_slice(&want[14..34]).unwrap().0;
+    h.header_checksum = h.calc_header_checksum();
+    want[14..34].copy_from_slice(&h.to_bytes());
+    assert_eq!(out.data, want, "outer destination and checksum, flag, MACs");
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 1);
+    // At the previous backend (marked passed): delivered, whatever it has.
+    deliver(&frame, &out.data);
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 1);
+    // With no neighbour for the previous backend: to the kernel, rewritten.
+    lb.dp()
+        .write_chains(0, &[(slot(&other), chain_entry(3, now_s()))])
+        .unwrap();
+    let frame = other.packet("A", b"x");
+    let tunnel = lb.run(&frame).unwrap().data;
+    let out = d.run(&tunnel).unwrap();
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(&out.data[14 + 16..14 + 20], &[10, 0, 1, 3]);
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_TO_KERNEL), 1);
+}

@@ -382,3 +382,50 @@ vips:
     ));
     assert!(errs.to_string().contains("snat_ports"), "{errs}");
 }
+
+#[test]
+fn state_stateless_needs_gue_maglev_and_no_connection_state() {
+    let vip = |extra: &str| format!("{HEAD}{WEB}    state: stateless\n{extra}");
+    let pool = ok(&vip("    forwarding: gue\n"));
+    assert!(pool.vips[0].stateless);
+    assert!(!ok(&format!("{HEAD}{WEB}")).vips[0].stateless);
+    assert_eq!(pool.tables.stateless_window, Duration::from_secs(3600));
+    assert_eq!(pool.tables.max_stateless_vips, 4);
+    // Line 13, column 12: the `state` value.
+    assert_only(&vip(""), 13, 12, "vips[0].state", "needs `forwarding: gue`");
+    assert_only(
+        &vip("    forwarding: gue\n    scheduler: round_robin\n"),
+        13,
+        12,
+        "vips[0].state",
+        "only `scheduler: maglev`",
+    );
+    assert_only(
+        &vip("    forwarding: gue\n    max_connections: 5\n"),
+        15,
+        22,
+        "vips[0].max_connections",
+        "a stateless VIP keeps none",
+    );
+    let two = format!(
+        "{}tables:\n  max_stateless_vips: 1\n",
+        vip("    forwarding: gue\n")
+            + &WEB
+                .replace("port: 80", "port: 81")
+                .replace("name: web", "name: web2")
+            + "    state: stateless\n    forwarding: gue\n"
+    );
+    let errs = errors(&two);
+    assert_eq!(errs.len(), 1, "{errs}");
+    assert!(
+        errs.to_string().contains("max_stateless_vips (1)"),
+        "{errs}"
+    );
+    let w = format!(
+        "{}tables:\n  stateless_window: 8d\n",
+        vip("    forwarding: gue\n")
+    );
+    assert!(errors(&w)
+        .to_string()
+        .contains("stateless_window 8days is out of range"));
+}

@@ -426,3 +426,4 @@ mod health;
 mod pool;
 mod restart;
 mod schedulers;
+mod stateless;

@@ -1,0 +1,94 @@
+//! Stateless VIPs: each slot's previous backend, as the table changes and
+//! across a restart.
+use super::*;
+use lb_common::{chain_changed_s, chain_prev, VIP_F_STATELESS};
+
+fn stateless_web(backends: &[&str]) -> String {
+    web(backends).replace(
+        "    protocol: tcp\n",
+        "    protocol: tcp\n    forwarding: gue\n    state: stateless\n",
+    )
+}
+
+#[test]
+fn a_changed_slot_names_its_old_backend_and_a_kept_one_keeps_what_it_named() {
+    let three = &WEB[..];
+    let p = pool(&[stateless_web(three)]);
+    let mut c = controller(FakeDataPlane::new(8, 64)).with_stateless_vips(2);
+    c.apply(&p).unwrap();
+    let k = key(&p, "web");
+    let info = c.dp.vips[&k];
+    assert_eq!(info.flags & VIP_F_STATELESS, VIP_F_STATELESS);
+
+    // A new VIP names no previous backend.
+    let idx = info.chain_idx;
+    assert!(c.dp.chains[&idx].iter().all(|e| *e == 0));
+    let before = c.dp.active_table(&k).to_vec();
+    // A fourth backend takes some slots: they name their old backend.
+    let mut four = three.to_vec();
+    four.push("address: 10.0.1.4");
+    let p4 = pool(&[stateless_web(&four)]);
+    c.apply(&p4).unwrap();
+    settle(&mut c);
+    let after = c.dp.active_table(&k).to_vec();
+    let chains = c.dp.chains[&idx].clone();
+    let mut moved = 0;
+    for (s, (o, n)) in before.iter().zip(&after).enumerate() {
+        if o != n {
+            moved += 1;
+            assert_eq!(chain_prev(chains[s]), *o, "slot {s}");
+            assert!(chain_changed_s(chains[s]) > 0);
+        } else {
+            assert_eq!(chains[s], 0, "slot {s} kept its backend");
+        }
+    }
+    let new_id = c.dp.slot_of(&k, "10.0.1.4");
+    // (Maglev moves a few slots between the old backends too.)
+    let taken = after.iter().filter(|b| **b == new_id).count();
+    assert!(taken > 0 && taken <= moved, "{taken} {moved}");
+    // A weight change moves other slots; those that moved before and stay
+    // keep what they named.
+    let mut heavier = four.clone();
+    heavier[0] = "address: 10.0.1.1, weight: 300";
+    c.apply(&pool(&[stateless_web(&heavier)])).unwrap();
+    settle(&mut c);
+    let third = c.dp.active_table(&k).to_vec();
+    let chains2 = c.dp.chains[&idx].clone();
+    for s in 0..third.len() {
+        if third[s] != after[s] {
+            assert_eq!(chain_prev(chains2[s]), after[s], "slot {s}");
+        } else {
+            assert_eq!(chains2[s], chains[s], "slot {s}");
+        }
+    }
+    // Removing backend 10.0.1.4 from the pool clears the slots naming it.
+    let gone = c.dp.slot_of(&k, "10.0.1.4");
+    c.apply(&pool(&[stateless_web(&heavier[..3])])).unwrap();
+    settle(&mut c);
+    assert!(c.dp.chains[&idx].iter().all(|e| chain_prev(*e) != gone));
+    // A restarted controller takes the table of previous backends over.
+    let kept = c.dp.chains[&idx].clone();
+    let mut second = controller(c.dp.restarted()).with_stateless_vips(2);
+    second
+        .apply(&pool(&[stateless_web(&heavier[..3])]))
+        .unwrap();
+    assert_eq!(second.dp.vips[&k].chain_idx, idx);
+    assert_eq!(second.dp.chains[&idx], kept);
+}
+
+#[test]
+fn stateless_vips_take_free_tables_up_to_the_limit() {
+    let a = stateless_web(&WEB);
+    let b = a
+        .replace("name: web", "name: web2")
+        .replace("port: 80", "port: 81");
+    let cc = a
+        .replace("name: web", "name: web3")
+        .replace("port: 80", "port: 82");
+    let mut c = controller(FakeDataPlane::new(8, 64)).with_stateless_vips(2);
+    c.apply(&pool(&[a.clone(), b.clone()])).unwrap();
+    let idx: BTreeSet<u8> = c.dp.vips.values().map(|i| i.chain_idx).collect();
+    assert_eq!(idx, BTreeSet::from([0, 1]));
+    let err = c.apply(&pool(&[a, b, cc])).unwrap_err();
+    assert!(err.to_string().contains("max_stateless_vips"), "{err}");
+}

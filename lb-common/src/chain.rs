@@ -1,15 +1,32 @@
 //! Stateless VIPs (`state: stateless`, after Beamer, NSDI 2018): no flow
 //! table on the balancer. Each slot of such a VIP's Maglev table also
 //! remembers the backend that held it before its last change, and when it
-//! changed (`CHAINS`); the balancer sends both to the backend inside the
-//! GUE header, and a backend that gets a packet of a connection it does
-//! not have passes it on to that previous backend (`lb decap`).
+//! changed (`CHAINS`), and the one before that; the balancer sends them to
+//! the backend inside the GUE header, and a backend that gets a packet of a
+//! connection it does not have passes it on to the previous backend, which
+//! passes it on to the one before if it has not the connection either
+//! (`lb decap`): a connection survives two changes of its slot in quick
+//! succession.
 
 /// `CHAINS` entry: the previous backend's id plus one in the low 16 bits
-/// (0: none), the data path clock's second of the change in the high 32.
+/// (0: none), the one before it in the next 16, the data path clock's
+/// second of the last change in the high 32.
+#[inline(always)]
+pub fn chain_entry2(prev: u32, prev2: u32, changed_s: u32) -> u64 {
+    let id = |b: u32| {
+        if b == crate::NO_BACKEND {
+            0
+        } else {
+            (b as u64 + 1) & 0xffff
+        }
+    };
+    ((changed_s as u64) << 32) | (id(prev2) << 16) | id(prev)
+}
+
+/// A `CHAINS` entry naming one previous backend.
 #[inline(always)]
 pub fn chain_entry(prev: u32, changed_s: u32) -> u64 {
-    ((changed_s as u64) << 32) | ((prev as u64 + 1) & 0xffff)
+    chain_entry2(prev, crate::NO_BACKEND, changed_s)
 }
 
 /// The previous backend of a `CHAINS` entry (`NO_BACKEND`: none).
@@ -19,6 +36,12 @@ pub fn chain_prev(e: u64) -> u32 {
         0 => crate::NO_BACKEND,
         v => v as u32 - 1,
     }
+}
+
+/// The backend before the previous one (`NO_BACKEND`: none).
+#[inline(always)]
+pub fn chain_prev2(e: u64) -> u32 {
+    chain_prev(e >> 16)
 }
 
 /// The second (data path clock) of a `CHAINS` entry's change.
@@ -32,16 +55,22 @@ pub fn chain_changed_s(e: u64) -> u32 {
 pub const CHAIN_KIND: u8 = 0x4c;
 /// `GueChain::flags`: the header names a previous backend.
 pub const CHAIN_F_PREV: u8 = 1;
-/// `GueChain::flags`: a backend already passed the packet on; the next one
-/// delivers it whatever it finds (no loops).
+/// `GueChain::flags`: a backend already passed the packet on (to the
+/// first address); the next passes it on only to the second, if named.
 pub const CHAIN_F_PASSED: u8 = 2;
+/// `GueChain::flags`: the header names a second previous backend.
+pub const CHAIN_F_PREV2: u8 = 4;
+/// `GueChain::flags`: passed on twice; the last backend delivers it
+/// whatever it finds (no loops).
+pub const CHAIN_F_PASSED2: u8 = 8;
 
 /// The GUE header of a stateless VIP's packet (variant 0, RFC draft
 /// "Generic UDP Encapsulation" section 3), after the UDP header: four
 /// bytes of GUE (version 0, no control, `hlen` words of optional data,
 /// the inner protocol, no flags), then our private data: kind, flags, the
-/// previous backend's age, then its address (4 or 16 bytes, the outer
-/// family's; zero when there is none).
+/// age of the slot's last change, then the previous backend's address and
+/// the one before's (4 or 16 bytes each, the outer family's; zero when
+/// there is none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GueChain {
@@ -61,13 +90,13 @@ pub struct GueChain {
 const _: () = assert!(core::mem::size_of::<GueChain>() == 8);
 
 /// `hlen` of a stateless GUE header: one word of kind, flags and age,
-/// then the previous backend's address.
+/// then the two previous backends' addresses.
 #[inline(always)]
 pub const fn chain_hlen(outer_v6: bool) -> u8 {
     if outer_v6 {
-        5
+        9
     } else {
-        2
+        3
     }
 }
 
@@ -86,8 +115,14 @@ mod tests {
         let e = chain_entry(41, 123_456);
         assert_eq!(chain_prev(e), 41);
         assert_eq!(chain_changed_s(e), 123_456);
+        assert_eq!(chain_prev2(e), crate::NO_BACKEND);
+        let e = chain_entry2(3, 0, 9);
+        assert_eq!(
+            (chain_prev(e), chain_prev2(e), chain_changed_s(e)),
+            (3, 0, 9)
+        );
         assert_eq!(chain_prev(0), crate::NO_BACKEND);
-        assert_eq!(chain_len(false), 12);
-        assert_eq!(chain_len(true), 24);
+        assert_eq!(chain_len(false), 16);
+        assert_eq!(chain_len(true), 40);
     }
 }

@@ -85,7 +85,8 @@ pub mod maps {
     /// Derived from `VIPS` like `VIP_FILTER`, not pinned.
     pub const STATELESS_FILTER: &str = "STATELESS_FILTER";
     /// `ProgramArray`: `lb_stateless` at `PROG_STATELESS`, `lb_xdp` at
-    /// `PROG_BALANCER` (filled at load, not pinned).
+    /// `PROG_BALANCER` (filled at each load; pinned, so that it keeps them
+    /// while no daemon runs).
     pub const PROGS: &str = "PROGS";
 }
 

@@ -1,9 +1,10 @@
 //! On a backend (`lb_decap`), a stateless VIP's TCP packet whose GUE header
 //! names a previous backend: delivered here when this host has the
 //! connection (a socket other than a listener answers to its 4-tuple) or
-//! the packet opens one (a SYN); otherwise passed on, once, to the previous
-//! backend: the outer destination rewritten, the header marked
-//! `CHAIN_F_PASSED` so the next backend delivers it whatever it finds.
+//! the packet opens one (a SYN); otherwise passed on to the previous
+//! backend (the outer destination rewritten, the header marked
+//! `CHAIN_F_PASSED`), which in turn may pass it on to the one before
+//! (`CHAIN_F_PASSED2`); the last delivers it whatever it finds (no loops).
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, bpf_sock_tuple, xdp_action, BPF_F_CURRENT_NETNS},
     helpers::{
@@ -14,7 +15,8 @@ use aya_ebpf::{
 };
 use core::mem::{size_of, MaybeUninit};
 use lb_common::{
-    decap_counter, GueChain, AF_INET, AF_INET6, CHAIN_F_PASSED, CHAIN_F_PREV, PROTO_UDP,
+    decap_counter, GueChain, AF_INET, AF_INET6, CHAIN_F_PASSED, CHAIN_F_PASSED2, CHAIN_F_PREV,
+    CHAIN_F_PREV2, PROTO_UDP,
 };
 
 use crate::csum::{halves, update};
@@ -43,9 +45,18 @@ pub fn pass_on(ctx: &XdpContext, at: &At, inner_family: u8) -> Option<u32> {
     let chain_off = at.l2_len + at.ip_len + size_of::<[u16; 4]>();
     let mut h = GueChain::default();
     load(ctx, chain_off, &mut h)?;
-    if h.chain_flags & (CHAIN_F_PREV | CHAIN_F_PASSED) != CHAIN_F_PREV {
+    // Which address is next: the first previous backend, or (passed on
+    // once already) the second; none after two passes.
+    let f = h.chain_flags;
+    let (second, mark) = if f & CHAIN_F_PREV == 0 || f & CHAIN_F_PASSED2 != 0 {
         return None;
-    }
+    } else if f & CHAIN_F_PASSED == 0 {
+        (false, CHAIN_F_PASSED)
+    } else if f & CHAIN_F_PREV2 != 0 {
+        (true, CHAIN_F_PASSED2)
+    } else {
+        return None;
+    };
     // Source port, destination port, sequence, acknowledgement, offset, flags.
     let mut tcp = [0u8; 14];
     load(ctx, at.l4_off, &mut tcp)?;
@@ -56,14 +67,16 @@ pub fn pass_on(ctx: &XdpContext, at: &At, inner_family: u8) -> Option<u32> {
         pass(decap_counter::CHAIN_LOCAL);
         return None;
     }
-    h.chain_flags |= CHAIN_F_PASSED;
+    h.chain_flags |= mark;
     store(ctx, chain_off, &h)?;
-    let prev_off = chain_off + size_of::<GueChain>();
+    let v6 = at.ip_len == size_of::<Ipv6Hdr>();
+    let addr_len = if v6 { 16 } else { 4 };
+    let prev_off = chain_off + size_of::<GueChain>() + if second { addr_len } else { 0 };
     let mut f = MaybeUninit::<bpf_fib_lookup>::uninit();
     let fib = zeroed(&mut f);
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.l4_protocol = PROTO_UDP;
-    if at.ip_len == size_of::<Ipv6Hdr>() {
+    if v6 {
         // Source at 8, destination at 24.
         let mut addrs = [[0u32; 4]; 2];
         load(ctx, at.l2_len + 8, &mut addrs[0])?;

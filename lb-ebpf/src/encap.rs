@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     chain_hlen, chain_len, counter, Backend, Config, GueChain, AF_INET, AF_INET6, BACKEND_F_DSR_L2,
-    BACKEND_F_GUE, BACKEND_F_NAT, CHAIN_F_PREV, CHAIN_KIND, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
-    NO_BACKEND, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
+    BACKEND_F_GUE, BACKEND_F_NAT, CHAIN_F_PREV, CHAIN_F_PREV2, CHAIN_KIND, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6, NO_BACKEND, PROTO_IPIP, PROTO_IPV6, PROTO_UDP,
 };
 
 use crate::action::{count, dropped, verdict, Sent, XDP_TX};
@@ -50,11 +50,12 @@ pub fn forward(
     encapsulate(ctx, pkt, cfg, backend_id, backend, hash, now, None)
 }
 
-/// A stateless VIP's previous backend for the GUE header: its slot
-/// (`NO_BACKEND`: none) and the seconds since its slot changed.
+/// A stateless VIP's previous backends for the GUE header: their slots
+/// (`NO_BACKEND`: none) and the seconds since the slot last changed.
 #[derive(Clone, Copy)]
 pub struct Chain {
     pub prev: u32,
+    pub prev2: u32,
     pub age_s: u16,
 }
 
@@ -201,9 +202,9 @@ fn write_gue(
     Some(())
 }
 
-/// A stateless VIP's GUE header (`GueChain`, then the previous backend's
-/// address in the outer family, zero for none), `off` bytes after the
-/// Ethernet header.
+/// A stateless VIP's GUE header (`GueChain`, then the two previous
+/// backends' addresses in the outer family, zero for none), `off` bytes
+/// after the Ethernet header.
 #[inline(always)]
 fn write_chain(ctx: &XdpContext, pkt: &Packet, off: usize, outer_v6: bool, c: Chain) -> Option<()> {
     let off = pkt.l2_len + off;
@@ -212,19 +213,26 @@ fn write_chain(ctx: &XdpContext, pkt: &Packet, off: usize, outer_v6: bool, c: Ch
     h.proto = inner_proto(pkt);
     h.flags = 0;
     h.kind = CHAIN_KIND;
-    let prev = if c.prev == NO_BACKEND {
-        None
-    } else {
-        BACKENDS.get(c.prev)
-    };
-    h.chain_flags = if prev.is_some() { CHAIN_F_PREV } else { 0 };
     h.age_s = c.age_s.to_be();
-    let addr = prev.map_or([0u32; 4], |b| b.addr);
+    let get = |id: u32| {
+        if id == NO_BACKEND {
+            None
+        } else {
+            BACKENDS.get(id)
+        }
+    };
+    let (a, b) = (get(c.prev), get(c.prev2));
+    h.chain_flags =
+        if a.is_some() { CHAIN_F_PREV } else { 0 } | if b.is_some() { CHAIN_F_PREV2 } else { 0 };
+    let (a, b) = (
+        a.map_or([0u32; 4], |x| x.addr),
+        b.map_or([0u32; 4], |x| x.addr),
+    );
     let off = off + core::mem::size_of::<GueChain>();
     if outer_v6 {
-        unsafe { *ptr_at::<[u32; 4]>(ctx, off)? = addr };
+        unsafe { *ptr_at::<[[u32; 4]; 2]>(ctx, off)? = [a, b] };
     } else {
-        unsafe { *ptr_at::<u32>(ctx, off)? = addr[0] };
+        unsafe { *ptr_at::<[u32; 2]>(ctx, off)? = [a[0], b[0]] };
     }
     Some(())
 }

@@ -13,7 +13,7 @@
 //! `lb_xdp` (`STATELESS_SKIP`).
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    chain_changed_s, chain_prev, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
+    chain_changed_s, chain_prev, chain_prev2, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
     BACKEND_F_USED, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, PROTO_TCP, PROTO_UDP,
     VIP_F_STATELESS,
 };
@@ -114,21 +114,33 @@ fn balance(
     count(counter::STATELESS);
     let mut chain = Chain {
         prev: NO_BACKEND,
+        prev2: NO_BACKEND,
         age_s: 0,
     };
     if let Some(e) = CHAINS.get(vip.chain_idx as u32 * size + slot) {
-        let prev = chain_prev(*e);
         let age = ((now / 1_000_000_000) as u32).wrapping_sub(chain_changed_s(*e));
-        if prev != id && prev != NO_BACKEND && age < cfg.chain_window_s {
-            if let Some(p) = BACKENDS.get(prev) {
-                if p.flags & (BACKEND_F_USED | BACKEND_F_DOWN) == BACKEND_F_USED
-                    && p.family == backend.family
-                    && p.vip_id as u32 == vip.vip_id
-                {
-                    chain.prev = prev;
-                    chain.age_s = age.min(u16::MAX as u32) as u16;
-                    count(counter::STATELESS_PREV);
-                }
+        if *e != 0 && age < cfg.chain_window_s {
+            // Each named backend still of this VIP, up, of the outer family,
+            // and not the slot's own; the second moves up when the first is not.
+            let usable = |b: u32| -> bool {
+                b != id
+                    && BACKENDS.get(b).is_some_and(|p| {
+                        p.flags & (BACKEND_F_USED | BACKEND_F_DOWN) == BACKEND_F_USED
+                            && p.family == backend.family
+                            && p.vip_id as u32 == vip.vip_id
+                    })
+            };
+            let (a, b) = (chain_prev(*e), chain_prev2(*e));
+            let (a, b) = (usable(a).then_some(a), usable(b).then_some(b));
+            let (first, second) = match (a, b) {
+                (None, b) => (b, None),
+                (a, b) => (a, b),
+            };
+            if let Some(first) = first {
+                chain.prev = first;
+                chain.prev2 = second.unwrap_or(NO_BACKEND);
+                chain.age_s = age.min(u16::MAX as u32) as u16;
+                count(counter::STATELESS_PREV);
             }
         }
     }

@@ -299,13 +299,13 @@ pub fn expected_gue(frame: &[u8], e: &Encap, port: u16) -> Vec<u8> {
 
 /// The frame the balancer sends for a stateless VIP's `frame`: as
 /// `expected_gue`, with the GUE header (variant 0, `lb_common::GueChain`)
-/// between UDP and the tunnelled packet, naming `prev` (`age_s` seconds
-/// after its slot changed) or no previous backend.
+/// between UDP and the tunnelled packet, naming the previous backends
+/// `prevs` (none, one or two; `age_s` seconds after the slot's last change).
 pub fn expected_stateless(
     frame: &[u8],
     e: &Encap,
     port: u16,
-    prev: Option<IpAddr>,
+    prevs: &[IpAddr],
     age_s: u16,
 ) -> Vec<u8> {
     let mut out = expected_gue(frame, e, port);
@@ -319,19 +319,21 @@ pub fn expected_stateless(
         0,
         0,
         lb_common::CHAIN_KIND,
-        if prev.is_some() {
-            lb_common::CHAIN_F_PREV
-        } else {
-            0
-        },
+        [
+            0,
+            lb_common::CHAIN_F_PREV,
+            lb_common::CHAIN_F_PREV | lb_common::CHAIN_F_PREV2,
+        ][prevs.len()],
     ];
     g.extend_from_slice(&age_s.to_be_bytes());
-    match (prev, v6) {
-        (Some(IpAddr::V4(a)), false) => g.extend_from_slice(&a.octets()),
-        (Some(IpAddr::V6(a)), true) => g.extend_from_slice(&a.octets()),
-        (None, false) => g.extend_from_slice(&[0; 4]),
-        (None, true) => g.extend_from_slice(&[0; 16]),
-        _ => panic!("previous backend of another family than the outer header"),
+    for i in 0..2 {
+        match (prevs.get(i), v6) {
+            (Some(IpAddr::V4(a)), false) => g.extend_from_slice(&a.octets()),
+            (Some(IpAddr::V6(a)), true) => g.extend_from_slice(&a.octets()),
+            (None, false) => g.extend_from_slice(&[0; 4]),
+            (None, true) => g.extend_from_slice(&[0; 16]),
+            _ => panic!("previous backend of another family than the outer header"),
+        }
     }
     let n = g.len();
     assert_eq!(n, lb_common::chain_len(v6));

@@ -52,9 +52,9 @@ pub struct Topology {
     /// when the peer veth runs XDP too (with GRO alone, the peer's NAPI is
     /// woken late and frames wait up to ~200 ms).
     _peer_xdp: Option<aya::Ebpf>,
-    /// `lb_pass` on the switch side of the balancer's second interface,
-    /// when `two_armed` made one.
-    _peer_xdp_back: Option<aya::Ebpf>,
+    /// `lb_pass` on more switch ports: the balancer's second interface
+    /// (`two_armed`), the backends' (`forwarding_backends`).
+    _peer_xdp_more: Vec<aya::Ebpf>,
     /// The second balancer, when a test adds one.
     pub lb2: Option<String>,
     daemon2: Option<Child>,
@@ -132,7 +132,7 @@ impl Topology {
             servers: Vec::new(),
             daemon: None,
             _peer_xdp: None,
-            _peer_xdp_back: None,
+            _peer_xdp_more: Vec::new(),
             lb2: None,
             daemon2: None,
             _peer_xdp2: None,
@@ -195,6 +195,28 @@ impl Topology {
         .with_context(|| format!("joining {ns} to {br}"))
     }
 
+    /// Readies the backends for a stateless VIP: forwarding on (the FIB
+    /// answers `lb_decap` only then, and the kernel forwards what it cannot
+    /// pass on itself), and `lb_pass` on their switch ports, so a frame
+    /// their decapsulator passes on with XDP_TX is delivered at once.
+    pub fn forwarding_backends(&mut self) -> Result<()> {
+        let (sw, tag) = (self.sw.clone(), self.tag.clone());
+        for i in 0..self.backends.len() {
+            let ns = self.backends[i].ns.clone();
+            sh(&format!(
+                "ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+                 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0"
+            ))?;
+            // Hosts are numbered client, balancer, then the backends.
+            let peer = format!("{tag}{}b", i + 2);
+            self._peer_xdp_more.push(
+                in_ns(&sw, move || attach_pass(&peer))
+                    .context("attaching lb_pass to a backend's veth peer")?,
+            );
+        }
+        Ok(())
+    }
+
     /// Makes the topology two-armed: the backends move to a network of
     /// their own, 10.20.0.0/24 and fd20::/64 on bridge br1, that the
     /// balancer reaches through a second interface, eth1 (`LB4_BACK`,
@@ -208,7 +230,7 @@ impl Topology {
         ))?;
         self.plug(&format!("{tag}L"), &lb, "eth1", "br1", LB4_BACK, LB6_BACK)?;
         let peer = format!("{tag}Lb");
-        self._peer_xdp_back = Some(
+        self._peer_xdp_more.push(
             in_ns(&sw, move || attach_pass(&peer))
                 .context("attaching lb_pass to the balancer's second veth peer")?,
         );

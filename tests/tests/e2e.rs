@@ -1826,3 +1826,117 @@ fn nat_two_armed_clients_and_backends_on_separate_interfaces() {
         "{c}"
     );
 }
+
+/// `yaml` with VIP `name` stateless (GUE, its slots' previous backends).
+fn stateless(yaml: &str, name: &str) -> String {
+    let start = yaml.find(&format!("  - name: {name}\n")).expect("the VIP");
+    let at = start + yaml[start..].find("    protocol: tcp\n").unwrap() + 18;
+    format!(
+        "{}    forwarding: gue\n    state: stateless\n{}",
+        &yaml[..at],
+        &yaml[at..]
+    )
+}
+
+#[test]
+fn stateless_connections_survive_pool_changes_and_a_restart_with_no_flow_table() {
+    // Four backends, three in the pool at first.
+    let Some(mut t) = topo("e2sl", &[1, 1, 1, 1]) else {
+        return;
+    };
+    t.forwarding_backends().unwrap();
+    let pool_of = |t: &Topology, hosts: &[(usize, u32, &str)]| {
+        let hosts: Vec<_> = hosts
+            .iter()
+            .map(|(i, w, s)| (&t.backends[*i], *w, *s))
+            .collect();
+        let y = pool_yaml(&t.tag, &t.dir, &hosts);
+        stateless(&stateless(&y, "hold"), "web")
+    };
+    let three = [(0, 1, "active"), (1, 1, "active"), (2, 1, "active")];
+    t.write_pool(&pool_of(&t, &three)).unwrap();
+    t.start_daemon().unwrap();
+    let (seen, failed) = spread_http(&t, web(), 300);
+    assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // 40 long-lived connections, asked again after each change.
+    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+    let client = t.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let mut conns: Vec<Held> = (0..40).map(|_| Held::open(hold, T).unwrap()).collect();
+            rtx.send(0).unwrap();
+            let mut broken = 0;
+            while rx.recv().is_ok() {
+                broken += conns
+                    .iter_mut()
+                    .map(|c| c.still_served())
+                    .filter(|ok| !ok)
+                    .count();
+                rtx.send(broken).unwrap();
+            }
+            broken
+        })
+    });
+    rrx.recv().unwrap();
+    let check = |what: &str| {
+        tx.send(()).unwrap();
+        let broken = rrx.recv().unwrap();
+        assert_eq!(broken, 0, "after {what}");
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1200));
+    // A backend added: a quarter of the slots move to it.
+    let four = [
+        (0, 1, "active"),
+        (1, 1, "active"),
+        (2, 1, "active"),
+        (3, 1, "active"),
+    ];
+    t.write_pool(&pool_of(&t, &four)).unwrap();
+    settle();
+    check("adding a backend");
+    let st = t.status_json().unwrap();
+    let named = st["counters"]["stateless_prev"].as_u64().unwrap_or(0);
+    assert!(named > 0, "no packet named a previous backend: {st}");
+    // Weights changed.
+    let weighted = [
+        (0, 3, "active"),
+        (1, 1, "active"),
+        (2, 1, "active"),
+        (3, 2, "active"),
+    ];
+    t.write_pool(&pool_of(&t, &weighted)).unwrap();
+    settle();
+    check("a weight change");
+    // One taken out gracefully: its slots move, its connections go on.
+    let drained = [
+        (0, 3, "active"),
+        (1, 1, "drain"),
+        (2, 1, "active"),
+        (3, 2, "active"),
+    ];
+    t.write_pool(&pool_of(&t, &drained)).unwrap();
+    settle();
+    check("draining a backend");
+    // The balancer restarted.
+    t.kill_daemon();
+    std::thread::sleep(Duration::from_millis(300));
+    check("the daemon killed");
+    t.start_daemon().unwrap();
+    settle();
+    check("the daemon restarted");
+    drop(tx);
+    assert_eq!(worker.join().unwrap(), 0);
+    // No flow was stored for either VIP.
+    let st = t.status_json().unwrap();
+    for name in ["web", "hold"] {
+        let v = vip(&st, name);
+        for b in v["backends"].as_array().unwrap() {
+            assert_eq!(b["active_flows"], 0, "{v}");
+        }
+    }
+    assert_eq!(st["counters"]["flow_miss"].as_u64().unwrap_or(0), 0, "{st}");
+    assert!(st["counters"]["stateless"].as_u64().unwrap() > 1000, "{st}");
+}

@@ -4,9 +4,9 @@
 //! packet of a connection it has, pass a packet of one it lacks on to the
 //! previous backend, once).
 use lb_common::{
-    chain_entry, counter, decap_counter, flow_hash, Config, VipInfo, BACKEND_F_DOWN, BACKEND_F_GUE,
-    CHAIN_F_PASSED, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6, CONFIG_F_STATELESS,
-    PROTO_TCP, PROTO_UDP, VIP_F_STATELESS,
+    chain_entry, chain_entry2, counter, decap_counter, flow_hash, Config, VipInfo, BACKEND_F_DOWN,
+    BACKEND_F_GUE, CHAIN_F_PASSED, CHAIN_F_PASSED2, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4,
+    CONFIG_F_SRC_V6, CONFIG_F_STATELESS, PROTO_TCP, PROTO_UDP, VIP_F_STATELESS,
 };
 use lb_tests::packets::*;
 use lb_tests::*;
@@ -101,7 +101,7 @@ fn now_s() -> u32 {
 }
 
 /// What the balancer sends for `frame` of flow `f` to backend `id`.
-fn expected(frame: &[u8], f: &Flow, id: u32, prev: Option<IpAddr>, age_s: u16) -> Vec<u8> {
+fn expected(frame: &[u8], f: &Flow, id: u32, prevs: &[IpAddr], age_s: u16) -> Vec<u8> {
     let h = hash(f);
     let dst = addr(id);
     let src = match dst {
@@ -115,7 +115,7 @@ fn expected(frame: &[u8], f: &Flow, id: u32, prev: Option<IpAddr>, age_s: u16) -
         dst,
         hash: h,
     };
-    expected_stateless(frame, &e, lb_common::DEFAULT_GUE_PORT, prev, age_s)
+    expected_stateless(frame, &e, lb_common::DEFAULT_GUE_PORT, prevs, age_s)
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_stateless_vip_hashes_every_packet_to_its_slot_and_stores_no_flow() {
             let frame = f.packet(flags, b"data");
             let out = lb.run(&frame).unwrap();
             assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
-            assert_eq!(out.data, expected(&frame, &f, want, None, 0), "{flags}");
+            assert_eq!(out.data, expected(&frame, &f, want, &[], 0), "{flags}");
         }
         syns += 1;
         let u = Flow::udp("192.0.2.1", 2000 + i, "10.100.0.1", 53);
@@ -137,7 +137,7 @@ fn a_stateless_vip_hashes_every_packet_to_its_slot_and_stores_no_flow() {
         let want = [4, 5][slot(&u) as usize % 2];
         assert_eq!(
             lb.run(&frame).unwrap().data,
-            expected(&frame, &u, want, None, 0)
+            expected(&frame, &u, want, &[], 0)
         );
     }
     assert_eq!(lb.flow_count(), 0, "no flow stored");
@@ -163,7 +163,7 @@ fn a_changed_slot_names_its_previous_backend_while_recent() {
     let out = lb.run(&frame).unwrap();
     let age = u16::from_be_bytes([out.data[14 + 20 + 8 + 6], out.data[14 + 20 + 8 + 7]]);
     assert!((5..=6).contains(&age), "age {age}");
-    assert_eq!(out.data, expected(&frame, &f, cur, Some(addr(prev)), age));
+    assert_eq!(out.data, expected(&frame, &f, cur, &[addr(prev)], age));
     assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
     // Past the window, the slot's own backend, a backend that is down or
     // of another VIP: not named.
@@ -178,9 +178,23 @@ fn a_changed_slot_names_its_previous_backend_while_recent() {
         lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE | flags, 0))
             .unwrap();
         let out = lb.run(&frame).unwrap();
-        assert_eq!(out.data, expected(&frame, &f, cur, None, 0));
+        assert_eq!(out.data, expected(&frame, &f, cur, &[], 0));
     }
     assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
+    // Two previous backends: both named; the first down, the second alone.
+    let third = 6 - cur - prev;
+    lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE, 0))
+        .unwrap();
+    lb.dp()
+        .write_chains(0, &[(s, chain_entry2(prev, third, now_s()))])
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    let both = [addr(prev), addr(third)];
+    assert_eq!(out.data, expected(&frame, &f, cur, &both, 0));
+    lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE | BACKEND_F_DOWN, 0))
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.data, expected(&frame, &f, cur, &[addr(third)], 0));
     // The GUE header a reference parser sees: UDP to the GUE port.
     lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE, 0))
         .unwrap();
@@ -193,7 +207,7 @@ fn a_changed_slot_names_its_previous_backend_while_recent() {
         panic!("no UDP");
     };
     assert_eq!(u.destination_port(), lb_common::DEFAULT_GUE_PORT);
-    assert_eq!(u.length() as usize, 8 + 12 + ip_part(&frame).len());
+    assert_eq!(u.length() as usize, 8 + 16 + ip_part(&frame).len());
 }
 
 /// A backend's decapsulator taking the VIPs above, with a route and a
@@ -259,7 +273,7 @@ fn the_backend_delivers_a_syn_and_its_connections_and_passes_the_rest_on_once() 
         let frame = f.packet(flags, b"x");
         let out = lb.run(&frame).unwrap();
         assert_eq!(out.action, XDP_TX);
-        assert_eq!(out.data, expected(&frame, f, 1, Some(addr(2)), 0));
+        assert_eq!(out.data, expected(&frame, f, 1, &[addr(2)], 0));
         (frame, out.data)
     };
     let deliver = |frame: &[u8], tunnel: &[u8]| {
@@ -292,14 +306,28 @@ fn the_backend_delivers_a_syn_and_its_connections_and_passes_the_rest_on_once() 
     // At the previous backend (marked passed): delivered, whatever it has.
     deliver(&frame, &out.data);
     assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 1);
-    // With no neighbour for the previous backend: to the kernel, rewritten.
+    // Two previous backends, 10.0.1.3 (no neighbour known here) then
+    // 10.0.1.2: to the kernel to forward, rewritten to the first; at the
+    // first (no connection either), on to the second; there, delivered.
     lb.dp()
-        .write_chains(0, &[(slot(&other), chain_entry(3, now_s()))])
+        .write_chains(0, &[(slot(&other), chain_entry2(3, 2, now_s()))])
         .unwrap();
     let frame = other.packet("A", b"x");
     let tunnel = lb.run(&frame).unwrap().data;
+    assert_eq!(tunnel, expected(&frame, &other, 1, &[addr(3), addr(2)], 0));
     let out = d.run(&tunnel).unwrap();
     assert_eq!(out.action, XDP_PASS);
     assert_eq!(&out.data[14 + 16..14 + 20], &[10, 0, 1, 3]);
     assert_eq!(d.decap_counter(decap_counter::CHAIN_TO_KERNEL), 1);
+    let out = d.run(&out.data).unwrap();
+    assert_eq!(out.action, XDP_REDIRECT, "{:?}", d.decap_counters());
+    assert_eq!(&out.data[14 + 16..14 + 20], &[10, 0, 1, 2]);
+    let flags = out.data[14 + 20 + 8 + 5];
+    assert_eq!(
+        flags & (CHAIN_F_PASSED | CHAIN_F_PASSED2),
+        CHAIN_F_PASSED | CHAIN_F_PASSED2
+    );
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 2);
+    deliver(&frame, &out.data);
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 2);
 }

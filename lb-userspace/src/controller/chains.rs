@@ -1,12 +1,15 @@
-//! Stateless VIPs: each slot's previous backend (`CHAINS`), kept as the
+//! Stateless VIPs: each slot's previous backends (`CHAINS`), kept as the
 //! VIP's table changes. A slot that changes backend names the one it had,
-//! from the second it changed; a slot that keeps its backend keeps what it
-//! named. So a previous backend is remembered until the slot changes again
-//! (and sent along for `tables.stateless_window` after the change): after
-//! two changes of one slot within the window, only the connections of the
-//! backend just before the last change are passed on.
+//! and the one it had named before that, from the second it changed; a slot
+//! that keeps its backend keeps what it named. So the two backends before
+//! the current one are remembered until the slot changes again, and sent
+//! along for `tables.stateless_window` after its last change: connections
+//! survive two changes of their slot in quick succession; after three
+//! within the window, those of the oldest backend are lost.
 use super::*;
-use lb_common::{chain_entry, chain_prev, NO_BACKEND, VIP_F_STATELESS};
+use lb_common::{
+    chain_changed_s, chain_entry2, chain_prev, chain_prev2, NO_BACKEND, VIP_F_STATELESS,
+};
 
 /// The VIP's index in `CHAINS` and what this daemon knows is there.
 #[derive(Clone, Debug)]
@@ -101,15 +104,27 @@ impl Chains {
             let Some(e) = self.entries.get_mut(slot) else {
                 break;
             };
-            let mut want = *e;
+            let (mut a, mut b, mut at) = (chain_prev(*e), chain_prev2(*e), chain_changed_s(*e));
             match old.and_then(|o| o.get(slot)) {
-                Some(&o) if o != n && o != NO_BACKEND => want = chain_entry(o, now_s),
+                Some(&o) if o != n && o != NO_BACKEND => {
+                    b = if a != n && a != o { a } else { NO_BACKEND };
+                    (a, at) = (o, now_s);
+                }
                 _ => {}
             }
-            let prev = chain_prev(want);
-            if prev != NO_BACKEND && !ids.contains(&prev) {
-                want = 0;
+            // Backends the VIP no longer has are forgotten.
+            let gone = |x: u32| x != NO_BACKEND && !ids.contains(&x);
+            if gone(b) {
+                b = NO_BACKEND;
             }
+            if gone(a) || a == NO_BACKEND {
+                (a, b) = (b, NO_BACKEND);
+            }
+            let want = if a == NO_BACKEND {
+                0
+            } else {
+                chain_entry2(a, b, at)
+            };
             if want != *e {
                 *e = want;
                 writes.push((slot as u32, want));

@@ -107,7 +107,7 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 17] = [
+const ALL_MAPS: [&str; 18] = [
     maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
@@ -125,6 +125,10 @@ const ALL_MAPS: [&str; 17] = [
     maps::NAT_ADDRS,
     maps::NAT_FILTER,
     maps::CHAINS,
+    // Pinned so its entries outlive the daemon: the kernel empties a
+    // program array when the last file descriptor to it closes, and
+    // `lb_xdp` could then no longer reach `lb_stateless`.
+    maps::PROGS,
 ];
 
 /// The aya-log level the data path logs at: its decision log is off (0)

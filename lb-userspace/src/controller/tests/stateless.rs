@@ -1,7 +1,7 @@
 //! Stateless VIPs: each slot's previous backend, as the table changes and
 //! across a restart.
 use super::*;
-use lb_common::{chain_changed_s, chain_prev, VIP_F_STATELESS};
+use lb_common::{chain_changed_s, chain_prev, chain_prev2, VIP_F_STATELESS};
 
 fn stateless_web(backends: &[&str]) -> String {
     web(backends).replace(
@@ -54,18 +54,28 @@ fn a_changed_slot_names_its_old_backend_and_a_kept_one_keeps_what_it_named() {
     settle(&mut c);
     let third = c.dp.active_table(&k).to_vec();
     let chains2 = c.dp.chains[&idx].clone();
+    let mut twice = 0;
     for s in 0..third.len() {
         if third[s] != after[s] {
             assert_eq!(chain_prev(chains2[s]), after[s], "slot {s}");
+            // Moved before too: the backend before is named second.
+            let before_that = chain_prev(chains[s]);
+            if chains[s] != 0 && before_that != third[s] {
+                assert_eq!(chain_prev2(chains2[s]), before_that, "slot {s}");
+                twice += 1;
+            }
         } else {
             assert_eq!(chains2[s], chains[s], "slot {s}");
         }
     }
+    assert!(twice > 0, "no slot moved twice");
     // Removing backend 10.0.1.4 from the pool clears the slots naming it.
     let gone = c.dp.slot_of(&k, "10.0.1.4");
     c.apply(&pool(&[stateless_web(&heavier[..3])])).unwrap();
     settle(&mut c);
-    assert!(c.dp.chains[&idx].iter().all(|e| chain_prev(*e) != gone));
+    assert!(c.dp.chains[&idx]
+        .iter()
+        .all(|e| chain_prev(*e) != gone && chain_prev2(*e) != gone));
     // A restarted controller takes the table of previous backends over.
     let kept = c.dp.chains[&idx].clone();
     let mut second = controller(c.dp.restarted()).with_stateless_vips(2);

@@ -194,7 +194,7 @@ impl Balancer {
             prog,
             clock,
         };
-        if let Loaded::Balancer(dp) = &mut b.loaded {
+        if let (Loaded::Balancer(dp), progs::BALANCER) = (&mut b.loaded, prog) {
             // `lb_xdp` and `lb_stateless`, linked for their tail calls.
             dp.load_programs()?;
             return Ok(b);

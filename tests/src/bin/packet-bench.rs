@@ -43,7 +43,7 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 12,
+    max_vips: 13,
     max_backends: 512,
     ring_size: 65537,
     flows: 65536,
@@ -79,6 +79,7 @@ const LIMITED: u32 = 8; // VIP:87/tcp, maglev, connections counted against max_c
 const L2: u32 = 9; // VIP:88/tcp, forwarding dsr_l2 to L2_BACKENDS (on-link, FIB)
 const GUE: u32 = 10; // VIP:89/tcp, forwarding gue (gateway MAC, as the IPIP cases)
 const NAT: u32 = 11; // VIP:90/tcp, forwarding nat from SNAT to the BACKENDS' port 8080
+const STATELESS: u32 = 12; // VIP:91/tcp, state: stateless (GUE) over the GUE VIP's backends
 /// The NAT VIP's source address, and its backend slots and port.
 const SNAT: &str = "10.10.0.2";
 const NAT_FIRST: u32 = 320;
@@ -363,8 +364,8 @@ impl Side {
         };
         let (schedulers, modes) = rest.split_at(rest.len().min(8));
         ensure!(
-            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 7)),
-            "three scheduler cases, or eight and seven of forwarding modes expected"
+            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 10)),
+            "three scheduler cases, or eight and ten of forwarding modes expected"
         );
         // (new flows, flow hits, the way out) of each forwarding-mode case.
         for (c, (made, hit, out)) in modes.iter().zip([
@@ -372,6 +373,10 @@ impl Side {
             (0, n, counter::REDIRECT),
             (n, 0, counter::TX),
             (0, n, counter::TX),
+            // Stateless: its SYNs count as new flows, none is stored.
+            (n, 0, counter::STATELESS),
+            (0, n, counter::TX),
+            (0, 0, counter::STATELESS),
             (n, 0, counter::TX),
             (0, n, counter::TX),
             (0, 0, counter::NAT_REPLY),
@@ -643,6 +648,27 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             Expect::Gue,
             (0..PACKETS).map(|_| client(0, PROTO_TCP, 89).packet("A", b"")),
         ),
+        // Stateless beside the flow table: a new connection, and packets of
+        // as many connections as the case has (each its own flow entry in
+        // the flow-table case, inserted by the SYN case of the round).
+        Case::new(
+            "tcp syn, stateless",
+            None,
+            Expect::Stateless,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 91).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp established, 5000 flows",
+            None,
+            Expect::Encap,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 80).packet("A", b"")),
+        ),
+        Case::new(
+            "tcp established, 5000 flows, stateless",
+            None,
+            Expect::Stateless,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 91).packet("A", b"")),
+        ),
         Case::new(
             "tcp syn, nat",
             None,
@@ -673,7 +699,12 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
         new_flow_tolerance_ns: tolerance,
         hash_key: KEY,
         ring_size: SIZES.ring_size,
-        flags: CONFIG_F_GATEWAY_MAC | CONFIG_F_SRC_V4 | CONFIG_F_SRC_V6 | lb_common::CONFIG_F_NAT,
+        flags: CONFIG_F_GATEWAY_MAC
+            | CONFIG_F_SRC_V4
+            | CONFIG_F_SRC_V6
+            | lb_common::CONFIG_F_NAT
+            | lb_common::CONFIG_F_STATELESS,
+        chain_window_s: 3600,
         udp_idle_timeout_ns: 30_000_000_000,
         src_v4: u32::from_ne_bytes(SRC_V4.octets()),
         src_v4_mask: host_mask(8),
@@ -790,6 +821,23 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
                 } else {
                     lb_common::mode::GUE
                 },
+                ..VipInfo::default()
+            },
+        )?;
+    }
+    // Stateless: the GUE VIP's table, no previous backends (the common
+    // case: the header carries zeros).
+    {
+        let ring: Vec<u32> = (0..SIZES.ring_size)
+            .map(|i| GUE_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
+            .collect();
+        lb.write_ring(STATELESS, 0, &ring)?;
+        lb.add_vip(
+            vip_key(vip, 91, PROTO_TCP),
+            VipInfo {
+                vip_id: STATELESS,
+                mode: lb_common::mode::GUE,
+                flags: lb_common::VIP_F_STATELESS,
                 ..VipInfo::default()
             },
         )?;
@@ -947,6 +995,8 @@ enum Expect {
     Gue,
     /// XDP_TX, the same length, from SNAT to a backend's port 8080.
     Nat,
+    /// XDP_TX, the IPIP packet inside UDP and a stateless GUE header.
+    Stateless,
     /// XDP_TX, the same length, from the VIP's port 90 to the NAT client.
     NatReply,
 }
@@ -985,6 +1035,19 @@ fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
                     && d[12..] == input[12..]
                     && d[..5] == [0x02, 0, 0, 0, 0xbb],
                 "expected the frame redirected to an L2 backend's MAC, got {}",
+                action_name(r.action)
+            );
+        }
+        Expect::Stateless => {
+            let d = &r.data;
+            let gue = 42 + lb_common::chain_len(false);
+            ensure!(
+                r.action == XDP_TX
+                    && d.len() == input.len() + 28 + lb_common::chain_len(false)
+                    && d[36..38] == lb_common::DEFAULT_GUE_PORT.to_be_bytes()
+                    && d[42 + 4] == lb_common::CHAIN_KIND
+                    && d[gue..] == input[14..],
+                "expected the input in IPIP in UDP and a stateless GUE header, got {}",
                 action_name(r.action)
             );
         }

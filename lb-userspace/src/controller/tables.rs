@@ -144,7 +144,6 @@ impl<D: DataPlane> Controller<D> {
             nat_addrs: nat_count,
             nat_port_lo,
             nat_port_hi,
-            ..VipInfo::default()
         };
         // The scheduler and its settings apply at once when the table stays
         // (a sequence is another table: switching to or from one rebuilds

@@ -309,7 +309,7 @@ fn test() -> Result<()> {
     // packet-test failures come before the end-to-end symptoms of the same
     // bug. Every stage runs whatever an earlier one did (`--no-fail-fast`
     // within each), and every failing stage is named at the end.
-    let stages: [(&str, &[&str]); 4] = [
+    let stages: [(&str, &[&str]); 5] = [
         (
             "unit",
             &[
@@ -322,6 +322,10 @@ fn test() -> Result<()> {
         ),
         ("test support", &["-p", "lb-tests", "--lib", "--bins"]),
         ("packet", &["-p", "lb-tests", "--test", "packet"]),
+        (
+            "stateless packet",
+            &["-p", "lb-tests", "--test", "stateless"],
+        ),
         ("end to end", &["-p", "lb-tests", "--test", "e2e"]),
     ];
     let (mut passed, mut failed, mut failing) = (0u64, 0u64, Vec::new());

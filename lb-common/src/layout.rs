@@ -1,9 +1,7 @@
 //! The map layout: map and program names, default sizes, protocol and flag
 //! constants, every `#[repr(C)]` type that crosses the kernel/user line (each
-//! with a size assertion), and the map sizing the daemon applies
-//! at load time.
-#[cfg(feature = "user")]
-use crate::ring::rings_entries;
+//! with a size assertion). The map sizing the daemon applies at load time
+//! is in `sizes`.
 
 /// Map names, as the XDP object declares them and the daemon opens and pins them.
 pub mod maps {
@@ -544,43 +542,6 @@ pub struct VipEntry {
     pub info: VipInfo,
 }
 const _: () = assert!(core::mem::size_of::<VipEntry>() == 44);
-
-/// Map sizes chosen at load time (from the pool file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapSizes {
-    pub max_vips: u32,
-    pub max_backends: u32,
-    pub ring_size: u32,
-    pub flows: u32,
-    /// Entries of `PERSIST`.
-    pub persist: u32,
-    /// Stateless VIPs `CHAINS` has room for.
-    pub stateless_vips: u32,
-}
-
-/// Sets the balancer's map sizes on a loader.
-#[cfg(feature = "user")]
-pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
-    loader
-        .map_max_entries(maps::VIPS, s.max_vips)
-        .map_max_entries(maps::VIP_ADDRS, s.max_vips)
-        .map_max_entries(maps::VIP_STATS, s.max_vips)
-        .map_max_entries(maps::BACKENDS, s.max_backends)
-        .map_max_entries(maps::BACKEND_STATS, s.max_backends)
-        .map_max_entries(maps::NEXTHOPS, s.max_backends)
-        .map_max_entries(maps::RINGS, rings_entries(s.max_vips, s.ring_size))
-        .map_max_entries(maps::FLOWS, s.flows)
-        .map_max_entries(maps::RR_POS, s.max_vips)
-        .map_max_entries(maps::LOADS, s.max_backends)
-        .map_max_entries(maps::LIMITS, s.max_backends)
-        .map_max_entries(maps::PERSIST, s.persist)
-        .map_max_entries(maps::NAT_REPLIES, s.flows)
-        .map_max_entries(maps::CHAINS, s.stateless_vips.max(1) * s.ring_size)
-        .map_max_entries(
-            maps::NAT_ADDRS,
-            s.max_vips * 2 * crate::NAT_ADDRS_PER_FAMILY,
-        );
-}
 
 #[cfg(feature = "user")]
 mod pod {

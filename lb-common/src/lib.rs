@@ -6,7 +6,8 @@
 //! (`[u32; 4]`, IPv4 in word 0, the rest zero) and ports in network byte order,
 //! exactly as the data path reads them, so no byte swapping happens per packet.
 //!
-//! - [`layout`]: map names, constants, the shared types, map sizes.
+//! - [`layout`]: map names, constants, the shared types.
+//! - [`sizes`]: the map sizes chosen at load time.
 //! - [`counters`]: the data path's counters and their names.
 //! - [`load`]: connection counts, limits and persistence.
 //! - [`nat`]: full NAT's reply table and flow encoding.
@@ -31,6 +32,7 @@ pub mod layout;
 pub mod load;
 pub mod nat;
 pub mod ring;
+pub mod sizes;
 
 pub use chain::*;
 pub use clock::*;
@@ -41,3 +43,4 @@ pub use layout::*;
 pub use load::*;
 pub use nat::*;
 pub use ring::*;
+pub use sizes::*;

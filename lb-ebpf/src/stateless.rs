@@ -118,8 +118,12 @@ fn balance(
         age_s: 0,
     };
     if let Some(e) = CHAINS.get(vip.chain_idx as u32 * size + slot) {
-        let age = ((now / 1_000_000_000) as u32).wrapping_sub(chain_changed_s(*e));
-        if *e != 0 && age < cfg.chain_window_s {
+        // Most slots never changed: no division for them.
+        let age = match *e {
+            0 => u32::MAX,
+            e => ((now / 1_000_000_000) as u32).wrapping_sub(chain_changed_s(e)),
+        };
+        if age < cfg.chain_window_s {
             // Each named backend still of this VIP, up, of the outer family,
             // and not the slot's own; the second moves up when the first is not.
             let usable = |b: u32| -> bool {

@@ -28,14 +28,19 @@ fn topo(tag: &str, weights: &[u32]) -> Option<Topology> {
     )
     .expect("topology");
     t.budget = Some(budget);
+    t.write_pool(&weighted_pool(&t, weights)).unwrap();
+    Some(t)
+}
+
+/// The test pool with the topology's backends, all active, at `weights`.
+fn weighted_pool(t: &Topology, weights: &[u32]) -> String {
     let hosts: Vec<_> = t
         .backends
         .iter()
         .zip(weights)
         .map(|(h, w)| (h, *w, "active"))
         .collect();
-    t.write_pool(&pool_yaml(tag, &t.dir, &hosts)).unwrap();
-    Some(t)
+    pool_yaml(&t.tag, &t.dir, &hosts)
 }
 
 fn vip<'a>(st: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -1732,14 +1737,7 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
         })
     });
     rrx.recv().unwrap();
-    let hosts: Vec<_> = t
-        .backends
-        .iter()
-        .zip([3, 1, 1])
-        .map(|(h, w)| (h, w, "active"))
-        .collect();
-    t.write_pool(&nat(&pool_yaml(&t.tag, &t.dir, &hosts)))
-        .unwrap();
+    t.write_pool(&nat(&weighted_pool(&t, &[3, 1, 1]))).unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     tx.send(()).unwrap();
     rrx.recv().unwrap();
@@ -1792,14 +1790,8 @@ fn nat_two_armed_clients_and_backends_on_separate_interfaces() {
     };
     t.strip_backends().unwrap();
     t.two_armed().unwrap();
-    let hosts: Vec<_> = t
-        .backends
-        .iter()
-        .zip(weights)
-        .map(|(h, w)| (h, w, "active"))
-        .collect();
     let pool =
-        pool_yaml(&t.tag, &t.dir, &hosts).replace("interfaces: [eth0]", "interfaces: [eth0, eth1]");
+        weighted_pool(&t, &weights).replace("interfaces: [eth0]", "interfaces: [eth0, eth1]");
     let pool = natted(&pool, "web", LB4_BACK, 8080, 80);
     let pool = natted(&pool, "web6", LB6_BACK, 8080, 80);
     let pool = natted(&pool, "dns", LB4_BACK, 53, 53);

@@ -63,14 +63,12 @@ impl<D: DataPlane> Controller<D> {
                         .map(|(_, i)| i.chain_idx),
                 );
                 let max = self.stateless_vips;
-                let idx =
-                    (0..max)
-                        .find(|i| !used.contains(&(*i as u8)))
-                        .ok_or(ControlError::Full {
-                            what: "stateless VIP",
-                            field: "max_stateless_vips",
-                            max,
-                        })? as u8;
+                let used: BTreeSet<u32> = used.into_iter().map(u32::from).collect();
+                let idx = Self::free_id(&used, max).ok_or(ControlError::Full {
+                    what: "stateless VIP",
+                    field: "max_stateless_vips",
+                    max,
+                })? as u8;
                 let entries = vec![0; self.ring_size as usize];
                 let all: Vec<(u32, u64)> = (0..self.ring_size).map(|s| (s, 0)).collect();
                 self.dp.write_chains(idx, &all)?;

@@ -20,11 +20,13 @@ mod flows;
 mod loads;
 mod nat;
 mod pins;
+mod programs;
 mod ring;
 pub use decap::*;
 pub use flows::*;
 pub use loads::*;
 pub use pins::*;
+use programs::data_path_clock;
 use ring::RingMmap;
 
 #[derive(Debug, thiserror::Error)]
@@ -431,87 +433,6 @@ impl BpfDataPlane {
     pub fn sizes(&self) -> Sizes {
         self.sizes
     }
-}
-
-impl BpfDataPlane {
-    /// Writes a filter change, or all of the filter after a failed write.
-    /// Writes word `w` of `STATELESS_FILTER` as the VIPs make it.
-    fn write_stateless_word(&mut self, w: u32) -> Result<()> {
-        let word = self.filter.stateless_word(w);
-        let mut a: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::STATELESS_FILTER))
-            .map_err(map_err(maps::STATELESS_FILTER))?;
-        a.set(w, word, 0).map_err(map_err(maps::STATELESS_FILTER))
-    }
-
-    /// Loads `lb_xdp` and `lb_stateless` (each once) and puts both in
-    /// `PROGS`, for the tail calls between them.
-    pub fn load_programs(&mut self) -> Result<()> {
-        for name in [progs::BALANCER, progs::STATELESS] {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the object")))?
-                .try_into()
-                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
-            if prog.fd().is_err() {
-                prog.load().map_err(|e| match e {
-                    aya::programs::ProgramError::LoadError {
-                        io_error,
-                        verifier_log,
-                    } => DataPlaneError::Setup(format!(
-                        "the kernel rejected the XDP program {name}: {io_error}\n{verifier_log}"
-                    )),
-                    e => DataPlaneError::Setup(format!("loading {name}: {e}")),
-                })?;
-            }
-        }
-        let fd = |ebpf: &Ebpf, name: &str| -> Result<aya::programs::ProgramFd> {
-            let prog: &Xdp = ebpf
-                .program(name)
-                .expect("loaded above")
-                .try_into()
-                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
-            let fd = prog
-                .fd()
-                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
-            fd.try_clone()
-                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))
-        };
-        let (balancer, stateless) = (
-            fd(&self.ebpf, progs::BALANCER)?,
-            fd(&self.ebpf, progs::STATELESS)?,
-        );
-        let mut table: aya::maps::ProgramArray<&mut MapData> =
-            aya::maps::ProgramArray::try_from(self.map_mut(maps::PROGS))
-                .map_err(map_err(maps::PROGS))?;
-        table
-            .set(lb_common::PROG_STATELESS, &stateless, 0)
-            .map_err(map_err(maps::PROGS))?;
-        table
-            .set(lb_common::PROG_BALANCER, &balancer, 0)
-            .map_err(map_err(maps::PROGS))
-    }
-
-    fn write_filter(&mut self, w: lb_common::FilterWrites) -> Result<()> {
-        let r = if self.filter_stale {
-            lb_common::write_vip_filter_all(&mut self.ebpf, &self.filter)
-        } else {
-            lb_common::write_vip_filter(&mut self.ebpf, w)
-        };
-        self.filter_stale = r.is_err();
-        r.map_err(DataPlaneError::Setup)
-    }
-}
-
-/// Loads `lb_clock` and measures the kernel's tick with it.
-fn data_path_clock(ebpf: &mut aya::Ebpf) -> std::result::Result<lb_common::DataPathClock, String> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(progs::CLOCK)
-        .ok_or("lb_clock missing from the eBPF object")?
-        .try_into()
-        .map_err(|e| format!("lb_clock: {e}"))?;
-    prog.load().map_err(|e| format!("loading lb_clock: {e}"))?;
-    lb_common::calibrate_clock(prog)
 }
 
 impl DataPlane for BpfDataPlane {

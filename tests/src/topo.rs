@@ -443,6 +443,14 @@ impl Topology {
         Ok(())
     }
 
+    /// Replaces the second balancer's pool file, as `write_pool` does the first's.
+    pub fn write_second_pool(&self, yaml: &str) -> Result<()> {
+        let tmp = self.dir.join("pool2.yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.dir.join("pool2.yaml"))?;
+        Ok(())
+    }
+
     /// Starts `lb run` in the balancer's namespace and waits until it answers.
     pub fn start_daemon(&mut self) -> Result<()> {
         self.start_daemon_with(&[])
@@ -465,8 +473,8 @@ impl Topology {
     /// socket), on the second balancer.
     pub fn start_second_daemon(&mut self, yaml: &str, socket: &Path) -> Result<()> {
         let ns = self.lb2.clone().context("add_second_balancer first")?;
+        self.write_second_pool(yaml)?;
         let pool = self.dir.join("pool2.yaml");
-        std::fs::write(&pool, yaml)?;
         let log = self.dir.join("lb2.log");
         let child = self.spawn_daemon(&ns, &pool, &log, &[])?;
         self.daemon2 = Some(child);
@@ -576,9 +584,14 @@ impl Topology {
 
     /// `lb status --json`, parsed.
     pub fn status_json(&self) -> Result<serde_json::Value> {
+        self.status_json_at(&self.socket())
+    }
+
+    /// `lb status --json` of the daemon answering on `socket`.
+    pub fn status_json_at(&self, socket: &Path) -> Result<serde_json::Value> {
         let out = Command::new(&self.lb_bin)
             .args(["status", "--json", "--socket"])
-            .arg(self.socket())
+            .arg(socket)
             .output()?;
         if !out.status.success() {
             bail!("lb status: {}", String::from_utf8_lossy(&out.stderr));

@@ -1852,32 +1852,8 @@ fn stateless_connections_survive_pool_changes_and_a_restart_with_no_flow_table()
     assert_eq!(failed, 0, "{seen:?}\n{}", t.log());
     assert_eq!(seen.len(), 3, "{seen:?}");
     // 40 long-lived connections, asked again after each change.
-    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
-    let client = t.client.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (rtx, rrx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        in_ns(&client, move || {
-            let mut conns: Vec<Held> = (0..40).map(|_| Held::open(hold, T).unwrap()).collect();
-            rtx.send(0).unwrap();
-            let mut broken = 0;
-            while rx.recv().is_ok() {
-                broken += conns
-                    .iter_mut()
-                    .map(|c| c.still_served())
-                    .filter(|ok| !ok)
-                    .count();
-                rtx.send(broken).unwrap();
-            }
-            broken
-        })
-    });
-    rrx.recv().unwrap();
-    let check = |what: &str| {
-        tx.send(()).unwrap();
-        let broken = rrx.recv().unwrap();
-        assert_eq!(broken, 0, "after {what}");
-    };
+    let held = Holding::open(&t, format!("{VIP4}:9000").parse().unwrap(), 40);
+    let check = |what: &str| held.check(what);
     let settle = || std::thread::sleep(Duration::from_millis(1200));
     // A backend added: a quarter of the slots move to it.
     let four = [
@@ -1919,16 +1895,111 @@ fn stateless_connections_survive_pool_changes_and_a_restart_with_no_flow_table()
     t.start_daemon().unwrap();
     settle();
     check("the daemon restarted");
-    drop(tx);
-    assert_eq!(worker.join().unwrap(), 0);
+    held.finish();
     // No flow was stored for either VIP.
     let st = t.status_json().unwrap();
-    for name in ["web", "hold"] {
-        let v = vip(&st, name);
+    assert_no_flows(&st, &["web", "hold"]);
+    assert_eq!(st["counters"]["flow_miss"].as_u64().unwrap_or(0), 0, "{st}");
+    assert!(st["counters"]["stateless"].as_u64().unwrap() > 1000, "{st}");
+}
+
+/// No backend of VIPs `names` holds a flow.
+fn assert_no_flows(st: &serde_json::Value, names: &[&str]) {
+    for name in names {
+        let v = vip(st, name);
         for b in v["backends"].as_array().unwrap() {
             assert_eq!(b["active_flows"], 0, "{v}");
         }
     }
-    assert_eq!(st["counters"]["flow_miss"].as_u64().unwrap_or(0), 0, "{st}");
-    assert!(st["counters"]["stateless"].as_u64().unwrap() > 1000, "{st}");
+}
+
+/// Long-lived connections from the client, held by a thread of their own
+/// and asked again at each `check`: every one must still answer, from the
+/// backend that answered it first.
+struct Holding {
+    ask: std::sync::mpsc::Sender<()>,
+    broken: std::sync::mpsc::Receiver<usize>,
+    worker: std::thread::JoinHandle<usize>,
+}
+
+impl Holding {
+    fn open(t: &Topology, addr: SocketAddr, n: usize) -> Holding {
+        let client = t.client.clone();
+        let (ask, rx) = std::sync::mpsc::channel::<()>();
+        let (rtx, broken) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            in_ns(&client, move || {
+                let mut conns: Vec<Held> = (0..n).map(|_| Held::open(addr, T).unwrap()).collect();
+                rtx.send(0).unwrap();
+                let mut broken = 0;
+                while rx.recv().is_ok() {
+                    broken += conns
+                        .iter_mut()
+                        .map(|c| c.still_served())
+                        .filter(|ok| !ok)
+                        .count();
+                    rtx.send(broken).unwrap();
+                }
+                broken
+            })
+        });
+        broken.recv().unwrap();
+        Holding {
+            ask,
+            broken,
+            worker,
+        }
+    }
+
+    fn check(&self, what: &str) {
+        self.ask.send(()).unwrap();
+        assert_eq!(self.broken.recv().unwrap(), 0, "after {what}");
+    }
+
+    fn finish(self) {
+        drop(self.ask);
+        assert_eq!(self.worker.join().unwrap(), 0);
+    }
+}
+
+#[test]
+fn stateless_connections_moved_by_ecmp_to_a_second_balancer_keep_their_backend() {
+    // Two nodes with the same pool file and secret, and no state shared.
+    let Some(mut t) = topo("e2se", &[1, 1, 1, 1]) else {
+        return;
+    };
+    t.forwarding_backends().unwrap();
+    let pool_of = |t: &Topology, tag: &str, n: usize| {
+        let hosts: Vec<_> = t.backends[..n].iter().map(|h| (h, 1, "active")).collect();
+        stateless(&stateless(&pool_yaml(tag, &t.dir, &hosts), "hold"), "web")
+    };
+    t.write_pool(&pool_of(&t, &t.tag, 3)).unwrap();
+    t.start_daemon().unwrap();
+    t.add_second_balancer().unwrap();
+    let tag2 = format!("{}2", t.tag);
+    let sock2 = std::path::PathBuf::from(format!("/run/lb/{tag2}.sock"));
+    t.start_second_daemon(&pool_of(&t, &tag2, 3), &sock2)
+        .unwrap();
+    // Connections opened through node 1; then a fourth backend on both
+    // nodes (each moves the same quarter of the slots and names the same
+    // previous backends); then ECMP moves every flow to node 2.
+    let held = Holding::open(&t, format!("{VIP4}:9000").parse().unwrap(), 40);
+    t.write_pool(&pool_of(&t, &t.tag, 4)).unwrap();
+    t.write_second_pool(&pool_of(&t, &tag2, 4)).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    held.check("a backend added on both nodes");
+    t.route_via(LB4_2, LB6_2).unwrap();
+    held.check("ECMP moving the flows to node 2");
+    let (seen, failed) = spread_http(&t, web(), 200);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert_eq!(seen.len(), 4, "node 2 spreads new connections: {seen:?}");
+    held.finish();
+    // Node 2 carried the held connections, naming previous backends, with
+    // no flow of its own.
+    let st = t.status_json_at(&sock2).unwrap();
+    let n = |name: &str| st["counters"][name].as_u64().unwrap_or(0);
+    assert!(n("stateless_prev") > 0, "{st}");
+    assert!(n("stateless") > 200, "{st}");
+    assert_eq!(n("flow_miss"), 0, "{st}");
+    assert_no_flows(&st, &["web", "hold"]);
 }

@@ -23,7 +23,8 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// Backend slots: (id, address, VIP id). VIP 0: 10.100.0.1:80/tcp and
-/// VIP 1: 10.100.0.1:53/udp over IPv4 backends; VIP 2: [fd00:100::1]:80/tcp.
+/// VIP 1: 10.100.0.1:53/udp over IPv4 backends; VIP 2: [fd00:100::1]:80/tcp
+/// over IPv6 backends; VIP 3: 10.100.0.1:443/tcp, a flow-table VIP (IPIP).
 fn slots() -> Vec<(u32, IpAddr, u32)> {
     vec![
         (1, ip("10.0.1.1"), 0),
@@ -33,6 +34,8 @@ fn slots() -> Vec<(u32, IpAddr, u32)> {
         (5, ip("10.0.1.2"), 1),
         (10, ip("fd00:1::1"), 2),
         (11, ip("fd00:1::2"), 2),
+        (20, ip("10.0.1.1"), 3),
+        (21, ip("10.0.1.2"), 3),
     ]
 }
 
@@ -40,12 +43,14 @@ fn addr(id: u32) -> IpAddr {
     slots().into_iter().find(|s| s.0 == id).unwrap().1
 }
 
-/// The three VIPs, stateless (chain tables 0, 1 and 0 again: the test
-/// sizes have room for two; VIP 2's slots are its own by the ring size).
+/// The four VIPs: 0, 1 and 2 stateless (chain tables 0, 1 and 2), 3 not.
 fn setup() -> Option<Balancer> {
     root_env("stateless packet tests")?;
     private_netns().unwrap();
-    let sizes = test_sizes();
+    let sizes = Sizes {
+        stateless_vips: 3,
+        ..test_sizes()
+    };
     let mut lb = Balancer::load(sizes).unwrap();
     lb.set_config(Config {
         hash_key: KEY,
@@ -63,23 +68,45 @@ fn setup() -> Option<Balancer> {
     })
     .unwrap();
     for (id, a, vip) in slots() {
-        lb.set_backend(id, backend(a, BACKEND_F_GUE, vip)).unwrap();
+        let flags = if vip == 3 { 0 } else { BACKEND_F_GUE };
+        lb.set_backend(id, backend(a, flags, vip)).unwrap();
     }
-    for (key, vip_id, chain_idx, ids) in [
+    for (key, vip_id, flags, chain_idx, ids) in [
         (
             vip_key(ip("10.100.0.1"), 80, PROTO_TCP),
             0,
+            VIP_F_STATELESS,
             0,
             vec![1, 2, 3],
         ),
-        (vip_key(ip("10.100.0.1"), 53, PROTO_UDP), 1, 1, vec![4, 5]),
+        (
+            vip_key(ip("10.100.0.1"), 53, PROTO_UDP),
+            1,
+            VIP_F_STATELESS,
+            1,
+            vec![4, 5],
+        ),
+        (
+            vip_key(ip("fd00:100::1"), 80, PROTO_TCP),
+            2,
+            VIP_F_STATELESS,
+            2,
+            vec![10, 11],
+        ),
+        (
+            vip_key(ip("10.100.0.1"), 443, PROTO_TCP),
+            3,
+            0,
+            0,
+            vec![20, 21],
+        ),
     ] {
         let n = sizes.ring_size;
         let ring: Vec<u32> = (0..n).map(|i| ids[i as usize % ids.len()]).collect();
         lb.write_ring(vip_id, 0, &ring).unwrap();
         let info = VipInfo {
             vip_id,
-            flags: VIP_F_STATELESS,
+            flags,
             chain_idx,
             ..VipInfo::default()
         };
@@ -330,4 +357,92 @@ fn the_backend_delivers_a_syn_and_its_connections_and_passes_the_rest_on_once() 
     assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 2);
     deliver(&frame, &out.data);
     assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 2);
+}
+
+#[test]
+fn an_ipv6_stateless_vip_sends_its_previous_backend_in_a_v6_header() {
+    let Some(mut lb) = setup() else { return };
+    let d = backend_side();
+    let f = Flow::tcp("2001:db8::7", 4000, "fd00:100::1", 80);
+    let s = slot(&f);
+    let cur = [10, 11][s as usize % 2];
+    let frame = f.packet("A", b"v6");
+    let out = lb.run(&frame).unwrap();
+    assert_eq!(out.action, XDP_TX, "{:?}", lb.counters());
+    assert_eq!(out.data, expected(&frame, &f, cur, &[], 0));
+    // Every slot backend 10's now, naming 11, changed 7 s ago.
+    let n = test_sizes().ring_size;
+    lb.write_ring(2, 0, &vec![10; n as usize]).unwrap();
+    lb.dp()
+        .write_chains(2, &[(s, chain_entry(11, now_s() - 7))])
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    let at = 14 + 40 + 8 + 6;
+    let age = u16::from_be_bytes([out.data[at], out.data[at + 1]]);
+    assert!((7..=8).contains(&age), "age {age}");
+    assert_eq!(out.data, expected(&frame, &f, 10, &[addr(11)], age));
+    assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
+    // At backend 10, with no such connection: on to fd00:1::2, marked.
+    let back = d.run(&out.data).unwrap();
+    assert_eq!(back.action, XDP_REDIRECT, "{:?}", d.decap_counters());
+    let mut want = out.data.clone();
+    want[0..6].copy_from_slice(&[2, 0, 0, 0, 0xbb, 2]);
+    want[6..12].copy_from_slice(&[2, 0, 0, 0, 0xaa, 1]);
+    want[14 + 24..14 + 40].copy_from_slice(&"fd00:1::2".parse::<Ipv6Addr>().unwrap().octets());
+    want[14 + 40 + 8 + 5] |= CHAIN_F_PASSED;
+    assert_eq!(back.data, want, "outer destination, flag, MACs");
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 1);
+    // There: delivered, the inner packet as the client sent it.
+    let there = d.run(&back.data).unwrap();
+    assert_eq!(there.action, XDP_PASS);
+    assert_eq!(ip_part(&there.data), ip_part(&frame));
+    // A SYN is delivered at backend 10 whatever the slot names.
+    let syn = f.packet("S", b"");
+    let out = lb.run(&syn).unwrap();
+    let back = d.run(&out.data).unwrap();
+    assert_eq!(back.action, XDP_PASS);
+    assert_eq!(ip_part(&back.data), ip_part(&syn));
+    assert_eq!(d.decap_counter(decap_counter::CHAIN_PASSED), 1);
+}
+
+#[test]
+fn a_syn_flood_through_a_stateless_vip_stores_nothing_and_moves_no_held_flow() {
+    let Some(mut lb) = setup() else { return };
+    // A connection of the flow-table VIP, held in the table.
+    let held = Flow::tcp("192.0.2.200", 5555, "10.100.0.1", 443);
+    let outer_dst = |out: &Outcome| out.data[14 + 16..14 + 20].to_vec();
+    let first = lb.run(&held.packet("S", b"")).unwrap();
+    assert_eq!(first.action, XDP_TX);
+    assert_eq!(lb.flow_count(), 1);
+    // Its VIP's table now all the other backend: a fresh pick would move it.
+    let n = test_sizes().ring_size as usize;
+    let other = if outer_dst(&first) == [10, 0, 1, 1] {
+        21
+    } else {
+        20
+    };
+    lb.write_ring(3, 0, &vec![other; n]).unwrap();
+    // Three times as many distinct SYNs as the flow table has entries.
+    let flood = 3 * test_sizes().flows as usize;
+    let mut spread = [0usize; 4];
+    for i in 0..flood {
+        let src = format!("198.{}.{}.{}", 18 + i / 65536, (i / 256) % 256, i % 256);
+        let f = Flow::tcp(&src, 1024 + (i % 60000) as u16, "10.100.0.1", 80);
+        let frame = f.packet("S", b"");
+        let out = lb.run(&frame).unwrap();
+        let want = [1, 2, 3][slot(&f) as usize % 3];
+        assert_eq!(out.action, XDP_TX);
+        if i % 97 == 0 {
+            assert_eq!(out.data, expected(&frame, &f, want, &[], 0));
+        }
+        spread[want as usize] += 1;
+    }
+    assert!(spread[1..].iter().all(|&k| k > flood / 4), "{spread:?}");
+    assert_eq!(lb.flow_count(), 1, "the flood stored nothing");
+    assert_eq!(lb.counter(counter::STATELESS), flood as u64);
+    assert_eq!(lb.counter(counter::NEW_FLOW), flood as u64 + 1);
+    // The held connection keeps its backend.
+    let ack = lb.run(&held.packet("A", b"x")).unwrap();
+    assert_eq!(outer_dst(&ack), outer_dst(&first), "{:?}", lb.counters());
+    assert_eq!(lb.counter(counter::FLOW_HIT), 1);
 }

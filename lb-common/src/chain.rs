@@ -50,6 +50,23 @@ pub fn chain_changed_s(e: u64) -> u32 {
     (e >> 32) as u32
 }
 
+/// `VipInfo::chain_until` for a VIP whose latest slot change was at second
+/// `changed_s` (0: none) of the data path clock, remembered for `window_s`:
+/// the end of the window, in the units of the data path clock shifted
+/// right by `CHAIN_UNTIL_SHIFT` (a shift where seconds would take a
+/// division), rounded up.
+pub fn chain_until(changed_s: u32, window_s: u32) -> u32 {
+    if changed_s == 0 {
+        return 0;
+    }
+    let end_ns = (changed_s as u64 + window_s as u64) * 1_000_000_000;
+    end_ns.div_ceil(1 << CHAIN_UNTIL_SHIFT).min(u32::MAX as u64) as u32
+}
+
+/// `VipInfo::chain_until`'s unit: the data path clock's nanoseconds
+/// shifted right by this (about 1.07 s).
+pub const CHAIN_UNTIL_SHIFT: u32 = 30;
+
 /// The first byte of the private data of our GUE header (variant 0):
 /// "L", the kind of private data that carries a previous backend.
 pub const CHAIN_KIND: u8 = 0x4c;

@@ -97,7 +97,7 @@ pub const PROG_BALANCER: u32 = 1;
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Program names in the object file.
 pub mod progs {
@@ -252,8 +252,12 @@ pub struct VipInfo {
     /// NAT: the source ports allocated, first and last (host byte order).
     pub nat_port_lo: u16,
     pub nat_port_hi: u16,
+    /// Stateless VIPs: until when some slot may name a previous backend
+    /// (`chain_until`, in units of 2^30 ns of the data path clock); after
+    /// it, packets do not read `CHAINS` (0: no slot changed).
+    pub chain_until: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 28);
 
 /// `VipInfo::flags`: the VIP's flows are counted per backend (`LOADS`),
 /// for least connections or a connection limit.
@@ -541,7 +545,7 @@ pub struct VipEntry {
     pub key: VipKey,
     pub info: VipInfo,
 }
-const _: () = assert!(core::mem::size_of::<VipEntry>() == 44);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 48);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,11 +11,15 @@
 //! budget, and `lb_xdp` carries no second path through the flow table. A
 //! packet whose bit a stateless VIP shares with another VIP goes back to
 //! `lb_xdp` (`STATELESS_SKIP`).
+//!
+//! A VIP none of whose slots changed within the window (`VipInfo::
+//! chain_until`) does not read `CHAINS` at all: the steady state costs the
+//! one table slot.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     chain_changed_s, chain_prev, chain_prev2, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
-    BACKEND_F_USED, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, PROTO_TCP, PROTO_UDP,
-    VIP_F_STATELESS,
+    BACKEND_F_USED, CHAIN_UNTIL_SHIFT, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, PROTO_TCP,
+    PROTO_UDP, VIP_F_STATELESS,
 };
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
@@ -117,7 +121,13 @@ fn balance(
         prev2: NO_BACKEND,
         age_s: 0,
     };
-    if let Some(e) = CHAINS.get(vip.chain_idx as u32 * size + slot) {
+    // No slot of the VIP changed within the window (the steady state): no
+    // `CHAINS` read, which is a second cache miss.
+    let recent = ((now >> CHAIN_UNTIL_SHIFT) as u32) < vip.chain_until;
+    if let Some(e) = recent
+        .then(|| CHAINS.get(vip.chain_idx as u32 * size + slot))
+        .flatten()
+    {
         // Most slots never changed: no division for them.
         let age = match *e {
             0 => u32::MAX,

@@ -104,10 +104,14 @@ fn setup() -> Option<Balancer> {
         let n = sizes.ring_size;
         let ring: Vec<u32> = (0..n).map(|i| ids[i as usize % ids.len()]).collect();
         lb.write_ring(vip_id, 0, &ring).unwrap();
+        // Slots changed within the window: `CHAINS` is read (the
+        // controller sets the end of the window of the latest change).
+        let chain_until = if flags != 0 { u32::MAX } else { 0 };
         let info = VipInfo {
             vip_id,
             flags,
             chain_idx,
+            chain_until,
             ..VipInfo::default()
         };
         lb.add_vip(key, info).unwrap();
@@ -192,6 +196,27 @@ fn a_changed_slot_names_its_previous_backend_while_recent() {
     assert!((5..=6).contains(&age), "age {age}");
     assert_eq!(out.data, expected(&frame, &f, cur, &[addr(prev)], age));
     assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
+    // The VIP's window over (no change of any slot since): `CHAINS` is not
+    // read, the slot's entry notwithstanding.
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    let info = |chain_until| VipInfo {
+        vip_id: 0,
+        flags: VIP_F_STATELESS,
+        chain_until,
+        ..VipInfo::default()
+    };
+    let now_unit = (lb_common::monotonic_coarse_ns() >> lb_common::CHAIN_UNTIL_SHIFT) as u32;
+    lb.add_vip(key, info(now_unit)).unwrap();
+    assert_eq!(
+        lb.run(&frame).unwrap().data,
+        expected(&frame, &f, cur, &[], 0)
+    );
+    lb.add_vip(key, info(now_unit + 2)).unwrap();
+    let out = lb.run(&frame).unwrap();
+    let age = u16::from_be_bytes([out.data[14 + 20 + 8 + 6], out.data[14 + 20 + 8 + 7]]);
+    assert_eq!(out.data, expected(&frame, &f, cur, &[addr(prev)], age));
+    assert_eq!(lb.counter(counter::STATELESS_PREV), 2);
+    lb.add_vip(key, info(u32::MAX)).unwrap();
     // Past the window, the slot's own backend, a backend that is down or
     // of another VIP: not named.
     for (entry, down) in [
@@ -207,7 +232,7 @@ fn a_changed_slot_names_its_previous_backend_while_recent() {
         let out = lb.run(&frame).unwrap();
         assert_eq!(out.data, expected(&frame, &f, cur, &[], 0));
     }
-    assert_eq!(lb.counter(counter::STATELESS_PREV), 1);
+    assert_eq!(lb.counter(counter::STATELESS_PREV), 2);
     // Two previous backends: both named; the first down, the second alone.
     let third = 6 - cur - prev;
     lb.set_backend(prev, backend(addr(prev), BACKEND_F_GUE, 0))

@@ -16,6 +16,8 @@ use lb_common::{
 pub(super) struct Chains {
     pub idx: u8,
     entries: Vec<u64>,
+    /// The second of the latest change any entry names (0: none).
+    latest_s: u32,
     /// What the active table held when this daemon took the VIP over from
     /// an earlier run (its slots' current backends), until the first table
     /// this daemon writes.
@@ -41,11 +43,15 @@ impl<D: DataPlane> Controller<D> {
             .iter()
             .find(|(k, i)| k == key && i.vip_id == vip_id && i.flags & VIP_F_STATELESS != 0);
         let chain = match earlier {
-            Some((_, info)) => Chains {
-                idx: info.chain_idx,
-                entries: self.dp.read_chains(info.chain_idx)?,
-                adopted_table: Some(self.dp.read_ring(vip_id, active_ring)?),
-            },
+            Some((_, info)) => {
+                let entries = self.dp.read_chains(info.chain_idx)?;
+                Chains {
+                    idx: info.chain_idx,
+                    latest_s: latest(&entries),
+                    entries,
+                    adopted_table: Some(self.dp.read_ring(vip_id, active_ring)?),
+                }
+            }
             None => {
                 // Indices of the other stateless VIPs: running, or in the
                 // kernel and not yet taken over.
@@ -75,6 +81,7 @@ impl<D: DataPlane> Controller<D> {
                 Chains {
                     idx,
                     entries,
+                    latest_s: 0,
                     adopted_table: None,
                 }
             }
@@ -129,6 +136,22 @@ impl Chains {
             }
         }
         self.adopted_table = None;
+        self.latest_s = latest(&self.entries);
         writes
     }
+
+    /// `VipInfo::chain_until` for a window of `window_s`.
+    pub(super) fn until(&self, window_s: u32) -> u32 {
+        lb_common::chain_until(self.latest_s, window_s)
+    }
+}
+
+/// The second of the latest change that entries name (0: none).
+fn latest(entries: &[u64]) -> u32 {
+    entries
+        .iter()
+        .filter(|&&e| e != 0)
+        .map(|&e| chain_changed_s(e))
+        .max()
+        .unwrap_or(0)
 }

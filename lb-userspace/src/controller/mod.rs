@@ -194,6 +194,8 @@ pub struct Controller<D: DataPlane> {
     max_backends: u32,
     /// Stateless VIPs `CHAINS` has room for.
     stateless_vips: u32,
+    /// `tables.stateless_window` of the pool applied, in seconds.
+    chain_window_s: u32,
     pub vips: BTreeMap<VipKey, RunningVip>,
     /// Ids found in the kernel at start (adopted), not yet claimed by the pool.
     adopted_vips: BTreeMap<VipKey, (u32, u8)>,
@@ -266,6 +268,7 @@ impl<D: DataPlane> Controller<D> {
             max_vips,
             max_backends,
             stateless_vips: 1,
+            chain_window_s: crate::config::DEFAULT_STATELESS_WINDOW.as_secs() as u32,
             vips: BTreeMap::new(),
             adopted_vips,
             adopted_backends,
@@ -289,6 +292,7 @@ impl<D: DataPlane> Controller<D> {
     pub fn apply(&mut self, pool: &Pool) -> Result<ApplyReport, ControlError> {
         let mut report = ApplyReport::default();
         self.free_backend_ids = None;
+        self.chain_window_s = pool.tables.stateless_window.as_secs() as u32;
         // Verdicts recorded before the new pool: their flags and tables first
         // (the table rebuilds below would otherwise run ahead of the flags).
         while let Some(wait) = self.flush()? {

@@ -63,6 +63,7 @@ impl<D: DataPlane> Controller<D> {
     pub fn rebuild(&mut self, key: &VipKey) -> Result<bool, ControlError> {
         self.prepare_chain(key)?;
         let ring_size = self.ring_size;
+        let chain_window_s = self.chain_window_s;
         let v = self.vips.get_mut(key).expect("known VIP");
         let panic = v.panic;
         let now = Instant::now();
@@ -144,6 +145,7 @@ impl<D: DataPlane> Controller<D> {
             nat_addrs: nat_count,
             nat_port_lo,
             nat_port_hi,
+            chain_until: v.chain.as_ref().map_or(0, |c| c.until(chain_window_s)),
         };
         // The scheduler and its settings apply at once when the table stays
         // (a sequence is another table: switching to or from one rebuilds
@@ -194,6 +196,7 @@ impl<D: DataPlane> Controller<D> {
         let info = VipInfo {
             active_ring: idle,
             seq_len,
+            chain_until: v.chain.as_ref().map_or(0, |c| c.until(chain_window_s)),
             ..info_now
         };
         self.dp.set_vip(key, &info)?;

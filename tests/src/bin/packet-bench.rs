@@ -43,17 +43,17 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 13,
+    max_vips: 14,
     max_backends: 512,
     ring_size: 65537,
-    flows: 65536,
+    flows: 1 << 20,
     persist: 1 << 18,
     stateless_vips: 2,
 };
 
-/// `SIZES`, with the flow table (and NAT's reply table, the same size) of
-/// `LB_BENCH_FLOWS` entries when set: `LB_BENCH_FLOWS=1048576` measures
-/// at the default production size, where the tables no longer sit in cache.
+/// `SIZES` (a flow table of the daemon's default size, 1M entries, where
+/// the tables no longer sit in cache), with the flow table (and NAT's
+/// reply table, the same size) of `LB_BENCH_FLOWS` entries when set.
 fn sizes() -> Sizes {
     let flows = std::env::var("LB_BENCH_FLOWS")
         .ok()
@@ -61,6 +61,10 @@ fn sizes() -> Sizes {
         .unwrap_or(SIZES.flows);
     Sizes { flows, ..SIZES }
 }
+
+/// The fewest flow-table entries the cases fit in (the LRU table evicts
+/// before it is full), with room to spare.
+const MIN_FLOWS: u32 = 2 * (HELD_FLOWS + 20 * PACKETS) as u32;
 
 const KEY: [u64; 2] = [0x5eed_0123_4567_89ab, 0x0ddb_a11c_afe0_f00d];
 const SRC_V4: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 0);
@@ -80,6 +84,7 @@ const L2: u32 = 9; // VIP:88/tcp, forwarding dsr_l2 to L2_BACKENDS (on-link, FIB
 const GUE: u32 = 10; // VIP:89/tcp, forwarding gue (gateway MAC, as the IPIP cases)
 const NAT: u32 = 11; // VIP:90/tcp, forwarding nat from SNAT to the BACKENDS' port 8080
 const STATELESS: u32 = 12; // VIP:91/tcp, state: stateless (GUE) over the GUE VIP's backends
+const CHANGED: u32 = 13; // VIP:92/tcp, as STATELESS, within the window of a change
 /// The NAT VIP's source address, and its backend slots and port.
 const SNAT: &str = "10.10.0.2";
 const NAT_FIRST: u32 = 320;
@@ -130,6 +135,11 @@ fn main() -> Result<()> {
             o.display()
         );
     }
+    ensure!(
+        sizes().flows >= MIN_FLOWS,
+        "LB_BENCH_FLOWS={} is too small: the cases hold {HELD_FLOWS} flows and more; at least {MIN_FLOWS}",
+        sizes().flows
+    );
     let machine = Machine::read();
     let cpu = pin_to_last_cpu().context("pinning the bench to one CPU")?;
     private_netns().context("entering a private network namespace")?;
@@ -308,6 +318,12 @@ impl Side {
             proto: PROTO_TCP,
         }
         .packet("A", b"");
+        // The established connections the 100k-flow case draws from.
+        for j in 0..HELD_FLOWS {
+            let f = client(HELD_FIRST + j, PROTO_TCP, 89);
+            let r = run(self.xdp()?, &f.packet("S", b""), 1)?;
+            expect(r, XDP_TX, "a SYN of the 100k flows")?;
+        }
         let mut c = cases(&f.packet("A", b""), &reply);
         // The cases older objects had (an A/B run of a change outside the
         // newer schedulers, at the older sizes).
@@ -364,8 +380,8 @@ impl Side {
         };
         let (schedulers, modes) = rest.split_at(rest.len().min(8));
         ensure!(
-            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 10)),
-            "three scheduler cases, or eight and ten of forwarding modes expected"
+            matches!((schedulers.len(), modes.len()), (3, 0) | (8, 11)),
+            "three scheduler cases, or eight and eleven of forwarding modes expected"
         );
         // (new flows, flow hits, the way out) of each forwarding-mode case.
         for (c, (made, hit, out)) in modes.iter().zip([
@@ -376,6 +392,7 @@ impl Side {
             // Stateless: its SYNs count as new flows, none is stored.
             (n, 0, counter::STATELESS),
             (0, n, counter::TX),
+            (0, 0, counter::STATELESS),
             (0, 0, counter::STATELESS),
             (n, 0, counter::TX),
             (0, n, counter::TX),
@@ -436,12 +453,13 @@ impl Side {
             "the non-VIP case should only count {n} pass_not_vip; counters {:?}",
             d.nonzero()
         );
-        // The TCP cases' new flows (and the NAT flow the cases share).
+        // The TCP cases' new flows (and the NAT flow the cases share, and
+        // the 100k-flow case's connections).
         let tcp = 1 + schedulers.len() + if modes.is_empty() { 0 } else { 3 };
+        let flows = (tcp + 1) * PACKETS + 1 + HELD_FLOWS;
         ensure!(
-            self.lb.flow_count() == (tcp + 1) * PACKETS + 1,
-            "expected {} flows in the table ({tcp} × {n} TCP + {n} UDP), found {}",
-            (tcp + 1) * PACKETS + 1,
+            self.lb.flow_count() == flows,
+            "expected {flows} flows in the table ({tcp} × {n} TCP + {n} UDP + {HELD_FLOWS}), found {}",
             self.lb.flow_count()
         );
         Ok(())
@@ -649,8 +667,9 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             (0..PACKETS).map(|_| client(0, PROTO_TCP, 89).packet("A", b"")),
         ),
         // Stateless beside the flow table: a new connection, and packets of
-        // as many connections as the case has (each its own flow entry in
-        // the flow-table case, inserted by the SYN case of the round).
+        // established connections, each of the 5000 calls a different one
+        // of HELD_FLOWS (stored in the flow-table case before measuring, of
+        // the GUE VIP: the same forwarding), in a scattered order.
         Case::new(
             "tcp syn, stateless",
             None,
@@ -658,16 +677,22 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             (0..PACKETS).map(|i| client(i, PROTO_TCP, 91).packet("S", b"")),
         ),
         Case::new(
-            "tcp established, 5000 flows",
+            "tcp established, 100k flows, gue",
             None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 80).packet("A", b"")),
+            Expect::Gue,
+            (0..PACKETS).map(|i| held(i, 89).packet("A", b"")),
         ),
         Case::new(
-            "tcp established, 5000 flows, stateless",
+            "tcp established, 100k flows, stateless",
             None,
             Expect::Stateless,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 91).packet("A", b"")),
+            (0..PACKETS).map(|i| held(i, 91).packet("A", b"")),
+        ),
+        Case::new(
+            "tcp established, 100k, stateless, window",
+            None,
+            Expect::Stateless,
+            (0..PACKETS).map(|i| held(i, 92).packet("A", b"")),
         ),
         Case::new(
             "tcp syn, nat",
@@ -826,18 +851,22 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
         )?;
     }
     // Stateless: the GUE VIP's table, no previous backends (the common
-    // case: the header carries zeros).
-    {
+    // case: the header carries zeros). STATELESS: no slot changed within
+    // the window (the steady state: `CHAINS` is not read); CHANGED: within
+    // a window, so every packet reads its slot's `CHAINS` entry too.
+    for (id, port, chain_idx, chain_until) in [(STATELESS, 91, 0, 0), (CHANGED, 92, 1, u32::MAX)] {
         let ring: Vec<u32> = (0..SIZES.ring_size)
             .map(|i| GUE_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
             .collect();
-        lb.write_ring(STATELESS, 0, &ring)?;
+        lb.write_ring(id, 0, &ring)?;
         lb.add_vip(
-            vip_key(vip, 91, PROTO_TCP),
+            vip_key(vip, port, PROTO_TCP),
             VipInfo {
-                vip_id: STATELESS,
+                vip_id: id,
                 mode: lb_common::mode::GUE,
                 flags: lb_common::VIP_F_STATELESS,
+                chain_idx,
+                chain_until,
                 ..VipInfo::default()
             },
         )?;
@@ -928,7 +957,20 @@ fn evenness(lb: &mut Balancer, first: u32, pool: u32) -> String {
     format!("{total} flows counted on {pool} backends: {min}..{max} per backend, mean {mean:.1}, sd {sd:.2}")
 }
 
-/// The i-th distinct client: addresses in 198.18.0.0/15, ports from 10000.
+/// Established connections the 100k-flow cases draw from.
+const HELD_FLOWS: usize = 100_000;
+/// Their first client number (after every other case's).
+const HELD_FIRST: usize = 200_000;
+
+/// The connection the i-th call of a 100k-flow case sends a packet of: a
+/// different one for each of the PACKETS calls (7919 is prime to
+/// HELD_FLOWS), spread over all of them.
+fn held(i: usize, dport: u16) -> Flow {
+    client(HELD_FIRST + (i * 7919 + 13) % HELD_FLOWS, PROTO_TCP, dport)
+}
+
+/// The i-th distinct client: addresses in 198.18.0.0/15, ports from 10000
+/// (distinct for i below 1.6 million).
 fn client(i: usize, proto: u8, dport: u16) -> Flow {
     let src = Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250) as u8 + 1);
     Flow {

@@ -20,9 +20,10 @@ fn a_changed_slot_names_its_old_backend_and_a_kept_one_keeps_what_it_named() {
     let info = c.dp.vips[&k];
     assert_eq!(info.flags & VIP_F_STATELESS, VIP_F_STATELESS);
 
-    // A new VIP names no previous backend.
+    // A new VIP names no previous backend, and packets read none.
     let idx = info.chain_idx;
     assert!(c.dp.chains[&idx].iter().all(|e| *e == 0));
+    assert_eq!(info.chain_until, 0);
     let before = c.dp.active_table(&k).to_vec();
     // A fourth backend takes some slots: they name their old backend.
     let mut four = three.to_vec();
@@ -42,6 +43,18 @@ fn a_changed_slot_names_its_old_backend_and_a_kept_one_keeps_what_it_named() {
             assert_eq!(chains[s], 0, "slot {s} kept its backend");
         }
     }
+    // Packets read them until the window (default 1h) after the change.
+    let latest = chains.iter().map(|&e| chain_changed_s(e)).max().unwrap();
+    assert_eq!(
+        c.dp.vips[&k].chain_until,
+        lb_common::chain_until(latest, 3600)
+    );
+    let end_ns = (c.dp.vips[&k].chain_until as u64) << lb_common::CHAIN_UNTIL_SHIFT;
+    let want_ns = (latest as u64 + 3600) * 1_000_000_000;
+    assert!(
+        end_ns >= want_ns && end_ns - want_ns < 1 << 30,
+        "{end_ns} {want_ns}"
+    );
     let new_id = c.dp.slot_of(&k, "10.0.1.4");
     // (Maglev moves a few slots between the old backends too.)
     let taken = after.iter().filter(|b| **b == new_id).count();

@@ -1716,46 +1716,17 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
     assert_eq!(seen6.len(), 3, "{seen6:?}");
     // 20 long-lived connections through NAT, through a pool change and a
     // daemon SIGKILL and restart: the NAT state lives in pinned maps.
-    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
-    let client = t.client.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (rtx, rrx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        in_ns(&client, move || {
-            let mut conns: Vec<Held> = (0..20).map(|_| Held::open(hold, T).unwrap()).collect();
-            rtx.send(()).unwrap();
-            let mut broken = 0;
-            while rx.recv().is_ok() {
-                broken += conns
-                    .iter_mut()
-                    .map(|c| c.still_served())
-                    .filter(|ok| !ok)
-                    .count();
-                rtx.send(()).unwrap();
-            }
-            broken
-        })
-    });
-    rrx.recv().unwrap();
+    let held = Holding::open(&t, format!("{VIP4}:9000").parse().unwrap(), 20);
     t.write_pool(&nat(&weighted_pool(&t, &[3, 1, 1]))).unwrap();
     std::thread::sleep(Duration::from_millis(1200));
-    tx.send(()).unwrap();
-    rrx.recv().unwrap();
+    held.check("a weight change");
     t.kill_daemon();
     std::thread::sleep(Duration::from_millis(500));
-    tx.send(()).unwrap();
-    rrx.recv().unwrap();
+    held.check("the daemon killed");
     t.start_daemon().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    tx.send(()).unwrap();
-    rrx.recv().unwrap();
-    drop(tx);
-    assert_eq!(
-        worker.join().unwrap(),
-        0,
-        "held connections broken\n{}",
-        t.log()
-    );
+    held.check("the daemon restarted");
+    held.finish();
     let (seen, failed) = spread_http(&t, web8080, 200);
     assert_eq!(
         failed,

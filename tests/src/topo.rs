@@ -324,6 +324,9 @@ impl Topology {
                     &format!("{VIP4}:80/tcp"),
                     "--vip",
                     &format!("{VIP4}:9000/tcp"),
+                    // The backend server's stream (the e2e bench's).
+                    "--vip",
+                    &format!("{VIP4}:9100/tcp"),
                     "--vip",
                     &format!("{VIP4}:53/udp"),
                     "--vip",

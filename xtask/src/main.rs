@@ -35,6 +35,12 @@ enum Cmd {
         /// probes sustained, CPU, sockets, TIME_WAIT.
         #[arg(long, conflicts_with_all = ["lru", "rest"])]
         probes: bool,
+        /// Instead: end to end on the test topology, side by side in one
+        /// run: lb, nftables DNAT, HAProxy (mode tcp), IPVS where the
+        /// kernel has it, and the direct baseline; requests per second,
+        /// CPU per request, latency added, stream throughput.
+        #[arg(long, conflicts_with_all = ["lru", "rest", "probes"])]
+        e2e: bool,
     },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
@@ -74,6 +80,7 @@ fn main() -> Result<()> {
         Cmd::Bench { lru: true, .. } => bench_lru(),
         Cmd::Bench { rest: true, .. } => bench_daemon(&[]),
         Cmd::Bench { probes: true, .. } => bench_daemon(&["probes"]),
+        Cmd::Bench { e2e: true, .. } => bench_e2e(),
         Cmd::Bench { .. } => bench(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
@@ -156,28 +163,37 @@ fn setup() -> Result<()> {
     // promtool (Debian's `prometheus` package) checks the metrics
     // exposition and the alert rules in the tests; BIRD (`bird2`) runs the
     // scale-out test's BGP.
-    let missing: Vec<&str> = [
-        ("ethtool", "ethtool"),
-        ("bpftool", "bpftool"),
-        ("promtool", "prometheus"),
-        ("bird", "bird2"),
-    ]
-    .into_iter()
-    .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
-    .map(|(_, pkg)| pkg)
-    .collect();
-    if !missing.is_empty() {
-        if unsafe { libc_geteuid() } != 0 {
-            eprintln!("note: missing {missing:?}; run as root (or apt-get install them) for the network tests");
-        } else {
-            run(Command::new("apt-get").args(["update", "-q"]))?;
-            run(Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(&missing))?;
-        }
+    install_missing(
+        &[
+            ("ethtool", "ethtool"),
+            ("bpftool", "bpftool"),
+            ("promtool", "prometheus"),
+            ("bird", "bird2"),
+        ],
+        "the network tests",
+    )
+}
+
+/// Installs Debian's `(command, package)` pairs whose command is missing
+/// (as root; otherwise says what is missing, for `what`).
+fn install_missing(tools: &[(&str, &str)], what: &str) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("note: missing {missing:?}; run as root (or apt-get install them) for {what}");
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(&missing))
 }
 
 unsafe extern "C" {
@@ -437,6 +453,34 @@ fn bench_daemon(args: &[&str]) -> Result<()> {
             "--",
         ])
         .args(args)
+        .env("LB_BIN", root.join("target/release/lb")))
+}
+
+/// `bench --e2e`: the peers (Debian's HAProxy and nftables, ipvsadm where
+/// the kernel has IPVS), the release `lb` with the object, then `e2e-bench`.
+fn bench_e2e() -> Result<()> {
+    setup()?;
+    let mut peers = vec![("haproxy", "haproxy"), ("nft", "nftables")];
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        peers.push(("ipvsadm", "ipvsadm"));
+    }
+    install_missing(&peers, "the end-to-end bench")?;
+    build_ebpf()?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .args(["build", "--release", "-p", "lb-userspace"])
+        .env("LB_EBPF_OBJECT", root.join(EBPF_OBJECT)))?;
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "backend-server",
+        "--bin",
+        "e2e-bench",
+    ]))?;
+    run(Command::new(root.join("target/release/e2e-bench"))
         .env("LB_BIN", root.join("target/release/lb")))
 }
 

@@ -1,7 +1,8 @@
 //! A test backend: a real HTTP server (tiny_http) answering its name on
 //! port 80, a UDP echo server answering its name on port 53, and a line
 //! server on port 9000 for long-lived connections (each line is answered
-//! with the name). All listen on [::] (dual stack).
+//! with the name), and a stream on port 9100 (64 KiB chunks of zeros until
+//! the client closes, for throughput). All listen on [::] (dual stack).
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 
@@ -29,6 +30,15 @@ fn main() {
                         break;
                     }
                 }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let l = TcpListener::bind("[::]:9100").expect("bind tcp [::]:9100");
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let chunk = [0u8; 65536];
+                while c.write_all(&chunk).is_ok() {}
             });
         }
     });

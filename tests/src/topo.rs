@@ -229,11 +229,8 @@ impl Topology {
             "ip -n {sw} link add br1 type bridge && ip -n {sw} link set br1 up"
         ))?;
         self.plug(&format!("{tag}L"), &lb, "eth1", "br1", LB4_BACK, LB6_BACK)?;
-        let peer = format!("{tag}Lb");
-        self._peer_xdp_more.push(
-            in_ns(&sw, move || attach_pass(&peer))
-                .context("attaching lb_pass to the balancer's second veth peer")?,
-        );
+        let port = self.balancer_port(&format!("{tag}Lb"))?;
+        self._peer_xdp_more.push(port);
         for i in 0..self.backends.len() {
             let (v4, v6) = (
                 Ipv4Addr::new(10, 20, 0, 11 + i as u8),
@@ -260,13 +257,32 @@ impl Topology {
         if i != 1 {
             self.add_host(i, ns, v4, v6)?;
         }
-        let peer = format!("{}{}b", self.tag, i);
-        let pass = in_ns(&self.sw.clone(), move || attach_pass(&peer))
-            .context("attaching lb_pass to the balancer's veth peer")?;
+        let pass = self.balancer_port(&format!("{}{}b", self.tag, i))?;
         sh(&format!(
             "ip netns exec {ns} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
         ))?;
         Ok(pass)
+    }
+
+    /// Readies `peer`, the switch side of a balancer's veth, for XDP on the
+    /// balancer's side:
+    /// - `lb_pass` on it: a frame the balancer sends with XDP_TX in driver
+    ///   mode is delivered promptly only when the peer runs XDP too;
+    /// - its checksum offload off. The switch merges a backend's TCP
+    ///   segments (GRO) and would hand the veth a merged packet whose
+    ///   checksum covers only the pseudo-header, to be finished on the
+    ///   way out; XDP sees the packet before that, and a NAT reply it
+    ///   rewrites leaves with a checksum the client rejects (a stream
+    ///   through NAT crawled at a few KB/s). With it off, the kernel
+    ///   finishes the checksums before the veth, as a NIC's frames come.
+    fn balancer_port(&self, peer: &str) -> Result<aya::Ebpf> {
+        sh(&format!(
+            "ip netns exec {} ethtool -K {peer} tx off >/dev/null",
+            self.sw
+        ))?;
+        let peer = peer.to_string();
+        in_ns(&self.sw.clone(), move || attach_pass(&peer))
+            .context("attaching lb_pass to the balancer's veth peer")
     }
 
     /// A second balancer, 10.10.0.3 / fd10::3, for scale-out tests: start

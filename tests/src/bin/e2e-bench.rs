@@ -21,7 +21,7 @@
 //! baseline's at the same percentile. Every request must be answered by a
 //! backend (its name), or the bench stops before it reports.
 use anyhow::{bail, ensure, Context, Result};
-use lb_tests::topo::{http_get, pool_yaml, sh, Topology, VIP4};
+use lb_tests::topo::{http_get, sh, Topology, LB4, VIP4};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -35,21 +35,35 @@ const THREADS: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(2);
 const BACKENDS: [&str; 3] = ["10.10.0.11", "10.10.0.12", "10.10.0.13"];
 const STREAM_PORT: u16 = 9100;
+/// The NAT contender's source addresses beside the balancer's own.
+const NAT_MORE: [&str; 3] = ["10.10.0.5", "10.10.0.6", "10.10.0.7"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Direct,
-    Lb,
+    /// This balancer, with the VIPs' `forwarding`.
+    Lb(&'static str),
     Nft,
     Haproxy,
     Ipvs,
 }
 
+/// This balancer's forwarding modes, each a contender: (mode, topology tag).
+const MODES: [(&str, &str); 4] = [
+    ("encap", "ebli"),
+    ("gue", "ebgu"),
+    ("dsr_l2", "ebl2"),
+    ("nat", "ebna"),
+];
+
 impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct to one backend (baseline)",
-            Kind::Lb => "lb (IPIP, lb decap)",
+            Kind::Lb("encap") => "lb, encap: IPIP (lb decap)",
+            Kind::Lb("gue") => "lb, gue (lb decap)",
+            Kind::Lb("dsr_l2") => "lb, dsr_l2",
+            Kind::Lb(_) => "lb, nat",
             Kind::Nft => "nftables DNAT + masquerade",
             Kind::Haproxy => "HAProxy, mode tcp",
             Kind::Ipvs => "IPVS (NAT)",
@@ -91,6 +105,13 @@ struct Sample {
     lat_us: Vec<u32>,
 }
 
+/// Whether contender `name` runs: all of them, or those `LB_E2E_ONLY`
+/// names (a comma-separated list of encap, gue, dsr_l2, nat, nft,
+/// haproxy, ipvs; the direct baseline always runs).
+fn wanted(name: &str) -> bool {
+    std::env::var("LB_E2E_ONLY").map_or(true, |v| v.split(',').any(|n| n.trim() == name))
+}
+
 fn main() -> Result<()> {
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -111,36 +132,51 @@ fn main() -> Result<()> {
         "no backend-server beside the bench ({}); build the lb-tests bins (`cargo xtask bench --e2e` does)",
         server.display()
     );
-    let mut all = Vec::new();
-    let lb = Topology::new("eblb", 3, &server).context("the lb topology")?;
-    setup_lb(&lb)?;
-    let mut lb = lb;
-    lb.start_daemon().context("starting lb run")?;
-    all.push(Contender {
+    let mut all = vec![Contender {
         kind: Kind::Direct,
         addr: BACKENDS[0].parse()?,
         topo: Topology::new("ebdi", 3, &server)?,
-    });
-    all.push(Contender {
-        kind: Kind::Lb,
-        addr: VIP4.parse()?,
-        topo: lb,
-    });
-    let nft = Topology::new("ebnf", 3, &server)?;
-    setup_nft(&nft)?;
-    all.push(Contender {
-        kind: Kind::Nft,
-        addr: VIP4.parse()?,
-        topo: nft,
-    });
-    let mut hap = Topology::new("ebha", 3, &server)?;
-    let haproxy = start_haproxy(&mut hap)?;
-    all.push(Contender {
-        kind: Kind::Haproxy,
-        addr: VIP4.parse()?,
-        topo: hap,
-    });
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
+    }];
+    for (mode, tag) in MODES {
+        if !wanted(mode) {
+            continue;
+        }
+        let mut t = Topology::new(tag, 3, &server).context("a topology for lb")?;
+        if mode == "nat" {
+            for a in NAT_MORE {
+                sh(&format!("ip -n {} addr add {a}/24 dev eth0", t.lb))?;
+            }
+        }
+        t.write_pool(&pool(&t, mode))?;
+        t.start_daemon()
+            .with_context(|| format!("starting lb run ({mode})"))?;
+        all.push(Contender {
+            kind: Kind::Lb(mode),
+            addr: VIP4.parse()?,
+            topo: t,
+        });
+    }
+    if wanted("nft") {
+        let nft = Topology::new("ebnf", 3, &server)?;
+        setup_nft(&nft)?;
+        all.push(Contender {
+            kind: Kind::Nft,
+            addr: VIP4.parse()?,
+            topo: nft,
+        });
+    }
+    let mut haproxy = None;
+    if wanted("haproxy") {
+        let mut hap = Topology::new("ebha", 3, &server)?;
+        haproxy = Some(start_haproxy(&mut hap)?);
+        all.push(Contender {
+            kind: Kind::Haproxy,
+            addr: VIP4.parse()?,
+            topo: hap,
+        });
+    }
+    if !wanted("ipvs") {
+    } else if std::path::Path::new("/proc/net/ip_vs").exists() {
         let ipvs = Topology::new("ebiv", 3, &server)?;
         setup_ipvs(&ipvs)?;
         all.push(Contender {
@@ -156,7 +192,29 @@ fn main() -> Result<()> {
     for c in &all {
         warm(c).with_context(|| format!("{}: first requests", c.kind.name()))?;
     }
-    let works = [Work::Short, Work::Udp, Work::Stream];
+    let works: Vec<Work> = [Work::Short, Work::Udp, Work::Stream]
+        .into_iter()
+        .filter(|w| {
+            let name = format!("{w:?}").to_lowercase();
+            std::env::var("LB_E2E_WORK").map_or(true, |v| v.split(',').any(|n| n.trim() == name))
+        })
+        .collect();
+    let result = measure_all(&all, &works);
+    if let Some(s) = std::env::var("LB_E2E_HOLD_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        println!("holding the topologies for {s} s (LB_E2E_HOLD_S)");
+        std::thread::sleep(Duration::from_secs(s));
+    }
+    let samples = result?;
+    drop(haproxy);
+    report(&all, &works, &samples);
+    Ok(())
+}
+
+/// Every (contender, workload), in interleaved rounds.
+fn measure_all(all: &[Contender], works: &[Work]) -> Result<Vec<Vec<Vec<Sample>>>> {
     let mut samples: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); works.len()]; all.len()];
     for round in 0..ROUNDS {
         for (w, &work) in works.iter().enumerate() {
@@ -165,31 +223,68 @@ fn main() -> Result<()> {
                     continue;
                 }
                 let s = measure(c, work).with_context(|| {
-                    format!("{}, {}, round {round}", c.kind.name(), work.name())
+                    // What the balancer counted, to tell a drop from a loss.
+                    let counters = match c.kind {
+                        Kind::Lb(_) => c.topo.status_json().map_or_else(
+                            |e| format!("(lb status: {e})"),
+                            |st| st["counters"].to_string(),
+                        ),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "{}, {}, round {round} {counters}",
+                        c.kind.name(),
+                        work.name()
+                    )
                 })?;
                 samples[i][w].push(s);
             }
         }
     }
-    drop(haproxy);
-    report(&all, &works, &samples);
-    Ok(())
+    Ok(samples)
 }
 
-/// The lb contender's pool: the test pool (web, dns and more) plus a
-/// stream VIP on `STREAM_PORT`, with a flow table of the default size.
-fn setup_lb(t: &Topology) -> Result<()> {
-    let hosts: Vec<_> = t.backends.iter().map(|h| (h, 1, "active")).collect();
-    let mut yaml = pool_yaml(&t.tag, &t.dir, &hosts)
-        .replace("  flow_table_size: 65536\n", "  flow_table_size: 1048576\n");
-    yaml.push_str(&format!(
-        "  - name: stream\n    address: {VIP4}\n    port: {STREAM_PORT}\n    protocol: tcp\n    \
-         health_check: {{ kind: tcp, port: 80 }}\n    backends:\n"
-    ));
-    for b in &t.backends {
-        yaml.push_str(&format!("      - {{ address: {} }}\n", b.v4));
-    }
-    t.write_pool(&yaml)
+/// An lb contender's pool: web (80), dns (53) and the stream, forwarded
+/// by `mode` (NAT from the balancer's own address), with the default
+/// tables.
+fn pool(t: &Topology, mode: &str) -> String {
+    let backends: String = t
+        .backends
+        .iter()
+        .map(|b| format!("      - {{ address: {} }}\n", b.v4))
+        .collect();
+    // NAT: four source addresses (its most), each with its ports per
+    // backend, and ports taken back 5 s after a flow ends or idles: with
+    // one address and the defaults (a port held 60 s after a connection
+    // closes, 30 s after a UDP datagram), this bench's rate of new flows
+    // runs out of ports within seconds (`drop_nat_no_port`).
+    let (nat, tables) = if mode == "nat" {
+        let addrs: Vec<String> = std::iter::once(LB4)
+            .chain(NAT_MORE)
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        (
+            format!("    snat_addresses: [{}]\n", addrs.join(", ")),
+            "tables:\n  nat_closed_timeout: 5s\n  udp_idle_timeout: 5s\n",
+        )
+    } else {
+        (String::new(), "")
+    };
+    let vip = |name: &str, port: u16, proto: &str, check: &str| {
+        format!(
+            "  - name: {name}\n    address: {VIP4}\n    port: {port}\n    protocol: {proto}\n    \
+             forwarding: {mode}\n{nat}    health_check: {check}\n    backends:\n{backends}"
+        )
+    };
+    format!(
+        "instance: {tag}\ninterfaces: [eth0]\nencapsulation:\n  source_v4: 10.255.0.0/24\n  \
+         source_v6: \"fd00:255::/112\"\n{tables}hash_secret_file: {dir}/secret\ncontrol_socket: /run/lb/{tag}.sock\nvips:\n{}{}{}",
+        vip("web", 80, "tcp", "{ kind: http, path: / }"),
+        vip("dns", 53, "udp", "{ kind: udp, send: ping }"),
+        vip("stream", STREAM_PORT, "tcp", "{ kind: tcp, port: 80 }"),
+        tag = t.tag,
+        dir = t.dir.display()
+    )
 }
 
 /// Kernel NAT on the balancer's namespace: each new connection (or UDP
@@ -524,17 +619,22 @@ fn report(all: &[Contender], works: &[Work], samples: &[Vec<Vec<Sample>>]) {
     }
     // The issue's ratios: requests per balancer CPU second.
     println!();
-    let short = 0;
+    let Some(short) = works.iter().position(|w| *w == Work::Short) else {
+        return;
+    };
     let base = figures(&samples[0][short]).expect("baseline");
     let per_cpu_s =
         |i: usize| figures(&samples[i][short]).map(|f| 1e6 / (f.cpu_us - base.cpu_us).max(0.1));
-    let lb = all.iter().position(|c| c.kind == Kind::Lb).expect("lb");
+    let lb = all
+        .iter()
+        .position(|c| c.kind == Kind::Lb("encap"))
+        .unwrap_or(0);
     if let Some(lb_rate) = per_cpu_s(lb) {
         println!("short TCP requests per second of the balancer's own CPU (over the baseline):");
         for (i, c) in all.iter().enumerate().skip(1) {
             if let Some(r) = per_cpu_s(i) {
                 println!(
-                    "  {:<34} {:>10.0}   lb / this: {:.2}",
+                    "  {:<34} {:>10.0}   lb encap / this: {:.2}",
                     c.kind.name(),
                     r,
                     lb_rate / r

@@ -29,7 +29,7 @@ use crate::packet::{
 };
 
 /// Source ports tried for a new flow before it is dropped.
-const PORT_TRIES: u32 = 4;
+const PORT_TRIES: u32 = 8;
 
 /// The VIP's NAT settings a new flow needs (from `VipInfo`).
 #[derive(Clone, Copy)]

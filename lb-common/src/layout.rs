@@ -110,6 +110,10 @@ pub mod progs {
     /// Writes `bpf_jiffies64()` and `bpf_ktime_get_ns()` (little-endian
     /// `u64`s) into the first 16 bytes of its input: run by `calibrate_clock`.
     pub const CLOCK: &str = "lb_clock";
+    /// The live-frames generator of `cargo xtask bench --live` (`gen`).
+    pub const GEN: &str = "lb_gen";
+    /// XDP_DROP: the receiving end of the live-frames bench.
+    pub const DROP: &str = "lb_drop";
 }
 
 /// Default sizes; the daemon overrides them at load time from the pool file.

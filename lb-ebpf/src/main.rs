@@ -1,6 +1,7 @@
 //! The XDP programs: `lb_xdp` balances VIP traffic to backends over IPIP /
 //! IP6IP6 / 4in6 tunnels, `lb_decap` strips those tunnels on backends, and
-//! `lb_pass` is the trivial program used as a benchmark floor and on veth peers.
+//! `lb_pass` is the trivial program used as a benchmark floor and on veth peers;
+//! `lb_gen` and `lb_drop` are the live-frames bench's two ends.
 //!
 //! Packet policy (also in the README):
 //! - Not IPv4/IPv6, or not addressed to a VIP address: passed untouched.
@@ -33,6 +34,7 @@ mod decap;
 mod decap_chain;
 mod encap;
 mod flow;
+mod gen;
 mod icmp;
 mod load;
 mod maps;
@@ -75,6 +77,18 @@ pub fn lb_stateless(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The live-frames generator (`gen`): a bench's, on no packet path.
+#[xdp]
+pub fn lb_gen(ctx: XdpContext) -> u32 {
+    gen::run(&ctx)
+}
+
+/// Drops every frame: the receiving end of the live-frames bench.
+#[xdp]
+pub fn lb_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 /// Writes the two kernel clocks into the first 16 bytes of its input, for

@@ -85,6 +85,12 @@ pub static STATELESS_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP
 /// `lb_stateless` and `lb_xdp`, for tail calls (`PROG_*`).
 #[map]
 pub static PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+/// `lb_gen`'s template (`cargo xtask bench --live`).
+#[map]
+pub static GEN: Array<lb_common::GenTemplate> = Array::with_max_entries(1, 0);
+/// Per CPU: `lb_gen`'s packets so far.
+#[map]
+pub static GEN_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Per CPU: set by `lb_stateless` before it hands a packet back to
 /// `lb_xdp` (its VIP is not stateless), so that `lb_xdp` takes it.
 #[map]

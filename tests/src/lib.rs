@@ -399,6 +399,23 @@ impl Balancer {
         Ok(())
     }
 
+    /// Loads (verifies) another XDP program of the same object, sharing
+    /// its maps: the live-frames bench's `lb_gen` and `lb_drop`.
+    pub fn load_program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let p: &mut Xdp = self
+            .ebpf_mut()
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        p.load().map_err(verifier_log)?;
+        Ok(p)
+    }
+
+    /// A map of the loaded object, to write (the live-frames bench's `GEN`).
+    pub fn ebpf_map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf_mut().map_mut(name)
+    }
+
     fn program(&self) -> &Xdp {
         self.ebpf()
             .program(self.prog)

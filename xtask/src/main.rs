@@ -41,6 +41,11 @@ enum Cmd {
         /// CPU per request, latency added, stream throughput.
         #[arg(long, conflicts_with_all = ["lru", "rest", "probes"])]
         e2e: bool,
+        /// Instead: forwarded packets per second with frames the kernel
+        /// really transmits (BPF_PROG_TEST_RUN live frames into a veth),
+        /// new flows and established, on one CPU and on two.
+        #[arg(long, conflicts_with_all = ["lru", "rest", "probes", "e2e"])]
+        live: bool,
     },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
@@ -81,6 +86,7 @@ fn main() -> Result<()> {
         Cmd::Bench { rest: true, .. } => bench_daemon(&[]),
         Cmd::Bench { probes: true, .. } => bench_daemon(&["probes"]),
         Cmd::Bench { e2e: true, .. } => bench_e2e(),
+        Cmd::Bench { live: true, .. } => bench_live(),
         Cmd::Bench { .. } => bench(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
@@ -454,6 +460,15 @@ fn bench_daemon(args: &[&str]) -> Result<()> {
         ])
         .args(args)
         .env("LB_BIN", root.join("target/release/lb")))
+}
+
+/// `bench --live`: the object, then `live-bench`.
+fn bench_live() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    run(Command::new("cargo")
+        .args(["run", "--release", "-p", "lb-tests", "--bin", "live-bench"])
+        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT)))
 }
 
 /// `bench --e2e`: the peers (Debian's HAProxy and nftables, ipvsadm where

@@ -46,6 +46,11 @@ enum Cmd {
         /// new flows and established, on one CPU and on two.
         #[arg(long, conflicts_with_all = ["lru", "rest", "probes", "e2e"])]
         live: bool,
+        /// Instead: lb_xdp beside Katran's balancer in one run, call by
+        /// call, at production sizes; KATRAN is the path of Katran's
+        /// balancer.bpf.o, built from Katran's sources (BENCHMARKS.md says how).
+        #[arg(long, value_name = "KATRAN", conflicts_with_all = ["lru", "rest", "probes", "e2e", "live"])]
+        katran: Option<std::path::PathBuf>,
     },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
@@ -87,6 +92,10 @@ fn main() -> Result<()> {
         Cmd::Bench { probes: true, .. } => bench_daemon(&["probes"]),
         Cmd::Bench { e2e: true, .. } => bench_e2e(),
         Cmd::Bench { live: true, .. } => bench_live(),
+        Cmd::Bench {
+            katran: Some(object),
+            ..
+        } => bench_katran(&object),
         Cmd::Bench { .. } => bench(),
         Cmd::Demo => demo(),
         Cmd::Fuzz { packets, seed } => fuzz(packets, seed),
@@ -460,6 +469,25 @@ fn bench_daemon(args: &[&str]) -> Result<()> {
         ])
         .args(args)
         .env("LB_BIN", root.join("target/release/lb")))
+}
+
+/// `bench --katran OBJECT`: the object, then `katran-bench` beside Katran's.
+fn bench_katran(katran: &std::path::Path) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    let katran = std::fs::canonicalize(katran)
+        .map_err(|e| anyhow::anyhow!("Katran's object {}: {e}", katran.display()))?;
+    run(Command::new("cargo")
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "lb-tests",
+            "--bin",
+            "katran-bench",
+        ])
+        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT))
+        .env("LB_BENCH_KATRAN", katran))
 }
 
 /// `bench --live`: the object, then `live-bench`.

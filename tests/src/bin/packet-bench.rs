@@ -114,7 +114,8 @@ const BACKENDS: [(u32, Ipv4Addr); 3] = [
 
 /// Targets, net of the floor: 0.8 x what Katran reports for the same cases
 /// (620 ns SYN of a new flow, 180 ns established, 510 ns UDP new flow,
-/// 70 ns non-VIP pass). Katran was not run on this machine.
+/// 70 ns non-VIP pass), as Katran published them; `cargo xtask bench
+/// --katran OBJECT` runs Katran itself beside `lb_xdp` (katran-bench).
 const TARGET_SYN: u64 = 496;
 const TARGET_ESTABLISHED: u64 = 144;
 const TARGET_UDP: u64 = 408;
@@ -274,7 +275,7 @@ fn main() -> Result<()> {
     );
     println!("call by call; net = median - floor median; net by round: lowest..highest net");
     println!("median of the {ROUNDS} interleaved rounds. Targets are 0.8 x Katran's");
-    println!("figures; Katran was not run on this machine.");
+    println!("published figures; `cargo xtask bench --katran OBJECT` runs Katran beside lb_xdp.");
     Ok(())
 }
 

@@ -12,9 +12,11 @@
 //! Set-up: one TCP VIP with 100 backends (IPIP, the gateway MAC: no
 //! route), Maglev tables of 65 537 slots, a flow table of 1M entries.
 //! Cases: the generator alone (`lb_gen` transmitting its template: the
-//! floor of this machine's veth path), new flows (every packet a new
-//! connection: the table fills and the LRU evicts), established (1000
-//! connections, each packet a flow-table hit). Each on one CPU, then on
+//! floor of this machine's veth path), new flows (every packet a SYN of a
+//! new connection: the table fills and the LRU evicts), the same with the
+//! daemon's default insert cap (a SYN flood as users meet it: past the
+//! cap, forwarded by the Maglev table and not stored), established (1000
+//! connections, each packet an ACK and a flow-table hit). Each on one CPU, then on
 //! both at once (a thread pinned to each). The bench checks the balancer's
 //! counters (every packet forwarded with XDP_TX, new flows or hits as the
 //! case says) and that `lg1` received what was sent.
@@ -47,6 +49,9 @@ const SIZES: Sizes = Sizes {
 enum Case {
     Floor,
     NewFlows,
+    /// New flows with the daemon's default insert cap: past it, a new
+    /// flow is forwarded by the Maglev table and not stored.
+    CappedFlood,
     Established,
 }
 
@@ -55,6 +60,7 @@ impl Case {
         match self {
             Case::Floor => "generator alone (XDP_TX, no lb_xdp)",
             Case::NewFlows => "TCP, every packet a new flow",
+            Case::CappedFlood => "the same, with the default insert cap",
             Case::Established => "TCP, 1000 established flows",
         }
     }
@@ -84,15 +90,19 @@ fn main() -> Result<()> {
         .attach("lg1", XdpMode::Driver)
         .context("attaching lb_drop to lg1")?;
 
-    let frame = Flow::tcp("198.18.0.1", 10000, VIP, 80).packet("A", b"0123456789");
+    // New flows start with a SYN, established ones carry ACKs; 64 bytes.
+    let flow = Flow::tcp("198.18.0.1", 10000, VIP, 80);
+    let (syn, ack) = (
+        flow.packet("S", b"0123456789"),
+        flow.packet("A", b"0123456789"),
+    );
     ensure!(
-        frame.len() == 64,
-        "the template frame is {} bytes",
-        frame.len()
+        syn.len() == 64 && ack.len() == 64,
+        "the template frames are 64 bytes"
     );
     // What the run hands the program: no metadata, the frame on lg0.
     let mut md = [0u8; 24];
-    md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    md[4..8].copy_from_slice(&(ack.len() as u32).to_ne_bytes());
     md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
 
     println!("live-bench: lb_xdp on frames the kernel transmits (BPF_PROG_TEST_RUN, live frames)");
@@ -107,25 +117,36 @@ fn main() -> Result<()> {
         "case", "CPUs", "Mpps", "per CPU", "ns/pkt/CPU", "lost"
     );
     let mut floor_ns = [0f64; 2];
-    for case in [Case::Floor, Case::NewFlows, Case::Established] {
+    for case in [
+        Case::Floor,
+        Case::NewFlows,
+        Case::CappedFlood,
+        Case::Established,
+    ] {
+        lb.set_config(config(case == Case::CappedFlood))?;
+        let frame = if case == Case::Established {
+            &ack
+        } else {
+            &syn
+        };
         for n in [1, cpus.min(2)] {
             let (flows, flags) = match case {
                 Case::Floor => (1, 0),
-                Case::NewFlows => (u32::MAX / 4, GEN_F_BALANCE),
+                Case::NewFlows | Case::CappedFlood => (u32::MAX / 4, GEN_F_BALANCE),
                 Case::Established => (ESTABLISHED, GEN_F_BALANCE),
             };
-            set_template(&mut lb, &frame, flows, flags)?;
+            set_template(&mut lb, frame, flows, flags)?;
             if case == Case::Established {
                 // The connections first, so every measured packet is a hit.
-                run_on(&lb, &frame, &md, &[0], ESTABLISHED)?;
+                run_on(&lb, frame, &md, &[0], ESTABLISHED)?;
                 if n > 1 {
-                    run_on(&lb, &frame, &md, &[1], ESTABLISHED)?;
+                    run_on(&lb, frame, &md, &[1], ESTABLISHED)?;
                 }
             }
             let before = lb.counters();
             let rx0 = xdp_drops("lg1")?;
             let cpu_list: Vec<usize> = (0..n).collect();
-            let secs = run_on(&lb, &frame, &md, &cpu_list, PACKETS)?;
+            let secs = run_on(&lb, frame, &md, &cpu_list, PACKETS)?;
             let sent = PACKETS as u64 * n as u64;
             let received = xdp_drops("lg1")? - rx0;
             let d = |c: u32| {
@@ -141,6 +162,17 @@ fn main() -> Result<()> {
                     case.name(),
                     d(counter::TX),
                     d(counter::NEW_FLOW)
+                ),
+                Case::CappedFlood => ensure!(
+                    d(counter::TX) == sent
+                        && d(counter::NEW_FLOW) == sent
+                        && d(counter::NEW_FLOW_NOT_STORED) > 0,
+                    "{}: {sent} sent with XDP_TX as new flows, some past the cap, expected; \
+                     tx {}, new_flow {}, new_flow_not_stored {}",
+                    case.name(),
+                    d(counter::TX),
+                    d(counter::NEW_FLOW),
+                    d(counter::NEW_FLOW_NOT_STORED)
                 ),
                 Case::Established => ensure!(
                     d(counter::TX) == sent && d(counter::FLOW_HIT) == sent,
@@ -187,16 +219,7 @@ fn main() -> Result<()> {
 /// The balancer's maps: one TCP VIP over `BACKENDS` backends, IPIP with
 /// the gateway MAC (the namespace has no routes).
 fn configure(lb: &mut Balancer) -> Result<()> {
-    lb.set_config(Config {
-        hash_key: [0x5eed_0123_4567_89ab, 0x0ddb_a11c_afe0_f00d],
-        ring_size: SIZES.ring_size,
-        flags: lb_common::CONFIG_F_GATEWAY_MAC | lb_common::CONFIG_F_SRC_V4,
-        src_v4: u32::from_ne_bytes([10, 255, 0, 0]),
-        src_v4_mask: host_mask(8),
-        mtu: 1500,
-        gateway_mac: GATEWAY_MAC,
-        ..Config::default()
-    })?;
+    lb.set_config(config(false))?;
     for i in 0..BACKENDS {
         let a = Ipv4Addr::new(10, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
         lb.set_backend(i + 1, backend(IpAddr::V4(a), 0, 0))?;
@@ -210,6 +233,32 @@ fn configure(lb: &mut Balancer) -> Result<()> {
             ..VipInfo::default()
         },
     )
+}
+
+/// IPIP with the gateway MAC; with `cap`, the flow-insert cap the daemon
+/// sets by default (its rate and burst), else none.
+fn config(cap: bool) -> Config {
+    let (interval, tolerance) = if cap {
+        (
+            1_000_000_000 / lb_userspace::config::DEFAULT_NEW_FLOWS_PER_CPU as u64,
+            lb_userspace::config::NEW_FLOW_BURST.as_nanos() as u64,
+        )
+    } else {
+        (0, 0)
+    };
+    Config {
+        hash_key: [0x5eed_0123_4567_89ab, 0x0ddb_a11c_afe0_f00d],
+        ring_size: SIZES.ring_size,
+        flags: lb_common::CONFIG_F_GATEWAY_MAC | lb_common::CONFIG_F_SRC_V4,
+        src_v4: u32::from_ne_bytes([10, 255, 0, 0]),
+        src_v4_mask: host_mask(8),
+        mtu: 1500,
+        gateway_mac: GATEWAY_MAC,
+        udp_idle_timeout_ns: lb_userspace::config::DEFAULT_UDP_IDLE_TIMEOUT.as_nanos() as u64,
+        new_flow_interval_ns: interval,
+        new_flow_tolerance_ns: tolerance,
+        ..Config::default()
+    }
 }
 
 fn set_template(lb: &mut Balancer, frame: &[u8], flows: u32, flags: u32) -> Result<()> {

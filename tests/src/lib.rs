@@ -20,6 +20,7 @@ use lb_userspace::dataplane::{BpfDataPlane, DataPlane};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+pub mod bench;
 pub mod fuzz;
 pub mod packets;
 pub mod topo;

@@ -731,6 +731,14 @@ fn wait_for_daemon(socket: &Path, log: &Path, daemon: &mut Child, lb: &Path) -> 
 
 /// Runs `f` on a thread inside network namespace `ns`.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_ns(ns, f).join().expect("thread in netns")
+}
+
+/// Starts `f` on a thread inside network namespace `ns`.
+pub fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let fd = std::fs::File::open(&path).expect("netns file");
@@ -739,8 +747,6 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
         }
         f()
     })
-    .join()
-    .expect("thread in netns")
 }
 
 /// One HTTP/1.0 GET on a new connection; returns the body (the backend's name).

@@ -473,30 +473,28 @@ fn bench_daemon(args: &[&str]) -> Result<()> {
 
 /// `bench --katran OBJECT`: the object, then `katran-bench` beside Katran's.
 fn bench_katran(katran: &std::path::Path) -> Result<()> {
-    setup()?;
-    build_ebpf()?;
     let katran = std::fs::canonicalize(katran)
         .map_err(|e| anyhow::anyhow!("Katran's object {}: {e}", katran.display()))?;
-    run(Command::new("cargo")
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "lb-tests",
-            "--bin",
-            "katran-bench",
-        ])
-        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT))
-        .env("LB_BENCH_KATRAN", katran))
+    bench_bin("katran-bench", &[("LB_BENCH_KATRAN", katran)])
 }
 
 /// `bench --live`: the object, then `live-bench`.
 fn bench_live() -> Result<()> {
+    bench_bin("live-bench", &[])
+}
+
+/// Set-up and the object, then the lb-tests bench `bin` (release) with the
+/// object and `env`.
+fn bench_bin(bin: &str, env: &[(&str, std::path::PathBuf)]) -> Result<()> {
     setup()?;
     build_ebpf()?;
-    run(Command::new("cargo")
-        .args(["run", "--release", "-p", "lb-tests", "--bin", "live-bench"])
-        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT)))
+    let mut cmd = Command::new("cargo");
+    cmd.args(["run", "--release", "-p", "lb-tests", "--bin", bin])
+        .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
 }
 
 /// `bench --e2e`: the peers (Debian's HAProxy and nftables, ipvsadm where

@@ -21,9 +21,8 @@
 //! baseline's at the same percentile. Every request must be answered by a
 //! backend (its name), or the bench stops before it reports.
 use anyhow::{bail, ensure, Context, Result};
-use lb_tests::topo::{http_get, sh, Topology, LB4, VIP4};
+use lb_tests::topo::{http_get, in_ns, sh, spawn_in_ns, Topology, LB4, VIP4};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Rounds of every (contender, workload), interleaved.
@@ -397,7 +396,7 @@ fn warm(c: &Contender) -> Result<()> {
     let addr = c.addr;
     let udp = c.kind != Kind::Haproxy;
     loop {
-        let ok = run_in(&c.topo.client, move || {
+        let ok = in_ns(&c.topo.client, move || {
             let web = http_get(SocketAddr::new(addr, 80), TIMEOUT).is_ok_and(|b| is_backend(&b));
             web && (!udp || udp_request(SocketAddr::new(addr, 53)).is_ok())
         });
@@ -437,7 +436,7 @@ fn measure(c: &Contender, work: Work) -> Result<Sample> {
     let threads = if work == Work::Stream { 1 } else { THREADS };
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            spawn_in(&c.topo.client, move || -> Result<(u64, u64, Vec<u32>)> {
+            spawn_in_ns(&c.topo.client, move || -> Result<(u64, u64, Vec<u32>)> {
                 let end = Instant::now() + RUN;
                 let mut lat = Vec::new();
                 let mut bytes = 0u64;
@@ -502,24 +501,6 @@ fn busy_seconds() -> Result<f64> {
     let busy: u64 = v.iter().sum::<u64>() - v[3] - v[4];
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(busy as f64 / hz)
-}
-
-fn spawn_in<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).expect("netns file");
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            panic!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        f()
-    })
-}
-
-fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in(ns, f).join().expect("thread in netns")
 }
 
 fn percentile(v: &mut [u32], p: usize) -> u32 {

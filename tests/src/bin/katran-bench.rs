@@ -18,11 +18,12 @@
 //! unchanged, from both programs.
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, HashMap, Map, MapData};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
     progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, PROTO_TCP, PROTO_UDP,
 };
+use lb_tests::bench::{pin_to_last_cpu, program, run, RunResult};
 use lb_tests::packets::{Flow, GATEWAY_MAC};
 use lb_tests::{backend, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX};
 use std::net::{IpAddr, Ipv4Addr};
@@ -84,23 +85,15 @@ fn main() -> Result<()> {
     configure_lb(&mut lb)?;
     let katran = Katran::load(&object, cpu)?;
     let pass = Balancer::load_pass()?;
-    let floor: &Xdp = pass
-        .ebpf()
-        .program(progs::PASS)
-        .context("lb_pass")?
-        .try_into()?;
-    let ours: &Xdp = lb
-        .ebpf()
-        .program(progs::BALANCER)
-        .context("lb_xdp")?
-        .try_into()?;
+    let floor = program(&pass, progs::PASS)?;
+    let ours = program(&lb, progs::BALANCER)?;
     let progs = [ours, &katran.prog];
 
     // The connections of the 100k-flow case, in both tables.
     for j in 0..HELD {
         let p = client(HELD_FIRST + j, PROTO_TCP, 80).packet("S", b"");
         for (k, prog) in progs.iter().enumerate() {
-            let r = run(prog, &p)?;
+            let r = run(prog, &p, 1)?;
             check(Expect::Encap, &p, &r)
                 .with_context(|| format!("storing flow {j} ({})", name(k)))?;
         }
@@ -108,14 +101,14 @@ fn main() -> Result<()> {
     let warm = Flow::tcp("192.0.2.1", 40000, NOT_VIP, 80).packet("A", b"");
     for _ in 0..WARMUP {
         for prog in progs.iter().chain([&floor]) {
-            run(prog, &warm)?;
+            run(prog, &warm, 1)?;
         }
     }
     let hot_tcp = client(60_000, PROTO_TCP, 80);
     let hot_udp = client(60_001, PROTO_UDP, 53);
     for prog in progs {
-        run(prog, &hot_tcp.packet("S", b""))?;
-        run(prog, &hot_udp.packet("", b"q"))?;
+        run(prog, &hot_tcp.packet("S", b""), 1)?;
+        run(prog, &hot_udp.packet("", b"q"), 1)?;
     }
     let mut cases = vec![
         case("TCP SYN, a new flow", Expect::Encap, |i| {
@@ -144,10 +137,10 @@ fn main() -> Result<()> {
                 // Who goes first alternates by round.
                 let k = (k + round) % 2;
                 for p in &c.packets[round * per_round..(round + 1) * per_round] {
-                    let r = run(progs[k], p)?;
+                    let r = run(progs[k], p, 1)?;
                     check(c.expect, p, &r).with_context(|| format!("{}, {}", c.name, name(k)))?;
                     c.t[k].push(r.ns);
-                    c.f[k].push(run(floor, p)?.ns);
+                    c.f[k].push(run(floor, p, 1)?.ns);
                 }
             }
         }
@@ -349,30 +342,6 @@ impl Drop for Katran {
     }
 }
 
-struct RunResult {
-    action: u32,
-    ns: u64,
-    data: Vec<u8>,
-}
-
-fn run(prog: &Xdp, data: &[u8]) -> Result<RunResult> {
-    let mut out = vec![0u8; data.len() + 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(data),
-            data_out: Some(&mut out),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    out.truncate(r.data_size_out as usize);
-    Ok(RunResult {
-        action: r.return_value,
-        ns: r.duration.as_nanos() as u64,
-        data: out,
-    })
-}
-
 /// A VIP packet: XDP_TX, the input inside one IPIP header to one of the
 /// backends, to the gateway MAC. Anything else: XDP_PASS, untouched.
 fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
@@ -418,17 +387,4 @@ fn sh(cmd: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn pin_to_last_cpu() -> Result<usize> {
-    let n = std::thread::available_parallelism()?.get();
-    let cpu = n - 1;
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(cpu)
 }

@@ -23,6 +23,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use lb_common::{counter, progs, Config, GenTemplate, VipInfo, GEN_F_BALANCE, PROTO_TCP};
+use lb_tests::bench::pin;
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
 use lb_tests::{backend, private_netns, vip_key, Balancer, Sizes};
 use std::net::{IpAddr, Ipv4Addr};
@@ -316,17 +317,6 @@ fn run_on(lb: &Balancer, frame: &[u8], md: &[u8], cpus: &[usize], packets: u32) 
         Ok(())
     })?;
     Ok(start.elapsed().as_secs_f64())
-}
-
-fn pin(cpu: usize) -> Result<()> {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 fn sh(cmd: &str) -> Result<()> {

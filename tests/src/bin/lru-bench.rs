@@ -11,10 +11,11 @@
 //! `lb_pass` on the same bytes (the floor, subtracted); the counters are
 //! checked, so a miss or a drop cannot pass for a measurement.
 use anyhow::{bail, ensure, Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use lb_common::{
     counter, progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, PROTO_TCP,
 };
+use lb_tests::bench::pin;
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
 use lb_tests::{backend, ebpf_object, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX};
 use std::net::{IpAddr, Ipv4Addr};
@@ -101,29 +102,10 @@ fn configure(lb: &mut Balancer) -> Result<()> {
     Ok(())
 }
 
-fn pin(cpu: usize) -> Result<()> {
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity({cpu}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// Runs `packet` once; (action, ns).
 fn run(prog: &Xdp, packet: &[u8]) -> Result<(u32, u64)> {
-    let mut out = vec![0u8; packet.len() + 64];
-    let r = prog.test_run(TestRunOptions {
-        data_in: Some(packet),
-        data_out: Some(&mut out),
-        repeat: 1,
-        ..TestRunOptions::default()
-    })?;
-    Ok((r.return_value, r.duration.as_nanos() as u64))
+    let r = lb_tests::bench::run(prog, packet, 1)?;
+    Ok((r.action, r.ns))
 }
 
 /// Program and floor ns of each packet of `flows` on `cpu`, with `flags`.
@@ -220,16 +202,8 @@ fn bench_object(object: &std::path::Path) -> Result<()> {
     let mut lb = Balancer::load_object(object, SIZES)?;
     configure(&mut lb)?;
     let pass = Balancer::load_pass()?;
-    let floor: &Xdp = pass
-        .ebpf()
-        .program(progs::PASS)
-        .context("lb_pass")?
-        .try_into()?;
-    let prog: &Xdp = lb
-        .ebpf()
-        .program(progs::BALANCER)
-        .context("lb_xdp")?
-        .try_into()?;
+    let floor = lb_tests::bench::program(&pass, progs::PASS)?;
+    let prog = lb_tests::bench::program(&lb, progs::BALANCER)?;
 
     // Fill: CPU c inserts flows c, c+2, c+4, ... (half the table each).
     let start = Instant::now();

@@ -20,11 +20,12 @@
 //! are compared with what the cases must have produced, so the bench cannot
 //! quietly time a drop or a pass.
 use anyhow::{bail, ensure, Context, Result};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use lb_common::{
     counter, progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
     PROTO_TCP, PROTO_UDP, VIP_F_COUNT,
 };
+use lb_tests::bench::{pin_to_last_cpu, program, run, RunResult};
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
 use lb_tests::{
     addr_words, backend, ebpf_object, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX,
@@ -983,39 +984,6 @@ fn client(i: usize, proto: u8, dport: u16) -> Flow {
     }
 }
 
-fn program<'a>(lb: &'a Balancer, name: &str) -> Result<&'a Xdp> {
-    Ok(lb
-        .ebpf()
-        .program(name)
-        .with_context(|| format!("no program `{name}` in the object"))?
-        .try_into()?)
-}
-
-struct RunResult {
-    action: u32,
-    ns: u64,
-    data: Vec<u8>,
-}
-
-/// One BPF_PROG_TEST_RUN call; `ns` is the kernel's time per run.
-fn run(prog: &Xdp, data: &[u8], repeat: u32) -> Result<RunResult> {
-    let mut out = vec![0u8; data.len() + 512];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(data),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    out.truncate(r.data_size_out as usize);
-    Ok(RunResult {
-        action: r.return_value,
-        ns: r.duration.as_nanos() as u64,
-        data: out,
-    })
-}
-
 fn expect(r: RunResult, action: u32, what: &str) -> Result<RunResult> {
     ensure!(
         r.action == action,
@@ -1425,23 +1393,4 @@ impl Machine {
             clocksource: read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
         }
     }
-}
-
-/// Pins the process to the last online CPU, so every run (and the per-CPU
-/// flow-table LRU lists) stays on one core. Returns the CPU.
-fn pin_to_last_cpu() -> Result<usize> {
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    ensure!(n >= 1, "sysconf(_SC_NPROCESSORS_ONLN) returned {n}");
-    let cpu = n as usize - 1;
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!(
-                "sched_setaffinity(CPU {cpu}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(cpu)
 }

@@ -51,6 +51,11 @@ enum Cmd {
         /// balancer.bpf.o, built from Katran's sources (BENCHMARKS.md says how).
         #[arg(long, value_name = "KATRAN", conflicts_with_all = ["lru", "rest", "probes", "e2e", "live"])]
         katran: Option<std::path::PathBuf>,
+        /// Instead: the daemon with 512 VIPs of 127 backends each (the most
+        /// 16-bit table ids name): cold start, map memory, a full reload,
+        /// `lb status` time, CPU and memory at rest.
+        #[arg(long, conflicts_with_all = ["lru", "rest", "probes", "e2e", "live"])]
+        scale: bool,
     },
     /// Random and mutated packets through the loaded program (default a
     /// million), each checked; the packet tests run a short version.
@@ -90,6 +95,7 @@ fn main() -> Result<()> {
         Cmd::Bench { lru: true, .. } => bench_lru(),
         Cmd::Bench { rest: true, .. } => bench_daemon(&[]),
         Cmd::Bench { probes: true, .. } => bench_daemon(&["probes"]),
+        Cmd::Bench { scale: true, .. } => bench_daemon(&["scale"]),
         Cmd::Bench { e2e: true, .. } => bench_e2e(),
         Cmd::Bench { live: true, .. } => bench_live(),
         Cmd::Bench {

@@ -70,7 +70,7 @@ pub struct Daemon {
     read_error: Option<String>,
     /// Set when applying a valid file failed: try again at this time.
     retry_at: Option<Instant>,
-    rates: Rates,
+    rates: std::sync::Mutex<Rates>,
     /// Active flows per backend id, counted by a background task, and when.
     flows: FlowCounts,
     /// Keeps the backends' next hops resolved in the kernel's neighbour
@@ -341,7 +341,6 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
             _ = watch.tick() => d.reload(false),
             _ = tick.tick() => {
-                d.sample_rates();
                 d.sample_handshakes();
                 // Passive-health verdicts, and tables of backends ramping
                 // up under slow_start.

@@ -8,8 +8,7 @@
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, bpf_sock_tuple, xdp_action, BPF_F_CURRENT_NETNS},
     helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_sk_release, bpf_skc_lookup_tcp,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_redirect, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -101,15 +100,7 @@ pub fn pass_on(ctx: &XdpContext, at: &At, inner_family: u8) -> Option<u32> {
         fib.__bindgen_anon_3.ipv4_src = hdr[1];
         fib.__bindgen_anon_4.ipv4_dst = prev;
     }
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != 0 {
+    if crate::nexthop::lookup(ctx, fib) != 0 {
         // No route or no neighbour entry yet: the kernel forwards the
         // rewritten packet (and resolves the neighbour) if forwarding is on.
         return Some(pass(decap_counter::CHAIN_TO_KERNEL));

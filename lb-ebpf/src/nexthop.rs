@@ -111,14 +111,7 @@ fn fib(
     }
     // tot_len 0: no MTU verdict from the FIB; on success it reports the
     // route's MTU in mtu_result, which is cached and checked by the caller.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            fib,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = lookup(ctx, fib);
     if rc != 0 {
         return rc;
     }
@@ -138,4 +131,18 @@ fn fib(
         nh.mtu = cfg.mtu;
     }
     0
+}
+
+/// `bpf_fib_lookup` with `fib` as filled in (no flags): its answer
+/// (`BPF_FIB_LKUP_RET_*`, 0: success), the result written into `fib`.
+#[inline(always)]
+pub fn lookup(ctx: &XdpContext, fib: &mut bpf_fib_lookup) -> i64 {
+    unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    }
 }

@@ -856,11 +856,11 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
     // case: the header carries zeros). STATELESS: no slot changed within
     // the window (the steady state: `CHAINS` is not read); CHANGED: within
     // a window, so every packet reads its slot's `CHAINS` entry too.
+    let gue_ring: Vec<u32> = (0..SIZES.ring_size)
+        .map(|i| GUE_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
+        .collect();
     for (id, port, chain_idx, chain_until) in [(STATELESS, 91, 0, 0), (CHANGED, 92, 1, u32::MAX)] {
-        let ring: Vec<u32> = (0..SIZES.ring_size)
-            .map(|i| GUE_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
-            .collect();
-        lb.write_ring(id, 0, &ring)?;
+        lb.write_ring(id, 0, &gue_ring)?;
         lb.add_vip(
             vip_key(vip, port, PROTO_TCP),
             VipInfo {

@@ -1691,13 +1691,15 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
         return;
     };
     t.strip_backends().unwrap();
-    // web on 8080 to the backends' 80, web6 likewise; dns and hold on
-    // their own ports; all from the balancer's own addresses.
+    // web on 8080 to the backends' 80, web6 likewise; dns, hold and the
+    // backend server's stream on their own ports; all from the balancer's
+    // own addresses.
     let nat = |yaml: &str| {
-        let y = natted(yaml, "web", LB4, 8080, 80);
+        let y = natted(&with_stream_vip(yaml), "web", LB4, 8080, 80);
         let y = natted(&y, "web6", LB6, 8080, 80);
         let y = natted(&y, "dns", LB4, 53, 53);
-        natted(&y, "hold", LB4, 9000, 9000)
+        let y = natted(&y, "hold", LB4, 9000, 9000);
+        natted(&y, "stream", LB4, 9100, 9100)
     };
     let pool = nat(&std::fs::read_to_string(t.pool_path()).unwrap());
     t.write_pool(&pool).unwrap();
@@ -1727,6 +1729,27 @@ fn nat_serves_backends_that_have_nothing_configured_and_keeps_connections() {
     std::thread::sleep(Duration::from_millis(1000));
     held.check("the daemon restarted");
     held.finish();
+    // A bulk stream back through NAT: every segment's checksum rewritten
+    // right (it crawled at a few KB/s when the balancer's veth was handed
+    // merged segments with unfinished checksums).
+    let stream: SocketAddr = format!("{VIP4}:9100").parse().unwrap();
+    let (bytes, secs) = in_ns(&t.client, move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect_timeout(&stream, T).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let (start, mut n, mut buf) = (std::time::Instant::now(), 0usize, vec![0u8; 1 << 16]);
+        while n < 64 << 20 && start.elapsed() < Duration::from_secs(20) {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        (n, start.elapsed().as_secs_f64())
+    });
+    assert!(
+        bytes >= 64 << 20,
+        "{bytes} bytes through NAT in {secs:.1} s"
+    );
     let (seen, failed) = spread_http(&t, web8080, 200);
     assert_eq!(
         failed,
@@ -1788,6 +1811,19 @@ fn nat_two_armed_clients_and_backends_on_separate_interfaces() {
         n_of("new_flow") + n_of("flow_hit") + n_of("nat_reply"),
         "{c}"
     );
+}
+
+/// `yaml` with a VIP `stream`: the `hold` VIP's block on port 9100 (the
+/// backend server's stream).
+fn with_stream_vip(yaml: &str) -> String {
+    let start = yaml.find("  - name: hold\n").expect("the hold VIP");
+    let end = yaml[start + 4..]
+        .find("  - name: ")
+        .map_or(yaml.len(), |i| start + 4 + i);
+    let block = yaml[start..end]
+        .replacen("  - name: hold\n", "  - name: stream\n", 1)
+        .replacen("    port: 9000\n", "    port: 9100\n", 1);
+    format!("{yaml}{block}")
 }
 
 /// `yaml` with VIP `name` stateless (GUE, its slots' previous backends).

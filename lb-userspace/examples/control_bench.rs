@@ -439,7 +439,126 @@ fn main() -> Result<()> {
     );
     drop(ctl);
     println!();
-    scale(&object)
+    scale(&object)?;
+    println!();
+    scale_verdicts(&object)
+}
+
+/// `--scale`'s size: 512 VIPs with the same 127 backends each (65 024
+/// slots), every backend with a tcp check (never started).
+fn shared_pool(instance: &str) -> String {
+    let mut text = format!(
+        "instance: {instance}\ninterfaces: [lo]\nencapsulation:\n  source_v4: 10.255.0.0/24\n\
+         tables:\n  maglev_size: {RING}\n  max_vips: {SCALE_VIPS}\n  max_backends: 65535\n  \
+         flow_table_size: 1024\nhealth_defaults:\n  kind: tcp\nvips:\n"
+    );
+    for v in 0..SCALE_VIPS {
+        text += &format!(
+            "  - name: v{v}\n    address: 10.100.{}.{}\n    port: 80\n    protocol: tcp\n    backends:\n",
+            v / 250,
+            1 + v % 250
+        );
+        for i in 0..SCALE_PER_VIP {
+            text += &format!("      - address: 10.1.0.{}\n", 1 + i);
+        }
+    }
+    text
+}
+
+const SCALE_VIPS: u32 = 512;
+const SCALE_PER_VIP: u32 = 127;
+
+/// Verdict to table at `--scale`'s size: one backend of one VIP, 100 of
+/// one VIP's backends at once, and one address down behind all 512 VIPs
+/// (a host that serves them all: 512 tables). Each from the first verdict
+/// recorded to the last table in place; checked in the kernel's tables.
+fn scale_verdicts(object: &[u8]) -> Result<()> {
+    let instance = format!("lbverd{}", std::process::id());
+    let _pins = Pins(instance.clone());
+    let sizes = Sizes {
+        max_vips: SCALE_VIPS,
+        max_backends: 65535,
+        ring_size: RING,
+        flows: 1024,
+        persist: 1024,
+        stateless_vips: 1,
+    };
+    let dp = BpfDataPlane::load(object, &instance, sizes, false)?;
+    let mut ctl = Controller::adopt(dp, RING, sizes.max_vips, sizes.max_backends)?;
+    let pool =
+        config::parse(&shared_pool(&instance), "scale.yaml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = Instant::now();
+    ctl.apply(&pool)?;
+    let cold = t.elapsed();
+    let keys: Vec<VipKey> = pool.vips.iter().map(vip_key).collect();
+    let addrs: Vec<_> = pool.vips[0].backends.iter().map(|b| b.address).collect();
+    let failed = ProbeOutcome {
+        ok: false,
+        detail: "connection refused".into(),
+        latency: Duration::from_millis(1),
+    };
+    // Records `down`'s verdicts, then flushes until every table is written.
+    let run = |ctl: &mut Controller<BpfDataPlane>, down: &[(VipKey, std::net::IpAddr)]| {
+        let t = Instant::now();
+        for (k, a) in down {
+            ensure!(
+                ctl.probe_result(&(*k, *a), &failed, Health::Down)?,
+                "{a} of {k:?} was down already"
+            );
+        }
+        while let Some(wait) = ctl.flush()? {
+            std::thread::sleep(wait);
+        }
+        Ok(t.elapsed())
+    };
+    let out_of_table = |ctl: &Controller<BpfDataPlane>, k: &VipKey, a: &std::net::IpAddr| {
+        let id = ctl.vips[k].backends[a].id;
+        ensure!(
+            !kernel_table(&instance, k)?.contains(&id),
+            "{a} is still in the table of {k:?}"
+        );
+        Ok(())
+    };
+    // One backend of one VIP, 20 times (each on another VIP).
+    let mut one = Vec::new();
+    for n in 0..20u32 {
+        let k = keys[(n * 25 + 3) as usize];
+        let a = addrs[(n * 7) as usize % addrs.len()];
+        one.push(run(&mut ctl, &[(k, a)])?);
+        out_of_table(&ctl, &k, &a)?;
+    }
+    one.sort_unstable();
+    // 100 of the 127 backends of one VIP.
+    let k = keys[SCALE_VIPS as usize - 1];
+    let hundred: Vec<_> = addrs.iter().take(100).map(|a| (k, *a)).collect();
+    let batch = run(&mut ctl, &hundred)?;
+    for (k, a) in &hundred {
+        out_of_table(&ctl, k, a)?;
+    }
+    // An address behind every VIP (probed once, one verdict each), none of
+    // the above (those are 7n and the first 100).
+    let a = addrs[120];
+    let host: Vec<_> = keys.iter().map(|k| (*k, a)).collect();
+    let everywhere = run(&mut ctl, &host)?;
+    for k in keys.iter().step_by(16) {
+        out_of_table(&ctl, k, &a)?;
+    }
+    println!(
+        "verdicts at scale: {SCALE_VIPS} VIPs x {SCALE_PER_VIP} backends (the same addresses \
+         behind every VIP), M = {RING}; applied from nothing in {} ms",
+        ms(cold)
+    );
+    println!(
+        "  one backend of one VIP down, to its table in place: median {} ms, max {} ms (20 verdicts)",
+        ms(quantile(&one, 0.5)),
+        ms(one[one.len() - 1])
+    );
+    println!("  100 of one VIP's backends down at once: {} ms", ms(batch));
+    println!(
+        "  one address down behind all {SCALE_VIPS} VIPs ({SCALE_VIPS} tables): {} ms",
+        ms(everywhere)
+    );
+    Ok(())
 }
 
 /// A pool of `vips` VIPs with `per_vip` backends each, no health checks.

@@ -249,6 +249,51 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     table
 }
 
+/// Tables already built, by what decides them: the table size and each
+/// backend's key and weight (the slot ids only label the result). VIPs
+/// behind the same backends with the same weights (one host serving many
+/// VIPs, as is common) get one build between them: when that host fails,
+/// every VIP's table is rebuilt, and all but the first are a relabelling.
+#[derive(Debug, Default)]
+pub struct Memo {
+    tables: std::collections::HashMap<(u32, Vec<(u64, u32)>), Vec<u32>>,
+}
+
+/// Tables a [`Memo`] keeps before it starts over (each is `4 × size`
+/// bytes: 256 KiB at the default size).
+const MEMO_TABLES: usize = 16;
+
+impl Memo {
+    /// [`build`]'s table, from an earlier build of the same keys and
+    /// weights when there is one.
+    pub fn build(&mut self, backends: &[MaglevBackend], size: u32) -> Vec<u32> {
+        let mut pool: Vec<MaglevBackend> =
+            backends.iter().copied().filter(|b| b.weight > 0).collect();
+        // `build`'s own order; its result depends on nothing else.
+        pool.sort_unstable_by_key(|b| (b.key, b.slot, b.weight));
+        let shape = (size, pool.iter().map(|b| (b.key, b.weight)).collect());
+        if !self.tables.contains_key(&shape) {
+            // Built with each backend's position in `pool` as its label.
+            let labelled: Vec<MaglevBackend> = pool
+                .iter()
+                .enumerate()
+                .map(|(i, b)| MaglevBackend {
+                    slot: i as u32,
+                    ..*b
+                })
+                .collect();
+            if self.tables.len() >= MEMO_TABLES {
+                self.tables.clear();
+            }
+            self.tables.insert(shape.clone(), build(&labelled, size));
+        }
+        self.tables[&shape]
+            .iter()
+            .map(|&i| pool.get(i as usize).map_or(NO_BACKEND, |b| b.slot))
+            .collect()
+    }
+}
+
 /// Whether n is prime (used by config validation for the table size).
 ///
 /// Deterministic Miller–Rabin: the first twelve primes as witnesses decide
@@ -355,6 +400,41 @@ mod tests {
             })
             .collect();
         smooth_wrr(&b, 65537)
+    }
+
+    #[test]
+    fn a_memo_gives_build_s_table_for_any_labels() {
+        let pool = |base: u32, weights: &[u32]| -> Vec<MaglevBackend> {
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| MaglevBackend {
+                    key: 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1),
+                    slot: base + 7 * i as u32,
+                    weight: *w,
+                })
+                .collect()
+        };
+        let mut memo = Memo::default();
+        for (base, weights) in [
+            (0, vec![1, 1, 1, 1]),
+            (100, vec![1, 1, 1, 1]),
+            (200, vec![3, 1, 0, 2]),
+            (300, vec![3, 1, 0, 2]),
+            (400, vec![1, 1, 1, 1]),
+            (500, vec![]),
+            // The same backends with other weights: another table.
+            (600, vec![2, 1, 1, 1]),
+        ] {
+            let mut p = pool(base, &weights);
+            // The input's order does not matter.
+            p.reverse();
+            assert_eq!(memo.build(&p, 1021), build(&p, 1021), "{base} {weights:?}");
+            assert_eq!(memo.build(&p, 13), build(&p, 13), "{base} {weights:?}");
+        }
+        // One build per size and shape: four shapes (the empty pool is
+        // one), two sizes.
+        assert_eq!(memo.tables.len(), 8);
     }
 
     #[test]

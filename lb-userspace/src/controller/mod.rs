@@ -210,6 +210,8 @@ pub struct Controller<D: DataPlane> {
     free_backend_ids: Option<BTreeSet<u32>>,
     /// VIPs with health verdicts not yet written (see `flush`).
     dirty: BTreeSet<VipKey>,
+    /// Maglev tables by their input, shared by VIPs behind the same backends.
+    tables_built: maglev::Memo,
     /// What VIP_ADDRS holds, as far as we know: address → flags (None:
     /// present, flags unknown, e.g. an adopted VIP's address).
     known_addrs: BTreeMap<AddrKey, Option<u32>>,
@@ -275,6 +277,7 @@ impl<D: DataPlane> Controller<D> {
             retired: BTreeMap::new(),
             free_backend_ids: None,
             dirty: BTreeSet::new(),
+            tables_built: maglev::Memo::default(),
             known_addrs,
             slot_gen,
         })

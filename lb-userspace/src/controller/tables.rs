@@ -166,7 +166,7 @@ impl<D: DataPlane> Controller<D> {
         let (table, seq_len) = match kind {
             TableKind::RoundRobin => sequence(maglev::smooth_wrr(&input, ring_size as usize)),
             TableKind::EveryBackend => sequence(input.iter().map(|m| m.slot).collect()),
-            TableKind::Maglev => (maglev::build(&input, ring_size), 0),
+            TableKind::Maglev => (self.tables_built.build(&input, ring_size), 0),
         };
         v.table_input = input;
         v.table_kind = kind;

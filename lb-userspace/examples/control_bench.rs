@@ -87,6 +87,9 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn backend_stats(&self, id: u32) -> DpResult<BackendStats> {
         self.inner.backend_stats(id)
     }
+    fn all_backend_stats(&self) -> DpResult<Vec<BackendStats>> {
+        self.inner.all_backend_stats()
+    }
     fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> DpResult<()> {
         self.inner.clear_stats(vip_id, backend_id)
     }

@@ -382,10 +382,18 @@ impl Balancer {
         a.get(&vip_id, 0).unwrap().iter().sum()
     }
 
+    /// Read slot by slot, and checked against what the daemon's batch
+    /// read (`lb status`) finds.
     pub fn backend_stats(&self, id: u32) -> BackendStats {
         let a: PerCpuArray<&MapData, BackendStats> =
             PerCpuArray::try_from(self.map(maps::BACKEND_STATS)).unwrap();
-        a.get(&id, 0).unwrap().iter().sum()
+        let s = a.get(&id, 0).unwrap().iter().sum();
+        if let Loaded::Balancer(dp) = &self.loaded {
+            let all = dp.all_backend_stats().unwrap();
+            assert_eq!(all.len(), a.len() as usize, "every slot read");
+            assert_eq!(all[id as usize], s, "slot {id}: the batch read differs");
+        }
+        s
     }
 
     /// Writes the decapsulator's maps as `lb decap` does: the VIPs and the

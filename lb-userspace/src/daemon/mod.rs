@@ -351,7 +351,14 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 d.sync_announce(false);
             }
             Some(c) = ctl_rx.recv() => match c {
-                Control::Status(reply) => { let _ = reply.send(serde_json::to_string(&d.status())?); }
+                Control::Status(reply) => {
+                    let t = std::time::Instant::now();
+                    let status = d.status();
+                    let read = t.elapsed();
+                    let answer = serde_json::to_string(&status)?;
+                    log::debug!("status: read in {read:?}, {} bytes of JSON in {:?}", answer.len(), t.elapsed() - read);
+                    let _ = reply.send(answer);
+                }
                 Control::Metrics(reply) => {
                     let text = d.metrics.render(&d.status(), d.pool.tables.flow_table_size);
                     let _ = reply.send(text);

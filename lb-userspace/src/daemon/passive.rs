@@ -37,15 +37,20 @@ impl Daemon {
         let now = Instant::now();
         let mut tripped = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut stats: Option<Vec<lb_common::BackendStats>> = None;
         for v in self.ctl.vips.values() {
             let Some(p) = &v.conf.passive_health else {
                 continue;
             };
             let key = v.key();
+            // Every slot's statistics in one read, once a VIP needs them.
+            if stats.is_none() {
+                stats = self.ctl.dp.all_backend_stats().ok();
+            }
             for b in v.backends.values() {
                 let r: BackendRef = (key, b.address);
                 seen.insert(r);
-                let Ok(s) = self.ctl.dp.backend_stats(b.id) else {
+                let Some(&s) = stats.as_ref().and_then(|all| all.get(b.id as usize)) else {
                     continue;
                 };
                 let q = self.passive.samples.entry(r).or_default();
@@ -136,13 +141,17 @@ impl Daemon {
     pub(super) fn sample_handshakes(&mut self) {
         let mut samples = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let mut stats: Option<Vec<lb_common::BackendStats>> = None;
         for v in self.ctl.vips.values() {
             if v.conf.nat.is_none() {
                 continue;
             }
+            if stats.is_none() {
+                stats = self.ctl.dp.all_backend_stats().ok();
+            }
             for b in v.backends.values() {
                 let r: BackendRef = (v.key(), b.address);
-                let Ok(s) = self.ctl.dp.backend_stats(b.id) else {
+                let Some(&s) = stats.as_ref().and_then(|all| all.get(b.id as usize)) else {
                     continue;
                 };
                 seen.insert(r);

@@ -57,6 +57,8 @@ impl Daemon {
         // a closure in it locks again would deadlock).
         let mut rates = self.rates.lock().expect("rates");
         let (flows_at, flows) = self.flows.lock().expect("flow counts").clone();
+        let stats = self.ctl.dp.all_backend_stats().unwrap_or_default();
+        let stats_of = |id: u32| stats.get(id as usize).copied().unwrap_or_default();
         let counters = self
             .ctl
             .dp
@@ -96,7 +98,7 @@ impl Daemon {
                         .backends
                         .values()
                         .map(|b| {
-                            let bs = self.ctl.dp.backend_stats(b.id).unwrap_or_default();
+                            let bs = stats_of(b.id);
                             BackendStatus {
                                 address: b.address.to_string(),
                                 weight: b.weight,
@@ -131,7 +133,7 @@ impl Daemon {
                                 .removed_backends(v.id)
                                 .into_iter()
                                 .map(|(addr, id)| {
-                                    let bs = self.ctl.dp.backend_stats(id).unwrap_or_default();
+                                    let bs = stats_of(id);
                                     BackendStatus {
                                         address: addr.to_string(),
                                         weight: 0,

@@ -56,6 +56,18 @@ fn lookup_batches(
     flows: &MapData,
     mut each: impl FnMut(&[FlowKey], &[FlowValue]) -> bool,
 ) -> std::io::Result<()> {
+    lookup_batches_of(flows, 1, |k, v| each(k, v))
+}
+
+/// Hands every entry of `map` to `each`, a batch at a time
+/// (`BPF_MAP_LOOKUP_BATCH`), until the map ends or `each` says stop: the
+/// keys, and `per_key` values for each (a per-CPU map's CPUs, in order).
+/// `V`'s size must be a multiple of 8, as the kernel lays per-CPU values.
+pub(super) fn lookup_batches_of<K: Copy + Default, V: Copy + Default>(
+    map: &MapData,
+    per_key: usize,
+    mut each: impl FnMut(&[K], &[V]) -> bool,
+) -> std::io::Result<()> {
     /// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
     #[repr(C)]
     struct BatchAttr {
@@ -70,9 +82,10 @@ fn lookup_batches(
     }
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 4096;
-    let mut keys = vec![FlowKey::default(); CHUNK];
-    let mut values = vec![FlowValue::default(); CHUNK];
-    // Hash tables' batch position: a bucket number.
+    assert!(size_of::<V>() % 8 == 0, "per-CPU values are 8-byte aligned");
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK * per_key];
+    // The batch position: a bucket number (hash maps), an index (arrays).
     let (mut from, mut next) = (0u32, 0u32);
     let mut first = true;
     loop {
@@ -82,7 +95,7 @@ fn lookup_batches(
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: CHUNK as u32,
-            map_fd: flows.fd().as_fd().as_raw_fd() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
             elem_flags: 0,
             flags: 0,
         };
@@ -97,13 +110,13 @@ fn lookup_batches(
         let err = (rc < 0).then(std::io::Error::last_os_error);
         let n = (attr.count as usize).min(CHUNK);
         match err {
-            // ENOENT: the table ended (with the last `n` entries read).
+            // ENOENT: the map ended (with the last `n` entries read).
             Some(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
             Some(_) => {
-                each(&keys[..n], &values[..n]);
+                each(&keys[..n], &values[..n * per_key]);
                 return Ok(());
             }
-            None if !each(&keys[..n], &values[..n]) => return Ok(()),
+            None if !each(&keys[..n], &values[..n * per_key]) => return Ok(()),
             None => {}
         }
         from = next;

@@ -73,6 +73,9 @@ pub trait DataPlane {
     fn backends(&self) -> Result<Vec<(u32, Backend)>>;
     fn vip_stats(&self, vip_id: u32) -> Result<VipStats>;
     fn backend_stats(&self, id: u32) -> Result<BackendStats>;
+    /// Every backend slot's statistics, indexed by slot id (a slot past
+    /// the end: all zero), read at once.
+    fn all_backend_stats(&self) -> Result<Vec<BackendStats>>;
     /// Zeroes the statistics of a slot given to a new VIP or backend, so
     /// its counters start from 0 (and never go down for the one it
     /// serves); a backend slot's connection count starts from 0 too.
@@ -533,6 +536,32 @@ impl DataPlane for BpfDataPlane {
                 .map_err(map_err(maps::BACKEND_STATS))?;
         let v = a.get(&id, 0).map_err(map_err(maps::BACKEND_STATS))?;
         Ok(v.iter().sum())
+    }
+
+    /// One `BPF_MAP_LOOKUP_BATCH` per 4096 slots, where a lookup each
+    /// took 110 ms for `lb status` at 65 024 slots.
+    fn all_backend_stats(&self) -> Result<Vec<BackendStats>> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| DataPlaneError::Setup(format!("counting CPUs: {e}")))?;
+        let mut out = Vec::new();
+        let map = map_data(self.map(maps::BACKEND_STATS)).ok_or_else(|| {
+            DataPlaneError::Setup(format!("`{}` is not a per-CPU array", maps::BACKEND_STATS))
+        })?;
+        flows::lookup_batches_of::<u32, BackendStats>(map, cpus, |ids, values| {
+            for (id, per_cpu) in ids.iter().zip(values.chunks(cpus)) {
+                let i = *id as usize;
+                if out.len() <= i {
+                    out.resize(i + 1, BackendStats::default());
+                }
+                out[i] = per_cpu.iter().sum();
+            }
+            true
+        })
+        .map_err(|source| DataPlaneError::Io {
+            what: format!("reading `{}` in batches", maps::BACKEND_STATS),
+            source,
+        })?;
+        Ok(out)
     }
 
     fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> Result<()> {

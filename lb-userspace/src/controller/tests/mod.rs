@@ -250,6 +250,10 @@ impl DataPlane for FakeDataPlane {
         Ok(BackendStats::default())
     }
 
+    fn all_backend_stats(&self) -> DpResult<Vec<BackendStats>> {
+        Ok(Vec::new())
+    }
+
     fn clear_stats(&mut self, vip_id: Option<u32>, backend_id: Option<u32>) -> DpResult<()> {
         self.cleared.push((vip_id, backend_id));
         Ok(())

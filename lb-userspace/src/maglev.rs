@@ -256,8 +256,12 @@ pub fn build(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
 /// every VIP's table is rebuilt, and all but the first are a relabelling.
 #[derive(Debug, Default)]
 pub struct Memo {
-    tables: std::collections::HashMap<(u32, Vec<(u64, u32)>), Vec<u32>>,
+    tables: std::collections::HashMap<Shape, Vec<u32>>,
 }
+
+/// What decides a table: its size, and each backend's key and weight in
+/// [`build`]'s order.
+type Shape = (u32, Vec<(u64, u32)>);
 
 /// Tables a [`Memo`] keeps before it starts over (each is `4 × size`
 /// bytes: 256 KiB at the default size).
@@ -271,7 +275,7 @@ impl Memo {
             backends.iter().copied().filter(|b| b.weight > 0).collect();
         // `build`'s own order; its result depends on nothing else.
         pool.sort_unstable_by_key(|b| (b.key, b.slot, b.weight));
-        let shape = (size, pool.iter().map(|b| (b.key, b.weight)).collect());
+        let shape: Shape = (size, pool.iter().map(|b| (b.key, b.weight)).collect());
         if !self.tables.contains_key(&shape) {
             // Built with each backend's position in `pool` as its label.
             let labelled: Vec<MaglevBackend> = pool

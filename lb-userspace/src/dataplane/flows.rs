@@ -82,7 +82,10 @@ pub(super) fn lookup_batches_of<K: Copy + Default, V: Copy + Default>(
     }
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 4096;
-    assert!(size_of::<V>() % 8 == 0, "per-CPU values are 8-byte aligned");
+    assert!(
+        size_of::<V>().is_multiple_of(8),
+        "per-CPU values are 8-byte aligned"
+    );
     let mut keys = vec![K::default(); CHUNK];
     let mut values = vec![V::default(); CHUNK * per_key];
     // The batch position: a bucket number (hash maps), an index (arrays).

@@ -414,7 +414,7 @@ const SCALE_BACKENDS: u32 = 127;
 /// backends each (the same 127 addresses behind every VIP, each VIP its
 /// own slots), every backend at `weight`, no health checks (the prober
 /// is measured by `--probes`), a 1M-entry flow table.
-fn scale_pool(dir: &Path, socket: &Path, weight: u32) -> String {
+fn scale_pool(dir: &Path, socket: &Path, weight: u32, check: &str) -> String {
     let mut pool = format!(
         "instance: {INSTANCE}\ninterfaces: [eth0]\nxdp_mode: generic\n\
          encapsulation:\n  source_v4: 10.255.0.0/24\n\
@@ -426,13 +426,13 @@ fn scale_pool(dir: &Path, socket: &Path, weight: u32) -> String {
     for v in 0..SCALE_VIPS {
         pool.push_str(&format!(
             "  - name: v{v}\n    address: 10.100.{}.{}\n    port: 80\n    protocol: tcp\n    \
-             health_check: {{ kind: none }}\n    backends:\n",
+             health_check: {{ kind: {check} }}\n    backends:\n",
             v / 256,
             v % 256
         ));
         for b in 0..SCALE_BACKENDS {
             pool.push_str(&format!(
-                "      - {{ address: 10.0.{}.{}, weight: {weight} }}\n",
+                "      - {{ address: 10.1.{}.{}, weight: {weight} }}\n",
                 b / 250,
                 1 + b % 250
             ));
@@ -474,11 +474,36 @@ fn backends_at(st: &serde_json::Value, weight: u64) -> (usize, usize) {
 }
 
 fn scale() -> Result<()> {
-    let (dir, mut cleanup) = fresh("lb-scale-bench", "")?;
+    // The backends are addresses of 10.1.0.0/16, local to the namespace,
+    // so that one listener answers every health check (the last phase).
+    let (dir, mut cleanup) = fresh(
+        "lb-scale-bench",
+        &format!(
+            " && ip -n {NS} route add local 10.1.0.0/16 dev lo \
+             && ip netns exec {NS} sysctl -qw net.core.somaxconn=65535"
+        ),
+    )?;
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    in_ns(move || {
+        let l = std::net::TcpListener::bind("0.0.0.0:80").expect("listener");
+        ready_tx.send(()).unwrap();
+        for c in l.incoming() {
+            if c.is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    ready_rx.recv()?;
     let socket = dir.join("lb.sock");
     let slots = (SCALE_VIPS * SCALE_BACKENDS) as usize;
-    let (pid, socket, started) =
-        spawn_daemon(&dir, &mut cleanup, &scale_pool(&dir, &socket, 100), &socket)?;
+    let (pid, socket, started) = spawn_daemon(
+        &dir,
+        &mut cleanup,
+        &scale_pool(&dir, &socket, 100, "none"),
+        &socket,
+    )?;
     // Serving: every VIP and backend in place.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -504,7 +529,7 @@ fn scale() -> Result<()> {
         maps_memlock(pid)? / (1 << 20)
     );
     // A full reload: every backend's weight changed, every table rebuilt.
-    let pool = scale_pool(&dir, &socket, 200);
+    let pool = scale_pool(&dir, &socket, 200, "none");
     let tmp = dir.join("pool.yaml.tmp");
     std::fs::write(&tmp, pool)?;
     let reload = Instant::now();
@@ -542,6 +567,69 @@ fn scale() -> Result<()> {
         CPU_WINDOW.as_secs(),
         (t1 - t0) as f64 / hz / CPU_WINDOW.as_secs_f64() * 100.0,
         rss_kib(pid)? / 1024
+    );
+    // Health checks on every backend at the default interval: the same
+    // SCALE_BACKENDS addresses behind every VIP, each probed once.
+    std::fs::write(&tmp, scale_pool(&dir, &socket, 200, "tcp"))?;
+    let on = Instant::now();
+    std::fs::rename(&tmp, dir.join("pool.yaml"))?;
+    let up = |st: &serde_json::Value| {
+        st["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v["backends"].as_array().into_iter().flatten())
+            .filter(|b| b["health"] == "up")
+            .count()
+    };
+    loop {
+        let (_, st) = status(&socket)?;
+        if up(&st) == slots {
+            break;
+        }
+        ensure!(
+            on.elapsed() < Duration::from_secs(60),
+            "{} of {slots} backends up 60 s after checks were turned on",
+            up(&st)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "  tcp checks turned on for every backend (reload): all {slots} up after {:.2} s",
+        on.elapsed().as_secs_f64()
+    );
+    let (a0, t0, w0) = (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_ticks(pid)?,
+        Instant::now(),
+    );
+    let mut time_wait = Vec::new();
+    while w0.elapsed() < PROBE_WINDOW {
+        std::thread::sleep(Duration::from_secs(5));
+        time_wait.push(sockets_in_ns("time-wait")?);
+    }
+    let (a1, t1, secs) = (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_ticks(pid)?,
+        w0.elapsed().as_secs_f64(),
+    );
+    let mut times: Vec<Duration> = (0..10)
+        .map(|_| status(&socket).map(|s| s.0))
+        .collect::<Result<_>>()?;
+    times.sort();
+    let (_, st) = status(&socket)?;
+    ensure!(up(&st) == slots, "backends went down while probed");
+    println!(
+        "  over {secs:.0} s: {:.0} probes/s answered ({SCALE_BACKENDS} addresses); daemon {:.1} % of one CPU, {} MiB resident",
+        (a1 - a0) as f64 / secs,
+        (t1 - t0) as f64 / hz / secs * 100.0,
+        rss_kib(pid)? / 1024
+    );
+    println!("  TCP sockets in TIME_WAIT in the namespace, every 5 s: {time_wait:?}");
+    println!(
+        "  lb status --json with checks on: median {:.1} ms, max {:.1} ms (10 calls)",
+        times[5].as_secs_f64() * 1000.0,
+        times[9].as_secs_f64() * 1000.0
     );
     drop(cleanup);
     Ok(())

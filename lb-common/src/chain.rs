@@ -8,20 +8,28 @@
 //! (`lb decap`): a connection survives two changes of its slot in quick
 //! succession.
 
-/// `CHAINS` entry: the previous backend's id plus one in the low 16 bits
-/// (0: none), the one before it in the next 16, the data path clock's
-/// second of the last change in the high 32.
+/// `CHAINS` entry: the previous backend's id plus one in the low 20 bits
+/// (0: none), the one before it in the next 20, and the data path clock's
+/// second of the last change, modulo 2^24 (194 days), in the high 24.
+/// Ages are taken modulo 2^24 too (`chain_age_s`): right for any change
+/// within the last 194 days, and an entry is read only within a window of
+/// seconds to minutes after its VIP's latest change.
 #[inline(always)]
 pub fn chain_entry2(prev: u32, prev2: u32, changed_s: u32) -> u64 {
     let id = |b: u32| {
         if b == crate::NO_BACKEND {
             0
         } else {
-            (b as u64 + 1) & 0xffff
+            (b as u64 + 1) & CHAIN_ID_MASK
         }
     };
-    ((changed_s as u64) << 32) | (id(prev2) << 16) | id(prev)
+    (((changed_s & CHAIN_TIME_MASK) as u64) << 40) | (id(prev2) << 20) | id(prev)
 }
+
+/// The bits of a backend id (plus one) in a `CHAINS` entry.
+const CHAIN_ID_MASK: u64 = 0xf_ffff;
+/// The bits of the change's second in a `CHAINS` entry.
+const CHAIN_TIME_MASK: u32 = 0xff_ffff;
 
 /// A `CHAINS` entry naming one previous backend.
 #[inline(always)]
@@ -32,7 +40,7 @@ pub fn chain_entry(prev: u32, changed_s: u32) -> u64 {
 /// The previous backend of a `CHAINS` entry (`NO_BACKEND`: none).
 #[inline(always)]
 pub fn chain_prev(e: u64) -> u32 {
-    match e & 0xffff {
+    match e & CHAIN_ID_MASK {
         0 => crate::NO_BACKEND,
         v => v as u32 - 1,
     }
@@ -41,13 +49,21 @@ pub fn chain_prev(e: u64) -> u32 {
 /// The backend before the previous one (`NO_BACKEND`: none).
 #[inline(always)]
 pub fn chain_prev2(e: u64) -> u32 {
-    chain_prev(e >> 16)
+    chain_prev(e >> 20)
 }
 
-/// The second (data path clock) of a `CHAINS` entry's change.
+/// Seconds from a `CHAINS` entry's change to `now_s` (the data path
+/// clock's second), modulo 2^24.
 #[inline(always)]
-pub fn chain_changed_s(e: u64) -> u32 {
-    (e >> 32) as u32
+pub fn chain_age_s(e: u64, now_s: u32) -> u32 {
+    now_s.wrapping_sub((e >> 40) as u32) & CHAIN_TIME_MASK
+}
+
+/// The second (data path clock) of a `CHAINS` entry's change, taken as
+/// the latest one before `now_s` that the entry's 24 bits allow.
+#[inline(always)]
+pub fn chain_changed_s(e: u64, now_s: u32) -> u32 {
+    now_s.wrapping_sub(chain_age_s(e, now_s))
 }
 
 /// `VipInfo::chain_until` for a VIP whose latest slot change was at second
@@ -131,13 +147,24 @@ mod tests {
     fn chain_entries_round_trip() {
         let e = chain_entry(41, 123_456);
         assert_eq!(chain_prev(e), 41);
-        assert_eq!(chain_changed_s(e), 123_456);
+        assert_eq!(chain_changed_s(e, 123_460), 123_456);
+        assert_eq!(chain_age_s(e, 123_460), 4);
         assert_eq!(chain_prev2(e), crate::NO_BACKEND);
         let e = chain_entry2(3, 0, 9);
         assert_eq!(
-            (chain_prev(e), chain_prev2(e), chain_changed_s(e)),
+            (chain_prev(e), chain_prev2(e), chain_changed_s(e, 10)),
             (3, 0, 9)
         );
+        // Ids past 16 bits, up to the largest; seconds past 2^24 (after
+        // 194 days of uptime).
+        let late = (1 << 24) * 3 + 77;
+        let e = chain_entry2(crate::MAX_BACKEND_ID, 70_000, late);
+        assert_eq!(
+            (chain_prev(e), chain_prev2(e)),
+            (crate::MAX_BACKEND_ID, 70_000)
+        );
+        assert_eq!(chain_age_s(e, late + 30), 30);
+        assert_eq!(chain_changed_s(e, late + 30), late);
         assert_eq!(chain_prev(0), crate::NO_BACKEND);
         assert_eq!(chain_len(false), 16);
         assert_eq!(chain_len(true), 40);

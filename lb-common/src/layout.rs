@@ -11,8 +11,15 @@ pub mod maps {
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// `Array<Backend>`: backend slots, indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `Array<u64>` (mmapable): the Maglev tables, two buffers per VIP (`pack_ring`).
+    /// `Array<u64>` (mmapable): the Maglev tables, two buffers per VIP
+    /// (`pack_ring`); a slot holds an index into the buffer's `MEMBERS`.
     pub const RINGS: &str = "RINGS";
+    /// `Array<u64>` (mmapable; the kernel lays array values out at 8
+    /// bytes anyway): per VIP and table buffer,
+    /// `Config::max_vip_backends` entries: the backend ids (plus one; 0:
+    /// none) the buffer's slots name by index (`members_base`). So a
+    /// table's 16-bit slots reach any of `MAX_BACKEND_ID + 1` backend slots.
+    pub const MEMBERS: &str = "MEMBERS";
     /// `LruHashMap<FlowKey, FlowValue>`: the connection table.
     pub const FLOWS: &str = "FLOWS";
     /// `Array<Config>`, one entry: global settings.
@@ -97,7 +104,7 @@ pub const PROG_BALANCER: u32 = 1;
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Program names in the object file.
 pub mod progs {
@@ -260,8 +267,12 @@ pub struct VipInfo {
     /// (`chain_until`, in units of 2^30 ns of the data path clock); after
     /// it, packets do not read `CHAINS` (0: no slot changed).
     pub chain_until: u32,
+    /// Where the active table's members start in `MEMBERS`
+    /// (`members_base` of the VIP and `active_ring`); the map writer sets
+    /// it with every write of the VIP, whatever the caller set.
+    pub members: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 28);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 32);
 
 /// `VipInfo::flags`: the VIP's flows are counted per backend (`LOADS`),
 /// for least connections or a connection limit.
@@ -400,7 +411,10 @@ pub struct Config {
     /// Stateless VIPs: a slot's previous backend is sent along for this
     /// many seconds after the slot changed.
     pub chain_window_s: u32,
-    pub _pad: u32,
+    /// `MEMBERS` entries per VIP and table buffer (`tables.
+    /// max_backends_per_vip`); written by the map writer from the map
+    /// sizes, whatever the caller set.
+    pub max_vip_backends: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 128);
 
@@ -549,7 +563,7 @@ pub struct VipEntry {
     pub key: VipKey,
     pub info: VipInfo,
 }
-const _: () = assert!(core::mem::size_of::<VipEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 52);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,17 +1,62 @@
 //! Maglev tables as `RINGS` holds them: two buffers per VIP, four 16-bit
-//! backend slots per 64-bit element.
+//! slots per 64-bit element, each an index into the buffer's members
+//! (`MEMBERS`), the backend ids the table names.
 /// A Maglev slot that holds no backend (every backend of the VIP is down).
 pub const NO_BACKEND: u32 = u32::MAX;
 
 /// Maglev slots per `RINGS` element: four 16-bit slots in each 64-bit
-/// element (slot 4k in the low bits), each holding a backend id plus one, 0
-/// for none (so a buffer never written, all zero, sends nothing anywhere).
+/// element (slot 4k in the low bits), each holding an index into the
+/// buffer's members plus one, 0 for none (so a buffer never written, all
+/// zero, sends nothing anywhere).
 /// The kernel lays array elements out at 8-byte stride, and a new flow's
 /// slot is a random one, so the table's cache footprint (128 KB for 65537
 /// slots) is what a new flow pays.
 pub const RING_SLOTS_PER_ELEM: u32 = 4;
-/// The largest backend id a ring slot holds (`tables.max_backends` is at most one more).
+/// The largest index a ring slot holds (`tables.max_backends_per_vip` is
+/// at most one more).
 pub const MAX_RING_BACKEND: u32 = 0xfffe;
+/// The largest backend id (`tables.max_backends` is at most one more):
+/// `CHAINS` entries name previous backends in 20 bits (`chain_entry2`).
+pub const MAX_BACKEND_ID: u32 = 0xf_fffe;
+
+/// Index in `MEMBERS` of the first member of a VIP's buffer `ring`, with
+/// `per_vip` (`Config::max_vip_backends`) members per buffer.
+#[inline(always)]
+pub fn members_base(vip_id: u32, ring: u8, per_vip: u32) -> u32 {
+    (vip_id * 2 + (ring as u32 & 1)) * per_vip
+}
+
+/// Size of `MEMBERS` for `max_vips` VIPs.
+pub fn members_entries(max_vips: u32, per_vip: u32) -> u32 {
+    max_vips * 2 * per_vip
+}
+
+/// A table as `RINGS` and `MEMBERS` hold it: each slot an index into the
+/// members, the distinct backend ids in the order the slots first name
+/// them (`NO_BACKEND` stays empty). `None`: more than `per_vip` backends.
+#[cfg(any(feature = "user", test))]
+#[allow(clippy::type_complexity)]
+pub fn index_table(
+    slots: &[u32],
+    per_vip: u32,
+) -> Option<(std::vec::Vec<u32>, std::vec::Vec<u32>)> {
+    use std::vec::Vec;
+    let mut members: Vec<u32> = Vec::new();
+    let mut index: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(slots.len());
+    for &id in slots {
+        if id == NO_BACKEND {
+            out.push(NO_BACKEND);
+            continue;
+        }
+        let i = *index.entry(id).or_insert_with(|| {
+            members.push(id);
+            members.len() as u32 - 1
+        });
+        out.push(i);
+    }
+    (members.len() as u32 <= per_vip.min(MAX_RING_BACKEND + 1)).then_some((out, members))
+}
 
 /// `RINGS` elements per Maglev buffer.
 #[inline(always)]
@@ -68,6 +113,19 @@ pub fn pack_ring(slots: &[u32]) -> impl Iterator<Item = u64> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_is_indexed_by_its_members() {
+        let (slots, members) = index_table(&[70_000, 5, NO_BACKEND, 70_000, 0xf_fffe], 3).unwrap();
+        assert_eq!(members, [70_000, 5, 0xf_fffe]);
+        assert_eq!(slots, [0, 1, NO_BACKEND, 0, 2]);
+        assert!(
+            index_table(&[1, 2, 3, 4], 3).is_none(),
+            "4 backends, room for 3"
+        );
+        assert_eq!(members_base(3, 1, 10), 70);
+        assert_eq!(members_entries(4, 10), 80);
+    }
 
     #[test]
     fn ring_base_separates_buffers() {

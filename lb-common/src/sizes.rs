@@ -1,6 +1,9 @@
 //! The balancer's map sizes, chosen at load time from the pool file.
 #[cfg(feature = "user")]
-use crate::{layout::maps, ring::rings_entries};
+use crate::{
+    layout::maps,
+    ring::{members_entries, rings_entries},
+};
 
 /// Map sizes chosen at load time (from the pool file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +16,8 @@ pub struct MapSizes {
     pub persist: u32,
     /// Stateless VIPs `CHAINS` has room for.
     pub stateless_vips: u32,
+    /// Backends one VIP's table can name (`MEMBERS` per VIP and buffer).
+    pub max_vip_backends: u32,
 }
 
 /// Sets the balancer's map sizes on a loader.
@@ -26,6 +31,10 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
         .map_max_entries(maps::BACKEND_STATS, s.max_backends)
         .map_max_entries(maps::NEXTHOPS, s.max_backends)
         .map_max_entries(maps::RINGS, rings_entries(s.max_vips, s.ring_size))
+        .map_max_entries(
+            maps::MEMBERS,
+            members_entries(s.max_vips, s.max_vip_backends.max(1)),
+        )
         .map_max_entries(maps::FLOWS, s.flows)
         .map_max_entries(maps::RR_POS, s.max_vips)
         .map_max_entries(maps::LOADS, s.max_backends)

@@ -29,6 +29,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(defaults::MAX_BACK
 #[map]
 pub static RINGS: Array<u64> =
     Array::with_max_entries(defaults::MAX_VIPS * 2 * defaults::RING_SIZE, BPF_F_MMAPABLE);
+/// The backend ids each Maglev buffer's slots index (plus one), written
+/// with the buffer before the flip.
+#[map]
+pub static MEMBERS: Array<u64> = Array::with_max_entries(
+    defaults::MAX_VIPS * 2 * defaults::MAX_BACKENDS,
+    BPF_F_MMAPABLE,
+);
 /// One LRU hash shared by all CPUs: a flow is found whichever CPU its next
 /// packet lands on (RSS changes, generic XDP, several queues), the daemon
 /// sees one table, and new flows of any CPU may use any free entry. By

@@ -15,8 +15,8 @@ use lb_common::{
 use crate::action::{verdict, XDP_DROP};
 use crate::load::{has_room, less_loaded, persist, persisted, scan_step};
 use crate::maps::{
-    scratch_key, vip_drop, KEY_SOURCE, PERSIST_SCRATCH, RINGS, RR_POS, VIPS, VIP_ADDRS, VIP_FILTER,
-    VIP_INDEX,
+    scratch_key, vip_drop, KEY_SOURCE, MEMBERS, PERSIST_SCRATCH, RINGS, RR_POS, VIPS, VIP_ADDRS,
+    VIP_FILTER, VIP_INDEX,
 };
 use crate::nat::NatRange;
 use crate::packet::{zeroed, Packet};
@@ -246,7 +246,7 @@ fn least_exact(vip: &VipInfo, size: u32) -> u32 {
             break;
         }
         if let Some(e) = RINGS.get(base + ring_elem(slot)) {
-            let b = ring_slot(*e, slot);
+            let b = member(vip, ring_slot(*e, slot));
             if b != NO_BACKEND {
                 scan_step(&mut best, b);
             }
@@ -275,7 +275,7 @@ fn round_robin(vip: &VipInfo, size: u32) -> u32 {
     *pos = slot + 1;
     let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
     match RINGS.get(idx) {
-        Some(e) => ring_slot(*e, slot),
+        Some(e) => member(vip, ring_slot(*e, slot)),
         None => NO_BACKEND,
     }
 }
@@ -331,8 +331,21 @@ fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
 pub fn slot_at(vip: &VipInfo, slot: u32, size: u32) -> u32 {
     let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
     match RINGS.get(idx) {
-        Some(e) => ring_slot(*e, slot),
+        Some(e) => member(vip, ring_slot(*e, slot)),
         None => NO_BACKEND,
+    }
+}
+
+/// The backend id that member `index` of the VIP's active table is
+/// (`NO_BACKEND` for none).
+#[inline(always)]
+fn member(vip: &VipInfo, index: u32) -> u32 {
+    if index == NO_BACKEND {
+        return NO_BACKEND;
+    }
+    match MEMBERS.get(vip.members + index) {
+        Some(&id) if id != 0 => id as u32 - 1,
+        _ => NO_BACKEND,
     }
 }
 

@@ -17,7 +17,7 @@
 //! one table slot.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    chain_changed_s, chain_prev, chain_prev2, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
+    chain_age_s, chain_prev, chain_prev2, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
     BACKEND_F_USED, CHAIN_UNTIL_SHIFT, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, VIP_F_STATELESS,
 };
 
@@ -164,7 +164,7 @@ fn balance(
         // Most slots never changed: no division for them.
         let age = match *e {
             0 => u32::MAX,
-            e => ((now / 1_000_000_000) as u32).wrapping_sub(chain_changed_s(e)),
+            e => chain_age_s(e, (now / 1_000_000_000) as u32),
         };
         if age < cfg.chain_window_s {
             // Each named backend still of this VIP, up, of the outer family,

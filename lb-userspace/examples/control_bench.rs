@@ -227,6 +227,7 @@ fn main() -> Result<()> {
         flows: pool.tables.flow_table_size,
         persist: pool.tables.persistence_table_size,
         stateless_vips: pool.tables.max_stateless_vips,
+        max_vip_backends: pool.tables.max_backends_per_vip,
     };
     let _pins = Pins(instance.clone());
     let mut dp = BpfDataPlane::load(&object, &instance, sizes, false)
@@ -485,6 +486,7 @@ fn scale_verdicts(object: &[u8]) -> Result<()> {
         flows: 1024,
         persist: 1024,
         stateless_vips: 1,
+        max_vip_backends: SCALE_PER_VIP,
     };
     let dp = BpfDataPlane::load(object, &instance, sizes, false)?;
     let mut ctl = Controller::adopt(dp, RING, sizes.max_vips, sizes.max_backends)?;
@@ -607,6 +609,7 @@ fn scale(object: &[u8]) -> Result<()> {
             flows: 1024,
             persist: 1024,
             stateless_vips: 1,
+            max_vip_backends: 1000,
         };
         let dp = BpfDataPlane::load(object, instance, sizes, false)?;
         Ok(Controller::adopt(

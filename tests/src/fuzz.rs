@@ -21,6 +21,7 @@ pub const SIZES: Sizes = Sizes {
     flows: 65536,
     persist: 1024,
     stateless_vips: 2,
+    max_vip_backends: 16,
 };
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);

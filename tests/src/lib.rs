@@ -80,6 +80,7 @@ pub fn test_sizes() -> Sizes {
         flows: 4096,
         persist: 1024,
         stateless_vips: 2,
+        max_vip_backends: 64,
     }
 }
 

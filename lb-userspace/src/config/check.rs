@@ -211,7 +211,10 @@ impl Check<'_> {
 
     /// The tables, and the limits the VIPs are checked against (`None` where
     /// invalid).
-    fn tables(&self, field: &Field<TablesFile>) -> (Tables, (Option<u32>, Option<u32>)) {
+    fn tables(
+        &self,
+        field: &Field<TablesFile>,
+    ) -> (Tables, (Option<u32>, Option<u32>, Option<u32>)) {
         let t = field.known_or(TablesFile::default()).unwrap_or_default();
         let d = Tables::default();
         let mut max_vips = t.max_vips.known_or(Int(d.max_vips)).map(|v| v.0);
@@ -257,6 +260,12 @@ impl Check<'_> {
             self.report(&w.path, message);
         }
         let max_backends = t.max_backends.known_or(Int(d.max_backends)).map(|v| v.0);
+        let per_vip_default =
+            DEFAULT_MAX_BACKENDS_PER_VIP.min(max_backends.unwrap_or(d.max_backends));
+        let max_per_vip = t
+            .max_backends_per_vip
+            .known_or(Int(per_vip_default))
+            .map(|v| v.0);
         let tables = Tables {
             maglev_size: t.maglev_size.or(MaglevSize(d.maglev_size)).0,
             flow_table_size: t.flow_table_size.or(Int(d.flow_table_size)).0,
@@ -264,13 +273,14 @@ impl Check<'_> {
             new_flows_per_cpu: t.new_flows_per_cpu.or(Int(d.new_flows_per_cpu)).0,
             max_vips: t.max_vips.or(Int(d.max_vips)).0,
             max_backends: t.max_backends.or(Int(d.max_backends)).0,
+            max_backends_per_vip: t.max_backends_per_vip.or(Int(per_vip_default)).0,
             persistence_table_size: t.persistence_table_size.or(Int(d.persistence_table_size)).0,
             nat_tcp_timeout: t.nat_tcp_timeout.or(Dur(d.nat_tcp_timeout)).0,
             nat_closed_timeout: t.nat_closed_timeout.or(Dur(d.nat_closed_timeout)).0,
             stateless_window: t.stateless_window.or(Dur(d.stateless_window)).0,
             max_stateless_vips: t.max_stateless_vips.or(Int(d.max_stateless_vips)).0,
         };
-        (tables, (max_vips, max_backends))
+        (tables, (max_vips, max_backends, max_per_vip))
     }
 
     /// Uniqueness, counts and address families: the rules that need several
@@ -278,7 +288,7 @@ impl Check<'_> {
     fn across_vips(
         &self,
         vips: &[&At<VipFile>],
-        (max_vips, max_backends): (Option<u32>, Option<u32>),
+        (max_vips, max_backends, max_per_vip): (Option<u32>, Option<u32>, Option<u32>),
         encap: Option<&EncapFile>,
     ) {
         if let Some(max) = max_vips.filter(|&m| vips.len() > m as usize) {
@@ -322,7 +332,7 @@ impl Check<'_> {
                     },
                 );
             }
-            self.backend_slots(f, &mut slots, max_backends, encap);
+            self.backend_slots(f, &mut slots, (max_backends, max_per_vip), encap);
         }
     }
 
@@ -332,7 +342,7 @@ impl Check<'_> {
         &self,
         vip: &VipFile,
         slots: &mut usize,
-        max: Option<u32>,
+        (max, max_per_vip): (Option<u32>, Option<u32>),
         encap: Option<&EncapFile>,
     ) {
         let mut in_vip = HashMap::new();
@@ -352,6 +362,17 @@ impl Check<'_> {
             });
             if !new {
                 continue;
+            }
+            // (At `max_backends` itself, the count of all slots says it.)
+            if let Some(max) =
+                max_per_vip.filter(|&m| Some(m) != max && in_vip.len() == m as usize + 1)
+            {
+                let message = format!(
+                    "this is backend number {} of this VIP, more than tables.max_backends_per_vip \
+                     ({max}); raise tables.max_backends_per_vip or remove backends",
+                    in_vip.len()
+                );
+                self.report(path, message);
             }
             // One backend slot per (VIP, backend): health and state are per VIP.
             *slots += 1;

@@ -130,9 +130,15 @@ pub const DEFAULT_MAX_VIPS: u32 = lb_common::defaults::MAX_VIPS;
 pub const MAX_VIPS_RANGE: RangeInclusive<u32> = 1..=65_536;
 /// `tables.max_backends` when not given.
 pub const DEFAULT_MAX_BACKENDS: u32 = lb_common::defaults::MAX_BACKENDS;
-/// Accepted `tables.max_backends` values.
-/// Backend ids are 16 bits in the Maglev tables.
-pub const MAX_BACKENDS_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_RING_BACKEND + 1;
+/// Accepted `tables.max_backends` values (`CHAINS` names backends in 20
+/// bits).
+pub const MAX_BACKENDS_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_BACKEND_ID + 1;
+/// `tables.max_backends_per_vip` when not given: this, or `max_backends`
+/// when smaller.
+pub const DEFAULT_MAX_BACKENDS_PER_VIP: u32 = 4096;
+/// Accepted `tables.max_backends_per_vip` values (a Maglev slot holds a
+/// 16-bit index into its VIP's backends).
+pub const MAX_BACKENDS_PER_VIP_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_RING_BACKEND + 1;
 /// A backend's `weight` when not given.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Accepted backend weights.
@@ -269,9 +275,13 @@ pub struct Tables {
     pub new_flows_per_cpu: u32,
     /// Most VIPs, 1..=65536; default 64.
     pub max_vips: u32,
-    /// Most backend slots (one per VIP and backend), 1..=65535;
+    /// Most backend slots (one per VIP and backend), 1..=1048575;
     /// default 4096.
     pub max_backends: u32,
+    /// Most backends of one VIP, 1..=65535; default 4096 (or
+    /// `max_backends` when smaller). Each VIP has room for this many in
+    /// both its table buffers: 8 bytes each.
+    pub max_backends_per_vip: u32,
     /// Clients remembered by the VIPs with persistence, 1024..=67108864;
     /// default 262144.
     pub persistence_table_size: u32,
@@ -297,6 +307,7 @@ impl Default for Tables {
             new_flows_per_cpu: DEFAULT_NEW_FLOWS_PER_CPU,
             max_vips: DEFAULT_MAX_VIPS,
             max_backends: DEFAULT_MAX_BACKENDS,
+            max_backends_per_vip: DEFAULT_MAX_BACKENDS_PER_VIP.min(DEFAULT_MAX_BACKENDS),
             persistence_table_size: DEFAULT_PERSISTENCE_TABLE_SIZE,
             nat_tcp_timeout: DEFAULT_NAT_TCP_TIMEOUT,
             nat_closed_timeout: DEFAULT_NAT_CLOSED_TIMEOUT,

@@ -47,7 +47,7 @@ impl<D: DataPlane> Controller<D> {
                 let entries = self.dp.read_chains(info.chain_idx)?;
                 Chains {
                     idx: info.chain_idx,
-                    latest_s: latest(&entries),
+                    latest_s: latest(&entries, now_s()),
                     entries,
                     adopted_table: Some(self.dp.read_ring(vip_id, active_ring)?),
                 }
@@ -109,7 +109,8 @@ impl Chains {
             let Some(e) = self.entries.get_mut(slot) else {
                 break;
             };
-            let (mut a, mut b, mut at) = (chain_prev(*e), chain_prev2(*e), chain_changed_s(*e));
+            let (mut a, mut b, mut at) =
+                (chain_prev(*e), chain_prev2(*e), chain_changed_s(*e, now_s));
             match old.and_then(|o| o.get(slot)) {
                 Some(&o) if o != n && o != NO_BACKEND => {
                     b = if a != n && a != o { a } else { NO_BACKEND };
@@ -136,7 +137,7 @@ impl Chains {
             }
         }
         self.adopted_table = None;
-        self.latest_s = latest(&self.entries);
+        self.latest_s = latest(&self.entries, now_s);
         writes
     }
 
@@ -146,12 +147,18 @@ impl Chains {
     }
 }
 
-/// The second of the latest change that entries name (0: none).
-fn latest(entries: &[u64]) -> u32 {
+/// The second of the latest change that entries name (0: none), as of
+/// `now_s` (entries hold the second modulo 2^24).
+fn latest(entries: &[u64], now_s: u32) -> u32 {
     entries
         .iter()
         .filter(|&&e| e != 0)
-        .map(|&e| chain_changed_s(e))
+        .map(|&e| chain_changed_s(e, now_s))
         .max()
         .unwrap_or(0)
+}
+
+/// The data path clock's second now.
+pub(super) fn now_s() -> u32 {
+    (lb_common::monotonic_coarse_ns() / 1_000_000_000) as u32
 }

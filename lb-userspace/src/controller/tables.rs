@@ -146,6 +146,8 @@ impl<D: DataPlane> Controller<D> {
             nat_port_lo,
             nat_port_hi,
             chain_until: v.chain.as_ref().map_or(0, |c| c.until(chain_window_s)),
+            // Set by the map writer, from the active buffer.
+            members: 0,
         };
         // The scheduler and its settings apply at once when the table stays
         // (a sequence is another table: switching to or from one rebuilds
@@ -188,7 +190,7 @@ impl<D: DataPlane> Controller<D> {
         // backend as the previous one, which the data path ignores).
         if let Some(chain) = v.chain.as_mut() {
             let ids: BTreeSet<u32> = v.backends.values().map(|b| b.id).collect();
-            let now_s = (lb_common::monotonic_coarse_ns() / 1_000_000_000) as u32;
+            let now_s = chains::now_s();
             let writes = chain.update(v.table.as_deref(), &table, &ids, now_s);
             self.dp.write_chains(chain.idx, &writes)?;
         }

@@ -45,6 +45,7 @@ fn sizes(pool: &Pool) -> Sizes {
         flows: pool.tables.flow_table_size,
         persist: pool.tables.persistence_table_size,
         stateless_vips: pool.tables.max_stateless_vips,
+        max_vip_backends: pool.tables.max_backends_per_vip,
     }
 }
 

@@ -112,12 +112,13 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 18] = [
+const ALL_MAPS: [&str; 19] = [
     maps::LAYOUT,
     maps::VIPS,
     maps::VIP_ADDRS,
     maps::BACKENDS,
     maps::RINGS,
+    maps::MEMBERS,
     maps::FLOWS,
     maps::CONFIG,
     maps::VIP_STATS,
@@ -164,6 +165,8 @@ fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
 pub struct BpfDataPlane {
     ebpf: Ebpf,
     ring: RingMmap,
+    /// `MEMBERS`: the backend ids each table buffer's slots index.
+    members: RingMmap,
     chains: RingMmap,
     sizes: Sizes,
     /// Where maps and links are pinned; `None` for an unpinned load (the
@@ -272,8 +275,10 @@ impl BpfDataPlane {
         // would read values of another layout.
         let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
         let chains = sizes.stateless_vips.max(1) * sizes.ring_size;
-        let expected: [(&'static str, u32, usize); 15] = [
+        let members = lb_common::members_entries(sizes.max_vips, sizes.max_vip_backends.max(1));
+        let expected: [(&'static str, u32, usize); 16] = [
             (maps::CHAINS, chains, size_of::<u64>()),
+            (maps::MEMBERS, members, size_of::<u64>()),
             (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
             (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
             (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
@@ -330,6 +335,11 @@ impl BpfDataPlane {
             .expect("checked above");
         let ring = RingMmap::new(data, entries, maps::RINGS)?;
         let data = ebpf
+            .map(maps::MEMBERS)
+            .and_then(map_data)
+            .expect("checked above");
+        let members = RingMmap::new(data, members as usize, maps::MEMBERS)?;
+        let data = ebpf
             .map(maps::CHAINS)
             .and_then(map_data)
             .expect("checked above");
@@ -348,6 +358,7 @@ impl BpfDataPlane {
         let mut dp = BpfDataPlane {
             ebpf,
             ring,
+            members,
             chains,
             sizes,
             dir,
@@ -442,6 +453,8 @@ impl DataPlane for BpfDataPlane {
     fn set_config(&mut self, cfg: &Config) -> Result<()> {
         let mut cfg = *cfg;
         self.clock.apply(&mut cfg);
+        // The stride of `MEMBERS`, as the maps were made.
+        cfg.max_vip_backends = self.sizes.max_vip_backends.max(1);
         let mut a: Array<&mut MapData, Config> =
             Array::try_from(self.map_mut(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
@@ -453,15 +466,40 @@ impl DataPlane for BpfDataPlane {
         a.set(id, *b, 0).map_err(map_err(maps::BACKENDS))
     }
 
+    /// The buffer's members (the distinct backend ids, plus one), then
+    /// its slots as indices into them.
     fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
+        let per_vip = self.sizes.max_vip_backends.max(1);
+        let (indexed, members) = lb_common::index_table(slots, per_vip).ok_or_else(|| {
+            DataPlaneError::Setup(format!(
+                "VIP {vip_id}'s table names more than {per_vip} backends (tables.max_backends_per_vip)"
+            ))
+        })?;
+        let first = lb_common::members_base(vip_id, ring, per_vip) as usize;
+        for (i, id) in members.iter().enumerate() {
+            self.members.set(first + i, u64::from(*id) + 1)?;
+        }
         let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size) as usize;
-        self.ring.write(base, slots)
+        self.ring.write(base, &indexed)
     }
 
     fn read_ring(&self, vip_id: u32, ring: u8) -> Result<Vec<u32>> {
         let size = self.sizes.ring_size;
+        let per_vip = self.sizes.max_vip_backends.max(1);
         let base = lb_common::ring_base(vip_id, ring, size) as usize;
-        self.ring.read_slots(base, size)
+        let members = self.members.read(
+            lb_common::members_base(vip_id, ring, per_vip) as usize,
+            per_vip as usize,
+        )?;
+        Ok(self
+            .ring
+            .read_slots(base, size)?
+            .into_iter()
+            .map(|i| match members.get(i as usize) {
+                Some(&id) if id != 0 => id as u32 - 1,
+                _ => lb_common::NO_BACKEND,
+            })
+            .collect())
     }
 
     fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> Result<()> {
@@ -478,6 +516,15 @@ impl DataPlane for BpfDataPlane {
     }
 
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        // The members of the buffer packets are to read.
+        let info = &VipInfo {
+            members: lb_common::members_base(
+                info.vip_id,
+                info.active_ring,
+                self.sizes.max_vip_backends.max(1),
+            ),
+            ..*info
+        };
         let mut m: HashMap<&mut MapData, VipKey, VipInfo> =
             HashMap::try_from(self.map_mut(maps::VIPS)).map_err(map_err(maps::VIPS))?;
         m.insert(key, info, 0).map_err(map_err(maps::VIPS))?;

@@ -52,6 +52,7 @@ const SIZES: Sizes = Sizes {
     flows: FLOWS,
     persist: 1024,
     stateless_vips: 1,
+    max_vip_backends: 256,
 };
 
 #[derive(Clone, Copy, PartialEq)]

@@ -44,6 +44,7 @@ const SIZES: Sizes = Sizes {
     flows: 1 << 20,
     persist: 1024,
     stateless_vips: 1,
+    max_vip_backends: 256,
 };
 
 #[derive(Clone, Copy, PartialEq)]

@@ -30,6 +30,7 @@ const SIZES: Sizes = Sizes {
     flows: FLOWS,
     persist: 1024,
     stateless_vips: 2,
+    max_vip_backends: 128,
 };
 /// Packets per CPU in each measured phase.
 const PACKETS: usize = 20_000;

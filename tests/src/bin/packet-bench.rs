@@ -50,6 +50,7 @@ const SIZES: Sizes = Sizes {
     flows: 1 << 20,
     persist: 1 << 18,
     stateless_vips: 2,
+    max_vip_backends: 512,
 };
 
 /// `SIZES` (a flow table of the daemon's default size, 1M entries, where

@@ -75,11 +75,12 @@ fn table_sizes_are_checked() {
   udp_idle_timeout: 0s
   max_vips: 65536
   maglev_size: 1000003
-  max_backends: 65536
+  max_backends: 1048576
+  max_backends_per_vip: 65536
 "
     );
     let errs = errors(&text);
-    assert_eq!(errs.len(), 4, "{errs}");
+    assert_eq!(errs.len(), 5, "{errs}");
     assert_has(
         &errs,
         14,
@@ -101,13 +102,46 @@ fn table_sizes_are_checked() {
         "tables.max_vips",
         "Maglev table elements, more than one BPF array holds",
     );
-    // Backend ids are 16 bits in the Maglev tables.
+    // Previous backends are named in 20 bits (stateless VIPs), a VIP's
+    // backends by 16-bit indices in its table.
     assert_has(
         &errs,
         18,
         17,
         "tables.max_backends",
+        "`1048576` is out of range; it must be from 1 to 1048575",
+    );
+    assert_has(
+        &errs,
+        19,
+        25,
+        "tables.max_backends_per_vip",
         "`65536` is out of range; it must be from 1 to 65535",
+    );
+}
+
+#[test]
+fn a_vip_with_more_backends_than_its_table_names_is_reported() {
+    let text = format!(
+        "{HEAD}{WEB}      - address: 10.0.1.2
+      - address: 10.0.1.3
+tables:
+  max_backends: 100000
+  max_backends_per_vip: 2
+"
+    );
+    assert_only(
+        &text,
+        14,
+        18,
+        "vips[0].backends[2].address",
+        "this is backend number 3 of this VIP, more than tables.max_backends_per_vip (2)",
+    );
+    let ok_text = text.replace("per_vip: 2", "per_vip: 3");
+    let pool = ok(&ok_text);
+    assert_eq!(
+        (pool.tables.max_backends, pool.tables.max_backends_per_vip),
+        (100_000, 3)
     );
 }
 

@@ -22,6 +22,9 @@ mod options;
 mod health;
 use health::over;
 
+/// `tables.max_vips`, `max_backends` and `max_backends_per_vip`, where known.
+type Limits = (Option<u32>, Option<u32>, Option<u32>);
+
 /// Reads the file's tree into a [`Pool`]; `None` when the file is not a
 /// mapping at all.
 pub(super) fn pool(root: &Node, sink: &Sink) -> Option<Pool> {
@@ -211,10 +214,7 @@ impl Check<'_> {
 
     /// The tables, and the limits the VIPs are checked against (`None` where
     /// invalid).
-    fn tables(
-        &self,
-        field: &Field<TablesFile>,
-    ) -> (Tables, (Option<u32>, Option<u32>, Option<u32>)) {
+    fn tables(&self, field: &Field<TablesFile>) -> (Tables, Limits) {
         let t = field.known_or(TablesFile::default()).unwrap_or_default();
         let d = Tables::default();
         let mut max_vips = t.max_vips.known_or(Int(d.max_vips)).map(|v| v.0);
@@ -288,7 +288,7 @@ impl Check<'_> {
     fn across_vips(
         &self,
         vips: &[&At<VipFile>],
-        (max_vips, max_backends, max_per_vip): (Option<u32>, Option<u32>, Option<u32>),
+        (max_vips, max_backends, max_per_vip): Limits,
         encap: Option<&EncapFile>,
     ) {
         if let Some(max) = max_vips.filter(|&m| vips.len() > m as usize) {

@@ -7,7 +7,7 @@ use lb_common::{
 };
 use lb_tests::packets::*;
 use lb_tests::*;
-use lb_userspace::dataplane::DecapVip;
+use lb_userspace::dataplane::{DataPlane, DecapVip};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0x0fed_cba9_8765_4321];
@@ -169,9 +169,13 @@ fn outer_src(dst: IpAddr, h: u32) -> IpAddr {
 
 /// Runs `frame` and asserts it left encapsulated to backend `id`, byte for byte.
 fn assert_encap(lb: &Balancer, frame: &[u8], f: &Flow, id: u32) {
+    assert_encap_to(lb, frame, f, addr_of(id));
+}
+
+/// Runs `frame` and asserts it left encapsulated to `dst`, byte for byte.
+fn assert_encap_to(lb: &Balancer, frame: &[u8], f: &Flow, dst: IpAddr) {
     let out = lb.run(frame).unwrap();
     assert_eq!(out.action, XDP_TX, "counters: {:?}", lb.counters());
-    let dst = addr_of(id);
     let h = hash(f);
     let expected = expected_encap(
         frame,
@@ -251,6 +255,45 @@ fn flows_spread_over_backends_as_the_ring_says() {
         *seen.entry(want).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 3, "all three backends get flows: {seen:?}");
+}
+
+#[test]
+fn backend_slots_past_16_bits_are_reached_through_the_tables_members() {
+    // Slot ids need more than the 16 bits of a table slot: the slot holds
+    // an index into the buffer's members, which hold the ids.
+    let Some(mut lb) = setup_sized(Sizes {
+        max_backends: 70_010,
+        ..test_sizes()
+    }) else {
+        return;
+    };
+    let high = [
+        (70_001, "10.0.1.71"),
+        (70_009, "10.0.1.79"),
+        (3, "10.0.1.3"),
+    ];
+    for (id, a) in high {
+        lb.set_backend(id, backend(ip(a), 0, WEB)).unwrap();
+    }
+    let ids: Vec<u32> = high.iter().map(|h| h.0).collect();
+    replace_table(&mut lb, vip_key(ip("10.100.0.1"), 80, PROTO_TCP), WEB, &ids);
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 1000..1100 {
+        let f = Flow::tcp("192.0.2.10", port, "10.100.0.1", 80);
+        let want = pick(&f, &ids);
+        let to = high.iter().find(|h| h.0 == want).unwrap().1;
+        assert_encap_to(&lb, &f.packet("S", b""), &f, ip(to));
+        // The flow remembers the whole id, and keeps to it.
+        assert_eq!(lb.flow(&f.key()).unwrap().backend, want);
+        assert_encap_to(&lb, &f.packet("A", b"x"), &f, ip(to));
+        seen.insert(want);
+    }
+    assert_eq!(seen.len(), 3, "every backend gets flows: {seen:?}");
+    // Read back as written (what a restarted daemon adopts).
+    assert_eq!(
+        lb.dp().read_ring(WEB, 1).unwrap(),
+        ring(&ids, test_sizes().ring_size)
+    );
 }
 
 #[test]

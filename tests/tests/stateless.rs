@@ -45,10 +45,16 @@ fn addr(id: u32) -> IpAddr {
 
 /// The four VIPs: 0, 1 and 2 stateless (chain tables 0, 1 and 2), 3 not.
 fn setup() -> Option<Balancer> {
+    setup_sized(test_sizes().max_backends)
+}
+
+/// `setup` with room for `max_backends` backend slots.
+fn setup_sized(max_backends: u32) -> Option<Balancer> {
     root_env("stateless packet tests")?;
     private_netns().unwrap();
     let sizes = Sizes {
         stateless_vips: 3,
+        max_backends,
         ..test_sizes()
     };
     let mut lb = Balancer::load(sizes).unwrap();
@@ -177,6 +183,32 @@ fn a_stateless_vip_hashes_every_packet_to_its_slot_and_stores_no_flow() {
     assert_eq!(lb.counter(counter::NEW_FLOW), syns);
     assert_eq!(lb.vip_stats(0).new_flows, syns);
     assert_eq!(lb.vip_stats(0).packets, 40 * 4);
+}
+
+#[test]
+fn a_previous_backend_past_16_bits_is_named() {
+    let Some(mut lb) = setup_sized(70_010) else {
+        return;
+    };
+    let gone = ip("10.0.1.79");
+    lb.set_backend(70_009, backend(gone, BACKEND_F_GUE, 0))
+        .unwrap();
+    let f = Flow::tcp("192.0.2.1", 3001, "10.100.0.1", 80);
+    let s = slot(&f);
+    let cur = [1, 2, 3][s as usize % 3];
+    let frame = f.packet("A", b"x");
+    lb.dp()
+        .write_chains(0, &[(s, chain_entry2(70_009, 2, now_s() - 5))])
+        .unwrap();
+    let out = lb.run(&frame).unwrap();
+    let age = u16::from_be_bytes([out.data[14 + 20 + 8 + 6], out.data[14 + 20 + 8 + 7]]);
+    assert!((5..=6).contains(&age), "age {age}");
+    let named = if cur == 2 {
+        vec![gone]
+    } else {
+        vec![gone, addr(2)]
+    };
+    assert_eq!(out.data, expected(&frame, &f, cur, &named, age));
 }
 
 #[test]

@@ -405,21 +405,27 @@ fn probes() -> Result<()> {
 
 /// `cargo xtask bench --scale`: VIPs and backend slots.
 const SCALE_VIPS: u32 = 512;
-/// Backends per VIP: 512 × 127 = 65 024 slots, the most the 16-bit ids of
-/// the Maglev tables name (65 535). #13 asks for 1000 a VIP: that needs
-/// wider table slots (see BENCHMARKS.md).
-const SCALE_BACKENDS: u32 = 127;
+/// Backends per VIP: 1000 (512 000 slots), or `LB_SCALE_BACKENDS`.
+fn scale_backends() -> u32 {
+    std::env::var("LB_SCALE_BACKENDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
 
-/// The scale bench's pool file: `SCALE_VIPS` VIPs of `SCALE_BACKENDS`
-/// backends each (the same 127 addresses behind every VIP, each VIP its
-/// own slots), every backend at `weight`, no health checks (the prober
-/// is measured by `--probes`), a 1M-entry flow table.
+/// The scale bench's pool file: `SCALE_VIPS` VIPs of `scale_backends()`
+/// backends each (the same addresses behind every VIP, each VIP its own
+/// slots), every backend at `weight`, health checks of kind `check`, a
+/// 1M-entry flow table.
 fn scale_pool(dir: &Path, socket: &Path, weight: u32, check: &str) -> String {
     let mut pool = format!(
         "instance: {INSTANCE}\ninterfaces: [eth0]\nxdp_mode: generic\n\
          encapsulation:\n  source_v4: 10.255.0.0/24\n\
-         tables:\n  max_vips: {SCALE_VIPS}\n  max_backends: 65535\n  flow_table_size: {FLOWS}\n\
+         tables:\n  max_vips: {SCALE_VIPS}\n  max_backends: {}\n  max_backends_per_vip: {}\n  \
+         flow_table_size: {FLOWS}\n\
          hash_secret_file: {}/secret\ncontrol_socket: {}\nvips:\n",
+        SCALE_VIPS * scale_backends(),
+        scale_backends(),
         dir.display(),
         socket.display()
     );
@@ -430,7 +436,7 @@ fn scale_pool(dir: &Path, socket: &Path, weight: u32, check: &str) -> String {
             v / 256,
             v % 256
         ));
-        for b in 0..SCALE_BACKENDS {
+        for b in 0..scale_backends() {
             pool.push_str(&format!(
                 "      - {{ address: 10.1.{}.{}, weight: {weight} }}\n",
                 b / 250,
@@ -497,7 +503,8 @@ fn scale() -> Result<()> {
     });
     ready_rx.recv()?;
     let socket = dir.join("lb.sock");
-    let slots = (SCALE_VIPS * SCALE_BACKENDS) as usize;
+    let per_vip = scale_backends();
+    let slots = (SCALE_VIPS * per_vip) as usize;
     let (pid, socket, started) = spawn_daemon(
         &dir,
         &mut cleanup,
@@ -518,7 +525,7 @@ fn scale() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     println!(
-        "scale-bench: {SCALE_VIPS} VIPs x {SCALE_BACKENDS} backends ({slots} slots), flow table {FLOWS}"
+        "scale-bench: {SCALE_VIPS} VIPs x {per_vip} backends ({slots} slots), flow table {FLOWS}"
     );
     println!(
         "  cold start to serving every VIP: {:.2} s",
@@ -569,7 +576,7 @@ fn scale() -> Result<()> {
         rss_kib(pid)? / 1024
     );
     // Health checks on every backend at the default interval: the same
-    // SCALE_BACKENDS addresses behind every VIP, each probed once.
+    // addresses behind every VIP, each probed once.
     std::fs::write(&tmp, scale_pool(&dir, &socket, 200, "tcp"))?;
     let on = Instant::now();
     std::fs::rename(&tmp, dir.join("pool.yaml"))?;
@@ -620,7 +627,7 @@ fn scale() -> Result<()> {
     let (_, st) = status(&socket)?;
     ensure!(up(&st) == slots, "backends went down while probed");
     println!(
-        "  over {secs:.0} s: {:.0} probes/s answered ({SCALE_BACKENDS} addresses); daemon {:.1} % of one CPU, {} MiB resident",
+        "  over {secs:.0} s: {:.0} probes/s answered ({per_vip} addresses); daemon {:.1} % of one CPU, {} MiB resident",
         (a1 - a0) as f64 / secs,
         (t1 - t0) as f64 / hz / secs * 100.0,
         rss_kib(pid)? / 1024

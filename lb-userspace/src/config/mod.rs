@@ -175,9 +175,13 @@ pub const DEFAULT_SOCKET_DIR: &str = "/run/lb";
 /// Default directory of the hash secret: `<dir>/<instance>.secret`.
 pub const DEFAULT_SECRET_DIR: &str = "/var/lib/lb";
 
-/// Nodes a file may expand to (aliases included), so that a small file with
-/// nested aliases cannot blow up memory.
-const MAX_NODES: usize = 1_000_000;
+/// Nodes a file may hold (aliases included): room for the largest pool the
+/// tables take (1 048 575 backends of a few nodes each), a bound on
+/// memory all the same.
+const MAX_NODES: usize = 8_000_000;
+/// Events that aliases may replay in all, so that a small file with nested
+/// aliases cannot blow up memory (real pool files use none or few).
+const MAX_ALIAS_EVENTS: usize = 1_000_000;
 
 /// A validated pool file: what the daemon runs.
 #[derive(Clone, Debug, PartialEq)]

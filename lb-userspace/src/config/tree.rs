@@ -8,7 +8,7 @@ use serde_saphyr::{
     Options, Spanned, UserMessageFormatter,
 };
 
-use super::{Pos, MAX_NODES};
+use super::{Pos, MAX_ALIAS_EVENTS, MAX_NODES};
 
 /// A located YAML node. Aliases are expanded (a copy of the anchored node,
 /// with the anchor's places and the alias's path).
@@ -110,12 +110,12 @@ pub(super) fn read(text: &str) -> Result<Option<Node>, (Pos, String)> {
     let mut budget = Budget::default();
     budget.max_nodes = MAX_NODES;
     budget.max_events = 4 * MAX_NODES;
-    // Events kept for replaying anchors: a quarter is plenty for real files
-    // and stops an alias bomb early.
-    budget.max_recorded_anchor_events = MAX_NODES / 4;
+    // Events kept for replaying anchors: plenty for real files, and stops
+    // an alias bomb early.
+    budget.max_recorded_anchor_events = MAX_ALIAS_EVENTS / 4;
     let mut options = Options::default();
     options.budget = Some(budget);
-    options.alias_limits.max_total_replayed_events = MAX_NODES;
+    options.alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
     options.strict_booleans = true;
     options.duplicate_keys = DuplicateKeyPolicy::PassThrough;
     options.merge_keys = MergeKeyPolicy::AsOrdinary;

@@ -63,7 +63,7 @@ pub struct Daemon {
     ctl: Controller<BpfDataPlane>,
     /// One prober per distinct check, serving every (VIP, backend) that
     /// checks a backend the same way.
-    probers: HashMap<ProbeSpec, (Vec<BackendRef>, ProberHandle)>,
+    probers: HashMap<ProbeSpec, Prober>,
     health_tx: mpsc::Sender<HealthEvent<ProbeSpec>>,
     started: Instant,
     last_text: String,
@@ -403,17 +403,64 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     Ok(())
 }
 
+/// A running prober and what it last told the (VIP, backend) pairs it
+/// serves.
+struct Prober {
+    refs: Vec<BackendRef>,
+    _handle: ProberHandle,
+    /// Every pair took this health from the last result handed to all of
+    /// them, and nothing changed since (no reload touched the pairs, no
+    /// passive hold): a result of the same health need not go to each
+    /// pair. One address behind 512 VIPs is 512 controller lookups a probe.
+    settled: Option<Health>,
+    /// The latest result, which `lb status` shows while results are not
+    /// handed to each pair.
+    last: Option<crate::controller::ProbeView>,
+    /// Some pair's VIP weighs probe times (`least_response_time`): every
+    /// result goes to every pair.
+    each: bool,
+}
+
 impl Daemon {
-    /// A probe's result, for every (VIP, backend) its prober serves.
+    /// A probe's result, for every (VIP, backend) its prober serves: to
+    /// each of them when the health changed (or may differ for one of
+    /// them), else only kept for `lb status`.
     fn on_health(&mut self, ev: HealthEvent<ProbeSpec>) {
-        let refs = match self.probers.get(&ev.backend) {
-            Some((refs, _)) => refs.clone(),
-            None => return,
+        let holds = !self.passive.holds.is_empty();
+        let Some(p) = self.probers.get_mut(&ev.backend) else {
+            return;
         };
         self.metrics.probe(&ev.backend, &ev.outcome);
-        for r in refs {
-            self.on_backend_health(r, &ev);
+        p.last = Some(crate::controller::ProbeView {
+            ok: ev.outcome.ok,
+            detail: ev.outcome.detail.clone(),
+            latency_ms: ev.outcome.latency.as_secs_f64() * 1000.0,
+        });
+        if !p.each && !holds && p.settled == Some(ev.health) {
+            return;
         }
+        let refs = std::mem::take(&mut p.refs);
+        for r in &refs {
+            self.on_backend_health(*r, &ev);
+        }
+        let settled = self.passive.holds.is_empty().then_some(ev.health);
+        if let Some(p) = self.probers.get_mut(&ev.backend) {
+            p.refs = refs;
+            p.settled = settled;
+        }
+    }
+
+    /// What `lb status` shows of backend `b`'s last probe: its prober's
+    /// latest result (which may not have been handed to each pair).
+    fn last_probe<'a>(
+        &'a self,
+        b: &'a crate::controller::RunningBackend,
+    ) -> Option<&'a crate::controller::ProbeView> {
+        b.probe
+            .as_ref()
+            .and_then(|spec| self.probers.get(spec))
+            .and_then(|p| p.last.as_ref())
+            .or(b.last_probe.as_ref())
     }
 
     fn on_backend_health(&mut self, backend: BackendRef, ev: &HealthEvent<ProbeSpec>) {
@@ -502,8 +549,17 @@ impl Daemon {
             self.metrics.forget_probe(&spec);
         }
         for (spec, refs) in wanted {
-            if let Some((served, _)) = self.probers.get_mut(&spec) {
-                *served = refs;
+            let each = refs.iter().any(|(vip, _)| {
+                self.ctl.vips.get(vip).is_some_and(|v| {
+                    v.conf.scheduler == crate::config::Scheduler::LeastResponseTime
+                })
+            });
+            if let Some(p) = self.probers.get_mut(&spec) {
+                // After a reload, the next result goes to every pair again
+                // (new pairs, or pairs made anew, have not had one).
+                p.settled = None;
+                p.refs = refs;
+                p.each = each;
                 continue;
             }
             let down = refs.iter().any(|(vip, addr)| {
@@ -515,7 +571,16 @@ impl Daemon {
             });
             let initial = if down { Health::Down } else { Health::Up };
             let h = spawn_prober(spec.clone(), spec.clone(), initial, self.health_tx.clone());
-            self.probers.insert(spec, (refs, h));
+            self.probers.insert(
+                spec,
+                Prober {
+                    refs,
+                    _handle: h,
+                    settled: None,
+                    last: None,
+                    each,
+                },
+            );
         }
     }
 }

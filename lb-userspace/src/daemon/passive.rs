@@ -19,7 +19,7 @@ pub(super) struct Hold {
 #[derive(Default)]
 pub(super) struct Passive {
     samples: HashMap<BackendRef, VecDeque<(Instant, u64, u64)>>,
-    holds: HashMap<BackendRef, Hold>,
+    pub(super) holds: HashMap<BackendRef, Hold>,
 }
 
 /// Whether `retransmits` over a window, against the new connections of

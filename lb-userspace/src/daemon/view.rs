@@ -99,6 +99,7 @@ impl Daemon {
                         .values()
                         .map(|b| {
                             let bs = stats_of(b.id);
+                            let probe = self.last_probe(b);
                             BackendStatus {
                                 address: b.address.to_string(),
                                 weight: b.weight,
@@ -114,8 +115,8 @@ impl Daemon {
                                     HealthView::Unchecked => "unchecked",
                                 }
                                 .into(),
-                                last_probe: b.last_probe.as_ref().map(|p| p.detail.clone()),
-                                latency_ms: b.last_probe.as_ref().map(|p| p.latency_ms),
+                                last_probe: probe.map(|p| p.detail.clone()),
+                                latency_ms: probe.map(|p| p.latency_ms),
                                 active_flows: *flows.get(&b.id).unwrap_or(&0),
                                 connections: counts
                                     .then(|| self.ctl.dp.load(b.id).unwrap_or_default()),

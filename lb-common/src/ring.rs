@@ -33,7 +33,8 @@ pub fn members_entries(max_vips: u32, per_vip: u32) -> u32 {
 
 /// A table as `RINGS` and `MEMBERS` hold it: each slot an index into the
 /// members, the distinct backend ids in the order the slots first name
-/// them (`NO_BACKEND` stays empty). `None`: more than `per_vip` backends.
+/// them (`NO_BACKEND` stays empty). `None`: more than `per_vip` backends,
+/// or an id past `MAX_BACKEND_ID`.
 #[cfg(any(feature = "user", test))]
 #[allow(clippy::type_complexity)]
 pub fn index_table(
@@ -42,18 +43,30 @@ pub fn index_table(
 ) -> Option<(std::vec::Vec<u32>, std::vec::Vec<u32>)> {
     use std::vec::Vec;
     let mut members: Vec<u32> = Vec::new();
-    let mut index: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    // Index plus one, by backend id: zeroed pages come free from the
+    // allocator and only those of the table's ids are touched (a hash map
+    // took 0.6 ms for 65 537 slots).
+    let top = slots
+        .iter()
+        .filter(|&&id| id != NO_BACKEND)
+        .max()
+        .map_or(0, |&m| m as usize + 1);
+    if top > MAX_BACKEND_ID as usize + 1 {
+        return None;
+    }
+    let mut index = std::vec![0u32; top];
     let mut out = Vec::with_capacity(slots.len());
     for &id in slots {
         if id == NO_BACKEND {
             out.push(NO_BACKEND);
             continue;
         }
-        let i = *index.entry(id).or_insert_with(|| {
+        let at = &mut index[id as usize];
+        if *at == 0 {
             members.push(id);
-            members.len() as u32 - 1
-        });
-        out.push(i);
+            *at = members.len() as u32;
+        }
+        out.push(*at - 1);
     }
     (members.len() as u32 <= per_vip.min(MAX_RING_BACKEND + 1)).then_some((out, members))
 }

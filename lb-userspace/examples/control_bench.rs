@@ -180,15 +180,23 @@ fn kernel_table(instance: &str, key: &VipKey) -> Result<Vec<u32>> {
     };
     let vips: aya::maps::HashMap<_, VipKey, VipInfo> = open(maps::VIPS)?.try_into()?;
     let info = vips.get(key, 0).context("VIP not in VIPS")?;
-    // Read the way the data path reads it: packed slots in 64-bit elements.
+    // Read the way the data path reads it: packed slots in 64-bit
+    // elements, each naming a member of the buffer.
     let rings: aya::maps::Array<_, u64> = open(maps::RINGS)?.try_into()?;
     let base = lb_common::ring_base(info.vip_id, info.active_ring, RING);
     let elems = (base..base + lb_common::ring_elems(RING))
         .map(|i| Ok(rings.get(&i, 0)?))
         .collect::<Result<Vec<u64>>>()?;
-    Ok((0..RING)
-        .map(|s| lb_common::ring_slot(elems[lb_common::ring_elem(s) as usize], s))
-        .collect())
+    // Each slot an index into the buffer's members (`MEMBERS`).
+    let members: aya::maps::Array<_, u64> = open(maps::MEMBERS)?.try_into()?;
+    (0..RING)
+        .map(
+            |s| match lb_common::ring_slot(elems[lb_common::ring_elem(s) as usize], s) {
+                lb_common::NO_BACKEND => Ok(lb_common::NO_BACKEND),
+                i => Ok(members.get(&(info.members + i), 0)? as u32 - 1),
+            },
+        )
+        .collect()
 }
 
 struct Row {
@@ -451,22 +459,7 @@ fn main() -> Result<()> {
 /// `--scale`'s size: 512 VIPs with the same 127 backends each (65 024
 /// slots), every backend with a tcp check (never started).
 fn shared_pool(instance: &str) -> String {
-    let mut text = format!(
-        "instance: {instance}\ninterfaces: [lo]\nencapsulation:\n  source_v4: 10.255.0.0/24\n\
-         tables:\n  maglev_size: {RING}\n  max_vips: {SCALE_VIPS}\n  max_backends: 65535\n  \
-         flow_table_size: 1024\nhealth_defaults:\n  kind: tcp\nvips:\n"
-    );
-    for v in 0..SCALE_VIPS {
-        text += &format!(
-            "  - name: v{v}\n    address: 10.100.{}.{}\n    port: 80\n    protocol: tcp\n    backends:\n",
-            v / 250,
-            1 + v % 250
-        );
-        for i in 0..SCALE_PER_VIP {
-            text += &format!("      - address: 10.1.0.{}\n", 1 + i);
-        }
-    }
-    text
+    big_pool(instance, SCALE_VIPS, SCALE_PER_VIP, SCALE_VIPS, true)
 }
 
 const SCALE_VIPS: u32 = 512;
@@ -566,12 +559,15 @@ fn scale_verdicts(object: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A pool of `vips` VIPs with `per_vip` backends each, no health checks.
-fn big_pool(instance: &str, vips: u32, per_vip: u32, max_vips: u32) -> String {
+/// A pool of `vips` VIPs with `per_vip` backends each: each VIP its own
+/// addresses and no health checks, or (`shared`) the same addresses
+/// behind every VIP, each with a tcp check.
+fn big_pool(instance: &str, vips: u32, per_vip: u32, max_vips: u32, shared: bool) -> String {
+    let kind = if shared { "tcp" } else { "none" };
     let mut text = format!(
         "instance: {instance}\ninterfaces: [lo]\nencapsulation:\n  source_v4: 10.255.0.0/24\n\
          tables:\n  maglev_size: {RING}\n  max_vips: {max_vips}\n  max_backends: 65535\n  \
-         flow_table_size: 1024\nhealth_defaults:\n  kind: none\nvips:\n"
+         flow_table_size: 1024\nhealth_defaults:\n  kind: {kind}\nvips:\n"
     );
     for v in 0..vips {
         text += &format!(
@@ -579,13 +575,9 @@ fn big_pool(instance: &str, vips: u32, per_vip: u32, max_vips: u32) -> String {
             v / 250,
             1 + v % 250
         );
+        let net = if shared { 1 } else { 1 + v };
         for i in 0..per_vip {
-            text += &format!(
-                "      - address: 10.{}.{}.{}\n",
-                1 + v,
-                i / 250,
-                1 + i % 250
-            );
+            text += &format!("      - address: 10.{net}.{}.{}\n", i / 250, 1 + i % 250);
         }
     }
     text
@@ -623,15 +615,15 @@ fn scale(object: &[u8]) -> Result<()> {
     let instance = format!("lbcold{}", std::process::id());
     let _pins = Pins(instance.clone());
     let mut ctl = fresh(&instance)?;
-    let (cold, tables) = timed_apply(&mut ctl, &big_pool(&instance, 64, 1000, 64))?;
+    let (cold, tables) = timed_apply(&mut ctl, &big_pool(&instance, 64, 1000, 64, false))?;
     ensure!(tables == 64, "cold start wrote {tables} tables");
     drop(ctl);
     // 32 VIPs x 1000, then a reload that adds 10 VIPs x 1000 backends.
     let instance = format!("lbgrow{}", std::process::id());
     let _pins2 = Pins(instance.clone());
     let mut ctl = fresh(&instance)?;
-    timed_apply(&mut ctl, &big_pool(&instance, 32, 1000, 64))?;
-    let (grow, tables) = timed_apply(&mut ctl, &big_pool(&instance, 42, 1000, 64))?;
+    timed_apply(&mut ctl, &big_pool(&instance, 32, 1000, 64, false))?;
+    let (grow, tables) = timed_apply(&mut ctl, &big_pool(&instance, 42, 1000, 64, false))?;
     ensure!(tables == 10, "the reload wrote {tables} tables");
     let verdict = |d: Duration, max: Duration| if d <= max { "met" } else { "NOT met" };
     println!("scale: pool file parsed and applied (all slots and tables written), M = {RING}");

@@ -260,8 +260,12 @@ impl Check<'_> {
             self.report(&w.path, message);
         }
         let max_backends = t.max_backends.known_or(Int(d.max_backends)).map(|v| v.0);
-        let per_vip_default =
-            DEFAULT_MAX_BACKENDS_PER_VIP.min(max_backends.unwrap_or(d.max_backends));
+        let per_vip_default = default_max_backends_per_vip(
+            t.max_vips
+                .known_or(Int(d.max_vips))
+                .map_or(d.max_vips, |v| v.0),
+            max_backends.unwrap_or(d.max_backends),
+        );
         let max_per_vip = t
             .max_backends_per_vip
             .known_or(Int(per_vip_default))

@@ -101,7 +101,7 @@ pub(super) struct TablesFile {
     pub max_vips: Field<ranged!(MAX_VIPS_RANGE)>,
     /// Default [`DEFAULT_MAX_BACKENDS`]: backend slots, one per VIP and backend.
     pub max_backends: Field<ranged!(MAX_BACKENDS_RANGE)>,
-    /// Default [`DEFAULT_MAX_BACKENDS_PER_VIP`], or `max_backends` when smaller.
+    /// Default [`default_max_backends_per_vip`].
     pub max_backends_per_vip: Field<ranged!(MAX_BACKENDS_PER_VIP_RANGE)>,
     /// Default [`DEFAULT_PERSISTENCE_TABLE_SIZE`].
     pub persistence_table_size: Field<ranged!(PERSISTENCE_TABLE_SIZE_RANGE)>,

@@ -133,9 +133,16 @@ pub const DEFAULT_MAX_BACKENDS: u32 = lb_common::defaults::MAX_BACKENDS;
 /// Accepted `tables.max_backends` values (`CHAINS` names backends in 20
 /// bits).
 pub const MAX_BACKENDS_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_BACKEND_ID + 1;
-/// `tables.max_backends_per_vip` when not given: this, or `max_backends`
-/// when smaller.
-pub const DEFAULT_MAX_BACKENDS_PER_VIP: u32 = 4096;
+/// `tables.max_backends_per_vip` when not given: `max_backends`, at most
+/// 65 535, and at most what keeps `MEMBERS` (16 bytes per VIP and
+/// backend) within 64 MiB: 65 535 up to 64 VIPs, 8192 at 512.
+pub fn default_max_backends_per_vip(max_vips: u32, max_backends: u32) -> u32 {
+    let room = (64u64 << 20) / (16 * u64::from(max_vips.max(1)));
+    max_backends
+        .min(*MAX_BACKENDS_PER_VIP_RANGE.end())
+        .min(room.min(u64::from(u32::MAX)) as u32)
+        .max(1)
+}
 /// Accepted `tables.max_backends_per_vip` values (a Maglev slot holds a
 /// 16-bit index into its VIP's backends).
 pub const MAX_BACKENDS_PER_VIP_RANGE: RangeInclusive<u32> = 1..=lb_common::MAX_RING_BACKEND + 1;
@@ -282,8 +289,8 @@ pub struct Tables {
     /// Most backend slots (one per VIP and backend), 1..=1048575;
     /// default 4096.
     pub max_backends: u32,
-    /// Most backends of one VIP, 1..=65535; default 4096 (or
-    /// `max_backends` when smaller). Each VIP has room for this many in
+    /// Most backends of one VIP, 1..=65535; default
+    /// [`default_max_backends_per_vip`]. Each VIP has room for this many in
     /// both its table buffers: 8 bytes each.
     pub max_backends_per_vip: u32,
     /// Clients remembered by the VIPs with persistence, 1024..=67108864;
@@ -311,7 +318,10 @@ impl Default for Tables {
             new_flows_per_cpu: DEFAULT_NEW_FLOWS_PER_CPU,
             max_vips: DEFAULT_MAX_VIPS,
             max_backends: DEFAULT_MAX_BACKENDS,
-            max_backends_per_vip: DEFAULT_MAX_BACKENDS_PER_VIP.min(DEFAULT_MAX_BACKENDS),
+            max_backends_per_vip: default_max_backends_per_vip(
+                DEFAULT_MAX_VIPS,
+                DEFAULT_MAX_BACKENDS,
+            ),
             persistence_table_size: DEFAULT_PERSISTENCE_TABLE_SIZE,
             nat_tcp_timeout: DEFAULT_NAT_TCP_TIMEOUT,
             nat_closed_timeout: DEFAULT_NAT_CLOSED_TIMEOUT,

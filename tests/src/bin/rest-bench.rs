@@ -300,11 +300,18 @@ fn sockets_in_ns(state: &str) -> Result<usize> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
-fn probes() -> Result<()> {
-    // The backends are addresses of 10.1.0.0/16, local to the namespace
-    // (one route), so one listener on port 80 answers every probe.
-    let (dir, mut cleanup) = fresh(
-        "lb-probe-bench",
+/// A fresh namespace whose 10.1.0.0/16 is local (one route), so that one
+/// listener on port 80 answers every probe to a backend there; the
+/// listener's count of accepted connections.
+fn probed_namespace(
+    name: &str,
+) -> Result<(
+    PathBuf,
+    Cleanup,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+)> {
+    let (dir, cleanup) = fresh(
+        name,
         &format!(
             " && ip -n {NS} route add local 10.1.0.0/16 dev lo \
              && ip netns exec {NS} sysctl -qw net.core.somaxconn=65535"
@@ -323,6 +330,11 @@ fn probes() -> Result<()> {
         }
     });
     ready_rx.recv()?;
+    Ok((dir, cleanup, accepted))
+}
+
+fn probes() -> Result<()> {
+    let (dir, mut cleanup, accepted) = probed_namespace("lb-probe-bench")?;
     let backends: String = (0..PROBED)
         .map(|i| format!("      - address: 10.1.{}.{}\n", i / 250, 1 + i % 250))
         .collect();
@@ -480,28 +492,7 @@ fn backends_at(st: &serde_json::Value, weight: u64) -> (usize, usize) {
 }
 
 fn scale() -> Result<()> {
-    // The backends are addresses of 10.1.0.0/16, local to the namespace,
-    // so that one listener answers every health check (the last phase).
-    let (dir, mut cleanup) = fresh(
-        "lb-scale-bench",
-        &format!(
-            " && ip -n {NS} route add local 10.1.0.0/16 dev lo \
-             && ip netns exec {NS} sysctl -qw net.core.somaxconn=65535"
-        ),
-    )?;
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let count = accepted.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    in_ns(move || {
-        let l = std::net::TcpListener::bind("0.0.0.0:80").expect("listener");
-        ready_tx.send(()).unwrap();
-        for c in l.incoming() {
-            if c.is_ok() {
-                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    });
-    ready_rx.recv()?;
+    let (dir, mut cleanup, accepted) = probed_namespace("lb-scale-bench")?;
     let socket = dir.join("lb.sock");
     let per_vip = scale_backends();
     let slots = (SCALE_VIPS * per_vip) as usize;

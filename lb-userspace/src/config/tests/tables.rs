@@ -143,6 +143,11 @@ tables:
         (pool.tables.max_backends, pool.tables.max_backends_per_vip),
         (100_000, 3)
     );
+    // Not given: max_backends, within 65 535 and 64 MiB of members.
+    let pool = ok(&text.replace("  max_backends_per_vip: 2\n", ""));
+    assert_eq!(pool.tables.max_backends_per_vip, 65_535);
+    assert_eq!(default_max_backends_per_vip(512, 512_000), 8192);
+    assert_eq!(default_max_backends_per_vip(64, 5000), 5000);
 }
 
 #[test]

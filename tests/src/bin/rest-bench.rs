@@ -333,6 +333,40 @@ fn probed_namespace(
     Ok((dir, cleanup, accepted))
 }
 
+/// What `PROBE_WINDOW` of health checks cost: probes the listener
+/// answered, the daemon's CPU, TCP sockets in TIME_WAIT every 5 s.
+struct ProbeWindow {
+    probes_per_s: f64,
+    cpu_percent: f64,
+    time_wait: Vec<usize>,
+    secs: f64,
+}
+
+fn probe_window(pid: u32, accepted: &std::sync::atomic::AtomicU64) -> Result<ProbeWindow> {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (a0, t0, w0) = (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_ticks(pid)?,
+        Instant::now(),
+    );
+    let mut time_wait = Vec::new();
+    while w0.elapsed() < PROBE_WINDOW {
+        std::thread::sleep(Duration::from_secs(5));
+        time_wait.push(sockets_in_ns("time-wait")?);
+    }
+    let (a1, t1, secs) = (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_ticks(pid)?,
+        w0.elapsed().as_secs_f64(),
+    );
+    Ok(ProbeWindow {
+        probes_per_s: (a1 - a0) as f64 / secs,
+        cpu_percent: (t1 - t0) as f64 / hz / secs * 100.0,
+        time_wait,
+        secs,
+    })
+}
+
 fn probes() -> Result<()> {
     let (dir, mut cleanup, accepted) = probed_namespace("lb-probe-bench")?;
     let backends: String = (0..PROBED)
@@ -369,22 +403,12 @@ fn probes() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     ensure!(up == PROBED as usize, "not every backend came up");
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (a0, t0, w0) = (
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_ticks(pid)?,
-        Instant::now(),
-    );
-    let mut time_wait = Vec::new();
-    while w0.elapsed() < PROBE_WINDOW {
-        std::thread::sleep(Duration::from_secs(5));
-        time_wait.push(sockets_in_ns("time-wait")?);
-    }
-    let (a1, t1, secs) = (
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_ticks(pid)?,
-        w0.elapsed().as_secs_f64(),
-    );
+    let ProbeWindow {
+        probes_per_s,
+        cpu_percent,
+        time_wait,
+        secs,
+    } = probe_window(pid, &accepted)?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
     let mut times: Vec<Duration> = (0..5)
         .map(|_| status(&socket).map(|s| s.0))
@@ -398,10 +422,8 @@ fn probes() -> Result<()> {
         .filter(|b| b["health"] != "up")
         .count();
     println!(
-        "  over {secs:.0} s: {:.0} probes/s answered (of {:.0} due); daemon {:.1} % of one CPU, {} MiB resident, {fds} open fds",
-        (a1 - a0) as f64 / secs,
+        "  over {secs:.0} s: {probes_per_s:.0} probes/s answered (of {:.0} due); daemon {cpu_percent:.1} % of one CPU, {} MiB resident, {fds} open fds",
         f64::from(PROBED) / 0.2,
-        (t1 - t0) as f64 / hz / secs * 100.0,
         rss_kib(pid)? / 1024
     );
     println!(
@@ -596,26 +618,15 @@ fn scale() -> Result<()> {
         "  tcp checks turned on for every backend (reload): all {slots} up after {:.2} s",
         on.elapsed().as_secs_f64()
     );
-    let (a0, t0, w0) = (
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_ticks(pid)?,
-        Instant::now(),
-    );
-    let mut time_wait = Vec::new();
-    while w0.elapsed() < PROBE_WINDOW {
-        std::thread::sleep(Duration::from_secs(5));
-        time_wait.push(sockets_in_ns("time-wait")?);
-    }
-    let (a1, t1, secs) = (
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_ticks(pid)?,
-        w0.elapsed().as_secs_f64(),
-    );
+    let ProbeWindow {
+        probes_per_s,
+        cpu_percent,
+        time_wait,
+        secs,
+    } = probe_window(pid, &accepted)?;
     let (_, st) = status(&socket)?;
     println!(
-        "  over {secs:.0} s: {:.0} probes/s answered ({per_vip} addresses); daemon {:.1} % of one CPU, {} MiB resident",
-        (a1 - a0) as f64 / secs,
-        (t1 - t0) as f64 / hz / secs * 100.0,
+        "  over {secs:.0} s: {probes_per_s:.0} probes/s answered ({per_vip} addresses); daemon {cpu_percent:.1} % of one CPU, {} MiB resident",
         rss_kib(pid)? / 1024
     );
     let not_up = |st: &serde_json::Value| -> Vec<String> {

@@ -242,14 +242,11 @@ fn main() -> Result<()> {
         counted >= u64::from(FLOWS) * 99 / 100,
         "lb status counted {counted} of {FLOWS} flows"
     );
-    let mut times: Vec<Duration> = (0..10)
-        .map(|_| status(&socket).map(|s| s.0))
-        .collect::<Result<_>>()?;
-    times.sort();
+    let (median_ms, max_ms) = status_times(&socket, 10)?;
     println!(
         "  lb status --json: {counted} active flows shown; median {:.1} ms, max {:.1} ms (10 calls)",
-        times[5].as_secs_f64() * 1000.0,
-        times[9].as_secs_f64() * 1000.0
+        median_ms,
+        max_ms
     );
     let start = Instant::now();
     let out = Command::new(lb_bin())
@@ -300,6 +297,16 @@ fn sockets_in_ns(state: &str) -> Result<usize> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
+/// `n` calls of `lb status --json`: the median and the longest, in ms.
+fn status_times(socket: &Path, n: usize) -> Result<(f64, f64)> {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| status(socket).map(|s| s.0))
+        .collect::<Result<_>>()?;
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok((ms(times[n / 2]), ms(times[n - 1])))
+}
+
 /// A fresh namespace whose 10.1.0.0/16 is local (one route), so that one
 /// listener on port 80 answers every probe to a backend there; the
 /// listener's count of accepted connections.
@@ -340,6 +347,16 @@ struct ProbeWindow {
     cpu_percent: f64,
     time_wait: Vec<usize>,
     secs: f64,
+}
+
+impl ProbeWindow {
+    /// "over N s: P probes/s answered (`what`); daemon C % of one CPU".
+    fn line(&self, what: &str) -> String {
+        format!(
+            "  over {:.0} s: {:.0} probes/s answered ({what}); daemon {:.1} % of one CPU",
+            self.secs, self.probes_per_s, self.cpu_percent
+        )
+    }
 }
 
 fn probe_window(pid: u32, accepted: &std::sync::atomic::AtomicU64) -> Result<ProbeWindow> {
@@ -403,17 +420,9 @@ fn probes() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     ensure!(up == PROBED as usize, "not every backend came up");
-    let ProbeWindow {
-        probes_per_s,
-        cpu_percent,
-        time_wait,
-        secs,
-    } = probe_window(pid, &accepted)?;
+    let w = probe_window(pid, &accepted)?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    let mut times: Vec<Duration> = (0..5)
-        .map(|_| status(&socket).map(|s| s.0))
-        .collect::<Result<_>>()?;
-    times.sort();
+    let (median_ms, _) = status_times(&socket, 5)?;
     let (_, st) = status(&socket)?;
     let down = st["vips"][0]["backends"]
         .as_array()
@@ -422,16 +431,17 @@ fn probes() -> Result<()> {
         .filter(|b| b["health"] != "up")
         .count();
     println!(
-        "  over {secs:.0} s: {probes_per_s:.0} probes/s answered (of {:.0} due); daemon {cpu_percent:.1} % of one CPU, {} MiB resident, {fds} open fds",
-        f64::from(PROBED) / 0.2,
+        "{}, {} MiB resident, {fds} open fds",
+        w.line(&format!("of {:.0} due", f64::from(PROBED) / 0.2)),
         rss_kib(pid)? / 1024
     );
     println!(
-        "  TCP sockets in TIME_WAIT in the namespace, every 5 s: {time_wait:?}; backends not up at the end: {down}"
+        "  TCP sockets in TIME_WAIT in the namespace, every 5 s: {:?}; backends not up at the end: {down}",
+        w.time_wait
     );
     println!(
         "  lb status --json with {PROBED} backends: median {:.1} ms",
-        times[2].as_secs_f64() * 1000.0
+        median_ms
     );
     drop(cleanup);
     Ok(())
@@ -569,14 +579,10 @@ fn scale() -> Result<()> {
         "  full reload (every weight changed, {SCALE_VIPS} tables rebuilt), file to status: {:.2} s",
         reload.elapsed().as_secs_f64()
     );
-    let mut times: Vec<Duration> = (0..10)
-        .map(|_| status(&socket).map(|s| s.0))
-        .collect::<Result<_>>()?;
-    times.sort();
+    let (median_ms, max_ms) = status_times(&socket, 10)?;
     println!(
         "  lb status --json ({slots} backends): median {:.1} ms, max {:.1} ms (10 calls)",
-        times[5].as_secs_f64() * 1000.0,
-        times[9].as_secs_f64() * 1000.0
+        median_ms, max_ms
     );
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let t0 = cpu_ticks(pid)?;
@@ -618,15 +624,11 @@ fn scale() -> Result<()> {
         "  tcp checks turned on for every backend (reload): all {slots} up after {:.2} s",
         on.elapsed().as_secs_f64()
     );
-    let ProbeWindow {
-        probes_per_s,
-        cpu_percent,
-        time_wait,
-        secs,
-    } = probe_window(pid, &accepted)?;
+    let w = probe_window(pid, &accepted)?;
     let (_, st) = status(&socket)?;
     println!(
-        "  over {secs:.0} s: {probes_per_s:.0} probes/s answered ({per_vip} addresses); daemon {cpu_percent:.1} % of one CPU, {} MiB resident",
+        "{}, {} MiB resident",
+        w.line(&format!("{per_vip} addresses")),
         rss_kib(pid)? / 1024
     );
     let not_up = |st: &serde_json::Value| -> Vec<String> {
@@ -642,19 +644,19 @@ fn scale() -> Result<()> {
     let down = not_up(&st);
     ensure!(
         down.is_empty(),
-        "{} of {slots} backends not up after {secs:.0} s of probes, e.g. {:?}",
+        "{} of {slots} backends not up after {:.0} s of probes, e.g. {:?}",
         down.len(),
+        w.secs,
         &down[..down.len().min(3)]
     );
-    println!("  TCP sockets in TIME_WAIT in the namespace, every 5 s: {time_wait:?}");
-    let mut times: Vec<Duration> = (0..10)
-        .map(|_| status(&socket).map(|s| s.0))
-        .collect::<Result<_>>()?;
-    times.sort();
+    println!(
+        "  TCP sockets in TIME_WAIT in the namespace, every 5 s: {:?}",
+        w.time_wait
+    );
+    let (median_ms, max_ms) = status_times(&socket, 10)?;
     println!(
         "  lb status --json with checks on: median {:.1} ms, max {:.1} ms (10 calls)",
-        times[5].as_secs_f64() * 1000.0,
-        times[9].as_secs_f64() * 1000.0
+        median_ms, max_ms
     );
     // Each status answer is built on the daemon's main loop: while it
     // is, health results wait (probes time out only if their own tasks

@@ -82,7 +82,7 @@ pub fn attach_decap(
 /// maps, unused by the decapsulator, stay tiny.
 pub fn load_decap_unpinned(object: &[u8]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    for m in ALL_MAPS {
+    for m in super::load::ALL_MAPS {
         loader.map_max_entries(m, 1);
     }
     loader

@@ -15,8 +15,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 mod attach;
+mod batch;
 mod decap;
 mod flows;
+mod load;
 mod loads;
 mod nat;
 mod pins;
@@ -26,7 +28,6 @@ pub use decap::*;
 pub use flows::*;
 pub use loads::*;
 pub use pins::*;
-use programs::data_path_clock;
 use ring::RingMmap;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,54 +113,6 @@ pub enum AttachMode {
     Generic,
 }
 
-const ALL_MAPS: [&str; 19] = [
-    maps::LAYOUT,
-    maps::VIPS,
-    maps::VIP_ADDRS,
-    maps::BACKENDS,
-    maps::RINGS,
-    maps::MEMBERS,
-    maps::FLOWS,
-    maps::CONFIG,
-    maps::VIP_STATS,
-    maps::BACKEND_STATS,
-    maps::COUNTERS,
-    maps::LOADS,
-    maps::LIMITS,
-    maps::PERSIST,
-    maps::NAT_REPLIES,
-    maps::NAT_ADDRS,
-    maps::NAT_FILTER,
-    maps::CHAINS,
-    // Pinned so its entries outlive the daemon: the kernel empties a
-    // program array when the last file descriptor to it closes, and
-    // `lb_xdp` could then no longer reach `lb_stateless`.
-    maps::PROGS,
-];
-
-/// The aya-log level the data path logs at: its decision log is off (0)
-/// unless asked for. The level is read-only data, so with it off the
-/// verifier removes the logging code and the data path pays nothing.
-const LOG_LEVEL: &str = "AYA_LOG_LEVEL";
-const LOG_OFF: u8 = 0;
-const LOG_INFO: u8 = 3;
-
-/// A loader with the balancer's map sizes and log level; the
-/// decapsulator's maps, unused on a balancer, stay tiny.
-fn balancer_loader(sizes: Sizes, log_decisions: bool) -> EbpfLoader<'static> {
-    let mut loader = EbpfLoader::new();
-    lb_common::size_maps(&mut loader, sizes);
-    loader
-        .map_max_entries(maps::DECAP_VIPS, 1)
-        .map_max_entries(maps::DECAP_ADDRS, 1)
-        .map_max_entries(maps::DECAP_COUNTERS, lb_common::decap_counter::COUNT);
-    let level = if log_decisions { &LOG_INFO } else { &LOG_OFF };
-    // An object without the log (an older build) loads as well, unless the
-    // log is asked for.
-    loader.override_global(LOG_LEVEL, level, log_decisions);
-    loader
-}
-
 /// The loaded balancer and the one writer of its maps: the daemon's (maps
 /// and links pinned), the packet tests' and the benches' (unpinned).
 pub struct BpfDataPlane {
@@ -195,196 +148,6 @@ fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
 }
 
 impl BpfDataPlane {
-    /// Loads the object, reusing maps pinned by an earlier run of the same
-    /// instance (so flows and tables survive a daemon restart), and pins
-    /// whatever is new.
-    ///
-    /// `log_decisions`: the data path logs each new flow's backend and each
-    /// drop for want of one (`lb run --debug-datapath`); read them with
-    /// [`BpfDataPlane::take_decision_log`].
-    pub fn load(object: &[u8], instance: &str, sizes: Sizes, log_decisions: bool) -> Result<Self> {
-        ensure_bpffs()?;
-        let dir = pin_dir(instance);
-        std::fs::create_dir_all(&dir).map_err(|source| DataPlaneError::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-        let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, dir.join(m))).collect();
-        // Pins of an earlier run: their layout version must be this one's.
-        let earlier = pins.iter().any(|(_, p)| p.exists());
-        let layout = read_layout_pin(&dir.join(maps::LAYOUT));
-        if earlier && layout != Some(lb_common::LAYOUT_VERSION) {
-            return Err(DataPlaneError::Setup(format!(
-                "the maps pinned under {} were made by another version of lb (layout {}, this \
-                 one needs {}); run `lb stop` first to start afresh (established flows are then \
-                 forgotten)",
-                dir.display(),
-                layout.map_or("unknown".to_string(), |v| v.to_string()),
-                lb_common::LAYOUT_VERSION
-            )));
-        }
-        let mut loader = balancer_loader(sizes, log_decisions);
-        for (name, path) in &pins {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader
-            .load(object)
-            .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
-        let log =
-            match log_decisions {
-                true => Some(aya_log::EbpfLogger::init(&mut ebpf).map_err(|e| {
-                    DataPlaneError::Setup(format!("reading the data path's log: {e}"))
-                })?),
-                false => None,
-            };
-        let mut dp = Self::loaded(ebpf, sizes, Some(dir), None)?;
-        dp.log = log;
-        let mut a: Array<&mut MapData, u32> =
-            Array::try_from(dp.map_mut(maps::LAYOUT)).map_err(map_err(maps::LAYOUT))?;
-        a.set(0, lb_common::LAYOUT_VERSION, 0)
-            .map_err(map_err(maps::LAYOUT))?;
-        Ok(dp)
-    }
-
-    /// Loads the object without pinning anything: the same map writer for
-    /// the packet tests and benches, which run the programs with
-    /// BPF_PROG_TEST_RUN. `clock`: a tick already measured in this process
-    /// (`None` measures it, as `load` does).
-    pub fn load_unpinned(
-        object: &[u8],
-        sizes: Sizes,
-        clock: Option<lb_common::DataPathClock>,
-    ) -> Result<Self> {
-        let ebpf = balancer_loader(sizes, false)
-            .load(object)
-            .map_err(|e| DataPlaneError::Setup(format!("loading the eBPF object: {e}")))?;
-        Self::loaded(ebpf, sizes, None, clock)
-    }
-
-    /// Checks the maps of a loaded object, maps the rings, measures the
-    /// clock and rebuilds the VIP filter from the VIPs found.
-    fn loaded(
-        ebpf: Ebpf,
-        sizes: Sizes,
-        dir: Option<PathBuf>,
-        clock: Option<lb_common::DataPathClock>,
-    ) -> Result<Self> {
-        let pins = dir.clone().unwrap_or_default();
-        // A reused pin must be what this pool file and this program need:
-        // the kernel would otherwise take writes past its end, or packets
-        // would read values of another layout.
-        let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
-        let chains = sizes.stateless_vips.max(1) * sizes.ring_size;
-        let members = lb_common::members_entries(sizes.max_vips, sizes.max_vip_backends.max(1));
-        let expected: [(&'static str, u32, usize); 16] = [
-            (maps::CHAINS, chains, size_of::<u64>()),
-            (maps::MEMBERS, members, size_of::<u64>()),
-            (maps::VIPS, sizes.max_vips, size_of::<VipInfo>()),
-            (maps::VIP_ADDRS, sizes.max_vips, size_of::<u32>()),
-            (maps::VIP_STATS, sizes.max_vips, size_of::<VipStats>()),
-            (maps::BACKENDS, sizes.max_backends, size_of::<Backend>()),
-            (
-                maps::BACKEND_STATS,
-                sizes.max_backends,
-                size_of::<BackendStats>(),
-            ),
-            (maps::RINGS, entries as u32, size_of::<u64>()),
-            (maps::FLOWS, sizes.flows, size_of::<FlowValue>()),
-            (maps::CONFIG, 1, size_of::<Config>()),
-            (maps::COUNTERS, lb_common::counter::COUNT, size_of::<u64>()),
-            (maps::LOADS, sizes.max_backends, size_of::<u64>()),
-            (
-                maps::LIMITS,
-                sizes.max_backends,
-                size_of::<lb_common::BackendLimit>(),
-            ),
-            (
-                maps::PERSIST,
-                sizes.persist,
-                size_of::<lb_common::PersistValue>(),
-            ),
-            (
-                maps::NAT_REPLIES,
-                sizes.flows,
-                size_of::<lb_common::NatValue>(),
-            ),
-            (
-                maps::NAT_ADDRS,
-                sizes.max_vips * 2 * lb_common::NAT_ADDRS_PER_FAMILY,
-                16,
-            ),
-        ];
-        // (An unpinned load made its maps just now, from this object.)
-        for (name, max, value) in expected.into_iter().filter(|_| dir.is_some()) {
-            let m = ebpf.map(name).and_then(map_data).ok_or_else(|| {
-                DataPlaneError::Setup(format!("map `{name}` missing from the eBPF object"))
-            })?;
-            let info = m.info().map_err(map_err(name))?;
-            if info.max_entries() != max || info.value_size() as usize != value {
-                return Err(DataPlaneError::Setup(format!(
-                    "the pinned map {} was made for another pool or version ({} entries of {} bytes; this one needs {max} of {value}); run `lb stop` first to start afresh (established flows are then forgotten)",
-                    pins.join(name).display(),
-                    info.max_entries(),
-                    info.value_size()
-                )));
-            }
-        }
-        let data = ebpf
-            .map(maps::RINGS)
-            .and_then(map_data)
-            .expect("checked above");
-        let ring = RingMmap::new(data, entries, maps::RINGS)?;
-        let data = ebpf
-            .map(maps::MEMBERS)
-            .and_then(map_data)
-            .expect("checked above");
-        let members = RingMmap::new(data, members as usize, maps::MEMBERS)?;
-        let data = ebpf
-            .map(maps::CHAINS)
-            .and_then(map_data)
-            .expect("checked above");
-        let chains = RingMmap::new(data, chains as usize, maps::CHAINS)?;
-        let mut ebpf = ebpf;
-        let clock = match clock.map(Ok).unwrap_or_else(|| data_path_clock(&mut ebpf)) {
-            Ok(c) => {
-                log::debug!("data path clock: {} ns per jiffy", c.jiffy_ns);
-                c
-            }
-            Err(e) => {
-                log::warn!("cannot calibrate the data path's jiffies clock ({e}); it reads the coarse clock instead, about 30 ns more per packet");
-                lb_common::DataPathClock::default()
-            }
-        };
-        let mut dp = BpfDataPlane {
-            ebpf,
-            ring,
-            members,
-            chains,
-            sizes,
-            dir,
-            adopted: std::collections::HashMap::new(),
-            clock,
-            filter: lb_common::VipFilter::new(),
-            filter_stale: false,
-            log: None,
-        };
-        // The filter is not pinned (a fresh load's is all zero): rebuild it
-        // from the VIPs an earlier run left, if any.
-        let vips = dp.vips()?;
-        for (key, info) in &vips {
-            dp.filter.set(*key, *info);
-        }
-        if !vips.is_empty() {
-            lb_common::write_vip_filter_all(&mut dp.ebpf, &dp.filter)
-                .map_err(DataPlaneError::Setup)?;
-        }
-        let words: BTreeSet<u32> = vips.iter().map(|(k, _)| VipFilter::bit(k) / 64).collect();
-        for w in words {
-            dp.write_stateless_word(w)?;
-        }
-        Ok(dp)
-    }
-
     /// The `lb_xdp` program of the loaded object.
     fn balancer(&mut self) -> Result<&mut Xdp> {
         self.ebpf
@@ -594,7 +357,7 @@ impl DataPlane for BpfDataPlane {
         let map = map_data(self.map(maps::BACKEND_STATS)).ok_or_else(|| {
             DataPlaneError::Setup(format!("`{}` is not a per-CPU array", maps::BACKEND_STATS))
         })?;
-        flows::lookup_batches_of::<u32, BackendStats>(map, cpus, |ids, values| {
+        batch::lookup_batches_of::<u32, BackendStats>(map, cpus, |ids, values| {
             for (id, per_cpu) in ids.iter().zip(values.chunks(cpus)) {
                 let i = *id as usize;
                 if out.len() <= i {

@@ -1,0 +1,71 @@
+//! Reading a map a batch at a time (`BPF_MAP_LOOKUP_BATCH`): the flow
+//! table's walk and every backend's statistics at once.
+use super::*;
+
+/// Hands every entry of `map` to `each`, a batch at a time
+/// (`BPF_MAP_LOOKUP_BATCH`), until the map ends or `each` says stop: the
+/// keys, and `per_key` values for each (a per-CPU map's CPUs, in order).
+/// `V`'s size must be a multiple of 8, as the kernel lays per-CPU values.
+pub(super) fn lookup_batches_of<K: Copy + Default, V: Copy + Default>(
+    map: &MapData,
+    per_key: usize,
+    mut each: impl FnMut(&[K], &[V]) -> bool,
+) -> std::io::Result<()> {
+    /// The `BPF_MAP_*_BATCH` part of `union bpf_attr`.
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const CHUNK: usize = 4096;
+    assert!(
+        size_of::<V>().is_multiple_of(8),
+        "per-CPU values are 8-byte aligned"
+    );
+    let mut keys = vec![K::default(); CHUNK];
+    let mut values = vec![V::default(); CHUNK * per_key];
+    // The batch position: a bucket number (hash maps), an index (arrays).
+    let (mut from, mut next) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &from as *const u32 as u64 },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(CHUNK);
+        match err {
+            // ENOENT: the map ended (with the last `n` entries read).
+            Some(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            Some(_) => {
+                each(&keys[..n], &values[..n * per_key]);
+                return Ok(());
+            }
+            None if !each(&keys[..n], &values[..n * per_key]) => return Ok(()),
+            None => {}
+        }
+        from = next;
+        first = false;
+    }
+}

@@ -58,7 +58,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // A stateless VIP's packets never touch the flow table: they go to
     // `lb_stateless`.
     if unlikely(cfg.flags & CONFIG_F_STATELESS != 0) {
-        if let Some(action) = crate::stateless::hand_over(ctx, pkt, tcp_flags, bits, now) {
+        if let Some(action) = crate::stateless::hand_over(ctx, bits) {
             return action;
         }
     }

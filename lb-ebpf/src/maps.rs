@@ -98,12 +98,10 @@ pub static GEN: Array<lb_common::GenTemplate> = Array::with_max_entries(1, 0);
 /// Per CPU: `lb_gen`'s packets so far.
 #[map]
 pub static GEN_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-/// Per CPU: what `lb_xdp` already knows of a packet it hands to
-/// `lb_stateless`, and the mark `lb_stateless` sets when it hands one back
-/// (`stateless::HandOver`).
+/// Per CPU: set by `lb_stateless` before it hands a packet back to
+/// `lb_xdp` (its VIP is not stateless), so that `lb_xdp` takes it.
 #[map]
-pub static STATELESS_HANDOVER: PerCpuArray<crate::stateless::HandOver> =
-    PerCpuArray::with_max_entries(1, 0);
+pub static STATELESS_SKIP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// The filter bits of the NAT source addresses, kept by the daemon.
 #[map]
 pub static NAT_FILTER: Array<u64> = Array::with_max_entries(lb_common::VIP_FILTER_WORDS, 0);

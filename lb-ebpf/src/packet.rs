@@ -109,7 +109,6 @@ const _: () = assert!(size_of::<TcpHdr>() == 20 && size_of::<UdpHdr>() == 8);
 const _: () = assert!(size_of::<IcmpHdr>() == 8);
 
 /// What the balancer needs to know of a VIP-bound packet.
-#[derive(Clone, Copy)]
 pub struct Packet {
     /// Length of the Ethernet header, with its VLAN tag if any (14 or 18).
     pub l2_len: usize,

@@ -10,7 +10,7 @@
 //! stateless VIP's (`STATELESS_FILTER`): the verifier walks it on its own
 //! budget, and `lb_xdp` carries no second path through the flow table. A
 //! packet whose bit a stateless VIP shares with another VIP goes back to
-//! `lb_xdp` (`HandOver`).
+//! `lb_xdp` (`STATELESS_SKIP`).
 //!
 //! A VIP none of whose slots changed within the window (`VipInfo::
 //! chain_until`) does not read `CHAINS` at all: the steady state costs the
@@ -18,104 +18,71 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     chain_age_s, chain_prev, chain_prev2, counter, flow_hash, Config, FlowKey, BACKEND_F_DOWN,
-    BACKEND_F_USED, CHAIN_UNTIL_SHIFT, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, VIP_F_STATELESS,
+    BACKEND_F_USED, CHAIN_UNTIL_SHIFT, NO_BACKEND, PROG_BALANCER, PROG_STATELESS, PROTO_TCP,
+    PROTO_UDP, VIP_F_STATELESS,
 };
 
-use crate::action::{count, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
+use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::{encapsulate, Chain};
+use crate::flow::{packet_key, read_ports};
 use crate::maps::{
-    account, vip_drop, BACKENDS, CHAINS, CONFIG, KEY_PACKET, KEY_SCRATCH, PROGS, STATELESS_FILTER,
-    STATELESS_HANDOVER,
+    account, clock_ns, vip_drop, BACKENDS, CHAINS, CONFIG, PROGS, STATELESS_FILTER, STATELESS_SKIP,
 };
 use crate::packet::{Packet, TCP_ACK, TCP_SYN};
-use crate::schedule::{drop_no_backend, slot_at, vip_of, VipBits};
-
-/// What `lb_xdp` hands `lb_stateless` with a packet, in per-CPU scratch
-/// (`STATELESS_HANDOVER`), so that the packet is not parsed twice; the
-/// packet's flow key stays in `KEY_SCRATCH`. A tail call runs on the CPU
-/// of its caller, with nothing in between.
-#[derive(Clone, Copy)]
-pub struct HandOver {
-    /// `HANDED`, `HANDED_BACK`, or 0.
-    state: u32,
-    tcp_flags: u8,
-    bits: VipBits,
-    now: u64,
-    pkt: Packet,
-}
-/// `HandOver::state`: `lb_xdp` handed the packet over.
-const HANDED: u32 = 1;
-/// `HandOver::state`: `lb_stateless` handed it back (not a stateless VIP's).
-const HANDED_BACK: u32 = 2;
+use crate::schedule::{drop_no_backend, slot_at, vip_bits, vip_of, VipBits};
 
 /// In `lb_xdp`: a packet whose VIP filter bit is a stateless VIP's goes to
-/// `lb_stateless` (unless that program just handed it back), with what
-/// `lb_xdp` knows of it. `None`: not one; `Some`: the tail call failed (no
-/// `lb_stateless` loaded), dropped.
+/// `lb_stateless` (unless that program just handed it back). `None`: not
+/// one; `Some`: the tail call failed (no `lb_stateless` loaded), dropped.
 #[inline(always)]
-pub fn hand_over(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    tcp_flags: u8,
-    bits: VipBits,
-    now: u64,
-) -> Option<u32> {
+pub fn hand_over(ctx: &XdpContext, bits: VipBits) -> Option<u32> {
     let bit = bits.exact?;
     let word = STATELESS_FILTER.get(bit / 64)?;
     if *word & (1u64 << (bit % 64)) == 0 {
         return None;
     }
-    let h = unsafe { &mut *STATELESS_HANDOVER.get_ptr_mut(0)? };
-    if h.state == HANDED_BACK {
-        h.state = 0;
+    let skip = STATELESS_SKIP.get_ptr_mut(0)?;
+    if unsafe { *skip } != 0 {
+        unsafe { *skip = 0 };
         return None;
     }
-    h.state = HANDED;
-    h.tcp_flags = tcp_flags;
-    h.bits = bits;
-    h.now = now;
-    h.pkt = *pkt;
     unsafe { PROGS.tail_call(ctx, PROG_STATELESS) };
-    h.state = 0;
     Some(verdict(counter::DROP_NO_BACKEND, XDP_DROP))
 }
 
-/// `lb_stateless`: a packet `lb_xdp` handed over. Run any other way (it is
-/// only ever a tail call's target), it passes the packet, counted.
+/// `lb_stateless`: a packet `lb_xdp` handed over.
 #[inline(always)]
 pub fn entry(ctx: &XdpContext) -> u32 {
-    let (Some(h), Some(key), Some(cfg)) = (
-        STATELESS_HANDOVER.get_ptr_mut(0),
-        KEY_SCRATCH.get(KEY_PACKET),
-        CONFIG.get(0),
-    ) else {
-        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+    let pkt = match crate::parse::parse(ctx) {
+        Ok(p) => p,
+        Err(action) => return action,
     };
-    let h = unsafe { &mut *h };
-    if h.state != HANDED {
-        return verdict(counter::PASS_NOT_VIP, XDP_PASS);
+    if pkt.proto != PROTO_TCP && pkt.proto != PROTO_UDP {
+        return back(ctx);
     }
-    h.state = 0;
-    let mut pkt = h.pkt;
-    // Bounded again for the verifier (scalars out of a map), as `parse`
-    // leaves them: an Ethernet header with at most one VLAN tag, IP
-    // options of at most 40 bytes.
-    pkt.l2_len &= 0x1f;
-    pkt.l4_off &= 0x7f;
-    pkt.ip_len &= 0xffff;
-    let is_syn = h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    match balance(ctx, &pkt, key, h.bits, cfg, h.now, is_syn) {
+    let Ok((ports, tcp_flags)) = read_ports(ctx, &pkt) else {
+        return malformed();
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return back(ctx);
+    };
+    let (Some(bits), Some(key)) = (vip_bits(&pkt, ports.dst, cfg), packet_key(&pkt, &ports)) else {
+        return back(ctx);
+    };
+    let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    match balance(ctx, &pkt, key, bits, cfg, clock_ns(cfg), is_syn) {
         Some(action) => action,
-        None => back(ctx, h),
+        None => back(ctx),
     }
 }
 
 /// Back to `lb_xdp`, which takes the packet this time.
 #[inline(always)]
-fn back(ctx: &XdpContext, h: &mut HandOver) -> u32 {
-    h.state = HANDED_BACK;
+fn back(ctx: &XdpContext) -> u32 {
+    if let Some(skip) = STATELESS_SKIP.get_ptr_mut(0) {
+        unsafe { *skip = 1 };
+    }
     unsafe { PROGS.tail_call(ctx, PROG_BALANCER) };
-    h.state = 0;
     verdict(counter::PASS_NOT_VIP, XDP_PASS)
 }
 

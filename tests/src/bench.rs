@@ -1,8 +1,21 @@
 //! What the benches share: pinning to a CPU, one BPF_PROG_TEST_RUN call,
-//! a loaded program by name.
+//! a loaded program by name, the balancer's sizes.
 use crate::Balancer;
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+
+/// The balancer of the live-frames and Katran benches, at production
+/// sizes: a 1 048 576-entry flow table, tables of 65 537 slots, room for
+/// 256 backends.
+pub const SIZES: lb_userspace::dataplane::Sizes = lb_userspace::dataplane::Sizes {
+    max_vips: 4,
+    max_backends: 256,
+    ring_size: 65537,
+    flows: 1 << 20,
+    persist: 1024,
+    stateless_vips: 1,
+    max_vip_backends: 256,
+};
 
 /// Pins the calling thread to `cpu`.
 pub fn pin(cpu: usize) -> Result<()> {

@@ -23,9 +23,9 @@ use aya_obj::programs::XdpAttachType;
 use lb_common::{
     progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, PROTO_TCP, PROTO_UDP,
 };
-use lb_tests::bench::{pin_to_last_cpu, program, run, RunResult};
+use lb_tests::bench::{pin_to_last_cpu, program, run, RunResult, SIZES};
 use lb_tests::packets::{Flow, GATEWAY_MAC};
-use lb_tests::{backend, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX};
+use lb_tests::{backend, private_netns, vip_key, Balancer, XDP_PASS, XDP_TX};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,7 @@ const WARMUP: usize = 2000;
 const BACKENDS: u32 = 100;
 const HELD: usize = 100_000;
 const HELD_FIRST: usize = 200_000;
-const FLOWS: u32 = 1 << 20;
+const FLOWS: u32 = SIZES.flows;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const NOT_VIP: &str = "10.200.0.1";
 /// Katran's compile-time table size (RING_SIZE in its balancer_consts.h).
@@ -44,16 +44,6 @@ const KATRAN_RING: u32 = 65537;
 const KATRAN_MAC_POS: u32 = 0;
 /// Katran's program, as `bpftool prog loadall` pins it.
 const KATRAN_PROG: &str = "balancer_ingress";
-
-const SIZES: Sizes = Sizes {
-    max_vips: 4,
-    max_backends: 256,
-    ring_size: 65537,
-    flows: FLOWS,
-    persist: 1024,
-    stateless_vips: 1,
-    max_vip_backends: 256,
-};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Expect {

@@ -23,9 +23,9 @@
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use lb_common::{counter, progs, Config, GenTemplate, VipInfo, GEN_F_BALANCE, PROTO_TCP};
-use lb_tests::bench::pin;
+use lb_tests::bench::{pin, SIZES};
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
-use lb_tests::{backend, private_netns, vip_key, Balancer, Sizes};
+use lb_tests::{backend, private_netns, vip_key, Balancer};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
@@ -36,16 +36,6 @@ const BATCH: u32 = 64;
 const BACKENDS: u32 = 100;
 const ESTABLISHED: u32 = 1000;
 const VIP: &str = "10.100.0.1";
-
-const SIZES: Sizes = Sizes {
-    max_vips: 4,
-    max_backends: 256,
-    ring_size: 65537,
-    flows: 1 << 20,
-    persist: 1024,
-    stateless_vips: 1,
-    max_vip_backends: 256,
-};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Case {

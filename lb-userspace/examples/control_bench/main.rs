@@ -231,15 +231,7 @@ fn main() -> Result<()> {
     pin_cpu();
     let instance = format!("lbbench{}", std::process::id());
     let pool = pool(&instance)?;
-    let sizes = Sizes {
-        max_vips: pool.tables.max_vips,
-        max_backends: pool.tables.max_backends,
-        ring_size: pool.tables.maglev_size,
-        flows: pool.tables.flow_table_size,
-        persist: pool.tables.persistence_table_size,
-        stateless_vips: pool.tables.max_stateless_vips,
-        max_vip_backends: pool.tables.max_backends_per_vip,
-    };
+    let sizes = pool.map_sizes();
     let _pins = Pins(instance.clone());
     let mut dp = BpfDataPlane::load(&object, &instance, sizes, false)
         .with_context(|| format!("loading {}", object_path.display()))?;

@@ -223,6 +223,20 @@ impl Pool {
     pub fn pin_dir(&self) -> PathBuf {
         Path::new(BPFFS_ROOT).join(&self.instance)
     }
+
+    /// The map sizes its `tables` section asks for.
+    pub fn map_sizes(&self) -> lb_common::MapSizes {
+        let t = &self.tables;
+        lb_common::MapSizes {
+            max_vips: t.max_vips,
+            max_backends: t.max_backends,
+            ring_size: t.maglev_size,
+            flows: t.flow_table_size,
+            persist: t.persistence_table_size,
+            stateless_vips: t.max_stateless_vips,
+            max_vip_backends: t.max_backends_per_vip,
+        }
+    }
 }
 
 /// `xdp_mode`: how the XDP program is attached.

@@ -4,7 +4,7 @@
 //! controller, so there is one writer of the maps.
 use crate::config::{self, BackendState, Pool, XdpModeSetting};
 use crate::controller::{kernel_config, BackendRef, Controller, HealthView};
-use crate::dataplane::{self, AttachMode, BpfDataPlane, DataPlane, Sizes};
+use crate::dataplane::{self, AttachMode, BpfDataPlane, DataPlane};
 use crate::health::{spawn_prober, Health, HealthEvent, ProbeSpec, ProberHandle};
 use crate::status::{BackendStatus, Status, VipStatus};
 use anyhow::{bail, Context, Result};
@@ -36,18 +36,6 @@ use view::Rates;
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// When a valid pool file could not be applied, how long until the next try.
 const RELOAD_RETRY: Duration = Duration::from_secs(5);
-
-fn sizes(pool: &Pool) -> Sizes {
-    Sizes {
-        max_vips: pool.tables.max_vips,
-        max_backends: pool.tables.max_backends,
-        ring_size: pool.tables.maglev_size,
-        flows: pool.tables.flow_table_size,
-        persist: pool.tables.persistence_table_size,
-        stateless_vips: pool.tables.max_stateless_vips,
-        max_vip_backends: pool.tables.max_backends_per_vip,
-    }
-}
 
 fn attach_mode(m: XdpModeSetting) -> AttachMode {
     match m {
@@ -177,7 +165,7 @@ fn start_data_path(
     hash_key: [u64; 2],
     debug_datapath: bool,
 ) -> Result<Controller<BpfDataPlane>> {
-    let s = sizes(pool);
+    let s = pool.map_sizes();
     let mut dp = BpfDataPlane::load(object, &pool.instance, s, debug_datapath)?;
     if let Some(log) = dp.take_decision_log() {
         spawn_decision_log(log)?;

@@ -237,6 +237,59 @@ fn failover_within_a_second_and_recovery_after_rise() {
         t.log()
     );
     assert!(!seen.contains_key("b2"), "{seen:?}");
+    // A VIP added now by a reload, over the same backends and with the
+    // same check as `hold` (tcp to port 80): its backends start up, and
+    // the running probers, steady since b2 went down, still tell the new
+    // pairs: b2 down, the others up.
+    let backends: String = t
+        .backends
+        .iter()
+        .map(|h| format!("      - {{ address: {} }}\n", h.v4))
+        .collect();
+    let pool = weighted_pool(&t, &[1, 1, 1]).replacen(
+        "  - name: hold\n",
+        &format!(
+            "  - name: web2\n    address: {VIP4}\n    port: 8080\n    protocol: tcp\n    \
+             health_check: {{ kind: tcp, port: 80 }}\n    backends:\n{backends}  - name: hold\n"
+        ),
+        1,
+    );
+    t.write_pool(&pool).unwrap();
+    let b2_addr = t.backends[1].v4.to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = t.status_json().unwrap();
+        let health: Vec<(String, String)> = st["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "web2")
+            .map(|v| {
+                v["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| {
+                        let a = b["address"].as_str().unwrap_or("").to_string();
+                        (a, b["health"].as_str().unwrap_or("").to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let right = health.len() == 3
+            && health
+                .iter()
+                .all(|(a, h)| h == if *a == b2_addr { "down" } else { "up" });
+        if right {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web2 5 s after the reload: {health:?}, b2 ({b2_addr}) down and the rest up expected\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     t.start_server("b2").unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     let (seen, failed) = spread_http(&t, web(), 300);

@@ -40,11 +40,22 @@ enum Cmd {
     /// Check a pool file and report every problem with its line and column.
     Validate { file: PathBuf },
     /// Show every VIP and backend: health, weight, traffic, connections.
+    /// Above 4096 backends in all, each VIP's counts instead of its backends
+    /// (`--all` lists them anyway).
     Status {
         #[command(flatten)]
         daemon: DaemonArgs,
         #[arg(long)]
         json: bool,
+        /// Only this VIP (by name), with every backend of it.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["all", "summary"])]
+        vip: Option<String>,
+        /// Every backend, however many there are.
+        #[arg(long, conflicts_with = "summary")]
+        all: bool,
+        /// Each VIP's counts of backends, no backend listed.
+        #[arg(long)]
+        summary: bool,
     },
     /// A live view of every VIP and backend (rates, flows, health), refreshed
     /// every second; keys p/b/n/a sort, o file order, q quits.
@@ -245,9 +256,21 @@ async fn real_main(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Status { daemon: d, json } => {
+        Cmd::Status {
+            daemon: d,
+            json,
+            vip,
+            all,
+            summary,
+        } => {
             let (sock, instance) = control_socket(d.config, d.socket, d.instance)?;
-            let answer = match daemon::request(&sock, "status").await {
+            let scope = match (vip, all, summary) {
+                (Some(name), _, _) => status::Scope::Vip(name),
+                (None, true, _) => status::Scope::All,
+                (None, false, true) => status::Scope::Summary,
+                (None, false, false) => status::Scope::Default,
+            };
+            let answer = match daemon::request(&sock, &scope.request()).await {
                 Ok(a) => a,
                 Err(e) if e.is::<daemon::Denied>() => return Err(e),
                 Err(e) => match instance {
@@ -258,6 +281,12 @@ async fn real_main(cli: Cli) -> Result<()> {
                     _ => return Err(e),
                 },
             };
+            // An error is all the answer says (a status starts with its
+            // instance): no parse of a large answer to find out.
+            if answer.starts_with("{\"error\"") {
+                let v: serde_json::Value = serde_json::from_str(&answer)?;
+                bail!("{}", v["error"].as_str().unwrap_or(&answer));
+            }
             if json {
                 print!("{answer}");
             } else {
@@ -413,7 +442,7 @@ fn control_socket(
 }
 
 async fn snapshot(sock: &Path) -> Result<status::Status> {
-    let answer = daemon::request(sock, "status").await?;
+    let answer = daemon::request(sock, &status::Scope::All.request()).await?;
     serde_json::from_str(&answer).context("reading the daemon's answer")
 }
 

@@ -378,10 +378,39 @@ impl NeighbourKeeper {
     }
 }
 
+/// The first few next hops, and how many more: one log line, not a
+/// thousand addresses.
 fn list(hops: &[NextHop]) -> String {
+    const SHOWN: usize = 8;
     let v: Vec<String> = hops
         .iter()
+        .take(SHOWN)
         .map(|h| format!("{} (ifindex {})", h.addr, h.ifindex))
         .collect();
-    v.join(", ")
+    match hops.len().saturating_sub(SHOWN) {
+        0 => v.join(", "),
+        more => format!("{} and {more} more", v.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_list_of_next_hops_is_cut_short_in_the_log() {
+        let hops: Vec<NextHop> = (1..=1000u32)
+            .map(|i| NextHop {
+                ifindex: 3,
+                addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i)),
+            })
+            .collect();
+        assert_eq!(list(&hops[..1]), "10.1.0.1 (ifindex 3)");
+        let long = list(&hops);
+        assert!(
+            long.ends_with("10.1.0.8 (ifindex 3) and 992 more"),
+            "{long}"
+        );
+        assert!(!long.contains("10.1.0.9 "), "{long}");
+    }
 }

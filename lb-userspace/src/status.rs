@@ -3,6 +3,63 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Which backends a status answer lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every backend while there are at most `LIST_LIMIT`, else none
+    /// (each VIP then has its counts).
+    Default,
+    /// Every VIP's counts, no backend.
+    Summary,
+    /// Every backend, at any size.
+    All,
+    /// One VIP, with every backend of it.
+    Vip(String),
+}
+
+/// Above this many backend rows, a plain `lb status` gives each VIP's
+/// counts instead of its backends: a table of 512 000 rows is no
+/// overview, and costs the daemon a second to build.
+pub const LIST_LIMIT: usize = 4096;
+
+impl Scope {
+    /// The control-socket request that asks for this scope.
+    pub fn request(&self) -> String {
+        match self {
+            Scope::Default => "status".into(),
+            Scope::Summary => "status summary".into(),
+            Scope::All => "status all".into(),
+            Scope::Vip(name) => format!("status vip {name}"),
+        }
+    }
+
+    /// The scope a request line asks for (`None`: not a status request).
+    pub fn parse(request: &str) -> Option<Scope> {
+        let rest = request.strip_prefix("status")?;
+        if rest.is_empty() {
+            return Some(Scope::Default);
+        }
+        match rest.strip_prefix(' ')?.trim() {
+            "summary" => Some(Scope::Summary),
+            "all" => Some(Scope::All),
+            r => r
+                .strip_prefix("vip ")
+                .map(|n| Scope::Vip(n.trim().to_string())),
+        }
+    }
+
+    /// Whether VIP `name` is in the answer, and whether with its backends,
+    /// when the pool has `rows` backend rows in all.
+    pub fn shows(&self, name: &str, rows: usize) -> (bool, bool) {
+        match self {
+            Scope::Default => (true, rows <= LIST_LIMIT),
+            Scope::Summary => (true, false),
+            Scope::All => (true, true),
+            Scope::Vip(n) => (n == name, n == name),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub instance: String,
@@ -29,7 +86,50 @@ pub struct VipStatus {
     pub new_flows: u64,
     pub new_flows_per_s: f64,
     pub drops: u64,
+    /// Its backends counted by state and health (every one, listed or not).
+    #[serde(default)]
+    pub counts: BackendCounts,
+    /// Whether `backends` lists them (see `Scope`).
+    #[serde(default = "yes")]
+    pub listed: bool,
     pub backends: Vec<BackendStatus>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A VIP's backends counted: how many, how many up and down (by their
+/// checks), drained, disabled and removed, and their active flows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackendCounts {
+    pub backends: u64,
+    pub up: u64,
+    pub down: u64,
+    pub unchecked: u64,
+    pub drain: u64,
+    pub disabled: u64,
+    pub removed: u64,
+    pub active_flows: u64,
+}
+
+impl BackendCounts {
+    /// "998 up, 2 down, 1 drain": the non-zero counts.
+    fn health(&self) -> String {
+        let parts: Vec<String> = [
+            (self.up, "up"),
+            (self.down, "down"),
+            (self.unchecked, "unchecked"),
+            (self.drain, "drain"),
+            (self.disabled, "disabled"),
+            (self.removed, "removed"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        parts.join(", ")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -109,6 +209,22 @@ pub fn render(s: &Status) -> String {
             format!("{:.1}", v.new_flows_per_s),
             v.drops.to_string(),
         ]);
+        if !v.listed {
+            let c = &v.counts;
+            t.add_row(vec![
+                String::new(),
+                format!("{} backends", c.backends),
+                String::new(),
+                String::new(),
+                c.health(),
+                String::new(),
+                c.active_flows.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
         for b in &v.backends {
             let mut probe = match (&b.last_probe, b.latency_ms) {
                 (Some(d), Some(ms)) => format!("{d} ({ms:.1} ms)"),
@@ -141,9 +257,105 @@ pub fn render(s: &Status) -> String {
     }
     out.push_str(&t.to_string());
     out.push('\n');
+    let hidden: u64 = s
+        .vips
+        .iter()
+        .filter(|v| !v.listed)
+        .map(|v| v.counts.backends + v.counts.removed)
+        .sum();
+    if hidden > 0 {
+        out.push_str(&format!(
+            "{hidden} backends not listed: `lb status --vip NAME` lists one VIP's, `--all` every one\n"
+        ));
+    }
     if !s.counters.is_empty() {
         let c: Vec<String> = s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out.push_str(&format!("counters: {}\n", c.join(" ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_goes_over_the_socket_and_back() {
+        for s in [
+            Scope::Default,
+            Scope::Summary,
+            Scope::All,
+            Scope::Vip("web".into()),
+        ] {
+            assert_eq!(Scope::parse(&s.request()), Some(s.clone()), "{s:?}");
+        }
+        for other in ["stop", "statusall", "status vip", "status everything"] {
+            assert_eq!(Scope::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn backends_are_listed_up_to_the_limit_unless_asked() {
+        assert_eq!(Scope::Default.shows("web", LIST_LIMIT), (true, true));
+        assert_eq!(Scope::Default.shows("web", LIST_LIMIT + 1), (true, false));
+        assert_eq!(Scope::Summary.shows("web", 1), (true, false));
+        assert_eq!(Scope::All.shows("web", 1 << 20), (true, true));
+        let one = Scope::Vip("web".into());
+        assert_eq!(one.shows("web", 1 << 20), (true, true));
+        assert_eq!(one.shows("dns", 1), (false, false));
+    }
+
+    #[test]
+    fn a_vip_not_listed_shows_its_counts_and_says_how_to_list_them() {
+        let s = Status {
+            instance: "lb0".into(),
+            config: "pool.yaml".into(),
+            uptime_s: 1,
+            flows_age_s: None,
+            vips: vec![VipStatus {
+                name: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                protocol: "tcp".into(),
+                state: "up".into(),
+                packets: 0,
+                bytes: 0,
+                new_flows: 0,
+                new_flows_per_s: 0.0,
+                drops: 0,
+                counts: BackendCounts {
+                    backends: 1000,
+                    up: 997,
+                    down: 2,
+                    unchecked: 1,
+                    drain: 3,
+                    removed: 4,
+                    active_flows: 12345,
+                    ..Default::default()
+                },
+                listed: false,
+                backends: vec![],
+            }],
+            counters: BTreeMap::new(),
+        };
+        let text = render(&s);
+        assert!(text.contains("1000 backends"), "{text}");
+        assert!(
+            text.contains("997 up, 2 down, 1 unchecked, 3 drain, 4 removed"),
+            "{text}"
+        );
+        assert!(text.contains("12345"), "{text}");
+        assert!(
+            text.contains("1004 backends not listed: `lb status --vip NAME`"),
+            "{text}"
+        );
+        let listed = Status {
+            vips: vec![VipStatus {
+                listed: true,
+                ..s.vips[0].clone()
+            }],
+            ..s
+        };
+        assert!(!render(&listed).contains("not listed"));
+    }
 }

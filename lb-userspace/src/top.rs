@@ -229,6 +229,8 @@ mod tests {
             new_flows: b.iter().map(|b| b.new_flows).sum(),
             new_flows_per_s: 0.0,
             drops: 0,
+            counts: Default::default(),
+            listed: true,
             backends: b,
         };
         Status {

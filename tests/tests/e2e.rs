@@ -1131,6 +1131,69 @@ fn all_backends_down_drops_fast_and_status_shows_it() {
         st["counters"]["drop_no_backend"].as_u64().unwrap_or(0) > 0,
         "{st}"
     );
+    assert_eq!(vip(&st, "web")["listed"], true, "a small pool is listed");
+    // The other scopes: counts only, and one VIP.
+    let status = |args: &[&str]| {
+        let out = std::process::Command::new(&t.lb_bin)
+            .arg("status")
+            .args(args)
+            .arg("--socket")
+            .arg(t.socket())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = status(&["--summary", "--json"]);
+    assert!(ok, "{out}");
+    let sum: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let web_sum = vip(&sum, "web");
+    assert_eq!(web_sum["listed"], false, "{out}");
+    assert_eq!(
+        web_sum["backends"].as_array().map(Vec::len),
+        Some(0),
+        "{out}"
+    );
+    assert_eq!(web_sum["counts"]["backends"], 2, "{out}");
+    assert_eq!(web_sum["counts"]["down"], 2, "{out}");
+    assert_eq!(web_sum["counts"]["up"], 0, "{out}");
+    let (ok, out) = status(&["--summary"]);
+    assert!(
+        ok && out.contains("2 down") && out.contains("backends not listed"),
+        "{out}"
+    );
+    let (ok, out) = status(&["--vip", "web", "--json"]);
+    assert!(ok, "{out}");
+    let one: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = one["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web"], "{out}");
+    let addresses = |v: &serde_json::Value| -> Vec<String> {
+        v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["address"].to_string())
+            .collect()
+    };
+    assert_eq!(
+        addresses(vip(&one, "web")),
+        addresses(vip(&st, "web")),
+        "{out}"
+    );
+    assert_eq!(addresses(vip(&one, "web")).len(), 2, "{out}");
+    let (ok, out) = status(&["--vip", "nope"]);
+    assert!(!ok && out.contains("no VIP named `nope`"), "{out}");
 }
 
 #[test]

@@ -84,7 +84,7 @@ pub async fn request(path: &Path, what: &str) -> Result<String> {
 }
 
 pub(super) enum Control {
-    Status(tokio::sync::oneshot::Sender<String>),
+    Status(Scope, tokio::sync::oneshot::Sender<String>),
     Stop(tokio::sync::oneshot::Sender<String>),
     /// A scrape of the metrics endpoint.
     Metrics(tokio::sync::oneshot::Sender<String>),
@@ -115,7 +115,7 @@ pub(super) async fn serve_control(listener: UnixListener, tx: mpsc::Sender<Contr
             }
             let (otx, orx) = tokio::sync::oneshot::channel();
             let msg = match line.trim() {
-                "status" => Control::Status(otx),
+                l if Scope::parse(l).is_some() => Control::Status(Scope::parse(l).unwrap(), otx),
                 "stop" => Control::Stop(otx),
                 "drain" => Control::Drain(false, otx),
                 "undrain" => Control::Drain(true, otx),

@@ -6,7 +6,7 @@ use crate::config::{self, BackendState, Pool, XdpModeSetting};
 use crate::controller::{kernel_config, BackendRef, Controller, HealthView};
 use crate::dataplane::{self, AttachMode, BpfDataPlane, DataPlane};
 use crate::health::{spawn_prober, Health, HealthEvent, ProbeSpec, ProberHandle};
-use crate::status::{BackendStatus, Status, VipStatus};
+use crate::status::{BackendCounts, BackendStatus, Scope, Status, VipStatus};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -340,16 +340,31 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 d.sync_announce(false);
             }
             Some(c) = ctl_rx.recv() => match c {
-                Control::Status(reply) => {
+                Control::Status(scope, reply) => {
                     let t = std::time::Instant::now();
-                    let status = d.status();
+                    let status = d.status(&scope);
                     let read = t.elapsed();
-                    let answer = serde_json::to_string(&status)?;
-                    log::debug!("status: read in {read:?}, {} bytes of JSON in {:?}", answer.len(), t.elapsed() - read);
-                    let _ = reply.send(answer);
+                    if let (Scope::Vip(name), true) = (&scope, status.vips.is_empty()) {
+                        let e = format!("no VIP named `{name}` in {}", d.config_path.display());
+                        let _ = reply.send(serde_json::json!({ "error": e }).to_string());
+                    } else {
+                        // Written out off the main loop: every backend
+                        // listed at 512 000 is 130 MB of JSON, and health
+                        // results would wait for it.
+                        tokio::task::spawn_blocking(move || {
+                            let t = std::time::Instant::now();
+                            match serde_json::to_string(&status) {
+                                Ok(answer) => {
+                                    log::debug!("status: read in {read:?}, {} bytes of JSON in {:?}", answer.len(), t.elapsed());
+                                    let _ = reply.send(answer);
+                                }
+                                Err(e) => log::error!("writing the status answer: {e}"),
+                            }
+                        });
+                    }
                 }
                 Control::Metrics(reply) => {
-                    let text = d.metrics.render(&d.status(), d.pool.tables.flow_table_size);
+                    let text = d.metrics.render(&d.status(&Scope::All), d.pool.tables.flow_table_size);
                     let _ = reply.send(text);
                 }
                 Control::Drain(undo, reply) => {

@@ -67,11 +67,18 @@ fn rss_kib(pid: u32) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("VmRSS")?.parse()?)
 }
 
+/// `lb status --all --json`: every backend listed.
 fn status(socket: &Path) -> Result<(Duration, serde_json::Value)> {
+    status_as(socket, &["--all"])
+}
+
+/// `lb status --json` with `args`, timed.
+fn status_as(socket: &Path, args: &[&str]) -> Result<(Duration, serde_json::Value)> {
     let start = Instant::now();
     let out = Command::new(lb_bin())
         .args(["status", "--json", "--socket"])
         .arg(socket)
+        .args(args)
         .output()?;
     let took = start.elapsed();
     ensure!(
@@ -242,7 +249,7 @@ fn main() -> Result<()> {
         counted >= u64::from(FLOWS) * 99 / 100,
         "lb status counted {counted} of {FLOWS} flows"
     );
-    let (median_ms, max_ms) = status_times(&socket, 10)?;
+    let (median_ms, max_ms) = status_times(&socket, 10, &[])?;
     println!(
         "  lb status --json: {counted} active flows shown; median {:.1} ms, max {:.1} ms (10 calls)",
         median_ms,
@@ -297,10 +304,11 @@ fn sockets_in_ns(state: &str) -> Result<usize> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().count())
 }
 
-/// `n` calls of `lb status --json`: the median and the longest, in ms.
-fn status_times(socket: &Path, n: usize) -> Result<(f64, f64)> {
+/// `n` calls of `lb status --json` with `args`: the median and the
+/// longest, in ms.
+fn status_times(socket: &Path, n: usize, args: &[&str]) -> Result<(f64, f64)> {
     let mut times: Vec<Duration> = (0..n)
-        .map(|_| status(socket).map(|s| s.0))
+        .map(|_| status_as(socket, args).map(|s| s.0))
         .collect::<Result<_>>()?;
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -422,7 +430,8 @@ fn probes() -> Result<()> {
     ensure!(up == PROBED as usize, "not every backend came up");
     let w = probe_window(pid, &accepted)?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    let (median_ms, _) = status_times(&socket, 5)?;
+    let (median_ms, _) = status_times(&socket, 5, &["--all"])?;
+    let (default_ms, _) = status_times(&socket, 5, &[])?;
     let (_, st) = status(&socket)?;
     let down = st["vips"][0]["backends"]
         .as_array()
@@ -440,8 +449,8 @@ fn probes() -> Result<()> {
         w.time_wait
     );
     println!(
-        "  lb status --json with {PROBED} backends: median {:.1} ms",
-        median_ms
+        "  lb status --all --json with {PROBED} backends: median {:.1} ms; lb status --json (counts): {:.1} ms",
+        median_ms, default_ms
     );
     drop(cleanup);
     Ok(())
@@ -579,11 +588,17 @@ fn scale() -> Result<()> {
         "  full reload (every weight changed, {SCALE_VIPS} tables rebuilt), file to status: {:.2} s",
         reload.elapsed().as_secs_f64()
     );
-    let (median_ms, max_ms) = status_times(&socket, 10)?;
-    println!(
-        "  lb status --json ({slots} backends): median {:.1} ms, max {:.1} ms (10 calls)",
-        median_ms, max_ms
-    );
+    for (args, what) in [
+        (&[][..], "lb status --json (each VIP's counts)"),
+        (&["--vip", "v0"][..], "lb status --vip v0 --json"),
+        (&["--all"][..], "lb status --all --json"),
+    ] {
+        let (median_ms, max_ms) = status_times(&socket, 10, args)?;
+        println!(
+            "  {what} ({slots} backends): median {:.1} ms, max {:.1} ms (10 calls)",
+            median_ms, max_ms
+        );
+    }
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let t0 = cpu_ticks(pid)?;
     std::thread::sleep(CPU_WINDOW);
@@ -653,11 +668,16 @@ fn scale() -> Result<()> {
         "  TCP sockets in TIME_WAIT in the namespace, every 5 s: {:?}",
         w.time_wait
     );
-    let (median_ms, max_ms) = status_times(&socket, 10)?;
-    println!(
-        "  lb status --json with checks on: median {:.1} ms, max {:.1} ms (10 calls)",
-        median_ms, max_ms
-    );
+    for (args, what) in [
+        (&[][..], "lb status --json (each VIP's counts)"),
+        (&["--all"][..], "lb status --all --json"),
+    ] {
+        let (median_ms, max_ms) = status_times(&socket, 10, args)?;
+        println!(
+            "  {what} with checks on: median {:.1} ms, max {:.1} ms (10 calls)",
+            median_ms, max_ms
+        );
+    }
     // Each status answer is built on the daemon's main loop: while it
     // is, health results wait (probes time out only if their own tasks
     // starve).

@@ -85,12 +85,10 @@ impl<D: DataPlane> Controller<D> {
             .collect();
         // Weight and limit of every backend, for least connections, limits
         // and persistence (weight 0: takes no new flow).
+        let weights: std::collections::HashMap<u32, u32> = input.iter().map(|m| (m.slot, m.weight)).collect();
         for b in v.backends.values_mut() {
             let limit = BackendLimit {
-                weight: input
-                    .iter()
-                    .find(|m| m.slot == b.id)
-                    .map_or(0, |m| m.weight),
+                weight: weights.get(&b.id).copied().unwrap_or(0),
                 max_conns: b.max_connections.unwrap_or(0),
                 port: b.port.unwrap_or(0).to_be(),
                 _pad: 0,

@@ -230,6 +230,16 @@ fn main() {
         });
     }
     log.init();
+    if matches!(
+        cli.cmd,
+        Cmd::Status { .. } | Cmd::Validate { .. } | Cmd::Top { .. }
+    ) {
+        // Printing into a pipe that closed (`lb status | head`) ends the
+        // command quietly, as for any Unix tool, not with a panic. (The
+        // daemons keep Rust's default: a client that hangs up is an error
+        // on that socket only.)
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(e) = rt.block_on(real_main(cli)) {
         eprintln!("error: {e:#}");

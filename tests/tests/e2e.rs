@@ -1194,6 +1194,21 @@ fn all_backends_down_drops_fast_and_status_shows_it() {
     assert_eq!(addresses(vip(&one, "web")).len(), 2, "{out}");
     let (ok, out) = status(&["--vip", "nope"]);
     assert!(!ok && out.contains("no VIP named `nope`"), "{out}");
+    // Into a pipe whose reader is gone (`lb status | head`): a quiet end.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} status --socket {} | true",
+            t.lb_bin.display(),
+            t.socket().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
 }
 
 #[test]

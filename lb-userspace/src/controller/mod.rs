@@ -293,7 +293,7 @@ impl<D: DataPlane> Controller<D> {
     /// backends, rebuilding only the tables whose inputs changed. Flows are
     /// left alone.
     pub fn apply(&mut self, pool: &Pool) -> Result<ApplyReport, ControlError> {
-        let mut report = ApplyReport::default();
+        let report = ApplyReport::default();
         self.free_backend_ids = None;
         self.chain_window_s = pool.tables.stateless_window.as_secs() as u32;
         // Verdicts recorded before the new pool: their flags and tables first
@@ -301,6 +301,21 @@ impl<D: DataPlane> Controller<D> {
         while let Some(wait) = self.flush()? {
             std::thread::sleep(wait);
         }
+        // Runs of slot writes in batches, in the same order.
+        self.dp.defer_writes(true)?;
+        let applied = self.apply_pool(pool, report);
+        let written = self.dp.defer_writes(false);
+        let report = applied?;
+        written?;
+        Ok(report)
+    }
+
+    /// `apply` once the verdicts before it are written.
+    fn apply_pool(
+        &mut self,
+        pool: &Pool,
+        mut report: ApplyReport,
+    ) -> Result<ApplyReport, ControlError> {
         let wanted: BTreeMap<VipKey, &Vip> = pool.vips.iter().map(|v| (vip_key(v), v)).collect();
 
         // Removed VIPs: stop matching packets first, then release slots.

@@ -85,7 +85,8 @@ impl<D: DataPlane> Controller<D> {
             .collect();
         // Weight and limit of every backend, for least connections, limits
         // and persistence (weight 0: takes no new flow).
-        let weights: std::collections::HashMap<u32, u32> = input.iter().map(|m| (m.slot, m.weight)).collect();
+        let weights: std::collections::HashMap<u32, u32> =
+            input.iter().map(|m| (m.slot, m.weight)).collect();
         for b in v.backends.values_mut() {
             let limit = BackendLimit {
                 weight: weights.get(&b.id).copied().unwrap_or(0),

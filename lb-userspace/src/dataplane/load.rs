@@ -226,6 +226,9 @@ impl BpfDataPlane {
             filter: lb_common::VipFilter::new(),
             filter_stale: false,
             log: None,
+            deferred: Default::default(),
+            cpus: aya::util::nr_cpus()
+                .map_err(|(_, e)| DataPlaneError::Setup(format!("counting CPUs: {e}")))?,
         };
         // The filter is not pinned (a fresh load's is all zero): rebuild it
         // from the VIPs an earlier run left, if any.

@@ -137,7 +137,10 @@ pub fn frame(cur: &Status, prev: Option<&Status>, secs: f64, sort: SortBy) -> Ve
         .iter()
         .map(|v| {
             let r = rates(vip_counts(v), prev_vip(&v.name).map(vip_counts), secs);
-            let active = v.backends.iter().map(|b| b.active_flows).sum();
+            let active = match v.listed {
+                true => v.backends.iter().map(|b| b.active_flows).sum(),
+                false => v.counts.active_flows,
+            };
             (v, r, active)
         })
         .collect();

@@ -297,6 +297,62 @@ fn backend_slots_past_16_bits_are_reached_through_the_tables_members() {
 }
 
 #[test]
+fn slot_writes_held_while_applying_are_made_before_the_table_that_names_them() {
+    // While the daemon applies a pool, slot records, limits and cleared
+    // statistics are held and written in batches; any other write (here
+    // the table) makes them first, so the kernel sees the daemon's order.
+    let Some(mut lb) = setup() else { return };
+    let fresh = [(40, "10.0.1.140"), (41, "10.0.1.141")];
+    let present = |lb: &mut Balancer, id: u32| {
+        lb.dp()
+            .backends()
+            .unwrap()
+            .iter()
+            .any(|(i, b)| *i == id && b.addr == addr_words(addr_of_slot(id)).0)
+    };
+    lb.dp().defer_writes(true).unwrap();
+    for (id, a) in fresh {
+        lb.set_backend(id, backend(ip(a), 0, WEB)).unwrap();
+        lb.dp().clear_stats(None, Some(id)).unwrap();
+    }
+    assert!(!present(&mut lb, 40) && !present(&mut lb, 41), "held");
+    let ids = [40, 41];
+    lb.write_ring(WEB, 1, &ring(&ids, test_sizes().ring_size))
+        .unwrap();
+    assert!(
+        present(&mut lb, 40) && present(&mut lb, 41),
+        "made before the table"
+    );
+    // Held again, until the VIP record that makes the table live.
+    lb.set_backend(42, backend(ip("10.0.1.142"), 0, WEB))
+        .unwrap();
+    assert!(!present(&mut lb, 42), "held");
+    // (The VIP's address is marked already: the record alone flips it.)
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    let info = VipInfo {
+        active_ring: 1,
+        ..vip(WEB)
+    };
+    lb.dp().set_vip(&key, &info).unwrap();
+    assert!(present(&mut lb, 42), "made before the VIP record");
+    for port in 1000..1020 {
+        let f = Flow::tcp("192.0.2.10", port, "10.100.0.1", 80);
+        assert_encap_to(&lb, &f.packet("S", b""), &f, addr_of_slot(pick(&f, &ids)));
+    }
+    // Held again, until deferring ends.
+    lb.set_backend(43, backend(ip("10.0.1.143"), 0, WEB))
+        .unwrap();
+    assert!(!present(&mut lb, 43), "held");
+    lb.dp().defer_writes(false).unwrap();
+    assert!(present(&mut lb, 43), "made when deferring ends");
+}
+
+/// The address the test above gives slot `id`.
+fn addr_of_slot(id: u32) -> IpAddr {
+    ip(&format!("10.0.1.{}", 100 + id))
+}
+
+#[test]
 fn tcp_v6_vip_to_v6_backend() {
     let Some(lb) = setup() else { return };
     let f = Flow::tcp("2001:db8::10", 40000, "fd00:100::1", 80);

@@ -17,7 +17,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 mod announce;
-/// How often the pool file is checked for changes.
 mod control;
 mod metrics;
 mod passive;
@@ -26,13 +25,17 @@ pub use metrics::NAMES as METRIC_NAMES;
 mod host;
 mod reload;
 mod secret;
+mod transition;
 mod view;
 use control::*;
 pub use control::{request, socket_alive, Denied};
 use host::*;
+use reload::release_heap;
 pub use secret::load_or_create_secret;
+use transition::log_transition;
 use view::Rates;
 
+/// How often the pool file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// When a valid pool file could not be applied, how long until the next try.
 const RELOAD_RETRY: Duration = Duration::from_secs(5);
@@ -298,6 +301,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         d.pool.control_socket.display(),
         dataplane::pin_dir(&d.pool.instance).display()
     );
+    release_heap();
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -340,29 +344,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 d.sync_announce(false);
             }
             Some(c) = ctl_rx.recv() => match c {
-                Control::Status(scope, reply) => {
-                    let t = std::time::Instant::now();
-                    let status = d.status(&scope);
-                    let read = t.elapsed();
-                    if let (Scope::Vip(name), true) = (&scope, status.vips.is_empty()) {
-                        let e = format!("no VIP named `{name}` in {}", d.config_path.display());
-                        let _ = reply.send(serde_json::json!({ "error": e }).to_string());
-                    } else {
-                        // Written out off the main loop: every backend
-                        // listed at 512 000 is 130 MB of JSON, and health
-                        // results would wait for it.
-                        tokio::task::spawn_blocking(move || {
-                            let t = std::time::Instant::now();
-                            match serde_json::to_string(&status) {
-                                Ok(answer) => {
-                                    log::debug!("status: read in {read:?}, {} bytes of JSON in {:?}", answer.len(), t.elapsed());
-                                    let _ = reply.send(answer);
-                                }
-                                Err(e) => log::error!("writing the status answer: {e}"),
-                            }
-                        });
-                    }
-                }
+                Control::Status(scope, reply) => d.answer_status(scope, reply),
                 Control::Metrics(reply) => {
                     let text = d.metrics.render(&d.status(&Scope::All), d.pool.tables.flow_table_size);
                     let _ = reply.send(text);
@@ -443,8 +425,12 @@ impl Daemon {
             return;
         }
         let refs = std::mem::take(&mut p.refs);
-        for r in &refs {
-            self.on_backend_health(*r, &ev);
+        let changed: Vec<String> = refs
+            .iter()
+            .filter_map(|r| self.on_backend_health(*r, &ev))
+            .collect();
+        if let Some(first) = refs.first().filter(|_| !changed.is_empty()) {
+            log_transition(first.1, &ev, &changed);
         }
         let settled = self.passive.holds.is_empty().then_some(ev.health);
         if let Some(p) = self.probers.get_mut(&ev.backend) {
@@ -466,43 +452,31 @@ impl Daemon {
             .or(b.last_probe.as_ref())
     }
 
-    fn on_backend_health(&mut self, backend: BackendRef, ev: &HealthEvent<ProbeSpec>) {
+    /// A probe's result for one (VIP, backend): the VIP's name when the
+    /// pair's health changed (logged with the others, `log_transition`).
+    fn on_backend_health(
+        &mut self,
+        backend: BackendRef,
+        ev: &HealthEvent<ProbeSpec>,
+    ) -> Option<String> {
         // A backend passive health took out stays out until its hold ends.
         let health = self.held_verdict(&backend, ev).unwrap_or(ev.health);
         match self.ctl.probe_result(&backend, &ev.outcome, health) {
             Ok(true) => {
-                let name = self
-                    .ctl
-                    .vips
-                    .get(&backend.0)
-                    .map(|v| v.conf.name.clone())
-                    .unwrap_or_default();
-                let (level, word, probes) = match health {
-                    Health::Up => (log::Level::Info, "up", "passed"),
-                    Health::Down => (log::Level::Warn, "down", "failed"),
-                };
+                let v = self.ctl.vips.get(&backend.0)?;
+                let name = v.conf.name.clone();
+                if v.serving() == 0 {
+                    log::error!("VIP `{name}` has no backend left: its packets are dropped (drop_no_backend)");
+                }
                 self.metrics
                     .transition(&name, &backend.1.to_string(), health == Health::Up);
-                log::log!(
-                    level,
-                    "backend {} of VIP `{}` is {} after {} {} probe{} ({}, {:.1} ms)",
-                    backend.1,
-                    name,
-                    word,
-                    ev.in_a_row,
-                    probes,
-                    if ev.in_a_row == 1 { "" } else { "s" },
-                    ev.outcome.detail,
-                    ev.outcome.latency.as_secs_f64() * 1000.0
-                );
-                if let Some(v) = self.ctl.vips.get(&backend.0) {
-                    if v.serving() == 0 {
-                        log::error!("VIP `{}` has no backend left: its packets are dropped (drop_no_backend)", v.conf.name);
-                    }
-                }
+                Some(name)
             }
-            Ok(false) => {}
-            Err(e) => log::error!("applying a health change: {e}"),
+            Ok(false) => None,
+            Err(e) => {
+                log::error!("applying a health change: {e}");
+                None
+            }
         }
     }
 

@@ -14,6 +14,7 @@ impl Daemon {
             return;
         }
         self.retry_at = None;
+        let _trim = TrimHeap;
         // A file that fails validation is reported once, until it changes; a
         // valid one whose application fails is retried on the next check.
         self.last_text = text.clone();
@@ -183,4 +184,21 @@ pub(super) fn restart_only_changes(old: &Pool, new: &Pool) -> Vec<&'static str> 
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
     .collect()
+}
+
+/// Hands the heap freed since back to the system. glibc keeps what it
+/// frees in its arenas: after reading a pool file of 512 000 backends
+/// (or rejecting one) the daemon held some 600 MB it no longer used.
+pub(super) fn release_heap() {
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// Releases the heap when a reload is done, whichever way it ends.
+struct TrimHeap;
+
+impl Drop for TrimHeap {
+    fn drop(&mut self) {
+        release_heap();
+    }
 }

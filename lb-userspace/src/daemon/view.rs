@@ -48,6 +48,34 @@ impl Rates {
 }
 
 impl Daemon {
+    /// Answers a status request for `scope` (read here, on the main loop;
+    /// written out as JSON off it: every backend listed at 512 000 is 130
+    /// MB of JSON, and health results would wait for it).
+    pub(super) fn answer_status(&self, scope: Scope, reply: tokio::sync::oneshot::Sender<String>) {
+        let t = Instant::now();
+        let status = self.status(&scope);
+        let read = t.elapsed();
+        if let (Scope::Vip(name), true) = (&scope, status.vips.is_empty()) {
+            let e = format!("no VIP named `{name}` in {}", self.config_path.display());
+            let _ = reply.send(serde_json::json!({ "error": e }).to_string());
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            match serde_json::to_string(&status) {
+                Ok(answer) => {
+                    log::debug!(
+                        "status: read in {read:?}, {} bytes of JSON in {:?}",
+                        answer.len(),
+                        t.elapsed()
+                    );
+                    let _ = reply.send(answer);
+                }
+                Err(e) => log::error!("writing the status answer: {e}"),
+            }
+        });
+    }
+
     /// The status answer for `scope`: every VIP's counts and, where the
     /// scope lists them, its backends.
     pub(super) fn status(&self, scope: &Scope) -> Status {

@@ -111,6 +111,9 @@ pub struct BackendCounts {
     pub disabled: u64,
     pub removed: u64,
     pub active_flows: u64,
+    /// The backends' weights from the pool file, summed.
+    #[serde(default)]
+    pub weight: u64,
 }
 
 impl BackendCounts {
@@ -214,7 +217,7 @@ pub fn render(s: &Status) -> String {
             t.add_row(vec![
                 String::new(),
                 format!("{} backends", c.backends),
-                String::new(),
+                c.weight.to_string(),
                 String::new(),
                 c.health(),
                 String::new(),
@@ -331,6 +334,7 @@ mod tests {
                     drain: 3,
                     removed: 4,
                     active_flows: 12345,
+                    weight: 100_000,
                     ..Default::default()
                 },
                 listed: false,
@@ -344,7 +348,7 @@ mod tests {
             text.contains("997 up, 2 down, 1 unchecked, 3 drain, 4 removed"),
             "{text}"
         );
-        assert!(text.contains("12345"), "{text}");
+        assert!(text.contains("12345") && text.contains("100000"), "{text}");
         assert!(
             text.contains("1004 backends not listed: `lb status --vip NAME`"),
             "{text}"

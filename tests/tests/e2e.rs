@@ -1176,6 +1176,13 @@ fn all_backends_down_drops_fast_and_status_shows_it() {
     assert_eq!(web_sum["counts"]["backends"], 2, "{out}");
     assert_eq!(web_sum["counts"]["down"], 2, "{out}");
     assert_eq!(web_sum["counts"]["up"], 0, "{out}");
+    let weights: u64 = vip(&st, "web")["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["weight"].as_u64())
+        .sum();
+    assert_eq!(web_sum["counts"]["weight"], weights, "{out}");
     let (ok, out) = status(&["--summary"]);
     assert!(
         ok && out.contains("2 down") && out.contains("backends not listed"),

@@ -211,10 +211,16 @@ fn start_data_path(
 /// `lb run`.
 /// `debug_datapath`: log the data path's decisions (`--debug-datapath`).
 pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) -> Result<()> {
+    let read = Instant::now();
     let text = std::fs::read_to_string(&config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let pool = config::parse(&text, &config_path.display().to_string())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    log::debug!(
+        "{} read and checked in {:?}",
+        config_path.display(),
+        read.elapsed()
+    );
     if unsafe { libc::geteuid() } != 0 {
         bail!("`lb run` needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach XDP); run it with sudo");
     }

@@ -158,6 +158,7 @@ impl Daemon {
                         BackendState::Disabled => counts.disabled += 1,
                     }
                     counts.active_flows += flows_of(b.id);
+                    counts.weight += u64::from(b.weight);
                 }
                 counts.active_flows += removed.iter().map(|(_, id)| flows_of(*id)).sum::<u64>();
                 let backends = if !list {

@@ -995,6 +995,16 @@ fn metrics_endpoint_counts_what_the_clients_sent_and_passes_promtool() {
         assert_eq!(sample(&text, "lb_backend_weight", &labels), Some(1.0));
     }
     assert_eq!(sample(&text, "lb_vip_up", "vip=\"web\""), Some(1.0));
+    // The VIP's backends by health: the series kept at any size.
+    assert_eq!(
+        sample(&text, "lb_vip_backends", "health=\"up\",vip=\"web\""),
+        Some(t.backends.len() as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lb_vip_backends", "health=\"down\",vip=\"web\""),
+        Some(0.0)
+    );
     assert_eq!(sample(&text, "lb_flow_table_capacity", ""), Some(65536.0));
     assert_eq!(
         sample(&text, "lb_reloads_total", "result=\"rejected\""),

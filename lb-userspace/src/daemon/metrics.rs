@@ -20,6 +20,7 @@ pub const NAMES: &[&str] = &[
     "lb_vip_dropped_packets_total",
     "lb_vip_up",
     "lb_vip_panic",
+    "lb_vip_backends",
     "lb_backend_packets_total",
     "lb_backend_bytes_total",
     "lb_backend_new_flows_total",
@@ -53,6 +54,7 @@ pub(super) struct Metrics {
     vip_drops: IntCounterVec,
     vip_up: IntGaugeVec,
     vip_panic: IntGaugeVec,
+    vip_backends: IntGaugeVec,
     be_packets: IntCounterVec,
     be_bytes: IntCounterVec,
     be_new_flows: IntCounterVec,
@@ -154,6 +156,11 @@ impl Metrics {
                 "lb_vip_panic",
                 "1 while the VIP is in panic mode (too few healthy backends: all take new flows).",
                 &["vip"],
+            ),
+            vip_backends: gauge(
+                "lb_vip_backends",
+                "The VIP's backends by health (up, down, unchecked), at any size; the lb_backend_* series are left out above 4096 backends in all.",
+                &["vip", "health"],
             ),
             be_packets: counter("lb_backend_packets_total", "Packets forwarded to the backend.", VB),
             be_bytes: counter("lb_backend_bytes_total", "Bytes (IP length) forwarded to the backend.", VB),
@@ -258,6 +265,7 @@ impl Metrics {
         for g in [
             &self.vip_up,
             &self.vip_panic,
+            &self.vip_backends,
             &self.be_active_flows,
             &self.be_connections,
             &self.be_up,
@@ -279,6 +287,13 @@ impl Metrics {
             self.vip_panic
                 .with_label_values(l)
                 .set(i64::from(v.state == "panic"));
+            let c = &v.counts;
+            for (health, n) in [("up", c.up), ("down", c.down), ("unchecked", c.unchecked)] {
+                self.vip_backends
+                    .with_label_values(&[v.name.as_str(), health])
+                    .set(n as i64);
+            }
+            active += c.active_flows;
             for b in &v.backends {
                 let l = &[v.name.as_str(), b.address.as_str()];
                 self.be_packets.with_label_values(l).inc_by(b.packets);
@@ -294,7 +309,6 @@ impl Metrics {
                 self.be_active_flows
                     .with_label_values(l)
                     .set(b.active_flows as i64);
-                active += b.active_flows;
                 if let Some(c) = b.connections {
                     self.be_connections.with_label_values(l).set(c as i64);
                 }
@@ -427,149 +441,5 @@ pub(super) async fn serve_metrics(listener: tokio::net::TcpListener, tx: mpsc::S
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The metric names a PromQL expression uses (`lb_...`, a histogram's
-    /// `_bucket`/`_sum`/`_count` series under their histogram's name).
-    fn names_in(expr: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let b = expr.as_bytes();
-        let mut i = 0;
-        while let Some(at) = expr[i..].find("lb_") {
-            let start = i + at;
-            let before_ok =
-                start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
-            let mut end = start;
-            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
-                end += 1;
-            }
-            if before_ok {
-                let name = &expr[start..end];
-                let base = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
-                    .unwrap_or(name);
-                out.push(base.to_string());
-            }
-            i = end;
-        }
-        out
-    }
-
-    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    match (k.as_str(), v) {
-                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
-                        _ => exprs(v, out),
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
-            _ => {}
-        }
-    }
-
-    #[test]
-    fn every_exported_metric_is_listed_and_registered() {
-        let m = Metrics::new();
-        let st = Status {
-            instance: "t".into(),
-            config: "t.yaml".into(),
-            uptime_s: 1,
-            flows_age_s: Some(0),
-            vips: vec![],
-            counters: [("new_flow".to_string(), 1)].into(),
-        };
-        let text = m.render(&st, 1024);
-        let types: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .map(|l| l.split_whitespace().next().unwrap())
-            .collect();
-        for name in &types {
-            assert!(NAMES.contains(name), "{name} exported but not in NAMES");
-        }
-    }
-
-    #[test]
-    fn the_grafana_dashboard_loads_and_queries_only_exported_metrics() {
-        let text = include_str!("../../../deploy/grafana/lb.json");
-        let dash: serde_json::Value = serde_json::from_str(text).expect("lb.json is JSON");
-        let panels = dash["panels"].as_array().expect("panels");
-        assert!(panels.len() >= 10);
-        for p in panels {
-            assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
-            assert!(!p["targets"].as_array().expect("targets").is_empty(), "{p}");
-        }
-        let mut all = Vec::new();
-        exprs(&dash, &mut all);
-        assert!(all.len() >= panels.len());
-        let mut used = std::collections::BTreeSet::new();
-        for e in &all {
-            let names = names_in(e);
-            assert!(!names.is_empty(), "no lb_ metric in {e}");
-            for n in names {
-                assert!(
-                    NAMES.contains(&n.as_str()),
-                    "{n} (in `{e}`) is not exported"
-                );
-                used.insert(n);
-            }
-        }
-        // The panels: traffic, new flows, health, drops, probe
-        // latency, flow-table fill.
-        for n in [
-            "lb_vip_bytes_total",
-            "lb_backend_new_flows_total",
-            "lb_backend_up",
-            "lb_datapath_packets_total",
-            "lb_probe_duration_seconds",
-            "lb_flow_table_capacity",
-        ] {
-            assert!(used.contains(n), "the dashboard does not show {n}");
-        }
-    }
-
-    #[test]
-    fn the_alert_rules_pass_promtool_and_name_exported_metrics() {
-        let rules = include_str!("../../../deploy/prometheus/alerts.yml");
-        for line in rules.lines().filter_map(|l| l.trim().strip_prefix("expr:")) {
-            for n in names_in(line) {
-                assert!(
-                    NAMES.contains(&n.as_str()),
-                    "{n} (in `{line}`) is not exported"
-                );
-            }
-        }
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus");
-        let run = |args: &[&str]| {
-            std::process::Command::new("promtool")
-                .args(args)
-                .current_dir(dir)
-                .output()
-        };
-        let Ok(out) = run(&["check", "rules", "alerts.yml"]) else {
-            assert!(
-                std::env::var_os("LB_REQUIRE_ROOT_TESTS").is_none(),
-                "promtool is missing (apt-get install prometheus; cargo xtask setup does)"
-            );
-            eprintln!("promtool not installed: rule checks skipped");
-            return;
-        };
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let out = run(&["test", "rules", "alerts_test.yml"]).expect("promtool");
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -352,7 +352,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             Some(c) = ctl_rx.recv() => match c {
                 Control::Status(scope, reply) => d.answer_status(scope, reply),
                 Control::Metrics(reply) => {
-                    let text = d.metrics.render(&d.status(&Scope::All), d.pool.tables.flow_table_size);
+                    let text = d.metrics.render(&d.status(&Scope::Default), d.pool.tables.flow_table_size);
                     let _ = reply.send(text);
                 }
                 Control::Drain(undo, reply) => {

@@ -279,6 +279,29 @@ pub fn render(s: &Status) -> String {
 }
 
 #[cfg(test)]
+impl VipStatus {
+    /// A test VIP 10.0.0.1:80/tcp, up, no traffic, its backends counted
+    /// and not listed.
+    pub(crate) fn unlisted(name: &str, counts: BackendCounts) -> Self {
+        VipStatus {
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            state: "up".into(),
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            new_flows_per_s: 0.0,
+            drops: 0,
+            counts,
+            listed: false,
+            backends: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -315,18 +338,9 @@ mod tests {
             config: "pool.yaml".into(),
             uptime_s: 1,
             flows_age_s: None,
-            vips: vec![VipStatus {
-                name: "web".into(),
-                address: "10.0.0.1".into(),
-                port: 80,
-                protocol: "tcp".into(),
-                state: "up".into(),
-                packets: 0,
-                bytes: 0,
-                new_flows: 0,
-                new_flows_per_s: 0.0,
-                drops: 0,
-                counts: BackendCounts {
+            vips: vec![VipStatus::unlisted(
+                "web",
+                BackendCounts {
                     backends: 1000,
                     up: 997,
                     down: 2,
@@ -337,9 +351,7 @@ mod tests {
                     weight: 100_000,
                     ..Default::default()
                 },
-                listed: false,
-                backends: vec![],
-            }],
+            )],
             counters: BTreeMap::new(),
         };
         let text = render(&s);

@@ -147,27 +147,16 @@ fn the_alert_rules_pass_promtool_and_name_exported_metrics() {
 #[test]
 fn above_the_listing_limit_a_vip_has_its_counts_and_no_backend_series() {
     let m = Metrics::new();
-    let vip = crate::status::VipStatus {
-        name: "web".into(),
-        address: "10.0.0.1".into(),
-        port: 80,
-        protocol: "tcp".into(),
-        state: "up".into(),
-        packets: 0,
-        bytes: 0,
-        new_flows: 0,
-        new_flows_per_s: 0.0,
-        drops: 0,
-        counts: crate::status::BackendCounts {
+    let vip = VipStatus::unlisted(
+        "web",
+        BackendCounts {
             backends: 5000,
             up: 4990,
             down: 10,
             active_flows: 77,
             ..Default::default()
         },
-        listed: false,
-        backends: vec![],
-    };
+    );
     let st = Status {
         instance: "t".into(),
         config: "t.yaml".into(),

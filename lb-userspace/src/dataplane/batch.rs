@@ -16,6 +16,25 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// `bpf(cmd, attr)` for a `BPF_MAP_*_BATCH` command; the kernel writes
+/// back how many entries it did in `attr.count`.
+fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid `union bpf_attr` prefix for the batch
+    // commands, and its pointers name buffers the caller keeps alive.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Hands every entry of `map` to `each`, a batch at a time
 /// (`BPF_MAP_LOOKUP_BATCH`), until the map ends or `each` says stop: the
 /// keys, and `per_key` values for each (a per-CPU map's CPUs, in order).
@@ -47,15 +66,7 @@ pub(super) fn lookup_batches_of<K: Copy + Default, V: Copy + Default>(
             elem_flags: 0,
             flags: 0,
         };
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let err = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr).err();
         let n = (attr.count as usize).min(CHUNK);
         match err {
             // ENOENT: the map ended (with the last `n` entries read).
@@ -101,16 +112,5 @@ pub(super) fn update_batch<K: Copy, V: Copy>(
         elem_flags: 0,
         flags: 0,
     };
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    batch_call(BPF_MAP_UPDATE_BATCH, &mut attr)
 }

@@ -175,6 +175,20 @@ pub fn frame(cur: &Status, prev: Option<&Status>, secs: f64, sort: SortBy) -> Ve
                 key(&b.1, b.0.active_flows).total_cmp(&key(&a.1, a.0.active_flows))
             });
         }
+        if !v.listed {
+            // Above the listing limit: the counts, as `lb status` gives them.
+            let c = &v.counts;
+            lines.push(format!(
+                "  {:<28} {:<9} {:>7} {:>7} {:>7} {:>8} {:>6}",
+                fit(&format!("{} backends, not listed", c.backends), 28),
+                fit(&format!("{} down", si(c.down as f64)), 9),
+                "",
+                "",
+                "",
+                si(c.active_flows as f64),
+                si(c.weight as f64)
+            ));
+        }
         for (b, r) in backends {
             let state = match (b.state.as_str(), b.health.as_str()) {
                 ("active", h) => h.to_string(),
@@ -326,6 +340,32 @@ mod tests {
         assert_eq!(order(SortBy::Bits)[1], "10.0.1.1");
         assert_eq!(SortBy::from_key('n'), Some(SortBy::NewFlows));
         assert_eq!(SortBy::from_key('x'), None);
+    }
+
+    #[test]
+    fn a_vip_not_listed_shows_its_counts_in_80_columns() {
+        let counts = crate::status::BackendCounts {
+            backends: 1000,
+            up: 990,
+            down: 10,
+            active_flows: 12_000,
+            weight: 100_000,
+            ..Default::default()
+        };
+        let st = Status {
+            vips: vec![VipStatus::unlisted("web", counts)],
+            ..status(1)
+        };
+        let lines = frame(&st, None, 1.0, SortBy::Packets);
+        let row = lines
+            .iter()
+            .find(|l| l.contains("1000 backends, not listed"))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        assert!(
+            row.contains("10 down") && row.contains("12.0k") && row.contains("100k"),
+            "{row}"
+        );
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
     }
 
     #[test]

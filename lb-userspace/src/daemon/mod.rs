@@ -22,6 +22,7 @@ mod metrics;
 mod passive;
 pub use announce::{bird_include, withdraw_stopped};
 pub use metrics::NAMES as METRIC_NAMES;
+mod flow_count;
 mod host;
 mod reload;
 mod secret;
@@ -29,6 +30,8 @@ mod transition;
 mod view;
 use control::*;
 pub use control::{request, socket_alive, Denied};
+pub use flow_count::flow_count_pause;
+use flow_count::{spawn_flow_counter, FlowCounts};
 use host::*;
 use reload::release_heap;
 pub use secret::load_or_create_secret;
@@ -62,6 +65,7 @@ pub struct Daemon {
     read_error: Option<String>,
     /// Set when applying a valid file failed: try again at this time.
     retry_at: Option<Instant>,
+    parses: reload::Parses,
     rates: std::sync::Mutex<Rates>,
     /// Active flows per backend id, counted by a background task, and when.
     flows: FlowCounts,
@@ -74,56 +78,6 @@ pub struct Daemon {
     /// sample (`sample_handshakes`).
     handshakes: HashMap<BackendRef, (u64, u64)>,
     announcer: announce::Announcer,
-}
-
-type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
-
-/// How often, at most, the flow table is walked for `lb status`.
-const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
-/// The share of one CPU the walks may take: a walk of a million flows takes
-/// about 350 ms (BENCHMARKS.md, "Flow table LRU"), so with a full default
-/// table the counts are refreshed every 7 s or so.
-const FLOW_COUNT_CPU_SHARE: u32 = 20;
-
-/// The pause after a walk that took `took`: at least FLOW_COUNT_INTERVAL,
-/// and long enough that walks take at most 1/FLOW_COUNT_CPU_SHARE of a CPU.
-pub fn flow_count_pause(took: Duration) -> Duration {
-    FLOW_COUNT_INTERVAL.max(took * (FLOW_COUNT_CPU_SHARE - 1))
-}
-
-/// Counts active flows on a blocking thread, with its own handles on the
-/// pinned maps: walking a million entries takes a third of a second and
-/// must not hold up the writer. The same pass keeps the connection counts
-/// of least connections and `max_connections` true (idle flows ended,
-/// evicted ones taken off). Paced by `flow_count_pause`; `lb status` says
-/// how old the counts are.
-fn spawn_flow_counter(instance: String, max_idle_ns: u64, udp_idle_ns: u64, out: FlowCounts) {
-    tokio::spawn(async move {
-        loop {
-            let i = instance.clone();
-            let started = Instant::now();
-            let counted = tokio::task::spawn_blocking(move || {
-                dataplane::flow_census(&i, max_idle_ns, udp_idle_ns, 1 << 22)
-            })
-            .await;
-            let took = started.elapsed();
-            match counted {
-                Ok(Ok(c)) => {
-                    if c.ended + c.lost > 0 {
-                        log::debug!(
-                            "connection counts: {} idle flows ended, {} evicted ones taken off",
-                            c.ended,
-                            c.lost
-                        );
-                    }
-                    *out.lock().expect("flow counts") = (Some(Instant::now()), c.flows)
-                }
-                Ok(Err(e)) => log::debug!("counting flows: {e}"),
-                Err(_) => {}
-            }
-            tokio::time::sleep(flow_count_pause(took)).await;
-        }
-    });
 }
 
 /// The ids the data path's decision log names: VIPs and backend slots.
@@ -274,6 +228,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
     tokio::spawn(serve_control(listener, ctl_tx));
 
     let (health_tx, mut health_rx) = mpsc::channel(1024);
+    let (parses, mut parsed_rx) = reload::Parses::new();
     let mut d = Daemon {
         config_path: config_path.clone(),
         pool,
@@ -284,6 +239,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         last_text: text,
         read_error: None,
         retry_at: None,
+        parses,
         flows: Default::default(),
         rates: Rates::new(),
         neighbours: crate::neigh::NeighbourKeeper::spawn(),
@@ -339,6 +295,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             }
             _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
             _ = watch.tick() => d.reload(false),
+            Some((n, parsed)) = parsed_rx.recv() => d.apply_parsed(n, parsed),
             _ = tick.tick() => {
                 d.sample_handshakes();
                 // Passive-health verdicts, and tables of backends ramping

@@ -14,11 +14,27 @@ impl Daemon {
             return;
         }
         self.retry_at = None;
-        let _trim = TrimHeap;
         // A file that fails validation is reported once, until it changes; a
         // valid one whose application fails is retried on the next check.
         self.last_text = text.clone();
-        let pool = match config::parse(&text, &self.config_path.display().to_string()) {
+        // Read off the main loop (a pool file of 512 000 backends takes
+        // 4 s to read, and health results would wait); applied on it.
+        self.parses.latest += 1;
+        let (n, tx) = (self.parses.latest, self.parses.tx.clone());
+        let name = self.config_path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send((n, config::parse(&text, &name)));
+        });
+    }
+
+    /// Applies pool file read number `n` (`reload`), unless a later read
+    /// is on its way.
+    pub(super) fn apply_parsed(&mut self, n: u64, parsed: Result<Pool, config::ConfigErrors>) {
+        if n != self.parses.latest {
+            return;
+        }
+        let _trim = TrimHeap;
+        let pool = match parsed {
             Ok(p) => p,
             Err(e) => {
                 log::error!("reload rejected; keeping the running configuration:\n{e}");
@@ -200,5 +216,22 @@ struct TrimHeap;
 impl Drop for TrimHeap {
     fn drop(&mut self) {
         release_heap();
+    }
+}
+
+/// Pool files being read off the main loop: each read is numbered, and
+/// only the latest is applied.
+pub(super) struct Parses {
+    tx: mpsc::UnboundedSender<Parsed>,
+    latest: u64,
+}
+
+/// A read's number and its outcome.
+pub(super) type Parsed = (u64, Result<Pool, config::ConfigErrors>);
+
+impl Parses {
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<Parsed>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Parses { tx, latest: 0 }, rx)
     }
 }

@@ -597,9 +597,13 @@ fn scale() -> Result<()> {
     std::fs::write(&tmp, pool)?;
     let reload = Instant::now();
     std::fs::rename(&tmp, dir.join("pool.yaml"))?;
+    // The status calls made meanwhile: how long the daemon kept them
+    // waiting while it read and applied the file.
+    let mut during = Vec::new();
     loop {
         // Each VIP's weights summed: every other backend at 200.
-        let (_, st) = status_as(&socket, &["--summary"])?;
+        let (took, st) = status_as(&socket, &["--summary"])?;
+        during.push(took);
         if summed(&st, "weight") == 200 * at_200 + 100 * (slots as u64 - at_200) {
             break;
         }
@@ -616,9 +620,14 @@ fn scale() -> Result<()> {
         "not every other backend listed at weight 200 once summed: {:?}",
         backends_at(&st, 200)
     );
+    during.sort();
     println!(
-        "  full reload (every other weight changed, {SCALE_VIPS} tables written), file to status: {:.2} s",
-        reloaded.as_secs_f64()
+        "  full reload (every other weight changed, {SCALE_VIPS} tables written), file to status: {:.2} s; \
+         lb status --summary meanwhile: {} calls, median {:.0} ms, max {:.0} ms",
+        reloaded.as_secs_f64(),
+        during.len(),
+        during[during.len() / 2].as_secs_f64() * 1000.0,
+        during[during.len() - 1].as_secs_f64() * 1000.0
     );
     for (args, what) in [
         (&[][..], "lb status --json (each VIP's counts)"),

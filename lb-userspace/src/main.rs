@@ -45,6 +45,8 @@ enum Cmd {
     Status {
         #[command(flatten)]
         daemon: DaemonArgs,
+        /// The daemon's answer as JSON: each VIP with its `counts`, and its
+        /// `backends` where `listed`.
         #[arg(long)]
         json: bool,
         /// Only this VIP (by name), with every backend of it.

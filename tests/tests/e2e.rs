@@ -1746,10 +1746,36 @@ fn persistence_keeps_a_client_on_one_backend_across_connections_and_pool_changes
     assert_eq!(failed, 0, "{seen:?}");
     assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
     let home = seen.keys().next().unwrap().clone();
+    // Until `web` shows backend `i` with `weight` and `state`: the reload
+    // applied (waiting on it, not on a fixed time: a loaded host reloads
+    // later).
+    let applied = |i: usize, weight: u64, state: &str| {
+        let addr = t.backends[i].v4.to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = t.status_json().unwrap();
+            let b = vip(&st, "web")["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["address"] == addr.as_str())
+                .cloned()
+                .unwrap_or_default();
+            if b["weight"] == weight && b["state"] == state {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "backend {addr} not at weight {weight}, {state} 10 s after the reload: {b}\n{}",
+                t.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     // The Maglev table changes (new weights): the client stays.
     t.write_pool(&pool(&[(1, "active"), (3, "active"), (2, "active")]))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    applied(1, 3, "active");
     let (seen, failed) = spread_http(&t, web(), 50);
     assert_eq!(failed, 0, "{seen:?}");
     assert_eq!(seen.keys().collect::<Vec<_>>(), vec![&home], "{seen:?}");
@@ -1758,7 +1784,7 @@ fn persistence_keeps_a_client_on_one_backend_across_connections_and_pool_changes
     let i: usize = home[1..].parse::<usize>().unwrap() - 1;
     w[i].1 = "drain";
     t.write_pool(&pool(&w)).unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    applied(i, w[i].0 as u64, "drain");
     let (seen, failed) = spread_http(&t, web(), 50);
     assert_eq!(failed, 0, "{seen:?}");
     assert_eq!(seen.len(), 1, "{seen:?}");

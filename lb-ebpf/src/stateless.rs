@@ -79,10 +79,16 @@ pub fn entry(ctx: &XdpContext) -> u32 {
 /// Back to `lb_xdp`, which takes the packet this time.
 #[inline(always)]
 fn back(ctx: &XdpContext) -> u32 {
-    if let Some(skip) = STATELESS_SKIP.get_ptr_mut(0) {
+    let skip = STATELESS_SKIP.get_ptr_mut(0);
+    if let Some(skip) = skip {
         unsafe { *skip = 1 };
     }
     unsafe { PROGS.tail_call(ctx, PROG_BALANCER) };
+    // The tail call failed: the mark must not make `lb_xdp` keep the next
+    // stateless packet on this CPU.
+    if let Some(skip) = skip {
+        unsafe { *skip = 0 };
+    }
     verdict(counter::PASS_NOT_VIP, XDP_PASS)
 }
 

@@ -503,3 +503,39 @@ fn a_syn_flood_through_a_stateless_vip_stores_nothing_and_moves_no_held_flow() {
     assert_eq!(outer_dst(&ack), outer_dst(&first), "{:?}", lb.counters());
     assert_eq!(lb.counter(counter::FLOW_HIT), 1);
 }
+
+#[test]
+fn a_failed_hand_back_leaves_the_next_stateless_packet_stateless() {
+    // A packet whose filter bit a stateless VIP shares, for no VIP, goes to
+    // `lb_stateless` and back to `lb_xdp`. With `lb_xdp` missing from the
+    // program table, the way back fails: the packet is passed, and the
+    // mark that makes `lb_xdp` keep a handed-back packet must not stay set
+    // for the next one.
+    let Some(mut lb) = setup() else { return };
+    let vip = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    let want_bit = lb_common::vip_filter_bit(vip.addr, vip.port, vip.proto, vip.family);
+    let twin = (0..=u16::MAX)
+        .map(|i| IpAddr::from([10, 200, (i >> 8) as u8, i as u8]))
+        .find(|a| {
+            let k = vip_key(*a, 80, PROTO_TCP);
+            lb_common::vip_filter_bit(k.addr, k.port, k.proto, k.family) == want_bit
+        })
+        .expect("an address in 10.200/16 that shares the bit");
+    let mut progs: aya::maps::ProgramArray<&mut aya::maps::MapData> =
+        aya::maps::ProgramArray::try_from(lb.dp().ebpf_mut().map_mut("PROGS").unwrap()).unwrap();
+    progs.clear_index(&lb_common::PROG_BALANCER).unwrap();
+    let other = Flow::tcp("192.0.2.1", 999, &twin.to_string(), 80);
+    let out = lb.run(&other.packet("S", b"")).unwrap();
+    assert_eq!(out.action, XDP_PASS, "{:?}", lb.counters());
+    let f = Flow::tcp("192.0.2.1", 1000, "10.100.0.1", 80);
+    let frame = f.packet("S", b"");
+    let out = lb.run(&frame).unwrap();
+    let want = [1, 2, 3][slot(&f) as usize % 3];
+    assert_eq!(
+        out.data,
+        expected(&frame, &f, want, &[], 0),
+        "{:?}",
+        lb.counters()
+    );
+    assert_eq!(lb.flow_count(), 0, "no flow stored");
+}

@@ -551,14 +551,15 @@ impl<D: DataPlane> Controller<D> {
         Ok(())
     }
 
-    /// Backends removed from VIP `vip_id` whose slots are kept for their
-    /// established connections: (address, slot id).
-    pub fn removed_backends(&self, vip_id: u32) -> Vec<(IpAddr, u32)> {
-        self.retired
-            .iter()
-            .filter(|((v, _), _)| u32::from(*v) == vip_id)
-            .map(|((_, addr), id)| (*addr, *id))
-            .collect()
+    /// Backends removed from each VIP (by id) whose slots are kept for
+    /// their established connections: (address, slot id). One pass for
+    /// every VIP (a pass per VIP was VIPs × removed backends).
+    pub fn removed_backends(&self) -> std::collections::HashMap<u32, Vec<(IpAddr, u32)>> {
+        let mut out: std::collections::HashMap<u32, Vec<(IpAddr, u32)>> = Default::default();
+        for ((vip, addr), id) in &self.retired {
+            out.entry(u32::from(*vip)).or_default().push((*addr, *id));
+        }
+        out
     }
 
     /// Every backend that has a probe, with its spec (for the prober set).

@@ -4,7 +4,6 @@
 //! statistics (at 65 000 backend slots, sampling them every second cost
 //! 16% of a CPU at rest).
 use super::*;
-use std::net::IpAddr;
 
 /// New flows per second of a set of counters (VIPs, or backends), by id:
 /// the counter's last reading that is at least `MIN_WINDOW` old, and the
@@ -85,17 +84,13 @@ impl Daemon {
         let mut rates = self.rates.lock().expect("rates");
         let counted = self.flows.lock().expect("flow counts");
         let (flows_at, flows) = &*counted;
-        let removed: HashMap<u32, Vec<(IpAddr, u32)>> = self
-            .ctl
-            .vips
-            .values()
-            .map(|v| (v.id, self.ctl.removed_backends(v.id)))
-            .collect();
+        let removed = self.ctl.removed_backends();
+        let removed_of = |id: u32| removed.get(&id).map_or(&[][..], Vec::as_slice);
         let rows: usize = self
             .ctl
             .vips
             .values()
-            .map(|v| v.backends.len() + removed[&v.id].len())
+            .map(|v| v.backends.len() + removed_of(v.id).len())
             .sum();
         let shown: Vec<_> = self
             .ctl
@@ -113,7 +108,7 @@ impl Daemon {
         let listed: usize = shown
             .iter()
             .filter(|(_, list)| *list)
-            .map(|(v, _)| v.backends.len() + removed[&v.id].len())
+            .map(|(v, _)| v.backends.len() + removed_of(v.id).len())
             .sum();
         let all = (listed * 6 > rows).then(|| self.ctl.dp.all_backend_stats().unwrap_or_default());
         let stats_of = |id: u32| match &all {
@@ -140,7 +135,7 @@ impl Daemon {
                 let counts_connections = v.counts_connections();
                 let connections =
                     |id| counts_connections.then(|| self.ctl.dp.load(id).unwrap_or_default());
-                let removed = &removed[&v.id];
+                let removed = removed_of(v.id);
                 let mut counts = BackendCounts {
                     backends: v.backends.len() as u64,
                     removed: removed.len() as u64,

@@ -114,3 +114,29 @@ pub(super) fn update_batch<K: Copy, V: Copy>(
     };
     batch_call(BPF_MAP_UPDATE_BATCH, &mut attr)
 }
+
+impl BpfDataPlane {
+    /// Map `name`'s data, for a batch call.
+    pub(super) fn batch_map(&self, name: &'static str) -> Result<&MapData> {
+        map_data(self.map(name))
+            .ok_or_else(|| DataPlaneError::Setup(format!("map `{name}` missing")))
+    }
+
+    /// Every entry of array map `name` (keys are slot ids), `per_key`
+    /// values each, handed to `each` a batch at a time.
+    pub(super) fn read_batches<V: Copy + Default>(
+        &self,
+        name: &'static str,
+        per_key: usize,
+        mut each: impl FnMut(&[u32], &[V]),
+    ) -> Result<()> {
+        lookup_batches_of::<u32, V>(self.batch_map(name)?, per_key, |ids, values| {
+            each(ids, values);
+            true
+        })
+        .map_err(|source| DataPlaneError::Io {
+            what: format!("reading `{name}` in batches"),
+            source,
+        })
+    }
+}

@@ -71,11 +71,11 @@ impl BpfDataPlane {
         values: &[V],
         per_key: usize,
     ) -> Result<()> {
-        let map = map_data(self.map(name))
-            .ok_or_else(|| DataPlaneError::Setup(format!("map `{name}` missing")))?;
-        batch::update_batch(map, keys, values, per_key).map_err(|source| DataPlaneError::Io {
-            what: format!("writing {} entries of `{name}`", keys.len()),
-            source,
+        batch::update_batch(self.batch_map(name)?, keys, values, per_key).map_err(|source| {
+            DataPlaneError::Io {
+                what: format!("writing {} entries of `{name}`", keys.len()),
+                source,
+            }
         })
     }
 }

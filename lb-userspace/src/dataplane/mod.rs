@@ -349,21 +349,14 @@ impl DataPlane for BpfDataPlane {
 
     /// Read in batches: a lookup per slot took half a second at 512 000.
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
-        let map = map_data(self.map(maps::BACKENDS))
-            .ok_or_else(|| DataPlaneError::Setup(format!("map `{}` missing", maps::BACKENDS)))?;
         let mut out = Vec::new();
-        batch::lookup_batches_of::<u32, Backend>(map, 1, |ids, values| {
+        self.read_batches::<Backend>(maps::BACKENDS, 1, |ids, values| {
             out.extend(
                 ids.iter()
                     .zip(values)
                     .filter(|(_, b)| b.flags & lb_common::BACKEND_F_USED != 0 || b.gen != 0)
                     .map(|(i, b)| (*i, *b)),
             );
-            true
-        })
-        .map_err(|source| DataPlaneError::Io {
-            what: format!("reading `{}` in batches", maps::BACKENDS),
-            source,
         })?;
         Ok(out)
     }
@@ -388,10 +381,7 @@ impl DataPlane for BpfDataPlane {
     fn all_backend_stats(&self) -> Result<Vec<BackendStats>> {
         let cpus = self.cpus;
         let mut out = Vec::new();
-        let map = map_data(self.map(maps::BACKEND_STATS)).ok_or_else(|| {
-            DataPlaneError::Setup(format!("`{}` is not a per-CPU array", maps::BACKEND_STATS))
-        })?;
-        batch::lookup_batches_of::<u32, BackendStats>(map, cpus, |ids, values| {
+        self.read_batches::<BackendStats>(maps::BACKEND_STATS, cpus, |ids, values| {
             for (id, per_cpu) in ids.iter().zip(values.chunks(cpus)) {
                 let i = *id as usize;
                 if out.len() <= i {
@@ -399,11 +389,6 @@ impl DataPlane for BpfDataPlane {
                 }
                 out[i] = per_cpu.iter().sum();
             }
-            true
-        })
-        .map_err(|source| DataPlaneError::Io {
-            what: format!("reading `{}` in batches", maps::BACKEND_STATS),
-            source,
         })?;
         Ok(out)
     }

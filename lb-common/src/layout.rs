@@ -104,7 +104,7 @@ pub const PROG_BALANCER: u32 = 1;
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Program names in the object file.
 pub mod progs {
@@ -311,7 +311,8 @@ pub struct Backend {
 const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 /// A connection, as the client sent it. Addresses and ports as in the packet.
-#[repr(C)]
+/// Aligned to 8: the flow table compares keys a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u32; 4],
@@ -338,8 +339,38 @@ pub struct FlowValue {
     /// `Backend::gen` of the slot when the flow was made.
     pub gen: u32,
 }
-/// Small on purpose: an insert copies it into a cold table entry.
+/// With the key, one cache line (`FlowEntry`).
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+
+/// One entry of the flow table (`FLOWS`): a connection and what is
+/// remembered of it, one cache line. An entry whose `key.family` is 0 was
+/// never used; `FLOW_GONE`, it held a flow no longer there (it is taken
+/// again first).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub value: FlowValue,
+}
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 64);
+
+/// Entries per set of the flow table: a flow lives in one of the
+/// `FLOW_WAYS` entries of the set its hash names.
+pub const FLOW_WAYS: u32 = 8;
+
+/// `FlowKey::family` of a flow-table entry whose flow is gone (removed,
+/// or being written). Entries are never made free again, so a set's used
+/// entries come first and a lookup stops at the first free one.
+pub const FLOW_GONE: u8 = 0xff;
+
+/// One set of the flow table, one element of `FLOWS` (512 bytes: a page
+/// holds eight sets, and a set never crosses a page).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet {
+    pub ways: [FlowEntry; FLOW_WAYS as usize],
+}
+const _: () = assert!(core::mem::size_of::<FlowSet>() == 512);
 
 /// How stale `FlowValue::last_seen_ns` may get before a packet refreshes
 /// it; keeps the hot path from dirtying the entry's cache line on every
@@ -347,9 +378,11 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 /// twice).
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
-/// Bit 0 of `FlowValue::last_seen_ns`: the flow was stored from a SYN and
-/// no other packet of it has been seen yet (its handshake is pending). A
-/// nanosecond of the stamp is worth nothing (it is refreshed once a second).
+/// Bit 0 of `FlowValue::last_seen_ns`: the flow was stored from a SYN (or
+/// a UDP flow's first datagram) and no other packet of it has been seen
+/// yet (a TCP handshake is pending). A full set of the flow table gives up
+/// such flows first. A nanosecond of the stamp is worth nothing (it is
+/// refreshed once a second).
 pub const FLOW_PENDING: u64 = 1;
 /// Bit 1 of `FlowValue::last_seen_ns`: the flow's VIP counts connections
 /// (`VIP_F_COUNT`).
@@ -415,8 +448,16 @@ pub struct Config {
     /// max_backends_per_vip`); written by the map writer from the map
     /// sizes, whatever the caller set.
     pub max_vip_backends: u32,
+    /// Sets of the flow table (`FLOWS` entries / `FLOW_WAYS`, a power of
+    /// two); written by the map writer from the map sizes.
+    pub flow_sets: u32,
+    pub _pad: u32,
+    /// SipHash key of the flow table's index. The table's own, kept with it
+    /// across restarts (a new `hash_key` must not lose the flows stored);
+    /// written by the map writer.
+    pub flow_seed: [u64; 2],
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 152);
 
 /// `Config::flags`: `gateway_mac` is set.
 pub const CONFIG_F_GATEWAY_MAC: u32 = 1;

@@ -1,12 +1,8 @@
 //! TCP and UDP: the flow table first, the scheduler for what it does not
 //! know, then forwarding and the statistics.
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    programs::XdpContext,
-};
+use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::info;
 use core::intrinsics::unlikely;
-use core::mem::MaybeUninit;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_NAT,
     BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_NAT, CONFIG_F_STATELESS, FLOW_COUNTS, FLOW_FLAGS,
@@ -16,18 +12,14 @@ use lb_common::{
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::forward;
+use crate::flowtab::{self, EEXIST};
 use crate::load::{open, release};
 use crate::maps::{
     account, clock_ns, flow_insert_allowed, scratch_key, vip_drop, BACKENDS, BACKEND_STATS, CONFIG,
-    FLOWS, KEY_PACKET,
+    KEY_PACKET,
 };
-use crate::packet::{
-    ptr_at, zeroed, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-};
+use crate::packet::{ptr_at, Packet, Ports, TcpHdr, UdpHdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::schedule::{drop_no_backend, pick, vip_bits, Pick, DEFERRED, FULL};
-
-/// The kernel's "exists" error, as map helpers return it (negated).
-const EEXIST: i32 = 17;
 
 /// The backend a packet goes to: its slot id and entry, the flow hash, the VIP.
 struct Chosen<'a> {
@@ -310,43 +302,52 @@ fn remember(
     counts: bool,
     cfg: &Config,
 ) -> Option<(Chosen<'static>, bool)> {
-    let mut v = MaybeUninit::uninit();
-    let fv: &mut FlowValue = zeroed(&mut v);
-    fv.backend = c.backend_id;
-    fv.vip_id = c.vip_id;
-    fv.last_seen_ns = now & !FLOW_FLAGS;
-    if is_syn {
-        fv.last_seen_ns |= FLOW_PENDING;
-    }
-    if counts {
-        fv.last_seen_ns |= FLOW_COUNTS | FLOW_OPEN;
-    }
-    fv.hash = c.hash;
-    fv.gen = c.backend.gen;
-    let flags = u64::from(if is_syn { BPF_NOEXIST } else { BPF_ANY });
-    match FLOWS.insert(key, *fv, flags) {
-        Ok(()) => {
-            if counts {
-                open(c.backend_id);
-            }
-            None
-        }
+    let e = match flowtab::insert(key, is_syn, cfg) {
+        Ok(e) => e,
         Err(e) if e == -EEXIST => {
             if let Some(kept) = keep_for_syn(key, cfg, now) {
                 return Some(kept);
             }
-            if FLOWS.insert(key, *fv, u64::from(BPF_ANY)).is_err() {
-                count(counter::FLOW_INSERT_FAILED);
-            } else if counts {
-                open(c.backend_id);
+            match flowtab::insert(key, false, cfg) {
+                Ok(e) => e,
+                Err(_) => {
+                    count(counter::FLOW_INSERT_FAILED);
+                    return None;
+                }
             }
-            None
         }
         Err(_) => {
             count(counter::FLOW_INSERT_FAILED);
-            None
+            return None;
         }
+    };
+    let fv = &mut e.value;
+    fv.backend = c.backend_id;
+    fv.vip_id = c.vip_id;
+    let mut stamp = now & !FLOW_FLAGS;
+    // Seen in one packet: a SYN's handshake is pending; a first datagram
+    // is marked the same way, which its next packet clears (a full set
+    // gives up such flows first).
+    if is_syn || key.proto == PROTO_UDP {
+        stamp |= FLOW_PENDING;
     }
+    if counts {
+        stamp |= FLOW_COUNTS | FLOW_OPEN;
+    }
+    fv.last_seen_ns = stamp;
+    fv.hash = c.hash;
+    fv.gen = c.backend.gen;
+    let sum = flowtab::digest(c.backend_id, c.vip_id, c.hash, c.backend.gen);
+    if flowtab::lb_flow_seal(e, key, sum) == 0 {
+        // Another CPU wrote the same entry at the same time: neither flow
+        // is stored, and both are scheduled anew with their next packet.
+        count(counter::FLOW_INSERT_FAILED);
+        return None;
+    }
+    if counts {
+        open(c.backend_id);
+    }
+    None
 }
 
 /// A SYN on a 4-tuple the table knows: the entry's backend while it can
@@ -357,10 +358,11 @@ fn remember(
 /// SYN-ACK came back, counted for the backend, passive health).
 #[inline(always)]
 fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
-    let fv = unsafe { &mut *FLOWS.get_ptr_mut(key)? };
-    let stamp = fv.last_seen_ns;
+    let e = flowtab::get(key, cfg)?;
+    let stamp = e.value.last_seen_ns;
     let idle = now.saturating_sub(stamp);
-    let kept = usable_entry(fv, PROTO_TCP, cfg, now, TCP_SYN)?;
+    let kept = usable_entry(&mut e.value, PROTO_TCP, cfg, now, TCP_SYN)?;
+    let fv = &mut e.value;
     count(counter::SYN_KEPT_FLOW);
     // Only a connection whose handshake never completed: a 4-tuple reused
     // after its connection ended (NAT, busy clients) is no retransmission,
@@ -420,8 +422,13 @@ fn lookup(
     now: u64,
     tcp_flags: u8,
 ) -> Option<Chosen<'static>> {
-    let fv = FLOWS.get_ptr_mut(key)?;
-    usable_entry(unsafe { &mut *fv }, proto, cfg, now, tcp_flags)
+    usable_entry(
+        &mut flowtab::get(key, cfg)?.value,
+        proto,
+        cfg,
+        now,
+        tcp_flags,
+    )
 }
 
 /// `lookup` for an entry already found.

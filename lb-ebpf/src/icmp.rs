@@ -10,7 +10,7 @@ use lb_common::{
 use crate::action::{malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::csum;
 use crate::encap::forward;
-use crate::maps::{clock_ns, icmp_allowed, BACKENDS, CONFIG, FLOWS};
+use crate::maps::{clock_ns, icmp_allowed, BACKENDS, CONFIG};
 use crate::packet::{
     ptr_at, EthHdr, IcmpHdr, Ipv4Hdr, Ipv6Hdr, Packet, Ports, IPV4_LEN, OUTER_TTL,
 };
@@ -76,9 +76,13 @@ fn quoted_v6(ctx: &XdpContext, off: usize) -> Option<FlowKey> {
 /// Sends an ICMP error about flow `key` to the backend serving that flow.
 #[inline(always)]
 fn steer(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
-    let Some(fv) = (unsafe { FLOWS.get(key) }) else {
+    let Some(cfg) = CONFIG.get(0) else {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
+    let Some(e) = crate::flowtab::get(key, cfg) else {
+        return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
+    };
+    let fv = &e.value;
     let Some(backend) = BACKENDS.get(fv.backend) else {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     };
@@ -89,9 +93,6 @@ fn steer(ctx: &XdpContext, pkt: &Packet, key: &FlowKey) -> u32 {
     {
         return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
     }
-    let Some(cfg) = CONFIG.get(0) else {
-        return verdict(counter::PASS_ICMP_NO_FLOW, XDP_PASS);
-    };
     let now = clock_ns(cfg);
     // A NAT flow's backend knows the flow by other addresses.
     if backend.flags & lb_common::BACKEND_F_NAT != 0 {

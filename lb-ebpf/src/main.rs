@@ -26,6 +26,8 @@
 // compare-and-swap, so `core::sync::atomic`'s read-modify-write methods are
 // missing there, while LLVM lowers the intrinsic to one BPF atomic add.
 #![feature(core_intrinsics)]
+// An empty `asm` keeps a bound LLVM would drop (`flowtab`).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod action;
@@ -34,6 +36,7 @@ mod decap;
 mod decap_chain;
 mod encap;
 mod flow;
+mod flowtab;
 mod gen;
 mod icmp;
 mod load;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowValue,
-    NatKey, NatValue, PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats,
+    counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowSet,
+    NatKey, NatValue, PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats, FLOW_WAYS,
     NAT_ADDRS_PER_FAMILY, PERSIST_TABLE_SIZE,
 };
 
@@ -36,22 +36,13 @@ pub static MEMBERS: Array<u64> = Array::with_max_entries(
     defaults::MAX_VIPS * 2 * defaults::MAX_BACKENDS,
     BPF_F_MMAPABLE,
 );
-/// One LRU hash shared by all CPUs: a flow is found whichever CPU its next
-/// packet lands on (RSS changes, generic XDP, several queues), the daemon
-/// sees one table, and new flows of any CPU may use any free entry. By
-/// default with the common LRU list: each CPU takes free entries from a
-/// local list of up to 128 and touches the shared list (under its lock) once
-/// per batch. The `per-cpu-lru` build gives each CPU its own list and share
-/// of the entries (`BPF_F_NO_COMMON_LRU`; the hash table stays shared).
-/// BENCHMARKS.md ("Flow table LRU") has the measurements and the reasons
-/// for the default.
+/// The flow table (`flowtab`): sets of `FLOW_WAYS` one-line entries,
+/// shared by all CPUs, so a flow is found whichever CPU its next packet
+/// lands on (RSS changes, generic XDP, several queues), and the daemon sees
+/// one table. Mapped by the daemon, which reads it in place.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(defaults::FLOW_TABLE_SIZE, FLOWS_FLAGS);
-#[cfg(not(feature = "per-cpu-lru"))]
-const FLOWS_FLAGS: u32 = 0;
-#[cfg(feature = "per-cpu-lru")]
-const FLOWS_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
+pub static FLOWS: Array<FlowSet> =
+    Array::with_max_entries(defaults::FLOW_TABLE_SIZE * 2 / FLOW_WAYS, BPF_F_MMAPABLE);
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Per CPU, per VIP: the next position in a round-robin VIP's sequence.

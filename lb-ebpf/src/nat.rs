@@ -21,7 +21,7 @@ use crate::action::{count, dropped, Sent};
 use crate::csum;
 use crate::encap::way_out;
 use crate::maps::{
-    NatScratch, BACKEND_STATS, FLOWS, LIMITS, NAT_ADDRS, NAT_FILTER, NAT_REPLIES, NAT_SCRATCH,
+    NatScratch, BACKEND_STATS, LIMITS, NAT_ADDRS, NAT_FILTER, NAT_REPLIES, NAT_SCRATCH,
 };
 use crate::nexthop::{next_hop, NextHopNeed};
 use crate::packet::{
@@ -157,7 +157,7 @@ fn ended(key: &NatKey, cfg: &Config, now: u64) -> bool {
     if idle <= limit + LAST_SEEN_GRANULARITY_NS {
         return false;
     }
-    let _ = FLOWS.remove(&v.client);
+    crate::flowtab::remove(&v.client, cfg);
     true
 }
 

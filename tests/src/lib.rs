@@ -92,6 +92,8 @@ pub struct Balancer {
     prog: &'static str,
     /// The measured tick, written into every `set_config` as the daemon does.
     pub clock: DataPathClock,
+    /// The flow table, mapped once.
+    flows: std::cell::OnceCell<lb_userspace::dataplane::FlowTable>,
 }
 
 /// The balancer with its map writer, or the object loaded for another
@@ -195,6 +197,7 @@ impl Balancer {
             sizes,
             prog,
             clock,
+            flows: std::cell::OnceCell::new(),
         };
         if let (Loaded::Balancer(dp), progs::BALANCER) = (&mut b.loaded, prog) {
             // `lb_xdp` and `lb_stateless`, linked for their tail calls.
@@ -306,17 +309,23 @@ impl Balancer {
         Ok(v.get(key, 0)?)
     }
 
-    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        let f: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(self.map(maps::FLOWS)).ok()?;
-        f.get(key, 0).ok()
+    /// The flow table, mapped.
+    /// The flow table, mapped (once).
+    pub fn flows(&self) -> &lb_userspace::dataplane::FlowTable {
+        self.flows.get_or_init(|| match &self.loaded {
+            Loaded::Balancer(dp) => dp.flow_table().expect("the flow table maps"),
+            Loaded::Other(_) => panic!("{} has no balancer map writer", self.prog),
+        })
     }
 
-    /// Removes a flow from the table, as an LRU eviction would.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.flows().get(key)
+    }
+
+    /// Removes a flow from the table, as an eviction would.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<()> {
-        let map = self.ebpf_mut().map_mut(maps::FLOWS).context("no FLOWS")?;
-        let mut f: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
-        Ok(f.remove(key)?)
+        anyhow::ensure!(self.flows().remove(key), "no flow {key:?}");
+        Ok(())
     }
 
     /// Active connections counted on backend `id` (`LOADS`).
@@ -337,9 +346,7 @@ impl Balancer {
     }
 
     pub fn flow_count(&self) -> usize {
-        let f: HashMap<&MapData, FlowKey, FlowValue> =
-            HashMap::try_from(self.map(maps::FLOWS)).unwrap();
-        f.keys().count()
+        self.flows().len()
     }
 
     /// Counter `idx` of `map`, summed over CPUs; 0 where the object has

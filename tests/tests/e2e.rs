@@ -1786,9 +1786,14 @@ fn persistence_keeps_a_client_on_one_backend_across_connections_and_pool_changes
     t.write_pool(&pool(&w)).unwrap();
     applied(i, w[i].0 as u64, "drain");
     let (seen, failed) = spread_http(&t, web(), 50);
+    // What the daemon saw and did, should the client have moved twice.
+    let why = || {
+        let st = t.status_json().unwrap_or_default();
+        format!("{}\n{}\n{}", vip(&st, "web"), st["counters"], t.log())
+    };
     assert_eq!(failed, 0, "{seen:?}");
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    assert!(!seen.contains_key(&home), "{seen:?}");
+    assert_eq!(seen.len(), 1, "{seen:?}\n{}", why());
+    assert!(!seen.contains_key(&home), "{seen:?}\n{}", why());
 }
 
 #[test]

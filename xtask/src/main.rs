@@ -23,38 +23,39 @@ enum Cmd {
     Test,
     /// Per-packet cost through BPF_PROG_TEST_RUN, and the Maglev build time.
     Bench {
-        /// Instead: the flow table's LRU at 1M entries on every CPU, the
-        /// common list against per-CPU lists, side by side.
+        /// Instead: the flow table at 1M flows on every CPU: filled from
+        /// both CPUs, established on the CPU that stored the flow and on
+        /// the other, new flows into a full table.
         #[arg(long)]
-        lru: bool,
+        flows: bool,
         /// Instead: the real daemon with a full 1M-entry flow table and no
         /// traffic: `lb status` time, CPU and memory at rest.
-        #[arg(long, conflicts_with = "lru")]
+        #[arg(long, conflicts_with = "flows")]
         rest: bool,
         /// Instead: the real daemon probing 5000 backends every 200 ms:
         /// probes sustained, CPU, sockets, TIME_WAIT.
-        #[arg(long, conflicts_with_all = ["lru", "rest"])]
+        #[arg(long, conflicts_with_all = ["flows", "rest"])]
         probes: bool,
         /// Instead: end to end on the test topology, side by side in one
         /// run: lb, nftables DNAT, HAProxy (mode tcp), IPVS where the
         /// kernel has it, and the direct baseline; requests per second,
         /// CPU per request, latency added, stream throughput.
-        #[arg(long, conflicts_with_all = ["lru", "rest", "probes"])]
+        #[arg(long, conflicts_with_all = ["flows", "rest", "probes"])]
         e2e: bool,
         /// Instead: forwarded packets per second with frames the kernel
         /// really transmits (BPF_PROG_TEST_RUN live frames into a veth),
         /// new flows and established, on one CPU and on two.
-        #[arg(long, conflicts_with_all = ["lru", "rest", "probes", "e2e"])]
+        #[arg(long, conflicts_with_all = ["flows", "rest", "probes", "e2e"])]
         live: bool,
         /// Instead: lb_xdp beside Katran's balancer in one run, call by
         /// call, at production sizes; KATRAN is the path of Katran's
         /// balancer.bpf.o, built from Katran's sources (BENCHMARKS.md says how).
-        #[arg(long, value_name = "KATRAN", conflicts_with_all = ["lru", "rest", "probes", "e2e", "live"])]
+        #[arg(long, value_name = "KATRAN", conflicts_with_all = ["flows", "rest", "probes", "e2e", "live"])]
         katran: Option<std::path::PathBuf>,
         /// Instead: the daemon with 512 VIPs of 127 backends each (the most
         /// 16-bit table ids name): cold start, map memory, a full reload,
         /// `lb status` time, CPU and memory at rest.
-        #[arg(long, conflicts_with_all = ["lru", "rest", "probes", "e2e", "live"])]
+        #[arg(long, conflicts_with_all = ["flows", "rest", "probes", "e2e", "live"])]
         scale: bool,
     },
     /// Random and mutated packets through the loaded program (default a
@@ -92,7 +93,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup(),
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Test => test(),
-        Cmd::Bench { lru: true, .. } => bench_lru(),
+        Cmd::Bench { flows: true, .. } => bench_bin("flow-bench", &[]),
         Cmd::Bench { rest: true, .. } => bench_daemon(&[]),
         Cmd::Bench { probes: true, .. } => bench_daemon(&["probes"]),
         Cmd::Bench { scale: true, .. } => bench_daemon(&["scale"]),
@@ -256,22 +257,9 @@ fn install_bpf_linker(sysroot: &str) -> Result<()> {
 const EBPF_OBJECT: &str = "target/bpfel-unknown-none/release/lb-ebpf";
 
 fn build_ebpf() -> Result<()> {
-    build_ebpf_with(&[])?;
-    eprintln!("eBPF object: {EBPF_OBJECT}");
-    Ok(())
-}
-
-/// The flow table with per-CPU LRU lists, for `bench --lru`: its own
-/// target directory, so the default object stays as it is.
-const EBPF_OBJECT_PER_CPU_LRU: &str = "target/ebpf-per-cpu-lru/bpfel-unknown-none/release/lb-ebpf";
-
-/// Builds the eBPF object, with extra cargo arguments (features, target
-/// directory).
-fn build_ebpf_with(extra: &[&str]) -> Result<()> {
     run(Command::new("cargo")
         .args(["+nightly", "build", "--release", "-p", "lb-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .args(extra)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             [
@@ -282,7 +270,9 @@ fn build_ebpf_with(extra: &[&str]) -> Result<()> {
             .join("\x1f"),
         )
         .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER"))
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
+    eprintln!("eBPF object: {EBPF_OBJECT}");
+    Ok(())
 }
 
 /// Builds `lb` (with the eBPF object embedded) and the test binaries.
@@ -435,23 +425,6 @@ fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
         .args(seed.map(|s| s.to_string()))
         .env("LB_EBPF_OBJECT", workspace_root().join(EBPF_OBJECT));
     run(&mut cmd)
-}
-
-/// `bench --lru`: both builds of the object, then `lru-bench`.
-fn bench_lru() -> Result<()> {
-    setup()?;
-    build_ebpf()?;
-    build_ebpf_with(&[
-        "--features",
-        "per-cpu-lru",
-        "--target-dir",
-        "target/ebpf-per-cpu-lru",
-    ])?;
-    let root = workspace_root();
-    run(Command::new("cargo")
-        .args(["run", "--release", "-p", "lb-tests", "--bin", "lru-bench"])
-        .env("LB_EBPF_OBJECT", root.join(EBPF_OBJECT))
-        .env("LB_EBPF_OBJECT_B", root.join(EBPF_OBJECT_PER_CPU_LRU)))
 }
 
 /// `bench --rest` and `--probes`: the release `lb` (with the object), then

@@ -6,9 +6,9 @@ pub(super) type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, H
 
 /// How often, at most, the flow table is walked for `lb status`.
 const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
-/// The share of one CPU the walks may take: a walk of a million flows takes
-/// about 350 ms (BENCHMARKS.md, "Flow table LRU"), so with a full default
-/// table the counts are refreshed every 7 s or so.
+/// The share of one CPU the walks may take: the walk reads the whole
+/// table in place (BENCHMARKS.md, "The flow table"), and is paced to this
+/// share however long it takes.
 const FLOW_COUNT_CPU_SHARE: u32 = 20;
 
 /// The pause after a walk that took `took`: at least FLOW_COUNT_INTERVAL,

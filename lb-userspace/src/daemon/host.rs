@@ -72,35 +72,6 @@ fn routed_addresses(output: &str) -> Vec<(std::net::IpAddr, String)> {
         .collect()
 }
 
-/// CPUs in a kernel CPU list such as "0-3,8".
-pub(super) fn cpu_count(list: &str) -> usize {
-    list.trim()
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
-            None => 1,
-        })
-        .sum()
-}
-
-/// The flow table's LRU keeps up to 128 free entries per CPU in a local list
-/// (and as many recently added ones pending): on a small table with many
-/// CPUs, live flows can be evicted while the table is far from full (the
-/// kernel eases this from 6.16 on).
-pub(super) fn warn_flow_capacity(flows: u32) {
-    let Ok(possible) = std::fs::read_to_string("/sys/devices/system/cpu/possible") else {
-        return;
-    };
-    let held = cpu_count(&possible) * 256;
-    if (flows as usize) < 4 * held {
-        log::warn!(
-            "tables.flow_table_size is {flows}; the LRU's per-CPU lists may hold up to {held} entries on this host's CPUs, so flows can be evicted early; raise it to {} or more",
-            4 * held
-        );
-    }
-}
-
 pub(super) fn warn_forwarding(iface: &str) {
     let p = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
     if std::fs::read_to_string(&p)

@@ -211,7 +211,6 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         }
     };
     warn_vip_routes(&pool);
-    warn_flow_capacity(pool.tables.flow_table_size);
 
     if let Some(dir) = pool.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -528,13 +527,6 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_are_counted() {
-        assert_eq!(cpu_count("0-3\n"), 4);
-        assert_eq!(cpu_count("0-1,4,6-7"), 5);
-        assert_eq!(cpu_count("0"), 1);
-    }
 
     #[test]
     fn the_hash_secret_is_created_once_then_read_back() {

@@ -148,7 +148,11 @@ impl BpfDataPlane {
                 size_of::<BackendStats>(),
             ),
             (maps::RINGS, entries as u32, size_of::<u64>()),
-            (maps::FLOWS, sizes.flows, size_of::<FlowValue>()),
+            (
+                maps::FLOWS,
+                lb_common::flow_sets(sizes.flows),
+                size_of::<lb_common::FlowSet>(),
+            ),
             (maps::CONFIG, 1, size_of::<Config>()),
             (maps::COUNTERS, lb_common::counter::COUNT, size_of::<u64>()),
             (maps::LOADS, sizes.max_backends, size_of::<u64>()),
@@ -214,7 +218,9 @@ impl BpfDataPlane {
                 lb_common::DataPathClock::default()
             }
         };
+        let flow_seed = flow_seed(&ebpf)?;
         let mut dp = BpfDataPlane {
+            flow_seed,
             ebpf,
             ring,
             members,
@@ -246,4 +252,30 @@ impl BpfDataPlane {
         }
         Ok(dp)
     }
+}
+
+/// The flow table's hash key: the one an earlier run wrote with the table
+/// (kept in the pinned `CONFIG`), else a new random one.
+fn flow_seed(ebpf: &Ebpf) -> Result<[u64; 2]> {
+    let m = ebpf.map(maps::CONFIG).ok_or_else(|| {
+        DataPlaneError::Setup(format!(
+            "map `{}` missing from the eBPF object",
+            maps::CONFIG
+        ))
+    })?;
+    let a: Array<&MapData, Config> = Array::try_from(m).map_err(map_err(maps::CONFIG))?;
+    let old = a.get(&0, 0).map_err(map_err(maps::CONFIG))?.flow_seed;
+    if old != [0, 0] {
+        return Ok(old);
+    }
+    let mut buf = [0u8; 16];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|source| DataPlaneError::Io {
+            what: "reading /dev/urandom".into(),
+            source,
+        })?;
+    let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
+    Ok([word(&buf[..8]), word(&buf[8..])])
 }

@@ -1,6 +1,6 @@
 //! Keeping the data path's connection counts (`LOADS`) true: the flows it
 //! cannot see end (a client gone without a FIN, a UDP flow left idle) are
-//! ended here, and what the LRU evicted unseen is taken off.
+//! ended here, and what left the table uncounted is taken off.
 use super::*;
 use lb_common::{BACKEND_F_USED, FLOW_OPEN, LAST_SEEN_GRANULARITY_NS, PROTO_UDP};
 use std::collections::HashMap as Map;
@@ -29,7 +29,7 @@ pub fn flow_census(
     use aya::maps::Map;
     let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
     let maps = CensusMaps {
-        flows: &Map::LruHashMap(open(maps::FLOWS)?),
+        flows: &Map::Array(open(maps::FLOWS)?),
         backends: &Map::Array(open(maps::BACKENDS)?),
         stats: &Map::PerCpuArray(open(maps::BACKEND_STATS)?),
         loads: &Map::Array(open(maps::LOADS)?),
@@ -58,9 +58,6 @@ struct CensusMaps<'a> {
     loads: &'a aya::maps::Map,
 }
 
-/// `BPF_EXIST`: update an entry only if it is there.
-const BPF_EXIST: u64 = 2;
-
 /// One pass over the flow table (at most `limit` entries): flows per
 /// backend, and the connection counts made true.
 ///
@@ -69,7 +66,8 @@ const BPF_EXIST: u64 = 2;
 /// count lowered by one, exactly. Then each backend's count is set against
 /// the counted flows found: what it holds beyond them and beyond every
 /// new flow of the backend during the pass (which the pass may have missed)
-/// is flows the LRU evicted; that much is taken off. The bound makes the
+/// is flows gone from the table uncounted (an entry two CPUs wrote at once
+/// is dropped); that much is taken off. The bound makes the
 /// correction safe under traffic (never below the truth), and it catches up
 /// over passes.
 fn census_of(
@@ -102,18 +100,16 @@ fn census_of(
             })
             .collect())
     };
-    let data = |m| map_data(m).expect("an array or hash map");
+    let data = |m| map_data(m).expect("an array");
     let loads = LoadsMmap::new(data(m.loads), slots as usize)?;
-    // The typed map writes through a handle of its own.
-    let mut own = aya::maps::Map::LruHashMap(clone_fd(data(m.flows))?);
-    let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> =
-        HashMap::try_from(&mut own).map_err(map_err(maps::FLOWS))?;
+    // Ending a flow finds it by index: no key's set, no seed.
+    let flows = FlowTable::map(data(m.flows), [0, 0])?;
     let opened_before = new_flows(m)?;
     let now = monotonic_ns();
     let mut out = FlowCensus::default();
     let mut counted = vec![0u64; slots as usize];
-    let mut to_end: Vec<(FlowKey, FlowValue)> = Vec::new();
-    walk_flows(data(m.flows), limit, |k, v| {
+    let mut to_end: Vec<(usize, FlowValue)> = Vec::new();
+    flows.each(limit, |i, k, v| {
         if seen_within(now, v, max_idle_ns) {
             *out.flows.entry(v.backend).or_insert(0) += 1;
         }
@@ -127,25 +123,19 @@ fn census_of(
             lb_common::TCP_COUNT_IDLE_NS
         };
         if now.saturating_sub(v.last_seen_ns) > idle_limit + LAST_SEEN_GRANULARITY_NS {
-            to_end.push((*k, *v));
+            to_end.push((i, *v));
         } else {
             counted[b] += 1;
         }
-    })?;
-    for (k, v) in to_end {
-        // Only the entry as it was read: a packet since may have renewed it.
-        // A packet between this read and the update below can still end
-        // the same flow (a FIN, or its UDP expiry): then the count is taken
-        // off twice, and stays one low (passes only lower counts). Rare;
-        // the data path reads a count below 0 as 0.
-        if flows.get(&k, 0).ok() != Some(v) {
-            continue;
-        }
-        let ended = FlowValue {
-            last_seen_ns: v.last_seen_ns & !FLOW_OPEN,
-            ..v
-        };
-        if flows.insert(k, ended, BPF_EXIST).is_ok() {
+    });
+    for (i, v) in to_end {
+        // Only the entry as it was read: a packet since may have renewed
+        // its stamp, or a new flow taken the entry. A packet that ends the
+        // same flow (a FIN, or its UDP expiry) right after the swap, having
+        // read the stamp before it, takes the count off twice: it stays one
+        // low (passes only lower counts). Rare; the data path reads a count
+        // below 0 as 0.
+        if flows.swap_stamp(i, v.last_seen_ns, v.last_seen_ns & !FLOW_OPEN) {
             loads.sub(v.backend as usize, 1);
             out.ended += 1;
         }
@@ -168,19 +158,6 @@ fn census_of(
         }
     }
     Ok(out)
-}
-
-/// A second handle on a map.
-fn clone_fd(m: &MapData) -> Result<MapData> {
-    let fd = m
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| DataPlaneError::Io {
-            what: "duplicating a map descriptor".into(),
-            source,
-        })?;
-    MapData::from_fd(fd).map_err(map_err(maps::FLOWS))
 }
 
 /// `LOADS` mapped into our memory: its counts are changed with atomic

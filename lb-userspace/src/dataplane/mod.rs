@@ -19,6 +19,7 @@ mod batch;
 mod decap;
 mod deferred;
 mod flows;
+mod flowtab;
 mod load;
 mod loads;
 mod nat;
@@ -27,6 +28,7 @@ mod programs;
 mod ring;
 pub use decap::*;
 pub use flows::*;
+pub use flowtab::FlowTable;
 pub use loads::*;
 pub use pins::*;
 use ring::RingMmap;
@@ -149,6 +151,8 @@ pub struct BpfDataPlane {
     deferred: deferred::Deferred,
     /// Possible CPUs: values per key of a per-CPU map.
     cpus: usize,
+    /// `Config::flow_seed`: the flow table's hash key.
+    flow_seed: [u64; 2],
 }
 
 /// The data of the maps this program pins.
@@ -232,6 +236,9 @@ impl DataPlane for BpfDataPlane {
         self.clock.apply(&mut cfg);
         // The stride of `MEMBERS`, as the maps were made.
         cfg.max_vip_backends = self.sizes.max_vip_backends.max(1);
+        // The flow table's sets and key, as the table was made.
+        cfg.flow_sets = lb_common::flow_sets(self.sizes.flows);
+        cfg.flow_seed = self.flow_seed;
         let mut a: Array<&mut MapData, Config> =
             Array::try_from(self.map_mut(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))

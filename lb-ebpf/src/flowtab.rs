@@ -1,0 +1,230 @@
+//! The flow table: sets of `FLOW_WAYS` one-line entries (`FLOWS`, one set
+//! an element), the set named by a keyed hash of the flow
+//! (`Config::flow_seed`). A flow is looked up in its set only, one page;
+//! a new flow takes its set's free entry, or the one seen longest ago (its
+//! connection count released). No lock and no list.
+//!
+//! Entries are written without a lock, so a second writer may meet one
+//! half written. A writer makes the entry invalid first, writes the value,
+//! then the key with its family last, and reads it all back
+//! (`lb_flow_seal`): an entry another CPU wrote into at the same time is
+//! left invalid (both flows are scheduled anew with their next packet), so
+//! no key stays paired with another flow's backend. A reader that matched
+//! the key a moment before a writer took the entry may still read the new
+//! value: that one packet goes where the new flow goes.
+//!
+//! The ways are compared and chosen without a branch: the verifier walks
+//! a lookup once per path instead of once per way, and what follows sees
+//! one entry at a variable offset, not eight states.
+use lb_common::{Config, FlowEntry, FlowKey, FlowSet, FLOW_GONE, FLOW_PENDING, FLOW_WAYS};
+
+use crate::load::release;
+use crate::maps::FLOWS;
+use core::ptr::{read_volatile, write_volatile};
+
+/// The kernel's "exists" error, as map helpers return it (negated).
+pub const EEXIST: i32 = 17;
+
+/// `key`'s set.
+#[inline(always)]
+fn set_of(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowSet> {
+    let h = lb_common::table_hash(key, &cfg.flow_seed);
+    let i = (h >> 32) as u32 & cfg.flow_sets.wrapping_sub(1);
+    FLOWS.get_ptr_mut(i).map(|p| unsafe { &mut *p })
+}
+
+/// Whether two keys are the same connection (five words, compared whole;
+/// `FlowKey` is 40 bytes aligned to 8).
+#[inline(always)]
+fn same(a: &FlowKey, b: &FlowKey) -> bool {
+    let a = a as *const FlowKey as *const u64;
+    let b = b as *const FlowKey as *const u64;
+    unsafe {
+        *a == *b
+            && *a.add(1) == *b.add(1)
+            && *a.add(2) == *b.add(2)
+            && *a.add(3) == *b.add(3)
+            && *a.add(4) == *b.add(4)
+    }
+}
+
+/// One more than the way of `set` that holds `key`, 0 for none. A global
+/// function: the verifier checks it once, not once per path of `lb_xdp`
+/// that looks a flow up, and its frame is its own.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_flow_match(set: *const FlowSet, key: *const FlowKey) -> u64 {
+    // The verifier checks a global function for any caller.
+    if set.is_null() || key.is_null() {
+        return 0;
+    }
+    let (set, key) = unsafe { (&*set, &*key) };
+    let mut w = 0;
+    while w < FLOW_WAYS as usize {
+        let e = &set.ways[w].key;
+        // Ways are taken in order and never freed (see `FLOW_GONE`): no
+        // flow lies past a free one, whose lines are not read.
+        if e.family == 0 {
+            return 0;
+        }
+        if same(e, key) {
+            return w as u64 + 1;
+        }
+        w += 1;
+    }
+    0
+}
+
+/// Where `key` goes in `set`: its own way with `PLACE_FOUND` set, else a
+/// way no flow holds, else the flow seen in one packet only (`FLOW_PENDING`: a
+/// SYN, a first datagram) seen longest ago, else the flow seen longest
+/// ago. So a flood of single packets takes the places of its own kind
+/// before those of live connections. One pass over the ways (global, as
+/// `lb_flow_match`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_flow_place(set: *const FlowSet, key: *const FlowKey) -> u64 {
+    if set.is_null() || key.is_null() {
+        return 0;
+    }
+    let (set, key) = unsafe { (&*set, &*key) };
+    let mut best = u64::MAX;
+    let mut at = 0;
+    let mut w = 0;
+    while w < FLOW_WAYS as usize {
+        let e = &set.ways[w];
+        if e.key.family == 0 {
+            // Never used, nor any way past it: `key` is not in the set.
+            return if best == 0 { at } else { w as u64 };
+        } else if e.key.family == FLOW_GONE {
+            if best != 0 {
+                best = 0;
+                at = w as u64;
+            }
+        } else if same(&e.key, key) {
+            return w as u64 | PLACE_FOUND;
+        } else {
+            // Ranked by stamp, a live connection's above any single packet's.
+            let stamp = e.value.last_seen_ns;
+            let rank = stamp | ((stamp & FLOW_PENDING) ^ FLOW_PENDING) << 62;
+            if rank < best {
+                best = rank;
+                at = w as u64;
+            }
+        }
+        w += 1;
+    }
+    at
+}
+
+/// `lb_flow_place`: the way holds the key.
+const PLACE_FOUND: u64 = 1 << 8;
+
+/// Way `m - 1` (`m`: what `lb_flow_match` found, not 0), bounded for the
+/// verifier.
+#[inline(always)]
+fn way(m: u64) -> usize {
+    bounded_way(m - 1)
+}
+
+/// `w` masked to a way. LLVM knows the global functions' results are
+/// below `FLOW_WAYS` and would drop the mask; the verifier does not, and
+/// needs it: the empty `asm` hides the value from LLVM.
+#[inline(always)]
+fn bounded_way(mut w: u64) -> usize {
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) w) };
+    (w & (FLOW_WAYS as u64 - 1)) as usize
+}
+
+/// `key`'s entry.
+#[inline(always)]
+pub fn get(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowEntry> {
+    let set = set_of(key, cfg)?;
+    let m = lb_flow_match(set, key);
+    if m == 0 {
+        return None;
+    }
+    Some(&mut set.ways[way(m)])
+}
+
+/// The entry to store `key` in: `key`'s own, else a free one, else the
+/// one seen longest ago (its connection, if counted, is released).
+/// `only_new`: not where `key` is stored already (`Err(-EEXIST)`). It is
+/// made invalid; the caller writes its value, then [`lb_flow_seal`].
+#[inline(always)]
+pub fn insert(key: &FlowKey, only_new: bool, cfg: &Config) -> Result<&'static mut FlowEntry, i32> {
+    let set = set_of(key, cfg).ok_or(-1)?;
+    let place = lb_flow_place(set, key);
+    let e = &mut set.ways[bounded_way(place)];
+    if place & PLACE_FOUND != 0 {
+        if only_new {
+            return Err(-EEXIST);
+        }
+    } else if e.key.family != 0 && e.key.family != FLOW_GONE {
+        release(&mut e.value);
+    }
+    // Invalid while it is written: a reader misses it.
+    unsafe { write_volatile(&mut e.key.family, FLOW_GONE) };
+    Ok(e)
+}
+
+/// A digest of what a writer puts in an entry's value, but its stamp (a
+/// reader may renew that): `lb_flow_seal` compares the entry with it.
+#[inline(always)]
+pub fn digest(backend: u32, vip_id: u32, hash: u32, gen: u32) -> u64 {
+    let a = (backend as u64) | ((vip_id as u64) << 32);
+    let b = (hash as u64) | ((gen as u64) << 32);
+    (a ^ b.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b
+}
+
+/// Ends the write of entry `e` ([`insert`] made it invalid; the caller
+/// wrote its value): writes `key`, its family last, then reads the entry
+/// back. 1: it holds `key` and a value of digest `sum`; 0: another CPU
+/// wrote into it at the same time, and it is left invalid. Global: its
+/// frame is its own, and the verifier checks it once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_flow_seal(e: *mut FlowEntry, key: *const FlowKey, sum: u64) -> u64 {
+    if e.is_null() || key.is_null() {
+        return 0;
+    }
+    let (e, key) = unsafe { (&mut *e, &*key) };
+    unsafe {
+        let (to, from) = (words_mut(&mut e.key), words(key));
+        write_volatile(to, read_volatile(from));
+        write_volatile(to.add(1), read_volatile(from.add(1)));
+        write_volatile(to.add(2), read_volatile(from.add(2)));
+        write_volatile(to.add(3), read_volatile(from.add(3)));
+        // Sport, dport, protocol and the family: written last.
+        write_volatile(to.add(4), read_volatile(from.add(4)));
+    }
+    let v = unsafe { read_volatile(&e.value) };
+    if !same(&e.key, key) || digest(v.backend, v.vip_id, v.hash, v.gen) != sum {
+        unsafe { write_volatile(&mut e.key.family, FLOW_GONE) };
+        return 0;
+    }
+    1
+}
+
+/// A key's five words.
+#[inline(always)]
+fn words(k: &FlowKey) -> *const u64 {
+    k as *const FlowKey as *const u64
+}
+
+#[inline(always)]
+fn words_mut(k: &mut FlowKey) -> *mut u64 {
+    k as *mut FlowKey as *mut u64
+}
+
+/// Forgets `key`'s entry.
+#[inline(always)]
+pub fn remove(key: &FlowKey, cfg: &Config) {
+    let Some(set) = set_of(key, cfg) else {
+        return;
+    };
+    let m = lb_flow_match(set, key);
+    if m != 0 {
+        set.ways[way(m)].key.family = FLOW_GONE;
+    }
+}

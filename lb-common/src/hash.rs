@@ -1,6 +1,7 @@
 //! The keyed flow hash (SipHash-1-3), computed the same way by the data path
 //! and the daemon.
-use crate::layout::{FlowKey, AF_INET};
+use crate::flow::FlowKey;
+use crate::layout::AF_INET;
 
 #[inline(always)]
 fn sip_round(v: &mut [u64; 4]) {
@@ -98,9 +99,9 @@ mod tests {
     use super::*;
     use crate::layout::*;
 
-    #[test]
-    fn flow_hash_depends_on_key_and_every_field() {
-        let k = FlowKey {
+    /// A TCP connection from 10.0.0.1:1234 to 10.0.0.10:80.
+    fn key() -> FlowKey {
+        FlowKey {
             src: [0x0100_000a, 0, 0, 0],
             dst: [0x0a00_000a, 0, 0, 0],
             sport: 1234u16.to_be(),
@@ -108,7 +109,12 @@ mod tests {
             proto: PROTO_TCP,
             family: AF_INET,
             _pad: [0; 2],
-        };
+        }
+    }
+
+    #[test]
+    fn flow_hash_depends_on_key_and_every_field() {
+        let k = key();
         let h = flow_hash(&k, &[1, 2]);
         assert_eq!(h, flow_hash(&k, &[1, 2]));
         assert_ne!(h, flow_hash(&k, &[1, 3]));
@@ -122,15 +128,7 @@ mod tests {
 
     #[test]
     fn table_hash_depends_on_seed_and_every_word_and_spreads_over_sets() {
-        let k = FlowKey {
-            src: [0x0100_000a, 0, 0, 0],
-            dst: [0x0a00_000a, 0, 0, 0],
-            sport: 1234u16.to_be(),
-            dport: 80u16.to_be(),
-            proto: PROTO_TCP,
-            family: AF_INET,
-            _pad: [0; 2],
-        };
+        let k = key();
         let h = table_hash(&k, &[1, 2]);
         assert_eq!(h, table_hash(&k, &[1, 2]));
         assert_ne!(h, table_hash(&k, &[1, 3]));

@@ -13,7 +13,8 @@
 //! - [`nat`]: full NAT's reply table and flow encoding.
 //! - [`ring`]: how Maglev tables are packed into `RINGS`.
 //! - [`chain`]: stateless VIPs' previous backends and their GUE header.
-//! - [`hash`]: the keyed flow hash.
+//! - [`flow`]: the flow table's entries and sets, and the flags of a flow.
+//! - [`hash`]: the keyed flow hash and the flow table's hash.
 //! - [`filter`]: the VIP filter and index.
 //! - [`clock`]: the data path's clock and its calibration.
 //!
@@ -27,6 +28,7 @@ pub mod chain;
 pub mod clock;
 pub mod counters;
 pub mod filter;
+pub mod flow;
 pub mod gen;
 pub mod hash;
 pub mod layout;
@@ -39,6 +41,7 @@ pub use chain::*;
 pub use clock::*;
 pub use counters::*;
 pub use filter::*;
+pub use flow::*;
 pub use gen::*;
 pub use hash::*;
 pub use layout::*;

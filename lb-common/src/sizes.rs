@@ -57,7 +57,7 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
 /// quarter, 1 in a million.
 pub const fn flow_sets(flows: u32) -> u32 {
     let entries = (flows as u64) * 2;
-    let sets = entries.div_ceil(crate::layout::FLOW_WAYS as u64);
+    let sets = entries.div_ceil(crate::flow::FLOW_WAYS as u64);
     (sets as u32).next_power_of_two()
 }
 

@@ -569,16 +569,7 @@ fn random_scheduler_follows_the_weights_and_keeps_established_flows() {
     if root_env("packet tests").is_none() {
         return;
     }
-    let flows: Vec<Flow> = (0..10_000u32)
-        .map(|i| {
-            Flow::tcp(
-                &Ipv4Addr::from(0xc633_0000 + i).to_string(),
-                40000,
-                "10.100.0.1",
-                80,
-            )
-        })
-        .collect();
+    let flows: Vec<Flow> = (0..10_000u32).map(client).collect();
     let info = VipInfo {
         vip_id: WEB,
         scheduler: lb_common::scheduler::RANDOM,
@@ -2186,9 +2177,18 @@ fn counted_web_in(
 
 /// Opens a TCP connection to WEB from a client of its own (SYN, then ACK);
 /// returns it and its backend.
+/// Client `i` (198.51.0.0/16, port 40000) to the WEB VIP.
+fn client(i: u32) -> Flow {
+    Flow::tcp(
+        &Ipv4Addr::from(0xc633_0000 + i).to_string(),
+        40000,
+        "10.100.0.1",
+        80,
+    )
+}
+
 fn connect(lb: &Balancer, i: u32) -> (Flow, u32) {
-    let client = Ipv4Addr::from(0xc633_0000 + i).to_string();
-    let f = Flow::tcp(&client, 40000, "10.100.0.1", 80);
+    let f = client(i);
     assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
     assert_eq!(lb.run(&f.packet("A", b"")).unwrap().action, XDP_TX);
     let id = lb.flow(&f.key()).unwrap().backend;
@@ -2427,14 +2427,7 @@ fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count
     let mut lb = counted_web_in(8, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
     let table = lb.flows();
     let flows: Vec<Flow> = (0..1000u32)
-        .map(|i| {
-            Flow::tcp(
-                &Ipv4Addr::from(0xc633_0000 + i).to_string(),
-                40000,
-                "10.100.0.1",
-                80,
-            )
-        })
+        .map(client)
         .filter(|f| table.set_of(&f.key()) == 0)
         .take(10)
         .collect();

@@ -26,22 +26,7 @@ impl FlowTable {
     pub fn map(flows: &MapData, seed: [u64; 2]) -> Result<Self> {
         let info = flows.info().map_err(map_err(maps::FLOWS))?;
         let sets = info.max_entries() as usize;
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                sets * size_of::<FlowSet>(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                flows.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DataPlaneError::Io {
-                what: format!("mmap of the {} map", maps::FLOWS),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let ptr = super::ring::mmap_array(flows, sets * size_of::<FlowSet>(), maps::FLOWS)?;
         Ok(FlowTable {
             ptr: ptr as *mut FlowSet,
             sets,

@@ -169,23 +169,7 @@ struct LoadsMmap {
 
 impl LoadsMmap {
     fn new(map: &MapData, len: usize) -> Result<Self> {
-        let bytes = (len * 8).div_ceil(4096) * 4096;
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DataPlaneError::Io {
-                what: format!("mmap of the {} map", maps::LOADS),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let ptr = super::ring::mmap_array(map, len * 8, maps::LOADS)?;
         Ok(LoadsMmap {
             ptr: ptr as *mut AtomicU64,
             len,

@@ -17,28 +17,31 @@ const RING_STRIDE: usize = 8;
 // SAFETY: the mapping is owned by this struct and only written through &mut self.
 unsafe impl Send for RingMmap {}
 
+/// Maps the first `bytes` (rounded up to pages) of the mmapable array
+/// `map` (named `name`) into our memory, shared with the kernel.
+pub(super) fn mmap_array(map: &MapData, bytes: usize, name: &str) -> Result<*mut u8> {
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes.div_ceil(4096) * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(DataPlaneError::Io {
+            what: format!("mmap of the {name} map"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(ptr as *mut u8)
+}
+
 impl RingMmap {
     pub(super) fn new(map: &MapData, entries: usize, name: &str) -> Result<Self> {
-        let fd = map.fd().as_fd().as_raw_fd();
-        let bytes = entries * RING_STRIDE;
-        let page = 4096;
-        let len = bytes.div_ceil(page) * page;
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DataPlaneError::Io {
-                what: format!("mmap of the {name} map"),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let ptr = mmap_array(map, entries * RING_STRIDE, name)?;
         Ok(RingMmap {
             ptr: ptr as *mut u64,
             len: entries,

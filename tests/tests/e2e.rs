@@ -375,6 +375,21 @@ fn daemon_sigkill_and_restart_break_no_request() {
     let st = t.status_json().unwrap();
     assert_eq!(st["vips"].as_array().unwrap().len(), 5);
     assert!(t.log().contains("adopted the XDP link"), "{}", t.log());
+    // With no traffic now, one more restart: a flow the table holds is
+    // found where it was, with its backend (the table and its hash key
+    // are kept; a closed flow keeps its entry until its place is taken).
+    let held = || {
+        let mut held = None;
+        lb_userspace::dataplane::pinned_flow_table(&t.tag)
+            .unwrap()
+            .each(1, |_, k, v| held = Some((*k, v.backend)));
+        held.expect("a flow in the table")
+    };
+    let (key, backend) = held();
+    t.kill_daemon();
+    t.start_daemon().unwrap();
+    let table = lb_userspace::dataplane::pinned_flow_table(&t.tag).unwrap();
+    assert_eq!(table.get(&key).map(|v| v.backend), Some(backend));
 }
 
 #[test]

@@ -1,21 +1,24 @@
 //! The flow table: sets of `FLOW_WAYS` one-line entries (`FLOWS`, one set
 //! an element), the set named by a keyed hash of the flow
-//! (`Config::flow_seed`). A flow is looked up in its set only, one page;
-//! a new flow takes its set's free entry, or the one seen longest ago (its
-//! connection count released). No lock and no list.
+//! (`Config::flow_seed`). A flow is looked up in its set only, one page,
+//! its ways in order up to the first never used. A new flow takes the
+//! first never-used way, else a gone one, else that of a flow seen in one
+//! packet only, else that of the flow seen longest ago (its connection
+//! count released): `lb_flow_place`. No lock and no list.
 //!
 //! Entries are written without a lock, so a second writer may meet one
-//! half written. A writer makes the entry invalid first, writes the value,
+//! half written. A writer marks the entry gone first, writes the value,
 //! then the key with its family last, and reads it all back
 //! (`lb_flow_seal`): an entry another CPU wrote into at the same time is
-//! left invalid (both flows are scheduled anew with their next packet), so
+//! left gone (both flows are scheduled anew with their next packet), so
 //! no key stays paired with another flow's backend. A reader that matched
 //! the key a moment before a writer took the entry may still read the new
 //! value: that one packet goes where the new flow goes.
 //!
-//! The ways are compared and chosen without a branch: the verifier walks
-//! a lookup once per path instead of once per way, and what follows sees
-//! one entry at a variable offset, not eight states.
+//! The scans over a set's ways are global BPF functions: the verifier
+//! checks each once, not once per path of `lb_xdp` into it, and each has
+//! a frame of its own (`lb_xdp`'s stack is nearly full). What follows a
+//! scan sees one entry at a variable offset (`bounded_way`).
 use lb_common::{Config, FlowEntry, FlowKey, FlowSet, FLOW_GONE, FLOW_PENDING, FLOW_WAYS};
 
 use crate::load::release;
@@ -63,7 +66,7 @@ pub extern "C" fn lb_flow_match(set: *const FlowSet, key: *const FlowKey) -> u64
     while w < FLOW_WAYS as usize {
         let e = &set.ways[w].key;
         // Ways are taken in order and never freed (see `FLOW_GONE`): no
-        // flow lies past a free one, whose lines are not read.
+        // flow lies past a never-used one, whose lines are not read.
         if e.family == 0 {
             return 0;
         }
@@ -147,10 +150,10 @@ pub fn get(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowEntry> {
     Some(&mut set.ways[way(m)])
 }
 
-/// The entry to store `key` in: `key`'s own, else a free one, else the
-/// one seen longest ago (its connection, if counted, is released).
+/// The entry to store `key` in: `key`'s own, else the one
+/// `lb_flow_place` gives up (its connection, if counted, is released).
 /// `only_new`: not where `key` is stored already (`Err(-EEXIST)`). It is
-/// made invalid; the caller writes its value, then [`lb_flow_seal`].
+/// marked gone; the caller writes its value, then [`lb_flow_seal`].
 #[inline(always)]
 pub fn insert(key: &FlowKey, only_new: bool, cfg: &Config) -> Result<&'static mut FlowEntry, i32> {
     let set = set_of(key, cfg).ok_or(-1)?;
@@ -163,7 +166,7 @@ pub fn insert(key: &FlowKey, only_new: bool, cfg: &Config) -> Result<&'static mu
     } else if e.key.family != 0 && e.key.family != FLOW_GONE {
         release(&mut e.value);
     }
-    // Invalid while it is written: a reader misses it.
+    // Gone while it is written: a reader misses it.
     unsafe { write_volatile(&mut e.key.family, FLOW_GONE) };
     Ok(e)
 }
@@ -177,10 +180,10 @@ pub fn digest(backend: u32, vip_id: u32, hash: u32, gen: u32) -> u64 {
     (a ^ b.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b
 }
 
-/// Ends the write of entry `e` ([`insert`] made it invalid; the caller
+/// Ends the write of entry `e` ([`insert`] marked it gone; the caller
 /// wrote its value): writes `key`, its family last, then reads the entry
 /// back. 1: it holds `key` and a value of digest `sum`; 0: another CPU
-/// wrote into it at the same time, and it is left invalid. Global: its
+/// wrote into it at the same time, and it is left gone. Global: its
 /// frame is its own, and the verifier checks it once.
 #[unsafe(no_mangle)]
 #[inline(never)]

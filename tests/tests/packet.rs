@@ -2417,6 +2417,52 @@ fn persistence_keeps_a_client_on_its_backend_through_a_table_change_until_it_goe
 }
 
 #[test]
+fn a_flow_past_a_removed_one_in_its_set_is_still_found_and_the_gone_way_is_taken_first() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // Lookups stop at a set's first never-used way: a removed flow's way
+    // must stay marked gone, not free, or the flows stored after it would
+    // be missed.
+    let mut lb = counted_web_in(8, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
+    let table = lb.flows();
+    let flows: Vec<Flow> = (0..1000u32)
+        .map(client)
+        .filter(|f| table.set_of(&f.key()) == 0)
+        .take(4)
+        .collect();
+    assert_eq!(flows.len(), 4);
+    let mut ids = Vec::new();
+    for f in &flows[..3] {
+        assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
+        assert_eq!(lb.run(&f.packet("A", b"")).unwrap().action, XDP_TX);
+        ids.push(lb.flow(&f.key()).unwrap().backend);
+    }
+    // The second is removed (as NAT removes a flow whose port is reused).
+    lb.forget_flow(&flows[1].key()).unwrap();
+    let (hits, misses) = (
+        lb.counter(counter::FLOW_HIT),
+        lb.counter(counter::FLOW_MISS),
+    );
+    assert_encap(&lb, &flows[2].packet("A", b"after"), &flows[2], ids[2]);
+    assert_eq!(
+        lb.counter(counter::FLOW_HIT),
+        hits + 1,
+        "the third flow found"
+    );
+    assert_eq!(lb.counter(counter::FLOW_MISS), misses);
+    // A new flow takes the gone way (the set's second), not a never-used one.
+    assert_eq!(lb.run(&flows[3].packet("S", b"")).unwrap().action, XDP_TX);
+    let mut at = None;
+    lb.flows().each(usize::MAX, |i, k, _| {
+        if *k == flows[3].key() {
+            at = Some(i);
+        }
+    });
+    assert_eq!(at, Some(1));
+}
+
+#[test]
 fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count() {
     if root_env("packet tests").is_none() {
         return;

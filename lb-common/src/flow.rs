@@ -92,3 +92,13 @@ pub const FLOW_FLAGS: u64 = 7;
 /// path's clock moves in ticks of up to 10 ms, and the flow's stamp is
 /// refreshed at most once a second.
 pub const SYN_RETRANSMIT_MIN_NS: u64 = 900_000_000;
+
+/// How readily a new flow takes entry `e`'s place in a full set (lowest
+/// first): a flow seen in one packet only (`FLOW_PENDING`) before any
+/// live connection, each by its stamp (below 2^62). The data path's
+/// `lb_flow_place` and the daemon's `FlowTable::insert` both rank so.
+#[inline(always)]
+pub fn place_rank(e: &FlowEntry) -> u64 {
+    let stamp = e.value.last_seen_ns;
+    stamp | ((stamp & FLOW_PENDING) ^ FLOW_PENDING) << 62
+}

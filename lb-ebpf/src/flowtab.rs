@@ -19,7 +19,7 @@
 //! checks each once, not once per path of `lb_xdp` into it, and each has
 //! a frame of its own (`lb_xdp`'s stack is nearly full). What follows a
 //! scan sees one entry at a variable offset (`bounded_way`).
-use lb_common::{Config, FlowEntry, FlowKey, FlowSet, FLOW_GONE, FLOW_PENDING, FLOW_WAYS};
+use lb_common::{place_rank, Config, FlowEntry, FlowKey, FlowSet, FLOW_GONE, FLOW_WAYS};
 
 use crate::load::release;
 use crate::maps::FLOWS;
@@ -107,9 +107,7 @@ pub extern "C" fn lb_flow_place(set: *const FlowSet, key: *const FlowKey) -> u64
         } else if same(&e.key, key) {
             return w as u64 | PLACE_FOUND;
         } else {
-            // Ranked by stamp, a live connection's above any single packet's.
-            let stamp = e.value.last_seen_ns;
-            let rank = stamp | ((stamp & FLOW_PENDING) ^ FLOW_PENDING) << 62;
+            let rank = place_rank(e);
             if rank < best {
                 best = rank;
                 at = w as u64;

@@ -2416,6 +2416,21 @@ fn persistence_keeps_a_client_on_its_backend_through_a_table_change_until_it_goe
     );
 }
 
+/// The counted WEB VIP with a table made for 8 flows (two sets of eight
+/// entries), and `n` clients whose flows fall in the first set (by the
+/// table's keyed hash, as the data path computes it).
+fn one_set(n: usize) -> (Balancer, Vec<Flow>) {
+    let lb = counted_web_in(8, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
+    let table = lb.flows();
+    let flows: Vec<Flow> = (0..1000u32)
+        .map(client)
+        .filter(|f| table.set_of(&f.key()) == 0)
+        .take(n)
+        .collect();
+    assert_eq!(flows.len(), n);
+    (lb, flows)
+}
+
 #[test]
 fn a_flow_past_a_removed_one_in_its_set_is_still_found_and_the_gone_way_is_taken_first() {
     if root_env("packet tests").is_none() {
@@ -2424,14 +2439,7 @@ fn a_flow_past_a_removed_one_in_its_set_is_still_found_and_the_gone_way_is_taken
     // Lookups stop at a set's first never-used way: a removed flow's way
     // must stay marked gone, not free, or the flows stored after it would
     // be missed.
-    let mut lb = counted_web_in(8, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
-    let table = lb.flows();
-    let flows: Vec<Flow> = (0..1000u32)
-        .map(client)
-        .filter(|f| table.set_of(&f.key()) == 0)
-        .take(4)
-        .collect();
-    assert_eq!(flows.len(), 4);
+    let (mut lb, flows) = one_set(4);
     let mut ids = Vec::new();
     for f in &flows[..3] {
         assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
@@ -2467,17 +2475,7 @@ fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count
     if root_env("packet tests").is_none() {
         return;
     }
-    // A table made for 8 flows: two sets of eight entries. Clients whose
-    // flows fall in the first set (the table's keyed hash, as the data
-    // path computes it).
-    let mut lb = counted_web_in(8, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
-    let table = lb.flows();
-    let flows: Vec<Flow> = (0..1000u32)
-        .map(client)
-        .filter(|f| table.set_of(&f.key()) == 0)
-        .take(10)
-        .collect();
-    assert_eq!(flows.len(), 10);
+    let (mut lb, flows) = one_set(10);
     let backend = |lb: &Balancer, f: &Flow| lb.flow(&f.key()).map(|v| v.backend);
     // Seven connections, each a few milliseconds after the last (the
     // stamps differ), then a SYN alone: the set is full.

@@ -8,7 +8,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u64; 2]> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut buf = [0u8; 16];
-            getrandom(&mut buf)?;
+            crate::dataplane::urandom(&mut buf).context("reading /dev/urandom")?;
             let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
@@ -44,11 +44,4 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u64; 2]> {
     let a = u64::from_str_radix(&hex[..16], 16)?;
     let b = u64::from_str_radix(&hex[16..], 16)?;
     Ok([a, b])
-}
-
-fn getrandom(buf: &mut [u8]) -> Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .context("reading /dev/urandom")
 }

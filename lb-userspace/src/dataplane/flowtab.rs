@@ -103,7 +103,7 @@ impl FlowTable {
     }
 
     /// Stores `value` for `key` where the data path would: its own entry,
-    /// else the first one no flow holds, else the one seen longest ago.
+    /// else the first one no flow holds, else the lowest `place_rank`.
     /// Not atomic against the data path writing the same set (tests and
     /// benches).
     pub fn insert(&self, key: &FlowKey, value: &FlowValue) {
@@ -111,7 +111,9 @@ impl FlowTable {
         let i = self.find(key).unwrap_or_else(|| {
             (first..first + WAYS)
                 .find(|&i| !holds_flow(&self.entry(i)))
-                .or_else(|| (first..first + WAYS).min_by_key(|&i| self.entry(i).value.last_seen_ns))
+                .or_else(|| {
+                    (first..first + WAYS).min_by_key(|&i| lb_common::place_rank(&self.entry(i)))
+                })
                 .expect("a set has ways")
         });
         let e = FlowEntry {

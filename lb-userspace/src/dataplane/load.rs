@@ -269,13 +269,16 @@ fn flow_seed(ebpf: &Ebpf) -> Result<[u64; 2]> {
         return Ok(old);
     }
     let mut buf = [0u8; 16];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|source| DataPlaneError::Io {
-            what: "reading /dev/urandom".into(),
-            source,
-        })?;
+    urandom(&mut buf).map_err(|source| DataPlaneError::Io {
+        what: "reading /dev/urandom".into(),
+        source,
+    })?;
     let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap());
     Ok([word(&buf[..8]), word(&buf[8..])])
+}
+
+/// Fills `buf` from /dev/urandom (the flow table's key, the hash secret).
+pub fn urandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf))
 }

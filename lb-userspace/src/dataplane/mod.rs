@@ -21,6 +21,7 @@ mod deferred;
 mod flows;
 mod flowtab;
 mod load;
+pub use load::urandom;
 mod loads;
 mod nat;
 mod pins;

@@ -10,6 +10,11 @@
 //! the end), gives each CPU its LRU map (`lru_mapping`), and fills its
 //! VIP, backend, ring and MAC maps with the same set-up as ours.
 //!
+//! Two knobs, for finding where the cost of a cold flow goes:
+//! `LB_BENCH_HELD` (connections stored first and spread over by the
+//! established case; 100 000) and `LB_BENCH_LB_FLOWS` (this balancer's flow
+//! table size; 1 048 576, Katran's stays at that).
+//!
 //! Each call runs one packet through BPF_PROG_TEST_RUN (`repeat = 1`) and
 //! takes the kernel's time; right after, `lb_pass` runs on the same bytes
 //! (the floor). A case's net cost is its median less its floor's median.
@@ -33,7 +38,6 @@ const PACKETS: usize = 5000;
 const ROUNDS: usize = 10;
 const WARMUP: usize = 2000;
 const BACKENDS: u32 = 100;
-const HELD: usize = 100_000;
 const HELD_FIRST: usize = 200_000;
 const FLOWS: u32 = SIZES.flows;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
@@ -44,6 +48,16 @@ const KATRAN_RING: u32 = 65537;
 const KATRAN_MAC_POS: u32 = 0;
 /// Katran's program, as `bpftool prog loadall` pins it.
 const KATRAN_PROG: &str = "balancer_ingress";
+
+/// The number in environment variable `name`, else `default`.
+fn env_number(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v}: not a number")),
+        Err(_) => Ok(default),
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Expect {
@@ -70,9 +84,15 @@ fn main() -> Result<()> {
             "LB_BENCH_KATRAN: the path of Katran's balancer.bpf.o, built from its sources",
         )?);
     ensure!(object.exists(), "no Katran object at {}", object.display());
+    let held = env_number("LB_BENCH_HELD", 100_000)?;
     let cpu = pin_to_last_cpu()?;
     private_netns()?;
-    let mut lb = Balancer::load(SIZES).context("loading lb_xdp")?;
+    let lb_flows = env_number("LB_BENCH_LB_FLOWS", SIZES.flows as usize)? as u32;
+    let sizes = lb_userspace::dataplane::Sizes {
+        flows: lb_flows,
+        ..SIZES
+    };
+    let mut lb = Balancer::load(sizes).context("loading lb_xdp")?;
     configure_lb(&mut lb)?;
     let katran = Katran::load(&object, cpu)?;
     let pass = Balancer::load_pass()?;
@@ -81,7 +101,7 @@ fn main() -> Result<()> {
     let progs = [ours, &katran.prog];
 
     // The connections of the 100k-flow case, in both tables.
-    for j in 0..HELD {
+    for j in 0..held {
         let p = client(HELD_FIRST + j, PROTO_TCP, 80).packet("S", b"");
         for (k, prog) in progs.iter().enumerate() {
             let r = run(prog, &p, 1)?;
@@ -109,7 +129,7 @@ fn main() -> Result<()> {
             hot_tcp.packet("A", b"")
         }),
         case("TCP established, 100k flows", Expect::Encap, |i| {
-            client(HELD_FIRST + (i * 7919 + 13) % HELD, PROTO_TCP, 80).packet("A", b"")
+            client(HELD_FIRST + (i * 7919 + 13) % held, PROTO_TCP, 80).packet("A", b"")
         }),
         case("UDP, a new flow", Expect::Encap, |i| {
             client(i, PROTO_UDP, 53).packet("", b"q")
@@ -141,8 +161,8 @@ fn main() -> Result<()> {
     );
     println!("  Katran object {}", object.display());
     println!(
-        "  2 VIPs (TCP, UDP) x {BACKENDS} backends, tables of 65537 slots, flow table {FLOWS} entries \
-         (Katran: the LRU of CPU {cpu}), {HELD} connections stored; pinned to CPU {cpu}"
+        "  2 VIPs (TCP, UDP) x {BACKENDS} backends, tables of 65537 slots, flow table {lb_flows} entries \
+         (Katran: an LRU of {FLOWS} on CPU {cpu}), {held} connections stored; pinned to CPU {cpu}"
     );
     println!();
     println!(

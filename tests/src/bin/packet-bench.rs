@@ -405,6 +405,7 @@ impl Side {
             "tcp syn, stateless" => Some((n, 0, counter::STATELESS)),
             "tcp established, 100k flows, gue" => Some((0, n, counter::TX)),
             "tcp established, 100k flows, stateless" => Some((0, 0, counter::STATELESS)),
+            "tcp established, stateless" => Some((0, 0, counter::STATELESS)),
             "tcp established, 100k, stateless, window" => Some((0, 0, counter::STATELESS)),
             "tcp syn, nat" => Some((n, 0, counter::TX)),
             "tcp established, nat" => Some((0, n, counter::TX)),
@@ -702,6 +703,12 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             None,
             Expect::Stateless,
             (0..PACKETS).map(|i| client(i, PROTO_TCP, 91).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp established, stateless",
+            None,
+            Expect::Stateless,
+            (0..PACKETS).map(|_| client(0, PROTO_TCP, 91).packet("A", b"")),
         ),
         Case::new(
             "tcp established, 100k flows, gue",

@@ -54,14 +54,90 @@ pub const FLOW_WAYS: u32 = 8;
 /// entries come first and a lookup stops at the first free one.
 pub const FLOW_GONE: u8 = 0xff;
 
-/// One set of the flow table, one element of `FLOWS` (512 bytes: a page
-/// holds eight sets, and a set never crosses a page).
+/// One set of the flow table (512 bytes, eight cache lines), one of the
+/// `FLOW_CHUNK_SETS` of a chunk.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSet {
     pub ways: [FlowEntry; FLOW_WAYS as usize],
 }
 const _: () = assert!(core::mem::size_of::<FlowSet>() == 512);
+
+/// Sets per chunk of the flow table. `FLOWS` is an array of maps: each
+/// slot holds one chunk, an inner array of one element. An array map of at
+/// most 32 KiB is `kmalloc`ed by the kernel, so it lies in the direct map,
+/// which the kernel maps with huge pages: a flow's set costs no TLB miss
+/// of its own, where a 4 KiB-page (`vmalloc`) table of 128 MiB costs one
+/// on nearly every cold flow (BENCHMARKS.md, "where a cold flow's cost
+/// goes"). 63 sets and the kernel's 312-byte `struct bpf_array` header
+/// take 32 576 bytes.
+pub const FLOW_CHUNK_SETS: u32 = 63;
+/// Bytes before a chunk's first set: the value of an array map starts 312
+/// bytes into its page-aligned allocation on the kernels this was measured
+/// on, 56 bytes into a cache line, so the first set starts 8 bytes in and
+/// every entry fills one cache line. (On a kernel whose header differs,
+/// entries straddle two lines: slower, not wrong.)
+pub const FLOW_CHUNK_PAD: usize = 8;
+
+/// One chunk of the flow table: `FLOW_CHUNK_PAD` bytes, then
+/// `FLOW_CHUNK_SETS` sets (`FlowSet`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowChunk {
+    pub words: [u64; (FLOW_CHUNK_PAD + FLOW_CHUNK_SETS as usize * 512) / 8],
+}
+const _: () = assert!(core::mem::size_of::<FlowChunk>() + 312 <= 32768);
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowChunk {}
+
+impl FlowChunk {
+    /// Entry `way` of set `set` (of this chunk).
+    #[cfg(feature = "user")]
+    pub fn entry(&self, set: usize, way: usize) -> FlowEntry {
+        assert!(set < FLOW_CHUNK_SETS as usize && way < FLOW_WAYS as usize);
+        let off = FLOW_CHUNK_PAD + set * 512 + way * 64;
+        // SAFETY: in bounds (asserted); FlowEntry is plain data, read
+        // unaligned (the chunk's words are 8-aligned, the entry needs 64).
+        unsafe {
+            ((self.words.as_ptr() as *const u8).add(off) as *const FlowEntry).read_unaligned()
+        }
+    }
+
+    /// Writes entry `way` of set `set`.
+    #[cfg(feature = "user")]
+    pub fn set_entry(&mut self, set: usize, way: usize, e: &FlowEntry) {
+        assert!(set < FLOW_CHUNK_SETS as usize && way < FLOW_WAYS as usize);
+        let off = FLOW_CHUNK_PAD + set * 512 + way * 64;
+        // SAFETY: as in `entry`.
+        unsafe {
+            ((self.words.as_mut_ptr() as *mut u8).add(off) as *mut FlowEntry).write_unaligned(*e)
+        }
+    }
+}
+
+/// The chunk of set `set`, and the set's place in it: `set / 63` and
+/// `set % 63`, by a multiply (a division costs the data path about 10 ns;
+/// exact for every `set` below 2^31).
+#[inline(always)]
+pub const fn chunk_of(set: u32) -> (u32, u32) {
+    let c = ((set as u64 * 2_181_570_691) >> 37) as u32;
+    (c, set - c * FLOW_CHUNK_SETS)
+}
+
+/// Chunks (`FLOWS` slots) for a table of `sets` sets.
+pub const fn flow_chunks(sets: u32) -> u32 {
+    sets.div_ceil(FLOW_CHUNK_SETS)
+}
+
+/// The input of `lb_flow_swap`: entry `index` (set `index / FLOW_WAYS`,
+/// way `index % FLOW_WAYS`) gets stamp `new` if its stamp is still `old`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSwap {
+    pub index: u64,
+    pub old: u64,
+    pub new: u64,
+}
 
 /// How stale `FlowValue::last_seen_ns` may get before a packet refreshes
 /// it; keeps the hot path from dirtying the entry's cache line on every

@@ -104,7 +104,7 @@ pub const PROG_BALANCER: u32 = 1;
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Program names in the object file.
 pub mod progs {
@@ -121,6 +121,9 @@ pub mod progs {
     pub const GEN: &str = "lb_gen";
     /// XDP_DROP: the receiving end of the live-frames bench.
     pub const DROP: &str = "lb_drop";
+    /// Swaps a flow's stamp if unchanged (`FlowSwap`): run by the census
+    /// with BPF_PROG_TEST_RUN, since the daemon cannot map the flow table.
+    pub const FLOW_SWAP: &str = "lb_flow_swap";
 }
 
 /// Default sizes; the daemon overrides them at load time from the pool file.

@@ -35,7 +35,7 @@ pub fn size_maps(loader: &mut aya::EbpfLoader<'_>, s: MapSizes) {
             maps::MEMBERS,
             members_entries(s.max_vips, s.max_vip_backends.max(1)),
         )
-        .map_max_entries(maps::FLOWS, flow_sets(s.flows))
+        .map_max_entries(maps::FLOWS, crate::flow_chunks(flow_sets(s.flows)))
         .map_max_entries(maps::RR_POS, s.max_vips)
         .map_max_entries(maps::LOADS, s.max_backends)
         .map_max_entries(maps::LIMITS, s.max_backends)
@@ -73,5 +73,23 @@ mod tests {
         assert_eq!(flow_sets(1), 1);
         // The largest `tables.flow_table_size`.
         assert_eq!(flow_sets(64 << 20), 1 << 24);
+    }
+
+    #[test]
+    fn a_set_is_found_in_its_chunk_by_a_multiply_as_by_a_division() {
+        let sets = flow_sets(64 << 20);
+        for set in (0..sets)
+            .step_by(7)
+            .chain(sets - 70..sets)
+            .chain([u32::MAX >> 1])
+        {
+            assert_eq!(
+                crate::chunk_of(set),
+                (set / crate::FLOW_CHUNK_SETS, set % crate::FLOW_CHUNK_SETS),
+                "set {set}"
+            );
+        }
+        assert_eq!(crate::flow_chunks(flow_sets(1 << 20)), 4162);
+        assert_eq!(crate::flow_chunks(1), 1);
     }
 }

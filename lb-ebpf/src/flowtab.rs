@@ -1,6 +1,6 @@
-//! The flow table: sets of `FLOW_WAYS` one-line entries (`FLOWS`, one set
-//! an element), the set named by a keyed hash of the flow
-//! (`Config::flow_seed`). A flow is looked up in its set only, one page,
+//! The flow table: sets of `FLOW_WAYS` one-line entries (`FLOWS`, in
+//! chunks of `FLOW_CHUNK_SETS` sets), the set named by a keyed hash of the
+//! flow (`Config::flow_seed`). A flow is looked up in its set only,
 //! its ways in order up to the first never used. A new flow takes the
 //! first never-used way, else a gone one, else that of a flow seen in one
 //! packet only, else that of the flow seen longest ago (its connection
@@ -19,7 +19,12 @@
 //! checks each once, not once per path of `lb_xdp` into it, and each has
 //! a frame of its own (`lb_xdp`'s stack is nearly full). What follows a
 //! scan sees one entry at a variable offset (`bounded_way`).
-use lb_common::{place_rank, Config, FlowEntry, FlowKey, FlowSet, FLOW_GONE, FLOW_WAYS};
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+use core::mem::size_of;
+use lb_common::{
+    place_rank, Config, FlowEntry, FlowKey, FlowSet, FlowSwap, FLOW_CHUNK_PAD, FLOW_CHUNK_SETS,
+    FLOW_GONE, FLOW_WAYS,
+};
 
 use crate::load::release;
 use crate::maps::FLOWS;
@@ -32,12 +37,25 @@ pub const EEXIST: i32 = 17;
 #[inline(always)]
 fn set_of(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowSet> {
     let h = lb_common::table_hash(key, &cfg.flow_seed);
-    let i = (h >> 32) as u32 & cfg.flow_sets.wrapping_sub(1);
-    FLOWS.get_ptr_mut(i).map(|p| unsafe { &mut *p })
+    set_at((h >> 32) as u32 & cfg.flow_sets.wrapping_sub(1))
 }
 
-/// Whether two keys are the same connection (five words, compared whole;
-/// `FlowKey` is 40 bytes aligned to 8).
+/// Set `i` of the table: set `i % 63` of chunk `i / 63`.
+#[inline(always)]
+fn set_at(i: u32) -> Option<&'static mut FlowSet> {
+    let (c, s) = lb_common::chunk_of(i);
+    // The verifier cannot bound `s` through the multiply: checked, and the
+    // empty asm keeps LLVM from dropping a check it can prove.
+    let mut s = s as u64;
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) s) };
+    if s >= FLOW_CHUNK_SETS as u64 {
+        return None;
+    }
+    let chunk = FLOWS.get_value_ptr_mut(c, &0)?;
+    let set = unsafe { (chunk as *mut u8).add(FLOW_CHUNK_PAD + s as usize * size_of::<FlowSet>()) };
+    Some(unsafe { &mut *(set as *mut FlowSet) })
+}
+
 #[inline(always)]
 fn same(a: &FlowKey, b: &FlowKey) -> bool {
     let a = a as *const FlowKey as *const u64;
@@ -227,5 +245,36 @@ pub fn remove(key: &FlowKey, cfg: &Config) {
     let m = lb_flow_match(set, key);
     if m != 0 {
         set.ways[way(m)].key.family = FLOW_GONE;
+    }
+}
+
+/// `lb_flow_swap`: the entry `FlowSwap::index` names gets stamp `new` if
+/// its stamp is still `old`, in one atomic compare-and-swap: a packet that
+/// renews the stamp at the same moment wins, and so does a new flow that
+/// took the entry (its stamp is its own time).
+#[inline(always)]
+pub fn swap_stamp(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
+    use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+    let Some(req) = crate::packet::ptr_at::<FlowSwap>(ctx, 0) else {
+        return XDP_DROP;
+    };
+    let req = unsafe { &*req };
+    let set = req.index / FLOW_WAYS as u64;
+    if set > u32::MAX as u64 {
+        return XDP_DROP;
+    }
+    let Some(set) = set_at(set as u32) else {
+        return XDP_DROP;
+    };
+    let word = &mut set.ways[bounded_way(req.index)].value.last_seen_ns as *mut u64;
+    let (_, swapped) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            word, req.old, req.new,
+        )
+    };
+    if swapped {
+        XDP_PASS
+    } else {
+        XDP_DROP
     }
 }

@@ -109,6 +109,14 @@ pub fn lb_clock(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// Sets a flow's stamp to a new value if it still holds the old one, for
+/// the daemon's census (`flowtab::swap_stamp`): its input is a
+/// `lb_common::FlowSwap`. XDP_PASS: swapped; XDP_DROP: not.
+#[xdp]
+pub fn lb_flow_swap(ctx: XdpContext) -> u32 {
+    flowtab::swap_stamp(&ctx)
+}
+
 /// Parse, then by protocol: TCP and UDP go by (address, port, protocol)
 /// through the VIP filter, the flow table and the scheduler (`flow`); ICMP
 /// to a VIP address is answered or steered (`icmp`); the rest passes.

@@ -2,13 +2,14 @@
 //! are defaults; the daemon sets them from the pool file at load time.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_F_MMAPABLE},
+    btf_maps::{self, ArrayOfMaps},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowKey, FlowSet,
-    NatKey, NatValue, PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats, FLOW_WAYS,
+    counter, defaults, AddrKey, Backend, BackendLimit, BackendStats, Config, FlowChunk, FlowKey,
+    NatKey, NatValue, PersistKey, PersistValue, VipEntry, VipInfo, VipKey, VipStats,
     NAT_ADDRS_PER_FAMILY, PERSIST_TABLE_SIZE,
 };
 
@@ -39,10 +40,12 @@ pub static MEMBERS: Array<u64> = Array::with_max_entries(
 /// The flow table (`flowtab`): sets of `FLOW_WAYS` one-line entries,
 /// shared by all CPUs, so a flow is found whichever CPU its next packet
 /// lands on (RSS changes, generic XDP, several queues), and the daemon sees
-/// one table. Mapped by the daemon, which reads it in place.
-#[map]
-pub static FLOWS: Array<FlowSet> =
-    Array::with_max_entries(defaults::FLOW_TABLE_SIZE * 2 / FLOW_WAYS, BPF_F_MMAPABLE);
+/// one table. An array of maps: each slot holds a chunk of
+/// `FLOW_CHUNK_SETS` sets, an inner array small enough to lie in huge pages
+/// (`lb_common::FLOW_CHUNK_SETS`). The daemon reads the chunks with system
+/// calls, and ends a flow's count through `lb_flow_swap`.
+#[btf_map]
+pub static FLOWS: ArrayOfMaps<btf_maps::Array<FlowChunk, 1, 0>, 1, 0> = ArrayOfMaps::new();
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Per CPU, per VIP: the next position in a round-robin VIP's sequence.

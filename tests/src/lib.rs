@@ -309,22 +309,21 @@ impl Balancer {
         Ok(v.get(key, 0)?)
     }
 
-    /// The flow table, mapped.
-    /// The flow table, mapped (once).
+    /// The flow table, opened (once).
     pub fn flows(&self) -> &lb_userspace::dataplane::FlowTable {
         self.flows.get_or_init(|| match &self.loaded {
-            Loaded::Balancer(dp) => dp.flow_table().expect("the flow table maps"),
+            Loaded::Balancer(dp) => dp.flow_table().expect("the flow table opens"),
             Loaded::Other(_) => panic!("{} has no balancer map writer", self.prog),
         })
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows().get(key)
+        self.flows().get(key).expect("the flow table reads")
     }
 
     /// Removes a flow from the table, as an eviction would.
     pub fn forget_flow(&mut self, key: &FlowKey) -> Result<()> {
-        anyhow::ensure!(self.flows().remove(key), "no flow {key:?}");
+        anyhow::ensure!(self.flows().remove(key)?, "no flow {key:?}");
         Ok(())
     }
 
@@ -346,7 +345,7 @@ impl Balancer {
     }
 
     pub fn flow_count(&self) -> usize {
-        self.flows().len()
+        self.flows().len().expect("the flow table reads")
     }
 
     /// Counter `idx` of `map`, summed over CPUs; 0 where the object has

@@ -382,14 +382,15 @@ fn daemon_sigkill_and_restart_break_no_request() {
         let mut held = None;
         lb_userspace::dataplane::pinned_flow_table(&t.tag)
             .unwrap()
-            .each(1, |_, k, v| held = Some((*k, v.backend)));
+            .each(1, |_, k, v| held = Some((*k, v.backend)))
+            .unwrap();
         held.expect("a flow in the table")
     };
     let (key, backend) = held();
     t.kill_daemon();
     t.start_daemon().unwrap();
     let table = lb_userspace::dataplane::pinned_flow_table(&t.tag).unwrap();
-    assert_eq!(table.get(&key).map(|v| v.backend), Some(backend));
+    assert_eq!(table.get(&key).unwrap().map(|v| v.backend), Some(backend));
 }
 
 #[test]

@@ -767,9 +767,9 @@ fn rst_ack_creates_no_entry_and_a_known_flows_rst_follows_its_entry() {
 }
 
 #[test]
-fn flows_per_backend_are_counted_in_the_mapped_table() {
+fn flows_per_backend_are_counted_in_the_table() {
     // What `lb status` shows as active flows: the daemon reads the flow
-    // table in place; 10 000 flows spread over backends and over the
+    // table chunk by chunk; 10 000 flows spread over backends and over the
     // table's sets must all be counted, each on its backend. (A table
     // made for 65 536 flows: no set of eight fills with 10 000.)
     let Some(lb) = setup_sized(Sizes {
@@ -789,11 +789,11 @@ fn flows_per_backend_are_counted_in_the_mapped_table() {
     let mut want = std::collections::HashMap::new();
     for f in &flows {
         *want
-            .entry(table.get(&f.key()).unwrap().backend)
+            .entry(table.get(&f.key()).unwrap().unwrap().backend)
             .or_insert(0u64) += 1;
     }
     let flows = match lb.ebpf().map(lb_common::maps::FLOWS).unwrap() {
-        aya::maps::Map::Array(d) => d,
+        aya::maps::Map::ArrayOfMaps(d) => d,
         other => panic!("FLOWS is {other:?}"),
     };
     let counted =
@@ -2462,11 +2462,13 @@ fn a_flow_past_a_removed_one_in_its_set_is_still_found_and_the_gone_way_is_taken
     // A new flow takes the gone way (the set's second), not a never-used one.
     assert_eq!(lb.run(&flows[3].packet("S", b"")).unwrap().action, XDP_TX);
     let mut at = None;
-    lb.flows().each(usize::MAX, |i, k, _| {
-        if *k == flows[3].key() {
-            at = Some(i);
-        }
-    });
+    lb.flows()
+        .each(usize::MAX, |i, k, _| {
+            if *k == flows[3].key() {
+                at = Some(i);
+            }
+        })
+        .unwrap();
     assert_eq!(at, Some(1));
 }
 
@@ -2558,6 +2560,15 @@ fn the_flow_walk_takes_evicted_and_idle_flows_off_the_counts() {
     assert_eq!((c.lost, c.ended), (0, 10));
     assert_eq!(lb.load_of(4) + lb.load_of(5), 0);
     assert_eq!(loads(&mut lb), want, "TCP counts untouched");
+    // Their entries lost the mark in the table (`lb_flow_swap`): a second
+    // walk ends none of them again.
+    let c = lb.dp().flow_census(60_000_000_000, 0).unwrap();
+    assert_eq!((c.lost, c.ended), (0, 0), "ended once");
+    for p in 0..10 {
+        let f = Flow::udp("192.0.2.77", 7000 + p, "10.100.0.1", 53);
+        let v = lb.flow(&f.key()).expect("the flow stays in the table");
+        assert_eq!(v.last_seen_ns & lb_common::FLOW_OPEN, 0, "unmarked");
+    }
 }
 
 /// The WEB VIP's backends (1, 2, 3) set to forward with `mode_flag`.

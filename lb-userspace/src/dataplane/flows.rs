@@ -1,4 +1,5 @@
-//! Active flows per backend: the flow table read in place (`FlowTable`).
+//! Active flows per backend: the flow table read a chunk at a time
+//! (`FlowTable`).
 use super::*;
 
 pub use lb_common::monotonic_ns;
@@ -13,11 +14,11 @@ pub fn count_flows_in(
     let now = monotonic_ns();
     let mut out = std::collections::HashMap::new();
     // Counting needs no key's set: no seed.
-    FlowTable::map(flows, [0, 0])?.each(limit, |_, _, v| {
+    FlowTable::map(flows, None)?.each(limit, |_, _, v| {
         if seen_within(now, v, max_idle_ns) {
             *out.entry(v.backend).or_insert(0) += 1;
         }
-    });
+    })?;
     Ok(out)
 }
 
@@ -28,23 +29,23 @@ pub(super) fn seen_within(now: u64, v: &FlowValue, max_idle_ns: u64) -> bool {
 }
 
 impl BpfDataPlane {
-    /// The flow table, mapped (the packet tests and benches read and write
+    /// The flow table, open (the packet tests and benches read and write
     /// it through this).
     pub fn flow_table(&self) -> Result<FlowTable> {
         FlowTable::map(
-            map_data(self.map(maps::FLOWS)).expect("an array"),
-            self.flow_seed,
+            map_data(self.map(maps::FLOWS)).expect("an array of maps"),
+            Some((lb_common::flow_sets(self.sizes.flows), self.flow_seed)),
         )
     }
 }
 
-/// The flow table pinned by instance `instance`, mapped (with its seed,
-/// from the pinned `CONFIG`).
+/// The flow table pinned by instance `instance`, open (with its size and
+/// seed, from the pinned `CONFIG`).
 pub fn pinned_flow_table(instance: &str) -> Result<FlowTable> {
     let dir = pin_dir(instance);
     let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
     let config = aya::maps::Map::Array(open(maps::CONFIG)?);
     let a: Array<&MapData, Config> = Array::try_from(&config).map_err(map_err(maps::CONFIG))?;
-    let seed = a.get(&0, 0).map_err(map_err(maps::CONFIG))?.flow_seed;
-    FlowTable::map(&open(maps::FLOWS)?, seed)
+    let cfg = a.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+    FlowTable::map(&open(maps::FLOWS)?, Some((cfg.flow_sets, cfg.flow_seed)))
 }

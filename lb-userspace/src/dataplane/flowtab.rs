@@ -1,154 +1,219 @@
-//! The flow table (`FLOWS`: sets of `FLOW_WAYS` entries, see the data
-//! path's `flowtab`) mapped into this process: read in place, with no
-//! system call per entry, and a counted flow ended with one atomic
-//! compare-and-swap on its stamp.
+//! The flow table (`FLOWS`: an array of maps, each slot a chunk of
+//! `FLOW_CHUNK_SETS` sets of `FLOW_WAYS` entries; see the data path's
+//! `flowtab`), read here a chunk at a time. The kernel `kmalloc`s each
+//! chunk, which puts the table in huge pages for the data path but keeps
+//! it from being mapped into this process: a chunk is copied out with one
+//! system call, and a counted flow is ended by `lb_flow_swap`, one
+//! compare-and-swap on its stamp in the kernel (BPF_PROG_TEST_RUN).
 use super::*;
-use lb_common::{FlowEntry, FlowSet, FLOW_GONE, FLOW_WAYS};
-use std::sync::atomic::{AtomicU64, Ordering};
+use aya::maps::{ArrayOfMaps, Map};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_common::{FlowChunk, FlowEntry, FlowSwap, FLOW_CHUNK_SETS, FLOW_GONE, FLOW_WAYS};
 
-/// `FLOWS`, mapped.
+/// `FLOWS`, open.
 pub struct FlowTable {
-    ptr: *mut FlowSet,
-    sets: usize,
-    /// `Config::flow_seed`, for finding a key's set.
-    seed: [u64; 2],
+    outer: Map,
+    chunks: u32,
+    /// The table's sets (`Config::flow_sets`) and hash key
+    /// (`Config::flow_seed`), for finding a key's set; `None`: opened to
+    /// walk it by index only.
+    keyed: Option<(u32, [u64; 2])>,
 }
 
-// SAFETY: the mapping is owned by this struct; the kernel writes it
-// concurrently, so every access is a volatile copy or an atomic.
-unsafe impl Send for FlowTable {}
-
 const WAYS: usize = FLOW_WAYS as usize;
+const CHUNK_SETS: usize = FLOW_CHUNK_SETS as usize;
+
+type Chunk = Array<MapData, FlowChunk>;
+
+/// `xdp_action::XDP_PASS`: `lb_flow_swap` swapped.
+const XDP_PASS: u32 = 2;
 
 impl FlowTable {
-    /// Maps `flows` (the `FLOWS` map); `seed`: the table's
-    /// `Config::flow_seed`.
-    pub fn map(flows: &MapData, seed: [u64; 2]) -> Result<Self> {
-        let info = flows.info().map_err(map_err(maps::FLOWS))?;
-        let sets = info.max_entries() as usize;
-        let ptr = super::ring::mmap_array(flows, sets * size_of::<FlowSet>(), maps::FLOWS)?;
+    /// Opens `flows` (the `FLOWS` map) with its own handle. `keyed`: the
+    /// table's set count and hash key, when keys are to be looked up.
+    pub fn map(flows: &MapData, keyed: Option<(u32, [u64; 2])>) -> Result<Self> {
+        let fd = flows
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DataPlaneError::Io {
+                what: "duplicating the flow table's descriptor".into(),
+                source,
+            })?;
+        let data = MapData::from_fd(fd).map_err(map_err(maps::FLOWS))?;
+        let chunks = data.info().map_err(map_err(maps::FLOWS))?.max_entries();
         Ok(FlowTable {
-            ptr: ptr as *mut FlowSet,
-            sets,
-            seed,
+            outer: Map::ArrayOfMaps(data),
+            chunks,
+            keyed,
         })
     }
 
     /// Entries in all (free or not).
     pub fn capacity(&self) -> usize {
-        self.sets * WAYS
+        self.chunks as usize * CHUNK_SETS * WAYS
     }
 
-    /// A copy of entry `i` (set `i / FLOW_WAYS`, way `i % FLOW_WAYS`).
-    fn entry(&self, i: usize) -> FlowEntry {
-        assert!(i < self.capacity());
-        // SAFETY: in bounds of the mapping, which lives as long as self.
-        unsafe { std::ptr::read_volatile(self.entry_ptr(i)) }
+    /// Chunk `c`'s inner map, open.
+    fn chunk_map(&self, c: u32) -> Result<Chunk> {
+        let outer: ArrayOfMaps<&MapData, Chunk> =
+            ArrayOfMaps::try_from(&self.outer).map_err(map_err(maps::FLOWS))?;
+        outer.get(&c, 0).map_err(map_err(maps::FLOWS))
     }
 
-    fn entry_ptr(&self, i: usize) -> *mut FlowEntry {
-        unsafe { (*self.ptr.add(i / WAYS)).ways.as_mut_ptr().add(i % WAYS) }
+    /// A copy of chunk `c`.
+    fn chunk(&self, c: u32) -> Result<Box<FlowChunk>> {
+        let m = self.chunk_map(c)?;
+        Ok(Box::new(m.get(&0, 0).map_err(map_err(maps::FLOWS))?))
     }
 
-    /// Hands each stored flow to `each` with its index, up to `limit`.
-    pub fn each(&self, limit: usize, mut each: impl FnMut(usize, &FlowKey, &FlowValue)) {
+    /// Hands each stored flow to `each` with its index (set
+    /// `i / FLOW_WAYS`, way `i % FLOW_WAYS`), up to `limit`.
+    pub fn each(
+        &self,
+        limit: usize,
+        mut each: impl FnMut(usize, &FlowKey, &FlowValue),
+    ) -> Result<()> {
         let mut seen = 0;
-        for i in 0..self.capacity() {
-            if seen >= limit {
-                return;
-            }
-            let e = self.entry(i);
-            if holds_flow(&e) {
-                each(i, &e.key, &e.value);
-                seen += 1;
+        for c in 0..self.chunks {
+            let chunk = self.chunk(c)?;
+            for s in 0..CHUNK_SETS {
+                for w in 0..WAYS {
+                    if seen >= limit {
+                        return Ok(());
+                    }
+                    let e = chunk.entry(s, w);
+                    if holds_flow(&e) {
+                        each((c as usize * CHUNK_SETS + s) * WAYS + w, &e.key, &e.value);
+                        seen += 1;
+                    }
+                }
             }
         }
+        Ok(())
     }
 
     /// Flows stored.
-    pub fn len(&self) -> usize {
+    pub fn len(&self) -> Result<usize> {
         let mut n = 0;
-        self.each(usize::MAX, |_, _, _| n += 1);
-        n
+        self.each(usize::MAX, |_, _, _| n += 1)?;
+        Ok(n)
     }
 
     /// Whether no flow is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn is_empty(&self) -> Result<bool> {
+        let mut any = false;
+        self.each(1, |_, _, _| any = true)?;
+        Ok(!any)
     }
 
-    /// The first entry of `key`'s set, as the data path finds it.
-    fn first(&self, key: &FlowKey) -> usize {
-        let h = lb_common::table_hash(key, &self.seed);
-        ((h >> 32) as usize & (self.sets - 1)) * WAYS
-    }
-
-    /// The set `key` belongs to.
+    /// The set `key` belongs to, as the data path finds it.
     pub fn set_of(&self, key: &FlowKey) -> usize {
-        self.first(key) / WAYS
+        let (sets, seed) = self.keyed.expect("a flow table opened with its key");
+        let h = lb_common::table_hash(key, &seed);
+        (h >> 32) as usize & (sets as usize - 1)
     }
 
-    /// The index of `key`'s entry.
-    fn find(&self, key: &FlowKey) -> Option<usize> {
-        let first = self.first(key);
-        (first..first + WAYS).find(|&i| {
-            let e = self.entry(i);
+    /// `key`'s chunk, copied, and its set's place in it.
+    fn chunk_of_key(&self, key: &FlowKey) -> Result<(u32, usize, Box<FlowChunk>)> {
+        let (c, s) = lb_common::chunk_of(self.set_of(key) as u32);
+        Ok((c, s as usize, self.chunk(c)?))
+    }
+
+    /// The way of `key` in set `s` of `chunk`.
+    fn find(chunk: &FlowChunk, s: usize, key: &FlowKey) -> Option<usize> {
+        (0..WAYS).find(|&w| {
+            let e = chunk.entry(s, w);
             holds_flow(&e) && e.key == *key
         })
     }
 
     /// What the table holds for `key`.
-    pub fn get(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.find(key).map(|i| self.entry(i).value)
+    pub fn get(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
+        let (_, s, chunk) = self.chunk_of_key(key)?;
+        Ok(Self::find(&chunk, s, key).map(|w| chunk.entry(s, w).value))
     }
 
     /// Stores `value` for `key` where the data path would: its own entry,
     /// else the first one no flow holds, else the lowest `place_rank`.
-    /// Not atomic against the data path writing the same set (tests and
-    /// benches).
-    pub fn insert(&self, key: &FlowKey, value: &FlowValue) {
-        let first = self.first(key);
-        let i = self.find(key).unwrap_or_else(|| {
-            (first..first + WAYS)
-                .find(|&i| !holds_flow(&self.entry(i)))
-                .or_else(|| {
-                    (first..first + WAYS).min_by_key(|&i| lb_common::place_rank(&self.entry(i)))
-                })
-                .expect("a set has ways")
-        });
-        let e = FlowEntry {
-            key: *key,
-            value: *value,
-        };
-        unsafe { std::ptr::write_volatile(self.entry_ptr(i), e) };
+    /// Rewrites the key's whole chunk: for tests and benches, with no
+    /// packet in flight (a packet's write to the chunk meanwhile is lost).
+    pub fn insert(&self, key: &FlowKey, value: &FlowValue) -> Result<()> {
+        self.insert_all([(*key, *value)])
+    }
+
+    /// `insert` of many flows, each chunk read and written once.
+    pub fn insert_all(&self, flows: impl IntoIterator<Item = (FlowKey, FlowValue)>) -> Result<()> {
+        let mut by_chunk: std::collections::BTreeMap<u32, Vec<(usize, FlowEntry)>> =
+            Default::default();
+        for (key, value) in flows {
+            let (c, s) = lb_common::chunk_of(self.set_of(&key) as u32);
+            by_chunk
+                .entry(c)
+                .or_default()
+                .push((s as usize, FlowEntry { key, value }));
+        }
+        for (c, entries) in by_chunk {
+            let mut chunk = self.chunk(c)?;
+            for (s, e) in entries {
+                let w = Self::find(&chunk, s, &e.key).unwrap_or_else(|| {
+                    (0..WAYS)
+                        .find(|&w| !holds_flow(&chunk.entry(s, w)))
+                        .or_else(|| {
+                            (0..WAYS).min_by_key(|&w| lb_common::place_rank(&chunk.entry(s, w)))
+                        })
+                        .expect("a set has ways")
+                });
+                chunk.set_entry(s, w, &e);
+            }
+            self.write(c, &chunk)?;
+        }
+        Ok(())
     }
 
     /// Forgets `key`'s entry (as an eviction would); whether it was there.
-    pub fn remove(&self, key: &FlowKey) -> bool {
-        let Some(i) = self.find(key) else {
-            return false;
+    /// Rewrites the chunk, as `insert` does.
+    pub fn remove(&self, key: &FlowKey) -> Result<bool> {
+        let (c, s, mut chunk) = self.chunk_of_key(key)?;
+        let Some(w) = Self::find(&chunk, s, key) else {
+            return Ok(false);
         };
-        unsafe { std::ptr::write_volatile(&mut (*self.entry_ptr(i)).key.family, FLOW_GONE) };
-        true
+        let mut e = chunk.entry(s, w);
+        e.key.family = FLOW_GONE;
+        chunk.set_entry(s, w, &e);
+        self.write(c, &chunk)?;
+        Ok(true)
+    }
+
+    fn write(&self, c: u32, chunk: &FlowChunk) -> Result<()> {
+        let mut m = self.chunk_map(c)?;
+        m.set(0, chunk, 0).map_err(map_err(maps::FLOWS))
     }
 
     /// Sets entry `i`'s stamp (`FlowValue::last_seen_ns`) to `new` if it
-    /// is still `old`: no packet has renewed it since, and no other flow
-    /// took the entry (a new flow's stamp is its own time).
-    pub fn swap_stamp(&self, i: usize, old: u64, new: u64) -> bool {
+    /// is still `old` (no packet has renewed it since, and no other flow
+    /// took the entry: a new flow's stamp is its own time), through
+    /// `swap` (the object's `lb_flow_swap`). Whether it did.
+    pub fn swap_stamp(&self, swap: &Xdp, i: usize, old: u64, new: u64) -> Result<bool> {
         assert!(i < self.capacity());
-        // SAFETY: an aligned word of the mapping, changed atomically as the
-        // data path changes it.
-        let word =
-            unsafe { &*(&raw mut (*self.entry_ptr(i)).value.last_seen_ns as *const AtomicU64) };
-        word.compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    }
-}
-
-impl Drop for FlowTable {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr as *mut _, self.sets * size_of::<FlowSet>()) };
+        let req = FlowSwap {
+            index: i as u64,
+            old,
+            new,
+        };
+        // SAFETY: FlowSwap is plain data of three u64s.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(&req as *const FlowSwap as *const u8, size_of::<FlowSwap>())
+        };
+        let mut out = [0u8; size_of::<FlowSwap>()];
+        let r = swap
+            .test_run(TestRunOptions {
+                data_in: Some(bytes),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| DataPlaneError::Setup(format!("running {}: {e}", progs::FLOW_SWAP)))?;
+        Ok(r.return_value == XDP_PASS)
     }
 }
 

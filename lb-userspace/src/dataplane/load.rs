@@ -134,6 +134,7 @@ impl BpfDataPlane {
         // would read values of another layout.
         let entries = lb_common::rings_entries(sizes.max_vips, sizes.ring_size) as usize;
         let chains = sizes.stateless_vips.max(1) * sizes.ring_size;
+        let chunks = lb_common::flow_chunks(lb_common::flow_sets(sizes.flows));
         let members = lb_common::members_entries(sizes.max_vips, sizes.max_vip_backends.max(1));
         let expected: [(&'static str, u32, usize); 16] = [
             (maps::CHAINS, chains, size_of::<u64>()),
@@ -148,11 +149,8 @@ impl BpfDataPlane {
                 size_of::<BackendStats>(),
             ),
             (maps::RINGS, entries as u32, size_of::<u64>()),
-            (
-                maps::FLOWS,
-                lb_common::flow_sets(sizes.flows),
-                size_of::<lb_common::FlowSet>(),
-            ),
+            // The chunks' own size is checked as they are filled in.
+            (maps::FLOWS, chunks, size_of::<u32>()),
             (maps::CONFIG, 1, size_of::<Config>()),
             (maps::COUNTERS, lb_common::counter::COUNT, size_of::<u64>()),
             (maps::LOADS, sizes.max_backends, size_of::<u64>()),
@@ -218,6 +216,8 @@ impl BpfDataPlane {
                 lb_common::DataPathClock::default()
             }
         };
+        fill_flow_chunks(&mut ebpf, chunks)?;
+        load_flow_swap(&mut ebpf, dir.as_deref())?;
         let flow_seed = flow_seed(&ebpf)?;
         let mut dp = BpfDataPlane {
             flow_seed,
@@ -252,6 +252,56 @@ impl BpfDataPlane {
         }
         Ok(dp)
     }
+}
+
+/// Gives each slot of `FLOWS` that has none its chunk, a new inner array
+/// (all of them for a new table; none when a pinned table is adopted).
+/// A chunk of another size (another version's) is refused.
+fn fill_flow_chunks(ebpf: &mut Ebpf, chunks: u32) -> Result<()> {
+    let m = ebpf.map_mut(maps::FLOWS).ok_or_else(|| {
+        DataPlaneError::Setup(format!(
+            "map `{}` missing from the eBPF object",
+            maps::FLOWS
+        ))
+    })?;
+    let mut outer: aya::maps::ArrayOfMaps<&mut MapData, Array<MapData, lb_common::FlowChunk>> =
+        aya::maps::ArrayOfMaps::try_from(m).map_err(map_err(maps::FLOWS))?;
+    for c in 0..chunks {
+        match outer.get(&c, 0) {
+            Ok(_) => continue,
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::InvalidValueSize { size, expected }) => {
+                return Err(DataPlaneError::Setup(format!(
+                    "the pinned flow table's chunks are of {expected} bytes, this version's of                      {size}; run `lb stop` first to start afresh (established flows are then                      forgotten)"
+                )))
+            }
+            Err(e) => return Err(map_err(maps::FLOWS)(e)),
+        }
+        let inner: Array<MapData, lb_common::FlowChunk> =
+            Array::create(1, 0).map_err(map_err(maps::FLOWS))?;
+        outer.set(c, &inner, 0).map_err(map_err(maps::FLOWS))?;
+    }
+    Ok(())
+}
+
+/// Loads `lb_flow_swap`, with which the census ends a flow's count, and
+/// pins it in `dir` (replacing an earlier run's) for the census thread.
+fn load_flow_swap(ebpf: &mut Ebpf, dir: Option<&Path>) -> Result<()> {
+    let name = progs::FLOW_SWAP;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the eBPF object")))?
+        .try_into()
+        .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
+    prog.load()
+        .map_err(|e| DataPlaneError::Setup(format!("loading {name}: {e}")))?;
+    if let Some(dir) = dir {
+        let pin = dir.join(name);
+        std::fs::remove_file(&pin).ok();
+        prog.pin(&pin)
+            .map_err(|e| DataPlaneError::Setup(format!("pinning {name}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The flow table's hash key: the one an earlier run wrote with the table

@@ -2,6 +2,8 @@
 //! cannot see end (a client gone without a FIN, a UDP flow left idle) are
 //! ended here, and what left the table uncounted is taken off.
 use super::*;
+use aya::programs::Xdp;
+use aya_obj::programs::XdpAttachType;
 use lb_common::{BACKEND_F_USED, FLOW_OPEN, LAST_SEEN_GRANULARITY_NS, PROTO_UDP};
 use std::collections::HashMap as Map;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +30,13 @@ pub fn flow_census(
     let dir = pin_dir(instance);
     use aya::maps::Map;
     let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
+    let swap =
+        Xdp::from_pin(dir.join(progs::FLOW_SWAP), XdpAttachType::Interface).map_err(|e| {
+            DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_SWAP))
+        })?;
     let maps = CensusMaps {
-        flows: &Map::Array(open(maps::FLOWS)?),
+        swap: &swap,
+        flows: &Map::ArrayOfMaps(open(maps::FLOWS)?),
         backends: &Map::Array(open(maps::BACKENDS)?),
         stats: &Map::PerCpuArray(open(maps::BACKEND_STATS)?),
         loads: &Map::Array(open(maps::LOADS)?),
@@ -40,7 +47,14 @@ pub fn flow_census(
 impl BpfDataPlane {
     /// [`census_of`] over this program's maps (the packet tests').
     pub fn flow_census(&self, max_idle_ns: u64, udp_idle_ns: u64) -> Result<FlowCensus> {
+        let swap: &Xdp = self
+            .ebpf
+            .program(progs::FLOW_SWAP)
+            .ok_or_else(|| DataPlaneError::Setup(format!("{} missing", progs::FLOW_SWAP)))?
+            .try_into()
+            .map_err(|e| DataPlaneError::Setup(format!("{}: {e}", progs::FLOW_SWAP)))?;
         let maps = CensusMaps {
+            swap,
             flows: self.map(maps::FLOWS),
             backends: self.map(maps::BACKENDS),
             stats: self.map(maps::BACKEND_STATS),
@@ -52,6 +66,8 @@ impl BpfDataPlane {
 
 /// The maps a census reads.
 struct CensusMaps<'a> {
+    /// `lb_flow_swap`, loaded: ends a flow's count.
+    swap: &'a Xdp,
     flows: &'a aya::maps::Map,
     backends: &'a aya::maps::Map,
     stats: &'a aya::maps::Map,
@@ -103,7 +119,7 @@ fn census_of(
     let data = |m| map_data(m).expect("an array");
     let loads = LoadsMmap::new(data(m.loads), slots as usize)?;
     // Ending a flow finds it by index: no key's set, no seed.
-    let flows = FlowTable::map(data(m.flows), [0, 0])?;
+    let flows = FlowTable::map(data(m.flows), None)?;
     let opened_before = new_flows(m)?;
     let now = monotonic_ns();
     let mut out = FlowCensus::default();
@@ -127,7 +143,7 @@ fn census_of(
         } else {
             counted[b] += 1;
         }
-    });
+    })?;
     for (i, v) in to_end {
         // Only the entry as it was read: a packet since may have renewed
         // its stamp, or a new flow taken the entry. A packet that ends the
@@ -135,7 +151,7 @@ fn census_of(
         // read the stamp before it, takes the count off twice: it stays one
         // low (passes only lower counts). Rare; the data path reads a count
         // below 0 as 0.
-        if flows.swap_stamp(i, v.last_seen_ns, v.last_seen_ns & !FLOW_OPEN) {
+        if flows.swap_stamp(m.swap, i, v.last_seen_ns, v.last_seen_ns & !FLOW_OPEN)? {
             loads.sub(v.backend as usize, 1);
             out.ended += 1;
         }

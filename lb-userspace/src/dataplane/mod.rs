@@ -160,7 +160,11 @@ pub struct BpfDataPlane {
 fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
     use aya::maps::Map;
     match m {
-        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Some(d),
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::ArrayOfMaps(d) => Some(d),
         _ => None,
     }
 }

@@ -231,7 +231,7 @@ fn bench_object(object: &std::path::Path) -> Result<()> {
     // What `lb status` shows as active flows per backend: the daemon's
     // walk of the whole table, timed here at full size.
     let flows_map = match lb.ebpf().map(lb_common::maps::FLOWS) {
-        Some(aya::maps::Map::Array(d)) => d,
+        Some(aya::maps::Map::ArrayOfMaps(d)) => d,
         _ => bail!("no FLOWS map"),
     };
     let start = Instant::now();
@@ -262,7 +262,7 @@ fn bench_object(object: &std::path::Path) -> Result<()> {
     while present.iter().any(|p| p.len() < PACKETS) {
         let i = rng.u32(0..FLOWS);
         let k = (i % 2) as usize;
-        if present[k].len() < PACKETS && table.get(&flow(i).key()).is_some() {
+        if present[k].len() < PACKETS && table.get(&flow(i).key())?.is_some() {
             present[k].push(i);
         }
     }

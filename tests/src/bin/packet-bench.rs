@@ -416,8 +416,8 @@ impl Side {
             rest.iter().partition(|c| mode(c.name).is_some());
         if !self.filtered {
             ensure!(
-                matches!((schedulers.len(), modes.len()), (3, 0) | (8, 11)),
-                "three scheduler cases, or eight and eleven of forwarding modes expected"
+                matches!((schedulers.len(), modes.len()), (3, 0) | (8, 12)),
+                "three scheduler cases, or eight and twelve of forwarding modes expected"
             );
         }
         for c in &modes {

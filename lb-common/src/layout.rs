@@ -20,7 +20,8 @@ pub mod maps {
     /// none) the buffer's slots name by index (`members_base`). So a
     /// table's 16-bit slots reach any of `MAX_BACKEND_ID + 1` backend slots.
     pub const MEMBERS: &str = "MEMBERS";
-    /// `Array<FlowSet>`: the connection table (`flow`), mapped by the daemon.
+    /// An array of maps, each slot an `Array<FlowChunk>` of one element:
+    /// the connection table (`flowtab`), read by the daemon a chunk at a time.
     pub const FLOWS: &str = "FLOWS";
     /// `Array<Config>`, one entry: global settings.
     pub const CONFIG: &str = "CONFIG";
@@ -359,8 +360,8 @@ pub struct Config {
     /// max_backends_per_vip`); written by the map writer from the map
     /// sizes, whatever the caller set.
     pub max_vip_backends: u32,
-    /// Sets of the flow table (`FLOWS` elements, a power of
-    /// two); written by the map writer from the map sizes.
+    /// Sets of the flow table (a power of two, in chunks of
+    /// `FLOW_CHUNK_SETS`); written by the map writer from the map sizes.
     pub flow_sets: u32,
     pub _pad: u32,
     /// SipHash key of the flow table's index. The table's own, kept with it

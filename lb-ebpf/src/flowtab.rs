@@ -56,6 +56,8 @@ fn set_at(i: u32) -> Option<&'static mut FlowSet> {
     Some(unsafe { &mut *(set as *mut FlowSet) })
 }
 
+/// Whether two keys are the same connection (five words, compared whole;
+/// `FlowKey` is 40 bytes aligned to 8).
 #[inline(always)]
 fn same(a: &FlowKey, b: &FlowKey) -> bool {
     let a = a as *const FlowKey as *const u64;

@@ -92,7 +92,7 @@ pub struct Balancer {
     prog: &'static str,
     /// The measured tick, written into every `set_config` as the daemon does.
     pub clock: DataPathClock,
-    /// The flow table, mapped once.
+    /// The flow table, opened once.
     flows: std::cell::OnceCell<lb_userspace::dataplane::FlowTable>,
 }
 

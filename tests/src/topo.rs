@@ -696,7 +696,7 @@ impl Drop for Topology {
 fn attach_pass(iface: &str) -> Result<aya::Ebpf> {
     let mut ebpf = aya::EbpfLoader::new()
         .map_max_entries(lb_common::maps::RINGS, 1)
-        .map_max_entries(lb_common::maps::FLOWS, 16)
+        .map_max_entries(lb_common::maps::FLOWS, 1)
         .load_file(crate::ebpf_object())?;
     let p: &mut aya::programs::Xdp = ebpf
         .program_mut(lb_common::progs::PASS)

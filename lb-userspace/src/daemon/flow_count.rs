@@ -6,9 +6,9 @@ pub(super) type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, H
 
 /// How often, at most, the flow table is walked for `lb status`.
 const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
-/// The share of one CPU the walks may take: the walk reads the whole
-/// table in place (BENCHMARKS.md, "The flow table"), and is paced to this
-/// share however long it takes.
+/// The share of one CPU the walks may take: the walk copies the whole
+/// table out a chunk at a time (about 70 ms at a million flows,
+/// BENCHMARKS.md), and is paced to this share however long it takes.
 const FLOW_COUNT_CPU_SHARE: u32 = 20;
 
 /// The pause after a walk that took `took`: at least FLOW_COUNT_INTERVAL,
@@ -18,7 +18,7 @@ pub fn flow_count_pause(took: Duration) -> Duration {
 }
 
 /// Counts active flows on a blocking thread, with its own handles on the
-/// pinned maps: walking a million entries takes a third of a second and
+/// pinned maps: walking a table of a million flows takes about 70 ms and
 /// must not hold up the writer. The same pass keeps the connection counts
 /// of least connections and `max_connections` true (idle flows ended,
 /// evicted ones taken off). Paced by `flow_count_pause`; `lb status` says

@@ -18,7 +18,14 @@ pub struct FlowTable {
     /// (`Config::flow_seed`), for finding a key's set; `None`: opened to
     /// walk it by index only.
     keyed: Option<(u32, [u64; 2])>,
+    /// Chunks kept open for lookups by key (opening one takes four system
+    /// calls); at most `OPEN_CHUNKS`, so a big table holds no more
+    /// descriptors than a process is usually allowed.
+    open: std::sync::Mutex<std::collections::HashMap<u32, Chunk>>,
 }
+
+/// Chunks `FlowTable` keeps open at most.
+const OPEN_CHUNKS: usize = 256;
 
 const WAYS: usize = FLOW_WAYS as usize;
 const CHUNK_SETS: usize = FLOW_CHUNK_SETS as usize;
@@ -42,10 +49,19 @@ impl FlowTable {
             })?;
         let data = MapData::from_fd(fd).map_err(map_err(maps::FLOWS))?;
         let chunks = data.info().map_err(map_err(maps::FLOWS))?.max_entries();
+        if let Some((sets, _)) = keyed {
+            if !sets.is_power_of_two() || lb_common::flow_chunks(sets) != chunks {
+                return Err(DataPlaneError::Setup(format!(
+                    "a flow table of {sets} sets does not fill {chunks} chunks (no \
+                     configuration written yet?)"
+                )));
+            }
+        }
         Ok(FlowTable {
             outer: Map::ArrayOfMaps(data),
             chunks,
             keyed,
+            open: Default::default(),
         })
     }
 
@@ -61,10 +77,29 @@ impl FlowTable {
         outer.get(&c, 0).map_err(map_err(maps::FLOWS))
     }
 
-    /// A copy of chunk `c`.
+    /// A copy of chunk `c` (through the chunks kept open, or a new
+    /// descriptor).
     fn chunk(&self, c: u32) -> Result<Box<FlowChunk>> {
-        let m = self.chunk_map(c)?;
-        Ok(Box::new(m.get(&0, 0).map_err(map_err(maps::FLOWS))?))
+        self.with_chunk(c, |m| m.get(&0, 0).map(Box::new))
+    }
+
+    /// `f` on chunk `c`'s map: kept open if it is, else opened for `f`
+    /// (and kept when there is room).
+    fn with_chunk<T>(
+        &self,
+        c: u32,
+        f: impl FnOnce(&mut Chunk) -> std::result::Result<T, aya::maps::MapError>,
+    ) -> Result<T> {
+        let mut open = self.open.lock().expect("open chunks");
+        if let Some(m) = open.get_mut(&c) {
+            return f(m).map_err(map_err(maps::FLOWS));
+        }
+        let mut m = self.chunk_map(c)?;
+        let r = f(&mut m).map_err(map_err(maps::FLOWS));
+        if open.len() < OPEN_CHUNKS {
+            open.insert(c, m);
+        }
+        r
     }
 
     /// Hands each stored flow to `each` with its index (set
@@ -76,7 +111,7 @@ impl FlowTable {
     ) -> Result<()> {
         let mut seen = 0;
         for c in 0..self.chunks {
-            let chunk = self.chunk(c)?;
+            let chunk = self.walk_chunk(c)?;
             for s in 0..CHUNK_SETS {
                 for w in 0..WAYS {
                     if seen >= limit {
@@ -186,8 +221,17 @@ impl FlowTable {
     }
 
     fn write(&self, c: u32, chunk: &FlowChunk) -> Result<()> {
-        let mut m = self.chunk_map(c)?;
-        m.set(0, chunk, 0).map_err(map_err(maps::FLOWS))
+        self.with_chunk(c, |m| m.set(0, chunk, 0))
+    }
+
+    /// A copy of chunk `c` for a walk: opened and closed unless kept open
+    /// (a walk would otherwise fill the kept ones with the first chunks).
+    fn walk_chunk(&self, c: u32) -> Result<Box<FlowChunk>> {
+        if let Some(m) = self.open.lock().expect("open chunks").get(&c) {
+            return Ok(Box::new(m.get(&0, 0).map_err(map_err(maps::FLOWS))?));
+        }
+        let m = self.chunk_map(c)?;
+        Ok(Box::new(m.get(&0, 0).map_err(map_err(maps::FLOWS))?))
     }
 
     /// Sets entry `i`'s stamp (`FlowValue::last_seen_ns`) to `new` if it

@@ -257,29 +257,60 @@ impl BpfDataPlane {
 /// Gives each slot of `FLOWS` that has none its chunk, a new inner array
 /// (all of them for a new table; none when a pinned table is adopted).
 /// A chunk of another size (another version's) is refused.
+///
+/// The slots are written `FILL_BATCH` at a time with one batch update:
+/// the kernel waits for an RCU grace period (about 10 ms here) after each
+/// write to a map of maps, once per call, so one write per chunk would
+/// take 40 s for a table of a million flows.
 fn fill_flow_chunks(ebpf: &mut Ebpf, chunks: u32) -> Result<()> {
+    const FILL_BATCH: usize = 512;
     let m = ebpf.map_mut(maps::FLOWS).ok_or_else(|| {
         DataPlaneError::Setup(format!(
             "map `{}` missing from the eBPF object",
             maps::FLOWS
         ))
     })?;
-    let mut outer: aya::maps::ArrayOfMaps<&mut MapData, Array<MapData, lb_common::FlowChunk>> =
-        aya::maps::ArrayOfMaps::try_from(m).map_err(map_err(maps::FLOWS))?;
+    let outer: aya::maps::ArrayOfMaps<&MapData, Array<MapData, lb_common::FlowChunk>> =
+        aya::maps::ArrayOfMaps::try_from(&*m).map_err(map_err(maps::FLOWS))?;
+    let mut empty = Vec::new();
     for c in 0..chunks {
         match outer.get(&c, 0) {
             Ok(_) => continue,
-            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(aya::maps::MapError::KeyNotFound) => empty.push(c),
             Err(aya::maps::MapError::InvalidValueSize { size, expected }) => {
                 return Err(DataPlaneError::Setup(format!(
-                    "the pinned flow table's chunks are of {expected} bytes, this version's of                      {size}; run `lb stop` first to start afresh (established flows are then                      forgotten)"
+                    "the pinned flow table's chunks are of {expected} bytes, this version's of \
+                     {size}; run `lb stop` first to start afresh (established flows are then \
+                     forgotten)"
                 )))
             }
             Err(e) => return Err(map_err(maps::FLOWS)(e)),
         }
-        let inner: Array<MapData, lb_common::FlowChunk> =
-            Array::create(1, 0).map_err(map_err(maps::FLOWS))?;
-        outer.set(c, &inner, 0).map_err(map_err(maps::FLOWS))?;
+    }
+    let data = map_data(m).expect("an array of maps");
+    for slots in empty.chunks(FILL_BATCH) {
+        let inner = slots
+            .iter()
+            .map(|_| {
+                let def = aya_obj::Map::new_from_params(
+                    aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                    size_of::<u32>() as u32,
+                    size_of::<lb_common::FlowChunk>() as u32,
+                    1,
+                    0,
+                );
+                MapData::create(def, "lb_flow_chunk", None)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(maps::FLOWS))?;
+        let fds: Vec<u32> = inner
+            .iter()
+            .map(|a| a.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        super::batch::update_batch(data, slots, &fds, 1).map_err(|source| DataPlaneError::Io {
+            what: "filling the flow table's chunks".into(),
+            source,
+        })?;
     }
     Ok(())
 }

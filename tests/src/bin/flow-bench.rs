@@ -1,7 +1,9 @@
 //! `cargo xtask bench --flows`: the flow table at the size users run (1M
 //! flows, 100 backends), filled from every CPU. With `LB_EBPF_OBJECT_B`
 //! set, a second object is measured the same way in the same run, three
-//! times with the order alternating (an A/B of two builds).
+//! times with the order alternating (an A/B of two builds). Both must
+//! have this version's map layout (the map writer loads them); an older
+//! object is measured with the bench binary of its own version.
 //!
 //! Per object: fill the table from both CPUs at once (half each), then, on
 //! one CPU alone and on both at once: established packets spread over the

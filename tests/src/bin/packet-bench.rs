@@ -129,7 +129,8 @@ fn main() -> Result<()> {
     }
     let object = ebpf_object();
     // An A/B run: a second object measured in the same rounds, call for
-    // call alternating with the first.
+    // call alternating with the first. Both must have this version's map
+    // layout (the map writer loads them).
     let object_b = std::env::var_os("LB_EBPF_OBJECT_B").map(std::path::PathBuf::from);
     for o in std::iter::once(&object).chain(&object_b) {
         ensure!(

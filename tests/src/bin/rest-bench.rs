@@ -505,16 +505,24 @@ fn scale_pool(dir: &Path, socket: &Path, weight: u32, check: &str) -> String {
     pool
 }
 
-/// Memory the process's BPF maps hold (`memlock` of each map descriptor).
+/// Memory the process's BPF maps hold (`memlock` of each map descriptor),
+/// with the flow table's chunks: the inner maps of an array of maps have
+/// no descriptor of their own, each is one 32 KiB allocation.
 fn maps_memlock(pid: u32) -> Result<u64> {
+    const ARRAY_OF_MAPS: &str = "12";
+    let field = |text: &str, name: &str| -> Option<u64> {
+        let l = text.lines().find(|l| l.starts_with(name))?;
+        l.split_whitespace().nth(1)?.parse().ok()
+    };
     let mut total = 0;
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let text = std::fs::read_to_string(e?.path()).unwrap_or_default();
         if !text.contains("map_type:") {
             continue;
         }
-        if let Some(l) = text.lines().find(|l| l.starts_with("memlock:")) {
-            total += l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>()?;
+        total += field(&text, "memlock:").unwrap_or(0);
+        if field(&text, "map_type:") == ARRAY_OF_MAPS.parse().ok() {
+            total += field(&text, "max_entries:").unwrap_or(0) * 32768;
         }
     }
     Ok(total)

@@ -44,10 +44,9 @@ fn set_of(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowSet> {
 #[inline(always)]
 fn set_at(i: u32) -> Option<&'static mut FlowSet> {
     let (c, s) = lb_common::chunk_of(i);
-    // The verifier cannot bound `s` through the multiply: checked, and the
-    // empty asm keeps LLVM from dropping a check it can prove.
-    let mut s = s as u64;
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) s) };
+    // The verifier cannot bound `s` through the multiply: checked, on a
+    // value LLVM cannot see through (it would drop a check it can prove).
+    let s = opaque(s as u64);
     if s >= FLOW_CHUNK_SETS as u64 {
         return None;
     }
@@ -150,11 +149,19 @@ fn way(m: u64) -> usize {
 
 /// `w` masked to a way. LLVM knows the global functions' results are
 /// below `FLOW_WAYS` and would drop the mask; the verifier does not, and
-/// needs it: the empty `asm` hides the value from LLVM.
+/// needs it.
 #[inline(always)]
-fn bounded_way(mut w: u64) -> usize {
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) w) };
-    (w & (FLOW_WAYS as u64 - 1)) as usize
+fn bounded_way(w: u64) -> usize {
+    (opaque(w) & (FLOW_WAYS as u64 - 1)) as usize
+}
+
+/// `x`, hidden from LLVM by an empty `asm`: a bound check or mask on the
+/// result stays in the program for the verifier, which knows less than
+/// LLVM does.
+#[inline(always)]
+fn opaque(mut x: u64) -> u64 {
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) x) };
+    x
 }
 
 /// `key`'s entry.

@@ -38,7 +38,8 @@ fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
 /// Hands every entry of `map` to `each`, a batch at a time
 /// (`BPF_MAP_LOOKUP_BATCH`), until the map ends or `each` says stop: the
 /// keys, and `per_key` values for each (a per-CPU map's CPUs, in order).
-/// `V`'s size must be a multiple of 8, as the kernel lays per-CPU values.
+/// For a per-CPU map, `V`'s size must be a multiple of 8, as the kernel
+/// lays per-CPU values.
 pub(super) fn lookup_batches_of<K: Copy + Default, V: Copy + Default>(
     map: &MapData,
     per_key: usize,
@@ -47,7 +48,7 @@ pub(super) fn lookup_batches_of<K: Copy + Default, V: Copy + Default>(
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const CHUNK: usize = 4096;
     assert!(
-        size_of::<V>().is_multiple_of(8),
+        per_key == 1 || size_of::<V>().is_multiple_of(8),
         "per-CPU values are 8-byte aligned"
     );
     let mut keys = vec![K::default(); CHUNK];

@@ -43,13 +43,8 @@ pub fn attach_decap(
             .pin(dir.join(name))
             .map_err(|e| DataPlaneError::Setup(format!("pinning {name}: {e}")))?;
     }
-    let prog: &mut Xdp = ebpf
-        .program_mut(progs::DECAP)
-        .expect("lb_decap in the object")
-        .try_into()
-        .map_err(|e| DataPlaneError::Setup(format!("lb_decap: {e}")))?;
-    prog.load()
-        .map_err(|e| DataPlaneError::Setup(format!("loading lb_decap: {e}")))?;
+    let prog = super::programs::xdp_mut(&mut ebpf, progs::DECAP)?;
+    super::programs::load_xdp(prog, progs::DECAP)?;
     let modes: &[XdpMode] = match mode {
         AttachMode::Driver => &[XdpMode::Driver],
         AttachMode::Generic => &[XdpMode::Skb],

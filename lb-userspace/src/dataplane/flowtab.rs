@@ -77,17 +77,19 @@ impl FlowTable {
         outer.get(&c, 0).map_err(map_err(maps::FLOWS))
     }
 
-    /// A copy of chunk `c` (through the chunks kept open, or a new
-    /// descriptor).
-    fn chunk(&self, c: u32) -> Result<Box<FlowChunk>> {
-        self.with_chunk(c, |m| m.get(&0, 0).map(Box::new))
+    /// A copy of chunk `c`; `keep`: keep its map open for the next
+    /// lookup (a walk does not: it would fill the room with the first
+    /// chunks).
+    fn chunk(&self, c: u32, keep: bool) -> Result<Box<FlowChunk>> {
+        self.with_chunk(c, keep, |m| m.get(&0, 0).map(Box::new))
     }
 
-    /// `f` on chunk `c`'s map: kept open if it is, else opened for `f`
-    /// (and kept when there is room).
+    /// `f` on chunk `c`'s map: the one kept open, else one opened for `f`
+    /// (and kept, with `keep`, while there is room).
     fn with_chunk<T>(
         &self,
         c: u32,
+        keep: bool,
         f: impl FnOnce(&mut Chunk) -> std::result::Result<T, aya::maps::MapError>,
     ) -> Result<T> {
         let mut open = self.open.lock().expect("open chunks");
@@ -96,7 +98,7 @@ impl FlowTable {
         }
         let mut m = self.chunk_map(c)?;
         let r = f(&mut m).map_err(map_err(maps::FLOWS));
-        if open.len() < OPEN_CHUNKS {
+        if keep && open.len() < OPEN_CHUNKS {
             open.insert(c, m);
         }
         r
@@ -111,7 +113,7 @@ impl FlowTable {
     ) -> Result<()> {
         let mut seen = 0;
         for c in 0..self.chunks {
-            let chunk = self.walk_chunk(c)?;
+            let chunk = self.chunk(c, false)?;
             for s in 0..CHUNK_SETS {
                 for w in 0..WAYS {
                     if seen >= limit {
@@ -152,7 +154,7 @@ impl FlowTable {
     /// `key`'s chunk, copied, and its set's place in it.
     fn chunk_of_key(&self, key: &FlowKey) -> Result<(u32, usize, Box<FlowChunk>)> {
         let (c, s) = lb_common::chunk_of(self.set_of(key) as u32);
-        Ok((c, s as usize, self.chunk(c)?))
+        Ok((c, s as usize, self.chunk(c, true)?))
     }
 
     /// The way of `key` in set `s` of `chunk`.
@@ -189,7 +191,7 @@ impl FlowTable {
                 .push((s as usize, FlowEntry { key, value }));
         }
         for (c, entries) in by_chunk {
-            let mut chunk = self.chunk(c)?;
+            let mut chunk = self.chunk(c, true)?;
             for (s, e) in entries {
                 let w = Self::find(&chunk, s, &e.key).unwrap_or_else(|| {
                     (0..WAYS)
@@ -221,17 +223,7 @@ impl FlowTable {
     }
 
     fn write(&self, c: u32, chunk: &FlowChunk) -> Result<()> {
-        self.with_chunk(c, |m| m.set(0, chunk, 0))
-    }
-
-    /// A copy of chunk `c` for a walk: opened and closed unless kept open
-    /// (a walk would otherwise fill the kept ones with the first chunks).
-    fn walk_chunk(&self, c: u32) -> Result<Box<FlowChunk>> {
-        if let Some(m) = self.open.lock().expect("open chunks").get(&c) {
-            return Ok(Box::new(m.get(&0, 0).map_err(map_err(maps::FLOWS))?));
-        }
-        let m = self.chunk_map(c)?;
-        Ok(Box::new(m.get(&0, 0).map_err(map_err(maps::FLOWS))?))
+        self.with_chunk(c, true, |m| m.set(0, chunk, 0))
     }
 
     /// Sets entry `i`'s stamp (`FlowValue::last_seen_ns`) to `new` if it

@@ -255,8 +255,9 @@ impl BpfDataPlane {
 }
 
 /// Gives each slot of `FLOWS` that has none its chunk, a new inner array
-/// (all of them for a new table; none when a pinned table is adopted).
-/// A chunk of another size (another version's) is refused.
+/// (all of them for a new table; none when a pinned table is adopted, or
+/// those a fill cut short left). A chunk of another size (another
+/// version's) is refused.
 ///
 /// The slots are written `FILL_BATCH` at a time with one batch update:
 /// the kernel waits for an RCU grace period (about 10 ms here) after each
@@ -270,13 +271,26 @@ fn fill_flow_chunks(ebpf: &mut Ebpf, chunks: u32) -> Result<()> {
             maps::FLOWS
         ))
     })?;
-    let outer: aya::maps::ArrayOfMaps<&MapData, Array<MapData, lb_common::FlowChunk>> =
-        aya::maps::ArrayOfMaps::try_from(&*m).map_err(map_err(maps::FLOWS))?;
-    let mut empty = Vec::new();
-    for c in 0..chunks {
-        match outer.get(&c, 0) {
-            Ok(_) => continue,
-            Err(aya::maps::MapError::KeyNotFound) => empty.push(c),
+    let data = map_data(m).expect("an array of maps");
+    // The slots that hold a chunk: one batch read (an empty slot is skipped).
+    let mut held = vec![false; chunks as usize];
+    super::batch::lookup_batches_of::<u32, u32>(data, 1, |slots, _| {
+        for &c in slots {
+            if let Some(h) = held.get_mut(c as usize) {
+                *h = true;
+            }
+        }
+        true
+    })
+    .map_err(|source| DataPlaneError::Io {
+        what: "reading the flow table's slots".into(),
+        source,
+    })?;
+    if let Some(c) = held.iter().position(|&h| h) {
+        let outer: aya::maps::ArrayOfMaps<&MapData, Array<MapData, lb_common::FlowChunk>> =
+            aya::maps::ArrayOfMaps::try_from(&*m).map_err(map_err(maps::FLOWS))?;
+        match outer.get(&(c as u32), 0) {
+            Ok(_) => {}
             Err(aya::maps::MapError::InvalidValueSize { size, expected }) => {
                 return Err(DataPlaneError::Setup(format!(
                     "the pinned flow table's chunks are of {expected} bytes, this version's of \
@@ -287,7 +301,7 @@ fn fill_flow_chunks(ebpf: &mut Ebpf, chunks: u32) -> Result<()> {
             Err(e) => return Err(map_err(maps::FLOWS)(e)),
         }
     }
-    let data = map_data(m).expect("an array of maps");
+    let empty: Vec<u32> = (0..chunks).filter(|&c| !held[c as usize]).collect();
     for slots in empty.chunks(FILL_BATCH) {
         let inner = slots
             .iter()
@@ -319,13 +333,8 @@ fn fill_flow_chunks(ebpf: &mut Ebpf, chunks: u32) -> Result<()> {
 /// pins it in `dir` (replacing an earlier run's) for the census thread.
 fn load_flow_swap(ebpf: &mut Ebpf, dir: Option<&Path>) -> Result<()> {
     let name = progs::FLOW_SWAP;
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the eBPF object")))?
-        .try_into()
-        .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
-    prog.load()
-        .map_err(|e| DataPlaneError::Setup(format!("loading {name}: {e}")))?;
+    let prog = super::programs::xdp_mut(ebpf, name)?;
+    super::programs::load_xdp(prog, name)?;
     if let Some(dir) = dir {
         let pin = dir.join(name);
         std::fs::remove_file(&pin).ok();

@@ -47,14 +47,8 @@ pub fn flow_census(
 impl BpfDataPlane {
     /// [`census_of`] over this program's maps (the packet tests').
     pub fn flow_census(&self, max_idle_ns: u64, udp_idle_ns: u64) -> Result<FlowCensus> {
-        let swap: &Xdp = self
-            .ebpf
-            .program(progs::FLOW_SWAP)
-            .ok_or_else(|| DataPlaneError::Setup(format!("{} missing", progs::FLOW_SWAP)))?
-            .try_into()
-            .map_err(|e| DataPlaneError::Setup(format!("{}: {e}", progs::FLOW_SWAP)))?;
         let maps = CensusMaps {
-            swap,
+            swap: super::programs::xdp(&self.ebpf, progs::FLOW_SWAP)?,
             flows: self.map(maps::FLOWS),
             backends: self.map(maps::BACKENDS),
             stats: self.map(maps::BACKEND_STATS),

@@ -172,11 +172,7 @@ fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
 impl BpfDataPlane {
     /// The `lb_xdp` program of the loaded object.
     fn balancer(&mut self) -> Result<&mut Xdp> {
-        self.ebpf
-            .program_mut(progs::BALANCER)
-            .expect("lb_xdp in the object")
-            .try_into()
-            .map_err(|e| DataPlaneError::Setup(format!("lb_xdp: {e}")))
+        programs::xdp_mut(&mut self.ebpf, progs::BALANCER)
     }
 
     /// Whether an earlier run left a pinned link on `iface` (which `attach`

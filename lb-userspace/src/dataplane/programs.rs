@@ -1,6 +1,7 @@
 //! The programs of the balancer object: `lb_xdp` and `lb_stateless`,
 //! loaded and linked for their tail calls, `lb_clock` for the clock's
-//! calibration; and the filters that steer packets to them.
+//! calibration (and, in `load.rs`, `lb_flow_swap` for the census); the
+//! filters that steer packets to them.
 use super::*;
 
 impl BpfDataPlane {
@@ -16,31 +17,10 @@ impl BpfDataPlane {
     /// `PROGS`, for the tail calls between them.
     pub fn load_programs(&mut self) -> Result<()> {
         for name in [progs::BALANCER, progs::STATELESS] {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the object")))?
-                .try_into()
-                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
-            if prog.fd().is_err() {
-                prog.load().map_err(|e| match e {
-                    aya::programs::ProgramError::LoadError {
-                        io_error,
-                        verifier_log,
-                    } => DataPlaneError::Setup(format!(
-                        "the kernel rejected the XDP program {name}: {io_error}\n{verifier_log}"
-                    )),
-                    e => DataPlaneError::Setup(format!("loading {name}: {e}")),
-                })?;
-            }
+            load_xdp(xdp_mut(&mut self.ebpf, name)?, name)?;
         }
         let fd = |ebpf: &Ebpf, name: &str| -> Result<aya::programs::ProgramFd> {
-            let prog: &Xdp = ebpf
-                .program(name)
-                .expect("loaded above")
-                .try_into()
-                .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
-            let fd = prog
+            let fd = xdp(ebpf, name)?
                 .fd()
                 .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))?;
             fd.try_clone()
@@ -77,11 +57,40 @@ impl BpfDataPlane {
 pub(super) fn data_path_clock(
     ebpf: &mut aya::Ebpf,
 ) -> std::result::Result<lb_common::DataPathClock, String> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(progs::CLOCK)
-        .ok_or("lb_clock missing from the eBPF object")?
-        .try_into()
-        .map_err(|e| format!("lb_clock: {e}"))?;
-    prog.load().map_err(|e| format!("loading lb_clock: {e}"))?;
+    let prog = xdp_mut(ebpf, progs::CLOCK).map_err(|e| e.to_string())?;
+    load_xdp(prog, progs::CLOCK).map_err(|e| e.to_string())?;
     lb_common::calibrate_clock(prog)
+}
+
+/// XDP program `name` of the object.
+pub(super) fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    ebpf.program(name)
+        .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the eBPF object")))?
+        .try_into()
+        .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))
+}
+
+/// XDP program `name` of the object, to load or attach.
+pub(super) fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the eBPF object")))?
+        .try_into()
+        .map_err(|e| DataPlaneError::Setup(format!("{name}: {e}")))
+}
+
+/// Loads `prog` (named `name`) unless it is loaded; a program the kernel
+/// rejects comes back with the verifier's log.
+pub(super) fn load_xdp(prog: &mut Xdp, name: &str) -> Result<()> {
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    prog.load().map_err(|e| match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => DataPlaneError::Setup(format!(
+            "the kernel rejected the XDP program {name}: {io_error}\n{verifier_log}"
+        )),
+        e => DataPlaneError::Setup(format!("loading {name}: {e}")),
+    })
 }

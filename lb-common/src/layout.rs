@@ -105,7 +105,7 @@ pub const PROG_BALANCER: u32 = 1;
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Program names in the object file.
 pub mod progs {
@@ -275,8 +275,16 @@ pub struct VipInfo {
     /// (`members_base` of the VIP and `active_ring`); the map writer sets
     /// it with every write of the VIP, whatever the caller set.
     pub members: u32,
+    /// Slots of the VIP's table (`maglev_size`), at most `Config::ring_size`
+    /// (each buffer's room in `RINGS`, and a stateless VIP's in `CHAINS`).
+    /// A small table keeps a stateless VIP's whole cost in cache. The map
+    /// writer writes 0 as `Config::ring_size`.
+    pub ring_size: u32,
+    /// Where the active buffer starts in `RINGS` (`ring_base` of the VIP
+    /// and `active_ring`); set by the map writer, as `members` is.
+    pub ring: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 40);
 
 /// `VipInfo::flags`: the VIP's flows are counted per backend (`LOADS`),
 /// for least connections or a connection limit.
@@ -320,7 +328,8 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 pub struct Config {
     /// SipHash key of the flow hash. Shared by every node behind one ECMP group.
     pub hash_key: [u64; 2],
-    /// Slots in each Maglev table (a prime).
+    /// Room for each Maglev buffer in `RINGS` (a prime, `tables.maglev_size`):
+    /// the largest table a VIP may have (`VipInfo::ring_size`).
     pub ring_size: u32,
     /// `CONFIG_F_*`.
     pub flags: u32,
@@ -516,7 +525,7 @@ pub struct VipEntry {
     pub key: VipKey,
     pub info: VipInfo,
 }
-const _: () = assert!(core::mem::size_of::<VipEntry>() == 52);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 60);
 
 #[cfg(feature = "user")]
 mod pod {

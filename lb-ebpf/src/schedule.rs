@@ -7,9 +7,9 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use core::intrinsics::unlikely;
 use core::mem::MaybeUninit;
 use lb_common::{
-    counter, flow_hash, ring_base, ring_elem, ring_slot, scheduler, second_choice, vip_filter_bit,
-    AddrKey, Config, FlowKey, PersistKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT,
-    MAX_EXACT_BACKENDS, NO_BACKEND, VIP_F_COUNT,
+    counter, flow_hash, ring_elem, ring_slot, scheduler, second_choice, vip_filter_bit, AddrKey,
+    Config, FlowKey, PersistKey, VipInfo, VipKey, AF_INET6, CONFIG_F_ANY_PORT, MAX_EXACT_BACKENDS,
+    NO_BACKEND, VIP_F_COUNT,
 };
 
 use crate::action::{verdict, XDP_DROP};
@@ -178,7 +178,7 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64)
 /// counted, one below its limit (`FULL` when none is found).
 #[inline(always)]
 fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool) -> u32 {
-    let size = cfg.ring_size;
+    let size = table_size(vip, cfg);
     if unlikely(vip.scheduler == scheduler::LEAST_CONN_EXACT) {
         return least_exact(vip, size);
     }
@@ -196,12 +196,12 @@ fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool)
                 return NO_BACKEND;
             }
             let sa = hash % size;
-            let a = slot_at(vip, sa, size);
+            let a = slot_at(vip, sa);
             if a == NO_BACKEND {
                 return NO_BACKEND;
             }
             // Both are checked for room here (`FULL`: neither has).
-            let b = slot_at(vip, second_choice(sa, hash, size), size);
+            let b = slot_at(vip, second_choice(sa, hash, size));
             less_loaded(a, b).unwrap_or(FULL)
         }
         _ => maglev(vip, hash, size),
@@ -238,7 +238,7 @@ fn least_exact(vip: &VipInfo, size: u32) -> u32 {
     if len == 0 || len > size || len > MAX_EXACT_BACKENDS {
         return NO_BACKEND;
     }
-    let base = ring_base(vip.vip_id, vip.active_ring, size);
+    let base = vip.ring;
     let mut best = (NO_BACKEND, 0u64, 1u64);
     let mut slot = 0;
     while slot < MAX_EXACT_BACKENDS {
@@ -273,8 +273,7 @@ fn round_robin(vip: &VipInfo, size: u32) -> u32 {
     let pos = unsafe { &mut *pos };
     let slot = *pos % len;
     *pos = slot + 1;
-    let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
-    match RINGS.get(idx) {
+    match RINGS.get(vip.ring + ring_elem(slot)) {
         Some(e) => member(vip, ring_slot(*e, slot)),
         None => NO_BACKEND,
     }
@@ -323,14 +322,20 @@ fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
     if size == 0 {
         return NO_BACKEND;
     }
-    slot_at(vip, hash % size, size)
+    slot_at(vip, hash % size)
+}
+
+/// Slots of the VIP's table (`VipInfo::ring_size`), never past the room
+/// each buffer has in `RINGS` (`Config::ring_size`).
+#[inline(always)]
+pub fn table_size(vip: &VipInfo, cfg: &Config) -> u32 {
+    vip.ring_size.min(cfg.ring_size)
 }
 
 /// The backend at `slot` of the VIP's active table.
 #[inline(always)]
-pub fn slot_at(vip: &VipInfo, slot: u32, size: u32) -> u32 {
-    let idx = ring_base(vip.vip_id, vip.active_ring, size) + ring_elem(slot);
-    match RINGS.get(idx) {
+pub fn slot_at(vip: &VipInfo, slot: u32) -> u32 {
+    match RINGS.get(vip.ring + ring_elem(slot)) {
         Some(e) => member(vip, ring_slot(*e, slot)),
         None => NO_BACKEND,
     }

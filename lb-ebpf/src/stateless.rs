@@ -29,7 +29,7 @@ use crate::maps::{
     account, clock_ns, vip_drop, BACKENDS, CHAINS, CONFIG, PROGS, STATELESS_FILTER, STATELESS_SKIP,
 };
 use crate::packet::{Packet, TCP_ACK, TCP_SYN};
-use crate::schedule::{drop_no_backend, slot_at, vip_bits, vip_of, VipBits};
+use crate::schedule::{drop_no_backend, slot_at, table_size, vip_bits, vip_of, VipBits};
 
 /// In `lb_xdp`: a packet whose VIP filter bit is a stateless VIP's goes to
 /// `lb_stateless` (unless that program just handed it back). `None`: not
@@ -108,13 +108,13 @@ fn balance(
     if vip.flags & VIP_F_STATELESS == 0 {
         return None;
     }
-    let size = cfg.ring_size;
+    let size = table_size(vip, cfg);
     if size == 0 {
         return Some(drop_no_backend(vip.vip_id, false));
     }
     let hash = flow_hash(key, &cfg.hash_key) as u32;
     let slot = hash % size;
-    let id = slot_at(vip, slot, size);
+    let id = slot_at(vip, slot);
     let Some(backend) = BACKENDS.get(id) else {
         return Some(drop_no_backend(vip.vip_id, false));
     };
@@ -131,7 +131,7 @@ fn balance(
     // `CHAINS` read, which is a second cache miss.
     let recent = ((now >> CHAIN_UNTIL_SHIFT) as u32) < vip.chain_until;
     if let Some(e) = recent
-        .then(|| CHAINS.get(vip.chain_idx as u32 * size + slot))
+        .then(|| CHAINS.get(vip.chain_idx as u32 * cfg.ring_size + slot))
         .flatten()
     {
         // Most slots never changed: no division for them.

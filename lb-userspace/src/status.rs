@@ -93,6 +93,9 @@ pub struct VipStatus {
     #[serde(default = "yes")]
     pub listed: bool,
     pub backends: Vec<BackendStatus>,
+    /// Slots of the Maglev table in force (`maglev_size`; 0: none written yet).
+    #[serde(default)]
+    pub table_slots: u32,
 }
 
 fn yes() -> bool {
@@ -297,6 +300,7 @@ impl VipStatus {
             counts,
             listed: false,
             backends: vec![],
+            table_slots: 65537,
         }
     }
 }

@@ -249,6 +249,7 @@ mod tests {
             counts: Default::default(),
             listed: true,
             backends: b,
+            table_slots: 65537,
         };
         Status {
             instance: "lb0".into(),

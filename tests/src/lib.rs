@@ -298,9 +298,10 @@ impl Balancer {
         Ok(self.dp().set_backend(id, &b)?)
     }
 
-    /// Writes one of a VIP's two Maglev buffers.
+    /// Writes one of a VIP's two Maglev buffers (a table of the room's
+    /// size, or of a VIP's own smaller one).
     pub fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
-        assert_eq!(slots.len() as u32, self.sizes.ring_size);
+        assert!(slots.len() as u32 <= self.sizes.ring_size);
         Ok(self.dp().write_ring(vip_id, ring, slots)?)
     }
 

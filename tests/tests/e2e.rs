@@ -2055,6 +2055,13 @@ fn stateless(yaml: &str, name: &str) -> String {
     )
 }
 
+/// `yaml` with VIP `name`'s own table of `size` slots (`maglev_size`).
+fn table_size(yaml: &str, name: &str, size: u32) -> String {
+    let start = yaml.find(&format!("  - name: {name}\n")).expect("the VIP");
+    let at = start + yaml[start..].find("    protocol: tcp\n").unwrap() + 18;
+    format!("{}    maglev_size: {size}\n{}", &yaml[..at], &yaml[at..])
+}
+
 #[test]
 fn stateless_connections_survive_pool_changes_and_a_restart_with_no_flow_table() {
     // Four backends, three in the pool at first.
@@ -2068,7 +2075,8 @@ fn stateless_connections_survive_pool_changes_and_a_restart_with_no_flow_table()
             .map(|(i, w, s)| (&t.backends[*i], *w, *s))
             .collect();
         let y = pool_yaml(&t.tag, &t.dir, &hosts);
-        stateless(&stateless(&y, "hold"), "web")
+        // The held connections' VIP with a small table of its own.
+        table_size(&stateless(&stateless(&y, "hold"), "web"), "hold", 1009)
     };
     let three = [(0, 1, "active"), (1, 1, "active"), (2, 1, "active")];
     t.write_pool(&pool_of(&t, &three)).unwrap();
@@ -2093,6 +2101,11 @@ fn stateless_connections_survive_pool_changes_and_a_restart_with_no_flow_table()
     let st = t.status_json().unwrap();
     let named = st["counters"]["stateless_prev"].as_u64().unwrap_or(0);
     assert!(named > 0, "no packet named a previous backend: {st}");
+    let slots = |name: &str| {
+        let mut vips = st["vips"].as_array().unwrap().iter();
+        vips.find(|v| v["name"] == name).unwrap()["table_slots"].as_u64()
+    };
+    assert_eq!((slots("hold"), slots("web")), (Some(1009), Some(65537)));
     // Weights changed.
     let weighted = [
         (0, 3, "active"),

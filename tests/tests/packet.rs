@@ -258,6 +258,36 @@ fn flows_spread_over_backends_as_the_ring_says() {
 }
 
 #[test]
+fn a_vip_with_a_table_of_its_own_size_hashes_new_flows_to_its_slots() {
+    let Some(mut lb) = setup() else { return };
+    // A table of 257 slots where each buffer has room for 1009.
+    const SMALL: u32 = 257;
+    let ids = [1, 2, 3];
+    let key = vip_key(ip("10.100.0.1"), 80, PROTO_TCP);
+    lb.write_ring(WEB, 1, &ring(&ids, SMALL)).unwrap();
+    let info = VipInfo {
+        active_ring: 1,
+        ring_size: SMALL,
+        ..vip(WEB)
+    };
+    lb.add_vip(key, info).unwrap();
+    assert_eq!(lb.vip_info(&key).unwrap().ring_size, SMALL);
+    let mut differ = 0;
+    for port in 1000..1060 {
+        let f = Flow::tcp("192.0.2.10", port, "10.100.0.1", 80);
+        let want = ids[(hash(&f) % SMALL) as usize % ids.len()];
+        // The room's size would send some elsewhere.
+        differ += usize::from(want != pick(&f, &ids));
+        assert_encap_to(&lb, &f.packet("S", b""), &f, addr_of(want));
+        assert_eq!(lb.flow(&f.key()).unwrap().backend, want);
+    }
+    assert!(differ > 0, "the sizes agree on every flow");
+    // A VIP written with no size gets the room's.
+    lb.add_vip(key, vip(WEB)).unwrap();
+    assert_eq!(lb.vip_info(&key).unwrap().ring_size, test_sizes().ring_size);
+}
+
+#[test]
 fn backend_slots_past_16_bits_are_reached_through_the_tables_members() {
     // Slot ids need more than the 16 bits of a table slot: the slot holds
     // an index into the buffer's members, which hold the ids.
@@ -291,7 +321,7 @@ fn backend_slots_past_16_bits_are_reached_through_the_tables_members() {
     assert_eq!(seen.len(), 3, "every backend gets flows: {seen:?}");
     // Read back as written (what a restarted daemon adopts).
     assert_eq!(
-        lb.dp().read_ring(WEB, 1).unwrap(),
+        lb.dp().read_ring(WEB, 1, test_sizes().ring_size).unwrap(),
         ring(&ids, test_sizes().ring_size)
     );
 }

@@ -186,6 +186,56 @@ fn a_stateless_vip_hashes_every_packet_to_its_slot_and_stores_no_flow() {
 }
 
 #[test]
+fn a_vip_with_a_table_of_its_own_size_hashes_to_its_slots_and_their_previous_backends() {
+    let Some(mut lb) = setup() else { return };
+    // VIP 2 (chain table 2) gets a table of 257 slots; each buffer has
+    // room for 1009, and so has each chain table.
+    const SMALL: u32 = 257;
+    let key = vip_key(ip("fd00:100::1"), 80, PROTO_TCP);
+    let ids = [10, 11];
+    let table: Vec<u32> = (0..SMALL).map(|i| ids[(i as usize * 7 / 3) % 2]).collect();
+    lb.write_ring(2, 1, &table).unwrap();
+    let info = VipInfo {
+        vip_id: 2,
+        flags: VIP_F_STATELESS,
+        chain_idx: 2,
+        chain_until: u32::MAX,
+        active_ring: 1,
+        ring_size: SMALL,
+        ..VipInfo::default()
+    };
+    lb.add_vip(key, info).unwrap();
+    assert_eq!(lb.vip_info(&key).unwrap().ring_size, SMALL);
+    // Each flow to the backend at its hash modulo the VIP's size; slots
+    // past it are never read (the room's size would pick other slots).
+    let mut beyond = 0;
+    for i in 0..40u16 {
+        let f = Flow::tcp("2001:db8::7", 5000 + i, "fd00:100::1", 80);
+        let s = hash(&f) % SMALL;
+        beyond += usize::from(hash(&f) % test_sizes().ring_size >= SMALL);
+        let frame = f.packet("A", b"x");
+        let out = lb.run(&frame).unwrap();
+        assert_eq!(out.data, expected(&frame, &f, table[s as usize], &[], 0));
+        // The slot's previous backend, from its entry of chain table 2.
+        let cur = table[s as usize];
+        let prev = 21 - cur;
+        lb.dp()
+            .write_chains(2, &[(s, chain_entry(prev, now_s()))])
+            .unwrap();
+        let out = lb.run(&frame).unwrap();
+        let age = u16::from_be_bytes([out.data[14 + 40 + 8 + 6], out.data[14 + 40 + 8 + 7]]);
+        assert!(age <= 1, "age {age}");
+        assert_eq!(out.data, expected(&frame, &f, cur, &[addr(prev)], age));
+        lb.dp().write_chains(2, &[(s, 0)]).unwrap();
+    }
+    assert!(
+        beyond > 0,
+        "every flow's slot is below the small size either way"
+    );
+    assert_eq!(lb.flow_count(), 0);
+}
+
+#[test]
 fn a_previous_backend_past_16_bits_is_named() {
     let Some(mut lb) = setup_sized(70_010) else {
         return;

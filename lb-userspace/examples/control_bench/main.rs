@@ -111,8 +111,8 @@ impl<D: DataPlane> DataPlane for Timed<D> {
     fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> DpResult<()> {
         self.inner.set_nat_addrs(vip_id, addrs)
     }
-    fn read_ring(&self, vip_id: u32, ring: u8) -> DpResult<Vec<u32>> {
-        self.inner.read_ring(vip_id, ring)
+    fn read_ring(&self, vip_id: u32, ring: u8, size: u32) -> DpResult<Vec<u32>> {
+        self.inner.read_ring(vip_id, ring, size)
     }
     fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> DpResult<()> {
         self.inner.write_chains(idx, entries)

@@ -128,6 +128,7 @@ impl Check<'_> {
         let vips = self.items(self.req("", "vips", &f.vips, hint));
         self.across_vips(&vips, limits, encap.as_ref());
         self.stateless_count(&vips, tables.max_stateless_vips);
+        self.table_sizes(&vips, tables.maglev_size);
 
         let instance = instance.map_or_else(String::new, |i| i.value.0.clone());
         let default_file = |dir: &str, ext| Path::new(dir).join(format!("{instance}.{ext}"));
@@ -481,6 +482,7 @@ impl Check<'_> {
             source_prefix_v6: f.source_prefix_v6.or(Int(128)).0 as u8,
             forwarding: f.forwarding.or(Forwarding::default()),
             stateless: self.stateless(f),
+            maglev_size: f.maglev_size.get().map(|m| m.value.0),
             panic_threshold: f.panic_threshold.or(Int(0)).0,
             passive_health: self.passive(f),
             slow_start: self.slow_start(f),

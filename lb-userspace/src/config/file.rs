@@ -137,6 +137,8 @@ pub(super) struct VipFile {
     pub forwarding: Field<Forwarding>,
     /// Default `stateful`.
     pub state: Field<VipState>,
+    /// Default `tables.maglev_size`; at most that.
+    pub maglev_size: Field<MaglevSize>,
     /// Percent; default 0 (off).
     pub panic_threshold: Field<Int<0, 100>>,
     /// Default: off.

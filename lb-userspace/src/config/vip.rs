@@ -32,6 +32,10 @@ pub struct Vip {
     /// backends (`lb decap` passes a packet of a connection it does not
     /// have on to the slot's previous backend). Default: stateful.
     pub stateless: bool,
+    /// `maglev_size`: slots of this VIP's table, a prime at most
+    /// `tables.maglev_size` (`None`: that). A small table keeps a stateless
+    /// VIP's every packet in cache; a large one spreads flows more evenly.
+    pub maglev_size: Option<u32>,
     /// Percent, 0..=100; default 0 (off). When fewer than this share of
     /// the VIP's active backends pass their health checks, the checks are
     /// taken to be wrong (an overloaded network, a probe path that broke)

@@ -49,7 +49,7 @@ impl<D: DataPlane> Controller<D> {
                     idx: info.chain_idx,
                     latest_s: latest(&entries, now_s()),
                     entries,
-                    adopted_table: Some(self.dp.read_ring(vip_id, active_ring)?),
+                    adopted_table: Some(self.dp.read_ring(vip_id, active_ring, info.ring_size)?),
                 }
             }
             None => {
@@ -103,8 +103,21 @@ impl Chains {
         ids: &BTreeSet<u32>,
         now_s: u32,
     ) -> Vec<(u32, u64)> {
-        let old = old.or(self.adopted_table.as_deref());
         let mut writes = Vec::new();
+        // A table of another size (`maglev_size` changed) hashes
+        // connections to other slots: what a slot named means nothing now.
+        let old = match old.or(self.adopted_table.as_deref()) {
+            Some(o) if o.len() != new.len() => {
+                for (slot, e) in self.entries.iter_mut().enumerate() {
+                    if *e != 0 {
+                        *e = 0;
+                        writes.push((slot as u32, 0));
+                    }
+                }
+                None
+            }
+            o => o,
+        };
         for (slot, &n) in new.iter().enumerate() {
             let Some(e) = self.entries.get_mut(slot) else {
                 break;

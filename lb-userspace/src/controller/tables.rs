@@ -62,9 +62,11 @@ impl<D: DataPlane> Controller<D> {
     /// Returns whether a table was written.
     pub fn rebuild(&mut self, key: &VipKey) -> Result<bool, ControlError> {
         self.prepare_chain(key)?;
-        let ring_size = self.ring_size;
         let chain_window_s = self.chain_window_s;
+        let room = self.ring_size;
         let v = self.vips.get_mut(key).expect("known VIP");
+        // The pool file keeps a VIP's own size within the room.
+        let ring_size = v.conf.maglev_size.unwrap_or(room).min(room);
         let panic = v.panic;
         let now = Instant::now();
         let fastest = v
@@ -145,17 +147,23 @@ impl<D: DataPlane> Controller<D> {
             nat_port_lo,
             nat_port_hi,
             chain_until: v.chain.as_ref().map_or(0, |c| c.until(chain_window_s)),
+            ring_size,
             // Set by the map writer, from the active buffer.
             members: 0,
+            ring: 0,
         };
         // The scheduler and its settings apply at once when the table stays
-        // (a sequence is another table: switching to or from one rebuilds
-        // the table below).
-        if v.table.is_some() && v.table_kind == kind && v.info_written != Some(info_now) {
+        // (a sequence is another table, and so is one of another size:
+        // switching rebuilds the table below).
+        let same_shape = v.table_kind == kind
+            && v.table
+                .as_ref()
+                .is_some_and(|t| t.len() == ring_size as usize);
+        if same_shape && v.info_written != Some(info_now) {
             self.dp.set_vip(key, &info_now)?;
             v.info_written = Some(info_now);
         }
-        if v.table.is_some() && v.table_input == input && v.table_kind == kind {
+        if same_shape && v.table_input == input {
             return Ok(false);
         }
         // A sequence in the first slots, the rest empty.

@@ -233,6 +233,7 @@ impl Daemon {
                     counts,
                     listed: list,
                     backends,
+                    table_slots: v.table.as_ref().map_or(0, |t| t.len() as u32),
                 }
             })
             .collect();

@@ -94,9 +94,9 @@ pub trait DataPlane {
     /// Writes VIP `vip_id`'s NAT source addresses (`NAT_ADDRS`: IPv4 ones
     /// first, then IPv6, at most `NAT_ADDRS_PER_FAMILY` of each).
     fn set_nat_addrs(&mut self, vip_id: u32, addrs: &[std::net::IpAddr]) -> Result<()>;
-    /// Reads buffer `ring` of VIP `vip_id` (what an adopted stateless VIP's
-    /// slots held).
-    fn read_ring(&self, vip_id: u32, ring: u8) -> Result<Vec<u32>>;
+    /// Reads the first `size` slots of buffer `ring` of VIP `vip_id` (what
+    /// an adopted stateless VIP's slots held).
+    fn read_ring(&self, vip_id: u32, ring: u8, size: u32) -> Result<Vec<u32>>;
     /// Writes entries (slot, `chain_entry`) of stateless table `idx` (`CHAINS`).
     fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> Result<()>;
     /// Stateless table `idx`, whole.
@@ -258,6 +258,13 @@ impl DataPlane for BpfDataPlane {
     /// its slots as indices into them.
     fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> Result<()> {
         self.write_deferred()?;
+        let room = self.sizes.ring_size as usize;
+        if slots.len() > room {
+            return Err(DataPlaneError::Setup(format!(
+                "VIP {vip_id}'s table has {} slots, more than tables.maglev_size ({room})",
+                slots.len()
+            )));
+        }
         let per_vip = self.sizes.max_vip_backends.max(1);
         let (indexed, members) = lb_common::index_table(slots, per_vip).ok_or_else(|| {
             DataPlaneError::Setup(format!(
@@ -272,10 +279,10 @@ impl DataPlane for BpfDataPlane {
         self.ring.write(base, &indexed)
     }
 
-    fn read_ring(&self, vip_id: u32, ring: u8) -> Result<Vec<u32>> {
-        let size = self.sizes.ring_size;
+    fn read_ring(&self, vip_id: u32, ring: u8, size: u32) -> Result<Vec<u32>> {
+        let size = size.min(self.sizes.ring_size);
         let per_vip = self.sizes.max_vip_backends.max(1);
-        let base = lb_common::ring_base(vip_id, ring, size) as usize;
+        let base = lb_common::ring_base(vip_id, ring, self.sizes.ring_size) as usize;
         let members = self.members.read(
             lb_common::members_base(vip_id, ring, per_vip) as usize,
             per_vip as usize,
@@ -307,13 +314,19 @@ impl DataPlane for BpfDataPlane {
 
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
         self.write_deferred()?;
-        // The members of the buffer packets are to read.
+        // The members and slots of the buffer packets are to read.
+        let room = self.sizes.ring_size;
         let info = &VipInfo {
             members: lb_common::members_base(
                 info.vip_id,
                 info.active_ring,
                 self.sizes.max_vip_backends.max(1),
             ),
+            ring: lb_common::ring_base(info.vip_id, info.active_ring, room),
+            ring_size: match info.ring_size {
+                0 => room,
+                n => n.min(room),
+            },
             ..*info
         };
         let mut m: HashMap<&mut MapData, VipKey, VipInfo> =

@@ -44,12 +44,12 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 14,
+    max_vips: 15,
     max_backends: 512,
     ring_size: 65537,
     flows: 1 << 20,
     persist: 1 << 18,
-    stateless_vips: 2,
+    stateless_vips: 3,
     max_vip_backends: 512,
 };
 
@@ -87,6 +87,9 @@ const GUE: u32 = 10; // VIP:89/tcp, forwarding gue (gateway MAC, as the IPIP cas
 const NAT: u32 = 11; // VIP:90/tcp, forwarding nat from SNAT to the BACKENDS' port 8080
 const STATELESS: u32 = 12; // VIP:91/tcp, state: stateless (GUE) over the GUE VIP's backends
 const CHANGED: u32 = 13; // VIP:92/tcp, as STATELESS, within the window of a change
+const SMALL: u32 = 14; // VIP:93/tcp, as STATELESS with a table of its own of SMALL_SLOTS
+/// The slots of the SMALL VIP's table (`maglev_size: 4099`, 8 KB).
+const SMALL_SLOTS: u32 = 4099;
 /// The NAT VIP's source address, and its backend slots and port.
 const SNAT: &str = "10.10.0.2";
 const NAT_FIRST: u32 = 320;
@@ -408,6 +411,8 @@ impl Side {
             "tcp established, 100k flows, stateless" => Some((0, 0, counter::STATELESS)),
             "tcp established, stateless" => Some((0, 0, counter::STATELESS)),
             "tcp established, 100k, stateless, window" => Some((0, 0, counter::STATELESS)),
+            "tcp syn, stateless, 4099 slots" => Some((n, 0, counter::STATELESS)),
+            "tcp established, 100k, stateless, 4099 slots" => Some((0, 0, counter::STATELESS)),
             "tcp syn, nat" => Some((n, 0, counter::TX)),
             "tcp established, nat" => Some((0, n, counter::TX)),
             "tcp reply, nat (to the client)" => Some((0, 0, counter::NAT_REPLY)),
@@ -417,8 +422,8 @@ impl Side {
             rest.iter().partition(|c| mode(c.name).is_some());
         if !self.filtered {
             ensure!(
-                matches!((schedulers.len(), modes.len()), (3, 0) | (8, 12)),
-                "three scheduler cases, or eight and twelve of forwarding modes expected"
+                matches!((schedulers.len(), modes.len()), (3, 0) | (8, 14)),
+                "three scheduler cases, or eight and fourteen of forwarding modes expected"
             );
         }
         for c in &modes {
@@ -729,6 +734,20 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             Expect::Stateless,
             (0..PACKETS).map(|i| held(i, 92).packet("A", b"")),
         ),
+        // A stateless VIP whose table is small enough to stay in cache
+        // (`maglev_size: 4099`): its whole cost.
+        Case::new(
+            "tcp syn, stateless, 4099 slots",
+            None,
+            Expect::Stateless,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 93).packet("S", b"")),
+        ),
+        Case::new(
+            "tcp established, 100k, stateless, 4099 slots",
+            None,
+            Expect::Stateless,
+            (0..PACKETS).map(|i| held(i, 93).packet("A", b"")),
+        ),
         Case::new(
             "tcp syn, nat",
             None,
@@ -892,8 +911,13 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
     let gue_ring: Vec<u32> = (0..SIZES.ring_size)
         .map(|i| GUE_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
         .collect();
-    for (id, port, chain_idx, chain_until) in [(STATELESS, 91, 0, 0), (CHANGED, 92, 1, u32::MAX)] {
-        lb.write_ring(id, 0, &gue_ring)?;
+    // SMALL: as STATELESS, with a table of its own size.
+    for (id, port, chain_idx, chain_until, slots) in [
+        (STATELESS, 91, 0, 0, SIZES.ring_size),
+        (CHANGED, 92, 1, u32::MAX, SIZES.ring_size),
+        (SMALL, 93, 2, 0, SMALL_SLOTS),
+    ] {
+        lb.write_ring(id, 0, &gue_ring[..slots as usize])?;
         lb.add_vip(
             vip_key(vip, port, PROTO_TCP),
             VipInfo {
@@ -902,6 +926,7 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
                 flags: lb_common::VIP_F_STATELESS,
                 chain_idx,
                 chain_until,
+                ring_size: slots,
                 ..VipInfo::default()
             },
         )?;

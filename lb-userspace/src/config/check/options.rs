@@ -205,6 +205,32 @@ impl Check<'_> {
         }
     }
 
+    /// A VIP's own `maglev_size`: within the room `tables.maglev_size`
+    /// gives every VIP's table, and a slot for each of its backends.
+    pub(super) fn table_sizes(&self, vips: &[&At<VipFile>], room: u32) {
+        for v in vips {
+            let Some(size) = v.value.maglev_size.get() else {
+                continue;
+            };
+            let n = size.value.0;
+            if n > room {
+                let message = format!(
+                    "maglev_size {n} is larger than tables.maglev_size ({room}), the room every \
+                     VIP's table has; raise tables.maglev_size or give this VIP a smaller table"
+                );
+                self.report(&size.path, message);
+            }
+            let backends = v.value.backends.get().map_or(0, |b| b.value.len());
+            if (n as usize) < backends {
+                let message = format!(
+                    "maglev_size {n} is smaller than the VIP's {backends} backends, and each \
+                     needs a slot; for an even spread give it at least 100 slots per backend"
+                );
+                self.report(&size.path, message);
+            }
+        }
+    }
+
     /// A VIP's `state`: stateless needs GUE (its header carries the
     /// previous backend), the Maglev scheduler (the same slot for every
     /// packet of a connection) and nothing that counts or remembers

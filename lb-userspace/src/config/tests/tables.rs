@@ -68,6 +68,42 @@ fn maglev_size_must_be_prime_and_in_range() {
 }
 
 #[test]
+fn a_vip_may_have_a_smaller_table_of_its_own() {
+    let with = |size: &str, tables: &str| format!("{HEAD}{WEB}    maglev_size: {size}\n{tables}");
+    let pool = ok(&with("4099", ""));
+    assert_eq!(pool.vips[0].maglev_size, Some(4099));
+    assert_eq!(ok(&format!("{HEAD}{WEB}")).vips[0].maglev_size, None);
+    // Line 13, column 18: the VIP's `maglev_size` value.
+    assert_only(
+        &with("4098", ""),
+        13,
+        18,
+        "vips[0].maglev_size",
+        "`4098` is not a prime; Maglev needs a prime table size (nearest primes: `4093` or `4099`)",
+    );
+    assert_only(
+        &with("65537", "tables:\n  maglev_size: 4099\n"),
+        13,
+        18,
+        "vips[0].maglev_size",
+        "maglev_size 65537 is larger than tables.maglev_size (4099), the room every VIP's table \
+         has",
+    );
+    // Each backend needs a slot.
+    let backends: String = (0..1010)
+        .map(|i| format!("      - address: 10.2.{}.{}\n", i / 250, 1 + i % 250))
+        .collect();
+    let many = format!("{HEAD}{WEB}{backends}    maglev_size: 1009\n");
+    let errs = errors(&many);
+    assert_eq!(errs.len(), 1, "{errs}");
+    assert!(
+        errs.to_string()
+            .contains("maglev_size 1009 is smaller than the VIP's 1011 backends"),
+        "{errs}"
+    );
+}
+
+#[test]
 fn table_sizes_are_checked() {
     let text = format!(
         "{HEAD}{WEB}tables:

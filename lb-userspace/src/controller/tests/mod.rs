@@ -63,6 +63,8 @@ struct FakeDataPlane {
     nat_addrs: BTreeMap<u32, Vec<IpAddr>>,
     /// `CHAINS`, by stateless index.
     chains: BTreeMap<u8, Vec<u64>>,
+    /// Slots each buffer has room for (`tables.maglev_size`).
+    room: u32,
 }
 
 impl FakeDataPlane {
@@ -80,6 +82,7 @@ impl FakeDataPlane {
             limits: BTreeMap::new(),
             nat_addrs: BTreeMap::new(),
             chains: BTreeMap::new(),
+            room: RING,
         }
     }
 
@@ -141,19 +144,21 @@ fn not_found(map: &'static str) -> DataPlaneError {
 }
 
 impl DataPlane for FakeDataPlane {
-    fn read_ring(&self, vip_id: u32, ring: u8) -> DpResult<Vec<u32>> {
-        Ok(self
+    fn read_ring(&self, vip_id: u32, ring: u8, size: u32) -> DpResult<Vec<u32>> {
+        let mut t = self
             .rings
             .get(&(vip_id, ring))
             .cloned()
-            .unwrap_or_else(|| vec![lb_common::NO_BACKEND; RING as usize]))
+            .unwrap_or_else(|| vec![lb_common::NO_BACKEND; self.room as usize]);
+        t.resize(size.min(self.room) as usize, lb_common::NO_BACKEND);
+        Ok(t)
     }
 
     fn write_chains(&mut self, idx: u8, entries: &[(u32, u64)]) -> DpResult<()> {
         let t = self
             .chains
             .entry(idx)
-            .or_insert_with(|| vec![0; RING as usize]);
+            .or_insert_with(|| vec![0; self.room as usize]);
         for &(slot, e) in entries {
             t[slot as usize] = e;
         }
@@ -165,7 +170,7 @@ impl DataPlane for FakeDataPlane {
             .chains
             .get(&idx)
             .cloned()
-            .unwrap_or_else(|| vec![0; RING as usize]))
+            .unwrap_or_else(|| vec![0; self.room as usize]))
     }
 
     fn set_config(&mut self, cfg: &Config) -> DpResult<()> {
@@ -184,7 +189,7 @@ impl DataPlane for FakeDataPlane {
     fn write_ring(&mut self, vip_id: u32, ring: u8, slots: &[u32]) -> DpResult<()> {
         assert!(vip_id < self.max_vips, "VIP id {vip_id} past RINGS");
         assert!(ring < 2, "buffer {ring} of VIP id {vip_id}");
-        assert_eq!(slots.len(), RING as usize, "a whole table");
+        assert!(slots.len() <= self.room as usize, "a table past its room");
         let live = self
             .vips
             .values()
@@ -204,6 +209,12 @@ impl DataPlane for FakeDataPlane {
             "flipped VIP id {} to buffer {} that was never written",
             info.vip_id,
             info.active_ring
+        );
+        let written = self.rings[&(info.vip_id, info.active_ring)].len();
+        assert_eq!(
+            info.ring_size as usize, written,
+            "VIP id {} flipped to a table of {written} slots, said to have {}",
+            info.vip_id, info.ring_size
         );
         self.log.push(Op::SetVip(*key, *info));
         self.vips.insert(*key, *info);
@@ -291,9 +302,14 @@ fn vip(name: &str, address: &str, port: u16, protocol: &str, backends: &[&str]) 
 }
 
 fn pool(vips: &[String]) -> Pool {
+    pool_with_room(vips, RING)
+}
+
+/// `pool`, with `tables.maglev_size: room`.
+fn pool_with_room(vips: &[String], room: u32) -> Pool {
     let text = format!(
         "instance: lbtest\ninterfaces: [eth0]\nencapsulation:\n  source_v4: 10.255.0.0/24\n  \
-         source_v6: \"fd00:255::/112\"\ntables:\n  maglev_size: {RING}\nhealth_defaults:\n  \
+         source_v6: \"fd00:255::/112\"\ntables:\n  maglev_size: {room}\nhealth_defaults:\n  \
          kind: none\nvips:\n{}",
         vips.concat()
     );

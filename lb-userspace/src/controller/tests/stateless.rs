@@ -120,3 +120,79 @@ fn stateless_vips_take_free_tables_up_to_the_limit() {
     let err = c.apply(&pool(&[a, b, cc])).unwrap_err();
     assert!(err.to_string().contains("max_stateless_vips"), "{err}");
 }
+
+#[test]
+fn a_vip_gets_a_table_of_its_own_size_and_a_new_size_clears_what_its_slots_named() {
+    const ROOM: u32 = 2003;
+    let sized = |backends: &[&str], size: Option<u32>| {
+        let mut v = stateless_web(backends);
+        if let Some(n) = size {
+            v = v.replace(
+                "    backends:\n",
+                &format!("    maglev_size: {n}\n    backends:\n"),
+            );
+        }
+        v
+    };
+    let mut dp = FakeDataPlane::new(8, 64);
+    dp.room = ROOM;
+    let mut c = Controller::adopt(dp, ROOM, 8, 64)
+        .unwrap()
+        .with_stateless_vips(2);
+    let p = pool_with_room(&[sized(&WEB, Some(1009))], ROOM);
+    c.apply(&p).unwrap();
+    let k = key(&p, "web");
+    // The table Maglev builds at the VIP's size, and the VIP says so
+    // (the fake data plane also checks every flip against the buffer).
+    let serving: Vec<&str> = WEB.iter().map(|b| &b[9..17]).collect();
+    let want = {
+        let conf = &p.vips[0];
+        let input: Vec<MaglevBackend> = serving
+            .iter()
+            .map(|a| MaglevBackend {
+                key: maglev_key(ip(a)),
+                slot: c.dp.slot_of(&k, a),
+                weight: conf
+                    .backends
+                    .iter()
+                    .find(|b| b.address == ip(a))
+                    .unwrap()
+                    .weight,
+            })
+            .collect();
+        maglev::build(&input, 1009)
+    };
+    assert_eq!(c.dp.active_table(&k), &want[..]);
+    assert_eq!(c.dp.vips[&k].ring_size, 1009);
+    // A fourth backend: changed slots name their old backend, as at any size.
+    let mut four = WEB.to_vec();
+    four.push("address: 10.0.1.4");
+    c.apply(&pool_with_room(&[sized(&four, Some(1009))], ROOM))
+        .unwrap();
+    settle(&mut c);
+    let idx = c.dp.vips[&k].chain_idx;
+    let named = c.dp.chains[&idx].iter().filter(|e| **e != 0).count();
+    assert!(named > 0, "no slot names a previous backend");
+    // The room's size (the default): another table, whose slots hash other
+    // connections, so none names a previous backend.
+    c.apply(&pool_with_room(&[sized(&four, None)], ROOM))
+        .unwrap();
+    settle(&mut c);
+    assert_eq!(c.dp.active_table(&k).len(), ROOM as usize);
+    assert_eq!(c.dp.vips[&k].ring_size, ROOM);
+    assert!(c.dp.chains[&idx].iter().all(|e| *e == 0));
+    // The size alone changed nothing else: back to 1009 builds that table.
+    c.apply(&pool_with_room(&[sized(&four, Some(1009))], ROOM))
+        .unwrap();
+    settle(&mut c);
+    assert_eq!(c.dp.active_table(&k).len(), 1009);
+    // A restarted daemon adopts the table at its size.
+    let mut second = Controller::adopt(c.dp.restarted(), ROOM, 8, 64)
+        .unwrap()
+        .with_stateless_vips(2);
+    second
+        .apply(&pool_with_room(&[sized(&four, Some(1009))], ROOM))
+        .unwrap();
+    assert_eq!(second.dp.vips[&k].ring_size, 1009);
+    assert_eq!(second.dp.active_table(&k), c.dp.active_table(&k));
+}

@@ -44,7 +44,7 @@ const REPEAT_N: u32 = 1000;
 const REPEAT_CALLS: usize = 200;
 
 const SIZES: Sizes = Sizes {
-    max_vips: 15,
+    max_vips: 16,
     max_backends: 512,
     ring_size: 65537,
     flows: 1 << 20,
@@ -88,7 +88,8 @@ const NAT: u32 = 11; // VIP:90/tcp, forwarding nat from SNAT to the BACKENDS' po
 const STATELESS: u32 = 12; // VIP:91/tcp, state: stateless (GUE) over the GUE VIP's backends
 const CHANGED: u32 = 13; // VIP:92/tcp, as STATELESS, within the window of a change
 const SMALL: u32 = 14; // VIP:93/tcp, as STATELESS with a table of its own of SMALL_SLOTS
-/// The slots of the SMALL VIP's table (`maglev_size: 4099`, 8 KB).
+const GUE_SMALL: u32 = 15; // VIP:94/tcp, as GUE (flow table) with a table of SMALL_SLOTS
+/// The slots of the SMALL and GUE_SMALL VIPs' tables (`maglev_size: 4099`, 8 KB).
 const SMALL_SLOTS: u32 = 4099;
 /// The NAT VIP's source address, and its backend slots and port.
 const SNAT: &str = "10.10.0.2";
@@ -412,6 +413,7 @@ impl Side {
             "tcp established, stateless" => Some((0, 0, counter::STATELESS)),
             "tcp established, 100k, stateless, window" => Some((0, 0, counter::STATELESS)),
             "tcp syn, stateless, 4099 slots" => Some((n, 0, counter::STATELESS)),
+            "tcp syn, gue, 4099 slots" => Some((n, 0, counter::TX)),
             "tcp established, 100k, stateless, 4099 slots" => Some((0, 0, counter::STATELESS)),
             "tcp syn, nat" => Some((n, 0, counter::TX)),
             "tcp established, nat" => Some((0, n, counter::TX)),
@@ -422,8 +424,8 @@ impl Side {
             rest.iter().partition(|c| mode(c.name).is_some());
         if !self.filtered {
             ensure!(
-                matches!((schedulers.len(), modes.len()), (3, 0) | (8, 14)),
-                "three scheduler cases, or eight and fourteen of forwarding modes expected"
+                matches!((schedulers.len(), modes.len()), (3, 0) | (8, 15)),
+                "three scheduler cases, or eight and fifteen of forwarding modes expected"
             );
         }
         for c in &modes {
@@ -743,6 +745,12 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             (0..PACKETS).map(|i| client(i, PROTO_TCP, 93).packet("S", b"")),
         ),
         Case::new(
+            "tcp syn, gue, 4099 slots",
+            None,
+            Expect::Gue,
+            (0..PACKETS).map(|i| client(i, PROTO_TCP, 94).packet("S", b"")),
+        ),
+        Case::new(
             "tcp established, 100k, stateless, 4099 slots",
             None,
             Expect::Stateless,
@@ -911,7 +919,27 @@ fn configure(lb: &mut Balancer, cap: bool) -> Result<()> {
     let gue_ring: Vec<u32> = (0..SIZES.ring_size)
         .map(|i| GUE_FIRST + BACKENDS[i as usize % BACKENDS.len()].0)
         .collect();
-    // SMALL: as STATELESS, with a table of its own size.
+    // SMALL: as STATELESS, with a table of its own size; GUE_SMALL: the
+    // flow-table VIP at that size, for its SYN.
+    const GUE_SMALL_FIRST: u32 = 330;
+    for (slot, addr) in BACKENDS {
+        let b = backend(IpAddr::V4(addr), lb_common::BACKEND_F_GUE, GUE_SMALL);
+        lb.set_backend(GUE_SMALL_FIRST + slot, b)?;
+    }
+    let small: Vec<u32> = gue_ring[..SMALL_SLOTS as usize]
+        .iter()
+        .map(|id| id - GUE_FIRST + GUE_SMALL_FIRST)
+        .collect();
+    lb.write_ring(GUE_SMALL, 0, &small)?;
+    lb.add_vip(
+        vip_key(vip, 94, PROTO_TCP),
+        VipInfo {
+            vip_id: GUE_SMALL,
+            mode: lb_common::mode::GUE,
+            ring_size: SMALL_SLOTS,
+            ..VipInfo::default()
+        },
+    )?;
     for (id, port, chain_idx, chain_until, slots) in [
         (STATELESS, 91, 0, 0, SIZES.ring_size),
         (CHANGED, 92, 1, u32::MAX, SIZES.ring_size),

@@ -490,8 +490,9 @@ impl Side {
             return Ok(());
         }
         // The TCP cases' new flows (and the NAT flow the cases share, and
-        // the 100k-flow case's connections).
-        let tcp = 1 + schedulers.len() + if modes.is_empty() { 0 } else { 3 };
+        // the 100k-flow case's connections): the SYN cases of dsr_l2, gue
+        // (both tables) and nat store flows.
+        let tcp = 1 + schedulers.len() + if modes.is_empty() { 0 } else { 4 };
         let flows = (tcp + 1) * PACKETS + 1 + HELD_FLOWS;
         ensure!(
             self.lb.flow_count() == flows,

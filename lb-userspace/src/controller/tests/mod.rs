@@ -399,6 +399,17 @@ fn applied(p: &Pool) -> Controller<FakeDataPlane> {
 /// The table `maglev::build` makes of `serving` (addresses of VIP
 /// `name`, weights from the pool), with slot ids as BACKENDS holds them.
 fn expected_table(dp: &FakeDataPlane, p: &Pool, name: &str, serving: &[&str]) -> Vec<u32> {
+    expected_table_of(dp, p, name, serving, RING)
+}
+
+/// `expected_table` of `size` slots.
+fn expected_table_of(
+    dp: &FakeDataPlane,
+    p: &Pool,
+    name: &str,
+    serving: &[&str],
+    size: u32,
+) -> Vec<u32> {
     let k = key(p, name);
     let conf = p.vips.iter().find(|v| v.name == name).unwrap();
     let input: Vec<MaglevBackend> = serving
@@ -414,7 +425,7 @@ fn expected_table(dp: &FakeDataPlane, p: &Pool, name: &str, serving: &[&str]) ->
                 .weight,
         })
         .collect();
-    maglev::build(&input, RING)
+    maglev::build(&input, size)
 }
 
 fn outcome(ok: bool) -> ProbeOutcome {

@@ -145,23 +145,7 @@ fn a_vip_gets_a_table_of_its_own_size_and_a_new_size_clears_what_its_slots_named
     // The table Maglev builds at the VIP's size, and the VIP says so
     // (the fake data plane also checks every flip against the buffer).
     let serving: Vec<&str> = WEB.iter().map(|b| &b[9..17]).collect();
-    let want = {
-        let conf = &p.vips[0];
-        let input: Vec<MaglevBackend> = serving
-            .iter()
-            .map(|a| MaglevBackend {
-                key: maglev_key(ip(a)),
-                slot: c.dp.slot_of(&k, a),
-                weight: conf
-                    .backends
-                    .iter()
-                    .find(|b| b.address == ip(a))
-                    .unwrap()
-                    .weight,
-            })
-            .collect();
-        maglev::build(&input, 1009)
-    };
+    let want = expected_table_of(&c.dp, &p, "web", &serving, 1009);
     assert_eq!(c.dp.active_table(&k), &want[..]);
     assert_eq!(c.dp.vips[&k].ring_size, 1009);
     // A fourth backend: changed slots name their old backend, as at any size.

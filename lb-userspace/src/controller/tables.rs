@@ -195,6 +195,17 @@ impl<D: DataPlane> Controller<D> {
         // A stateless VIP's slots name their previous backends before the
         // flip (a slot still read from the old table then names its own
         // backend as the previous one, which the data path ignores).
+        if let Some(old) = v.table.as_ref().filter(|t| t.len() != table.len()) {
+            if v.chain.is_some() {
+                log::warn!(
+                    "VIP {}: its Maglev table goes from {} to {} slots; a stateless VIP's \
+                     connections whose backend the new table changes are lost (most of them)",
+                    v.conf.name,
+                    old.len(),
+                    table.len()
+                );
+            }
+        }
         if let Some(chain) = v.chain.as_mut() {
             let ids: BTreeSet<u32> = v.backends.values().map(|b| b.id).collect();
             let now_s = chains::now_s();

@@ -198,7 +198,7 @@ impl Check<'_> {
         if let Some(s) = stateless.get(max as usize) {
             let message = format!(
                 "{} VIPs are stateless, more than tables.max_stateless_vips ({max}); raise it \
-                 (each takes 8 bytes per Maglev slot)",
+                 (each takes 8 bytes per slot of tables.maglev_size)",
                 stateless.len()
             );
             self.report(&s.path, message);
@@ -209,22 +209,33 @@ impl Check<'_> {
     /// gives every VIP's table, and a slot for each of its backends.
     pub(super) fn table_sizes(&self, vips: &[&At<VipFile>], room: u32) {
         for v in vips {
+            let backends = v.value.backends.get();
+            let count = backends.map_or(0, |b| b.value.len());
             let Some(size) = v.value.maglev_size.get() else {
+                // The VIP's table is the room's size.
+                if let Some(b) = backends.filter(|_| count > room as usize) {
+                    let message = format!(
+                        "the VIP's {count} backends are more than the slots of its Maglev table \
+                         (tables.maglev_size, {room}), and each needs a slot; raise \
+                         tables.maglev_size (a restart: `lb stop`, then `lb run`)"
+                    );
+                    self.report(&b.path, message);
+                }
                 continue;
             };
             let n = size.value.0;
             if n > room {
                 let message = format!(
                     "maglev_size {n} is larger than tables.maglev_size ({room}), the room every \
-                     VIP's table has; raise tables.maglev_size or give this VIP a smaller table"
+                     VIP's table has; give this VIP a smaller table, or raise \
+                     tables.maglev_size (a restart: `lb stop`, then `lb run`)"
                 );
                 self.report(&size.path, message);
             }
-            let backends = v.value.backends.get().map_or(0, |b| b.value.len());
-            if (n as usize) < backends {
+            if (n as usize) < count {
                 let message = format!(
-                    "maglev_size {n} is smaller than the VIP's {backends} backends, and each \
-                     needs a slot; for an even spread give it at least 100 slots per backend"
+                    "maglev_size {n} is smaller than the VIP's {count} backends, and each \
+                     needs a slot; for an even spread give it about 100 slots per backend"
                 );
                 self.report(&size.path, message);
             }

@@ -101,6 +101,17 @@ fn a_vip_may_have_a_smaller_table_of_its_own() {
             .contains("maglev_size 1009 is smaller than the VIP's 1011 backends"),
         "{errs}"
     );
+    // The same with the room's size, at the VIP's `backends` (its list
+    // starts at line 12, column 7).
+    let room = format!("{HEAD}{WEB}{backends}tables:\n  maglev_size: 1009\n");
+    assert_only(
+        &room,
+        12,
+        7,
+        "vips[0].backends",
+        "the VIP's 1011 backends are more than the slots of its Maglev table \
+         (tables.maglev_size, 1009)",
+    );
 }
 
 #[test]

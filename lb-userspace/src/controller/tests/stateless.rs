@@ -155,28 +155,59 @@ fn a_vip_gets_a_table_of_its_own_size_and_a_new_size_clears_what_its_slots_named
         .unwrap();
     settle(&mut c);
     let idx = c.dp.vips[&k].chain_idx;
-    let named = c.dp.chains[&idx].iter().filter(|e| **e != 0).count();
-    assert!(named > 0, "no slot names a previous backend");
+    let named = c.dp.chains[&idx].clone();
+    assert!(
+        named.iter().any(|e| *e != 0),
+        "no slot names a previous backend"
+    );
+    // A restarted daemon adopts the table and what its slots name at their
+    // size (the active buffer read at 1009 slots, not the room's).
+    let restart = |c: &Controller<FakeDataPlane>| {
+        Controller::adopt(c.dp.restarted(), ROOM, 8, 64)
+            .unwrap()
+            .with_stateless_vips(2)
+    };
+    let mut c = restart(&c);
+    let p4 = |size| pool_with_room(&[sized(&four, size)], ROOM);
+    c.apply(&p4(Some(1009))).unwrap();
+    settle(&mut c);
+    assert_eq!(c.dp.vips[&k].ring_size, 1009);
+    let count = |t: &[u64]| t.iter().filter(|e| **e != 0).count();
+    assert!(
+        c.dp.chains[&idx] == named,
+        "a restart at the same size keeps them: {} named before, {} after",
+        count(&named),
+        count(&c.dp.chains[&idx])
+    );
     // The room's size (the default): another table, whose slots hash other
     // connections, so none names a previous backend.
-    c.apply(&pool_with_room(&[sized(&four, None)], ROOM))
-        .unwrap();
+    c.apply(&p4(None)).unwrap();
     settle(&mut c);
     assert_eq!(c.dp.active_table(&k).len(), ROOM as usize);
     assert_eq!(c.dp.vips[&k].ring_size, ROOM);
     assert!(c.dp.chains[&idx].iter().all(|e| *e == 0));
-    // The size alone changed nothing else: back to 1009 builds that table.
-    c.apply(&pool_with_room(&[sized(&four, Some(1009))], ROOM))
+    // At the room's size, a weight change names previous backends, also in
+    // slots past 1009; shrinking the table clears them all.
+    let mut heavier = four.clone();
+    heavier[0] = "address: 10.0.1.1, weight: 300";
+    c.apply(&pool_with_room(&[sized(&heavier, None)], ROOM))
+        .unwrap();
+    settle(&mut c);
+    assert!(c.dp.chains[&idx][1009..].iter().any(|e| *e != 0));
+    c.apply(&pool_with_room(&[sized(&heavier, Some(1009))], ROOM))
         .unwrap();
     settle(&mut c);
     assert_eq!(c.dp.active_table(&k).len(), 1009);
-    // A restarted daemon adopts the table at its size.
-    let mut second = Controller::adopt(c.dp.restarted(), ROOM, 8, 64)
-        .unwrap()
-        .with_stateless_vips(2);
-    second
-        .apply(&pool_with_room(&[sized(&four, Some(1009))], ROOM))
+    assert!(c.dp.chains[&idx].iter().all(|e| *e == 0));
+    // A restart with the size changed in the pool file clears them too.
+    c.apply(&pool_with_room(&[sized(&WEB, Some(1009))], ROOM))
         .unwrap();
-    assert_eq!(second.dp.vips[&k].ring_size, 1009);
-    assert_eq!(second.dp.active_table(&k), c.dp.active_table(&k));
+    settle(&mut c);
+    assert!(c.dp.chains[&idx].iter().any(|e| *e != 0));
+    let mut c = restart(&c);
+    c.apply(&pool_with_room(&[sized(&WEB, Some(1013))], ROOM))
+        .unwrap();
+    settle(&mut c);
+    assert_eq!(c.dp.active_table(&k).len(), 1013);
+    assert!(c.dp.chains[&idx].iter().all(|e| *e == 0));
 }

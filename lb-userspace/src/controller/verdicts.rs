@@ -55,8 +55,24 @@ impl<D: DataPlane> Controller<D> {
     /// A VIP that flipped less than `FLIP_GRACE` ago waits (nothing
     /// blocks): the answer is how long until the next flush can write it.
     pub fn flush(&mut self) -> Result<Option<Duration>, ControlError> {
+        self.flush_within(Duration::MAX)
+    }
+
+    /// [`Controller::flush`], stopping at the end of the VIP that passes
+    /// `budget` (at least one VIP is written): the VIPs left wait for the
+    /// next call, due at once (`Some(ZERO)`), so that the caller's other
+    /// work (an `lb status` answer) runs between when thousands of tables
+    /// change together.
+    pub fn flush_within(&mut self, budget: Duration) -> Result<Option<Duration>, ControlError> {
+        let started = Instant::now();
         let mut wait: Option<Duration> = None;
+        let mut written = 0;
         for key in std::mem::take(&mut self.dirty) {
+            if written > 0 && started.elapsed() >= budget {
+                self.dirty.insert(key);
+                wait = Some(Duration::ZERO);
+                continue;
+            }
             let Some(v) = self.vips.get(&key) else {
                 continue;
             };
@@ -71,6 +87,7 @@ impl<D: DataPlane> Controller<D> {
                 self.dirty.insert(key);
                 return Err(e);
             }
+            written += 1;
         }
         Ok(wait)
     }

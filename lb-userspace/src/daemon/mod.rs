@@ -40,6 +40,12 @@ use view::Rates;
 
 /// How often the pool file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// A turn of the main loop this long or longer is logged: `lb status`
+/// and metrics scrapes waited for it.
+const SLOW_TURN: Duration = Duration::from_millis(200);
+/// How long one turn of the main loop writes health verdicts' tables
+/// before it lets other work in (the rest follows at once).
+const FLUSH_BUDGET: Duration = Duration::from_millis(50);
 /// When a valid pool file could not be applied, how long until the next try.
 const RELOAD_RETRY: Duration = Duration::from_secs(5);
 
@@ -278,8 +284,11 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 None => std::future::pending().await,
             }
         };
+        // What this turn works on, and since when (not the wait before it).
+        let mut busy: Option<(&str, Instant)> = None;
         tokio::select! {
             Some(ev) = health_rx.recv() => {
+                busy = Some(("health results", Instant::now()));
                 // Every verdict already waiting, then one write per VIP.
                 d.on_health(ev);
                 while let Ok(ev) = health_rx.try_recv() {
@@ -289,13 +298,18 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 d.sync_announce(false);
             }
             _ = flush_due => {
+                busy = Some(("health results", Instant::now()));
                 flush_at = d.flush_health();
                 d.sync_announce(false);
             }
             _ = hup.recv() => { log::info!("SIGHUP: reloading {}", d.config_path.display()); d.reload(true) }
             _ = watch.tick() => d.reload(false),
-            Some((n, parsed)) = parsed_rx.recv() => d.apply_parsed(n, parsed),
+            Some((n, parsed)) = parsed_rx.recv() => {
+                busy = Some(("a reload", Instant::now()));
+                d.apply_parsed(n, parsed)
+            }
             _ = tick.tick() => {
+                busy = Some(("the second's tick", Instant::now()));
                 d.sample_handshakes();
                 // Passive-health verdicts, and tables of backends ramping
                 // up under slow_start.
@@ -306,8 +320,12 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 d.sync_announce(false);
             }
             Some(c) = ctl_rx.recv() => match c {
-                Control::Status(scope, reply) => d.answer_status(scope, reply),
+                Control::Status(scope, reply) => {
+                    busy = Some(("a status answer", Instant::now()));
+                    d.answer_status(scope, reply)
+                }
                 Control::Metrics(reply) => {
+                    busy = Some(("a metrics scrape", Instant::now()));
                     let text = d.metrics.render(&d.status(&Scope::Default), d.pool.tables.flow_table_size);
                     let _ = reply.send(text);
                 }
@@ -340,6 +358,15 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+        // Control requests (`lb status`) wait while the loop works.
+        let Some((what, since)) = busy else { continue };
+        let took = since.elapsed();
+        if took > SLOW_TURN {
+            log::warn!(
+                "main loop: {what} took {} ms; control requests (lb status, metrics) waited",
+                took.as_millis()
+            );
         }
     }
     let _ = std::fs::remove_file(&d.pool.control_socket);
@@ -446,7 +473,7 @@ impl Daemon {
     /// VIPs that must first wait out their flip grace.
     fn flush_health(&mut self) -> Option<tokio::time::Instant> {
         let started = Instant::now();
-        let flushed = self.ctl.flush();
+        let flushed = self.ctl.flush_within(FLUSH_BUDGET);
         self.metrics.table_write(started.elapsed());
         match flushed {
             Ok(wait) => wait.map(|w| tokio::time::Instant::now() + w),

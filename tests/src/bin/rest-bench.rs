@@ -735,6 +735,13 @@ fn scale() -> Result<()> {
             format!(", e.g. {:?}", &down[..down.len().min(3)])
         }
     );
+    // What kept the daemon's main loop (and so `lb status`) waiting.
+    let log = std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default();
+    let slow: Vec<&str> = log.lines().filter(|l| l.contains("main loop:")).collect();
+    println!("  main-loop turns of 200 ms or more: {}", slow.len());
+    for l in slow {
+        println!("    {l}");
+    }
     drop(cleanup);
     Ok(())
 }

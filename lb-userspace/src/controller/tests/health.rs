@@ -273,3 +273,52 @@ fn removing_a_health_check_from_a_down_backend_brings_it_back() {
     );
     assert_eq!(c.dp.backend(id).flags, BACKEND_F_USED);
 }
+
+#[test]
+fn a_flush_within_a_budget_writes_a_vip_at_least_and_leaves_the_rest_due_at_once() {
+    // One backend behind four VIPs goes down: four tables to write.
+    let vips: Vec<String> = (0..4)
+        .map(|i| {
+            vip(
+                &format!("v{i}"),
+                &format!("10.100.0.{}", i + 1),
+                80,
+                "tcp",
+                &[
+                    "address: 10.0.1.1, health_check: {kind: tcp}",
+                    "address: 10.0.1.2",
+                ],
+            )
+        })
+        .collect();
+    let p = pool(&vips);
+    let mut c = applied(&p);
+    for i in 0..4 {
+        let k = key(&p, &format!("v{i}"));
+        c.probe_result(&(k, ip("10.0.1.1")), &outcome(false), Health::Down)
+            .unwrap();
+    }
+    std::thread::sleep(FLIP_GRACE);
+    let rings = |log: &[Op]| {
+        log.iter()
+            .filter(|o| matches!(o, Op::WriteRing(..)))
+            .count()
+    };
+    // No time at all: one VIP per call, the next due at once.
+    for left in (0..3).rev() {
+        assert_eq!(
+            c.flush_within(Duration::ZERO).unwrap(),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(rings(&c.dp.take_log()), 1, "{left} left");
+    }
+    assert_eq!(c.flush_within(Duration::ZERO).unwrap(), None);
+    assert_eq!(rings(&c.dp.take_log()), 1);
+    for i in 0..4 {
+        let k = key(&p, &format!("v{i}"));
+        assert_eq!(
+            c.dp.active_table(&k),
+            expected_table(&c.dp, &p, &format!("v{i}"), &["10.0.1.2"])
+        );
+    }
+}

@@ -43,8 +43,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// A turn of the main loop this long or longer is logged: `lb status`
 /// and metrics scrapes waited for it.
 const SLOW_TURN: Duration = Duration::from_millis(200);
-/// How long one turn of the main loop writes health verdicts' tables
-/// before it lets other work in (the rest follows at once).
+/// How long one turn of the main loop takes in probe results, and then
+/// writes their tables, before it lets other work in (the rest follows at
+/// once).
 const FLUSH_BUDGET: Duration = Duration::from_millis(50);
 /// When a valid pool file could not be applied, how long until the next try.
 const RELOAD_RETRY: Duration = Duration::from_secs(5);
@@ -286,16 +287,28 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         };
         // What this turn works on, and since when (not the wait before it).
         let mut busy: Option<(&str, Instant)> = None;
+        let mut detail = String::new();
         tokio::select! {
             Some(ev) = health_rx.recv() => {
                 busy = Some(("health results", Instant::now()));
-                // Every verdict already waiting, then one write per VIP.
+                // The verdicts already waiting (for at most FLUSH_BUDGET:
+                // a change fans out to every VIP of the address, and the
+                // rest can wait for the next turn), then one write per VIP.
+                let started = Instant::now();
                 d.on_health(ev);
-                while let Ok(ev) = health_rx.try_recv() {
+                let mut n = 1;
+                while started.elapsed() < FLUSH_BUDGET {
+                    let Ok(ev) = health_rx.try_recv() else { break };
                     d.on_health(ev);
+                    n += 1;
                 }
+                let writing = Instant::now();
                 flush_at = d.flush_health();
                 d.sync_announce(false);
+                detail = format!(
+                    " ({n} probe results, then {} ms writing tables)",
+                    writing.elapsed().as_millis()
+                );
             }
             _ = flush_due => {
                 busy = Some(("health results", Instant::now()));
@@ -364,7 +377,8 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         let took = since.elapsed();
         if took > SLOW_TURN {
             log::warn!(
-                "main loop: {what} took {} ms; control requests (lb status, metrics) waited",
+                "main loop: {what} took {} ms{detail}; control requests (lb status, metrics) \
+                 waited",
                 took.as_millis()
             );
         }
@@ -454,7 +468,8 @@ impl Daemon {
             Ok(true) => {
                 let v = self.ctl.vips.get(&backend.0)?;
                 let name = v.conf.name.clone();
-                if v.serving() == 0 {
+                // Only a backend going down can leave none.
+                if health == Health::Down && v.serving() == 0 {
                     log::error!("VIP `{name}` has no backend left: its packets are dropped (drop_no_backend)");
                 }
                 self.metrics

@@ -285,6 +285,15 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 None => std::future::pending().await,
             }
         };
+        // Control requests first (`lb status`, scrapes): one waits at most
+        // for the turn in progress, however busy the loop is.
+        while let Ok(c) = ctl_rx.try_recv() {
+            let since = Instant::now();
+            if d.on_control(c).await? {
+                return Ok(());
+            }
+            slow_turn("a control request", since, "");
+        }
         // What this turn works on, and since when (not the wait before it).
         let mut busy: Option<(&str, Instant)> = None;
         let mut detail = String::new();
@@ -332,55 +341,17 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 }
                 d.sync_announce(false);
             }
-            Some(c) = ctl_rx.recv() => match c {
-                Control::Status(scope, reply) => {
-                    busy = Some(("a status answer", Instant::now()));
-                    d.answer_status(scope, reply)
-                }
-                Control::Metrics(reply) => {
-                    busy = Some(("a metrics scrape", Instant::now()));
-                    let text = d.metrics.render(&d.status(&Scope::Default), d.pool.tables.flow_table_size);
-                    let _ = reply.send(text);
-                }
-                Control::Drain(undo, reply) => {
-                    let answer = if d.pool.announce.is_none() {
-                        "{\"error\":\"this instance announces nothing: its pool file has no `announce` section\"}".to_string()
-                    } else {
-                        d.announcer.drained = !undo;
-                        d.sync_announce(false);
-                        format!("{{\"draining\":{}}}", d.draining())
-                    };
-                    let _ = reply.send(answer);
-                }
-                Control::Stop(reply) => {
-                    if let Some(a) = d.pool.announce.clone() {
-                        // Withdrawn first; then a moment for the routers
-                        // to move the traffic before XDP goes.
-                        d.withdraw(&a);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    if let Some(n) = &d.neighbours {
-                        n.stop();
-                    }
-                    let removed = dataplane::remove_pins(&d.pool.instance)?;
-                    log::info!("stopped: XDP detached, {} pins removed", removed.len());
-                    let _ = reply.send("{\"stopped\":true}".into());
-                    let _ = std::fs::remove_file(&d.pool.control_socket);
+            Some(c) = ctl_rx.recv() => {
+                busy = Some(("a control request", Instant::now()));
+                if d.on_control(c).await? {
                     return Ok(());
                 }
-            },
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
-        // Control requests (`lb status`) wait while the loop works.
-        let Some((what, since)) = busy else { continue };
-        let took = since.elapsed();
-        if took > SLOW_TURN {
-            log::warn!(
-                "main loop: {what} took {} ms{detail}; control requests (lb status, metrics) \
-                 waited",
-                took.as_millis()
-            );
+        if let Some((what, since)) = busy {
+            slow_turn(what, since, &detail);
         }
     }
     let _ = std::fs::remove_file(&d.pool.control_socket);
@@ -389,6 +360,18 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         dataplane::pin_dir(&d.pool.instance).display()
     );
     Ok(())
+}
+
+/// Logs a turn of the main loop of `SLOW_TURN` or more (what it did, since
+/// when): control requests (`lb status`, scrapes) waited for it.
+fn slow_turn(what: &str, since: Instant, detail: &str) {
+    let took = since.elapsed();
+    if took > SLOW_TURN {
+        log::warn!(
+            "main loop: {what} took {} ms{detail}; control requests (lb status, metrics) waited",
+            took.as_millis()
+        );
+    }
 }
 
 /// A running prober and what it last told the (VIP, backend) pairs it
@@ -413,6 +396,49 @@ impl Daemon {
     /// A probe's result, for every (VIP, backend) its prober serves: to
     /// each of them when the health changed (or may differ for one of
     /// them), else only kept for `lb status`.
+    /// Answers one control request (`lb status`, a metrics scrape, `lb
+    /// drain-node`, `lb stop`). `Ok(true)`: stopped (XDP detached, pins
+    /// removed); the daemon exits.
+    async fn on_control(&mut self, c: Control) -> Result<bool> {
+        match c {
+            Control::Status(scope, reply) => self.answer_status(scope, reply),
+            Control::Metrics(reply) => {
+                let text = self.metrics.render(
+                    &self.status(&Scope::Default),
+                    self.pool.tables.flow_table_size,
+                );
+                let _ = reply.send(text);
+            }
+            Control::Drain(undo, reply) => {
+                let answer = if self.pool.announce.is_none() {
+                    "{\"error\":\"this instance announces nothing: its pool file has no `announce` section\"}".to_string()
+                } else {
+                    self.announcer.drained = !undo;
+                    self.sync_announce(false);
+                    format!("{{\"draining\":{}}}", self.draining())
+                };
+                let _ = reply.send(answer);
+            }
+            Control::Stop(reply) => {
+                if let Some(a) = self.pool.announce.clone() {
+                    // Withdrawn first; then a moment for the routers
+                    // to move the traffic before XDP goes.
+                    self.withdraw(&a);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                if let Some(n) = &self.neighbours {
+                    n.stop();
+                }
+                let removed = dataplane::remove_pins(&self.pool.instance)?;
+                log::info!("stopped: XDP detached, {} pins removed", removed.len());
+                let _ = reply.send("{\"stopped\":true}".into());
+                let _ = std::fs::remove_file(&self.pool.control_socket);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn on_health(&mut self, ev: HealthEvent<ProbeSpec>) {
         let holds = !self.passive.holds.is_empty();
         let Some(p) = self.probers.get_mut(&ev.backend) else {

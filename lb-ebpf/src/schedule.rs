@@ -178,7 +178,8 @@ pub fn pick(key: &FlowKey, cfg: &Config, bits: VipBits, advance: bool, now: u64)
 /// counted, one below its limit (`FULL` when none is found).
 #[inline(always)]
 fn schedule(key: &FlowKey, vip: &VipInfo, cfg: &Config, hash: u32, counts: bool) -> u32 {
-    let size = table_size(vip, cfg);
+    // The map writer keeps it within the room (`Config::ring_size`).
+    let size = vip.ring_size;
     if unlikely(vip.scheduler == scheduler::LEAST_CONN_EXACT) {
         return least_exact(vip, size);
     }
@@ -323,13 +324,6 @@ fn maglev(vip: &VipInfo, hash: u32, size: u32) -> u32 {
         return NO_BACKEND;
     }
     slot_at(vip, hash % size)
-}
-
-/// Slots of the VIP's table (`VipInfo::ring_size`), never past the room
-/// each buffer has in `RINGS` (`Config::ring_size`).
-#[inline(always)]
-pub fn table_size(vip: &VipInfo, cfg: &Config) -> u32 {
-    vip.ring_size.min(cfg.ring_size)
 }
 
 /// The backend at `slot` of the VIP's active table.

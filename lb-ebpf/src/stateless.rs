@@ -29,7 +29,7 @@ use crate::maps::{
     account, clock_ns, vip_drop, BACKENDS, CHAINS, CONFIG, PROGS, STATELESS_FILTER, STATELESS_SKIP,
 };
 use crate::packet::{Packet, TCP_ACK, TCP_SYN};
-use crate::schedule::{drop_no_backend, slot_at, table_size, vip_bits, vip_of, VipBits};
+use crate::schedule::{drop_no_backend, slot_at, vip_bits, vip_of, VipBits};
 
 /// In `lb_xdp`: a packet whose VIP filter bit is a stateless VIP's goes to
 /// `lb_stateless` (unless that program just handed it back). `None`: not
@@ -108,7 +108,8 @@ fn balance(
     if vip.flags & VIP_F_STATELESS == 0 {
         return None;
     }
-    let size = table_size(vip, cfg);
+    // Within the room: the map writer sees to it.
+    let size = vip.ring_size;
     if size == 0 {
         return Some(drop_no_backend(vip.vip_id, false));
     }

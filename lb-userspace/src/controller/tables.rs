@@ -66,7 +66,7 @@ impl<D: DataPlane> Controller<D> {
         let room = self.ring_size;
         let v = self.vips.get_mut(key).expect("known VIP");
         // The pool file keeps a VIP's own size within the room.
-        let ring_size = v.conf.maglev_size.unwrap_or(room).min(room);
+        let ring_size = v.conf.maglev_size.unwrap_or(room);
         let panic = v.panic;
         let now = Instant::now();
         let fastest = v

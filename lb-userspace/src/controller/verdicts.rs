@@ -67,11 +67,13 @@ impl<D: DataPlane> Controller<D> {
         let started = Instant::now();
         let mut wait: Option<Duration> = None;
         let mut written = 0;
-        for key in std::mem::take(&mut self.dirty) {
+        let mut keys = std::mem::take(&mut self.dirty).into_iter();
+        while let Some(key) = keys.next() {
             if written > 0 && started.elapsed() >= budget {
+                // The rest waits for the next call, due at once.
                 self.dirty.insert(key);
-                wait = Some(Duration::ZERO);
-                continue;
+                self.dirty.extend(keys);
+                return Ok(Some(Duration::ZERO));
             }
             let Some(v) = self.vips.get(&key) else {
                 continue;

@@ -44,8 +44,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 /// and metrics scrapes waited for it.
 const SLOW_TURN: Duration = Duration::from_millis(200);
 /// How long one turn of the main loop takes in probe results, and then
-/// writes their tables, before it lets other work in (the rest follows at
-/// once).
+/// how long it writes their tables, before it lets other work in (the rest
+/// follows at once): a turn of probe results lasts up to about twice this.
 const FLUSH_BUDGET: Duration = Duration::from_millis(50);
 /// When a valid pool file could not be applied, how long until the next try.
 const RELOAD_RETRY: Duration = Duration::from_secs(5);
@@ -292,18 +292,19 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             if d.on_control(c).await? {
                 return Ok(());
             }
-            slow_turn("a control request", since, "");
+            slow_turn("a control request", since, None);
         }
-        // What this turn works on, and since when (not the wait before it).
+        // What this turn works on, and since when (not the wait before it);
+        // for probe results, how many and how long their tables took.
         let mut busy: Option<(&str, Instant)> = None;
-        let mut detail = String::new();
+        let mut intake: Option<(usize, Duration)> = None;
         tokio::select! {
             Some(ev) = health_rx.recv() => {
-                busy = Some(("health results", Instant::now()));
+                let started = Instant::now();
+                busy = Some(("health results", started));
                 // The verdicts already waiting (for at most FLUSH_BUDGET:
                 // a change fans out to every VIP of the address, and the
                 // rest can wait for the next turn), then one write per VIP.
-                let started = Instant::now();
                 d.on_health(ev);
                 let mut n = 1;
                 while started.elapsed() < FLUSH_BUDGET {
@@ -314,10 +315,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
                 let writing = Instant::now();
                 flush_at = d.flush_health();
                 d.sync_announce(false);
-                detail = format!(
-                    " ({n} probe results, then {} ms writing tables)",
-                    writing.elapsed().as_millis()
-                );
+                intake = Some((n, writing.elapsed()));
             }
             _ = flush_due => {
                 busy = Some(("health results", Instant::now()));
@@ -351,7 +349,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
             _ = int.recv() => break,
         }
         if let Some((what, since)) = busy {
-            slow_turn(what, since, &detail);
+            slow_turn(what, since, intake);
         }
     }
     let _ = std::fs::remove_file(&d.pool.control_socket);
@@ -363,10 +361,17 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
 }
 
 /// Logs a turn of the main loop of `SLOW_TURN` or more (what it did, since
-/// when): control requests (`lb status`, scrapes) waited for it.
-fn slow_turn(what: &str, since: Instant, detail: &str) {
+/// when; for probe results, how many and how long writing their tables
+/// took): control requests (`lb status`, scrapes) waited for it.
+fn slow_turn(what: &str, since: Instant, intake: Option<(usize, Duration)>) {
     let took = since.elapsed();
     if took > SLOW_TURN {
+        let detail = intake.map_or(String::new(), |(n, w)| {
+            format!(
+                " ({n} probe results, then {} ms writing tables)",
+                w.as_millis()
+            )
+        });
         log::warn!(
             "main loop: {what} took {} ms{detail}; control requests (lb status, metrics) waited",
             took.as_millis()
@@ -393,9 +398,6 @@ struct Prober {
 }
 
 impl Daemon {
-    /// A probe's result, for every (VIP, backend) its prober serves: to
-    /// each of them when the health changed (or may differ for one of
-    /// them), else only kept for `lb status`.
     /// Answers one control request (`lb status`, a metrics scrape, `lb
     /// drain-node`, `lb stop`). `Ok(true)`: stopped (XDP detached, pins
     /// removed); the daemon exits.
@@ -439,6 +441,9 @@ impl Daemon {
         Ok(false)
     }
 
+    /// A probe's result, for every (VIP, backend) its prober serves: to
+    /// each of them when the health changed (or may differ for one of
+    /// them), else only kept for `lb status`.
     fn on_health(&mut self, ev: HealthEvent<ProbeSpec>) {
         let holds = !self.passive.holds.is_empty();
         let Some(p) = self.probers.get_mut(&ev.backend) else {

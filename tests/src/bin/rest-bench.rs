@@ -509,23 +509,33 @@ fn scale_pool(dir: &Path, socket: &Path, weight: u32, check: &str) -> String {
 /// with the flow table's chunks: the inner maps of an array of maps have
 /// no descriptor of their own, each is one 32 KiB allocation.
 fn maps_memlock(pid: u32) -> Result<u64> {
-    const ARRAY_OF_MAPS: &str = "12";
+    const ARRAY_OF_MAPS: u64 = 12;
+    // What the kernel allocates for one chunk (`lb_common::FlowChunk`, at
+    // most 32 KiB with its header).
+    const CHUNK_BYTES: u64 = 32768;
+    let chunk_value = std::mem::size_of::<lb_common::FlowChunk>() as u64;
     let field = |text: &str, name: &str| -> Option<u64> {
         let l = text.lines().find(|l| l.starts_with(name))?;
         l.split_whitespace().nth(1)?.parse().ok()
     };
-    let mut total = 0;
+    // Each map once, however many descriptors the daemon holds for it.
+    let mut maps = std::collections::HashMap::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let text = std::fs::read_to_string(e?.path()).unwrap_or_default();
-        if !text.contains("map_type:") {
+        let Some(id) = field(&text, "map_id:") else {
+            continue;
+        };
+        // A chunk the daemon holds open is counted with its table below.
+        if field(&text, "value_size:") == Some(chunk_value) {
             continue;
         }
-        total += field(&text, "memlock:").unwrap_or(0);
-        if field(&text, "map_type:") == ARRAY_OF_MAPS.parse().ok() {
-            total += field(&text, "max_entries:").unwrap_or(0) * 32768;
+        let mut bytes = field(&text, "memlock:").unwrap_or(0);
+        if field(&text, "map_type:") == Some(ARRAY_OF_MAPS) {
+            bytes += field(&text, "max_entries:").unwrap_or(0) * CHUNK_BYTES;
         }
+        maps.insert(id, bytes);
     }
-    Ok(total)
+    Ok(maps.values().sum())
 }
 
 /// A count summed over every VIP of a `--summary` answer

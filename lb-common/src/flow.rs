@@ -2,7 +2,7 @@
 //! the entries and sets of `FLOWS`, and the flags of its stamp.
 
 /// A connection, as the client sent it. Addresses and ports as in the packet.
-/// Aligned to 8: the flow table compares keys a word at a time.
+/// Aligned to 8: the flow table hashes keys a word at a time.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -30,38 +30,44 @@ pub struct FlowValue {
     /// `Backend::gen` of the slot when the flow was made.
     pub gen: u32,
 }
-/// With the key, one cache line (`FlowEntry`).
+/// With the key's identity, half a cache line (`FlowEntry`).
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
-/// One entry of the flow table (`FLOWS`): a connection and what is
-/// remembered of it, one cache line. An entry whose `key.family` is 0 was
-/// never used; `FLOW_GONE`, it held a flow no longer there (it is taken
-/// again first).
-#[repr(C, align(64))]
+/// One entry of the flow table (`FLOWS`): a connection's identity and
+/// what is remembered of it, 32 bytes, two to a cache line. The key itself
+/// is not kept: `ident` is a second keyed hash of it (`flow_ident`),
+/// independent of the one that names its set, so a lookup compares one
+/// word, and the table spans half the memory a stored key would take.
+/// `ident` `FLOW_FREE`: never used; `FLOW_GONE`: it held a flow no longer
+/// there (it is taken again first).
+#[repr(C, align(32))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
-    pub key: FlowKey,
+    pub ident: u64,
     pub value: FlowValue,
 }
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 64);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
 
 /// Entries per set of the flow table: a flow lives in one of the
 /// `FLOW_WAYS` entries of the set its hash names.
 pub const FLOW_WAYS: u32 = 8;
 
-/// `FlowKey::family` of a flow-table entry whose flow is gone (removed,
-/// or being written). Entries are never made free again, so a set's used
-/// entries come first and a lookup stops at the first free one.
-pub const FLOW_GONE: u8 = 0xff;
+/// `FlowEntry::ident` of an entry never used. Entries are never made free
+/// again, so a set's used entries come first and a lookup stops at the
+/// first free one.
+pub const FLOW_FREE: u64 = 0;
+/// `FlowEntry::ident` of an entry whose flow is gone (removed, or being
+/// written). `flow_ident` never gives it, nor `FLOW_FREE`.
+pub const FLOW_GONE: u64 = 1;
 
-/// One set of the flow table (512 bytes, eight cache lines), one of the
+/// One set of the flow table (256 bytes, four cache lines), one of the
 /// `FLOW_CHUNK_SETS` of a chunk.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSet {
     pub ways: [FlowEntry; FLOW_WAYS as usize],
 }
-const _: () = assert!(core::mem::size_of::<FlowSet>() == 512);
+const _: () = assert!(core::mem::size_of::<FlowSet>() == 256);
 
 /// Sets per chunk of the flow table. `FLOWS` is an array of maps: each
 /// slot holds one chunk, an inner array of one element. An array map of at
@@ -69,22 +75,28 @@ const _: () = assert!(core::mem::size_of::<FlowSet>() == 512);
 /// which the kernel maps with huge pages: a flow's set costs no TLB miss
 /// of its own, where a 4 KiB-page (`vmalloc`) table of 128 MiB costs one
 /// on nearly every cold flow (BENCHMARKS.md, "where a cold flow's cost
-/// goes"). 63 sets and the kernel's 312-byte `struct bpf_array` header
+/// goes"). 126 sets and the kernel's 312-byte `struct bpf_array` header
 /// take 32 576 bytes.
-pub const FLOW_CHUNK_SETS: u32 = 63;
+pub const FLOW_CHUNK_SETS: u32 = 126;
 /// Bytes before a chunk's first set: the value of an array map starts 312
 /// bytes into its page-aligned allocation on the kernels this was measured
 /// on, 56 bytes into a cache line, so the first set starts 8 bytes in and
-/// every entry fills one cache line. (On a kernel whose header differs,
-/// entries straddle two lines: slower, not wrong.)
+/// every pair of entries fills one cache line. (On a kernel whose header
+/// differs, entries straddle two lines: slower, not wrong.)
 pub const FLOW_CHUNK_PAD: usize = 8;
+
+/// Bytes of a set.
+const SET_BYTES: usize = core::mem::size_of::<FlowSet>();
+/// Bytes of an entry.
+#[cfg(feature = "user")]
+const ENTRY_BYTES: usize = core::mem::size_of::<FlowEntry>();
 
 /// One chunk of the flow table: `FLOW_CHUNK_PAD` bytes, then
 /// `FLOW_CHUNK_SETS` sets (`FlowSet`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FlowChunk {
-    pub words: [u64; (FLOW_CHUNK_PAD + FLOW_CHUNK_SETS as usize * 512) / 8],
+    pub words: [u64; (FLOW_CHUNK_PAD + FLOW_CHUNK_SETS as usize * SET_BYTES) / 8],
 }
 const _: () = assert!(core::mem::size_of::<FlowChunk>() + 312 <= 32768);
 #[cfg(feature = "user")]
@@ -94,10 +106,9 @@ impl FlowChunk {
     /// Entry `way` of set `set` (of this chunk).
     #[cfg(feature = "user")]
     pub fn entry(&self, set: usize, way: usize) -> FlowEntry {
-        assert!(set < FLOW_CHUNK_SETS as usize && way < FLOW_WAYS as usize);
-        let off = FLOW_CHUNK_PAD + set * 512 + way * 64;
-        // SAFETY: in bounds (asserted); FlowEntry is plain data, read
-        // unaligned (the chunk's words are 8-aligned, the entry needs 64).
+        let off = Self::offset(set, way);
+        // SAFETY: in bounds (`offset`); FlowEntry is plain data, read
+        // unaligned (the chunk's words are 8-aligned, the entry needs 32).
         unsafe {
             ((self.words.as_ptr() as *const u8).add(off) as *const FlowEntry).read_unaligned()
         }
@@ -106,21 +117,27 @@ impl FlowChunk {
     /// Writes entry `way` of set `set`.
     #[cfg(feature = "user")]
     pub fn set_entry(&mut self, set: usize, way: usize, e: &FlowEntry) {
-        assert!(set < FLOW_CHUNK_SETS as usize && way < FLOW_WAYS as usize);
-        let off = FLOW_CHUNK_PAD + set * 512 + way * 64;
+        let off = Self::offset(set, way);
         // SAFETY: as in `entry`.
         unsafe {
             ((self.words.as_mut_ptr() as *mut u8).add(off) as *mut FlowEntry).write_unaligned(*e)
         }
     }
+
+    /// Where entry `way` of set `set` starts (asserted in the chunk).
+    #[cfg(feature = "user")]
+    fn offset(set: usize, way: usize) -> usize {
+        assert!(set < FLOW_CHUNK_SETS as usize && way < FLOW_WAYS as usize);
+        FLOW_CHUNK_PAD + set * SET_BYTES + way * ENTRY_BYTES
+    }
 }
 
-/// The chunk of set `set`, and the set's place in it: `set / 63` and
-/// `set % 63`, by a multiply (a division costs the data path about 10 ns;
-/// exact for every `set` below 2^31).
+/// The chunk of set `set`, and the set's place in it: `set / 126` and
+/// `set % 126`, by a shift and a multiply (a division costs the data path
+/// about 10 ns): `(set / 2) / 63`, exact for every `u32`.
 #[inline(always)]
 pub const fn chunk_of(set: u32) -> (u32, u32) {
-    let c = ((set as u64 * 2_181_570_691) >> 37) as u32;
+    let c = (((set >> 1) as u64 * 2_181_570_691) >> 37) as u32;
     (c, set - c * FLOW_CHUNK_SETS)
 }
 
@@ -158,8 +175,11 @@ pub const FLOW_COUNTS: u64 = 2;
 /// backend's `LOADS` (set when it is stored or its 4-tuple starts again,
 /// cleared when it ends: the client's FIN or RST, UDP idle, rescheduled).
 pub const FLOW_OPEN: u64 = 4;
+/// Bit 3 of `FlowValue::last_seen_ns`: a UDP flow (the table keeps no
+/// key; the daemon's census times UDP flows out by their own timeout).
+pub const FLOW_UDP: u64 = 8;
 /// The flag bits of `FlowValue::last_seen_ns`.
-pub const FLOW_FLAGS: u64 = 7;
+pub const FLOW_FLAGS: u64 = 15;
 
 /// A SYN on a flow the table knows whose handshake is pending
 /// (`FLOW_PENDING`), this long or more after its last packet, counts as a

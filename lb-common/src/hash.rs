@@ -1,6 +1,6 @@
 //! The keyed flow hash (SipHash-1-3), computed the same way by the data path
 //! and the daemon.
-use crate::flow::FlowKey;
+use crate::flow::{FlowKey, FLOW_GONE};
 use crate::layout::AF_INET;
 
 #[inline(always)]
@@ -76,22 +76,34 @@ pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
     }
 }
 
-/// The flow table's index: a keyed multiply-xorshift over the key's five
-/// words. Cheap (a few instructions a word) and keyed by a random seed, as
-/// the kernel's own hash tables are with jhash; not a cryptographic hash.
+/// The flow table's two hashes of a key: the first names its set, the
+/// second is its identity in the set (`FlowEntry::ident`, never
+/// `FLOW_FREE` nor `FLOW_GONE`). Two keyed multiply-xorshifts over the
+/// key's five words, with other constants and the seed's words the other
+/// way round, in one pass. Cheap (a few instructions a word) and keyed by a
+/// random seed, as the kernel's own hash tables are with jhash; not a
+/// cryptographic hash. Two keys of one set are taken for one another only
+/// if their 64-bit identities are equal: about once in 2^61 new flows with
+/// the set full.
 #[inline(always)]
-pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> u64 {
+pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> (u64, u64) {
     // `FlowKey` is 40 bytes aligned to 8, its padding zero.
     let w = k as *const FlowKey as *const u64;
-    let mut h = seed[0];
+    let (mut h, mut g) = (seed[0], seed[1]);
     let mut i = 0;
     while i < 5 {
-        h = (h ^ unsafe { *w.add(i) }).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = unsafe { *w.add(i) };
+        h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h ^= h >> 29;
+        g = (g ^ x).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        g ^= g >> 31;
         i += 1;
     }
     h = (h ^ seed[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^ (h >> 32)
+    g = (g ^ seed[0]).wrapping_mul(0x94d0_49bb_1331_11eb);
+    g ^= g >> 29;
+    let ident = if g <= FLOW_GONE { g + 2 } else { g };
+    (h ^ (h >> 32), ident)
 }
 
 #[cfg(test)]
@@ -140,24 +152,50 @@ mod tests {
         changed[3].dport ^= 1;
         changed[4].family = crate::layout::AF_INET6;
         for c in changed {
-            assert_ne!(h, table_hash(&c, &[1, 2]));
+            let (set, ident) = table_hash(&c, &[1, 2]);
+            assert_ne!(set, h.0);
+            assert_ne!(ident, h.1);
         }
         // 100 000 clients of one /16, ports in a row, over 16 384 sets
         // (the set is the hash's high word, as the data path takes it):
         // about 6 a set, none far above.
+        // Their identities are all different, and none is the set's hash,
+        // `FLOW_FREE` or `FLOW_GONE`; in their low 16 bits, keys of one set
+        // differ as often as random ones would (the identity does not
+        // follow the set).
         let sets = 16_384usize;
         let mut load = std::vec![0u32; sets];
+        let mut idents = std::collections::BTreeSet::new();
+        let mut by_set: std::collections::BTreeMap<usize, std::vec::Vec<u64>> = Default::default();
         for i in 0..100_000u32 {
             let mut c = k;
             c.src[0] = 0x0000_0a0a | ((i & 0xffff) << 16);
             c.sport = (1024 + (i >> 16) as u16).to_be();
-            load[(table_hash(&c, &[5, 6]) >> 32) as usize & (sets - 1)] += 1;
+            let (h, ident) = table_hash(&c, &[5, 6]);
+            let set = (h >> 32) as usize & (sets - 1);
+            load[set] += 1;
+            assert!(ident > FLOW_GONE && ident != h);
+            assert!(idents.insert(ident), "identity {ident:#x} twice");
+            by_set.entry(set).or_default().push(ident & 0xffff);
         }
         let max = *load.iter().max().unwrap();
         let empty = load.iter().filter(|&&n| n == 0).count();
         assert!(max <= 20, "a set of {max}");
         // Poisson(6.1) leaves about 0.2 % of the sets empty.
         assert!(empty < sets / 100, "{empty} empty sets");
+        // About 100 000 · 5 / 2 pairs in one set; by chance, 1 in 65 536
+        // shares the low 16 bits: about 4.
+        let pairs_alike: usize = by_set
+            .values()
+            .map(|v| {
+                let mut n = 0;
+                for (i, a) in v.iter().enumerate() {
+                    n += v[i + 1..].iter().filter(|&b| b == a).count();
+                }
+                n
+            })
+            .sum();
+        assert!(pairs_alike <= 20, "{pairs_alike} pairs of one set alike");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use core::intrinsics::unlikely;
 use lb_common::{
     counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_NAT,
     BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_NAT, CONFIG_F_STATELESS, FLOW_COUNTS, FLOW_FLAGS,
-    FLOW_OPEN, FLOW_PENDING, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    FLOW_OPEN, FLOW_PENDING, FLOW_UDP, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
     SYN_RETRANSMIT_MIN_NS,
 };
 
@@ -302,7 +302,7 @@ fn remember(
     counts: bool,
     cfg: &Config,
 ) -> Option<(Chosen<'static>, bool)> {
-    let e = match flowtab::insert(key, is_syn, cfg) {
+    let (e, ident) = match flowtab::insert(key, is_syn, cfg) {
         Ok(e) => e,
         Err(e) if e == -EEXIST => {
             if let Some(kept) = keep_for_syn(key, cfg, now) {
@@ -331,6 +331,9 @@ fn remember(
     if is_syn || key.proto == PROTO_UDP {
         stamp |= FLOW_PENDING;
     }
+    if key.proto == PROTO_UDP {
+        stamp |= FLOW_UDP;
+    }
     if counts {
         stamp |= FLOW_COUNTS | FLOW_OPEN;
     }
@@ -338,7 +341,7 @@ fn remember(
     fv.hash = c.hash;
     fv.gen = c.backend.gen;
     let sum = flowtab::digest(c.backend_id, c.vip_id, c.hash, c.backend.gen);
-    if flowtab::lb_flow_seal(e, key, sum) == 0 {
+    if flowtab::lb_flow_seal(e, ident, sum) == 0 {
         // Another CPU wrote the same entry at the same time: neither flow
         // is stored, and both are scheduled anew with their next packet.
         count(counter::FLOW_INSERT_FAILED);
@@ -459,7 +462,7 @@ fn usable_entry(
         release(fv);
         return None;
     }
-    let kept = fv.last_seen_ns & (FLOW_COUNTS | FLOW_OPEN);
+    let kept = fv.last_seen_ns & (FLOW_COUNTS | FLOW_OPEN | FLOW_UDP);
     if !syn && pending != 0 {
         fv.last_seen_ns = (now & !FLOW_FLAGS) | kept;
     } else if idle > LAST_SEEN_GRANULARITY_NS {

@@ -1,6 +1,7 @@
-//! The flow table: sets of `FLOW_WAYS` one-line entries (`FLOWS`, in
+//! The flow table: sets of `FLOW_WAYS` entries of half a line (`FLOWS`, in
 //! chunks of `FLOW_CHUNK_SETS` sets), the set named by a keyed hash of the
-//! flow (`Config::flow_seed`). A flow is looked up in its set only,
+//! flow (`Config::flow_seed`), the flow in it by a second one, its
+//! identity (`lb_common::table_hash`). A flow is looked up in its set only,
 //! its ways in order up to the first never used. A new flow takes the
 //! first never-used way, else a gone one, else that of a flow seen in one
 //! packet only, else that of the flow seen longest ago (its connection
@@ -8,12 +9,12 @@
 //!
 //! Entries are written without a lock, so a second writer may meet one
 //! half written. A writer marks the entry gone first, writes the value,
-//! then the key with its family last, and reads it all back
-//! (`lb_flow_seal`): an entry another CPU wrote into at the same time is
-//! left gone (both flows are scheduled anew with their next packet), so
-//! no key stays paired with another flow's backend. A reader that matched
-//! the key a moment before a writer took the entry may still read the new
-//! value: that one packet goes where the new flow goes.
+//! then the identity, and reads it all back (`lb_flow_seal`): an entry
+//! another CPU wrote into at the same time is left gone (both flows are
+//! scheduled anew with their next packet), so no identity stays paired
+//! with another flow's backend. A reader that matched the identity a
+//! moment before a writer took the entry may still read the new value:
+//! that one packet goes where the new flow goes.
 //!
 //! The scans over a set's ways are global BPF functions: the verifier
 //! checks each once, not once per path of `lb_xdp` into it, and each has
@@ -23,7 +24,7 @@ use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use core::mem::size_of;
 use lb_common::{
     place_rank, Config, FlowEntry, FlowKey, FlowSet, FlowSwap, FLOW_CHUNK_PAD, FLOW_CHUNK_SETS,
-    FLOW_GONE, FLOW_WAYS,
+    FLOW_FREE, FLOW_GONE, FLOW_WAYS,
 };
 
 use crate::load::release;
@@ -33,14 +34,17 @@ use core::ptr::{read_volatile, write_volatile};
 /// The kernel's "exists" error, as map helpers return it (negated).
 pub const EEXIST: i32 = 17;
 
-/// `key`'s set.
+/// `key`'s set, and its identity in it.
 #[inline(always)]
-fn set_of(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowSet> {
-    let h = lb_common::table_hash(key, &cfg.flow_seed);
-    set_at((h >> 32) as u32 & cfg.flow_sets.wrapping_sub(1))
+fn set_of(key: &FlowKey, cfg: &Config) -> Option<(&'static mut FlowSet, u64)> {
+    let (h, ident) = lb_common::table_hash(key, &cfg.flow_seed);
+    Some((
+        set_at((h >> 32) as u32 & cfg.flow_sets.wrapping_sub(1))?,
+        ident,
+    ))
 }
 
-/// Set `i` of the table: set `i % 63` of chunk `i / 63`.
+/// Set `i` of the table: set `i % 126` of chunk `i / 126`.
 #[inline(always)]
 fn set_at(i: u32) -> Option<&'static mut FlowSet> {
     let (c, s) = lb_common::chunk_of(i);
@@ -55,41 +59,26 @@ fn set_at(i: u32) -> Option<&'static mut FlowSet> {
     Some(unsafe { &mut *(set as *mut FlowSet) })
 }
 
-/// Whether two keys are the same connection (five words, compared whole;
-/// `FlowKey` is 40 bytes aligned to 8).
-#[inline(always)]
-fn same(a: &FlowKey, b: &FlowKey) -> bool {
-    let a = a as *const FlowKey as *const u64;
-    let b = b as *const FlowKey as *const u64;
-    unsafe {
-        *a == *b
-            && *a.add(1) == *b.add(1)
-            && *a.add(2) == *b.add(2)
-            && *a.add(3) == *b.add(3)
-            && *a.add(4) == *b.add(4)
-    }
-}
-
-/// One more than the way of `set` that holds `key`, 0 for none. A global
-/// function: the verifier checks it once, not once per path of `lb_xdp`
-/// that looks a flow up, and its frame is its own.
+/// One more than the way of `set` that holds the flow of identity `ident`,
+/// 0 for none. A global function: the verifier checks it once, not once
+/// per path of `lb_xdp` that looks a flow up, and its frame is its own.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_flow_match(set: *const FlowSet, key: *const FlowKey) -> u64 {
+pub extern "C" fn lb_flow_match(set: *const FlowSet, ident: u64) -> u64 {
     // The verifier checks a global function for any caller.
-    if set.is_null() || key.is_null() {
+    if set.is_null() {
         return 0;
     }
-    let (set, key) = unsafe { (&*set, &*key) };
+    let set = unsafe { &*set };
     let mut w = 0;
     while w < FLOW_WAYS as usize {
-        let e = &set.ways[w].key;
-        // Ways are taken in order and never freed (see `FLOW_GONE`): no
+        let e = set.ways[w].ident;
+        // Ways are taken in order and never freed (see `FLOW_FREE`): no
         // flow lies past a never-used one, whose lines are not read.
-        if e.family == 0 {
+        if e == FLOW_FREE {
             return 0;
         }
-        if same(e, key) {
+        if e == ident {
             return w as u64 + 1;
         }
         w += 1;
@@ -97,33 +86,33 @@ pub extern "C" fn lb_flow_match(set: *const FlowSet, key: *const FlowKey) -> u64
     0
 }
 
-/// Where `key` goes in `set`: its own way with `PLACE_FOUND` set, else a
-/// way no flow holds, else the flow seen in one packet only (`FLOW_PENDING`: a
-/// SYN, a first datagram) seen longest ago, else the flow seen longest
-/// ago. So a flood of single packets takes the places of its own kind
-/// before those of live connections. One pass over the ways (global, as
-/// `lb_flow_match`).
+/// Where the flow of identity `ident` goes in `set`: its own way with
+/// `PLACE_FOUND` set, else a way no flow holds, else the flow seen in one
+/// packet only (`FLOW_PENDING`: a SYN, a first datagram) seen longest ago,
+/// else the flow seen longest ago. So a flood of single packets takes the
+/// places of its own kind before those of live connections. One pass over
+/// the ways (global, as `lb_flow_match`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_flow_place(set: *const FlowSet, key: *const FlowKey) -> u64 {
-    if set.is_null() || key.is_null() {
+pub extern "C" fn lb_flow_place(set: *const FlowSet, ident: u64) -> u64 {
+    if set.is_null() {
         return 0;
     }
-    let (set, key) = unsafe { (&*set, &*key) };
+    let set = unsafe { &*set };
     let mut best = u64::MAX;
     let mut at = 0;
     let mut w = 0;
     while w < FLOW_WAYS as usize {
         let e = &set.ways[w];
-        if e.key.family == 0 {
-            // Never used, nor any way past it: `key` is not in the set.
+        if e.ident == FLOW_FREE {
+            // Never used, nor any way past it: the flow is not in the set.
             return if best == 0 { at } else { w as u64 };
-        } else if e.key.family == FLOW_GONE {
+        } else if e.ident == FLOW_GONE {
             if best != 0 {
                 best = 0;
                 at = w as u64;
             }
-        } else if same(&e.key, key) {
+        } else if e.ident == ident {
             return w as u64 | PLACE_FOUND;
         } else {
             let rank = place_rank(e);
@@ -167,33 +156,38 @@ fn opaque(mut x: u64) -> u64 {
 /// `key`'s entry.
 #[inline(always)]
 pub fn get(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowEntry> {
-    let set = set_of(key, cfg)?;
-    let m = lb_flow_match(set, key);
+    let (set, ident) = set_of(key, cfg)?;
+    let m = lb_flow_match(set, ident);
     if m == 0 {
         return None;
     }
     Some(&mut set.ways[way(m)])
 }
 
-/// The entry to store `key` in: `key`'s own, else the one
-/// `lb_flow_place` gives up (its connection, if counted, is released).
-/// `only_new`: not where `key` is stored already (`Err(-EEXIST)`). It is
-/// marked gone; the caller writes its value, then [`lb_flow_seal`].
+/// The entry to store `key` in, and `key`'s identity: `key`'s own entry,
+/// else the one `lb_flow_place` gives up (its connection, if counted, is
+/// released). `only_new`: not where `key` is stored already
+/// (`Err(-EEXIST)`). It is marked gone; the caller writes its value, then
+/// [`lb_flow_seal`] with the identity.
 #[inline(always)]
-pub fn insert(key: &FlowKey, only_new: bool, cfg: &Config) -> Result<&'static mut FlowEntry, i32> {
-    let set = set_of(key, cfg).ok_or(-1)?;
-    let place = lb_flow_place(set, key);
+pub fn insert(
+    key: &FlowKey,
+    only_new: bool,
+    cfg: &Config,
+) -> Result<(&'static mut FlowEntry, u64), i32> {
+    let (set, ident) = set_of(key, cfg).ok_or(-1)?;
+    let place = lb_flow_place(set, ident);
     let e = &mut set.ways[bounded_way(place)];
     if place & PLACE_FOUND != 0 {
         if only_new {
             return Err(-EEXIST);
         }
-    } else if e.key.family != 0 && e.key.family != FLOW_GONE {
+    } else if e.ident != FLOW_FREE && e.ident != FLOW_GONE {
         release(&mut e.value);
     }
     // Gone while it is written: a reader misses it.
-    unsafe { write_volatile(&mut e.key.family, FLOW_GONE) };
-    Ok(e)
+    unsafe { write_volatile(&mut e.ident, FLOW_GONE) };
+    Ok((e, ident))
 }
 
 /// A digest of what a writer puts in an entry's value, but its stamp (a
@@ -206,54 +200,35 @@ pub fn digest(backend: u32, vip_id: u32, hash: u32, gen: u32) -> u64 {
 }
 
 /// Ends the write of entry `e` ([`insert`] marked it gone; the caller
-/// wrote its value): writes `key`, its family last, then reads the entry
-/// back. 1: it holds `key` and a value of digest `sum`; 0: another CPU
-/// wrote into it at the same time, and it is left gone. Global: its
+/// wrote its value): writes the identity `ident`, one word, then reads the
+/// entry back. 1: it holds `ident` and a value of digest `sum`; 0: another
+/// CPU wrote into it at the same time, and it is left gone. Global: its
 /// frame is its own, and the verifier checks it once.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_flow_seal(e: *mut FlowEntry, key: *const FlowKey, sum: u64) -> u64 {
-    if e.is_null() || key.is_null() {
+pub extern "C" fn lb_flow_seal(e: *mut FlowEntry, ident: u64, sum: u64) -> u64 {
+    if e.is_null() {
         return 0;
     }
-    let (e, key) = unsafe { (&mut *e, &*key) };
-    unsafe {
-        let (to, from) = (words_mut(&mut e.key), words(key));
-        write_volatile(to, read_volatile(from));
-        write_volatile(to.add(1), read_volatile(from.add(1)));
-        write_volatile(to.add(2), read_volatile(from.add(2)));
-        write_volatile(to.add(3), read_volatile(from.add(3)));
-        // Sport, dport, protocol and the family: written last.
-        write_volatile(to.add(4), read_volatile(from.add(4)));
-    }
-    let v = unsafe { read_volatile(&e.value) };
-    if !same(&e.key, key) || digest(v.backend, v.vip_id, v.hash, v.gen) != sum {
-        unsafe { write_volatile(&mut e.key.family, FLOW_GONE) };
+    let e = unsafe { &mut *e };
+    unsafe { write_volatile(&mut e.ident, ident) };
+    let (now, v) = unsafe { (read_volatile(&e.ident), read_volatile(&e.value)) };
+    if now != ident || digest(v.backend, v.vip_id, v.hash, v.gen) != sum {
+        unsafe { write_volatile(&mut e.ident, FLOW_GONE) };
         return 0;
     }
     1
 }
 
-/// A key's five words.
-#[inline(always)]
-fn words(k: &FlowKey) -> *const u64 {
-    k as *const FlowKey as *const u64
-}
-
-#[inline(always)]
-fn words_mut(k: &mut FlowKey) -> *mut u64 {
-    k as *mut FlowKey as *mut u64
-}
-
 /// Forgets `key`'s entry.
 #[inline(always)]
 pub fn remove(key: &FlowKey, cfg: &Config) {
-    let Some(set) = set_of(key, cfg) else {
+    let Some((set, ident)) = set_of(key, cfg) else {
         return;
     };
-    let m = lb_flow_match(set, key);
+    let m = lb_flow_match(set, ident);
     if m != 0 {
-        set.ways[way(m)].key.family = FLOW_GONE;
+        set.ways[way(m)].ident = FLOW_GONE;
     }
 }
 

@@ -37,7 +37,7 @@ pub static MEMBERS: Array<u64> = Array::with_max_entries(
     defaults::MAX_VIPS * 2 * defaults::MAX_BACKENDS,
     BPF_F_MMAPABLE,
 );
-/// The flow table (`flowtab`): sets of `FLOW_WAYS` one-line entries,
+/// The flow table (`flowtab`): sets of `FLOW_WAYS` half-line entries,
 /// shared by all CPUs, so a flow is found whichever CPU its next packet
 /// lands on (RSS changes, generic XDP, several queues), and the daemon sees
 /// one table. An array of maps: each slot holds a chunk of

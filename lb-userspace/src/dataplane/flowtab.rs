@@ -105,12 +105,9 @@ impl FlowTable {
     }
 
     /// Hands each stored flow to `each` with its index (set
-    /// `i / FLOW_WAYS`, way `i % FLOW_WAYS`), up to `limit`.
-    pub fn each(
-        &self,
-        limit: usize,
-        mut each: impl FnMut(usize, &FlowKey, &FlowValue),
-    ) -> Result<()> {
+    /// `i / FLOW_WAYS`, way `i % FLOW_WAYS`) and identity (see
+    /// [`FlowTable::ident`]), up to `limit`.
+    pub fn each(&self, limit: usize, mut each: impl FnMut(usize, u64, &FlowValue)) -> Result<()> {
         let mut seen = 0;
         for c in 0..self.chunks {
             let chunk = self.chunk(c, false)?;
@@ -121,7 +118,7 @@ impl FlowTable {
                     }
                     let e = chunk.entry(s, w);
                     if holds_flow(&e) {
-                        each((c as usize * CHUNK_SETS + s) * WAYS + w, &e.key, &e.value);
+                        each((c as usize * CHUNK_SETS + s) * WAYS + w, e.ident, &e.value);
                         seen += 1;
                     }
                 }
@@ -144,31 +141,49 @@ impl FlowTable {
         Ok(!any)
     }
 
+    /// The set `key` belongs to and its identity there
+    /// (`FlowEntry::ident`), as the data path finds them.
+    fn place_of(&self, key: &FlowKey) -> (usize, u64) {
+        let (sets, seed) = self.keyed.expect("a flow table opened with its key");
+        let (h, ident) = lb_common::table_hash(key, &seed);
+        ((h >> 32) as usize & (sets as usize - 1), ident)
+    }
+
     /// The set `key` belongs to, as the data path finds it.
     pub fn set_of(&self, key: &FlowKey) -> usize {
-        let (sets, seed) = self.keyed.expect("a flow table opened with its key");
-        let h = lb_common::table_hash(key, &seed);
-        (h >> 32) as usize & (sets as usize - 1)
+        self.place_of(key).0
     }
 
-    /// `key`'s chunk, copied, and its set's place in it.
-    fn chunk_of_key(&self, key: &FlowKey) -> Result<(u32, usize, Box<FlowChunk>)> {
-        let (c, s) = lb_common::chunk_of(self.set_of(key) as u32);
-        Ok((c, s as usize, self.chunk(c, true)?))
+    /// The table's hash key (`Config::flow_seed`), when opened with it.
+    pub fn seed(&self) -> Option<[u64; 2]> {
+        self.keyed.map(|(_, seed)| seed)
     }
 
-    /// The way of `key` in set `s` of `chunk`.
-    fn find(chunk: &FlowChunk, s: usize, key: &FlowKey) -> Option<usize> {
+    /// `key`'s identity in its set, as [`FlowTable::each`] gives it (the
+    /// table keeps no key).
+    pub fn ident(&self, key: &FlowKey) -> u64 {
+        self.place_of(key).1
+    }
+
+    /// `key`'s chunk, copied, its set's place in it, and `key`'s identity.
+    fn chunk_of_key(&self, key: &FlowKey) -> Result<(u32, usize, u64, Box<FlowChunk>)> {
+        let (set, ident) = self.place_of(key);
+        let (c, s) = lb_common::chunk_of(set as u32);
+        Ok((c, s as usize, ident, self.chunk(c, true)?))
+    }
+
+    /// The way of the flow of identity `ident` in set `s` of `chunk`.
+    fn find(chunk: &FlowChunk, s: usize, ident: u64) -> Option<usize> {
         (0..WAYS).find(|&w| {
             let e = chunk.entry(s, w);
-            holds_flow(&e) && e.key == *key
+            holds_flow(&e) && e.ident == ident
         })
     }
 
     /// What the table holds for `key`.
     pub fn get(&self, key: &FlowKey) -> Result<Option<FlowValue>> {
-        let (_, s, chunk) = self.chunk_of_key(key)?;
-        Ok(Self::find(&chunk, s, key).map(|w| chunk.entry(s, w).value))
+        let (_, s, ident, chunk) = self.chunk_of_key(key)?;
+        Ok(Self::find(&chunk, s, ident).map(|w| chunk.entry(s, w).value))
     }
 
     /// Stores `value` for `key` where the data path would: its own entry,
@@ -184,16 +199,17 @@ impl FlowTable {
         let mut by_chunk: std::collections::BTreeMap<u32, Vec<(usize, FlowEntry)>> =
             Default::default();
         for (key, value) in flows {
-            let (c, s) = lb_common::chunk_of(self.set_of(&key) as u32);
+            let (set, ident) = self.place_of(&key);
+            let (c, s) = lb_common::chunk_of(set as u32);
             by_chunk
                 .entry(c)
                 .or_default()
-                .push((s as usize, FlowEntry { key, value }));
+                .push((s as usize, FlowEntry { ident, value }));
         }
         for (c, entries) in by_chunk {
             let mut chunk = self.chunk(c, true)?;
             for (s, e) in entries {
-                let w = Self::find(&chunk, s, &e.key).unwrap_or_else(|| {
+                let w = Self::find(&chunk, s, e.ident).unwrap_or_else(|| {
                     (0..WAYS)
                         .find(|&w| !holds_flow(&chunk.entry(s, w)))
                         .or_else(|| {
@@ -211,12 +227,12 @@ impl FlowTable {
     /// Forgets `key`'s entry (as an eviction would); whether it was there.
     /// Rewrites the chunk, as `insert` does.
     pub fn remove(&self, key: &FlowKey) -> Result<bool> {
-        let (c, s, mut chunk) = self.chunk_of_key(key)?;
-        let Some(w) = Self::find(&chunk, s, key) else {
+        let (c, s, ident, mut chunk) = self.chunk_of_key(key)?;
+        let Some(w) = Self::find(&chunk, s, ident) else {
             return Ok(false);
         };
         let mut e = chunk.entry(s, w);
-        e.key.family = FLOW_GONE;
+        e.ident = FLOW_GONE;
         chunk.set_entry(s, w, &e);
         self.write(c, &chunk)?;
         Ok(true)
@@ -255,5 +271,5 @@ impl FlowTable {
 
 /// Whether entry `e` holds a flow (neither never used nor gone).
 fn holds_flow(e: &FlowEntry) -> bool {
-    e.key.family != 0 && e.key.family != FLOW_GONE
+    e.ident != lb_common::FLOW_FREE && e.ident != FLOW_GONE
 }

@@ -4,7 +4,7 @@
 use super::*;
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
-use lb_common::{BACKEND_F_USED, FLOW_OPEN, LAST_SEEN_GRANULARITY_NS, PROTO_UDP};
+use lb_common::{BACKEND_F_USED, FLOW_OPEN, FLOW_UDP, LAST_SEEN_GRANULARITY_NS};
 use std::collections::HashMap as Map;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -119,7 +119,7 @@ fn census_of(
     let mut out = FlowCensus::default();
     let mut counted = vec![0u64; slots as usize];
     let mut to_end: Vec<(usize, FlowValue)> = Vec::new();
-    flows.each(limit, |i, k, v| {
+    flows.each(limit, |i, _, v| {
         if seen_within(now, v, max_idle_ns) {
             *out.flows.entry(v.backend).or_insert(0) += 1;
         }
@@ -127,7 +127,7 @@ fn census_of(
         if v.last_seen_ns & FLOW_OPEN == 0 || gens.get(b).copied().flatten() != Some(v.gen) {
             return;
         }
-        let idle_limit = if k.proto == PROTO_UDP {
+        let idle_limit = if v.last_seen_ns & FLOW_UDP != 0 {
             udp_idle_ns
         } else {
             lb_common::TCP_COUNT_IDLE_NS

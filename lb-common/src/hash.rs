@@ -79,23 +79,34 @@ pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
 /// The flow table's two hashes of a key: the first names its set, the
 /// second is its identity in the set (`FlowEntry::ident`, never
 /// `FLOW_FREE` nor `FLOW_GONE`). Two keyed multiply-xorshifts over the
-/// key's five words, with other constants and the seed's words the other
-/// way round, in one pass. Cheap (a few instructions a word) and keyed by a
-/// random seed, as the kernel's own hash tables are with jhash; not a
-/// cryptographic hash. Two keys of one set are taken for one another only
-/// if their 64-bit identities are equal: about once in 2^61 new flows with
-/// the set full.
+/// key's words (an IPv4 flow's two: its addresses, then ports, protocol
+/// and family; an IPv6 flow's five), with other constants and the seed's
+/// words the other way round, in one pass. Cheap (a few instructions a
+/// word) and keyed by a random seed, as the kernel's own hash tables are
+/// with jhash; not a cryptographic hash. Two keys of one set are taken for
+/// one another only if their 64-bit identities are equal: about once in
+/// 2^61 new flows with the set full.
 #[inline(always)]
 pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> (u64, u64) {
     // `FlowKey` is 40 bytes aligned to 8, its padding zero.
     let w = k as *const FlowKey as *const u64;
+    let tail = unsafe { *w.add(4) };
+    if k.family == AF_INET {
+        table_mix(seed, [(k.src[0] as u64) | ((k.dst[0] as u64) << 32), tail])
+    } else {
+        table_mix(seed, unsafe { [*w, *w.add(1), *w.add(2), *w.add(3), tail] })
+    }
+}
+
+/// `table_hash` over `N` words.
+#[inline(always)]
+fn table_mix<const N: usize>(seed: &[u64; 2], m: [u64; N]) -> (u64, u64) {
     let (mut h, mut g) = (seed[0], seed[1]);
     let mut i = 0;
-    while i < 5 {
-        let x = unsafe { *w.add(i) };
-        h = (h ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    while i < N {
+        h = (h ^ m[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         h ^= h >> 29;
-        g = (g ^ x).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+        g = (g ^ m[i]).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
         g ^= g >> 31;
         i += 1;
     }
@@ -145,16 +156,24 @@ mod tests {
         assert_eq!(h, table_hash(&k, &[1, 2]));
         assert_ne!(h, table_hash(&k, &[1, 3]));
         assert_ne!(h, table_hash(&k, &[3, 2]));
-        let mut changed = [k; 5];
+        // An IPv4 key's address words 1 to 3 are zero (not hashed); an
+        // IPv6 key's are its own.
+        let mut v6 = k;
+        v6.family = crate::layout::AF_INET6;
+        v6.src[3] = 7;
+        let mut changed = [k, k, k, k, k, v6, v6, v6];
         changed[0].src[0] ^= 1;
-        changed[1].src[3] ^= 1 << 31;
-        changed[2].dst[2] ^= 1;
+        changed[1].dst[0] ^= 1 << 31;
+        changed[2].sport ^= 1;
         changed[3].dport ^= 1;
-        changed[4].family = crate::layout::AF_INET6;
-        for c in changed {
-            let (set, ident) = table_hash(&c, &[1, 2]);
-            assert_ne!(set, h.0);
-            assert_ne!(ident, h.1);
+        changed[4].proto = PROTO_UDP;
+        changed[6].src[3] ^= 1 << 31;
+        changed[7].dst[2] ^= 1;
+        for (i, c) in changed.iter().enumerate() {
+            let base = if i > 5 { table_hash(&v6, &[1, 2]) } else { h };
+            let (set, ident) = table_hash(c, &[1, 2]);
+            assert_ne!(set, base.0, "{i}");
+            assert_ne!(ident, base.1, "{i}");
         }
         // 100 000 clients of one /16, ports in a row, over 16 384 sets
         // (the set is the hash's high word, as the data path takes it):

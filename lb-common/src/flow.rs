@@ -35,7 +35,7 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
 /// One entry of the flow table (`FLOWS`): a connection's identity and
 /// what is remembered of it, 32 bytes, two to a cache line. The key itself
-/// is not kept: `ident` is a second keyed hash of it (`flow_ident`),
+/// is not kept: `ident` is a second keyed hash of it (`table_hash`),
 /// independent of the one that names its set, so a lookup compares one
 /// word, and the table spans half the memory a stored key would take.
 /// `ident` `FLOW_FREE`: never used; `FLOW_GONE`: it held a flow no longer
@@ -57,7 +57,7 @@ pub const FLOW_WAYS: u32 = 8;
 /// first free one.
 pub const FLOW_FREE: u64 = 0;
 /// `FlowEntry::ident` of an entry whose flow is gone (removed, or being
-/// written). `flow_ident` never gives it, nor `FLOW_FREE`.
+/// written). `table_hash` never gives it, nor `FLOW_FREE`.
 pub const FLOW_GONE: u64 = 1;
 
 /// One set of the flow table (256 bytes, four cache lines), one of the
@@ -73,7 +73,7 @@ const _: () = assert!(core::mem::size_of::<FlowSet>() == 256);
 /// slot holds one chunk, an inner array of one element. An array map of at
 /// most 32 KiB is `kmalloc`ed by the kernel, so it lies in the direct map,
 /// which the kernel maps with huge pages: a flow's set costs no TLB miss
-/// of its own, where a 4 KiB-page (`vmalloc`) table of 128 MiB costs one
+/// of its own, where a 4 KiB-page (`vmalloc`) table of 64 MiB costs one
 /// on nearly every cold flow (BENCHMARKS.md, "where a cold flow's cost
 /// goes"). 126 sets and the kernel's 312-byte `struct bpf_array` header
 /// take 32 576 bytes.

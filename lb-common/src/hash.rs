@@ -78,14 +78,15 @@ pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
 
 /// The flow table's two hashes of a key: the first names its set, the
 /// second is its identity in the set (`FlowEntry::ident`, never
-/// `FLOW_FREE` nor `FLOW_GONE`). Two keyed multiply-xorshifts over the
-/// key's words (an IPv4 flow's two: its addresses, then ports, protocol
-/// and family; an IPv6 flow's five), with other constants and the seed's
-/// words the other way round, in one pass. Cheap (a few instructions a
-/// word) and keyed by a random seed, as the kernel's own hash tables are
-/// with jhash; not a cryptographic hash. Two keys of one set are taken for
-/// one another only if their 64-bit identities are equal: about once in
-/// 2^61 new flows with the set full.
+/// `FLOW_FREE` nor `FLOW_GONE`). Two keyed multiply-xorshift chains over
+/// the key's words (an IPv4 flow's two: its addresses, then ports,
+/// protocol and family; an IPv6 flow's five), with other constants and
+/// the seed's words the other way round, in one pass; the identity ends
+/// with both chains. Cheap (a few instructions a word) and keyed by a
+/// random seed, as the kernel's own hash tables are with jhash; not a
+/// cryptographic hash. Two keys of one set are taken for one another only
+/// if their 64-bit identities are equal: for keys unrelated to the seed,
+/// about once in 2^61 new flows with the set full.
 #[inline(always)]
 pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> (u64, u64) {
     // `FlowKey` is 40 bytes aligned to 8, its padding zero.
@@ -111,7 +112,11 @@ fn table_mix<const N: usize>(seed: &[u64; 2], m: [u64; N]) -> (u64, u64) {
         i += 1;
     }
     h = (h ^ seed[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    g = (g ^ seed[0]).wrapping_mul(0x94d0_49bb_1331_11eb);
+    // The identity takes in the set chain too: a difference of two keys
+    // that cancels in one chain (the top bit of a word, then the bits the
+    // shift moved it to in the next) does not cancel in the other, whose
+    // shift differs.
+    g = (g ^ seed[0] ^ h).wrapping_mul(0x94d0_49bb_1331_11eb);
     g ^= g >> 29;
     let ident = if g <= FLOW_GONE { g + 2 } else { g };
     (h ^ (h >> 32), ident)
@@ -178,6 +183,24 @@ mod tests {
         // 100 000 clients of one /16, ports in a row, over 16 384 sets
         // (the set is the hash's high word, as the data path takes it):
         // about 6 a set, none far above.
+        // IPv6 sources that differ in the top bit of one word and, in the
+        // next, in the bits one chain's shift moves it to (32 for the
+        // identity's, 34 for the set's): such a difference cancels in that
+        // chain whatever the seed, and must not in the identity.
+        for seed in [
+            [1, 2],
+            [5, 6],
+            [0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210],
+        ] {
+            for low in [1, 4] {
+                let mut a = v6;
+                a.src = [0x2001_0db8, 0x1234_5678, 0x9abc_def0, 0x0fed_cba9];
+                let mut b = a;
+                b.src[1] ^= 0x8000_0000;
+                b.src[3] ^= 0x8000_0000 | low;
+                assert_ne!(table_hash(&a, &seed).1, table_hash(&b, &seed).1, "{low}");
+            }
+        }
         // Their identities are all different, and none is the set's hash,
         // `FLOW_FREE` or `FLOW_GONE`; in their low 16 bits, keys of one set
         // differ as often as random ones would (the identity does not

@@ -126,7 +126,7 @@ pub extern "C" fn lb_flow_place(set: *const FlowSet, ident: u64) -> u64 {
     at
 }
 
-/// `lb_flow_place`: the way holds the key.
+/// `lb_flow_place`: the way holds the flow's identity.
 const PLACE_FOUND: u64 = 1 << 8;
 
 /// Way `m - 1` (`m`: what `lb_flow_match` found, not 0), bounded for the

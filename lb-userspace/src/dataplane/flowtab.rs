@@ -187,7 +187,8 @@ impl FlowTable {
     }
 
     /// Stores `value` for `key` where the data path would: its own entry,
-    /// else the first one no flow holds, else the lowest `place_rank`.
+    /// else the first one no flow holds, else the lowest `place_rank`; a
+    /// UDP key's stamp marked `FLOW_UDP`, as the data path marks it.
     /// Rewrites the key's whole chunk: for tests and benches, with no
     /// packet in flight (a packet's write to the chunk meanwhile is lost).
     pub fn insert(&self, key: &FlowKey, value: &FlowValue) -> Result<()> {
@@ -198,7 +199,10 @@ impl FlowTable {
     pub fn insert_all(&self, flows: impl IntoIterator<Item = (FlowKey, FlowValue)>) -> Result<()> {
         let mut by_chunk: std::collections::BTreeMap<u32, Vec<(usize, FlowEntry)>> =
             Default::default();
-        for (key, value) in flows {
+        for (key, mut value) in flows {
+            if key.proto == lb_common::PROTO_UDP {
+                value.last_seen_ns |= lb_common::FLOW_UDP;
+            }
             let (set, ident) = self.place_of(&key);
             let (c, s) = lb_common::chunk_of(set as u32);
             by_chunk

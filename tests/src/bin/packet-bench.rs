@@ -625,42 +625,12 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
             (0..PACKETS).map(not_vip),
         ),
         // The other schedulers' new flows, beside Maglev's SYN above.
-        Case::new(
-            "tcp syn, random scheduler",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 81).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp syn, source_hash /32",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 82).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp syn, round_robin",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 83).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp syn, least_conn (2 choices)",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 84).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp syn, least_conn exact",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 85).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp syn, persistence, new client",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 86).packet("S", b"")),
-        ),
+        Case::syn("tcp syn, random scheduler", Expect::Encap, 81),
+        Case::syn("tcp syn, source_hash /32", Expect::Encap, 82),
+        Case::syn("tcp syn, round_robin", Expect::Encap, 83),
+        Case::syn("tcp syn, least_conn (2 choices)", Expect::Encap, 84),
+        Case::syn("tcp syn, least_conn exact", Expect::Encap, 85),
+        Case::syn("tcp syn, persistence, new client", Expect::Encap, 86),
         // 50 clients, each back with new connections: persistence hits.
         Case::new(
             "tcp syn, persistence, known client",
@@ -672,97 +642,39 @@ fn cases(nat_ack: &[u8], nat_reply: &[u8]) -> Vec<Case> {
                 f.packet("S", b"")
             }),
         ),
-        Case::new(
-            "tcp syn, max_connections",
-            None,
-            Expect::Encap,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 87).packet("S", b"")),
-        ),
+        Case::syn("tcp syn, max_connections", Expect::Encap, 87),
         // The forwarding modes beside IPIP's SYN and ACK above.
-        Case::new(
-            "tcp syn, dsr_l2",
-            None,
-            Expect::L2,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 88).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp established, dsr_l2",
-            None,
-            Expect::L2,
-            (0..PACKETS).map(|_| client(0, PROTO_TCP, 88).packet("A", b"")),
-        ),
-        Case::new(
-            "tcp syn, gue",
-            None,
-            Expect::Gue,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 89).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp established, gue",
-            None,
-            Expect::Gue,
-            (0..PACKETS).map(|_| client(0, PROTO_TCP, 89).packet("A", b"")),
-        ),
+        Case::syn("tcp syn, dsr_l2", Expect::L2, 88),
+        Case::hot("tcp established, dsr_l2", Expect::L2, 88),
+        Case::syn("tcp syn, gue", Expect::Gue, 89),
+        Case::hot("tcp established, gue", Expect::Gue, 89),
         // Stateless beside the flow table: a new connection, and packets of
         // established connections, each of the 5000 calls a different one
         // of HELD_FLOWS (stored in the flow-table case before measuring, of
         // the GUE VIP: the same forwarding), in a scattered order.
-        Case::new(
-            "tcp syn, stateless",
-            None,
-            Expect::Stateless,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 91).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp established, stateless",
-            None,
-            Expect::Stateless,
-            (0..PACKETS).map(|_| client(0, PROTO_TCP, 91).packet("A", b"")),
-        ),
-        Case::new(
-            "tcp established, 100k flows, gue",
-            None,
-            Expect::Gue,
-            (0..PACKETS).map(|i| held(i, 89).packet("A", b"")),
-        ),
-        Case::new(
+        Case::syn("tcp syn, stateless", Expect::Stateless, 91),
+        Case::hot("tcp established, stateless", Expect::Stateless, 91),
+        Case::held("tcp established, 100k flows, gue", Expect::Gue, 89),
+        Case::held(
             "tcp established, 100k flows, stateless",
-            None,
             Expect::Stateless,
-            (0..PACKETS).map(|i| held(i, 91).packet("A", b"")),
+            91,
         ),
-        Case::new(
+        Case::held(
             "tcp established, 100k, stateless, window",
-            None,
             Expect::Stateless,
-            (0..PACKETS).map(|i| held(i, 92).packet("A", b"")),
+            92,
         ),
         // A stateless VIP whose table is small enough to stay in cache
         // (`maglev_size: 4099`): its whole cost.
-        Case::new(
-            "tcp syn, stateless, 4099 slots",
-            None,
-            Expect::Stateless,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 93).packet("S", b"")),
-        ),
-        Case::new(
-            "tcp syn, gue, 4099 slots",
-            None,
-            Expect::Gue,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 94).packet("S", b"")),
-        ),
-        Case::new(
+        Case::syn("tcp syn, stateless, 4099 slots", Expect::Stateless, 93),
+        Case::syn("tcp syn, gue, 4099 slots", Expect::Gue, 94),
+        Case::held(
             "tcp established, 100k, stateless, 4099 slots",
-            None,
             Expect::Stateless,
-            (0..PACKETS).map(|i| held(i, 93).packet("A", b"")),
+            93,
         ),
-        Case::new(
-            "tcp syn, nat",
-            None,
-            Expect::Nat,
-            (0..PACKETS).map(|i| client(i, PROTO_TCP, 90).packet("S", b"")),
-        ),
+        Case::syn("tcp syn, nat", Expect::Nat, 90),
         Case::new(
             "tcp established, nat",
             None,
@@ -1267,6 +1179,24 @@ impl Case {
             rounds: Vec::new(),
             delta: Counters(vec![0; counter::COUNT as usize]),
         }
+    }
+
+    /// A SYN of a new client each call, to TCP port `port`.
+    fn syn(name: &'static str, expect: Expect, port: u16) -> Case {
+        let packets = (0..PACKETS).map(move |i| client(i, PROTO_TCP, port).packet("S", b""));
+        Case::new(name, None, expect, packets)
+    }
+
+    /// Client 0's ACK to TCP port `port`, every call: one hot flow.
+    fn hot(name: &'static str, expect: Expect, port: u16) -> Case {
+        let ack = client(0, PROTO_TCP, port).packet("A", b"");
+        Case::new(name, None, expect, (0..PACKETS).map(move |_| ack.clone()))
+    }
+
+    /// An ACK of one of the held connections to port `port` each call.
+    fn held(name: &'static str, expect: Expect, port: u16) -> Case {
+        let packets = (0..PACKETS).map(move |i| held(i, port).packet("A", b""));
+        Case::new(name, None, expect, packets)
     }
 }
 

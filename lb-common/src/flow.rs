@@ -48,6 +48,15 @@ pub struct FlowEntry {
 }
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 32);
 
+impl FlowEntry {
+    /// Whether the entry holds a flow: neither never used nor gone (no
+    /// identity is `FLOW_FREE` or `FLOW_GONE`).
+    #[inline(always)]
+    pub const fn holds_flow(&self) -> bool {
+        self.ident > FLOW_GONE
+    }
+}
+
 /// Entries per set of the flow table: a flow lives in one of the
 /// `FLOW_WAYS` entries of the set its hash names.
 pub const FLOW_WAYS: u32 = 8;

@@ -99,6 +99,14 @@ pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> (u64, u64) {
     }
 }
 
+/// `key`'s set in a table of `sets` sets (a power of two) and its
+/// identity there: where the data path and the daemon look for it.
+#[inline(always)]
+pub fn flow_place(k: &FlowKey, seed: &[u64; 2], sets: u32) -> (u32, u64) {
+    let (h, ident) = table_hash(k, seed);
+    ((h >> 32) as u32 & sets.wrapping_sub(1), ident)
+}
+
 /// `table_hash` over `N` words.
 #[inline(always)]
 fn table_mix<const N: usize>(seed: &[u64; 2], m: [u64; N]) -> (u64, u64) {
@@ -214,7 +222,9 @@ mod tests {
             c.src[0] = 0x0000_0a0a | ((i & 0xffff) << 16);
             c.sport = (1024 + (i >> 16) as u16).to_be();
             let (h, ident) = table_hash(&c, &[5, 6]);
-            let set = (h >> 32) as usize & (sets - 1);
+            let (set, same) = flow_place(&c, &[5, 6], sets as u32);
+            let set = set as usize;
+            assert_eq!(same, ident);
             load[set] += 1;
             assert!(ident > FLOW_GONE && ident != h);
             assert!(idents.insert(ident), "identity {ident:#x} twice");

@@ -4,7 +4,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::info;
 use core::intrinsics::unlikely;
 use lb_common::{
-    counter, Backend, Config, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_NAT,
+    counter, Backend, Config, FlowEntry, FlowKey, FlowValue, BACKEND_F_DOWN, BACKEND_F_NAT,
     BACKEND_F_UNHEALTHY, BACKEND_F_USED, CONFIG_F_NAT, CONFIG_F_STATELESS, FLOW_COUNTS, FLOW_FLAGS,
     FLOW_OPEN, FLOW_PENDING, FLOW_UDP, LAST_SEEN_GRANULARITY_NS, NO_BACKEND, PROTO_TCP, PROTO_UDP,
     SYN_RETRANSMIT_MIN_NS,
@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::action::{count, malformed, verdict, Sent, XDP_DROP, XDP_PASS, XDP_TX};
 use crate::encap::forward;
-use crate::flowtab::{self, EEXIST};
+use crate::flowtab::{self, Place, Taken};
 use crate::load::{open, release};
 use crate::maps::{
     account, clock_ns, flow_insert_allowed, scratch_key, vip_drop, BACKENDS, BACKEND_STATS, CONFIG,
@@ -71,10 +71,13 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
     } else {
         None
     };
+    // The flow's place in the table, found once: looked up, then stored
+    // into when the flow is new.
+    let place = flowtab::place(key, cfg);
     let known = if is_syn {
         None
     } else {
-        lookup(key, pkt.proto, cfg, now, tcp_flags)
+        lookup(place, pkt.proto, cfg, now, tcp_flags)
     };
     let (c, is_new) = match known {
         Some(c) => (c, false),
@@ -83,7 +86,7 @@ pub fn balance_l4(ctx: &XdpContext, pkt: &Packet) -> u32 {
                 Some(p) if p.backend != DEFERRED => Some(p),
                 _ => pick(key, cfg, bits, true, now),
             };
-            match new_flow(ctx, pkt, &ports, key, p, cfg, now, tcp_flags) {
+            match new_flow(ctx, pkt, &ports, key, place, p, cfg, now, tcp_flags) {
                 Ok(c) => c,
                 Err(action) => return action,
             }
@@ -154,6 +157,7 @@ fn new_flow(
     pkt: &Packet,
     ports: &Ports,
     key: &FlowKey,
+    place: Place,
     pick: Option<Pick>,
     cfg: &Config,
     now: u64,
@@ -168,7 +172,7 @@ fn new_flow(
         return Err(drop_no_backend(p.vip_id, p.backend == FULL));
     };
     if c.backend.flags & BACKEND_F_NAT != 0 {
-        return nat_flow(ctx, pkt, key, &p, c, cfg, now, tcp_flags);
+        return nat_flow(ctx, pkt, key, place, &p, c, cfg, now, tcp_flags);
     }
     if tcp_flags & TCP_RST == 0 {
         let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -179,13 +183,13 @@ fn new_flow(
             // table knows still keeps its backend.
             count(counter::NEW_FLOW_NOT_STORED);
             if is_syn {
-                if let Some(kept) = keep_for_syn(key, cfg, now) {
+                if let Some(kept) = keep_for_syn(place, cfg, now) {
                     return Ok(kept);
                 }
             }
             return Ok((c, is_syn || pkt.proto == PROTO_UDP));
         }
-        if let Some(kept) = remember(key, &c, now, is_syn, p.counts, cfg) {
+        if let Some(kept) = remember(place, pkt.proto, &c, now, is_syn, p.counts, cfg) {
             return Ok(kept);
         }
     }
@@ -214,6 +218,7 @@ fn nat_flow(
     ctx: &XdpContext,
     pkt: &Packet,
     key: &FlowKey,
+    place: Place,
     p: &Pick,
     mut c: Chosen<'static>,
     cfg: &Config,
@@ -222,7 +227,7 @@ fn nat_flow(
 ) -> Result<(Chosen<'static>, bool), u32> {
     let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if is_syn {
-        if let Some(kept) = keep_for_syn(key, cfg, now) {
+        if let Some(kept) = keep_for_syn(place, cfg, now) {
             if kept.1 {
                 // A new connection on the 4-tuple of one that ended: its
                 // port's record starts again (not ended, timed anew).
@@ -258,7 +263,7 @@ fn nat_flow(
             return Err(verdict(reason, XDP_DROP));
         }
     }
-    if let Some(kept) = remember(key, &c, now, is_syn, p.counts, cfg) {
+    if let Some(kept) = remember(place, pkt.proto, &c, now, is_syn, p.counts, cfg) {
         return Ok(kept);
     }
     Ok((c, true))
@@ -294,29 +299,26 @@ fn schedule(p: &Pick) -> Option<Chosen<'static>> {
 /// spoofed or reused SYN, must not move a running connection); otherwise
 /// it is replaced. A refused insert is counted.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn remember(
-    key: &FlowKey,
+    place: Place,
+    proto: u8,
     c: &Chosen,
     now: u64,
     is_syn: bool,
     counts: bool,
     cfg: &Config,
 ) -> Option<(Chosen<'static>, bool)> {
-    let (e, ident) = match flowtab::insert(key, is_syn, cfg) {
-        Ok(e) => e,
-        Err(e) if e == -EEXIST => {
-            if let Some(kept) = keep_for_syn(key, cfg, now) {
+    let e = match flowtab::insert_at(place, is_syn) {
+        Some(Taken::New(e)) => e,
+        Some(Taken::Known(known)) => {
+            if let Some(kept) = keep_entry(known, cfg, now) {
                 return Some(kept);
             }
-            match flowtab::insert(key, false, cfg) {
-                Ok(e) => e,
-                Err(_) => {
-                    count(counter::FLOW_INSERT_FAILED);
-                    return None;
-                }
-            }
+            // Released by `keep_entry` (it can no longer take the flow).
+            flowtab::retake(known)
         }
-        Err(_) => {
+        None => {
             count(counter::FLOW_INSERT_FAILED);
             return None;
         }
@@ -328,10 +330,10 @@ fn remember(
     // Seen in one packet: a SYN's handshake is pending; a first datagram
     // is marked the same way, which its next packet clears (a full set
     // gives up such flows first).
-    if is_syn || key.proto == PROTO_UDP {
+    if is_syn || proto == PROTO_UDP {
         stamp |= FLOW_PENDING;
     }
-    if key.proto == PROTO_UDP {
+    if proto == PROTO_UDP {
         stamp |= FLOW_UDP;
     }
     if counts {
@@ -341,7 +343,7 @@ fn remember(
     fv.hash = c.hash;
     fv.gen = c.backend.gen;
     let sum = flowtab::digest(c.backend_id, c.vip_id, c.hash, c.backend.gen);
-    if flowtab::lb_flow_seal(e, ident, sum) == 0 {
+    if flowtab::lb_flow_seal(e, flowtab::ident(place), sum) == 0 {
         // Another CPU wrote the same entry at the same time: neither flow
         // is stored, and both are scheduled anew with their next packet.
         count(counter::FLOW_INSERT_FAILED);
@@ -360,8 +362,13 @@ fn remember(
 /// about a second or more after the last, the client's retransmission: no
 /// SYN-ACK came back, counted for the backend, passive health).
 #[inline(always)]
-fn keep_for_syn(key: &FlowKey, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
-    let e = flowtab::get(key, cfg)?;
+fn keep_for_syn(place: Place, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
+    keep_entry(flowtab::get_at(place)?, cfg, now)
+}
+
+/// `keep_for_syn` for the flow's entry `e`, found already.
+#[inline(always)]
+fn keep_entry(e: &mut FlowEntry, cfg: &Config, now: u64) -> Option<(Chosen<'static>, bool)> {
     let stamp = e.value.last_seen_ns;
     let idle = now.saturating_sub(stamp);
     let kept = usable_entry(&mut e.value, PROTO_TCP, cfg, now, TCP_SYN)?;
@@ -418,20 +425,8 @@ pub fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
 /// unfinished handshake: scheduled anew, off its backend's count. The
 /// first packet after a SYN that is not one ends the handshake.
 #[inline(always)]
-fn lookup(
-    key: &FlowKey,
-    proto: u8,
-    cfg: &Config,
-    now: u64,
-    tcp_flags: u8,
-) -> Option<Chosen<'static>> {
-    usable_entry(
-        &mut flowtab::get(key, cfg)?.value,
-        proto,
-        cfg,
-        now,
-        tcp_flags,
-    )
+fn lookup(at: Place, proto: u8, cfg: &Config, now: u64, tcp_flags: u8) -> Option<Chosen<'static>> {
+    usable_entry(&mut flowtab::get_at(at)?.value, proto, cfg, now, tcp_flags)
 }
 
 /// `lookup` for an entry already found.

@@ -31,22 +31,27 @@ use crate::load::release;
 use crate::maps::FLOWS;
 use core::ptr::{read_volatile, write_volatile};
 
-/// The kernel's "exists" error, as map helpers return it (negated).
-pub const EEXIST: i32 = 17;
+/// Where a flow lives: its set's number, and its identity in the set.
+/// Hashed once for a packet ([`place`]), then looked up ([`get_at`]) or
+/// stored into ([`insert_at`]) with no second hash. Numbers, not a
+/// pointer to the set: a map pointer held across the scheduler would
+/// multiply the verifier's states past its budget.
+#[derive(Clone, Copy)]
+pub struct Place {
+    set: u32,
+    ident: u64,
+}
 
-/// `key`'s set, and its identity in it.
+/// `key`'s place.
 #[inline(always)]
-fn set_of(key: &FlowKey, cfg: &Config) -> Option<(&'static mut FlowSet, u64)> {
-    let (h, ident) = lb_common::table_hash(key, &cfg.flow_seed);
-    Some((
-        set_at((h >> 32) as u32 & cfg.flow_sets.wrapping_sub(1))?,
-        ident,
-    ))
+pub fn place(key: &FlowKey, cfg: &Config) -> Place {
+    let (set, ident) = lb_common::flow_place(key, &cfg.flow_seed, cfg.flow_sets);
+    Place { set, ident }
 }
 
 /// Set `i` of the table: set `i % 126` of chunk `i / 126`.
 #[inline(always)]
-fn set_at(i: u32) -> Option<&'static mut FlowSet> {
+fn set_at(i: u32) -> Option<*mut FlowSet> {
     let (c, s) = lb_common::chunk_of(i);
     // The verifier cannot bound `s` through the multiply: checked, on a
     // value LLVM cannot see through (it would drop a check it can prove).
@@ -56,7 +61,7 @@ fn set_at(i: u32) -> Option<&'static mut FlowSet> {
     }
     let chunk = FLOWS.get_value_ptr_mut(c, &0)?;
     let set = unsafe { (chunk as *mut u8).add(FLOW_CHUNK_PAD + s as usize * size_of::<FlowSet>()) };
-    Some(unsafe { &mut *(set as *mut FlowSet) })
+    Some(set as *mut FlowSet)
 }
 
 /// One more than the way of `set` that holds the flow of identity `ident`,
@@ -156,38 +161,61 @@ fn opaque(mut x: u64) -> u64 {
 /// `key`'s entry.
 #[inline(always)]
 pub fn get(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowEntry> {
-    let (set, ident) = set_of(key, cfg)?;
-    let m = lb_flow_match(set, ident);
+    get_at(place(key, cfg))
+}
+
+/// The entry of the flow at `p`.
+#[inline(always)]
+pub fn get_at(p: Place) -> Option<&'static mut FlowEntry> {
+    let set = set_at(p.set)?;
+    let m = lb_flow_match(set, p.ident);
     if m == 0 {
         return None;
     }
-    Some(&mut set.ways[way(m)])
+    Some(unsafe { &mut (*set).ways[way(m)] })
 }
 
-/// The entry to store `key` in, and `key`'s identity: `key`'s own entry,
-/// else the one `lb_flow_place` gives up (its connection, if counted, is
-/// released). `only_new`: not where `key` is stored already
-/// (`Err(-EEXIST)`). It is marked gone; the caller writes its value, then
-/// [`lb_flow_seal`] with the identity.
+/// The entry to store the flow at `p` in: its own entry, else the one
+/// `lb_flow_place` gives up (its connection, if counted, is released). It
+/// is marked gone; the caller writes its value, then [`lb_flow_seal`]
+/// with `p`'s identity ([`ident`]). `only_new`: not where the flow is
+/// stored already: [`Taken::Known`], that entry untouched (the caller may
+/// [`retake`] it). `None`: no such set (a table not yet made).
 #[inline(always)]
-pub fn insert(
-    key: &FlowKey,
-    only_new: bool,
-    cfg: &Config,
-) -> Result<(&'static mut FlowEntry, u64), i32> {
-    let (set, ident) = set_of(key, cfg).ok_or(-1)?;
-    let place = lb_flow_place(set, ident);
-    let e = &mut set.ways[bounded_way(place)];
+pub fn insert_at(p: Place, only_new: bool) -> Option<Taken> {
+    let set = set_at(p.set)?;
+    let place = lb_flow_place(set, p.ident);
+    let e = unsafe { &mut (*set).ways[bounded_way(place)] };
     if place & PLACE_FOUND != 0 {
         if only_new {
-            return Err(-EEXIST);
+            return Some(Taken::Known(e));
         }
-    } else if e.ident != FLOW_FREE && e.ident != FLOW_GONE {
+    } else if e.holds_flow() {
         release(&mut e.value);
     }
-    // Gone while it is written: a reader misses it.
+    Some(Taken::New(retake(e)))
+}
+
+/// What [`insert_at`] gives.
+pub enum Taken {
+    /// The entry to write the flow into, marked gone meanwhile.
+    New(&'static mut FlowEntry),
+    /// The flow's own entry, as it was (`only_new`).
+    Known(&'static mut FlowEntry),
+}
+
+/// Entry `e` marked gone, to be written again (its count already
+/// released): a reader misses it meanwhile.
+#[inline(always)]
+pub fn retake(e: &'static mut FlowEntry) -> &'static mut FlowEntry {
     unsafe { write_volatile(&mut e.ident, FLOW_GONE) };
-    Ok((e, ident))
+    e
+}
+
+/// The identity of the flow at `p`, for [`lb_flow_seal`].
+#[inline(always)]
+pub fn ident(p: Place) -> u64 {
+    p.ident
 }
 
 /// A digest of what a writer puts in an entry's value, but its stamp (a
@@ -223,12 +251,8 @@ pub extern "C" fn lb_flow_seal(e: *mut FlowEntry, ident: u64, sum: u64) -> u64 {
 /// Forgets `key`'s entry.
 #[inline(always)]
 pub fn remove(key: &FlowKey, cfg: &Config) {
-    let Some((set, ident)) = set_of(key, cfg) else {
-        return;
-    };
-    let m = lb_flow_match(set, ident);
-    if m != 0 {
-        set.ways[way(m)].ident = FLOW_GONE;
+    if let Some(e) = get(key, cfg) {
+        e.ident = FLOW_GONE;
     }
 }
 
@@ -250,7 +274,7 @@ pub fn swap_stamp(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
     let Some(set) = set_at(set as u32) else {
         return XDP_DROP;
     };
-    let word = &mut set.ways[bounded_way(req.index)].value.last_seen_ns as *mut u64;
+    let word = unsafe { &mut (*set).ways[bounded_way(req.index)].value.last_seen_ns as *mut u64 };
     let (_, swapped) = unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
             word, req.old, req.new,

@@ -117,7 +117,7 @@ impl FlowTable {
                         return Ok(());
                     }
                     let e = chunk.entry(s, w);
-                    if holds_flow(&e) {
+                    if e.holds_flow() {
                         each((c as usize * CHUNK_SETS + s) * WAYS + w, e.ident, &e.value);
                         seen += 1;
                     }
@@ -145,8 +145,8 @@ impl FlowTable {
     /// (`FlowEntry::ident`), as the data path finds them.
     fn place_of(&self, key: &FlowKey) -> (usize, u64) {
         let (sets, seed) = self.keyed.expect("a flow table opened with its key");
-        let (h, ident) = lb_common::table_hash(key, &seed);
-        ((h >> 32) as usize & (sets as usize - 1), ident)
+        let (set, ident) = lb_common::flow_place(key, &seed, sets);
+        (set as usize, ident)
     }
 
     /// The set `key` belongs to, as the data path finds it.
@@ -174,10 +174,8 @@ impl FlowTable {
 
     /// The way of the flow of identity `ident` in set `s` of `chunk`.
     fn find(chunk: &FlowChunk, s: usize, ident: u64) -> Option<usize> {
-        (0..WAYS).find(|&w| {
-            let e = chunk.entry(s, w);
-            holds_flow(&e) && e.ident == ident
-        })
+        // No entry that holds no flow has a flow's identity.
+        (0..WAYS).find(|&w| chunk.entry(s, w).ident == ident)
     }
 
     /// What the table holds for `key`.
@@ -215,7 +213,7 @@ impl FlowTable {
             for (s, e) in entries {
                 let w = Self::find(&chunk, s, e.ident).unwrap_or_else(|| {
                     (0..WAYS)
-                        .find(|&w| !holds_flow(&chunk.entry(s, w)))
+                        .find(|&w| !chunk.entry(s, w).holds_flow())
                         .or_else(|| {
                             (0..WAYS).min_by_key(|&w| lb_common::place_rank(&chunk.entry(s, w)))
                         })
@@ -271,9 +269,4 @@ impl FlowTable {
             .map_err(|e| DataPlaneError::Setup(format!("running {}: {e}", progs::FLOW_SWAP)))?;
         Ok(r.return_value == XDP_PASS)
     }
-}
-
-/// Whether entry `e` holds a flow (neither never used nor gone).
-fn holds_flow(e: &FlowEntry) -> bool {
-    e.ident != lb_common::FLOW_FREE && e.ident != FLOW_GONE
 }

@@ -95,19 +95,22 @@ impl Chains {
     /// The entries to write before `new` replaces `old` (the table in
     /// place; `None` for a new VIP): each slot that changes backend names
     /// its old one from `now_s`; a slot naming a backend the VIP no longer
-    /// has (`ids`) is cleared.
+    /// has (`ids`) is cleared. Also the old table's size when it differs
+    /// from `new`'s: then every entry is cleared.
     pub(super) fn update(
         &mut self,
         old: Option<&[u32]>,
         new: &[u32],
         ids: &BTreeSet<u32>,
         now_s: u32,
-    ) -> Vec<(u32, u64)> {
+    ) -> (Vec<(u32, u64)>, Option<usize>) {
         let mut writes = Vec::new();
+        let mut resized = None;
         // A table of another size (`maglev_size` changed) hashes
         // connections to other slots: what a slot named means nothing now.
         let old = match old.or(self.adopted_table.as_deref()) {
             Some(o) if o.len() != new.len() => {
+                resized = Some(o.len());
                 for (slot, e) in self.entries.iter_mut().enumerate() {
                     if *e != 0 {
                         *e = 0;
@@ -151,7 +154,7 @@ impl Chains {
         }
         self.adopted_table = None;
         self.latest_s = latest(&self.entries, now_s);
-        writes
+        (writes, resized)
     }
 
     /// `VipInfo::chain_until` for a window of `window_s`.

@@ -195,21 +195,19 @@ impl<D: DataPlane> Controller<D> {
         // A stateless VIP's slots name their previous backends before the
         // flip (a slot still read from the old table then names its own
         // backend as the previous one, which the data path ignores).
-        if let Some(old) = v.table.as_ref().filter(|t| t.len() != table.len()) {
-            if v.chain.is_some() {
+        if let Some(chain) = v.chain.as_mut() {
+            let ids: BTreeSet<u32> = v.backends.values().map(|b| b.id).collect();
+            let now_s = chains::now_s();
+            let (writes, resized) = chain.update(v.table.as_deref(), &table, &ids, now_s);
+            if let Some(old) = resized {
                 log::warn!(
                     "VIP {}: its Maglev table goes from {} to {} slots; a stateless VIP's \
                      connections whose backend the new table changes are lost (most of them)",
                     v.conf.name,
-                    old.len(),
+                    old,
                     table.len()
                 );
             }
-        }
-        if let Some(chain) = v.chain.as_mut() {
-            let ids: BTreeSet<u32> = v.backends.values().map(|b| b.id).collect();
-            let now_s = chains::now_s();
-            let writes = chain.update(v.table.as_deref(), &table, &ids, now_s);
             self.dp.write_chains(chain.idx, &writes)?;
         }
         self.dp.write_ring(v.id, idle, &table)?;

@@ -426,7 +426,7 @@ pub fn read_ports(ctx: &XdpContext, pkt: &Packet) -> Result<(Ports, u8), ()> {
 /// first packet after a SYN that is not one ends the handshake.
 #[inline(always)]
 fn lookup(at: Place, proto: u8, cfg: &Config, now: u64, tcp_flags: u8) -> Option<Chosen<'static>> {
-    usable_entry(&mut flowtab::get_at(at)?.value, proto, cfg, now, tcp_flags)
+    usable_entry(&mut flowtab::find_at(at)?.value, proto, cfg, now, tcp_flags)
 }
 
 /// `lookup` for an entry already found.

@@ -65,12 +65,14 @@ use crate::packet::{ptr_at, Packet};
 use crate::schedule::is_vip_addr;
 
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     balance(&ctx)
 }
 
 /// A stateless VIP's packets, tail-called from `lb_xdp` (`stateless`).
 #[xdp]
+#[inline(always)]
 pub fn lb_stateless(ctx: XdpContext) -> u32 {
     stateless::entry(&ctx)
 }

@@ -10,14 +10,19 @@
 //! the end), gives each CPU its LRU map (`lru_mapping`), and fills its
 //! VIP, backend, ring and MAC maps with the same set-up as ours.
 //!
-//! Two knobs, for finding where the cost of a cold flow goes:
+//! `LB_BENCH_RUNS` (1) repeats the whole measurement, both programs and
+//! all maps loaded anew each time, and ends with a summary per case: the
+//! host's state moves the ratios between runs, so one run says little.
+//! Two more knobs, for finding where the cost of a cold flow goes:
 //! `LB_BENCH_HELD` (connections stored first and spread over by the
 //! established case; 100 000) and `LB_BENCH_LB_FLOWS` (this balancer's flow
 //! table size; 1 048 576, Katran's stays at that).
 //!
 //! Each call runs one packet through BPF_PROG_TEST_RUN (`repeat = 1`) and
 //! takes the kernel's time; right after, `lb_pass` runs on the same bytes
-//! (the floor). A case's net cost is its median less its floor's median.
+//! (the floor). A case's net cost is its median less its floor's median,
+//! and also its trimmed mean (the middle 80 % of the calls) less its
+//! floor's.
 //! Every call is checked: a VIP packet must come back XDP_TX inside one
 //! IPIP header addressed to the gateway MAC, a non-VIP packet XDP_PASS
 //! unchanged, from both programs.
@@ -85,21 +90,76 @@ fn main() -> Result<()> {
         )?);
     ensure!(object.exists(), "no Katran object at {}", object.display());
     let held = env_number("LB_BENCH_HELD", 100_000)?;
+    let runs = env_number("LB_BENCH_RUNS", 1)?.max(1);
     let cpu = pin_to_last_cpu()?;
     private_netns()?;
     let lb_flows = env_number("LB_BENCH_LB_FLOWS", SIZES.flows as usize)? as u32;
+    println!(
+        "katran-bench: lb_xdp and Katran's balancer, interleaved call by call (BPF_PROG_TEST_RUN)"
+    );
+    println!("  Katran object {}", object.display());
+    println!(
+        "  2 VIPs (TCP, UDP) x {BACKENDS} backends, tables of 65537 slots, flow table {lb_flows} entries \
+         (Katran: an LRU of {FLOWS} on CPU {cpu}), {held} connections stored; pinned to CPU {cpu}"
+    );
+    let mut all: Vec<Vec<Outcome>> = Vec::new();
+    for r in 0..runs {
+        println!();
+        if runs > 1 {
+            println!(
+                "  run {} of {runs} (both programs and all maps loaded anew)",
+                r + 1
+            );
+        }
+        let outcomes = measure(&object, cpu, held, lb_flows)?;
+        print_run(&outcomes);
+        all.push(outcomes);
+    }
+    println!();
+    println!("net: median less the median of lb_pass on the same bytes, called right after;");
+    println!("~: the mean of the middle 80 % of the calls (the kernel's clock reads in steps");
+    println!("of about 10 ns, which a median keeps), less the same of lb_pass;");
+    println!("{PACKETS} calls per case and program in {ROUNDS} interleaved rounds.");
+    if runs > 1 {
+        print_summary(&all);
+    }
+    Ok(())
+}
+
+/// One case's result in one run: net ns of lb and Katran, by the median
+/// and by the trimmed mean.
+struct Outcome {
+    name: &'static str,
+    /// Each program's median, floor included.
+    raw: [u64; 2],
+    median: [i64; 2],
+    mean: [f64; 2],
+}
+
+impl Outcome {
+    fn median_ratio(&self) -> f64 {
+        self.median[0] as f64 / (self.median[1] as f64).max(1.0)
+    }
+
+    fn mean_ratio(&self) -> f64 {
+        self.mean[0] / self.mean[1].max(1.0)
+    }
+}
+
+/// Loads both programs and our maps anew, stores the held connections,
+/// and measures every case.
+fn measure(object: &Path, cpu: usize, held: usize, lb_flows: u32) -> Result<Vec<Outcome>> {
     let sizes = lb_userspace::dataplane::Sizes {
         flows: lb_flows,
         ..SIZES
     };
     let mut lb = Balancer::load(sizes).context("loading lb_xdp")?;
     configure_lb(&mut lb)?;
-    let katran = Katran::load(&object, cpu)?;
+    let katran = Katran::load(object, cpu)?;
     let pass = Balancer::load_pass()?;
     let floor = program(&pass, progs::PASS)?;
     let ours = program(&lb, progs::BALANCER)?;
     let progs = [ours, &katran.prog];
-
     // The connections of the 100k-flow case, in both tables.
     for j in 0..held {
         let p = client(HELD_FIRST + j, PROTO_TCP, 80).packet("S", b"");
@@ -156,15 +216,22 @@ fn main() -> Result<()> {
             }
         }
     }
-    println!(
-        "katran-bench: lb_xdp and Katran's balancer, interleaved call by call (BPF_PROG_TEST_RUN)"
-    );
-    println!("  Katran object {}", object.display());
-    println!(
-        "  2 VIPs (TCP, UDP) x {BACKENDS} backends, tables of 65537 slots, flow table {lb_flows} entries \
-         (Katran: an LRU of {FLOWS} on CPU {cpu}), {held} connections stored; pinned to CPU {cpu}"
-    );
-    println!();
+    let outcomes = cases
+        .iter()
+        .map(|c| Outcome {
+            name: c.name,
+            raw: [0, 1].map(|k| median(&c.t[k])),
+            median: [0, 1].map(|k| median(&c.t[k]) as i64 - median(&c.f[k]) as i64),
+            mean: [0, 1].map(|k| trimmed_mean(&c.t[k]) - trimmed_mean(&c.f[k])),
+        })
+        .collect();
+    drop(katran);
+    Ok(outcomes)
+}
+
+/// One run's table: each program's median, then net of the floor by the
+/// median and by the trimmed mean (`~`), and lb's over Katran's.
+fn print_run(outcomes: &[Outcome]) {
     println!(
         "  {:<32} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "case (ns, median)",
@@ -177,31 +244,49 @@ fn main() -> Result<()> {
         "K net~",
         "lb/K~"
     );
-    for c in &cases {
-        let net = |k: usize| median(&c.t[k]) as i64 - median(&c.f[k]) as i64;
-        let (a, b) = (net(0), net(1));
-        let mean_net = |k: usize| trimmed_mean(&c.t[k]) - trimmed_mean(&c.f[k]);
-        let (ma, mb) = (mean_net(0), mean_net(1));
+    for o in outcomes {
         println!(
             "  {:<32} {:>8} {:>8} {:>8} {:>8} {:>8.2} {:>8.1} {:>8.1} {:>8.3}",
-            c.name,
-            median(&c.t[0]),
-            median(&c.t[1]),
-            a,
-            b,
-            a as f64 / (b as f64).max(1.0),
-            ma,
-            mb,
-            ma / mb.max(1.0)
+            o.name,
+            o.raw[0],
+            o.raw[1],
+            o.median[0],
+            o.median[1],
+            o.median_ratio(),
+            o.mean[0],
+            o.mean[1],
+            o.mean_ratio()
         );
     }
+}
+
+/// Over every run, per case: lb's cost over Katran's by the trimmed mean
+/// and by the median (mean, lowest, highest), and how many runs were
+/// above #13's 0.8.
+fn print_summary(all: &[Vec<Outcome>]) {
     println!();
-    println!("net: median less the median of lb_pass on the same bytes, called right after;");
-    println!("~: the mean of the middle 80 % of the calls (the kernel's clock reads in steps");
-    println!("of about 10 ns, which a median keeps), less the same of lb_pass;");
-    println!("{PACKETS} calls per case and program in {ROUNDS} interleaved rounds.");
-    drop(katran);
-    Ok(())
+    println!("summary over {} runs, lb / Katran net:", all.len());
+    println!(
+        "  {:<32} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "case", "mean~", "lowest~", "highest~", "> 0.8 ~", "highest", "> 0.8"
+    );
+    for (i, first) in all[0].iter().enumerate() {
+        let by_mean: Vec<f64> = all.iter().map(|r| r[i].mean_ratio()).collect();
+        let by_median: Vec<f64> = all.iter().map(|r| r[i].median_ratio()).collect();
+        let above = |v: &[f64]| v.iter().filter(|&&x| x > 0.8).count();
+        let highest = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max);
+        println!(
+            "  {:<32} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>8.2} {:>8}",
+            first.name,
+            by_mean.iter().sum::<f64>() / by_mean.len() as f64,
+            by_mean.iter().cloned().fold(f64::MAX, f64::min),
+            highest(&by_mean),
+            above(&by_mean),
+            highest(&by_median),
+            above(&by_median),
+        );
+    }
+    println!("~: by the trimmed means; the last two columns by the medians.");
 }
 
 fn name(k: usize) -> &'static str {

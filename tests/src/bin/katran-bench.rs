@@ -181,7 +181,7 @@ fn measure(object: &Path, cpu: usize, held: usize, lb_flows: u32) -> Result<Vec<
         run(prog, &hot_tcp.packet("S", b""), 1)?;
         run(prog, &hot_udp.packet("", b"q"), 1)?;
     }
-    let mut cases = vec![
+    let mut cases = [
         case("TCP SYN, a new flow", Expect::Encap, |i| {
             client(i, PROTO_TCP, 80).packet("S", b"")
         }),

@@ -188,9 +188,6 @@ mod tests {
             assert_ne!(set, base.0, "{i}");
             assert_ne!(ident, base.1, "{i}");
         }
-        // 100 000 clients of one /16, ports in a row, over 16 384 sets
-        // (the set is the hash's high word, as the data path takes it):
-        // about 6 a set, none far above.
         // IPv6 sources that differ in the top bit of one word and, in the
         // next, in the bits one chain's shift moves it to (32 for the
         // identity's, 34 for the set's): such a difference cancels in that
@@ -209,7 +206,10 @@ mod tests {
                 assert_ne!(table_hash(&a, &seed).1, table_hash(&b, &seed).1, "{low}");
             }
         }
-        // Their identities are all different, and none is the set's hash,
+        // 100 000 clients of one /16, ports in a row, over 16 384 sets
+        // (the set is the hash's high word, as the data path takes it):
+        // about 6 a set, none far above. Their identities are all
+        // different, and none is the set's hash,
         // `FLOW_FREE` or `FLOW_GONE`; in their low 16 bits, keys of one set
         // differ as often as random ones would (the identity does not
         // follow the set).

@@ -177,20 +177,22 @@ pub fn get(key: &FlowKey, cfg: &Config) -> Option<&'static mut FlowEntry> {
 /// The entry of the flow at `p`.
 #[inline(always)]
 pub fn get_at(p: Place) -> Option<&'static mut FlowEntry> {
-    let set = set_at(p.set)?;
-    let m = lb_flow_match(set, p.ident);
-    if m == 0 {
-        return None;
-    }
-    Some(unsafe { &mut (*set).ways[way(m)] })
+    entry_at(p, |set, ident| lb_flow_match(set, ident))
 }
 
 /// [`get_at`] with the scan inlined: for the one lookup every packet but
 /// a SYN makes.
 #[inline(always)]
 pub fn find_at(p: Place) -> Option<&'static mut FlowEntry> {
+    entry_at(p, match_way)
+}
+
+/// The entry of the flow at `p`, as `scan` finds it in the set (one more
+/// than its way, 0 for none).
+#[inline(always)]
+fn entry_at(p: Place, scan: impl FnOnce(&FlowSet, u64) -> u64) -> Option<&'static mut FlowEntry> {
     let set = set_at(p.set)?;
-    let m = match_way(unsafe { &*set }, p.ident);
+    let m = scan(unsafe { &*set }, p.ident);
     if m == 0 {
         return None;
     }

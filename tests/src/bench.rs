@@ -1,5 +1,6 @@
 //! What the benches share: pinning to a CPU, one BPF_PROG_TEST_RUN call,
-//! a loaded program by name, the balancer's sizes.
+//! a loaded program by name, the balancer's sizes, the statistics of a
+//! run's times.
 use crate::Balancer;
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -75,4 +76,21 @@ pub fn program<'a>(lb: &'a Balancer, name: &str) -> Result<&'a Xdp> {
         .program(name)
         .with_context(|| format!("no program `{name}` in the object"))?
         .try_into()?)
+}
+
+/// The middle sample of `v` (the upper one of an even count).
+pub fn median(v: &[u64]) -> u64 {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s[s.len() / 2]
+}
+
+/// The mean of the samples between the 10th and 90th percentile: the
+/// kernel's clock reads in steps of about 10 ns, which a median keeps.
+pub fn trimmed_mean(v: &[u64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    let cut = s.len() / 10;
+    let mid = &s[cut..s.len() - cut];
+    mid.iter().sum::<u64>() as f64 / mid.len().max(1) as f64
 }

@@ -17,7 +17,7 @@ use aya::programs::Xdp;
 use lb_common::{
     counter, progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, PROTO_TCP,
 };
-use lb_tests::bench::pin;
+use lb_tests::bench::{median, pin, trimmed_mean};
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
 use lb_tests::{backend, ebpf_object, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX};
 use std::net::{IpAddr, Ipv4Addr};
@@ -143,22 +143,10 @@ fn measure(
     Ok((t, f))
 }
 
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-fn trimmed_mean(v: &mut [u64]) -> f64 {
-    v.sort_unstable();
-    let cut = v.len() / 10;
-    let mid = &v[cut..v.len() - cut];
-    mid.iter().sum::<u64>() as f64 / mid.len() as f64
-}
-
 /// "net median (mean)" of one CPU's samples.
-fn net((mut t, mut f): (Vec<u64>, Vec<u64>)) -> String {
-    let m = median(&mut t) as i64 - median(&mut f) as i64;
-    let mean = trimmed_mean(&mut t) - trimmed_mean(&mut f);
+fn net((t, f): (Vec<u64>, Vec<u64>)) -> String {
+    let m = median(&t) as i64 - median(&f) as i64;
+    let mean = trimmed_mean(&t) - trimmed_mean(&f);
     format!("{m:>4} ({mean:>5.0})")
 }
 

@@ -33,7 +33,7 @@ use aya_obj::programs::XdpAttachType;
 use lb_common::{
     progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, PROTO_TCP, PROTO_UDP,
 };
-use lb_tests::bench::{pin_to_last_cpu, program, run, RunResult, SIZES};
+use lb_tests::bench::{median, pin_to_last_cpu, program, run, trimmed_mean, RunResult, SIZES};
 use lb_tests::packets::{Flow, GATEWAY_MAC};
 use lb_tests::{backend, private_netns, vip_key, Balancer, XDP_PASS, XDP_TX};
 use std::net::{IpAddr, Ipv4Addr};
@@ -479,20 +479,6 @@ fn check(e: Expect, input: &[u8], r: &RunResult) -> Result<()> {
         ),
     }
     Ok(())
-}
-
-/// The mean of the middle 80 % of `v`.
-fn trimmed_mean(v: &[u64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let middle = &s[s.len() / 10..s.len() * 9 / 10];
-    middle.iter().sum::<u64>() as f64 / middle.len() as f64
-}
-
-fn median(v: &[u64]) -> u64 {
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    s[s.len() / 2]
 }
 
 fn sh(cmd: &str) -> Result<()> {

@@ -25,7 +25,7 @@ use lb_common::{
     counter, progs, Config, VipInfo, CONFIG_F_GATEWAY_MAC, CONFIG_F_SRC_V4, CONFIG_F_SRC_V6,
     PROTO_TCP, PROTO_UDP, VIP_F_COUNT,
 };
-use lb_tests::bench::{pin_to_last_cpu, program, run, RunResult};
+use lb_tests::bench::{pin_to_last_cpu, program, run, trimmed_mean, RunResult};
 use lb_tests::packets::{host_mask, Flow, GATEWAY_MAC};
 use lb_tests::{
     addr_words, backend, ebpf_object, private_netns, vip_key, Balancer, Sizes, XDP_PASS, XDP_TX,
@@ -1299,15 +1299,6 @@ impl Row {
     fn net(&self) -> Option<i64> {
         self.floor.map(|f| self.median as i64 - f as i64)
     }
-}
-
-/// Mean of the samples between the 10th and 90th percentile.
-fn trimmed_mean(v: &[u64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let cut = s.len() / 10;
-    let mid = &s[cut..s.len() - cut];
-    mid.iter().sum::<u64>() as f64 / mid.len().max(1) as f64
 }
 
 /// Nearest-rank percentile.

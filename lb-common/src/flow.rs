@@ -165,6 +165,17 @@ pub struct FlowSwap {
     pub new: u64,
 }
 
+/// The input of `lb_flow_move`: each flow of set `set` whose set in a
+/// table of `sets` sets (`ident_set`) is another is moved there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowMove {
+    pub set: u32,
+    pub sets: u32,
+    /// An XDP test run's input is at least an Ethernet header long.
+    pub _pad: u64,
+}
+
 /// How stale `FlowValue::last_seen_ns` may get before a packet refreshes
 /// it; keeps the hot path from dirtying the entry's cache line on every
 /// packet. UDP idle timeouts must be well above it (the pool file asks for

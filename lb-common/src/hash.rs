@@ -84,9 +84,15 @@ pub fn flow_hash(k: &FlowKey, key: &[u64; 2]) -> u64 {
 /// the seed's words the other way round, in one pass; the identity ends
 /// with both chains. Cheap (a few instructions a word) and keyed by a
 /// random seed, as the kernel's own hash tables are with jhash; not a
-/// cryptographic hash. Two keys of one set are taken for one another only
-/// if their 64-bit identities are equal: for keys unrelated to the seed,
-/// about once in 2^61 new flows with the set full.
+/// cryptographic hash.
+///
+/// The identity's high word is the set hash's (`ident_set`): an entry's
+/// set at any table size is known from the entry alone, so the daemon can
+/// move entries when the table grows (`Config::flow_sets`). Its low word
+/// is the second chain's. Keys of one set share the set number's bits of
+/// the high word; the rest (46 bits at 2^18 sets, 40 at the largest
+/// table) tell them apart: for keys unrelated to the seed, two are taken
+/// for one another about once in 2^43 new flows with the set full.
 #[inline(always)]
 pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> (u64, u64) {
     // `FlowKey` is 40 bytes aligned to 8, its padding zero.
@@ -103,8 +109,15 @@ pub fn table_hash(k: &FlowKey, seed: &[u64; 2]) -> (u64, u64) {
 /// identity there: where the data path and the daemon look for it.
 #[inline(always)]
 pub fn flow_place(k: &FlowKey, seed: &[u64; 2], sets: u32) -> (u32, u64) {
-    let (h, ident) = table_hash(k, seed);
-    ((h >> 32) as u32 & sets.wrapping_sub(1), ident)
+    let (_, ident) = table_hash(k, seed);
+    (ident_set(ident, sets), ident)
+}
+
+/// The set of the flow of identity `ident` in a table of `sets` sets (a
+/// power of two): the set hash is the identity's high word.
+#[inline(always)]
+pub const fn ident_set(ident: u64, sets: u32) -> u32 {
+    (ident >> 32) as u32 & sets.wrapping_sub(1)
 }
 
 /// `table_hash` over `N` words.
@@ -126,7 +139,9 @@ fn table_mix<const N: usize>(seed: &[u64; 2], m: [u64; N]) -> (u64, u64) {
     // shift differs.
     g = (g ^ seed[0] ^ h).wrapping_mul(0x94d0_49bb_1331_11eb);
     g ^= g >> 29;
-    let ident = if g <= FLOW_GONE { g + 2 } else { g };
+    let ident = (h & 0xffff_ffff_0000_0000) | (g & 0xffff_ffff);
+    // Only a set hash of 0 with a low word of 0 or 1.
+    let ident = if ident <= FLOW_GONE { ident + 2 } else { ident };
     (h ^ (h >> 32), ident)
 }
 
@@ -225,6 +240,13 @@ mod tests {
             let (set, same) = flow_place(&c, &[5, 6], sets as u32);
             let set = set as usize;
             assert_eq!(same, ident);
+            // Its set at any size is known from its identity alone, and a
+            // table grown fourfold puts it in one of the sets that end
+            // with its set's bits (where the daemon moves it).
+            assert_eq!(ident_set(ident, sets as u32) as usize, set);
+            let grown = ident_set(ident, 4 * sets as u32);
+            assert_eq!(grown as usize % sets, set);
+            assert_eq!(flow_place(&c, &[5, 6], 4 * sets as u32).0, grown);
             load[set] += 1;
             assert!(ident > FLOW_GONE && ident != h);
             assert!(idents.insert(ident), "identity {ident:#x} twice");

@@ -105,7 +105,7 @@ pub const PROG_BALANCER: u32 = 1;
 /// The layout of the pinned maps' keys and values. Bump it with any change
 /// to them, also one that keeps their sizes: a daemon adopting pins of
 /// another layout would misread them, so it refuses ("run `lb stop`").
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 /// Program names in the object file.
 pub mod progs {
@@ -125,6 +125,9 @@ pub mod progs {
     /// Swaps a flow's stamp if unchanged (`FlowSwap`): run by the census
     /// with BPF_PROG_TEST_RUN, since the daemon cannot map the flow table.
     pub const FLOW_SWAP: &str = "lb_flow_swap";
+    /// Moves the flows of one set to their sets in a grown table
+    /// (`FlowMove`): run by the daemon with BPF_PROG_TEST_RUN, set by set.
+    pub const FLOW_MOVE: &str = "lb_flow_move";
 }
 
 /// Default sizes; the daemon overrides them at load time from the pool file.
@@ -369,10 +372,16 @@ pub struct Config {
     /// max_backends_per_vip`); written by the map writer from the map
     /// sizes, whatever the caller set.
     pub max_vip_backends: u32,
-    /// Sets of the flow table (a power of two, in chunks of
-    /// `FLOW_CHUNK_SETS`); written by the map writer from the map sizes.
+    /// Sets of the flow table in use (a power of two, in chunks of
+    /// `FLOW_CHUNK_SETS`): from `flow_sets_start` up to all the table has
+    /// (`flow_sets`), grown by the daemon as flows are held (so a cold
+    /// flow's set lies in as little memory as the flows need). Written by
+    /// the map writer, never by the caller.
     pub flow_sets: u32,
-    pub _pad: u32,
+    /// While the daemon moves entries to a grown table's sets
+    /// (`lb_flow_move`), the set count before: a lookup that misses in its
+    /// set tries its set at that size too. Otherwise equal to `flow_sets`.
+    pub flow_sets_old: u32,
     /// SipHash key of the flow table's index. The table's own, kept with it
     /// across restarts (a new `hash_key` must not lose the flows stored);
     /// written by the map writer.

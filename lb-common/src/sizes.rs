@@ -61,9 +61,54 @@ pub const fn flow_sets(flows: u32) -> u32 {
     (sets as u32).next_power_of_two()
 }
 
+/// Sets of a table of `max` sets (`flow_sets`) in use when it is made:
+/// an eighth of them, at least 4096 (a megabyte), at most all. The daemon
+/// grows it as flows are held (`flow_sets_for`).
+pub const fn flow_sets_start(max: u32) -> u32 {
+    let s = max / 8;
+    if s >= FLOW_SETS_FEWEST {
+        s
+    } else if max < FLOW_SETS_FEWEST {
+        max
+    } else {
+        FLOW_SETS_FEWEST
+    }
+}
+
+/// The fewest sets in use (`flow_sets_start`).
+const FLOW_SETS_FEWEST: u32 = 4096;
+
+/// Sets the table should use, at most `max`, with `held` flows in it and
+/// `sets` in use: `sets` while the flows fill at most a quarter of its
+/// entries, else the fewest (twice, four times...) they fill a quarter of.
+/// Full to a quarter, about one new flow in 7000 takes the place of
+/// another in its set (`flow_sets`); growing doubles the room at least.
+pub const fn flow_sets_for(held: u64, sets: u32, max: u32) -> u32 {
+    let mut s = sets;
+    while s < max && held * 4 > s as u64 * crate::flow::FLOW_WAYS as u64 {
+        s *= 2;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_starts_at_an_eighth_and_grows_to_keep_flows_within_a_quarter() {
+        assert_eq!(flow_sets_start(1 << 18), 1 << 15);
+        assert_eq!(flow_sets_start(1 << 14), 4096);
+        assert_eq!(flow_sets_start(256), 256);
+        // 2^15 sets: 262 144 entries, a quarter is 65 536 flows.
+        assert_eq!(flow_sets_for(65_536, 1 << 15, 1 << 18), 1 << 15);
+        assert_eq!(flow_sets_for(65_537, 1 << 15, 1 << 18), 1 << 16);
+        assert_eq!(flow_sets_for(100_000, 1 << 15, 1 << 18), 1 << 16);
+        assert_eq!(flow_sets_for(300_000, 1 << 15, 1 << 18), 1 << 18);
+        // Never past the table, never smaller.
+        assert_eq!(flow_sets_for(10_000_000, 1 << 15, 1 << 18), 1 << 18);
+        assert_eq!(flow_sets_for(0, 1 << 16, 1 << 18), 1 << 16);
+    }
 
     #[test]
     fn the_flow_table_has_twice_the_entries_asked_in_a_power_of_two_of_sets() {

@@ -16,6 +16,12 @@
 //! moment before a writer took the entry may still read the new value:
 //! that one packet goes where the new flow goes.
 //!
+//! The table grows while it serves (`Config::flow_sets`): the daemon
+//! writes the larger set count with the one before (`flow_sets_old`),
+//! then moves each flow whose set changed (`lb_flow_move`), then writes
+//! the two equal. Meanwhile a flow is stored at its new set and looked up
+//! there first, then at its old one, so no flow is missed while it moves.
+//!
 //! The scans over a set's ways are global BPF functions: the verifier
 //! checks each once, not once per path of `lb_xdp` into it, and each has
 //! a frame of its own (`lb_xdp`'s stack is nearly full). What follows a
@@ -23,15 +29,16 @@
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use core::mem::size_of;
 use lb_common::{
-    place_rank, Config, FlowEntry, FlowKey, FlowSet, FlowSwap, FLOW_CHUNK_PAD, FLOW_CHUNK_SETS,
-    FLOW_FREE, FLOW_GONE, FLOW_WAYS,
+    ident_set, place_rank, Config, FlowEntry, FlowKey, FlowMove, FlowSet, FlowSwap, FLOW_CHUNK_PAD,
+    FLOW_CHUNK_SETS, FLOW_FREE, FLOW_GONE, FLOW_WAYS,
 };
 
 use crate::load::release;
 use crate::maps::FLOWS;
 use core::ptr::{read_volatile, write_volatile};
 
-/// Where a flow lives: its set's number, and its identity in the set.
+/// Where a flow lives: its set's number, and its identity in the set;
+/// while the table grows, also its set before (else the same).
 /// Hashed once for a packet ([`place`]), then looked up ([`get_at`]) or
 /// stored into ([`insert_at`]) with no second hash. Numbers, not a
 /// pointer to the set: a map pointer held across the scheduler would
@@ -39,6 +46,7 @@ use core::ptr::{read_volatile, write_volatile};
 #[derive(Clone, Copy)]
 pub struct Place {
     set: u32,
+    old: u32,
     ident: u64,
 }
 
@@ -46,7 +54,8 @@ pub struct Place {
 #[inline(always)]
 pub fn place(key: &FlowKey, cfg: &Config) -> Place {
     let (set, ident) = lb_common::flow_place(key, &cfg.flow_seed, cfg.flow_sets);
-    Place { set, ident }
+    let old = ident_set(ident, cfg.flow_sets_old);
+    Place { set, old, ident }
 }
 
 /// Set `i` of the table: set `i % 126` of chunk `i / 126`.
@@ -188,11 +197,27 @@ pub fn find_at(p: Place) -> Option<&'static mut FlowEntry> {
 }
 
 /// The entry of the flow at `p`, as `scan` finds it in the set (one more
-/// than its way, 0 for none).
+/// than its way, 0 for none); while the table grows, else in its set
+/// before ([`moving`]).
 #[inline(always)]
 fn entry_at(p: Place, scan: impl FnOnce(&FlowSet, u64) -> u64) -> Option<&'static mut FlowEntry> {
     let set = set_at(p.set)?;
     let m = scan(unsafe { &*set }, p.ident);
+    if m == 0 {
+        return moving(p);
+    }
+    Some(unsafe { &mut (*set).ways[way(m)] })
+}
+
+/// While the table grows, the entry of the flow at `p` in its set before,
+/// if it is not yet moved.
+#[inline(always)]
+fn moving(p: Place) -> Option<&'static mut FlowEntry> {
+    if p.old == p.set {
+        return None;
+    }
+    let set = set_at(p.old)?;
+    let m = lb_flow_match(set, p.ident);
     if m == 0 {
         return None;
     }
@@ -203,8 +228,9 @@ fn entry_at(p: Place, scan: impl FnOnce(&FlowSet, u64) -> u64) -> Option<&'stati
 /// `lb_flow_place` gives up (its connection, if counted, is released). It
 /// is marked gone; the caller writes its value, then [`lb_flow_seal`]
 /// with `p`'s identity ([`ident`]). `only_new`: not where the flow is
-/// stored already: [`Taken::Known`], that entry untouched (the caller may
-/// [`retake`] it). `None`: no such set (a table not yet made).
+/// stored already (while the table grows, also in its set before):
+/// [`Taken::Known`], that entry untouched (the caller may [`retake`] it).
+/// `None`: no such set (a table not yet made).
 #[inline(always)]
 pub fn insert_at(p: Place, only_new: bool) -> Option<Taken> {
     let set = set_at(p.set)?;
@@ -214,8 +240,15 @@ pub fn insert_at(p: Place, only_new: bool) -> Option<Taken> {
         if only_new {
             return Some(Taken::Known(e));
         }
-    } else if e.holds_flow() {
-        release(&mut e.value);
+    } else {
+        if only_new {
+            if let Some(known) = moving(p) {
+                return Some(Taken::Known(known));
+            }
+        }
+        if e.holds_flow() {
+            release(&mut e.value);
+        }
     }
     Some(Taken::New(retake(e)))
 }
@@ -272,10 +305,14 @@ pub extern "C" fn lb_flow_seal(e: *mut FlowEntry, ident: u64, sum: u64) -> u64 {
     1
 }
 
-/// Forgets `key`'s entry.
+/// Forgets `key`'s entry (while the table grows, in its set before too).
 #[inline(always)]
 pub fn remove(key: &FlowKey, cfg: &Config) {
-    if let Some(e) = get(key, cfg) {
+    let p = place(key, cfg);
+    if let Some(e) = get_at(p) {
+        e.ident = FLOW_GONE;
+    }
+    if let Some(e) = moving(p) {
         e.ident = FLOW_GONE;
     }
 }
@@ -309,4 +346,78 @@ pub fn swap_stamp(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
     } else {
         XDP_DROP
     }
+}
+
+/// `lb_flow_move`: each flow of set `FlowMove::set` whose set in a table
+/// of `FlowMove::sets` sets is another is moved there, as a new flow is
+/// stored (the way `lb_flow_place` gives, written, sealed), then marked
+/// gone where it was, if that entry still holds it. A flow already stored
+/// at its new set (stored again while the table grew) is only marked
+/// gone. Its connection count moves with it. XDP_PASS: every flow moved;
+/// XDP_DROP: one met another writer (the daemon runs the set again).
+#[inline(always)]
+pub fn move_set(ctx: &aya_ebpf::programs::XdpContext) -> u32 {
+    use aya_ebpf::bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS};
+    let Some(req) = crate::packet::ptr_at::<FlowMove>(ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    let (from, sets) = unsafe { ((*req).set, (*req).sets) };
+    let Some(src) = set_at(from) else {
+        return XDP_ABORTED;
+    };
+    let mut failed = 0;
+    let mut w = 0;
+    while w < FLOW_WAYS as usize {
+        failed += lb_flow_move_way(src, w as u64, from, sets);
+        w += 1;
+    }
+    if failed == 0 {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    }
+}
+
+/// `move_set` for way `w` of set `src` (number `from`): 1 if the flow
+/// there could not be moved, else 0. Global: the verifier checks it once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_flow_move_way(src: *mut FlowSet, w: u64, from: u32, sets: u32) -> u64 {
+    if src.is_null() {
+        return 0;
+    }
+    let e = unsafe { &mut (*src).ways[bounded_way(w)] };
+    let ident = unsafe { read_volatile(&e.ident) };
+    if ident <= FLOW_GONE {
+        return 0;
+    }
+    let to = ident_set(ident, sets);
+    if to == from {
+        return 0;
+    }
+    let Some(dst) = set_at(to) else {
+        return 1;
+    };
+    let place = lb_flow_place(dst, ident);
+    if place & PLACE_FOUND == 0 {
+        let d = unsafe { &mut (*dst).ways[bounded_way(place)] };
+        if d.holds_flow() {
+            release(&mut d.value);
+        }
+        let d = retake(d);
+        let v = unsafe { read_volatile(&e.value) };
+        d.value = v;
+        if lb_flow_seal(d, ident, digest(v.backend, v.vip_id, v.hash, v.gen)) == 0 {
+            return 1;
+        }
+    }
+    // Gone where it was, unless another writer took the entry meanwhile.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            &mut e.ident,
+            ident,
+            FLOW_GONE,
+        )
+    };
+    0
 }

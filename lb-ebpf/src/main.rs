@@ -119,6 +119,14 @@ pub fn lb_flow_swap(ctx: XdpContext) -> u32 {
     flowtab::swap_stamp(&ctx)
 }
 
+/// Moves one set's flows to their sets in a grown table, for the daemon
+/// (`flowtab::move_set`): its input is a `lb_common::FlowMove`.
+/// XDP_PASS: all moved; XDP_DROP: run it again.
+#[xdp]
+pub fn lb_flow_move(ctx: XdpContext) -> u32 {
+    flowtab::move_set(&ctx)
+}
+
 /// Parse, then by protocol: TCP and UDP go by (address, port, protocol)
 /// through the VIP filter, the flow table and the scheduler (`flow`); ICMP
 /// to a VIP address is answered or steered (`icmp`); the rest passes.

@@ -310,6 +310,22 @@ impl Balancer {
         Ok(v.get(key, 0)?)
     }
 
+    /// Grows the flow table as the daemon's census does with `held` flows
+    /// found (`grow_flow_table`); `begin_only`: only its first step, as a
+    /// daemon stopped in the middle leaves it. Sets before and after.
+    pub fn grow_flows(&mut self, held: u64, begin_only: bool) -> Option<(u32, u32)> {
+        // Opened again with the new sets.
+        self.flows = std::cell::OnceCell::new();
+        let dp = self.dp();
+        if begin_only {
+            dp.begin_flow_growth(held).expect("growth begins")
+        } else {
+            let g = dp.grow_flow_table(held).expect("the table grows")?;
+            assert_eq!(g.sets_unmoved, 0, "no packet in flight");
+            Some((g.from, g.to))
+        }
+    }
+
     /// The flow table, opened (once).
     pub fn flows(&self) -> &lb_userspace::dataplane::FlowTable {
         self.flows.get_or_init(|| match &self.loaded {

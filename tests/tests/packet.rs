@@ -2446,6 +2446,85 @@ fn persistence_keeps_a_client_on_its_backend_through_a_table_change_until_it_goe
     );
 }
 
+#[test]
+fn the_flow_table_grows_under_held_connections_and_none_changes_backend_or_count() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // A table made for 65 536 flows: 16 384 sets, 4096 in use at first
+    // (32 768 entries). 9000 connections fill more than a quarter of them.
+    let mut lb = counted_web_in(65_536, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
+    assert_eq!(lb.dp().flow_sets().unwrap(), (4096, 4096));
+    let mut conns: Vec<(Flow, u32)> = (0..9000).map(|i| connect(&lb, i)).collect();
+    // At this load a set of eight overflows now and then (the table's key
+    // is random): a flow pushed out of its full set is not followed.
+    conns.retain(|(f, _)| lb.flow(&f.key()).is_some());
+    let held = conns.len();
+    assert!(held > 8990, "{held}");
+    assert_eq!(lb.flow_count(), held);
+    assert_eq!(loads(&mut lb).iter().sum::<u64>(), held as u64);
+    // Every new flow would now go to backend 1: a flow that reaches 2 or
+    // 3 was found in the table.
+    lb.write_ring(WEB, 1, &ring(&[1], test_sizes().ring_size))
+        .unwrap();
+    let on_others = conns.iter().filter(|(_, id)| *id != 1).count();
+    assert!(on_others > 5000, "{on_others}");
+    let moves = |lb: &Balancer, f: &Flow| {
+        let ident = lb.flows().ident(&f.key());
+        lb_common::ident_set(ident, 4096) != lb_common::ident_set(ident, 8192)
+    };
+    let moving = conns.iter().filter(|(f, _)| moves(&lb, f)).count();
+    assert!(moving > 4000, "about half the flows change sets: {moving}");
+    let (f, id) = conns
+        .iter()
+        .find(|(f, id)| *id != 1 && moves(&lb, f))
+        .cloned()
+        .unwrap();
+    let send_all = |lb: &Balancer, conns: &[(Flow, u32)]| {
+        let (hits, misses) = (
+            lb.counter(counter::FLOW_HIT),
+            lb.counter(counter::FLOW_MISS),
+        );
+        for (f, id) in conns {
+            assert_encap(lb, &f.packet("A", b"data"), f, *id);
+        }
+        assert_eq!(lb.counter(counter::FLOW_HIT), hits + conns.len() as u64);
+        assert_eq!(lb.counter(counter::FLOW_MISS), misses);
+    };
+
+    // The growth's first step only, as a daemon stopped in its middle
+    // leaves it: flows are stored at their new sets, none moved yet. Each
+    // held connection is still found (at its old set), a SYN repeated on
+    // one keeps its backend, and a new connection is stored and found.
+    assert_eq!(lb.grow_flows(held as u64, true), Some((4096, 8192)));
+    assert_eq!(lb.dp().flow_sets().unwrap(), (8192, 4096));
+    send_all(&lb, &conns);
+    let kept = lb.counter(counter::SYN_KEPT_FLOW);
+    assert_encap(&lb, &f.packet("S", b""), &f, id);
+    assert_eq!(lb.counter(counter::SYN_KEPT_FLOW), kept + 1);
+    conns.push(connect(&lb, 9000));
+    assert_eq!(conns[held].1, 1);
+    let held = held + 1;
+    assert_eq!(lb.flow_count(), held);
+
+    // The growth carried on (as the next daemon's census does): every flow
+    // at its new set, once, with its backend and its count.
+    assert_eq!(lb.grow_flows(held as u64, false), Some((4096, 8192)));
+    assert_eq!(lb.dp().flow_sets().unwrap(), (8192, 8192));
+    assert_eq!(lb.flow_count(), held, "no flow left twice or lost");
+    for (f, id) in &conns {
+        assert_eq!(lb.flow(&f.key()).map(|v| v.backend), Some(*id));
+    }
+    send_all(&lb, &conns);
+    assert_eq!(loads(&mut lb).iter().sum::<u64>(), held as u64);
+    // Nothing more to grow for these flows; more of them grow it again,
+    // never past the table.
+    assert_eq!(lb.grow_flows(held as u64, false), None);
+    assert_eq!(lb.grow_flows(1 << 30, false), Some((8192, 16_384)));
+    send_all(&lb, &conns);
+    assert_eq!(lb.flow_count(), held);
+}
+
 /// The counted WEB VIP with a table made for 8 flows (two sets of eight
 /// entries), and `n` clients whose flows fall in the first set (by the
 /// table's keyed hash, as the data path computes it).

@@ -27,6 +27,7 @@ pub(super) fn spawn_flow_counter(
     instance: String,
     max_idle_ns: u64,
     udp_idle_ns: u64,
+    max_sets: u32,
     out: FlowCounts,
 ) {
     tokio::spawn(async move {
@@ -34,12 +35,25 @@ pub(super) fn spawn_flow_counter(
             let i = instance.clone();
             let started = Instant::now();
             let counted = tokio::task::spawn_blocking(move || {
-                dataplane::flow_census(&i, max_idle_ns, udp_idle_ns, 1 << 22)
+                dataplane::flow_census(&i, max_idle_ns, udp_idle_ns, 1 << 22, max_sets)
             })
             .await;
             let took = started.elapsed();
             match counted {
                 Ok(Ok(c)) => {
+                    if let Some(g) = c.growth {
+                        log::info!(
+                            "flow table grown from {} to {} entries in use ({} flows held){}",
+                            g.from as u64 * lb_common::FLOW_WAYS as u64,
+                            g.to as u64 * lb_common::FLOW_WAYS as u64,
+                            c.held,
+                            if g.sets_unmoved > 0 {
+                                format!("; {} sets kept meeting packets' writes, their flows are scheduled anew", g.sets_unmoved)
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
                     if c.ended + c.lost > 0 {
                         log::debug!(
                             "connection counts: {} idle flows ended, {} evicted ones taken off",

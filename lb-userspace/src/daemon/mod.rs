@@ -262,6 +262,7 @@ pub async fn run(config_path: PathBuf, object: Vec<u8>, debug_datapath: bool) ->
         d.pool.instance.clone(),
         idle.max(60_000_000_000),
         idle,
+        lb_common::flow_sets(d.pool.tables.flow_table_size),
         d.flows.clone(),
     );
     log::info!(

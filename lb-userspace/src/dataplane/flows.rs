@@ -32,9 +32,10 @@ impl BpfDataPlane {
     /// The flow table, open (the packet tests and benches read and write
     /// it through this).
     pub fn flow_table(&self) -> Result<FlowTable> {
+        let cfg = super::grow::read_config(self.map(maps::CONFIG))?;
         FlowTable::map(
             map_data(self.map(maps::FLOWS)).expect("an array of maps"),
-            Some((lb_common::flow_sets(self.sizes.flows), self.flow_seed)),
+            Some(FlowGeometry::of(&cfg)),
         )
     }
 }
@@ -47,5 +48,5 @@ pub fn pinned_flow_table(instance: &str) -> Result<FlowTable> {
     let config = aya::maps::Map::Array(open(maps::CONFIG)?);
     let a: Array<&MapData, Config> = Array::try_from(&config).map_err(map_err(maps::CONFIG))?;
     let cfg = a.get(&0, 0).map_err(map_err(maps::CONFIG))?;
-    FlowTable::map(&open(maps::FLOWS)?, Some((cfg.flow_sets, cfg.flow_seed)))
+    FlowTable::map(&open(maps::FLOWS)?, Some(FlowGeometry::of(&cfg)))
 }

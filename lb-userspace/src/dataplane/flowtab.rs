@@ -14,14 +14,37 @@ use lb_common::{FlowChunk, FlowEntry, FlowSwap, FLOW_CHUNK_SETS, FLOW_GONE, FLOW
 pub struct FlowTable {
     outer: Map,
     chunks: u32,
-    /// The table's sets (`Config::flow_sets`) and hash key
-    /// (`Config::flow_seed`), for finding a key's set; `None`: opened to
-    /// walk it by index only.
-    keyed: Option<(u32, [u64; 2])>,
+    /// The table's sets in use and hash key, for finding a key's set and
+    /// walking only the sets in use; `None`: opened to walk all of it by
+    /// index.
+    keyed: Option<FlowGeometry>,
     /// Chunks kept open for lookups by key (opening one takes four system
     /// calls); at most `OPEN_CHUNKS`, so a big table holds no more
     /// descriptors than a process is usually allowed.
     open: std::sync::Mutex<std::collections::HashMap<u32, Chunk>>,
+}
+
+/// The flow table's sets in use and hash key, as `Config` has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowGeometry {
+    /// `Config::flow_sets`: where a key is stored.
+    pub sets: u32,
+    /// `Config::flow_sets_old`: where it may still be while the table
+    /// grows (else `sets`).
+    pub old: u32,
+    /// `Config::flow_seed`.
+    pub seed: [u64; 2],
+}
+
+impl FlowGeometry {
+    /// As `cfg` has it.
+    pub fn of(cfg: &Config) -> Self {
+        FlowGeometry {
+            sets: cfg.flow_sets,
+            old: cfg.flow_sets_old,
+            seed: cfg.flow_seed,
+        }
+    }
 }
 
 /// Chunks `FlowTable` keeps open at most.
@@ -37,8 +60,8 @@ const XDP_PASS: u32 = 2;
 
 impl FlowTable {
     /// Opens `flows` (the `FLOWS` map) with its own handle. `keyed`: the
-    /// table's set count and hash key, when keys are to be looked up.
-    pub fn map(flows: &MapData, keyed: Option<(u32, [u64; 2])>) -> Result<Self> {
+    /// table's sets in use and hash key, when keys are to be looked up.
+    pub fn map(flows: &MapData, keyed: Option<FlowGeometry>) -> Result<Self> {
         let fd = flows
             .fd()
             .as_fd()
@@ -49,12 +72,14 @@ impl FlowTable {
             })?;
         let data = MapData::from_fd(fd).map_err(map_err(maps::FLOWS))?;
         let chunks = data.info().map_err(map_err(maps::FLOWS))?.max_entries();
-        if let Some((sets, _)) = keyed {
-            if !sets.is_power_of_two() || lb_common::flow_chunks(sets) != chunks {
-                return Err(DataPlaneError::Setup(format!(
-                    "a flow table of {sets} sets does not fill {chunks} chunks (no \
-                     configuration written yet?)"
-                )));
+        if let Some(g) = keyed {
+            for sets in [g.sets, g.old] {
+                if !sets.is_power_of_two() || lb_common::flow_chunks(sets) > chunks {
+                    return Err(DataPlaneError::Setup(format!(
+                        "a flow table of {sets} sets does not fit in {chunks} chunks (no \
+                         configuration written yet?)"
+                    )));
+                }
             }
         }
         Ok(FlowTable {
@@ -107,9 +132,13 @@ impl FlowTable {
     /// Hands each stored flow to `each` with its index (set
     /// `i / FLOW_WAYS`, way `i % FLOW_WAYS`) and identity (see
     /// [`FlowTable::ident`]), up to `limit`.
+    /// Only the sets in use, when opened with them.
     pub fn each(&self, limit: usize, mut each: impl FnMut(usize, u64, &FlowValue)) -> Result<()> {
         let mut seen = 0;
-        for c in 0..self.chunks {
+        let chunks = self
+            .keyed
+            .map_or(self.chunks, |g| lb_common::flow_chunks(g.sets.max(g.old)));
+        for c in 0..chunks {
             let chunk = self.chunk(c, false)?;
             for s in 0..CHUNK_SETS {
                 for w in 0..WAYS {
@@ -144,9 +173,17 @@ impl FlowTable {
     /// The set `key` belongs to and its identity there
     /// (`FlowEntry::ident`), as the data path finds them.
     fn place_of(&self, key: &FlowKey) -> (usize, u64) {
-        let (sets, seed) = self.keyed.expect("a flow table opened with its key");
-        let (set, ident) = lb_common::flow_place(key, &seed, sets);
+        let g = self.keyed.expect("a flow table opened with its key");
+        let (set, ident) = lb_common::flow_place(key, &g.seed, g.sets);
         (set as usize, ident)
+    }
+
+    /// The set `key` may still be in while the table grows, if another.
+    fn old_set_of(&self, key: &FlowKey) -> Option<usize> {
+        let g = self.keyed.expect("a flow table opened with its key");
+        let (set, ident) = lb_common::flow_place(key, &g.seed, g.sets);
+        let old = lb_common::ident_set(ident, g.old);
+        (old != set).then_some(old as usize)
     }
 
     /// The set `key` belongs to, as the data path finds it.
@@ -156,7 +193,7 @@ impl FlowTable {
 
     /// The table's hash key (`Config::flow_seed`), when opened with it.
     pub fn seed(&self) -> Option<[u64; 2]> {
-        self.keyed.map(|(_, seed)| seed)
+        self.keyed.map(|g| g.seed)
     }
 
     /// `key`'s identity in its set, as [`FlowTable::each`] gives it (the
@@ -165,11 +202,19 @@ impl FlowTable {
         self.place_of(key).1
     }
 
-    /// `key`'s chunk, copied, its set's place in it, and `key`'s identity.
+    /// `key`'s chunk, copied, its set's place in it, and `key`'s identity:
+    /// where it is stored, else (while the table grows) where it was.
     fn chunk_of_key(&self, key: &FlowKey) -> Result<(u32, usize, u64, Box<FlowChunk>)> {
         let (set, ident) = self.place_of(key);
         let (c, s) = lb_common::chunk_of(set as u32);
-        Ok((c, s as usize, ident, self.chunk(c, true)?))
+        let chunk = self.chunk(c, true)?;
+        if Self::find(&chunk, s as usize, ident).is_none() {
+            if let Some(old) = self.old_set_of(key) {
+                let (c, s) = lb_common::chunk_of(old as u32);
+                return Ok((c, s as usize, ident, self.chunk(c, true)?));
+            }
+        }
+        Ok((c, s as usize, ident, chunk))
     }
 
     /// The way of the flow of identity `ident` in set `s` of `chunk`.

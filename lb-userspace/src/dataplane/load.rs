@@ -217,7 +217,7 @@ impl BpfDataPlane {
             }
         };
         fill_flow_chunks(&mut ebpf, chunks)?;
-        load_flow_swap(&mut ebpf, dir.as_deref())?;
+        load_flow_programs(&mut ebpf, dir.as_deref())?;
         let flow_seed = flow_seed(&ebpf)?;
         let mut dp = BpfDataPlane {
             flow_seed,
@@ -330,16 +330,18 @@ fn fill_flow_chunks(ebpf: &mut Ebpf, chunks: u32) -> Result<()> {
 }
 
 /// Loads `lb_flow_swap`, with which the census ends a flow's count, and
-/// pins it in `dir` (replacing an earlier run's) for the census thread.
-fn load_flow_swap(ebpf: &mut Ebpf, dir: Option<&Path>) -> Result<()> {
-    let name = progs::FLOW_SWAP;
-    let prog = super::programs::xdp_mut(ebpf, name)?;
-    super::programs::load_xdp(prog, name)?;
-    if let Some(dir) = dir {
-        let pin = dir.join(name);
-        std::fs::remove_file(&pin).ok();
-        prog.pin(&pin)
-            .map_err(|e| DataPlaneError::Setup(format!("pinning {name}: {e}")))?;
+/// `lb_flow_move`, with which it grows the table, and pins them in `dir`
+/// (replacing an earlier run's) for the census thread.
+fn load_flow_programs(ebpf: &mut Ebpf, dir: Option<&Path>) -> Result<()> {
+    for name in [progs::FLOW_SWAP, progs::FLOW_MOVE] {
+        let prog = super::programs::xdp_mut(ebpf, name)?;
+        super::programs::load_xdp(prog, name)?;
+        if let Some(dir) = dir {
+            let pin = dir.join(name);
+            std::fs::remove_file(&pin).ok();
+            prog.pin(&pin)
+                .map_err(|e| DataPlaneError::Setup(format!("pinning {name}: {e}")))?;
+        }
     }
     Ok(())
 }

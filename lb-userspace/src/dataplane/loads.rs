@@ -18,14 +18,21 @@ pub struct FlowCensus {
     pub ended: u64,
     /// Counted flows no longer in the table (evicted), taken off.
     pub lost: u64,
+    /// Flows the table holds (any age).
+    pub held: u64,
+    /// The table's growth the pass made (`grow`), if any.
+    pub growth: Option<Growth>,
 }
 
-/// The pinned maps of instance `instance`, walked as [`census_of`] does.
+/// The pinned maps of instance `instance`, walked as [`census_of`] does;
+/// then the flow table (of at most `max_sets` sets) grown if the flows
+/// held call for it, or a growth left unfinished finished (`grow`).
 pub fn flow_census(
     instance: &str,
     max_idle_ns: u64,
     udp_idle_ns: u64,
     limit: usize,
+    max_sets: u32,
 ) -> Result<FlowCensus> {
     let dir = pin_dir(instance);
     use aya::maps::Map;
@@ -34,14 +41,22 @@ pub fn flow_census(
         Xdp::from_pin(dir.join(progs::FLOW_SWAP), XdpAttachType::Interface).map_err(|e| {
             DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_SWAP))
         })?;
+    let mover =
+        Xdp::from_pin(dir.join(progs::FLOW_MOVE), XdpAttachType::Interface).map_err(|e| {
+            DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_MOVE))
+        })?;
+    let mut config = Map::Array(open(maps::CONFIG)?);
     let maps = CensusMaps {
         swap: &swap,
         flows: &Map::ArrayOfMaps(open(maps::FLOWS)?),
+        config: &config,
         backends: &Map::Array(open(maps::BACKENDS)?),
         stats: &Map::PerCpuArray(open(maps::BACKEND_STATS)?),
         loads: &Map::Array(open(maps::LOADS)?),
     };
-    census_of(&maps, max_idle_ns, udp_idle_ns, limit)
+    let mut out = census_of(&maps, max_idle_ns, udp_idle_ns, limit)?;
+    out.growth = super::grow::grow(&mut config, &mover, out.held, max_sets)?;
+    Ok(out)
 }
 
 impl BpfDataPlane {
@@ -50,6 +65,7 @@ impl BpfDataPlane {
         let maps = CensusMaps {
             swap: super::programs::xdp(&self.ebpf, progs::FLOW_SWAP)?,
             flows: self.map(maps::FLOWS),
+            config: self.map(maps::CONFIG),
             backends: self.map(maps::BACKENDS),
             stats: self.map(maps::BACKEND_STATS),
             loads: self.map(maps::LOADS),
@@ -63,6 +79,7 @@ struct CensusMaps<'a> {
     /// `lb_flow_swap`, loaded: ends a flow's count.
     swap: &'a Xdp,
     flows: &'a aya::maps::Map,
+    config: &'a aya::maps::Map,
     backends: &'a aya::maps::Map,
     stats: &'a aya::maps::Map,
     loads: &'a aya::maps::Map,
@@ -112,14 +129,19 @@ fn census_of(
     };
     let data = |m| map_data(m).expect("an array");
     let loads = LoadsMmap::new(data(m.loads), slots as usize)?;
-    // Ending a flow finds it by index: no key's set, no seed.
-    let flows = FlowTable::map(data(m.flows), None)?;
+    // The sets in use only; ending a flow finds it by index.
+    let cfg = super::grow::read_config(m.config)?;
+    let flows = FlowTable::map(
+        data(m.flows),
+        (cfg.flow_sets != 0).then(|| FlowGeometry::of(&cfg)),
+    )?;
     let opened_before = new_flows(m)?;
     let now = monotonic_ns();
     let mut out = FlowCensus::default();
     let mut counted = vec![0u64; slots as usize];
     let mut to_end: Vec<(usize, FlowValue)> = Vec::new();
     flows.each(limit, |i, _, v| {
+        out.held += 1;
         if seen_within(now, v, max_idle_ns) {
             *out.flows.entry(v.backend).or_insert(0) += 1;
         }

@@ -20,6 +20,7 @@ mod decap;
 mod deferred;
 mod flows;
 mod flowtab;
+mod grow;
 mod load;
 pub use load::urandom;
 mod loads;
@@ -29,7 +30,8 @@ mod programs;
 mod ring;
 pub use decap::*;
 pub use flows::*;
-pub use flowtab::FlowTable;
+pub use flowtab::{FlowGeometry, FlowTable};
+pub use grow::Growth;
 pub use loads::*;
 pub use pins::*;
 use ring::RingMmap;
@@ -237,9 +239,12 @@ impl DataPlane for BpfDataPlane {
         self.clock.apply(&mut cfg);
         // The stride of `MEMBERS`, as the maps were made.
         cfg.max_vip_backends = self.sizes.max_vip_backends.max(1);
-        // The flow table's sets and key, as the table was made.
-        cfg.flow_sets = lb_common::flow_sets(self.sizes.flows);
+        // The flow table's key, as the table was made, and its sets in
+        // use, as the last growth left them (`grow`).
         cfg.flow_seed = self.flow_seed;
+        let _w = grow::CONFIG_WRITE.lock().expect("config writer");
+        let written = grow::read_config(self.map(maps::CONFIG))?;
+        grow::keep_geometry(&mut cfg, &written, lb_common::flow_sets(self.sizes.flows));
         let mut a: Array<&mut MapData, Config> =
             Array::try_from(self.map_mut(maps::CONFIG)).map_err(map_err(maps::CONFIG))?;
         a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))

@@ -1,0 +1,193 @@
+//! The flow table's growth. A table is made with room for the flows the
+//! pool file names (`tables.flow_table_size`), but only part of it is in
+//! use at first (`lb_common::flow_sets_start`): a cold flow's set then lies
+//! in a few megabytes, not in all of the table, which costs it fewer TLB
+//! and cache misses. When the census finds the flows held past a quarter
+//! of the entries in use, the table grows (`lb_common::flow_sets_for`):
+//!
+//! 1. `Config` gets the new set count, with the one before in
+//!    `flow_sets_old`. New flows are stored at their new set; a lookup
+//!    tries the new set, then the old.
+//! 2. `lb_flow_move` runs over every old set: each flow whose set changed
+//!    is stored at its new set, then marked gone at its old one.
+//! 3. `Config` gets `flow_sets_old` equal to `flow_sets`.
+//!
+//! No flow is missed in between, and none is lost: a daemon stopped in
+//! the middle leaves step 1's `Config` pinned, and the next one's census
+//! carries on from there. The table never shrinks.
+use super::*;
+use aya::maps::Map;
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::FlowMove;
+
+/// Held while `Config` is read and written back by the map writer
+/// (`set_config`) or by a growth: each keeps the other's part.
+pub(super) static CONFIG_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How often a set is tried again when its move met another writer.
+const MOVE_TRIES: usize = 16;
+
+/// `xdp_action::XDP_PASS`: `lb_flow_move` moved every flow of the set.
+const XDP_PASS: u32 = 2;
+
+/// What a growth did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Growth {
+    /// Sets in use before and after.
+    pub from: u32,
+    pub to: u32,
+    /// Sets whose move kept meeting another writer: a flow of theirs is
+    /// scheduled anew with its next packet (to the same backend, while the
+    /// VIP's table is unchanged).
+    pub sets_unmoved: u32,
+}
+
+/// `CONFIG`, as written last (the geometry of a table not yet configured
+/// is all zero).
+pub(super) fn read_config(config: &Map) -> Result<Config> {
+    let a: Array<&MapData, Config> = Array::try_from(config).map_err(map_err(maps::CONFIG))?;
+    a.get(&0, 0).map_err(map_err(maps::CONFIG))
+}
+
+fn write_config(config: &mut Map, cfg: Config) -> Result<()> {
+    let mut a: Array<&mut MapData, Config> =
+        Array::try_from(config).map_err(map_err(maps::CONFIG))?;
+    a.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+}
+
+/// The table's geometry to write into `cfg` (`flow_sets`, `flow_sets_old`):
+/// as `CONFIG` has it, or the start (`flow_sets_start`) for a table of
+/// `max` sets never configured. Called with `CONFIG_WRITE` held.
+pub(super) fn keep_geometry(cfg: &mut Config, written: &Config, max: u32) {
+    if written.flow_sets == 0 || written.flow_sets > max {
+        cfg.flow_sets = lb_common::flow_sets_start(max);
+        cfg.flow_sets_old = cfg.flow_sets;
+    } else {
+        cfg.flow_sets = written.flow_sets;
+        cfg.flow_sets_old = written.flow_sets_old;
+    }
+}
+
+/// Grows the table of at most `max` sets whose `CONFIG` is `config` if
+/// `held` flows call for it (or finishes a growth an earlier daemon left),
+/// moving flows with `mover` (`lb_flow_move`). `None`: no growth.
+pub(super) fn grow(config: &mut Map, mover: &Xdp, held: u64, max: u32) -> Result<Option<Growth>> {
+    match begin(config, held, max)? {
+        Some((from, to)) => finish(config, mover, from, to).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Step 1 of a growth (or none, if `held` flows do not call for one),
+/// or the growth under way: its sets before and after.
+fn begin(config: &mut Map, held: u64, max: u32) -> Result<Option<(u32, u32)>> {
+    let _w = CONFIG_WRITE.lock().expect("config writer");
+    let mut cfg = read_config(config)?;
+    if cfg.flow_sets == 0 {
+        // Not configured yet.
+        return Ok(None);
+    }
+    if cfg.flow_sets_old == cfg.flow_sets {
+        let to = lb_common::flow_sets_for(held, cfg.flow_sets, max);
+        if to == cfg.flow_sets {
+            return Ok(None);
+        }
+        cfg.flow_sets_old = cfg.flow_sets;
+        cfg.flow_sets = to;
+        write_config(config, cfg)?;
+    }
+    Ok(Some((cfg.flow_sets_old, cfg.flow_sets)))
+}
+
+/// Steps 2 and 3 of a growth from `from` sets to `to`.
+fn finish(config: &mut Map, mover: &Xdp, from: u32, to: u32) -> Result<Growth> {
+    // A packet that read `Config` before it changed stores its flow at
+    // the old size: let those finish before the old sets are walked.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut sets_unmoved = 0;
+    for set in 0..from {
+        if !move_set(mover, set, to)? {
+            sets_unmoved += 1;
+        }
+    }
+    let _w = CONFIG_WRITE.lock().expect("config writer");
+    let mut cfg = read_config(config)?;
+    cfg.flow_sets_old = cfg.flow_sets;
+    write_config(config, cfg)?;
+    Ok(Growth {
+        from,
+        to,
+        sets_unmoved,
+    })
+}
+
+/// Runs `lb_flow_move` on set `set` for a table of `sets` sets until every
+/// flow of the set moved (at most `MOVE_TRIES` times); whether they did.
+fn move_set(mover: &Xdp, set: u32, sets: u32) -> Result<bool> {
+    let req = FlowMove { set, sets, _pad: 0 };
+    // SAFETY: FlowMove is plain data of two u32s and a u64.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(&req as *const FlowMove as *const u8, size_of::<FlowMove>())
+    };
+    for _ in 0..MOVE_TRIES {
+        let mut out = [0u8; size_of::<FlowMove>()];
+        let r = mover
+            .test_run(TestRunOptions {
+                data_in: Some(bytes),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| DataPlaneError::Setup(format!("running {}: {e}", progs::FLOW_MOVE)))?;
+        if r.return_value == XDP_PASS {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `CONFIG` opened with a handle of its own (`map`: this program's).
+pub(super) fn own_config(map: &aya::maps::Map) -> Result<Map> {
+    let fd = map_data(map)
+        .expect("an array")
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataPlaneError::Io {
+            what: "duplicating the configuration's descriptor".into(),
+            source,
+        })?;
+    Ok(Map::Array(
+        MapData::from_fd(fd).map_err(map_err(maps::CONFIG))?,
+    ))
+}
+
+impl BpfDataPlane {
+    /// Grows the flow table if `held` flows call for it (what the daemon's
+    /// census does with the flows it finds): for the packet tests and
+    /// benches.
+    pub fn grow_flow_table(&self, held: u64) -> Result<Option<Growth>> {
+        let mut config = own_config(self.map(maps::CONFIG))?;
+        let mover = super::programs::xdp(&self.ebpf, progs::FLOW_MOVE)?;
+        grow(
+            &mut config,
+            mover,
+            held,
+            lb_common::flow_sets(self.sizes.flows),
+        )
+    }
+
+    /// Only the first step of the growth `held` flows call for (`Config`
+    /// written, no flow moved), as a daemon stopped in the middle of one
+    /// leaves it: for the packet tests. The sets before and after.
+    pub fn begin_flow_growth(&self, held: u64) -> Result<Option<(u32, u32)>> {
+        let mut config = own_config(self.map(maps::CONFIG))?;
+        begin(&mut config, held, lb_common::flow_sets(self.sizes.flows))
+    }
+
+    /// The flow table's sets in use, and before a growth under way (else
+    /// the same).
+    pub fn flow_sets(&self) -> Result<(u32, u32)> {
+        let cfg = read_config(self.map(maps::CONFIG))?;
+        Ok((cfg.flow_sets, cfg.flow_sets_old))
+    }
+}

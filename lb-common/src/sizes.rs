@@ -62,10 +62,11 @@ pub const fn flow_sets(flows: u32) -> u32 {
 }
 
 /// Sets of a table of `max` sets (`flow_sets`) in use when it is made:
-/// an eighth of them, at least 4096 (a megabyte), at most all. The daemon
-/// grows it as flows are held (`flow_sets_for`).
+/// a quarter of them, at least 4096 (a megabyte), at most all. Flows up
+/// to a sixteenth of what the table is made for fill at most a quarter
+/// of that; the daemon grows it as more are held (`flow_sets_for`).
 pub const fn flow_sets_start(max: u32) -> u32 {
-    let s = max / 8;
+    let s = max / 4;
     if s >= FLOW_SETS_FEWEST {
         s
     } else if max < FLOW_SETS_FEWEST {
@@ -96,9 +97,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_starts_at_an_eighth_and_grows_to_keep_flows_within_a_quarter() {
-        assert_eq!(flow_sets_start(1 << 18), 1 << 15);
+    fn the_table_starts_at_a_quarter_and_grows_to_keep_flows_within_a_quarter() {
+        assert_eq!(flow_sets_start(1 << 18), 1 << 16);
         assert_eq!(flow_sets_start(1 << 14), 4096);
+        assert_eq!(flow_sets_start(1 << 13), 4096);
         assert_eq!(flow_sets_start(256), 256);
         // 2^15 sets: 262 144 entries, a quarter is 65 536 flows.
         assert_eq!(flow_sets_for(65_536, 1 << 15, 1 << 18), 1 << 15);

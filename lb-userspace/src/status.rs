@@ -67,9 +67,23 @@ pub struct Status {
     pub uptime_s: u64,
     /// Age of the per-backend flow counts (counted in the background); None until the first count.
     pub flows_age_s: Option<u64>,
+    /// The flow table, as last counted.
+    #[serde(default)]
+    pub flow_table: Option<FlowTableStatus>,
     pub vips: Vec<VipStatus>,
     /// Data-path counters by name (non-zero ones).
     pub counters: BTreeMap<String, u64>,
+}
+
+/// The flow table as the daemon's census found it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowTableStatus {
+    /// Flows held (any age).
+    pub held: u64,
+    /// Entries in use: the table grows as flows are held, up to `entries`.
+    pub in_use: u64,
+    /// Entries made (twice `tables.flow_table_size`).
+    pub entries: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -173,9 +187,13 @@ pub struct BackendStatus {
 /// Renders the snapshot as tables for a terminal.
 pub fn render(s: &Status) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
-    let flows = match s.flows_age_s {
-        Some(a) => format!("flows counted {a}s ago"),
-        None => "flows not counted yet".into(),
+    let flows = match (s.flows_age_s, s.flow_table) {
+        (Some(a), Some(t)) => format!(
+            "flows counted {a}s ago: {} held, {} of {} table entries in use",
+            t.held, t.in_use, t.entries
+        ),
+        (Some(a), None) => format!("flows counted {a}s ago"),
+        (None, _) => "flows not counted yet".into(),
     };
     let mut out = format!(
         "instance {}  (config {}, up {}s, {flows})\n",
@@ -341,7 +359,12 @@ mod tests {
             instance: "lb0".into(),
             config: "pool.yaml".into(),
             uptime_s: 1,
-            flows_age_s: None,
+            flows_age_s: Some(2),
+            flow_table: Some(FlowTableStatus {
+                held: 9000,
+                in_use: 65_536,
+                entries: 131_072,
+            }),
             vips: vec![VipStatus::unlisted(
                 "web",
                 BackendCounts {
@@ -359,6 +382,10 @@ mod tests {
             counters: BTreeMap::new(),
         };
         let text = render(&s);
+        assert!(
+            text.contains("flows counted 2s ago: 9000 held, 65536 of 131072 table entries in use"),
+            "{text}"
+        );
         assert!(text.contains("1000 backends"), "{text}");
         assert!(
             text.contains("997 up, 2 down, 1 unchecked, 3 drain, 4 removed"),

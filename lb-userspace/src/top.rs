@@ -256,6 +256,7 @@ mod tests {
             config: "/etc/lb/pool.yaml".into(),
             uptime_s: 10,
             flows_age_s: Some(1),
+            flow_table: None,
             vips: vec![
                 vip(
                     "a-very-long-vip-name-that-does-not-fit",

@@ -558,10 +558,11 @@ fn a_syn_whose_handshake_never_completed_leaves_a_backend_that_fails_its_checks(
 /// Backend shares of `flows` new TCP flows to 10.100.0.1:80 with the WEB
 /// VIP scheduled by `info` over a table holding 1, 2, 3, 3 (weights 1, 1, 2).
 fn shares_under(info: VipInfo, flows: &[Flow]) -> (Balancer, [f64; 3]) {
-    // A table made for eight times the 30 000 flows: none finds its set
-    // full (a full set would give up a flow the test reads back).
+    // A table made for 1M flows, of which a quarter is in use at first
+    // (`flow_sets_start`): at 30 000 flows none finds its set full (a full
+    // set would give up a flow the test reads back).
     let mut lb = setup_sized(Sizes {
-        flows: 262144,
+        flows: 1 << 20,
         ..test_sizes()
     })
     .expect("root");
@@ -801,9 +802,10 @@ fn flows_per_backend_are_counted_in_the_table() {
     // What `lb status` shows as active flows: the daemon reads the flow
     // table chunk by chunk; 10 000 flows spread over backends and over the
     // table's sets must all be counted, each on its backend. (A table
-    // made for 65 536 flows: no set of eight fills with 10 000.)
+    // made for 262 144 flows, a quarter of it in use at first: no set of
+    // eight fills with 10 000.)
     let Some(lb) = setup_sized(Sizes {
-        flows: 65536,
+        flows: 262_144,
         ..test_sizes()
     }) else {
         return;
@@ -2159,7 +2161,7 @@ fn decap_leaves_other_traffic_alone() {
 /// `scheduler` with its connections counted; `table` in its active buffer
 /// (with `seq_len` for a sequence).
 fn counted_web(scheduler: u8, table: &[u32], seq_len: u32, persist_s: u32) -> Balancer {
-    counted_web_in(65536, scheduler, table, seq_len, persist_s)
+    counted_web_in(262_144, scheduler, table, seq_len, persist_s)
 }
 
 /// `counted_web` with a flow table made for `flows` flows.

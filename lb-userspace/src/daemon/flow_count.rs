@@ -2,7 +2,18 @@
 //! at a bounded share of a CPU.
 use super::*;
 
-pub(super) type FlowCounts = std::sync::Arc<std::sync::Mutex<(Option<Instant>, HashMap<u32, u64>)>>;
+pub(super) type FlowCounts = std::sync::Arc<std::sync::Mutex<Counted>>;
+
+/// What the last census found.
+#[derive(Default)]
+pub(super) struct Counted {
+    /// When; `None` before the first.
+    pub at: Option<Instant>,
+    /// Active flows per backend id.
+    pub per_backend: HashMap<u32, u64>,
+    /// The flow table: flows held, entries in use (it grows) and in all.
+    pub table: Option<crate::status::FlowTableStatus>,
+}
 
 /// How often, at most, the flow table is walked for `lb status`.
 const FLOW_COUNT_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,24 +46,17 @@ pub(super) fn spawn_flow_counter(
             let i = instance.clone();
             let started = Instant::now();
             let counted = tokio::task::spawn_blocking(move || {
+                let before = dataplane::new_flows_counted(&i)?;
                 dataplane::flow_census(&i, max_idle_ns, udp_idle_ns, 1 << 22, max_sets)
+                    .map(|c| (before, c))
             })
             .await;
             let took = started.elapsed();
+            let mut watch = None;
             match counted {
-                Ok(Ok(c)) => {
+                Ok(Ok((before, c))) => {
                     if let Some(g) = c.growth {
-                        log::info!(
-                            "flow table grown from {} to {} entries in use ({} flows held){}",
-                            g.from as u64 * lb_common::FLOW_WAYS as u64,
-                            g.to as u64 * lb_common::FLOW_WAYS as u64,
-                            c.held,
-                            if g.sets_unmoved > 0 {
-                                format!("; {} sets kept meeting packets' writes, their flows are scheduled anew", g.sets_unmoved)
-                            } else {
-                                String::new()
-                            }
-                        );
+                        log_growth(&g, c.held);
                     }
                     if c.ended + c.lost > 0 {
                         log::debug!(
@@ -61,12 +65,92 @@ pub(super) fn spawn_flow_counter(
                             c.lost
                         );
                     }
-                    *out.lock().expect("flow counts") = (Some(Instant::now()), c.flows)
+                    let ways = lb_common::FLOW_WAYS as u64;
+                    watch = Some((before, c.held, c.sets));
+                    *out.lock().expect("flow counts") = Counted {
+                        at: Some(Instant::now()),
+                        per_backend: c.flows,
+                        table: Some(crate::status::FlowTableStatus {
+                            held: c.held,
+                            in_use: c.sets as u64 * ways,
+                            entries: max_sets as u64 * ways,
+                        }),
+                    }
                 }
                 Ok(Err(e)) => log::debug!("counting flows: {e}"),
                 Err(_) => {}
             }
-            tokio::time::sleep(flow_count_pause(took)).await;
+            let until = Instant::now() + flow_count_pause(took);
+            match watch {
+                Some((before, held, sets)) => {
+                    watch_new_flows(&instance, until, before, held, sets, max_sets).await
+                }
+                None => tokio::time::sleep_until(until.into()).await,
+            }
         }
     });
+}
+
+/// How often the new-flow counter is read between censuses.
+const NEW_FLOW_POLL: Duration = Duration::from_millis(100);
+
+/// Until `until`, reads the data path's new-flow counter every
+/// `NEW_FLOW_POLL`, and grows the table as soon as the flows held at the
+/// census (`held`, the counter then `before`, `sets` in use) and the new
+/// ones since call for it: a burst of new connections then finds room
+/// within a fraction of a second, not at the next census. (It counts each
+/// new flow, stored or not, and none that ended: it may grow early, never
+/// late.)
+async fn watch_new_flows(
+    instance: &str,
+    until: Instant,
+    before: u64,
+    held: u64,
+    mut sets: u32,
+    max_sets: u32,
+) {
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep(NEW_FLOW_POLL.min(until - now)).await;
+        if sets >= max_sets {
+            continue;
+        }
+        let i = instance.to_string();
+        let grown = tokio::task::spawn_blocking(move || {
+            let held = held + dataplane::new_flows_counted(&i)?.saturating_sub(before);
+            if lb_common::flow_sets_for(held, sets, max_sets) == sets {
+                return Ok(None);
+            }
+            dataplane::grow_pinned(&i, held, max_sets).map(|g| g.map(|g| (g, held)))
+        })
+        .await;
+        match grown {
+            Ok(Ok(Some((g, held)))) => {
+                log_growth(&g, held);
+                sets = g.to;
+            }
+            Ok(Ok(None)) | Err(_) => {}
+            Ok(Err(e)) => log::debug!("growing the flow table: {e}"),
+        }
+    }
+}
+
+fn log_growth(g: &dataplane::Growth, held: u64) {
+    let ways = lb_common::FLOW_WAYS as u64;
+    log::info!(
+        "flow table grown from {} to {} entries in use ({held} flows held){}",
+        g.from as u64 * ways,
+        g.to as u64 * ways,
+        if g.sets_unmoved > 0 {
+            format!(
+                "; {} sets kept meeting packets' writes, their flows are scheduled anew",
+                g.sets_unmoved
+            )
+        } else {
+            String::new()
+        }
+    );
 }

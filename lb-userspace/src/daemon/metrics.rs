@@ -35,6 +35,7 @@ pub const NAMES: &[&str] = &[
     "lb_datapath_packets_total",
     "lb_flow_table_active_flows",
     "lb_flow_table_capacity",
+    "lb_flow_table_entries_in_use",
     "lb_flow_count_age_seconds",
     "lb_probes_total",
     "lb_probe_duration_seconds",
@@ -69,6 +70,7 @@ pub(super) struct Metrics {
     datapath: IntCounterVec,
     flows_active: IntGauge,
     flows_capacity: IntGauge,
+    flows_in_use: IntGauge,
     flows_age: IntGauge,
     // Counted as they happen.
     probes: IntCounterVec,
@@ -214,6 +216,10 @@ impl Metrics {
                 "Active flows in the flow table, as last counted.",
             ),
             flows_capacity: single("lb_flow_table_capacity", "Entries the flow table holds."),
+            flows_in_use: single(
+                "lb_flow_table_entries_in_use",
+                "Entries of the flow table in use: it grows as flows are held, up to its capacity (-1 before the first count).",
+            ),
             flows_age: single(
                 "lb_flow_count_age_seconds",
                 "Age of the last count of active flows.",
@@ -326,6 +332,8 @@ impl Metrics {
         }
         self.flows_active.set(active as i64);
         self.flows_capacity.set(i64::from(flow_capacity));
+        self.flows_in_use
+            .set(st.flow_table.map_or(-1, |t| t.in_use as i64));
         self.flows_age.set(st.flows_age_s.map_or(-1, |a| a as i64));
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -51,6 +51,7 @@ fn every_exported_metric_is_listed_and_registered() {
         config: "t.yaml".into(),
         uptime_s: 1,
         flows_age_s: Some(0),
+        flow_table: None,
         vips: vec![],
         counters: [("new_flow".to_string(), 1)].into(),
     };
@@ -162,6 +163,11 @@ fn above_the_listing_limit_a_vip_has_its_counts_and_no_backend_series() {
         config: "t.yaml".into(),
         uptime_s: 1,
         flows_age_s: Some(0),
+        flow_table: Some(crate::status::FlowTableStatus {
+            held: 80,
+            in_use: 32_768,
+            entries: 131_072,
+        }),
         vips: vec![vip],
         counters: Default::default(),
     };
@@ -175,5 +181,9 @@ fn above_the_listing_limit_a_vip_has_its_counts_and_no_backend_series() {
         "{text}"
     );
     assert!(text.contains("lb_flow_table_active_flows 77"), "{text}");
+    assert!(
+        text.contains("lb_flow_table_entries_in_use 32768"),
+        "{text}"
+    );
     assert!(!text.contains("lb_backend_up{"), "{text}");
 }

@@ -83,7 +83,7 @@ impl Daemon {
         // a closure in it locks again would deadlock).
         let mut rates = self.rates.lock().expect("rates");
         let counted = self.flows.lock().expect("flow counts");
-        let (flows_at, flows) = &*counted;
+        let (flows_at, flows) = (&counted.at, &counted.per_backend);
         let removed = self.ctl.removed_backends();
         let removed_of = |id: u32| removed.get(&id).map_or(&[][..], Vec::as_slice);
         let rows: usize = self
@@ -242,6 +242,7 @@ impl Daemon {
             config: self.config_path.display().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             flows_age_s: flows_at.map(|t| t.elapsed().as_secs()),
+            flow_table: counted.table,
             vips,
             counters,
         }

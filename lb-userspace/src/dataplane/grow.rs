@@ -191,3 +191,33 @@ impl BpfDataPlane {
         Ok((cfg.flow_sets, cfg.flow_sets_old))
     }
 }
+
+/// New flows the data path of instance `instance` has counted
+/// (`counter::NEW_FLOW`, all CPUs): read between censuses, so that a burst
+/// of new flows grows the table before the next one.
+pub fn new_flows_counted(instance: &str) -> Result<u64> {
+    let m = Map::PerCpuArray(
+        MapData::from_pin(pin_dir(instance).join(maps::COUNTERS))
+            .map_err(map_err(maps::COUNTERS))?,
+    );
+    let a: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(&m).map_err(map_err(maps::COUNTERS))?;
+    let v = a
+        .get(&lb_common::counter::NEW_FLOW, 0)
+        .map_err(map_err(maps::COUNTERS))?;
+    Ok(v.iter().sum())
+}
+
+/// [`grow`] on the pinned maps of instance `instance` (a table of at most
+/// `max` sets), for `held` flows.
+pub fn grow_pinned(instance: &str, held: u64, max: u32) -> Result<Option<Growth>> {
+    let dir = pin_dir(instance);
+    let mut config =
+        Map::Array(MapData::from_pin(dir.join(maps::CONFIG)).map_err(map_err(maps::CONFIG))?);
+    let mover = Xdp::from_pin(
+        dir.join(progs::FLOW_MOVE),
+        aya_obj::programs::XdpAttachType::Interface,
+    )
+    .map_err(|e| DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_MOVE)))?;
+    grow(&mut config, &mover, held, max)
+}

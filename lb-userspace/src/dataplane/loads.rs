@@ -20,6 +20,8 @@ pub struct FlowCensus {
     pub lost: u64,
     /// Flows the table holds (any age).
     pub held: u64,
+    /// Sets of the table in use (`Config::flow_sets`), after the growth.
+    pub sets: u32,
     /// The table's growth the pass made (`grow`), if any.
     pub growth: Option<Growth>,
 }
@@ -56,6 +58,9 @@ pub fn flow_census(
     };
     let mut out = census_of(&maps, max_idle_ns, udp_idle_ns, limit)?;
     out.growth = super::grow::grow(&mut config, &mover, out.held, max_sets)?;
+    if let Some(g) = out.growth {
+        out.sets = g.to;
+    }
     Ok(out)
 }
 
@@ -137,7 +142,10 @@ fn census_of(
     )?;
     let opened_before = new_flows(m)?;
     let now = monotonic_ns();
-    let mut out = FlowCensus::default();
+    let mut out = FlowCensus {
+        sets: cfg.flow_sets,
+        ..FlowCensus::default()
+    };
     let mut counted = vec![0u64; slots as usize];
     let mut to_end: Vec<(usize, FlowValue)> = Vec::new();
     flows.each(limit, |i, _, v| {

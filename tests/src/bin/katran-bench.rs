@@ -44,6 +44,8 @@ const ROUNDS: usize = 10;
 const WARMUP: usize = 2000;
 const BACKENDS: u32 = 100;
 const HELD_FIRST: usize = 200_000;
+/// Connections stored between two growths of our table (`grow_flows`).
+const GROW_EVERY: usize = 10_000;
 const FLOWS: u32 = SIZES.flows;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const NOT_VIP: &str = "10.200.0.1";
@@ -158,17 +160,32 @@ fn measure(object: &Path, cpu: usize, held: usize, lb_flows: u32) -> Result<Vec<
     let katran = Katran::load(object, cpu)?;
     let pass = Balancer::load_pass()?;
     let floor = program(&pass, progs::PASS)?;
-    let ours = program(&lb, progs::BALANCER)?;
-    let progs = [ours, &katran.prog];
-    // The connections of the 100k-flow case, in both tables.
+    // The connections of the 100k-flow case, in both tables. Ours grows
+    // as the daemon's census grows it (each pass, about once a second)
+    // while connections arrive: here every GROW_EVERY of them.
     for j in 0..held {
         let p = client(HELD_FIRST + j, PROTO_TCP, 80).packet("S", b"");
-        for (k, prog) in progs.iter().enumerate() {
+        for (k, prog) in [program(&lb, progs::BALANCER)?, &katran.prog]
+            .iter()
+            .enumerate()
+        {
             let r = run(prog, &p, 1)?;
             check(Expect::Encap, &p, &r)
                 .with_context(|| format!("storing flow {j} ({})", name(k)))?;
         }
+        if (j + 1) % GROW_EVERY == 0 || j + 1 == held {
+            lb.grow_flows(lb.flow_count() as u64, false);
+        }
     }
+    let (sets, _) = lb.dp().flow_sets()?;
+    println!(
+        "  lb's table in use: {} of {} entries, {} flows held",
+        sets as u64 * lb_common::FLOW_WAYS as u64,
+        lb_common::flow_sets(lb_flows) as u64 * lb_common::FLOW_WAYS as u64,
+        lb.flow_count()
+    );
+    let ours = program(&lb, progs::BALANCER)?;
+    let progs = [ours, &katran.prog];
     let warm = Flow::tcp("192.0.2.1", 40000, NOT_VIP, 80).packet("A", b"");
     for _ in 0..WARMUP {
         for prog in progs.iter().chain([&floor]) {

@@ -395,6 +395,131 @@ fn daemon_sigkill_and_restart_break_no_request() {
     assert_eq!(held(), before);
 }
 
+/// The flow table's entries in use, and in all, as `lb status` shows
+/// them (`None` before the first count).
+fn table_in_use(t: &Topology) -> Option<(u64, u64)> {
+    let st = t.status_json().ok()?;
+    let ft = &st["flow_table"];
+    Some((ft["in_use"].as_u64()?, ft["entries"].as_u64()?))
+}
+
+/// Waits up to 10 s for `lb status` to show `in_use` table entries in use.
+fn wait_in_use(t: &Topology, in_use: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while table_in_use(t).map(|u| u.0) != Some(in_use) {
+        assert!(
+            std::time::Instant::now() < until,
+            "status shows {:?}, not {in_use} entries in use\n{}",
+            table_in_use(t),
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_flow_table_grows_under_live_connections_and_a_restart_finishes_a_growth() {
+    // The test pool's table is made for 65 536 flows (131 072 entries);
+    // a quarter is in use at first. 9000 UDP flows and 40 held TCP
+    // connections fill more than a quarter of that: the daemon grows the
+    // table while the connections run. Then it is killed with a growth
+    // just begun (as a kill in the middle of one leaves it), XDP serves on
+    // alone, and the next daemon finishes it. No connection breaks or
+    // moves.
+    let Some(mut t) = topo("e2fg", &[1, 1, 1]) else {
+        return;
+    };
+    t.start_daemon().unwrap();
+    wait_in_use(&t, 32_768);
+    assert_eq!(table_in_use(&t).unwrap().1, 131_072);
+    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+    let client = t.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (rtx, rrx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let mut conns: Vec<Held> = (0..40).map(|_| Held::open(hold, T).unwrap()).collect();
+            let backends: std::collections::BTreeSet<String> =
+                conns.iter().map(|c| c.backend.clone()).collect();
+            rtx.send(backends.len()).unwrap();
+            let mut broken = Vec::new();
+            // Each round: every connection must still answer, from the
+            // same backend.
+            while rx.recv().is_ok() {
+                for (i, c) in conns.iter_mut().enumerate() {
+                    if !c.still_served() {
+                        broken.push((i, c.backend.clone()));
+                    }
+                }
+                rtx.send(0).unwrap();
+            }
+            broken
+        })
+    });
+    assert!(rrx.recv().unwrap() > 1, "connections on several backends");
+    let round = || {
+        tx.send(()).unwrap();
+        rrx.recv().unwrap();
+    };
+    // 9000 UDP flows, one query each from its own port.
+    let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
+    let failed = in_ns(&t.client, move || {
+        (20_000..29_000u16)
+            .filter(|p| udp_query(dns, *p, T).is_err())
+            .count()
+    });
+    assert_eq!(failed, 0);
+    // 9040 flows: 32 768 entries in use would be over a quarter full.
+    wait_in_use(&t, 65_536);
+    assert!(
+        t.log()
+            .contains("flow table grown from 32768 to 65536 entries in use"),
+        "{}",
+        t.log()
+    );
+    round();
+    // b2 and b3 drain: a held connection of theirs that the table missed
+    // would go to b1.
+    let b = |i: usize| &t.backends[i];
+    let drain = pool_yaml(
+        &t.tag,
+        &t.dir,
+        &[(b(0), 1, "active"), (b(1), 1, "drain"), (b(2), 1, "drain")],
+    );
+    t.write_pool(&drain).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    round();
+    t.kill_daemon();
+    assert_eq!(
+        lb_userspace::dataplane::begin_growth_pinned(&t.tag, 1 << 30, 16_384).unwrap(),
+        Some((8192, 16_384))
+    );
+    // Half begun, no daemon: flows not moved are found at their old sets.
+    round();
+    t.start_daemon().unwrap();
+    wait_in_use(&t, 131_072);
+    assert!(
+        t.log()
+            .contains("flow table grown from 65536 to 131072 entries in use"),
+        "{}",
+        t.log()
+    );
+    round();
+    let answered = in_ns(&t.client, move || {
+        (20_000..20_100u16)
+            .filter(|p| udp_query(dns, *p, T).is_ok())
+            .count()
+    });
+    assert_eq!(answered, 100);
+    drop(tx);
+    let broken = worker.join().unwrap();
+    assert!(
+        broken.is_empty(),
+        "connections broken or moved: {broken:?}\n{}",
+        t.log()
+    );
+}
+
 #[test]
 fn a_restart_over_pins_of_another_layout_is_refused() {
     // Maps pinned by another version of lb whose layout differs with the

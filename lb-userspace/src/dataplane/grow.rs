@@ -212,12 +212,26 @@ pub fn new_flows_counted(instance: &str) -> Result<u64> {
 /// `max` sets), for `held` flows.
 pub fn grow_pinned(instance: &str, held: u64, max: u32) -> Result<Option<Growth>> {
     let dir = pin_dir(instance);
-    let mut config =
-        Map::Array(MapData::from_pin(dir.join(maps::CONFIG)).map_err(map_err(maps::CONFIG))?);
+    let mut config = pinned_config(instance)?;
     let mover = Xdp::from_pin(
         dir.join(progs::FLOW_MOVE),
         aya_obj::programs::XdpAttachType::Interface,
     )
     .map_err(|e| DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_MOVE)))?;
     grow(&mut config, &mover, held, max)
+}
+
+/// Only the first step of the growth `held` flows call for, on the pinned
+/// maps of instance `instance` (`Config` written, no flow moved), as a
+/// daemon stopped in the middle of one leaves it: for the end-to-end
+/// tests. The sets before and after.
+pub fn begin_growth_pinned(instance: &str, held: u64, max: u32) -> Result<Option<(u32, u32)>> {
+    begin(&mut pinned_config(instance)?, held, max)
+}
+
+fn pinned_config(instance: &str) -> Result<Map> {
+    let pin = pin_dir(instance).join(maps::CONFIG);
+    Ok(Map::Array(
+        MapData::from_pin(pin).map_err(map_err(maps::CONFIG))?,
+    ))
 }

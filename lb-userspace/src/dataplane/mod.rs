@@ -31,7 +31,7 @@ mod ring;
 pub use decap::*;
 pub use flows::*;
 pub use flowtab::{FlowGeometry, FlowTable};
-pub use grow::{grow_pinned, new_flows_counted, Growth};
+pub use grow::{begin_growth_pinned, grow_pinned, new_flows_counted, Growth};
 pub use loads::*;
 pub use pins::*;
 use ring::RingMmap;

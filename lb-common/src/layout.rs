@@ -404,6 +404,9 @@ pub const CONFIG_F_NAT: u32 = 16;
 /// `Config::flags`: some VIP is stateless (`VIP_F_STATELESS`), so a TCP
 /// packet's VIP is looked up before the flow table.
 pub const CONFIG_F_STATELESS: u32 = 32;
+/// `Config::flags`: all of the flow table is in use from the start
+/// (`tables.flow_table_grows: false`); read by the daemon only.
+pub const CONFIG_F_FLOWS_WHOLE: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

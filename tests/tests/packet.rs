@@ -2527,6 +2527,36 @@ fn the_flow_table_grows_under_held_connections_and_none_changes_backend_or_count
     assert_eq!(lb.flow_count(), held);
 }
 
+#[test]
+fn a_flow_table_that_does_not_grow_is_all_in_use_and_a_reload_asking_for_that_grows_it() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    private_netns().unwrap();
+    let sizes = Sizes {
+        flows: 65_536,
+        ..test_sizes()
+    };
+    let cfg = config(sizes.ring_size);
+    let whole = Config {
+        flags: cfg.flags | lb_common::CONFIG_F_FLOWS_WHOLE,
+        ..cfg
+    };
+    // `tables.flow_table_grows: false` from the start: all 16 384 sets.
+    let mut lb = Balancer::load(sizes).unwrap();
+    lb.set_config(whole).unwrap();
+    assert_eq!(lb.dp().flow_sets().unwrap(), (16_384, 16_384));
+    assert_eq!(lb.grow_flows(0, false), None);
+    // Growing (the default): a quarter; a reload that turns growth off
+    // has the next census grow it to all of it, whatever the flows held.
+    let mut lb = Balancer::load(sizes).unwrap();
+    lb.set_config(cfg).unwrap();
+    assert_eq!(lb.dp().flow_sets().unwrap(), (4096, 4096));
+    lb.set_config(whole).unwrap();
+    assert_eq!(lb.dp().flow_sets().unwrap(), (4096, 4096));
+    assert_eq!(lb.grow_flows(0, false), Some((4096, 16_384)));
+}
+
 /// The counted WEB VIP with a table made for 8 flows (two sets of eight
 /// entries), and `n` clients whose flows fall in the first set (by the
 /// table's keyed hash, as the data path computes it).

@@ -274,6 +274,7 @@ impl Check<'_> {
         let tables = Tables {
             maglev_size: t.maglev_size.or(MaglevSize(d.maglev_size)).0,
             flow_table_size: t.flow_table_size.or(Int(d.flow_table_size)).0,
+            flow_table_grows: t.flow_table_grows.or(d.flow_table_grows),
             udp_idle_timeout: t.udp_idle_timeout.or(Dur(d.udp_idle_timeout)).0,
             new_flows_per_cpu: t.new_flows_per_cpu.or(Int(d.new_flows_per_cpu)).0,
             max_vips: t.max_vips.or(Int(d.max_vips)).0,

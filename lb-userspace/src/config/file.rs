@@ -92,6 +92,8 @@ pub(super) struct TablesFile {
     pub maglev_size: Field<MaglevSize>,
     /// Default [`DEFAULT_FLOW_TABLE_SIZE`].
     pub flow_table_size: Field<ranged!(FLOW_TABLE_SIZE_RANGE)>,
+    /// Default true.
+    pub flow_table_grows: Field<bool>,
     /// Default [`DEFAULT_UDP_IDLE_TIMEOUT`].
     pub udp_idle_timeout: Field<Dur>,
     /// Default [`DEFAULT_NEW_FLOWS_PER_CPU`]; 0: no limit.

@@ -292,6 +292,10 @@ pub struct Tables {
     pub maglev_size: u32,
     /// Connections the flow table holds, 1024..=67108864; default 1048576.
     pub flow_table_size: u32,
+    /// Whether the part of the flow table in use grows with the flows held
+    /// (a quarter of it at first; default), or all of it is in use from
+    /// the start (false).
+    pub flow_table_grows: bool,
     /// Idle time after which a UDP flow may be rescheduled; default 30s.
     pub udp_idle_timeout: Duration,
     /// New flows each CPU stores per second (and a tenth of a second's worth
@@ -328,6 +332,7 @@ impl Default for Tables {
         Tables {
             maglev_size: DEFAULT_MAGLEV_SIZE,
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            flow_table_grows: true,
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             new_flows_per_cpu: DEFAULT_NEW_FLOWS_PER_CPU,
             max_vips: DEFAULT_MAX_VIPS,

@@ -42,6 +42,9 @@ pub fn kernel_config(pool: &Pool, hash_key: [u64; 2]) -> Config {
     if pool.vips.iter().any(|v| v.stateless) {
         cfg.flags |= lb_common::CONFIG_F_STATELESS;
     }
+    if !pool.tables.flow_table_grows {
+        cfg.flags |= lb_common::CONFIG_F_FLOWS_WHOLE;
+    }
     cfg.chain_window_s = pool.tables.stateless_window.as_secs() as u32;
     cfg.nat_tcp_timeout_ns = pool.tables.nat_tcp_timeout.as_nanos() as u64;
     cfg.nat_closed_timeout_ns = pool.tables.nat_closed_timeout.as_nanos() as u64;
@@ -91,6 +94,18 @@ mod tests {
         let c = kernel_config(&p, [0, 0]);
         assert_eq!(c.src_v4_mask, 0);
         assert_eq!(c.flags & CONFIG_F_SRC_V6, 0);
+    }
+
+    #[test]
+    fn a_flow_table_that_does_not_grow_is_flagged_for_the_map_writer() {
+        let src = "encapsulation:\n  source_v4: 10.255.0.7/32\n";
+        let c = kernel_config(&pool(src), [0, 0]);
+        assert_eq!(c.flags & lb_common::CONFIG_F_FLOWS_WHOLE, 0);
+        let c = kernel_config(
+            &pool(&format!("{src}tables:\n  flow_table_grows: false\n")),
+            [0, 0],
+        );
+        assert_ne!(c.flags & lb_common::CONFIG_F_FLOWS_WHOLE, 0);
     }
 
     #[test]

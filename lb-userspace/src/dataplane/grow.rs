@@ -18,7 +18,7 @@
 use super::*;
 use aya::maps::Map;
 use aya::programs::{TestRun, TestRunOptions};
-use lb_common::FlowMove;
+use lb_common::{FlowMove, CONFIG_F_FLOWS_WHOLE};
 
 /// Held while `Config` is read and written back by the map writer
 /// (`set_config`) or by a growth: each keeps the other's part.
@@ -56,11 +56,16 @@ fn write_config(config: &mut Map, cfg: Config) -> Result<()> {
 }
 
 /// The table's geometry to write into `cfg` (`flow_sets`, `flow_sets_old`):
-/// as `CONFIG` has it, or the start (`flow_sets_start`) for a table of
-/// `max` sets never configured. Called with `CONFIG_WRITE` held.
+/// as `CONFIG` has it, or the start for a table of `max` sets never
+/// configured (`flow_sets_start`; all of it with `CONFIG_F_FLOWS_WHOLE`).
+/// Called with `CONFIG_WRITE` held.
 pub(super) fn keep_geometry(cfg: &mut Config, written: &Config, max: u32) {
     if written.flow_sets == 0 || written.flow_sets > max {
-        cfg.flow_sets = lb_common::flow_sets_start(max);
+        cfg.flow_sets = if cfg.flags & CONFIG_F_FLOWS_WHOLE != 0 {
+            max
+        } else {
+            lb_common::flow_sets_start(max)
+        };
         cfg.flow_sets_old = cfg.flow_sets;
     } else {
         cfg.flow_sets = written.flow_sets;
@@ -88,7 +93,12 @@ fn begin(config: &mut Map, held: u64, max: u32) -> Result<Option<(u32, u32)>> {
         return Ok(None);
     }
     if cfg.flow_sets_old == cfg.flow_sets {
-        let to = lb_common::flow_sets_for(held, cfg.flow_sets, max);
+        // All of it once a reload asks for the whole table.
+        let to = if cfg.flags & CONFIG_F_FLOWS_WHOLE != 0 {
+            max
+        } else {
+            lb_common::flow_sets_for(held, cfg.flow_sets, max)
+        };
         if to == cfg.flow_sets {
             return Ok(None);
         }

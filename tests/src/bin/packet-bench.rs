@@ -300,6 +300,12 @@ impl Side {
         let mut lb = Balancer::load_object(object, sizes())
             .with_context(|| format!("loading lb_xdp from {}", object.display()))?;
         configure(&mut lb, cap).context("filling the balancer's maps")?;
+        // The table grown for the flows the cases store at most (a
+        // quarter of it is in use at first), as the daemon grows it while
+        // they arrive.
+        if lb.ebpf().program(progs::FLOW_MOVE).is_some() {
+            lb.grow_flows((HELD_FLOWS + 20 * PACKETS) as u64, false);
+        }
         Ok(Side {
             label,
             lb,

@@ -230,6 +230,7 @@ vips:
         Tables {
             maglev_size: 65537,
             flow_table_size: 1 << 20,
+            flow_table_grows: true,
             udp_idle_timeout: Duration::from_secs(30),
             new_flows_per_cpu: 125_000,
             max_vips: 64,
@@ -281,6 +282,7 @@ fn explicit_settings_override_defaults() {
 tables:
   maglev_size: 1_009
   flow_table_size: 4096
+  flow_table_grows: false
   udp_idle_timeout: 1m 30s
   new_flows_per_cpu: 0
   max_vips: 2
@@ -296,6 +298,7 @@ control_socket: /tmp/lb.sock
         Tables {
             maglev_size: 1009,
             flow_table_size: 4096,
+            flow_table_grows: false,
             udp_idle_timeout: Duration::from_secs(90),
             new_flows_per_cpu: 0,
             max_vips: 2,

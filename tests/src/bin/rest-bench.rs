@@ -179,7 +179,11 @@ fn main() -> Result<()> {
     let backends: String = (0..BACKENDS)
         .map(|i| format!("      - address: 10.0.{}.{}\n", 1 + i / 200, 1 + i % 200))
         .collect();
-    let tables = format!("flow_table_size: {FLOWS}\n  max_backends: 256");
+    // All of the table in use from the start: the million flows below are
+    // written in at once, where a daemon would have grown the table while
+    // they arrived.
+    let tables =
+        format!("flow_table_size: {FLOWS}\n  flow_table_grows: false\n  max_backends: 256");
     let (pid, socket, started) =
         run_daemon(&dir, &mut cleanup, &tables, "{ kind: none }", &backends)?;
     println!(

@@ -395,6 +395,67 @@ fn daemon_sigkill_and_restart_break_no_request() {
     assert_eq!(held(), before);
 }
 
+/// Connections to the `hold` VIP held open from the client's namespace by
+/// a thread of their own.
+struct HeldConnections {
+    /// Connections per backend when opened.
+    first: BTreeMap<String, usize>,
+    ask: std::sync::mpsc::Sender<()>,
+    done: std::sync::mpsc::Receiver<()>,
+    worker: std::thread::JoinHandle<Vec<(usize, String)>>,
+}
+
+impl HeldConnections {
+    fn open(t: &Topology, n: usize) -> Self {
+        let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
+        let client = t.client.clone();
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (opened, first) = std::sync::mpsc::channel();
+        let (answered, done) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            in_ns(&client, move || {
+                let mut conns: Vec<Held> = (0..n).map(|_| Held::open(hold, T).unwrap()).collect();
+                let first: BTreeMap<String, usize> =
+                    conns.iter().fold(BTreeMap::new(), |mut m, c| {
+                        *m.entry(c.backend.clone()).or_insert(0) += 1;
+                        m
+                    });
+                opened.send(first).unwrap();
+                let mut broken = Vec::new();
+                // Each round: every connection must still answer, from the
+                // same backend.
+                while asked.recv().is_ok() {
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        if !c.still_served() {
+                            broken.push((i, c.backend.clone()));
+                        }
+                    }
+                    answered.send(()).unwrap();
+                }
+                broken
+            })
+        });
+        HeldConnections {
+            first: first.recv().unwrap(),
+            ask,
+            done,
+            worker,
+        }
+    }
+
+    /// Asks every connection once more.
+    fn round(&self) {
+        self.ask.send(()).unwrap();
+        self.done.recv().unwrap();
+    }
+
+    /// The connections that broke or moved in a round (index, backend).
+    fn broken(self) -> Vec<(usize, String)> {
+        drop(self.ask);
+        self.worker.join().unwrap()
+    }
+}
+
 /// The flow table's entries in use, and in all, as `lb status` shows
 /// them (`None` before the first count).
 fn table_in_use(t: &Topology) -> Option<(u64, u64)> {
@@ -417,6 +478,14 @@ fn wait_in_use(t: &Topology, in_use: u64) {
     }
 }
 
+/// Waits for `lb status` to show `to` table entries in use, and checks
+/// that the daemon logged the growth from `from`.
+fn wait_grown(t: &Topology, from: u64, to: u64) {
+    wait_in_use(t, to);
+    let said = format!("flow table grown from {from} to {to} entries in use");
+    assert!(t.log().contains(&said), "{}", t.log());
+}
+
 #[test]
 fn the_flow_table_grows_under_live_connections_and_a_restart_finishes_a_growth() {
     // The test pool's table is made for 65 536 flows (131 072 entries);
@@ -432,35 +501,9 @@ fn the_flow_table_grows_under_live_connections_and_a_restart_finishes_a_growth()
     t.start_daemon().unwrap();
     wait_in_use(&t, 32_768);
     assert_eq!(table_in_use(&t).unwrap().1, 131_072);
-    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
-    let client = t.client.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (rtx, rrx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        in_ns(&client, move || {
-            let mut conns: Vec<Held> = (0..40).map(|_| Held::open(hold, T).unwrap()).collect();
-            let backends: std::collections::BTreeSet<String> =
-                conns.iter().map(|c| c.backend.clone()).collect();
-            rtx.send(backends.len()).unwrap();
-            let mut broken = Vec::new();
-            // Each round: every connection must still answer, from the
-            // same backend.
-            while rx.recv().is_ok() {
-                for (i, c) in conns.iter_mut().enumerate() {
-                    if !c.still_served() {
-                        broken.push((i, c.backend.clone()));
-                    }
-                }
-                rtx.send(0).unwrap();
-            }
-            broken
-        })
-    });
-    assert!(rrx.recv().unwrap() > 1, "connections on several backends");
-    let round = || {
-        tx.send(()).unwrap();
-        rrx.recv().unwrap();
-    };
+    let held = HeldConnections::open(&t, 40);
+    assert!(held.first.len() > 1, "connections on several backends");
+    let round = || held.round();
     // 9000 UDP flows, one query each from its own port.
     let dns: SocketAddr = format!("{VIP4}:53").parse().unwrap();
     let failed = in_ns(&t.client, move || {
@@ -470,13 +513,7 @@ fn the_flow_table_grows_under_live_connections_and_a_restart_finishes_a_growth()
     });
     assert_eq!(failed, 0);
     // 9040 flows: 32 768 entries in use would be over a quarter full.
-    wait_in_use(&t, 65_536);
-    assert!(
-        t.log()
-            .contains("flow table grown from 32768 to 65536 entries in use"),
-        "{}",
-        t.log()
-    );
+    wait_grown(&t, 32_768, 65_536);
     round();
     // b2 and b3 drain: a held connection of theirs that the table missed
     // would go to b1.
@@ -497,13 +534,7 @@ fn the_flow_table_grows_under_live_connections_and_a_restart_finishes_a_growth()
     // Half begun, no daemon: flows not moved are found at their old sets.
     round();
     t.start_daemon().unwrap();
-    wait_in_use(&t, 131_072);
-    assert!(
-        t.log()
-            .contains("flow table grown from 65536 to 131072 entries in use"),
-        "{}",
-        t.log()
-    );
+    wait_grown(&t, 65_536, 131_072);
     round();
     let answered = in_ns(&t.client, move || {
         (20_000..20_100u16)
@@ -511,8 +542,7 @@ fn the_flow_table_grows_under_live_connections_and_a_restart_finishes_a_growth()
             .count()
     });
     assert_eq!(answered, 100);
-    drop(tx);
-    let broken = worker.join().unwrap();
+    let broken = held.broken();
     assert!(
         broken.is_empty(),
         "connections broken or moved: {broken:?}\n{}",
@@ -835,38 +865,17 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
     ];
     t.write_pool(&initial).unwrap();
     t.start_daemon().unwrap();
-    let hold: SocketAddr = format!("{VIP4}:9000").parse().unwrap();
-    let client = t.client.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (rtx, rrx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        in_ns(&client, move || {
-            let mut conns: Vec<Held> = (0..40).map(|_| Held::open(hold, T).unwrap()).collect();
-            let first: BTreeMap<String, usize> = conns.iter().fold(BTreeMap::new(), |mut m, c| {
-                *m.entry(c.backend.clone()).or_insert(0) += 1;
-                m
-            });
-            rtx.send(Some(first)).unwrap();
-            let mut broken = Vec::new();
-            // Each round: every connection must still answer, from the same backend.
-            while rx.recv().is_ok() {
-                for (i, c) in conns.iter_mut().enumerate() {
-                    if !c.still_served() {
-                        broken.push((i, c.backend.clone()));
-                    }
-                }
-                rtx.send(None).unwrap();
-            }
-            broken
-        })
-    });
-    let first = rrx.recv().unwrap().unwrap();
-    assert_eq!(first.len(), 2, "connections on both b1 and b2: {first:?}");
+    let held = HeldConnections::open(&t, 40);
+    assert_eq!(
+        held.first.len(),
+        2,
+        "connections on both b1 and b2: {:?}",
+        held.first
+    );
     for step in steps {
         t.write_pool(&step).unwrap();
         std::thread::sleep(Duration::from_millis(1200));
-        tx.send(()).unwrap();
-        assert!(rrx.recv().unwrap().is_none());
+        held.round();
     }
     let (seen, failed) = spread_http(&t, web(), 100);
     assert_eq!(failed, 0);
@@ -888,8 +897,7 @@ fn long_lived_connections_survive_pool_changes_and_drain() {
         .unwrap_or_else(|| panic!("b1 not shown: {st}"));
     assert_eq!(removed["state"], "removed", "{removed}");
     assert!(removed["active_flows"].as_u64().unwrap() > 0, "{removed}");
-    drop(tx);
-    let broken = worker.join().unwrap();
+    let broken = held.broken();
     assert!(
         broken.is_empty(),
         "connections broken or moved: {broken:?}\n{}",

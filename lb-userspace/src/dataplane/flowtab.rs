@@ -7,7 +7,7 @@
 //! compare-and-swap on its stamp in the kernel (BPF_PROG_TEST_RUN).
 use super::*;
 use aya::maps::{ArrayOfMaps, Map};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use lb_common::{FlowChunk, FlowEntry, FlowSwap, FLOW_CHUNK_SETS, FLOW_GONE, FLOW_WAYS};
 
 /// `FLOWS`, open.
@@ -300,18 +300,6 @@ impl FlowTable {
             old,
             new,
         };
-        // SAFETY: FlowSwap is plain data of three u64s.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(&req as *const FlowSwap as *const u8, size_of::<FlowSwap>())
-        };
-        let mut out = [0u8; size_of::<FlowSwap>()];
-        let r = swap
-            .test_run(TestRunOptions {
-                data_in: Some(bytes),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| DataPlaneError::Setup(format!("running {}: {e}", progs::FLOW_SWAP)))?;
-        Ok(r.return_value == XDP_PASS)
+        Ok(super::programs::run_on(swap, progs::FLOW_SWAP, &req)? == XDP_PASS)
     }
 }

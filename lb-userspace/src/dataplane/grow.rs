@@ -17,7 +17,6 @@
 //! carries on from there. The table never shrinks.
 use super::*;
 use aya::maps::Map;
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{FlowMove, CONFIG_F_FLOWS_WHOLE};
 
 /// Held while `Config` is read and written back by the map writer
@@ -135,20 +134,8 @@ fn finish(config: &mut Map, mover: &Xdp, from: u32, to: u32) -> Result<Growth> {
 /// flow of the set moved (at most `MOVE_TRIES` times); whether they did.
 fn move_set(mover: &Xdp, set: u32, sets: u32) -> Result<bool> {
     let req = FlowMove { set, sets, _pad: 0 };
-    // SAFETY: FlowMove is plain data of two u32s and a u64.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(&req as *const FlowMove as *const u8, size_of::<FlowMove>())
-    };
     for _ in 0..MOVE_TRIES {
-        let mut out = [0u8; size_of::<FlowMove>()];
-        let r = mover
-            .test_run(TestRunOptions {
-                data_in: Some(bytes),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| DataPlaneError::Setup(format!("running {}: {e}", progs::FLOW_MOVE)))?;
-        if r.return_value == XDP_PASS {
+        if super::programs::run_on(mover, progs::FLOW_MOVE, &req)? == XDP_PASS {
             return Ok(true);
         }
     }

@@ -63,6 +63,25 @@ pub(super) fn data_path_clock(
 }
 
 /// XDP program `name` of the object.
+/// Runs `prog` (named `name`) once through BPF_PROG_TEST_RUN on the bytes
+/// of `req` (a `repr(C)` struct of plain words, no padding): its return
+/// value. The flow table's helpers (`lb_flow_swap`, `lb_flow_move`) take
+/// their request so.
+pub(super) fn run_on<T: Copy>(prog: &Xdp, name: &str, req: &T) -> Result<u32> {
+    use aya::programs::{TestRun, TestRunOptions};
+    // SAFETY: `T` is plain data (see above), read as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(req as *const T as *const u8, size_of::<T>()) };
+    let mut out = vec![0u8; size_of::<T>()];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(bytes),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| DataPlaneError::Setup(format!("running {name}: {e}")))?;
+    Ok(r.return_value)
+}
+
 pub(super) fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
     ebpf.program(name)
         .ok_or_else(|| DataPlaneError::Setup(format!("{name} missing from the eBPF object")))?

@@ -70,7 +70,11 @@ pub mod counter {
     pub const STATELESS: u32 = 36;
     /// ... of those, sent with the slot's previous backend named.
     pub const STATELESS_PREV: u32 = 37;
-    pub const COUNT: u32 = 38;
+    /// A new flow took the entry of a flow still held (its set was full):
+    /// a flow seen in one packet only, else the one seen longest ago. That
+    /// flow is scheduled anew with its next packet.
+    pub const FLOW_PUSHED_OUT: u32 = 38;
+    pub const COUNT: u32 = 39;
 
     /// Names for `lb status` and metrics, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -112,6 +116,7 @@ pub mod counter {
         "nat_icmp",
         "stateless",
         "stateless_prev",
+        "flow_pushed_out",
     ];
 }
 

@@ -248,6 +248,7 @@ pub fn insert_at(p: Place, only_new: bool) -> Option<Taken> {
         }
         if e.holds_flow() {
             release(&mut e.value);
+            crate::action::count(lb_common::counter::FLOW_PUSHED_OUT);
         }
     }
     Some(Taken::New(retake(e)))
@@ -403,6 +404,7 @@ pub extern "C" fn lb_flow_move_way(src: *mut FlowSet, w: u64, from: u32, sets: u
         let d = unsafe { &mut (*dst).ways[bounded_way(place)] };
         if d.holds_flow() {
             release(&mut d.value);
+            crate::action::count(lb_common::counter::FLOW_PUSHED_OUT);
         }
         let d = retake(d);
         let v = unsafe { read_volatile(&e.value) };

@@ -2463,6 +2463,11 @@ fn the_flow_table_grows_under_held_connections_and_none_changes_backend_or_count
     conns.retain(|(f, _)| lb.flow(&f.key()).is_some());
     let held = conns.len();
     assert!(held > 8990, "{held}");
+    assert_eq!(
+        lb.counter(counter::FLOW_PUSHED_OUT),
+        9000 - held as u64,
+        "each flow lost was pushed out, and counted"
+    );
     assert_eq!(lb.flow_count(), held);
     assert_eq!(loads(&mut lb).iter().sum::<u64>(), held as u64);
     // Every new flow would now go to backend 1: a flow that reaches 2 or
@@ -2638,6 +2643,7 @@ fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count
         8,
         "each stored flow counted"
     );
+    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 0);
     // A ninth flow takes the place of the SYN alone, not of a connection.
     assert_eq!(lb.run(&flows[8].packet("S", b"")).unwrap().action, XDP_TX);
     assert_eq!(lb.run(&flows[8].packet("A", b"")).unwrap().action, XDP_TX);
@@ -2646,6 +2652,7 @@ fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count
         assert_eq!(backend(&lb, f), Some(*id), "a connection kept its entry");
     }
     assert_eq!(loads(&mut lb).iter().sum::<u64>(), 8, "its count released");
+    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 1);
     // With eight connections in the set, a tenth takes the place of the
     // one seen longest ago (the first), whose count goes with it.
     let mut want = loads(&mut lb);
@@ -2660,6 +2667,7 @@ fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count
     assert!(backend(&lb, &flows[8]).is_some());
     assert_eq!(loads(&mut lb), want);
     assert_eq!(lb.counter(counter::FLOW_INSERT_FAILED), 0);
+    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 2);
 }
 
 #[test]

@@ -309,7 +309,8 @@ fn remember(
     counts: bool,
     cfg: &Config,
 ) -> Option<(Chosen<'static>, bool)> {
-    let e = match flowtab::insert_at(place, is_syn) {
+    let recent = now.saturating_sub(cfg.udp_idle_timeout_ns);
+    let e = match flowtab::insert_at(place, is_syn, recent) {
         Some(Taken::New(e)) => e,
         Some(Taken::Known(known)) => {
             if let Some(kept) = keep_entry(known, cfg, now) {

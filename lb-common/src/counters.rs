@@ -70,11 +70,9 @@ pub mod counter {
     pub const STATELESS: u32 = 36;
     /// ... of those, sent with the slot's previous backend named.
     pub const STATELESS_PREV: u32 = 37;
-    /// A new flow took the entry of a flow that had a packet within the
-    /// UDP idle timeout (its set was full; the flow given up is one seen
-    /// in one packet only, else the one seen longest ago): a connection
-    /// likely still live, scheduled anew with its next packet. Entries of
-    /// flows quiet for longer, most of them long over, are taken uncounted.
+    /// A new flow took the entry of a flow still held (its set was full):
+    /// a flow seen in one packet only, else the one seen longest ago. That
+    /// flow is scheduled anew with its next packet.
     pub const FLOW_PUSHED_OUT: u32 = 38;
     pub const COUNT: u32 = 39;
 

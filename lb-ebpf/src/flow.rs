@@ -309,8 +309,7 @@ fn remember(
     counts: bool,
     cfg: &Config,
 ) -> Option<(Chosen<'static>, bool)> {
-    let recent = now.saturating_sub(cfg.udp_idle_timeout_ns);
-    let e = match flowtab::insert_at(place, is_syn, recent) {
+    let e = match flowtab::insert_at(place, is_syn) {
         Some(Taken::New(e)) => e,
         Some(Taken::Known(known)) => {
             if let Some(kept) = keep_entry(known, cfg, now) {

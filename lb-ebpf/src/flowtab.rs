@@ -30,7 +30,7 @@ use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use core::mem::size_of;
 use lb_common::{
     ident_set, place_rank, Config, FlowEntry, FlowKey, FlowMove, FlowSet, FlowSwap, FLOW_CHUNK_PAD,
-    FLOW_CHUNK_SETS, FLOW_FLAGS, FLOW_FREE, FLOW_GONE, FLOW_WAYS,
+    FLOW_CHUNK_SETS, FLOW_FREE, FLOW_GONE, FLOW_WAYS,
 };
 
 use crate::load::release;
@@ -230,10 +230,9 @@ fn moving(p: Place) -> Option<&'static mut FlowEntry> {
 /// with `p`'s identity ([`ident`]). `only_new`: not where the flow is
 /// stored already (while the table grows, also in its set before):
 /// [`Taken::Known`], that entry untouched (the caller may [`retake`] it).
-/// `None`: no such set (a table not yet made). A flow given up that had a
-/// packet at `recent` or later is counted (`FLOW_PUSHED_OUT`).
+/// `None`: no such set (a table not yet made).
 #[inline(always)]
-pub fn insert_at(p: Place, only_new: bool, recent: u64) -> Option<Taken> {
+pub fn insert_at(p: Place, only_new: bool) -> Option<Taken> {
     let set = set_at(p.set)?;
     let place = lb_flow_place(set, p.ident);
     let e = unsafe { &mut (*set).ways[bounded_way(place)] };
@@ -248,10 +247,8 @@ pub fn insert_at(p: Place, only_new: bool, recent: u64) -> Option<Taken> {
             }
         }
         if e.holds_flow() {
-            if e.value.last_seen_ns & !FLOW_FLAGS >= recent {
-                crate::action::count(lb_common::counter::FLOW_PUSHED_OUT);
-            }
             release(&mut e.value);
+            crate::action::count(lb_common::counter::FLOW_PUSHED_OUT);
         }
     }
     Some(Taken::New(retake(e)))
@@ -407,6 +404,7 @@ pub extern "C" fn lb_flow_move_way(src: *mut FlowSet, w: u64, from: u32, sets: u
         let d = unsafe { &mut (*dst).ways[bounded_way(place)] };
         if d.holds_flow() {
             release(&mut d.value);
+            crate::action::count(lb_common::counter::FLOW_PUSHED_OUT);
         }
         let d = retake(d);
         let v = unsafe { read_volatile(&e.value) };

@@ -2671,52 +2671,6 @@ fn a_full_set_gives_up_a_single_packet_flow_first_then_the_oldest_with_its_count
 }
 
 #[test]
-fn a_flow_quiet_past_the_udp_timeout_is_given_up_uncounted() {
-    if root_env("packet tests").is_none() {
-        return;
-    }
-    // A full set of flows last seen a minute ago (past the test config's
-    // UDP idle timeout; most such entries are connections long over): a
-    // new flow takes the oldest's entry, and no flow_pushed_out is
-    // counted. One of them seen now, then eight more new flows: the set's
-    // quiet flows go first, then the recent one, counted.
-    let (lb, flows) = one_set(10);
-    let minute_ago = lb_common::monotonic_ns() - 60_000_000_000;
-    for (i, f) in flows[..8].iter().enumerate() {
-        let v = lb_common::FlowValue {
-            backend: 1,
-            vip_id: WEB,
-            last_seen_ns: (minute_ago + i as u64 * 1_000_000) & !lb_common::FLOW_FLAGS,
-            ..lb_common::FlowValue::default()
-        };
-        lb.flows().insert(&f.key(), &v).unwrap();
-    }
-    assert_eq!(lb.flow_count(), 8);
-    assert_eq!(lb.run(&flows[8].packet("S", b"")).unwrap().action, XDP_TX);
-    assert_eq!(lb.run(&flows[8].packet("A", b"")).unwrap().action, XDP_TX);
-    assert_eq!(lb.flow(&flows[0].key()), None, "the oldest given up");
-    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 0);
-    assert_eq!(lb.run(&flows[9].packet("S", b"")).unwrap().action, XDP_TX);
-    assert_eq!(lb.run(&flows[9].packet("A", b"")).unwrap().action, XDP_TX);
-    assert_eq!(lb.flow(&flows[1].key()), None);
-    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 0);
-    // Now only recent flows and six quiet ones: six more new flows take
-    // the quiet ones' entries uncounted, the seventh a recent flow's.
-    let more: Vec<Flow> = (1000..40_000u32)
-        .map(client)
-        .filter(|f| lb.flows().set_of(&f.key()) == 0)
-        .take(7)
-        .collect();
-    for f in &more[..6] {
-        assert_eq!(lb.run(&f.packet("S", b"")).unwrap().action, XDP_TX);
-        assert_eq!(lb.run(&f.packet("A", b"")).unwrap().action, XDP_TX);
-    }
-    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 0);
-    assert_eq!(lb.run(&more[6].packet("S", b"")).unwrap().action, XDP_TX);
-    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 1);
-}
-
-#[test]
 fn the_flow_walk_takes_evicted_and_idle_flows_off_the_counts() {
     if root_env("packet tests").is_none() {
         return;

@@ -213,6 +213,15 @@ impl Balancer {
         Ok(b)
     }
 
+    /// The map writer, to read through or grow the flow table with while
+    /// other threads run the program.
+    pub fn data_plane(&self) -> &BpfDataPlane {
+        match &self.loaded {
+            Loaded::Balancer(dp) => dp,
+            Loaded::Other(_) => panic!("{} has no balancer map writer", self.prog),
+        }
+    }
+
     /// The daemon's map writer over the loaded balancer.
     pub fn dp(&mut self) -> &mut BpfDataPlane {
         match &mut self.loaded {

@@ -2533,6 +2533,73 @@ fn the_flow_table_grows_under_held_connections_and_none_changes_backend_or_count
 }
 
 #[test]
+fn the_flow_table_grows_while_another_cpu_forwards_and_stores_flows() {
+    if root_env("packet tests").is_none() {
+        return;
+    }
+    // The mover against a CPU that, the whole time, forwards the held
+    // connections' packets (a miss would send one of backend 2 or 3's to
+    // 1, the only backend new flows now get) and stores new connections
+    // into the sets the flows move to. Few enough flows that no set of
+    // eight fills (about once in 10 000 runs), so none is pushed out.
+    let mut lb = counted_web_in(65_536, lb_common::scheduler::MAGLEV, &[1, 2, 3], 0, 0);
+    let conns: Vec<(Flow, u32)> = (0..2000).map(|i| connect(&lb, i)).collect();
+    lb.write_ring(WEB, 1, &ring(&[1], test_sizes().ring_size))
+        .unwrap();
+    let prog = lb_tests::bench::program(&lb, lb_common::progs::BALANCER).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outer_dst = |d: &[u8]| IpAddr::V4(Ipv4Addr::new(d[30], d[31], d[32], d[33]));
+    let (wrong, sent, opened, growth) = std::thread::scope(|s| {
+        let cpu0 = s.spawn(|| {
+            lb_tests::bench::pin(0).unwrap();
+            let (mut wrong, mut sent, mut opened) = (Vec::new(), 0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent < conns.len() {
+                let (f, id) = &conns[sent % conns.len()];
+                let r = lb_tests::bench::run(prog, &f.packet("A", b""), 1).unwrap();
+                if r.action != XDP_TX || outer_dst(&r.data) != addr_of(*id) {
+                    wrong.push(sent % conns.len());
+                }
+                if sent % 16 == 0 {
+                    let f = client(100_000 + sent as u32 / 16);
+                    for flags in ["S", "A"] {
+                        let r = lb_tests::bench::run(prog, &f.packet(flags, b""), 1).unwrap();
+                        assert_eq!(r.action, XDP_TX);
+                    }
+                    opened.push(f);
+                }
+                sent += 1;
+            }
+            (wrong, sent, opened)
+        });
+        lb_tests::bench::pin(1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let growth = lb.data_plane().grow_flow_table(1 << 30).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (wrong, sent, opened) = cpu0.join().unwrap();
+        (wrong, sent, opened, growth)
+    });
+    let g = growth.expect("grown");
+    assert_eq!((g.from, g.to, g.sets_unmoved), (4096, 16_384, 0));
+    assert!(sent > 2 * conns.len(), "packets sent meanwhile: {sent}");
+    assert!(
+        wrong.is_empty(),
+        "held connections sent elsewhere: {wrong:?}"
+    );
+    // Afterwards every held connection at its new set with its backend,
+    // every new one stored, each once.
+    assert_eq!(lb.counter(counter::FLOW_PUSHED_OUT), 0);
+    let table = lb.dp().flow_table().unwrap();
+    for (f, id) in &conns {
+        assert_eq!(table.get(&f.key()).unwrap().map(|v| v.backend), Some(*id));
+    }
+    for f in &opened {
+        assert_eq!(table.get(&f.key()).unwrap().map(|v| v.backend), Some(1));
+    }
+    assert_eq!(table.len().unwrap(), conns.len() + opened.len());
+}
+
+#[test]
 fn a_flow_table_that_does_not_grow_is_all_in_use_and_a_reload_asking_for_that_grows_it() {
     if root_env("packet tests").is_none() {
         return;

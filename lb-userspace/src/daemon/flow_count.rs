@@ -66,7 +66,7 @@ pub(super) fn spawn_flow_counter(
                         );
                     }
                     let ways = lb_common::FLOW_WAYS as u64;
-                    watch = Some((before, c.held, c.sets));
+                    watch = Some((before, c.held));
                     *out.lock().expect("flow counts") = Counted {
                         at: Some(Instant::now()),
                         per_backend: c.flows,
@@ -82,8 +82,8 @@ pub(super) fn spawn_flow_counter(
             }
             let until = Instant::now() + flow_count_pause(took);
             match watch {
-                Some((before, held, sets)) => {
-                    watch_new_flows(&instance, until, before, held, sets, max_sets).await
+                Some((before, held)) => {
+                    watch_new_flows(&instance, until, before, held, max_sets).await
                 }
                 None => tokio::time::sleep_until(until.into()).await,
             }
@@ -96,42 +96,26 @@ const NEW_FLOW_POLL: Duration = Duration::from_millis(100);
 
 /// Until `until`, reads the data path's new-flow counter every
 /// `NEW_FLOW_POLL`, and grows the table as soon as the flows held at the
-/// census (`held`, the counter then `before`, `sets` in use) and the new
-/// ones since call for it: a burst of new connections then finds room
-/// within a fraction of a second, not at the next census. (It counts each
-/// new flow, stored or not, and none that ended: it may grow early, never
-/// late.)
-async fn watch_new_flows(
-    instance: &str,
-    until: Instant,
-    before: u64,
-    held: u64,
-    mut sets: u32,
-    max_sets: u32,
-) {
+/// census (`held`, the counter then `before`) and the new ones since call
+/// for it (`dataplane::grow_pinned`, which does nothing when they do not):
+/// a burst of new connections then finds room within a fraction of a
+/// second, not at the next census. (It counts each new flow, stored or
+/// not, and none that ended: it may grow early, never late.)
+async fn watch_new_flows(instance: &str, until: Instant, before: u64, held: u64, max_sets: u32) {
     loop {
         let now = Instant::now();
         if now >= until {
             return;
         }
         tokio::time::sleep(NEW_FLOW_POLL.min(until - now)).await;
-        if sets >= max_sets {
-            continue;
-        }
         let i = instance.to_string();
         let grown = tokio::task::spawn_blocking(move || {
             let held = held + dataplane::new_flows_counted(&i)?.saturating_sub(before);
-            if lb_common::flow_sets_for(held, sets, max_sets) == sets {
-                return Ok(None);
-            }
             dataplane::grow_pinned(&i, held, max_sets).map(|g| g.map(|g| (g, held)))
         })
         .await;
         match grown {
-            Ok(Ok(Some((g, held)))) => {
-                log_growth(&g, held);
-                sets = g.to;
-            }
+            Ok(Ok(Some((g, held)))) => log_growth(&g, held),
             Ok(Ok(None)) | Err(_) => {}
             Ok(Err(e)) => log::debug!("growing the flow table: {e}"),
         }

@@ -43,10 +43,10 @@ impl BpfDataPlane {
 /// The flow table pinned by instance `instance`, open (with its size and
 /// seed, from the pinned `CONFIG`).
 pub fn pinned_flow_table(instance: &str) -> Result<FlowTable> {
-    let dir = pin_dir(instance);
-    let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
-    let config = aya::maps::Map::Array(open(maps::CONFIG)?);
-    let a: Array<&MapData, Config> = Array::try_from(&config).map_err(map_err(maps::CONFIG))?;
-    let cfg = a.get(&0, 0).map_err(map_err(maps::CONFIG))?;
-    FlowTable::map(&open(maps::FLOWS)?, Some(FlowGeometry::of(&cfg)))
+    let config = aya::maps::Map::Array(pinned_map(instance, maps::CONFIG)?);
+    let cfg = super::grow::read_config(&config)?;
+    FlowTable::map(
+        &pinned_map(instance, maps::FLOWS)?,
+        Some(FlowGeometry::of(&cfg)),
+    )
 }

@@ -62,15 +62,7 @@ impl FlowTable {
     /// Opens `flows` (the `FLOWS` map) with its own handle. `keyed`: the
     /// table's sets in use and hash key, when keys are to be looked up.
     pub fn map(flows: &MapData, keyed: Option<FlowGeometry>) -> Result<Self> {
-        let fd = flows
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DataPlaneError::Io {
-                what: "duplicating the flow table's descriptor".into(),
-                source,
-            })?;
-        let data = MapData::from_fd(fd).map_err(map_err(maps::FLOWS))?;
+        let data = own_handle(flows, maps::FLOWS)?;
         let chunks = data.info().map_err(map_err(maps::FLOWS))?.max_entries();
         if let Some(g) = keyed {
             for sets in [g.sets, g.old] {
@@ -178,12 +170,12 @@ impl FlowTable {
         (set as usize, ident)
     }
 
-    /// The set `key` may still be in while the table grows, if another.
-    fn old_set_of(&self, key: &FlowKey) -> Option<usize> {
+    /// The set the flow of identity `ident` (now in set `set`) may still
+    /// be in while the table grows, if another.
+    fn old_set(&self, set: usize, ident: u64) -> Option<usize> {
         let g = self.keyed.expect("a flow table opened with its key");
-        let (set, ident) = lb_common::flow_place(key, &g.seed, g.sets);
-        let old = lb_common::ident_set(ident, g.old);
-        (old != set).then_some(old as usize)
+        let old = lb_common::ident_set(ident, g.old) as usize;
+        (old != set).then_some(old)
     }
 
     /// The set `key` belongs to, as the data path finds it.
@@ -209,7 +201,7 @@ impl FlowTable {
         let (c, s) = lb_common::chunk_of(set as u32);
         let chunk = self.chunk(c, true)?;
         if Self::find(&chunk, s as usize, ident).is_none() {
-            if let Some(old) = self.old_set_of(key) {
+            if let Some(old) = self.old_set(set, ident) {
                 let (c, s) = lb_common::chunk_of(old as u32);
                 return Ok((c, s as usize, ident, self.chunk(c, true)?));
             }

@@ -74,16 +74,23 @@ pub(super) fn keep_geometry(cfg: &mut Config, written: &Config, max: u32) {
 
 /// Grows the table of at most `max` sets whose `CONFIG` is `config` if
 /// `held` flows call for it (or finishes a growth an earlier daemon left),
-/// moving flows with `mover` (`lb_flow_move`). `None`: no growth.
-pub(super) fn grow(config: &mut Map, mover: &Xdp, held: u64, max: u32) -> Result<Option<Growth>> {
+/// moving flows with `mover()` (`lb_flow_move`, opened only for a growth:
+/// the daemon asks ten times a second). `None`: no growth.
+fn grow<M: std::borrow::Borrow<Xdp>>(
+    config: &mut Map,
+    held: u64,
+    max: u32,
+    mover: impl FnOnce() -> Result<M>,
+) -> Result<Option<Growth>> {
     match begin(config, held, max)? {
-        Some((from, to)) => finish(config, mover, from, to).map(Some),
+        Some((from, to)) => finish(config, mover()?.borrow(), from, to).map(Some),
         None => Ok(None),
     }
 }
 
-/// Step 1 of a growth (or none, if `held` flows do not call for one),
-/// or the growth under way: its sets before and after.
+/// Step 1 of a growth of the table of at most `max` sets whose `CONFIG`
+/// is `config` (or none, if `held` flows do not call for one), or the
+/// growth an earlier daemon left under way: its sets before and after.
 fn begin(config: &mut Map, held: u64, max: u32) -> Result<Option<(u32, u32)>> {
     let _w = CONFIG_WRITE.lock().expect("config writer");
     let mut cfg = read_config(config)?;
@@ -143,19 +150,11 @@ fn move_set(mover: &Xdp, set: u32, sets: u32) -> Result<bool> {
 }
 
 /// `CONFIG` opened with a handle of its own (`map`: this program's).
-pub(super) fn own_config(map: &aya::maps::Map) -> Result<Map> {
-    let fd = map_data(map)
-        .expect("an array")
-        .fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| DataPlaneError::Io {
-            what: "duplicating the configuration's descriptor".into(),
-            source,
-        })?;
-    Ok(Map::Array(
-        MapData::from_fd(fd).map_err(map_err(maps::CONFIG))?,
-    ))
+fn own_config(map: &aya::maps::Map) -> Result<Map> {
+    Ok(Map::Array(own_handle(
+        map_data(map).expect("an array"),
+        maps::CONFIG,
+    )?))
 }
 
 impl BpfDataPlane {
@@ -164,13 +163,10 @@ impl BpfDataPlane {
     /// benches.
     pub fn grow_flow_table(&self, held: u64) -> Result<Option<Growth>> {
         let mut config = own_config(self.map(maps::CONFIG))?;
-        let mover = super::programs::xdp(&self.ebpf, progs::FLOW_MOVE)?;
-        grow(
-            &mut config,
-            mover,
-            held,
-            lb_common::flow_sets(self.sizes.flows),
-        )
+        let max = lb_common::flow_sets(self.sizes.flows);
+        grow(&mut config, held, max, || {
+            super::programs::xdp(&self.ebpf, progs::FLOW_MOVE)
+        })
     }
 
     /// Only the first step of the growth `held` flows call for (`Config`
@@ -193,10 +189,7 @@ impl BpfDataPlane {
 /// (`counter::NEW_FLOW`, all CPUs): read between censuses, so that a burst
 /// of new flows grows the table before the next one.
 pub fn new_flows_counted(instance: &str) -> Result<u64> {
-    let m = Map::PerCpuArray(
-        MapData::from_pin(pin_dir(instance).join(maps::COUNTERS))
-            .map_err(map_err(maps::COUNTERS))?,
-    );
+    let m = Map::PerCpuArray(pinned_map(instance, maps::COUNTERS)?);
     let a: PerCpuArray<&MapData, u64> =
         PerCpuArray::try_from(&m).map_err(map_err(maps::COUNTERS))?;
     let v = a
@@ -208,14 +201,10 @@ pub fn new_flows_counted(instance: &str) -> Result<u64> {
 /// [`grow`] on the pinned maps of instance `instance` (a table of at most
 /// `max` sets), for `held` flows.
 pub fn grow_pinned(instance: &str, held: u64, max: u32) -> Result<Option<Growth>> {
-    let dir = pin_dir(instance);
-    let mut config = pinned_config(instance)?;
-    let mover = Xdp::from_pin(
-        dir.join(progs::FLOW_MOVE),
-        aya_obj::programs::XdpAttachType::Interface,
-    )
-    .map_err(|e| DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_MOVE)))?;
-    grow(&mut config, &mover, held, max)
+    let mut config = Map::Array(pinned_map(instance, maps::CONFIG)?);
+    grow(&mut config, held, max, || {
+        pinned_xdp(instance, progs::FLOW_MOVE)
+    })
 }
 
 /// Only the first step of the growth `held` flows call for, on the pinned
@@ -223,12 +212,9 @@ pub fn grow_pinned(instance: &str, held: u64, max: u32) -> Result<Option<Growth>
 /// daemon stopped in the middle of one leaves it: for the end-to-end
 /// tests. The sets before and after.
 pub fn begin_growth_pinned(instance: &str, held: u64, max: u32) -> Result<Option<(u32, u32)>> {
-    begin(&mut pinned_config(instance)?, held, max)
-}
-
-fn pinned_config(instance: &str) -> Result<Map> {
-    let pin = pin_dir(instance).join(maps::CONFIG);
-    Ok(Map::Array(
-        MapData::from_pin(pin).map_err(map_err(maps::CONFIG))?,
-    ))
+    begin(
+        &mut Map::Array(pinned_map(instance, maps::CONFIG)?),
+        held,
+        max,
+    )
 }

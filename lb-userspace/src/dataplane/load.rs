@@ -355,8 +355,7 @@ fn flow_seed(ebpf: &Ebpf) -> Result<[u64; 2]> {
             maps::CONFIG
         ))
     })?;
-    let a: Array<&MapData, Config> = Array::try_from(m).map_err(map_err(maps::CONFIG))?;
-    let old = a.get(&0, 0).map_err(map_err(maps::CONFIG))?.flow_seed;
+    let old = super::grow::read_config(m)?.flow_seed;
     if old != [0, 0] {
         return Ok(old);
     }

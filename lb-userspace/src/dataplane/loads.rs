@@ -3,7 +3,6 @@
 //! ended here, and what left the table uncounted is taken off.
 use super::*;
 use aya::programs::Xdp;
-use aya_obj::programs::XdpAttachType;
 use lb_common::{BACKEND_F_USED, FLOW_OPEN, FLOW_UDP, LAST_SEEN_GRANULARITY_NS};
 use std::collections::HashMap as Map;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,28 +35,18 @@ pub fn flow_census(
     limit: usize,
     max_sets: u32,
 ) -> Result<FlowCensus> {
-    let dir = pin_dir(instance);
     use aya::maps::Map;
-    let open = |name: &'static str| MapData::from_pin(dir.join(name)).map_err(map_err(name));
-    let swap =
-        Xdp::from_pin(dir.join(progs::FLOW_SWAP), XdpAttachType::Interface).map_err(|e| {
-            DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_SWAP))
-        })?;
-    let mover =
-        Xdp::from_pin(dir.join(progs::FLOW_MOVE), XdpAttachType::Interface).map_err(|e| {
-            DataPlaneError::Setup(format!("opening the pinned {}: {e}", progs::FLOW_MOVE))
-        })?;
-    let mut config = Map::Array(open(maps::CONFIG)?);
+    let open = |name: &'static str| pinned_map(instance, name);
     let maps = CensusMaps {
-        swap: &swap,
+        swap: &pinned_xdp(instance, progs::FLOW_SWAP)?,
         flows: &Map::ArrayOfMaps(open(maps::FLOWS)?),
-        config: &config,
+        config: &Map::Array(open(maps::CONFIG)?),
         backends: &Map::Array(open(maps::BACKENDS)?),
         stats: &Map::PerCpuArray(open(maps::BACKEND_STATS)?),
         loads: &Map::Array(open(maps::LOADS)?),
     };
     let mut out = census_of(&maps, max_idle_ns, udp_idle_ns, limit)?;
-    out.growth = super::grow::grow(&mut config, &mover, out.held, max_sets)?;
+    out.growth = grow_pinned(instance, out.held, max_sets)?;
     if let Some(g) = out.growth {
         out.sets = g.to;
     }

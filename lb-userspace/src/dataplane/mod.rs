@@ -158,6 +158,20 @@ pub struct BpfDataPlane {
     flow_seed: [u64; 2],
 }
 
+/// `data`'s map (named `name`) opened again, with a handle of its own
+/// (one a thread or a struct can own apart from the loaded object).
+fn own_handle(data: &MapData, name: &'static str) -> Result<MapData> {
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DataPlaneError::Io {
+            what: format!("duplicating the descriptor of {name}"),
+            source,
+        })?;
+    MapData::from_fd(fd).map_err(map_err(name))
+}
+
 /// The data of the maps this program pins.
 fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
     use aya::maps::Map;

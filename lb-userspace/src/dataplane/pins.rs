@@ -8,6 +8,21 @@ pub fn pin_dir(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf").join(instance)
 }
 
+/// Map `name` pinned by instance `instance`, with a handle of its own.
+pub(super) fn pinned_map(instance: &str, name: &'static str) -> Result<MapData> {
+    MapData::from_pin(pin_dir(instance).join(name)).map_err(map_err(name))
+}
+
+/// Program `name` (`lb_flow_swap`, `lb_flow_move`) pinned by instance
+/// `instance`.
+pub(super) fn pinned_xdp(instance: &str, name: &str) -> Result<Xdp> {
+    Xdp::from_pin(
+        pin_dir(instance).join(name),
+        aya_obj::programs::XdpAttachType::Interface,
+    )
+    .map_err(|e| DataPlaneError::Setup(format!("opening the pinned {name}: {e}")))
+}
+
 pub(super) fn link_pin(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("link_{iface}"))
 }
